@@ -1,0 +1,322 @@
+//! The one error type of the core: small, `Copy`, no strings.
+//!
+//! Variants carry the numbers that locate a problem (byte offsets, tensor
+//! indices, expected and found values) so a caller can print a precise message
+//! without the core owning any text beyond static names.
+
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+use crate::quant::GgmlType;
+
+/// Everything that can go wrong in the core.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Error {
+    /// The input ended before a field that starts at `offset` and needs `needed` bytes.
+    Truncated { offset: u64, needed: u64 },
+    /// The first four bytes are not `GGUF`.
+    BadMagic { found: u32 },
+    /// GGUF versions 2 and 3 are read; this file has another.
+    UnsupportedVersion { found: u32 },
+    /// A count or length in the file is over one of the named caps in [`Cap`].
+    CapExceeded { what: Cap, found: u64, cap: u64 },
+    /// A string (key, value or tensor name) at `offset` is not valid UTF-8.
+    InvalidUtf8 { offset: u64 },
+    /// A metadata value type id that GGUF does not define.
+    UnknownValueType { offset: u64, found: u32 },
+    /// `general.alignment` is zero, not a power of two, or over the cap.
+    BadAlignment { found: u64 },
+    /// Tensor `tensor` has a ggml type id this reader does not know.
+    UnknownTensorType { tensor: u32, found: u32 },
+    /// Tensor `tensor` has a zero dimension, or a row length that is not a
+    /// whole number of its type's blocks.
+    BadTensorShape { tensor: u32 },
+    /// The element or byte count of tensor `tensor` overflows 64 bits.
+    DimensionOverflow { tensor: u32 },
+    /// Tensor `tensor`'s data offset is not a multiple of the file's alignment.
+    MisalignedTensor { tensor: u32, offset: u64 },
+    /// Tensor `tensor`'s data ends at `end`, past the data section (`data_len` bytes).
+    TensorOutOfBounds {
+        tensor: u32,
+        end: u64,
+        data_len: u64,
+    },
+    /// Two tensors share a name; the second is `tensor`.
+    DuplicateTensor { tensor: u32 },
+    /// A slice handed to a typed view is not aligned for its element type.
+    MisalignedData { align: u32 },
+    /// A required metadata key is missing.
+    MissingMetadata { key: MetaKey },
+    /// A metadata key holds a value of the wrong type or out of range.
+    BadMetadata { key: MetaKey },
+    /// `general.architecture` names a model family this core does not run.
+    UnsupportedArchitecture,
+    /// A required tensor is absent.
+    MissingTensor { kind: TensorKind, layer: u16 },
+    /// A tensor's dimensions differ from those the config implies.
+    WrongShape {
+        kind: TensorKind,
+        layer: u16,
+        expected: [u64; 2],
+        found: [u64; 2],
+    },
+    /// A tensor's type cannot be used in its role (e.g. a quantized norm).
+    UnsupportedTensorType {
+        kind: TensorKind,
+        layer: u16,
+        ty: GgmlType,
+    },
+    /// A KV cache of zero positions was asked for.
+    KvCapacityZero,
+    /// A batch size of zero was asked for.
+    BatchZero,
+    /// The KV cache holds `capacity` positions; this call needs `needed`.
+    KvCacheFull { capacity: u32, needed: u64 },
+    /// A caller buffer holds `found` elements; `needed` are required.
+    BufferTooSmall { needed: u64, found: u64 },
+    /// A token id is not below the vocabulary size.
+    TokenOutOfRange { token: u32, vocab: u32 },
+    /// An empty token list was given where at least one token is needed.
+    EmptyInput,
+    /// An operation's input lengths disagree (`expected` vs `found` elements).
+    LengthMismatch { expected: u64, found: u64 },
+}
+
+/// The named caps that untrusted counts are checked against before use.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Cap {
+    Tensors,
+    MetadataKeys,
+    StringLength,
+    ArrayLength,
+    ArrayNesting,
+    TensorDims,
+    TensorElements,
+    Layers,
+    Heads,
+    Dimension,
+    Vocabulary,
+    KvCapacity,
+    Batch,
+}
+
+impl Cap {
+    /// A short lowercase name for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cap::Tensors => "tensor count",
+            Cap::MetadataKeys => "metadata key count",
+            Cap::StringLength => "string length",
+            Cap::ArrayLength => "array length",
+            Cap::ArrayNesting => "array nesting depth",
+            Cap::TensorDims => "tensor dimension count",
+            Cap::TensorElements => "tensor element count",
+            Cap::Layers => "layer count",
+            Cap::Heads => "head count",
+            Cap::Dimension => "model dimension",
+            Cap::Vocabulary => "vocabulary size",
+            Cap::KvCapacity => "KV cache capacity",
+            Cap::Batch => "batch size",
+        }
+    }
+}
+
+/// The metadata keys the model reads, named without allocating.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MetaKey {
+    Architecture,
+    Alignment,
+    BlockCount,
+    EmbeddingLength,
+    FeedForwardLength,
+    HeadCount,
+    HeadCountKv,
+    KeyLength,
+    ContextLength,
+    RopeFreqBase,
+    RopeDimensionCount,
+    RmsEpsilon,
+    VocabSize,
+}
+
+impl MetaKey {
+    /// The GGUF key (for `llama.*` keys the architecture prefix is `llama`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MetaKey::Architecture => "general.architecture",
+            MetaKey::Alignment => "general.alignment",
+            MetaKey::BlockCount => "llama.block_count",
+            MetaKey::EmbeddingLength => "llama.embedding_length",
+            MetaKey::FeedForwardLength => "llama.feed_forward_length",
+            MetaKey::HeadCount => "llama.attention.head_count",
+            MetaKey::HeadCountKv => "llama.attention.head_count_kv",
+            MetaKey::KeyLength => "llama.attention.key_length",
+            MetaKey::ContextLength => "llama.context_length",
+            MetaKey::RopeFreqBase => "llama.rope.freq_base",
+            MetaKey::RopeDimensionCount => "llama.rope.dimension_count",
+            MetaKey::RmsEpsilon => "llama.attention.layer_norm_rms_epsilon",
+            MetaKey::VocabSize => "llama.vocab_size",
+        }
+    }
+}
+
+/// The role of a weight tensor in the llama graph; names follow GGUF.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TensorKind {
+    TokenEmbd,
+    OutputNorm,
+    Output,
+    AttnNorm,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnNorm,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+impl TensorKind {
+    /// The GGUF tensor name, without the `blk.N.` prefix and `.weight` suffix.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TensorKind::TokenEmbd => "token_embd",
+            TensorKind::OutputNorm => "output_norm",
+            TensorKind::Output => "output",
+            TensorKind::AttnNorm => "attn_norm",
+            TensorKind::AttnQ => "attn_q",
+            TensorKind::AttnK => "attn_k",
+            TensorKind::AttnV => "attn_v",
+            TensorKind::AttnOutput => "attn_output",
+            TensorKind::FfnNorm => "ffn_norm",
+            TensorKind::FfnGate => "ffn_gate",
+            TensorKind::FfnUp => "ffn_up",
+            TensorKind::FfnDown => "ffn_down",
+        }
+    }
+
+    /// Whether the tensor lives in a `blk.N.` layer.
+    pub const fn per_layer(self) -> bool {
+        !matches!(
+            self,
+            TensorKind::TokenEmbd | TensorKind::OutputNorm | TensorKind::Output
+        )
+    }
+}
+
+/// Writes `blk.{layer}.{kind}.weight` (or `{kind}.weight` for global tensors).
+struct TensorName(TensorKind, u16);
+
+impl fmt::Display for TensorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.per_layer() {
+            write!(f, "blk.{}.{}.weight", self.1, self.0.as_str())
+        } else {
+            write!(f, "{}.weight", self.0.as_str())
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::Truncated { offset, needed } => write!(
+                f,
+                "file truncated: {needed} bytes needed at offset {offset} run past the end"
+            ),
+            Error::BadMagic { found } => {
+                write!(f, "not a GGUF file (magic {found:#010x}, expected 0x46554747 \"GGUF\")")
+            }
+            Error::UnsupportedVersion { found } => {
+                write!(f, "unsupported GGUF version {found} (versions 2 and 3 are read)")
+            }
+            Error::CapExceeded { what, found, cap } => {
+                write!(f, "{} {found} is over the limit of {cap}", what.name())
+            }
+            Error::InvalidUtf8 { offset } => write!(f, "invalid UTF-8 in string at offset {offset}"),
+            Error::UnknownValueType { offset, found } => {
+                write!(f, "unknown metadata value type {found} at offset {offset}")
+            }
+            Error::BadAlignment { found } => {
+                write!(f, "general.alignment {found} is not a power of two in 1..=65536")
+            }
+            Error::UnknownTensorType { tensor, found } => {
+                write!(f, "tensor #{tensor} has unknown or unsupported ggml type {found}")
+            }
+            Error::BadTensorShape { tensor } => write!(
+                f,
+                "tensor #{tensor} has a zero dimension or a row that is not a whole number of blocks"
+            ),
+            Error::DimensionOverflow { tensor } => {
+                write!(f, "tensor #{tensor}'s dimensions overflow")
+            }
+            Error::MisalignedTensor { tensor, offset } => {
+                write!(f, "tensor #{tensor}'s data offset {offset} is not aligned")
+            }
+            Error::TensorOutOfBounds { tensor, end, data_len } => write!(
+                f,
+                "tensor #{tensor}'s data ends at {end}, past the {data_len}-byte data section"
+            ),
+            Error::DuplicateTensor { tensor } => {
+                write!(f, "tensor #{tensor} repeats an earlier tensor's name")
+            }
+            Error::MisalignedData { align } => {
+                write!(f, "tensor data is not {align}-byte aligned in memory")
+            }
+            Error::MissingMetadata { key } => write!(f, "missing metadata key {}", key.as_str()),
+            Error::BadMetadata { key } => {
+                write!(f, "metadata key {} has a wrong type or value", key.as_str())
+            }
+            Error::UnsupportedArchitecture => {
+                write!(f, "unsupported architecture (only llama-family models run)")
+            }
+            Error::MissingTensor { kind, layer } => {
+                write!(f, "missing tensor {}", TensorName(kind, layer))
+            }
+            Error::WrongShape { kind, layer, expected, found } => write!(
+                f,
+                "tensor {} has shape {:?}, expected {:?}",
+                TensorName(kind, layer),
+                found,
+                expected
+            ),
+            Error::UnsupportedTensorType { kind, layer, ty } => write!(
+                f,
+                "tensor {} has type {} which cannot be used there",
+                TensorName(kind, layer),
+                ty.name()
+            ),
+            Error::KvCapacityZero => write!(f, "KV cache capacity must be at least 1"),
+            Error::BatchZero => write!(f, "batch size must be at least 1"),
+            Error::KvCacheFull { capacity, needed } => write!(
+                f,
+                "KV cache full: {needed} positions needed, capacity is {capacity}"
+            ),
+            Error::BufferTooSmall { needed, found } => {
+                write!(f, "buffer too small: {needed} elements needed, {found} given")
+            }
+            Error::TokenOutOfRange { token, vocab } => {
+                write!(f, "token id {token} is out of range (vocabulary size {vocab})")
+            }
+            Error::EmptyInput => write!(f, "empty input: at least one token is needed"),
+            Error::LengthMismatch { expected, found } => {
+                write!(f, "length mismatch: expected {expected} elements, found {found}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// The core's result type.
+pub type Result<T> = core::result::Result<T, Error>;

@@ -1,0 +1,377 @@
+//! The llama forward pass, whole, in the spirit of llama2.c's `run.c`.
+//!
+//! Per token: embedding row; then per layer RMSNorm, Q/K/V projections, RoPE
+//! (adjacent-pair rotation, GGML_ROPE_TYPE_NORM), grouped-query causal attention
+//! over the KV cache, output projection and residual; RMSNorm, SwiGLU FFN and
+//! residual; finally RMSNorm and the classifier.
+//!
+//! A forward call takes any number of tokens. They are processed in chunks of
+//! the plan's `max_batch`: every matmul of a chunk reads each weight row once
+//! for all of its tokens (batched prefill); one token is the decode step.
+//! All memory comes from the caller's arena; nothing allocates.
+
+#![forbid(unsafe_code)]
+
+use crate::attention::attend_head;
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::kernels::Kernels;
+use crate::kv_cache::KvCache;
+use crate::model::{Config, MemoryPlan, ScratchSizes, Weights};
+
+/// A loaded model: config plus weights borrowed from the file bytes.
+#[derive(Debug, Clone)]
+pub struct Llama<'w> {
+    pub config: Config,
+    pub weights: Weights<'w>,
+}
+
+impl<'w> Llama<'w> {
+    /// Reads config and weights from a parsed file; checks every shape.
+    pub fn from_gguf(g: &Gguf<'w>) -> Result<Llama<'w>> {
+        let config = Config::from_gguf(g)?;
+        let weights = Weights::from_gguf(g, &config)?;
+        Ok(Llama { config, weights })
+    }
+}
+
+/// Run-time buffers carved from the arena.
+struct Scratch<'a> {
+    x: &'a mut [f32],
+    xb: &'a mut [f32],
+    q: &'a mut [f32],
+    k: &'a mut [f32],
+    v: &'a mut [f32],
+    att: &'a mut [f32],
+    hb: &'a mut [f32],
+    hb2: &'a mut [f32],
+    scores: &'a mut [f32],
+    rope: &'a mut [f32],
+    logits: &'a mut [f32],
+}
+
+fn carve<'a>(buf: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
+    let (head, tail) = core::mem::take(buf).split_at_mut(n);
+    *buf = tail;
+    head
+}
+
+/// One sequence's state: KV cache, scratch, position. Built over caller memory.
+pub struct Session<'s, 'w> {
+    model: &'s Llama<'w>,
+    kernels: Kernels,
+    plan: MemoryPlan,
+    kv: KvCache<'s>,
+    s: Scratch<'s>,
+}
+
+impl core::fmt::Debug for Session<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session")
+            .field("config", &self.model.config)
+            .field("kernels", &self.kernels.name)
+            .field("plan", &self.plan)
+            .field("pos", &self.kv.len())
+            .finish()
+    }
+}
+
+impl<'s, 'w> Session<'s, 'w> {
+    /// A session over `arena`, which must hold at least `plan.f32_len()` floats.
+    pub fn new(
+        model: &'s Llama<'w>,
+        kernels: Kernels,
+        plan: MemoryPlan,
+        arena: &'s mut [f32],
+    ) -> Result<Self> {
+        let c = &model.config;
+        // Re-derive the plan so a plan made for another config cannot under-size buffers.
+        let check = MemoryPlan::new(c, plan.kv_capacity, plan.max_batch)?;
+        if arena.len() < check.f32_len() {
+            return Err(Error::BufferTooSmall {
+                needed: check.f32_len() as u64,
+                found: arena.len() as u64,
+            });
+        }
+        let sizes =
+            ScratchSizes::new(c, check.kv_capacity, check.max_batch).ok_or(Error::BatchZero)?;
+        let mut rest = arena;
+        let k = carve(&mut rest, check.kv_len);
+        let v = carve(&mut rest, check.kv_len);
+        let kv = KvCache::new(k, v, c.n_layers, check.kv_capacity, c.kv_dim())?;
+        let s = Scratch {
+            x: carve(&mut rest, sizes.x),
+            xb: carve(&mut rest, sizes.xb),
+            q: carve(&mut rest, sizes.q),
+            k: carve(&mut rest, sizes.k),
+            v: carve(&mut rest, sizes.v),
+            att: carve(&mut rest, sizes.att),
+            hb: carve(&mut rest, sizes.hb),
+            hb2: carve(&mut rest, sizes.hb2),
+            scores: carve(&mut rest, sizes.scores),
+            rope: carve(&mut rest, sizes.rope),
+            logits: carve(&mut rest, sizes.logits),
+        };
+        Ok(Session {
+            model,
+            kernels,
+            plan: check,
+            kv,
+            s,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// Tokens processed so far (the position of the next token).
+    pub fn pos(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// Starts a new sequence over the same memory.
+    pub fn reset(&mut self) {
+        self.kv.clear();
+    }
+
+    /// Logits after the last token processed: (vocab).
+    pub fn logits(&self) -> &[f32] {
+        self.s.logits
+    }
+
+    /// Feeds `tokens` and returns the logits after the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.run(tokens, None)?;
+        Ok(self.s.logits)
+    }
+
+    /// Feeds `tokens`, calling `on_logits(i, logits)` after each token `i`
+    /// (teacher-forced scoring). The classifier runs for every token.
+    pub fn forward_all(
+        &mut self,
+        tokens: &[u32],
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.run(tokens, Some(on_logits))
+    }
+
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        mut on_logits: Option<&mut dyn FnMut(usize, &[f32])>,
+    ) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        // Check everything first: an error leaves the session unchanged.
+        let vocab = self.model.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                token: bad,
+                vocab: vocab as u32,
+            });
+        }
+        self.kv.reserve(tokens.len())?;
+        for (ci, chunk) in tokens.chunks(self.plan.max_batch).enumerate() {
+            let last_chunk = (ci + 1) * self.plan.max_batch >= tokens.len();
+            let base = ci * self.plan.max_batch;
+            match on_logits.as_deref_mut() {
+                Some(f) => self.forward_chunk(chunk, |i, l| f(base + i, l), Emit::All)?,
+                None if last_chunk => self.forward_chunk(chunk, |_, _| {}, Emit::Last)?,
+                None => self.forward_chunk(chunk, |_, _| {}, Emit::None)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass over up to `max_batch` tokens at positions `pos..pos+n`.
+    /// `which` says for which tokens the classifier runs.
+    fn forward_chunk(
+        &mut self,
+        tokens: &[u32],
+        mut emit: impl FnMut(usize, &[f32]),
+        which: Emit,
+    ) -> Result<()> {
+        let m = self.model;
+        let c = &m.config;
+        let w = &m.weights;
+        let kern = &self.kernels;
+        let n = tokens.len();
+        let p0 = self.kv.len();
+        let (dim, qd, kvd, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
+        let group = c.n_heads / c.n_kv_heads;
+        let s = &mut self.s;
+
+        // Embedding rows.
+        for (t, &tok) in tokens.iter().enumerate() {
+            w.token_embd
+                .dequantize_row(tok as usize, &mut s.x[t * dim..(t + 1) * dim])?;
+        }
+
+        // RoPE angles for these positions, once for all layers.
+        for t in 0..n {
+            rope_table(
+                &mut s.rope[t * c.rope_dim..(t + 1) * c.rope_dim],
+                p0 + t,
+                c.rope_base,
+                c.rope_dim,
+            );
+        }
+
+        for (l, lw) in w.layers.iter().enumerate() {
+            // Attention RMSNorm.
+            for t in 0..n {
+                rmsnorm(
+                    &mut s.xb[t * dim..(t + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    lw.attn_norm,
+                    c.rms_eps,
+                );
+            }
+
+            // Q, K, V projections for the whole chunk.
+            kern.matmul(&lw.attn_q, s.xb, n, s.q)?;
+            kern.matmul(&lw.attn_k, s.xb, n, s.k)?;
+            kern.matmul(&lw.attn_v, s.xb, n, s.v)?;
+
+            // Rotate queries and keys, then append K and V to the cache.
+            for t in 0..n {
+                let table = &s.rope[t * c.rope_dim..(t + 1) * c.rope_dim];
+                for h in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                    rope(h, table);
+                }
+                for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
+                    rope(h, table);
+                }
+                self.kv.store(
+                    l,
+                    p0 + t,
+                    &s.k[t * kvd..(t + 1) * kvd],
+                    &s.v[t * kvd..(t + 1) * kvd],
+                );
+            }
+
+            // Grouped-query causal attention: token t sees positions 0..=p0+t;
+            // query head h reads KV head h / group.
+            for t in 0..n {
+                let n_pos = p0 + t + 1;
+                let keys = self.kv.keys(l, n_pos);
+                let values = self.kv.values(l, n_pos);
+                for h in 0..c.n_heads {
+                    let q = &s.q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                    let out = &mut s.att[t * qd + h * hd..t * qd + (h + 1) * hd];
+                    attend_head(
+                        q,
+                        keys,
+                        values,
+                        n_pos,
+                        kvd,
+                        (h / group) * hd,
+                        s.scores,
+                        out,
+                        kern.dot_f32,
+                    );
+                }
+            }
+
+            // Output projection and residual.
+            kern.matmul(&lw.attn_output, s.att, n, s.xb)?;
+            add(&mut s.x[..n * dim], &s.xb[..n * dim]);
+
+            // FFN RMSNorm, SwiGLU, down projection and residual.
+            for t in 0..n {
+                rmsnorm(
+                    &mut s.xb[t * dim..(t + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    lw.ffn_norm,
+                    c.rms_eps,
+                );
+            }
+            kern.matmul(&lw.ffn_gate, s.xb, n, s.hb)?;
+            kern.matmul(&lw.ffn_up, s.xb, n, s.hb2)?;
+            for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
+                *g = silu(*g) * u;
+            }
+            kern.matmul(&lw.ffn_down, s.hb, n, s.xb)?;
+            add(&mut s.x[..n * dim], &s.xb[..n * dim]);
+        }
+        self.kv.advance(n);
+
+        // Final RMSNorm and classifier.
+        let first = match which {
+            Emit::None => n,
+            Emit::Last => n - 1,
+            Emit::All => 0,
+        };
+        for t in first..n {
+            rmsnorm(
+                &mut s.xb[..dim],
+                &s.x[t * dim..(t + 1) * dim],
+                w.output_norm,
+                c.rms_eps,
+            );
+            kern.matmul(&w.output, &s.xb[..dim], 1, s.logits)?;
+            emit(t, s.logits);
+        }
+        Ok(())
+    }
+}
+
+/// Which tokens of a chunk get logits.
+#[derive(Clone, Copy)]
+enum Emit {
+    None,
+    Last,
+    All,
+}
+
+/// `out = x / rms(x) * weight`; the mean square is accumulated in f64.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * g;
+    }
+}
+
+/// cos/sin of each rotated pair at `pos`: `table[2i], table[2i+1]` for pair i,
+/// angle `pos * base^(-2i/rope_dim)`. Computed in f64 so long positions keep
+/// their precision.
+pub fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dim: usize) {
+    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
+        let freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dim as f64);
+        let angle = pos as f64 * freq;
+        cs[0] = libm::cos(angle) as f32;
+        cs[1] = libm::sin(angle) as f32;
+    }
+}
+
+/// Rotates adjacent pairs `(x[2i], x[2i+1])` of one head by the table's angles;
+/// dimensions past the table (partial rotary) are left as they are.
+pub fn rope(x: &mut [f32], table: &[f32]) {
+    for (pair, cs) in x.chunks_exact_mut(2).zip(table.chunks_exact(2)) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * cs[0] - b * cs[1];
+        pair[1] = a * cs[1] + b * cs[0];
+    }
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

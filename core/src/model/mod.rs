@@ -1,0 +1,161 @@
+//! The llama-family model: config, weights, memory plan and the forward pass.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod llama;
+pub mod weights;
+
+pub use config::Config;
+pub use llama::{Llama, Session};
+pub use weights::{LayerWeights, Weights};
+
+use crate::error::{Cap, Error, Result};
+use crate::kv_cache::KvCache;
+
+/// Largest KV capacity a plan accepts (positions).
+pub const MAX_KV_CAPACITY: usize = 1 << 24;
+/// Largest batch (tokens per forward call) a plan accepts.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// Every run-time buffer a session needs, computed before anything runs.
+///
+/// One f32 arena of [`MemoryPlan::f32_len`] elements holds the KV cache and all
+/// scratch, so firmware can size a `static` and a host can report memory up
+/// front. Nothing is allocated per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MemoryPlan {
+    /// Positions the KV cache holds.
+    pub kv_capacity: usize,
+    /// Tokens processed per forward chunk (prefill splits longer inputs).
+    pub max_batch: usize,
+    /// f32 elements of K (and of V).
+    pub kv_len: usize,
+    /// f32 elements of scratch.
+    pub scratch_len: usize,
+}
+
+/// Scratch sizes in f32 elements, in arena order.
+pub(crate) struct ScratchSizes {
+    pub x: usize,      // (batch, dim) residual stream
+    pub xb: usize,     // (batch, dim) normed input / projection output
+    pub q: usize,      // (batch, q_dim)
+    pub k: usize,      // (batch, kv_dim)
+    pub v: usize,      // (batch, kv_dim)
+    pub att: usize,    // (batch, q_dim) attention output
+    pub hb: usize,     // (batch, ffn_dim) gate
+    pub hb2: usize,    // (batch, ffn_dim) up
+    pub scores: usize, // (kv_capacity)
+    pub rope: usize,   // (batch, rope_dim) cos/sin pairs
+    pub logits: usize, // (vocab)
+}
+
+impl ScratchSizes {
+    pub(crate) fn new(c: &Config, kv_capacity: usize, b: usize) -> Option<ScratchSizes> {
+        Some(ScratchSizes {
+            x: b.checked_mul(c.dim)?,
+            xb: b.checked_mul(c.dim)?,
+            q: b.checked_mul(c.q_dim())?,
+            k: b.checked_mul(c.kv_dim())?,
+            v: b.checked_mul(c.kv_dim())?,
+            att: b.checked_mul(c.q_dim())?,
+            hb: b.checked_mul(c.ffn_dim)?,
+            hb2: b.checked_mul(c.ffn_dim)?,
+            scores: kv_capacity,
+            rope: b.checked_mul(c.rope_dim)?,
+            logits: c.vocab_size,
+        })
+    }
+
+    pub(crate) fn total(&self) -> Option<usize> {
+        [
+            self.x,
+            self.xb,
+            self.q,
+            self.k,
+            self.v,
+            self.att,
+            self.hb,
+            self.hb2,
+            self.scores,
+            self.rope,
+            self.logits,
+        ]
+        .iter()
+        .try_fold(0usize, |a, &b| a.checked_add(b))
+    }
+}
+
+impl MemoryPlan {
+    /// The memory a session of `config` needs with a KV cache of `kv_capacity`
+    /// positions and forward chunks of up to `max_batch` tokens.
+    pub fn new(config: &Config, kv_capacity: usize, max_batch: usize) -> Result<MemoryPlan> {
+        if kv_capacity == 0 {
+            return Err(Error::KvCapacityZero);
+        }
+        if max_batch == 0 {
+            return Err(Error::BatchZero);
+        }
+        if kv_capacity > MAX_KV_CAPACITY {
+            return Err(Error::CapExceeded {
+                what: Cap::KvCapacity,
+                found: kv_capacity as u64,
+                cap: MAX_KV_CAPACITY as u64,
+            });
+        }
+        if max_batch > MAX_BATCH {
+            return Err(Error::CapExceeded {
+                what: Cap::Batch,
+                found: max_batch as u64,
+                cap: MAX_BATCH as u64,
+            });
+        }
+        let overflow = Error::CapExceeded {
+            what: Cap::KvCapacity,
+            found: kv_capacity as u64,
+            cap: MAX_KV_CAPACITY as u64,
+        };
+        let kv_len =
+            KvCache::elements(config.n_layers, kv_capacity, config.kv_dim()).ok_or(overflow)?;
+        let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch)
+            .and_then(|s| s.total())
+            .ok_or(overflow)?;
+        // The arena must be addressable in bytes too.
+        kv_len
+            .checked_mul(2)
+            .and_then(|n| n.checked_add(scratch_len))
+            .and_then(|n| n.checked_mul(4))
+            .ok_or(overflow)?;
+        Ok(MemoryPlan {
+            kv_capacity,
+            max_batch,
+            kv_len,
+            scratch_len,
+        })
+    }
+
+    /// f32 elements of the whole arena (K, V, scratch).
+    pub fn f32_len(&self) -> usize {
+        2 * self.kv_len + self.scratch_len
+    }
+
+    /// Bytes of the whole arena.
+    pub fn bytes(&self) -> usize {
+        self.f32_len() * 4
+    }
+
+    /// Bytes of the KV cache alone.
+    pub fn kv_bytes(&self) -> usize {
+        2 * self.kv_len * 4
+    }
+
+    /// Allocates a zeroed arena for this plan.
+    #[cfg(feature = "alloc")]
+    pub fn alloc(&self) -> alloc::vec::Vec<f32> {
+        alloc::vec![0.0; self.f32_len()]
+    }
+}
+
+#[cfg(feature = "alloc")]
+extern crate alloc;

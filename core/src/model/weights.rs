@@ -1,0 +1,149 @@
+//! Per-layer weights found by GGUF tensor name, with shapes checked against
+//! the [`Config`]. Everything borrows the file's bytes.
+
+#![forbid(unsafe_code)]
+
+use core::fmt::Write;
+
+use crate::error::{Cap, Error, Result, TensorKind};
+use crate::gguf::Gguf;
+use crate::kernels::Matrix;
+use crate::model::config::{limits::MAX_LAYERS, Config};
+use crate::quant::{cast_slice, GgmlType};
+
+/// One decoder block's tensors (GGUF names).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerWeights<'a> {
+    pub attn_norm: &'a [f32],    // (dim)
+    pub attn_q: Matrix<'a>,      // (q_dim, dim)
+    pub attn_k: Matrix<'a>,      // (kv_dim, dim)
+    pub attn_v: Matrix<'a>,      // (kv_dim, dim)
+    pub attn_output: Matrix<'a>, // (dim, q_dim)
+    pub ffn_norm: &'a [f32],     // (dim)
+    pub ffn_gate: Matrix<'a>,    // (ffn_dim, dim)
+    pub ffn_up: Matrix<'a>,      // (ffn_dim, dim)
+    pub ffn_down: Matrix<'a>,    // (dim, ffn_dim)
+}
+
+/// All of a model's tensors.
+#[derive(Debug, Clone)]
+pub struct Weights<'a> {
+    pub token_embd: Matrix<'a>, // (vocab, dim)
+    pub output_norm: &'a [f32], // (dim)
+    /// The classifier; `token_embd` itself when the file ties them.
+    pub output: Matrix<'a>, // (vocab, dim)
+    pub layers: heapless::Vec<LayerWeights<'a>, MAX_LAYERS>,
+}
+
+struct Finder<'g, 'a> {
+    g: &'g Gguf<'a>,
+}
+
+impl<'a> Finder<'_, 'a> {
+    fn find(&self, kind: TensorKind, layer: u16) -> Result<Option<crate::gguf::TensorInfo<'a>>> {
+        let mut name: heapless::String<64> = heapless::String::new();
+        let ok = if kind.per_layer() {
+            write!(name, "blk.{}.{}.weight", layer, kind.as_str())
+        } else {
+            write!(name, "{}.weight", kind.as_str())
+        };
+        // Names are short and layers capped, so the buffer always suffices.
+        ok.map_err(|_| Error::MissingTensor { kind, layer })?;
+        Ok(self.g.tensor(&name))
+    }
+
+    /// A matrix of `rows` x `cols` (GGUF dims `[cols, rows]`).
+    fn matrix(&self, kind: TensorKind, layer: u16, rows: usize, cols: usize) -> Result<Matrix<'a>> {
+        let t = self
+            .find(kind, layer)?
+            .ok_or(Error::MissingTensor { kind, layer })?;
+        let expected = [cols as u64, rows as u64];
+        let found = [t.dims[0], t.dims[1]];
+        if t.n_dims != 2 || found != expected {
+            return Err(Error::WrongShape {
+                kind,
+                layer,
+                expected,
+                found,
+            });
+        }
+        Matrix::from_tensor(&t)
+    }
+
+    /// An F32 vector of `len` (norm weights).
+    fn vector(&self, kind: TensorKind, layer: u16, len: usize) -> Result<&'a [f32]> {
+        let t = self
+            .find(kind, layer)?
+            .ok_or(Error::MissingTensor { kind, layer })?;
+        if t.n_dims != 1 || t.dims[0] != len as u64 {
+            return Err(Error::WrongShape {
+                kind,
+                layer,
+                expected: [len as u64, 1],
+                found: [t.dims[0], t.dims[1]],
+            });
+        }
+        if t.ty != GgmlType::F32 {
+            return Err(Error::UnsupportedTensorType {
+                kind,
+                layer,
+                ty: t.ty,
+            });
+        }
+        cast_slice(t.data)
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// Finds and checks every tensor the config needs.
+    pub fn from_gguf(g: &Gguf<'a>, c: &Config) -> Result<Weights<'a>> {
+        let f = Finder { g };
+        let token_embd = f.matrix(TensorKind::TokenEmbd, 0, c.vocab_size, c.dim)?;
+        let output_norm = f.vector(TensorKind::OutputNorm, 0, c.dim)?;
+        let output = match f.find(TensorKind::Output, 0)? {
+            Some(_) => f.matrix(TensorKind::Output, 0, c.vocab_size, c.dim)?,
+            None => token_embd,
+        };
+        let mut layers = heapless::Vec::new();
+        for l in 0..c.n_layers {
+            let l16 = l as u16;
+            let lw = LayerWeights {
+                attn_norm: f.vector(TensorKind::AttnNorm, l16, c.dim)?,
+                attn_q: f.matrix(TensorKind::AttnQ, l16, c.q_dim(), c.dim)?,
+                attn_k: f.matrix(TensorKind::AttnK, l16, c.kv_dim(), c.dim)?,
+                attn_v: f.matrix(TensorKind::AttnV, l16, c.kv_dim(), c.dim)?,
+                attn_output: f.matrix(TensorKind::AttnOutput, l16, c.dim, c.q_dim())?,
+                ffn_norm: f.vector(TensorKind::FfnNorm, l16, c.dim)?,
+                ffn_gate: f.matrix(TensorKind::FfnGate, l16, c.ffn_dim, c.dim)?,
+                ffn_up: f.matrix(TensorKind::FfnUp, l16, c.ffn_dim, c.dim)?,
+                ffn_down: f.matrix(TensorKind::FfnDown, l16, c.dim, c.ffn_dim)?,
+            };
+            layers.push(lw).map_err(|_| Error::CapExceeded {
+                what: Cap::Layers,
+                found: c.n_layers as u64,
+                cap: MAX_LAYERS as u64,
+            })?;
+        }
+        Ok(Weights {
+            token_embd,
+            output_norm,
+            output,
+            layers,
+        })
+    }
+
+    /// Bytes of weights one decode step reads (every matrix once, plus norms).
+    pub fn bytes_per_token(&self) -> usize {
+        let norms = |s: &[f32]| core::mem::size_of_val(s);
+        let mut n = self.output.n_bytes() + norms(self.output_norm);
+        for l in &self.layers {
+            n += l.attn_q.n_bytes()
+                + l.attn_k.n_bytes()
+                + l.attn_v.n_bytes()
+                + l.attn_output.n_bytes();
+            n += l.ffn_gate.n_bytes() + l.ffn_up.n_bytes() + l.ffn_down.n_bytes();
+            n += norms(l.attn_norm) + norms(l.ffn_norm);
+        }
+        n
+    }
+}

@@ -1,0 +1,210 @@
+//! ggml's tensor types: ids, block layouts, and the one audited byte-to-block cast.
+//!
+//! Block layouts are exactly ggml's (`ggml-common.h`): a block of 32 weights
+//! with an f16 scale (and for Q4_1 an f16 minimum) stored little-endian.
+//! The f16 fields are kept as `[u8; 2]` so every block has alignment 1 and
+//! a block slice can view any byte offset of a file without copying.
+//! Each type's module holds its scalar reference: dequantize, quantize (rounding
+//! like ggml's `quantize_row_*_ref`) and dot products.
+
+pub mod f16;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q8_0;
+
+pub use q4_0::BlockQ4_0;
+pub use q4_1::{BlockQ4_1, BlockQ8_1};
+pub use q8_0::BlockQ8_0;
+
+use crate::error::{Error, Result};
+
+/// Weights per block in every block-quantized type here.
+pub const QK: usize = 32;
+
+/// A ggml tensor type this core reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl GgmlType {
+    /// From ggml's `enum ggml_type` id.
+    pub const fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// ggml's `enum ggml_type` id.
+    pub const fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+        }
+    }
+
+    /// ggml's lowercase name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "f32",
+            GgmlType::F16 => "f16",
+            GgmlType::Q4_0 => "q4_0",
+            GgmlType::Q4_1 => "q4_1",
+            GgmlType::Q8_0 => "q8_0",
+        }
+    }
+
+    /// Elements per block (1 for the float types).
+    pub const fn block_len(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 => 2,
+            GgmlType::Q4_0 => core::mem::size_of::<BlockQ4_0>(),
+            GgmlType::Q4_1 => core::mem::size_of::<BlockQ4_1>(),
+            GgmlType::Q8_0 => core::mem::size_of::<BlockQ8_0>(),
+        }
+    }
+
+    /// Bytes of a row of `n` elements, or `None` if `n` is not a whole number
+    /// of blocks or the size overflows.
+    pub const fn row_bytes(self, n: u64) -> Option<u64> {
+        let bl = self.block_len() as u64;
+        if n % bl != 0 {
+            return None;
+        }
+        (n / bl).checked_mul(self.block_bytes() as u64)
+    }
+}
+
+/// Plain-old-data element types: no padding, every bit pattern valid.
+///
+/// # Safety
+/// Implementors must be `repr(C)` or primitive, contain no padding and no
+/// pointers, and accept any bit pattern.
+pub unsafe trait Pod: Copy + 'static {}
+
+// SAFETY: primitive float, any bit pattern is a valid f32.
+unsafe impl Pod for f32 {}
+// SAFETY: `half::f16` is `repr(transparent)` over u16.
+unsafe impl Pod for half::f16 {}
+// SAFETY: repr(C), fields [u8; 2] and [i8; 32], no padding (size asserted).
+unsafe impl Pod for BlockQ8_0 {}
+// SAFETY: repr(C), fields [u8; 2] and [u8; 16], no padding (size asserted).
+unsafe impl Pod for BlockQ4_0 {}
+// SAFETY: repr(C), fields [u8; 2] x2 and [u8; 16], no padding (size asserted).
+unsafe impl Pod for BlockQ4_1 {}
+// SAFETY: repr(C), fields [u8; 2] x2 and [i8; 32], no padding (size asserted).
+unsafe impl Pod for BlockQ8_1 {}
+
+/// Views `bytes` as a slice of `T` without copying.
+///
+/// Errors when the length is not a whole number of `T` or the address is not
+/// aligned for `T` (blocks have alignment 1; `f16` needs 2 and `f32` 4).
+pub fn cast_slice<T: Pod>(bytes: &[u8]) -> Result<&[T]> {
+    let size = core::mem::size_of::<T>();
+    let align = core::mem::align_of::<T>();
+    if bytes.len() % size != 0 {
+        return Err(Error::LengthMismatch {
+            expected: (bytes.len() / size * size) as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    if bytes.as_ptr() as usize % align != 0 {
+        return Err(Error::MisalignedData {
+            align: align as u32,
+        });
+    }
+    // SAFETY: the pointer is aligned for T (checked above), the region holds
+    // exactly len/size whole T values inside `bytes` (length checked), T is Pod
+    // so any bytes form a valid T, and the result borrows `bytes` immutably.
+    Ok(unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+/// Views a slice of `T` as its bytes (little-endian on every supported target).
+pub fn as_bytes<T: Pod>(items: &[T]) -> &[u8] {
+    // SAFETY: T is Pod (no padding, so every byte is initialized); u8 has
+    // alignment 1; the byte length is exactly the size of the borrowed slice.
+    unsafe {
+        core::slice::from_raw_parts(items.as_ptr().cast::<u8>(), core::mem::size_of_val(items))
+    }
+}
+
+/// Reads an f16 stored as two little-endian bytes.
+#[inline(always)]
+pub fn f16_bits_to_f32(b: [u8; 2]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+}
+
+/// Rounds an f32 to f16 (round to nearest even, as ggml and numpy do).
+#[inline(always)]
+pub fn f32_to_f16_bits(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// C's `roundf`: half away from zero (Rust's `f32::round` is std-only).
+#[inline(always)]
+pub fn round_half_away(x: f32) -> f32 {
+    libm::roundf(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cast_checks_length_and_alignment() {
+        let buf = [0u8; 70];
+        assert_eq!(cast_slice::<BlockQ8_0>(&buf[..68]).map(|s| s.len()), Ok(2));
+        assert!(matches!(
+            cast_slice::<BlockQ8_0>(&buf[..69]),
+            Err(Error::LengthMismatch { .. })
+        ));
+        // A static f32 array is 4-aligned: offset 1 is misaligned, offset 4 is not.
+        let bytes = as_bytes(STATIC_F32.as_slice());
+        assert_eq!(
+            cast_slice::<f32>(&bytes[1..9]),
+            Err(Error::MisalignedData { align: 4 })
+        );
+        assert_eq!(cast_slice::<f32>(&bytes[4..12]).map(|s| s.len()), Ok(2));
+    }
+
+    static STATIC_F32: [f32; 4] = [0.0; 4];
+
+    #[test]
+    fn roundf_is_half_away_from_zero() {
+        assert_eq!(round_half_away(2.5), 3.0);
+        assert_eq!(round_half_away(-2.5), -3.0);
+        assert_eq!(round_half_away(1.49), 1.0);
+    }
+
+    #[test]
+    fn row_bytes() {
+        assert_eq!(GgmlType::Q8_0.row_bytes(64), Some(68));
+        assert_eq!(GgmlType::Q4_1.row_bytes(64), Some(40));
+        assert_eq!(GgmlType::Q4_0.row_bytes(33), None);
+        assert_eq!(GgmlType::F16.row_bytes(3), Some(6));
+        assert_eq!(GgmlType::F32.row_bytes(u64::MAX), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! Q8_0: blocks of 32 int8 weights with one f16 scale; `x = d * q`.
+//!
+//! Mirrors ggml's `block_q8_0`, `quantize_row_q8_0_ref`, `dequantize_row_q8_0`
+//! and `ggml_vec_dot_q8_0_q8_0` (generic version).
+
+use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away, QK};
+
+/// ggml's `block_q8_0`: 34 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ8_0 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// Quants.
+    pub qs: [i8; QK],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(core::mem::align_of::<BlockQ8_0>() == 1);
+
+impl BlockQ8_0 {
+    pub const ZERO: BlockQ8_0 = BlockQ8_0 {
+        d: [0; 2],
+        qs: [0; QK],
+    };
+
+    /// The scale as f32.
+    #[inline(always)]
+    pub fn d(&self) -> f32 {
+        f16_bits_to_f32(self.d)
+    }
+}
+
+/// `y = dequantize(x)`; `y.len()` must be `32 * x.len()`.
+pub fn dequantize_row(x: &[BlockQ8_0], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = b.d();
+        for (o, &q) in out.iter_mut().zip(b.qs.iter()) {
+            *o = q as f32 * d;
+        }
+    }
+}
+
+/// Quantizes 32-element blocks like `quantize_row_q8_0_ref`: `d = amax / 127`,
+/// `q = roundf(x / d)` (half away from zero). A tail shorter than 32 is ignored;
+/// callers pass whole rows.
+pub fn quantize_row(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (xs, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f32_to_f16_bits(d);
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            // In range by construction: |v * id| <= 127 up to rounding.
+            *q = round_half_away(v * id) as i8;
+        }
+    }
+}
+
+/// Reference `Σ dequant(w) · x` over whole blocks with f32 activations.
+pub fn dot_f32(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
+        let mut acc = 0.0f32;
+        for (&q, &v) in b.qs.iter().zip(xs) {
+            acc += q as f32 * v;
+        }
+        sum += b.d() * acc;
+    }
+    sum
+}
+
+/// ggml's `vec_dot_q8_0_q8_0`: integer dot per block, scaled by both d.
+pub fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let mut isum = 0i32;
+        for (&qa, &qb) in a.qs.iter().zip(b.qs.iter()) {
+            isum += qa as i32 * qb as i32;
+        }
+        sum += isum as f32 * (a.d() * b.d());
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_ramp_within_half_step() {
+        let x: [f32; 64] = core::array::from_fn(|i| (i as f32 - 31.5) * 0.37);
+        let mut b = [BlockQ8_0::ZERO; 2];
+        quantize_row(&x, &mut b);
+        let mut y = [0.0f32; 64];
+        dequantize_row(&b, &mut y);
+        for (blk, (xs, ys)) in b.iter().zip(x.chunks(32).zip(y.chunks(32))) {
+            let step = blk.d();
+            for (a, c) in xs.iter().zip(ys) {
+                assert!((a - c).abs() <= step * 0.5 + 1e-3 * step, "{a} vs {c}");
+            }
+        }
+        // The largest magnitude maps to +-127 exactly.
+        assert_eq!(b[0].qs[0], -127);
+    }
+
+    #[test]
+    fn zero_block_has_zero_scale() {
+        let mut b = [BlockQ8_0::ZERO];
+        quantize_row(&[0.0; 32], &mut b);
+        assert_eq!(b[0], BlockQ8_0::ZERO);
+    }
+
+    #[test]
+    fn int_dot_matches_float_dot() {
+        let x: [f32; 32] = core::array::from_fn(|i| (i as f32 * 0.7).sin());
+        let mut bx = [BlockQ8_0::ZERO];
+        quantize_row(&x, &mut bx);
+        let mut dq = [0.0f32; 32];
+        dequantize_row(&bx, &mut dq);
+        let a = vec_dot_q8_0_q8_0(&bx, &bx);
+        let b = dot_f32(&bx, &dq);
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} {b}");
+    }
+}

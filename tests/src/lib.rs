@@ -1,0 +1,1 @@
+//! Integration tests live in `tests/`; golden data in `golden/`.
