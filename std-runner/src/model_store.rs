@@ -30,8 +30,17 @@ pub fn ember_home() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("ember"))
 }
 
+/// Serializes fetching and converting within one process (tests run in
+/// threads); across processes, files appear atomically by rename.
+static STORE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The path of the default model, fetching it first if it is not cached.
 pub fn default_model() -> Result<PathBuf> {
+    let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    default_model_locked()
+}
+
+fn default_model_locked() -> Result<PathBuf> {
     let home = ember_home()?;
     let path = home.join(FILE_NAME);
     if path.is_file() {
@@ -138,7 +147,8 @@ fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
 
 /// The default model converted to `ty` (made with `ember convert` on first use).
 pub fn converted(ty: GgmlType) -> Result<PathBuf> {
-    let src = default_model()?;
+    let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src = default_model_locked()?;
     if ty == GgmlType::Q4_1 {
         return Ok(src);
     }

@@ -1,1 +1,264 @@
+//! The forward pass against the exact (float64) reference in `tests/golden/`.
+//!
+//! Teacher-forced along each golden path: the whole path is fed in one
+//! forward call and the logits at each of the 33 scored positions are compared
+//! with the exact function of the file's weights, next to llama.cpp's distance
+//! from the same reference (see `tests/golden/README.md` for the bar).
+//! The model files come from the default-model cache; the F16 and Q8_0 files
+//! are made from the shipped Q4_1 file by `ember convert` on first use.
 
+use std::path::PathBuf;
+
+use ember_core::gguf::Gguf;
+use ember_core::kernels::Kernels;
+use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::quant::GgmlType;
+use serde_json::Value;
+
+fn golden(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("golden JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("id array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn model_file(ty: GgmlType) -> PathBuf {
+    ember_runner::model_store::converted(ty)
+        .unwrap_or_else(|e| panic!("model for {}: {e:#}", ty.name()))
+}
+
+/// Logits after every token of `path` (teacher forcing), from one forward call.
+fn all_logits(model: &Llama, kernels: Kernels, path: &[u32], batch: usize) -> Vec<Vec<f32>> {
+    let plan = MemoryPlan::new(&model.config, path.len(), batch).unwrap();
+    let mut arena = plan.alloc();
+    let mut s = Session::new(model, kernels, plan, &mut arena).unwrap();
+    let mut out = Vec::new();
+    s.forward_all(path, &mut |_, l| out.push(l.to_vec()))
+        .unwrap();
+    out
+}
+
+fn log_softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f64> {
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let lse = max
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    ids.iter()
+        .map(|&i| logits[i as usize] as f64 - lse)
+        .collect()
+}
+
+/// KL(p || q) with both renormalized over the same ids, from log-probabilities.
+fn kl_renormalized(lp: &[f64], lq: &[f64]) -> f64 {
+    let norm = |l: &[f64]| {
+        let m = l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let z = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        l.iter().map(|v| v - z).collect::<Vec<_>>()
+    };
+    let (p, q) = (norm(lp), norm(lq));
+    p.iter().zip(&q).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[derive(Default, Debug)]
+struct Score {
+    qualifying: usize,
+    top1_agree: usize,
+    llama_top1_agree: usize,
+    positions: usize,
+    kl_sum: f64,
+    llama_kl_sum: f64,
+    max_dlogit: f64,
+    dlogit_sum: f64,
+    dlogit_n: usize,
+}
+
+/// Scores ember against the exact reference for every case of one file type.
+fn score(ty: GgmlType, file: &str) -> Score {
+    let g = golden(file);
+    let path = model_file(ty);
+    let map = ember_runner::mmap::map(&path).unwrap();
+    let gguf = Gguf::parse(&map).unwrap();
+    let model = Llama::from_gguf(&gguf).unwrap();
+    let mut total = Score::default();
+    for case in g["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let path_ids = ids(&case["path_ids"]);
+        let logits = all_logits(&model, Kernels::detect(), &path_ids, 512);
+        let mut sc = Score::default();
+        for p in case["positions"].as_array().unwrap() {
+            let pos = p["pos"].as_u64().unwrap() as usize;
+            let l = &logits[pos];
+            let exact: Vec<(u32, f64)> = p["exact_top10"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap()))
+                .collect();
+            for &(id, v) in &exact {
+                let d = (l[id as usize] as f64 - v).abs();
+                sc.max_dlogit = sc.max_dlogit.max(d);
+                sc.dlogit_sum += d;
+                sc.dlogit_n += 1;
+            }
+            if p["exact_margin"].as_f64().unwrap() > 0.02 {
+                sc.qualifying += 1;
+                if argmax(l) == exact[0].0 {
+                    sc.top1_agree += 1;
+                }
+            }
+            let top50: Vec<(u32, f64)> = p["exact_top50_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap()))
+                .collect();
+            let top50_ids: Vec<u32> = top50.iter().map(|e| e.0).collect();
+            let lp: Vec<f64> = top50.iter().map(|e| e.1).collect();
+            sc.kl_sum += kl_renormalized(&lp, &log_softmax_at(l, &top50_ids));
+            sc.llama_kl_sum += p["kl_exact_llama_top50"].as_f64().unwrap();
+            sc.positions += 1;
+        }
+        sc.llama_top1_agree = case["llama_summary"]["top1_agree_qualifying"]
+            .as_u64()
+            .unwrap() as usize;
+        eprintln!(
+            "{:>5} {:<14} top-1 {}/{} (llama.cpp {}/{}), mean KL {:.2e} (llama.cpp {:.2e}), |dlogit| top-10 max {:.1e} mean {:.1e}",
+            ty.name(),
+            name,
+            sc.top1_agree,
+            sc.qualifying,
+            sc.llama_top1_agree,
+            sc.qualifying,
+            sc.kl_sum / sc.positions as f64,
+            sc.llama_kl_sum / sc.positions as f64,
+            sc.max_dlogit,
+            sc.dlogit_sum / sc.dlogit_n as f64
+        );
+        total.qualifying += sc.qualifying;
+        total.top1_agree += sc.top1_agree;
+        total.llama_top1_agree += sc.llama_top1_agree;
+        total.positions += sc.positions;
+        total.kl_sum += sc.kl_sum;
+        total.llama_kl_sum += sc.llama_kl_sum;
+        total.max_dlogit = total.max_dlogit.max(sc.max_dlogit);
+        total.dlogit_sum += sc.dlogit_sum;
+        total.dlogit_n += sc.dlogit_n;
+    }
+    total
+}
+
+#[test]
+fn f16_matches_exact_reference() {
+    let s = score(GgmlType::F16, "tf_f16.json");
+    // Top-1 equal wherever exact's margin is over 0.02; every top-10 logit within 0.05.
+    assert_eq!(s.top1_agree, s.qualifying, "{s:?}");
+    assert!(
+        s.max_dlogit <= 0.05,
+        "max |dlogit| {} over 0.05",
+        s.max_dlogit
+    );
+}
+
+fn quantized_bar(ty: GgmlType, file: &str) {
+    let s = score(ty, file);
+    let kl = s.kl_sum / s.positions as f64;
+    let llama_kl = s.llama_kl_sum / s.positions as f64;
+    eprintln!(
+        "{} total: top-1 {}/{} (llama.cpp {}), mean KL {kl:.3e} (llama.cpp {llama_kl:.3e})",
+        ty.name(),
+        s.top1_agree,
+        s.qualifying,
+        s.llama_top1_agree
+    );
+    assert!(s.top1_agree >= s.llama_top1_agree, "{s:?}");
+    assert!(
+        kl <= 1.25 * llama_kl,
+        "mean KL {kl} vs llama.cpp {llama_kl}"
+    );
+}
+
+#[test]
+fn q8_0_at_least_as_close_as_llama_cpp() {
+    quantized_bar(GgmlType::Q8_0, "tf_q8_0.json");
+}
+
+#[test]
+fn q4_1_at_least_as_close_as_llama_cpp() {
+    quantized_bar(GgmlType::Q4_1, "tf_q4_1.json");
+}
+
+/// Decoding one token at a time gives the same logits as one batched prefill,
+/// and a small batch size (several chunks) gives the same as one chunk.
+#[test]
+fn decode_and_chunked_prefill_equal_batched_prefill() {
+    let path = model_file(GgmlType::Q4_1);
+    let map = ember_runner::mmap::map(&path).unwrap();
+    let gguf = Gguf::parse(&map).unwrap();
+    let model = Llama::from_gguf(&gguf).unwrap();
+    let g = golden("tf_q4_1.json");
+    let ids = ids(&g["cases"][0]["path_ids"]);
+    let ids = &ids[..24];
+    let batched = all_logits(&model, Kernels::detect(), ids, 512);
+    let chunked = all_logits(&model, Kernels::detect(), ids, 5);
+    let plan = MemoryPlan::new(&model.config, ids.len(), 1).unwrap();
+    let mut arena = plan.alloc();
+    let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+    for (t, &id) in ids.iter().enumerate() {
+        let l = s.forward(&[id]).unwrap();
+        assert_eq!(
+            l,
+            &batched[t][..],
+            "decode differs from prefill at token {t}"
+        );
+        assert_eq!(
+            &chunked[t], &batched[t],
+            "chunked prefill differs at token {t}"
+        );
+    }
+    assert_eq!(s.pos(), ids.len());
+}
+
+/// The detected kernels agree with the scalar reference end to end.
+#[test]
+fn detected_kernels_agree_with_scalar() {
+    let path = model_file(GgmlType::Q4_1);
+    let map = ember_runner::mmap::map(&path).unwrap();
+    let gguf = Gguf::parse(&map).unwrap();
+    let model = Llama::from_gguf(&gguf).unwrap();
+    let ids = [6403, 1980, 253, 655, 28, 281, 253, 1165];
+    let a = all_logits(&model, Kernels::scalar(), &ids, 512);
+    let b = all_logits(&model, Kernels::detect(), &ids, 512);
+    for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(argmax(x), argmax(y), "top-1 differs at {t}");
+        let max = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-3, "token {t}: max |dlogit| {max}");
+    }
+}

@@ -1,18 +1,22 @@
 //! Scalar reference kernels, written as plain loops over eight independent
-//! lanes. Eight accumulators give the compiler room to vectorize on any target
-//! (SSE2, NEON, Helium) without intrinsics, and fix the summation order, so the
-//! result is the same on every machine for the same inputs.
+//! lanes. Eight accumulators and fixed-size chunks (no bounds checks inside a
+//! block) let the compiler vectorize them on any target (SSE2, NEON, Helium)
+//! without intrinsics, and fix the summation order, so the result is the same
+//! on every machine for the same inputs.
 //!
 //! Each function takes one weight row and an f32 vector of the row's length;
-//! the quantized rows are whole blocks (the GGUF reader guarantees it).
+//! quantized rows are whole blocks (the GGUF reader guarantees it). A vector
+//! longer than the row is read only as far as the row goes.
 
 #![forbid(unsafe_code)]
 
 use half::f16;
 
+use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 const L: usize = 8;
+const H: usize = QK / 2;
 
 /// Pairwise horizontal sum, in a fixed order.
 #[inline(always)]
@@ -23,16 +27,17 @@ fn hsum(a: [f32; L]) -> f32 {
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
+    let (ca, ta) = a.as_chunks::<L>();
+    let (cb, tb) = b.as_chunks::<L>();
     let mut acc = [0.0f32; L];
-    for (ca, cb) in a.chunks_exact(L).zip(b.chunks_exact(L)) {
+    for (ca, cb) in ca.iter().zip(cb) {
         for i in 0..L {
             acc[i] += ca[i] * cb[i];
         }
     }
-    let tail = n - n % L;
     let mut s = hsum(acc);
-    for i in tail..n {
-        s += a[i] * b[i];
+    for (x, y) in ta.iter().zip(tb) {
+        s += x * y;
     }
     s
 }
@@ -40,27 +45,28 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
+    let (ca, ta) = a.as_chunks::<L>();
+    let (cb, tb) = b.as_chunks::<L>();
     let mut acc = [0.0f32; L];
-    for (ca, cb) in a.chunks_exact(L).zip(b.chunks_exact(L)) {
+    for (ca, cb) in ca.iter().zip(cb) {
         for i in 0..L {
-            acc[i] += ca[i].to_f32() * cb[i];
+            acc[i] += f16_bits_to_f32_fast(ca[i].to_bits()) * cb[i];
         }
     }
-    let tail = n - n % L;
     let mut s = hsum(acc);
-    for i in tail..n {
-        s += a[i].to_f32() * b[i];
+    for (x, y) in ta.iter().zip(tb) {
+        s += f16_bits_to_f32_fast(x.to_bits()) * y;
     }
     s
 }
 
 pub fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
     let mut sum = [0.0f32; L];
-    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
+    for (b, xs) in w.iter().zip(x.as_chunks::<QK>().0) {
         let mut acc = [0.0f32; L];
-        for c in 0..QK / L {
+        for (q8, x8) in b.qs.as_chunks::<L>().0.iter().zip(xs.as_chunks::<L>().0) {
             for i in 0..L {
-                acc[i] += b.qs[c * L + i] as f32 * xs[c * L + i];
+                acc[i] += q8[i] as f32 * x8[i];
             }
         }
         let d = b.d();
@@ -72,9 +78,8 @@ pub fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
 }
 
 pub fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
-    const H: usize = QK / 2;
     let mut sum = [0.0f32; L];
-    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
+    for (b, xs) in w.iter().zip(x.as_chunks::<QK>().0) {
         let mut acc = [0.0f32; L];
         for c in 0..H / L {
             for i in 0..L {
@@ -93,9 +98,8 @@ pub fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
 }
 
 pub fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
-    const H: usize = QK / 2;
     let mut sum = [0.0f32; L];
-    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
+    for (b, xs) in w.iter().zip(x.as_chunks::<QK>().0) {
         let mut qx = [0.0f32; L];
         let mut sx = [0.0f32; L];
         for c in 0..H / L {

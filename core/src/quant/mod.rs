@@ -154,7 +154,7 @@ pub fn as_bytes<T: Pod>(items: &[T]) -> &[u8] {
 /// Reads an f16 stored as two little-endian bytes.
 #[inline(always)]
 pub fn f16_bits_to_f32(b: [u8; 2]) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+    f16::f16_bits_to_f32_fast(u16::from_le_bytes(b))
 }
 
 /// Rounds an f32 to f16 (round to nearest even, as ggml and numpy do).
