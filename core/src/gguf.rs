@@ -17,8 +17,9 @@ use crate::quant::GgmlType;
 
 /// Caps on untrusted counts; each is far above any real model's need.
 pub mod limits {
-    /// Tensors in one file.
-    pub const MAX_TENSORS: u64 = 1 << 16;
+    /// Tensors in one file. Real models have hundreds to a few thousand; the
+    /// cap also bounds the name-uniqueness check, which is quadratic.
+    pub const MAX_TENSORS: u64 = 1 << 13;
     /// Metadata key/value pairs in one file.
     pub const MAX_METADATA: u64 = 1 << 16;
     /// Bytes in one string (keys, values, tensor names).
@@ -372,6 +373,34 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Walks the names of tensor infos that `Gguf::parse` has already validated;
+/// out-of-range reads yield empty names instead of panicking.
+struct NameWalk<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> NameWalk<'a> {
+    fn u64_at(&self, at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        if let Some(s) = self.buf.get(at..at + 8) {
+            b.copy_from_slice(s);
+        }
+        u64::from_le_bytes(b)
+    }
+
+    fn next_name(&mut self) -> &'a [u8] {
+        let len = self.u64_at(self.pos) as usize;
+        let start = self.pos + 8;
+        let name = self.buf.get(start..start.saturating_add(len)).unwrap_or(&[]);
+        let n_dims_at = start.saturating_add(len);
+        let n_dims = (self.u64_at(n_dims_at) & 0xffff_ffff) as usize;
+        // name, n_dims (u32), dims (u64 each), type (u32), offset (u64)
+        self.pos = n_dims_at.saturating_add(4 + 8 * n_dims + 4 + 8);
+        name
+    }
+}
+
 /// Reads one value of type `ty` (arrays recursively, at most [`limits::MAX_NESTING`] deep).
 fn read_value<'a>(cur: &mut Cursor<'a>, ty: ValueType, depth: u32) -> Result<Value<'a>> {
     Ok(match ty {
@@ -599,11 +628,18 @@ impl<'a> Gguf<'a> {
                 });
             }
         }
-        // Names must be unique so lookups by name are unambiguous. Quadratic in
-        // the tensor count, but the count is capped and real files have hundreds.
-        for (i, a) in gguf.tensors().enumerate() {
-            if gguf.tensors().take(i).any(|b| b.name == a.name) {
-                return Err(Error::DuplicateTensor { tensor: i as u32 });
+        // Names must be unique so lookups by name are unambiguous. This compares
+        // every pair without allocating: quadratic, but over a light walk of
+        // already-validated names and a capped count (8192 tensors: ~0.1 s).
+        let infos = &bytes[tensors_start..];
+        let mut a = NameWalk { buf: infos, pos: 0 };
+        for i in 0..n_tensors {
+            let name = a.next_name();
+            let mut b = NameWalk { buf: infos, pos: 0 };
+            for _ in 0..i {
+                if b.next_name() == name {
+                    return Err(Error::DuplicateTensor { tensor: i as u32 });
+                }
             }
         }
         Ok(gguf)

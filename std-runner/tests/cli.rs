@@ -1,0 +1,170 @@
+//! The `ember` command as a user runs it: the JSON contract, the free-running
+//! greedy check against the exact reference, conversion, and bad input (one
+//! line on stderr, non-zero exit, never a panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ember_core::quant::GgmlType;
+use serde_json::Value;
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember")).args(args).output().expect("run ember")
+}
+
+fn golden(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn model(ty: GgmlType) -> PathBuf {
+    ember_runner::model_store::converted(ty).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn ids_arg(v: &Value) -> String {
+    v.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn json_out(o: &Output) -> Value {
+    assert!(o.status.success(), "ember failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
+}
+
+/// Bad input: non-zero exit and exactly one line on stderr, with `needle` in it.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(o.status.code(), Some(1), "exit code (a panic gives 101): {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
+    assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
+}
+
+#[test]
+fn f16_free_running_greedy_equals_exact() {
+    let m = model(GgmlType::F16);
+    let g = golden("tf_f16.json");
+    for case in g["cases"].as_array().unwrap() {
+        let n_prompt = case["n_prompt"].as_u64().unwrap() as usize;
+        let path: Vec<u64> = case["path_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let o = ember(&[
+            "run",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt-ids",
+            &ids_arg(&case["prompt_ids"]),
+            "-n",
+            "32",
+            "--ignore-eos",
+            "--json",
+        ]);
+        let j = json_out(&o);
+        let got: Vec<u64> = j["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(got, path[n_prompt..], "case {}", case["name"]);
+        assert_eq!(j["generated_tokens"], 32);
+        assert_eq!(j["prompt_tokens"].as_u64().unwrap() as usize, n_prompt);
+    }
+}
+
+#[test]
+fn logits_all_reports_every_prompt_position() {
+    let m = model(GgmlType::Q8_0);
+    let g = golden("tf_q8_0.json");
+    let case = &g["cases"][2];
+    let o = ember(&[
+        "run",
+        "-m",
+        m.to_str().unwrap(),
+        "--prompt-ids",
+        &ids_arg(&case["path_ids"]),
+        "-n",
+        "1",
+        "--top-logits",
+        "10",
+        "--logits-all",
+        "--json",
+    ]);
+    let j = json_out(&o);
+    let all = j["top_logits_all"].as_array().unwrap();
+    assert_eq!(all.len(), case["path_ids"].as_array().unwrap().len());
+    assert_eq!(j["top_logits"], all[all.len() - 1]);
+    for p in case["positions"].as_array().unwrap() {
+        let pos = p["pos"].as_u64().unwrap() as usize;
+        let ours = &all[pos];
+        assert_eq!(ours.as_array().unwrap().len(), 10);
+        // Same top-1 id as the exact reference, logit within 0.01.
+        assert_eq!(ours[0][0], p["exact_top10"][0][0], "pos {pos}");
+        let d = ours[0][1].as_f64().unwrap() - p["exact_top10"][0][1].as_f64().unwrap();
+        assert!(d.abs() < 0.01, "pos {pos}: {d}");
+    }
+}
+
+#[test]
+fn default_model_runs_and_streams_text() {
+    // No --model: the cached default model (fetched on first use).
+    let o = ember(&["run", "--prompt-ids", "6403,1980,253,655,28", "-n", "8"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("5 prompt tokens, 8 generated"), "{err}");
+}
+
+#[test]
+fn convert_round_trips_and_matches_the_reference_bytes() {
+    let q41 = model(GgmlType::Q4_1);
+    let dir = std::env::temp_dir().join(format!("ember-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("q8.gguf");
+    let o = ember(&["convert", q41.to_str().unwrap(), out.to_str().unwrap(), "--type", "q8_0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The tensors are those gguf-py writes (the golden Q8_0 file's sha256).
+    let g = golden("tf_q8_0.json");
+    assert_eq!(sha256(&out), g["meta"]["model_sha256"].as_str().unwrap());
+    // Q4_0 and Q4_1 targets load and run.
+    for ty in ["q4_0", "q4_1", "f16"] {
+        let p = dir.join(format!("{ty}.gguf"));
+        let o = ember(&["convert", out.to_str().unwrap(), p.to_str().unwrap(), "-t", ty]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j = json_out(&ember(&["run", "-m", p.to_str().unwrap(), "--prompt-ids", "1,2,3", "-n", "2", "--json"]));
+        assert_eq!(j["ids"].as_array().unwrap().len(), 2);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn sha256(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(p).unwrap();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn bad_input_is_one_line_and_nonzero() {
+    let dir = std::env::temp_dir().join(format!("ember-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = model(GgmlType::Q4_1);
+    let m = m.to_str().unwrap();
+
+    let missing = dir.join("nope.gguf");
+    assert_one_line_error(&ember(&["run", "-m", missing.to_str().unwrap(), "--prompt-ids", "1"]), "cannot open");
+
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"not a model at all").unwrap();
+    assert_one_line_error(&ember(&["run", "-m", junk.to_str().unwrap(), "--prompt-ids", "1"]), "not a GGUF file");
+
+    // A real file cut short in the middle of its tensor data.
+    let bytes = std::fs::read(m).unwrap();
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert_one_line_error(&ember(&["run", "-m", cut.to_str().unwrap(), "--prompt-ids", "1"]), "past the");
+
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1,x"]), "not a token id");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "99999999"]), "out of range");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", ""]), "empty");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1,2,3", "-n", "10", "--ctx", "4"]), "KV cache full");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "0"]), "capacity");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--batch", "0"]), "batch");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "99999999999"]), "limit");
+    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--logits-all"]), "--top-logits");
+    assert_one_line_error(&ember(&["convert", m, dir.join("x.gguf").to_str().unwrap(), "-t", "q5_k"]), "unknown type");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
