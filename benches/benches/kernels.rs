@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
             };
             g.throughput(Throughput::Bytes(m.n_bytes() as u64));
             g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
-                b.iter(|| k.matmul(m, &x, 1, &mut out).unwrap())
+                b.iter(|| k.matmul(m, &x, 1, &mut out, &mut []).unwrap())
             });
         }
         g.finish();

@@ -392,7 +392,10 @@ impl<'a> NameWalk<'a> {
     fn next_name(&mut self) -> &'a [u8] {
         let len = self.u64_at(self.pos) as usize;
         let start = self.pos + 8;
-        let name = self.buf.get(start..start.saturating_add(len)).unwrap_or(&[]);
+        let name = self
+            .buf
+            .get(start..start.saturating_add(len))
+            .unwrap_or(&[]);
         let n_dims_at = start.saturating_add(len);
         let n_dims = (self.u64_at(n_dims_at) & 0xffff_ffff) as usize;
         // name, n_dims (u32), dims (u64 each), type (u32), offset (u64)

@@ -9,11 +9,16 @@ use ember_core::quant::GgmlType;
 use serde_json::Value;
 
 fn ember(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember")).args(args).output().expect("run ember")
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .output()
+        .expect("run ember")
 }
 
 fn golden(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -22,11 +27,20 @@ fn model(ty: GgmlType) -> PathBuf {
 }
 
 fn ids_arg(v: &Value) -> String {
-    v.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn json_out(o: &Output) -> Value {
-    assert!(o.status.success(), "ember failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ember failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
 }
 
@@ -34,7 +48,11 @@ fn json_out(o: &Output) -> Value {
 fn assert_one_line_error(o: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(o.status.code(), Some(1), "exit code (a panic gives 101): {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "exit code (a panic gives 101): {err}"
+    );
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
     assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
@@ -46,7 +64,12 @@ fn f16_free_running_greedy_equals_exact() {
     let g = golden("tf_f16.json");
     for case in g["cases"].as_array().unwrap() {
         let n_prompt = case["n_prompt"].as_u64().unwrap() as usize;
-        let path: Vec<u64> = case["path_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let path: Vec<u64> = case["path_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         let o = ember(&[
             "run",
             "--model",
@@ -59,7 +82,12 @@ fn f16_free_running_greedy_equals_exact() {
             "--json",
         ]);
         let j = json_out(&o);
-        let got: Vec<u64> = j["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let got: Vec<u64> = j["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         assert_eq!(got, path[n_prompt..], "case {}", case["name"]);
         assert_eq!(j["generated_tokens"], 32);
         assert_eq!(j["prompt_tokens"].as_u64().unwrap() as usize, n_prompt);
@@ -115,7 +143,13 @@ fn convert_round_trips_and_matches_the_reference_bytes() {
     let dir = std::env::temp_dir().join(format!("ember-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("q8.gguf");
-    let o = ember(&["convert", q41.to_str().unwrap(), out.to_str().unwrap(), "--type", "q8_0"]);
+    let o = ember(&[
+        "convert",
+        q41.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The tensors are those gguf-py writes (the golden Q8_0 file's sha256).
     let g = golden("tf_q8_0.json");
@@ -123,9 +157,24 @@ fn convert_round_trips_and_matches_the_reference_bytes() {
     // Q4_0 and Q4_1 targets load and run.
     for ty in ["q4_0", "q4_1", "f16"] {
         let p = dir.join(format!("{ty}.gguf"));
-        let o = ember(&["convert", out.to_str().unwrap(), p.to_str().unwrap(), "-t", ty]);
+        let o = ember(&[
+            "convert",
+            out.to_str().unwrap(),
+            p.to_str().unwrap(),
+            "-t",
+            ty,
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let j = json_out(&ember(&["run", "-m", p.to_str().unwrap(), "--prompt-ids", "1,2,3", "-n", "2", "--json"]));
+        let j = json_out(&ember(&[
+            "run",
+            "-m",
+            p.to_str().unwrap(),
+            "--prompt-ids",
+            "1,2,3",
+            "-n",
+            "2",
+            "--json",
+        ]));
         assert_eq!(j["ids"].as_array().unwrap().len(), 2);
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -134,7 +183,10 @@ fn convert_round_trips_and_matches_the_reference_bytes() {
 fn sha256(p: &Path) -> String {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(p).unwrap();
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -145,26 +197,75 @@ fn bad_input_is_one_line_and_nonzero() {
     let m = m.to_str().unwrap();
 
     let missing = dir.join("nope.gguf");
-    assert_one_line_error(&ember(&["run", "-m", missing.to_str().unwrap(), "--prompt-ids", "1"]), "cannot open");
+    assert_one_line_error(
+        &ember(&["run", "-m", missing.to_str().unwrap(), "--prompt-ids", "1"]),
+        "cannot open",
+    );
 
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"not a model at all").unwrap();
-    assert_one_line_error(&ember(&["run", "-m", junk.to_str().unwrap(), "--prompt-ids", "1"]), "not a GGUF file");
+    assert_one_line_error(
+        &ember(&["run", "-m", junk.to_str().unwrap(), "--prompt-ids", "1"]),
+        "not a GGUF file",
+    );
 
     // A real file cut short in the middle of its tensor data.
     let bytes = std::fs::read(m).unwrap();
     let cut = dir.join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    assert_one_line_error(&ember(&["run", "-m", cut.to_str().unwrap(), "--prompt-ids", "1"]), "past the");
+    assert_one_line_error(
+        &ember(&["run", "-m", cut.to_str().unwrap(), "--prompt-ids", "1"]),
+        "past the",
+    );
 
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1,x"]), "not a token id");
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "99999999"]), "out of range");
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--prompt-ids", "1,x"]),
+        "not a token id",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--prompt-ids", "99999999"]),
+        "out of range",
+    );
     assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", ""]), "empty");
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1,2,3", "-n", "10", "--ctx", "4"]), "KV cache full");
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "0"]), "capacity");
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--batch", "0"]), "batch");
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "99999999999"]), "limit");
-    assert_one_line_error(&ember(&["run", "-m", m, "--prompt-ids", "1", "--logits-all"]), "--top-logits");
-    assert_one_line_error(&ember(&["convert", m, dir.join("x.gguf").to_str().unwrap(), "-t", "q5_k"]), "unknown type");
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1,2,3",
+            "-n",
+            "10",
+            "--ctx",
+            "4",
+        ]),
+        "KV cache full",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "0"]),
+        "capacity",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--prompt-ids", "1", "--batch", "0"]),
+        "batch",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "99999999999"]),
+        "limit",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--prompt-ids", "1", "--logits-all"]),
+        "--top-logits",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "convert",
+            m,
+            dir.join("x.gguf").to_str().unwrap(),
+            "-t",
+            "q5_k",
+        ]),
+        "unknown type",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -211,8 +211,9 @@ fn q4_1_at_least_as_close_as_llama_cpp() {
     quantized_bar(GgmlType::Q4_1, "tf_q4_1.json");
 }
 
-/// Decoding one token at a time gives the same logits as one batched prefill,
-/// and a small batch size (several chunks) gives the same as one chunk.
+/// Decoding one token at a time gives the logits of one batched prefill (which
+/// dequantizes each row once and dots it in f32, so rounding differs slightly),
+/// and a small batch size (several chunks) gives exactly those of one chunk.
 #[test]
 fn decode_and_chunked_prefill_equal_batched_prefill() {
     let path = model_file(GgmlType::Q4_1);
@@ -229,10 +230,15 @@ fn decode_and_chunked_prefill_equal_batched_prefill() {
     let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
     for (t, &id) in ids.iter().enumerate() {
         let l = s.forward(&[id]).unwrap();
-        assert_eq!(
-            l,
-            &batched[t][..],
-            "decode differs from prefill at token {t}"
+        assert_eq!(argmax(l), argmax(&batched[t]), "top-1 differs at token {t}");
+        let max = l
+            .iter()
+            .zip(&batched[t])
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            max < 1e-3,
+            "decode differs from prefill at token {t} by {max}"
         );
         assert_eq!(
             &chunked[t], &batched[t],

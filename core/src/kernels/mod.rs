@@ -11,9 +11,12 @@
 //! results within f32 rounding of the exact function of the file's weights
 //! (ggml instead quantizes activations to 8 bits inside quantized matmuls).
 
-#![forbid(unsafe_code)]
+// Unsafe is for the architecture files alone (intrinsics); they opt in.
+#![deny(unsafe_code)]
 
 pub mod scalar;
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod x86_avx2;
 
 #[cfg(test)]
 mod conformance;
@@ -137,39 +140,54 @@ impl Kernels {
         }
     }
 
-    /// The best kernels this CPU runs. Architecture kernels arrive with the
-    /// `simd` feature; until one is plugged in for a target, this is scalar.
+    /// The best kernels this CPU runs: scalar, with the architecture twins
+    /// that the `simd` feature permits and the CPU supports plugged in
+    /// (detected at run time with `std`, from target features without).
     pub fn detect() -> Kernels {
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        if let Some(k) = x86_avx2::table() {
+            return k;
+        }
         Self::scalar()
     }
 
     /// `out[t][r] = W[r] · x[t]` for `n` tokens: `x` is (n, cols), `out` is (n, rows).
     ///
-    /// Rows are the outer loop so each weight row is read once from memory and
-    /// reused across the batch from cache.
-    pub fn matmul(&self, w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        self.matmul_rows(w, x, n, out, 0, w.rows)
+    /// One token (decode) dots each stored row with `x` directly. Several
+    /// tokens (prefill) dequantize each row once into `row` (at least `cols`
+    /// floats) and reuse it for every token, so the unpacking is paid once per
+    /// weight and the inner loop is the f32 dot.
+    pub fn matmul(
+        &self,
+        w: &Matrix,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        row: &mut [f32],
+    ) -> Result<()> {
+        self.matmul_rows(w, x, n, out, row, 0, w.rows)
     }
 
     /// [`Kernels::matmul`] restricted to rows `r0..r1`; `out` still has the full
     /// (n, rows) layout. Lets a runner split rows across threads.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul_rows(
         &self,
         w: &Matrix,
         x: &[f32],
         n: usize,
         out: &mut [f32],
+        row: &mut [f32],
         r0: usize,
         r1: usize,
     ) -> Result<()> {
-        let need_x = n.checked_mul(w.cols).ok_or(Error::BufferTooSmall {
+        let (rows, cols) = (w.rows, w.cols);
+        let too_big = |found: usize| Error::BufferTooSmall {
             needed: u64::MAX,
-            found: x.len() as u64,
-        })?;
-        let need_o = n.checked_mul(w.rows).ok_or(Error::BufferTooSmall {
-            needed: u64::MAX,
-            found: out.len() as u64,
-        })?;
+            found: found as u64,
+        };
+        let need_x = n.checked_mul(cols).ok_or(too_big(x.len()))?;
+        let need_o = n.checked_mul(rows).ok_or(too_big(out.len()))?;
         if x.len() < need_x {
             return Err(Error::BufferTooSmall {
                 needed: need_x as u64,
@@ -182,13 +200,28 @@ impl Kernels {
                 found: out.len() as u64,
             });
         }
-        if r0 > r1 || r1 > w.rows {
+        if r0 > r1 || r1 > rows {
             return Err(Error::LengthMismatch {
-                expected: w.rows as u64,
+                expected: rows as u64,
                 found: r1 as u64,
             });
         }
-        let (rows, cols) = (w.rows, w.cols);
+        if n > 1 && !matches!(w.data, RowData::F32(_)) {
+            if row.len() < cols {
+                return Err(Error::BufferTooSmall {
+                    needed: cols as u64,
+                    found: row.len() as u64,
+                });
+            }
+            let row = &mut row[..cols];
+            for r in r0..r1 {
+                w.dequantize_row(r, row)?;
+                for t in 0..n {
+                    out[t * rows + r] = (self.dot_f32)(row, &x[t * cols..(t + 1) * cols]);
+                }
+            }
+            return Ok(());
+        }
         match w.data {
             RowData::F32(d) => mm(d, cols, self.dot_f32, x, n, rows, cols, out, r0, r1),
             RowData::F16(d) => mm(d, cols, self.dot_f16, x, n, rows, cols, out, r0, r1),

@@ -48,10 +48,14 @@ struct Scratch<'a> {
     scores: &'a mut [f32],
     rope: &'a mut [f32],
     logits: &'a mut [f32],
+    row: &'a mut [f32],
 }
 
+/// Takes the next `n` floats of the arena (fewer only if the arena is short,
+/// which `Session::new` has ruled out).
 fn carve<'a>(buf: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
-    let (head, tail) = core::mem::take(buf).split_at_mut(n);
+    let rest = core::mem::take(buf);
+    let (head, tail) = rest.split_at_mut(n.min(rest.len()));
     *buf = tail;
     head
 }
@@ -111,6 +115,7 @@ impl<'s, 'w> Session<'s, 'w> {
             scores: carve(&mut rest, sizes.scores),
             rope: carve(&mut rest, sizes.rope),
             logits: carve(&mut rest, sizes.logits),
+            row: carve(&mut rest, sizes.row),
         };
         Ok(Session {
             model,
@@ -164,11 +169,7 @@ impl<'s, 'w> Session<'s, 'w> {
         self.run(tokens, Some(on_logits))
     }
 
-    fn run(
-        &mut self,
-        tokens: &[u32],
-        mut on_logits: Option<&mut dyn FnMut(usize, &[f32])>,
-    ) -> Result<()> {
+    fn run(&mut self, tokens: &[u32], mut on_logits: Option<LogitsFn<'_>>) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -239,9 +240,9 @@ impl<'s, 'w> Session<'s, 'w> {
             }
 
             // Q, K, V projections for the whole chunk.
-            kern.matmul(&lw.attn_q, s.xb, n, s.q)?;
-            kern.matmul(&lw.attn_k, s.xb, n, s.k)?;
-            kern.matmul(&lw.attn_v, s.xb, n, s.v)?;
+            kern.matmul(&lw.attn_q, s.xb, n, s.q, s.row)?;
+            kern.matmul(&lw.attn_k, s.xb, n, s.k, s.row)?;
+            kern.matmul(&lw.attn_v, s.xb, n, s.v, s.row)?;
 
             // Rotate queries and keys, then append K and V to the cache.
             for t in 0..n {
@@ -284,7 +285,7 @@ impl<'s, 'w> Session<'s, 'w> {
             }
 
             // Output projection and residual.
-            kern.matmul(&lw.attn_output, s.att, n, s.xb)?;
+            kern.matmul(&lw.attn_output, s.att, n, s.xb, s.row)?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
             // FFN RMSNorm, SwiGLU, down projection and residual.
@@ -296,12 +297,12 @@ impl<'s, 'w> Session<'s, 'w> {
                     c.rms_eps,
                 );
             }
-            kern.matmul(&lw.ffn_gate, s.xb, n, s.hb)?;
-            kern.matmul(&lw.ffn_up, s.xb, n, s.hb2)?;
+            kern.matmul(&lw.ffn_gate, s.xb, n, s.hb, s.row)?;
+            kern.matmul(&lw.ffn_up, s.xb, n, s.hb2, s.row)?;
             for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
                 *g = silu(*g) * u;
             }
-            kern.matmul(&lw.ffn_down, s.hb, n, s.xb)?;
+            kern.matmul(&lw.ffn_down, s.hb, n, s.xb, s.row)?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
         self.kv.advance(n);
@@ -319,12 +320,15 @@ impl<'s, 'w> Session<'s, 'w> {
                 w.output_norm,
                 c.rms_eps,
             );
-            kern.matmul(&w.output, &s.xb[..dim], 1, s.logits)?;
+            kern.matmul(&w.output, &s.xb[..dim], 1, s.logits, s.row)?;
             emit(t, s.logits);
         }
         Ok(())
     }
 }
+
+/// A caller's per-token logits callback: `(index in the input, logits)`.
+type LogitsFn<'f> = &'f mut dyn FnMut(usize, &[f32]);
 
 /// Which tokens of a chunk get logits.
 #[derive(Clone, Copy)]

@@ -49,6 +49,7 @@ pub(crate) struct ScratchSizes {
     pub scores: usize, // (kv_capacity)
     pub rope: usize,   // (batch, rope_dim) cos/sin pairs
     pub logits: usize, // (vocab)
+    pub row: usize,    // (max(dim, q_dim, ffn_dim)) one dequantized weight row
 }
 
 impl ScratchSizes {
@@ -65,6 +66,7 @@ impl ScratchSizes {
             scores: kv_capacity,
             rope: b.checked_mul(c.rope_dim)?,
             logits: c.vocab_size,
+            row: c.dim.max(c.q_dim()).max(c.ffn_dim),
         })
     }
 
@@ -81,6 +83,7 @@ impl ScratchSizes {
             self.scores,
             self.rope,
             self.logits,
+            self.row,
         ]
         .iter()
         .try_fold(0usize, |a, &b| a.checked_add(b))

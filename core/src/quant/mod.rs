@@ -91,7 +91,7 @@ impl GgmlType {
     /// of blocks or the size overflows.
     pub const fn row_bytes(self, n: u64) -> Option<u64> {
         let bl = self.block_len() as u64;
-        if n % bl != 0 {
+        if !n.is_multiple_of(bl) {
             return None;
         }
         (n / bl).checked_mul(self.block_bytes() as u64)
@@ -125,13 +125,13 @@ unsafe impl Pod for BlockQ8_1 {}
 pub fn cast_slice<T: Pod>(bytes: &[u8]) -> Result<&[T]> {
     let size = core::mem::size_of::<T>();
     let align = core::mem::align_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(Error::LengthMismatch {
             expected: (bytes.len() / size * size) as u64,
             found: bytes.len() as u64,
         });
     }
-    if bytes.as_ptr() as usize % align != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(align) {
         return Err(Error::MisalignedData {
             align: align as u32,
         });
