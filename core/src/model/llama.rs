@@ -143,6 +143,11 @@ impl<'s, 'w> Session<'s, 'w> {
         self.kv.len()
     }
 
+    /// Errors with `KvCacheFull` unless `n` more tokens fit in the cache.
+    pub fn reserve(&self, n: usize) -> Result<()> {
+        self.kv.reserve(n)
+    }
+
     /// Starts a new sequence over the same memory.
     pub fn reset(&mut self) {
         self.kv.clear();
