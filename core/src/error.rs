@@ -83,6 +83,14 @@ pub enum Error {
     EmptyInput,
     /// An operation's input lengths disagree (`expected` vs `found` elements).
     LengthMismatch { expected: u64, found: u64 },
+    /// `tokenizer.ggml.model` names a tokenizer this core does not implement
+    /// (it reads `gpt2` byte-level BPE and `llama` SentencePiece BPE).
+    UnsupportedTokenizer,
+    /// `tokenizer.ggml.pre` names pre-tokenizer rules this core does not know.
+    UnknownPreTokenizer,
+    /// A piece of text has no token and the vocabulary has no byte or unknown
+    /// token to stand for it.
+    Untokenizable { byte: u8 },
 }
 
 /// The named caps that untrusted counts are checked against before use.
@@ -103,6 +111,8 @@ pub enum Cap {
     Vocabulary,
     KvCapacity,
     Batch,
+    VocabularyBytes,
+    Merges,
 }
 
 impl Cap {
@@ -122,6 +132,8 @@ impl Cap {
             Cap::Vocabulary => "vocabulary size",
             Cap::KvCapacity => "KV cache capacity",
             Cap::Batch => "batch size",
+            Cap::VocabularyBytes => "vocabulary text size",
+            Cap::Merges => "BPE merge count",
         }
     }
 }
@@ -144,6 +156,20 @@ pub enum MetaKey {
     RopeDimensionCount,
     RmsEpsilon,
     VocabSize,
+    TokenizerModel,
+    TokenizerPre,
+    TokenizerTokens,
+    TokenizerTokenType,
+    TokenizerScores,
+    TokenizerMerges,
+    BosTokenId,
+    EosTokenId,
+    EotTokenId,
+    EomTokenId,
+    UnknownTokenId,
+    AddBosToken,
+    AddEosToken,
+    AddSpacePrefix,
 }
 
 impl MetaKey {
@@ -163,6 +189,20 @@ impl MetaKey {
             MetaKey::RopeDimensionCount => "llama.rope.dimension_count",
             MetaKey::RmsEpsilon => "llama.attention.layer_norm_rms_epsilon",
             MetaKey::VocabSize => "llama.vocab_size",
+            MetaKey::TokenizerModel => "tokenizer.ggml.model",
+            MetaKey::TokenizerPre => "tokenizer.ggml.pre",
+            MetaKey::TokenizerTokens => "tokenizer.ggml.tokens",
+            MetaKey::TokenizerTokenType => "tokenizer.ggml.token_type",
+            MetaKey::TokenizerScores => "tokenizer.ggml.scores",
+            MetaKey::TokenizerMerges => "tokenizer.ggml.merges",
+            MetaKey::BosTokenId => "tokenizer.ggml.bos_token_id",
+            MetaKey::EosTokenId => "tokenizer.ggml.eos_token_id",
+            MetaKey::EotTokenId => "tokenizer.ggml.eot_token_id",
+            MetaKey::EomTokenId => "tokenizer.ggml.eom_token_id",
+            MetaKey::UnknownTokenId => "tokenizer.ggml.unknown_token_id",
+            MetaKey::AddBosToken => "tokenizer.ggml.add_bos_token",
+            MetaKey::AddEosToken => "tokenizer.ggml.add_eos_token",
+            MetaKey::AddSpacePrefix => "tokenizer.ggml.add_space_prefix",
         }
     }
 }
@@ -312,6 +352,15 @@ impl fmt::Display for Error {
             Error::LengthMismatch { expected, found } => {
                 write!(f, "length mismatch: expected {expected} elements, found {found}")
             }
+            Error::UnsupportedTokenizer => write!(
+                f,
+                "unsupported tokenizer.ggml.model (gpt2 and llama tokenizers are read)"
+            ),
+            Error::UnknownPreTokenizer => write!(f, "unknown pre-tokenizer in tokenizer.ggml.pre"),
+            Error::Untokenizable { byte } => write!(
+                f,
+                "byte 0x{byte:02x} has no token and the vocabulary has no byte or unknown token"
+            ),
         }
     }
 }

@@ -61,5 +61,6 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod quant;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
