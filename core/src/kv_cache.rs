@@ -78,6 +78,11 @@ impl<'a> KvCache<'a> {
         self.len = 0;
     }
 
+    /// Forgets positions from `n` on (keeps the first `n`).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
     /// Errors unless `n` more positions fit.
     pub fn reserve(&self, n: usize) -> Result<()> {
         let needed = self.len as u64 + n as u64;

@@ -2,9 +2,10 @@
 //! a full machine offers: memory-mapped files, the default-model cache, the
 //! `ember` command line.
 
+pub mod chat;
 pub mod cli;
 pub mod convert;
-pub mod detok;
 pub mod mmap;
 pub mod model_store;
 pub mod run;
+pub mod text;

@@ -101,25 +101,48 @@ pub fn generate(
     out.prefill_tok_s = opt.prompt_ids.len() as f64 / prefill.max(1e-9);
     out.top_logits = top_k(s.logits(), opt.top_logits);
 
+    let (ids, decode_tok_s) = continue_greedy(
+        &mut s,
+        opt.n_predict,
+        &opt.eos,
+        opt.ignore_eos,
+        &mut on_token,
+    )?;
+    out.ids = ids;
+    out.decode_tok_s = decode_tok_s;
+    Ok(out)
+}
+
+/// Greedy decoding from the session's current logits: up to `n_predict` ids,
+/// stopping after an id in `eos` (which is returned but not fed back) unless
+/// `ignore_eos`. Returns the ids and the decode speed in tokens per second.
+pub fn continue_greedy(
+    s: &mut Session,
+    n_predict: usize,
+    eos: &[u32],
+    ignore_eos: bool,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<(Vec<u32>, f64)> {
     let t1 = Instant::now();
+    let mut ids = Vec::new();
     let mut steps = 0usize;
     let mut next = argmax(s.logits());
-    for i in 0..opt.n_predict {
-        out.ids.push(next);
+    for i in 0..n_predict {
+        ids.push(next);
         on_token(next);
-        if (!opt.ignore_eos && opt.eos.contains(&next)) || i + 1 == opt.n_predict {
+        if (!ignore_eos && eos.contains(&next)) || i + 1 == n_predict {
             break;
         }
         next = argmax(s.forward(&[next])?);
         steps += 1;
     }
-    let decode = t1.elapsed().as_secs_f64();
-    out.decode_tok_s = if steps > 0 {
-        steps as f64 / decode.max(1e-9)
+    let secs = t1.elapsed().as_secs_f64();
+    let tok_s = if steps > 0 {
+        steps as f64 / secs.max(1e-9)
     } else {
         0.0
     };
-    Ok(out)
+    Ok((ids, tok_s))
 }
 
 #[cfg(test)]

@@ -269,3 +269,227 @@ fn bad_input_is_one_line_and_nonzero() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A copy of `src` with metadata keys for which `keep` is false dropped and
+/// `extra` string keys added (tokenizer bad-input cases).
+fn rewrite(src: &Path, dst: &Path, keep: impl Fn(&str) -> bool, extra: &[(&str, &str)]) {
+    use ember_core::gguf::Gguf;
+    use ember_core::gguf_writer::GgufWriter;
+    let bytes = std::fs::read(src).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut w = GgufWriter::new();
+    w.version(g.version).alignment(g.alignment);
+    for (key, _, raw) in g.metadata_raw() {
+        if keep(key) {
+            w.add_raw(raw);
+        }
+    }
+    for (k, v) in extra {
+        w.add_str(k, v);
+    }
+    for t in g.tensors() {
+        w.add_tensor(t.name, &t.dims[..t.n_dims as usize], t.ty, t.data.to_vec());
+    }
+    std::fs::write(dst, w.to_bytes()).unwrap();
+}
+
+fn ember_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ember");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_answers_the_capital_of_france() {
+    let o = ember(&[
+        "run",
+        "--chat",
+        "What is the capital of France?",
+        "-n",
+        "32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Paris"), "{out}");
+    // It stopped at the end of its turn, not at -n, and printed no control token.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains(" 32 generated"), "{err}");
+    assert!(!out.contains("<|im_end|>"), "{out}");
+}
+
+#[test]
+fn text_prompt_streams_and_json_has_the_same_text() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let human = ember(&["run", "-m", m, "The capital of France is", "-n", "12"]);
+    assert!(
+        human.status.success(),
+        "{}",
+        String::from_utf8_lossy(&human.stderr)
+    );
+    let err = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        err.contains("prompt tokens") && err.contains("decode"),
+        "{err}"
+    );
+    let j = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "The capital of France is",
+        "-n",
+        "12",
+        "--json",
+    ]));
+    // Tokenized as llama.cpp does; the streamed text is the JSON's text.
+    let t = json_out(&ember(&[
+        "tokenize",
+        "-m",
+        m,
+        "The capital of France is",
+        "--json",
+    ]));
+    assert_eq!(j["prompt_ids"], t["ids"]);
+    let streamed = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(streamed.trim_end_matches('\n'), j["text"].as_str().unwrap());
+    assert!(!j["text"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn tokenize_matches_golden_ids() {
+    let g = golden("tokenizer_cases.json");
+    for c in g["cases"].as_array().unwrap().iter().take(8) {
+        let text = c["text"].as_str().unwrap();
+        let plain = json_out(&ember(&["tokenize", text, "--json"]));
+        assert_eq!(plain["ids"], c["ids_special_false"], "{text:?}");
+        let special = json_out(&ember(&["tokenize", text, "--special", "--json"]));
+        assert_eq!(special["ids"], c["ids_special_true"], "{text:?}");
+    }
+    let o = ember(&["tokenize", "Hello world"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("19556 -> 'Hello'") && out.contains("905 -> ' world'"),
+        "{out}"
+    );
+}
+
+#[test]
+fn chat_repl_keeps_history_and_resets() {
+    let m = model(GgmlType::Q8_0);
+    let input = b"What is the capital of France?\nAnd of Italy?\n/reset\n\xff\xfe\nWhat is the capital of Germany?\n";
+    let o = ember_stdin(&["chat", "-m", m.to_str().unwrap(), "-n", "24"], input);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(replies.len() >= 3, "{out}");
+    assert!(out.contains("Paris"), "{out}");
+    // The second question only makes sense with the first in the history.
+    assert!(out.contains("Rome"), "{out}");
+    assert!(out.contains("Berlin"), "{out}");
+    assert!(err.contains("conversation reset"), "{err}");
+    assert!(err.contains("not valid UTF-8"), "{err}");
+}
+
+#[test]
+fn text_bad_input_is_one_line_and_nonzero() {
+    let dir = std::env::temp_dir().join(format!("ember-badtext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = model(GgmlType::Q4_1);
+    let m = src.to_str().unwrap();
+
+    assert_one_line_error(&ember(&["run", "-m", m, ""]), "prompt is empty");
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "a b c d e f", "--ctx", "3"]),
+        "context holds 3",
+    );
+    assert_one_line_error(
+        &ember_stdin(&["run", "-m", m, "-"], b"ok \xc3\x28"),
+        "not valid UTF-8",
+    );
+    assert_one_line_error(
+        &ember_stdin(&["tokenize", "-m", m, "-"], b"\xff"),
+        "not valid UTF-8",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "x", "--prompt-ids", "1"]),
+        "not both",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "--system", "be brief", "x"]),
+        "--chat",
+    );
+
+    // Invalid UTF-8 in an argument: one line, exit 2 (argument error).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let o = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .arg("run")
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("UTF-8"), "{err}");
+    }
+
+    let no_tok = dir.join("no-tokenizer.gguf");
+    rewrite(&src, &no_tok, |k| !k.starts_with("tokenizer."), &[]);
+    let nt = no_tok.to_str().unwrap();
+    assert_one_line_error(&ember(&["run", "-m", nt, "hello"]), "no tokenizer");
+    assert_one_line_error(&ember(&["tokenize", "-m", nt, "hello"]), "no tokenizer");
+    // Ids still run without a tokenizer.
+    let o = ember(&["run", "-m", nt, "--prompt-ids", "1,2", "-n", "2", "--json"]);
+    assert_eq!(json_out(&o)["ids"].as_array().unwrap().len(), 2);
+
+    let bad_pre = dir.join("bad-pre.gguf");
+    rewrite(
+        &src,
+        &bad_pre,
+        |k| k != "tokenizer.ggml.pre",
+        &[("tokenizer.ggml.pre", "klingon")],
+    );
+    assert_one_line_error(
+        &ember(&["tokenize", "-m", bad_pre.to_str().unwrap(), "hello"]),
+        "unknown pre-tokenizer 'klingon'",
+    );
+
+    let bad_tpl = dir.join("bad-template.gguf");
+    rewrite(
+        &src,
+        &bad_tpl,
+        |k| k != "tokenizer.chat_template",
+        &[(
+            "tokenizer.chat_template",
+            "{% for m in messages %}{{ m.content ",
+        )],
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", bad_tpl.to_str().unwrap(), "--chat", "hi"]),
+        "chat template",
+    );
+    let raising = dir.join("raising-template.gguf");
+    rewrite(
+        &src,
+        &raising,
+        |k| k != "tokenizer.chat_template",
+        &[(
+            "tokenizer.chat_template",
+            "{{ raise_exception('roles must alternate') }}",
+        )],
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", raising.to_str().unwrap(), "--chat", "hi"]),
+        "roles must alternate",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

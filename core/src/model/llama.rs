@@ -153,6 +153,13 @@ impl<'s, 'w> Session<'s, 'w> {
         self.kv.clear();
     }
 
+    /// Forgets every token from position `n` on, so a sequence that shares its
+    /// first `n` tokens with this one continues from there (chat turns).
+    /// The logits are stale until the next forward call.
+    pub fn truncate(&mut self, n: usize) {
+        self.kv.truncate(n);
+    }
+
     /// Logits after the last token processed: (vocab).
     pub fn logits(&self) -> &[f32] {
         self.s.logits

@@ -1,0 +1,207 @@
+//! `ember chat`: an interactive multi-turn conversation.
+//!
+//! Each turn renders the whole conversation with the file's chat template and
+//! feeds only the tokens past what the KV cache already holds (the common
+//! prefix of the new rendering and the tokens fed so far), so earlier turns are
+//! not recomputed. On a terminal the line editor keeps history; piped input is
+//! read line by line. `/reset` starts over, Ctrl-D (end of input) quits.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ember_core::gguf::Gguf;
+use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::tokenizer::StreamDecoder;
+
+use crate::cli::{context, kernels, model_path, KernelChoice};
+use crate::run::continue_greedy;
+use crate::text::{prompt_text, ChatTemplate, Message};
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// A system message that opens every conversation.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+    pub n: usize,
+    /// KV cache capacity in tokens: the whole conversation must fit
+    /// [default: the model's context length, at most 8192].
+    #[arg(long, short = 'c')]
+    pub ctx: Option<usize>,
+    /// Prompt tokens per forward chunk.
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch: usize,
+    /// Kernel set.
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    pub kernels: KernelChoice,
+}
+
+/// Where user lines come from.
+enum Input {
+    Editor(Box<rustyline::DefaultEditor>),
+    Piped(std::io::StdinLock<'static>),
+}
+
+enum Line {
+    Text(String),
+    Skip(&'static str),
+    End,
+}
+
+impl Input {
+    fn open() -> Result<Input> {
+        if std::io::stdin().is_terminal() {
+            let ed = rustyline::DefaultEditor::new().context("starting the line editor")?;
+            Ok(Input::Editor(Box::new(ed)))
+        } else {
+            Ok(Input::Piped(std::io::stdin().lock()))
+        }
+    }
+
+    fn read(&mut self) -> Result<Line> {
+        match self {
+            Input::Editor(ed) => match ed.readline("> ") {
+                Ok(l) => {
+                    let _ = ed.add_history_entry(l.as_str());
+                    Ok(Line::Text(l))
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => Ok(Line::Skip("")),
+                Err(rustyline::error::ReadlineError::Eof) => Ok(Line::End),
+                Err(e) => bail!("reading input: {e}"),
+            },
+            Input::Piped(r) => {
+                let mut buf = Vec::new();
+                if r.read_until(b'\n', &mut buf).context("reading stdin")? == 0 {
+                    return Ok(Line::End);
+                }
+                match String::from_utf8(buf) {
+                    Ok(s) => Ok(Line::Text(s)),
+                    Err(_) => Ok(Line::Skip("that line is not valid UTF-8; ignored")),
+                }
+            }
+        }
+    }
+}
+
+pub fn cmd_chat(a: ChatArgs) -> Result<()> {
+    if a.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let path = model_path(&a.model)?;
+    let map = crate::mmap::map(&path)?;
+    let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
+    let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let mut index = Vec::new();
+    let tok = crate::text::tokenizer(&g, &mut index)?;
+    let template = ChatTemplate::from_gguf(&g, &tok)?;
+    let ctx = context(a.ctx, &model);
+    let plan = MemoryPlan::new(&model.config, ctx, a.batch)?;
+    let mut arena = plan.alloc();
+    let mut s = Session::new(&model, kernels(a.kernels), plan, &mut arena)?;
+    let system = a.system.as_deref().map(prompt_text).transpose()?;
+    let opening = || -> Vec<Message> { system.iter().map(|t| Message::new("system", t)).collect() };
+    // Check the template renders before the first question.
+    template.render(&opening(), true)?;
+
+    let mut history = opening();
+    let mut fed: Vec<u32> = Vec::new();
+    let mut input = Input::open()?;
+    let interactive = matches!(input, Input::Editor(_));
+    if interactive {
+        eprintln!("ember chat: {ctx}-token context. /reset starts over, Ctrl-D quits.");
+    }
+    loop {
+        let line = match input.read()? {
+            Line::End => break,
+            Line::Skip(msg) => {
+                if !msg.is_empty() {
+                    eprintln!("ember: {msg}");
+                }
+                continue;
+            }
+            Line::Text(l) => l,
+        };
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        match line.trim() {
+            "/reset" => {
+                history = opening();
+                fed.clear();
+                s.reset();
+                eprintln!("ember: conversation reset");
+                continue;
+            }
+            "/exit" | "/quit" => break,
+            "/help" => {
+                eprintln!("/reset starts a new conversation; /exit or Ctrl-D quits");
+                continue;
+            }
+            cmd if cmd.starts_with('/') => {
+                eprintln!("ember: unknown command {cmd} (/reset, /exit, /help)");
+                continue;
+            }
+            _ => {}
+        }
+
+        history.push(Message::new("user", line));
+        let ids = template.encode(&tok, &history, true)?;
+        // Keep what the cache already holds of this rendering; feed the rest
+        // (at least one token, for fresh logits).
+        let mut common = fed.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        if common == ids.len() {
+            common -= 1;
+        }
+        if ids.len() >= ctx {
+            history.pop();
+            eprintln!(
+                "ember: the conversation ({} tokens) no longer fits the {ctx}-token context; /reset to start over",
+                ids.len()
+            );
+            continue;
+        }
+        s.truncate(common);
+        fed.truncate(common);
+        s.forward(&ids[common..])?;
+        fed.extend_from_slice(&ids[common..]);
+
+        // The reply streams to stdout; it may use the rest of the context.
+        let room = ctx - s.pos() + 1;
+        let mut dec = StreamDecoder::new(&tok, false, false);
+        let mut reply = String::new();
+        let mut out = std::io::stdout().lock();
+        let (reply_ids, _) = continue_greedy(
+            &mut s,
+            a.n.min(room),
+            tok.end_of_generation(),
+            false,
+            &mut |id| {
+                if tok.is_eog(id) {
+                    return;
+                }
+                let _ = dec.push(&tok, id, &mut |t| {
+                    reply.push_str(t);
+                    let _ = out.write_all(t.as_bytes());
+                    let _ = out.flush();
+                });
+            },
+        )?;
+        dec.finish(&mut |t| {
+            reply.push_str(t);
+            let _ = out.write_all(t.as_bytes());
+        });
+        writeln!(out)?;
+        out.flush()?;
+        // Every id but the last was fed back.
+        fed.extend_from_slice(&reply_ids[..reply_ids.len().saturating_sub(1)]);
+        history.push(Message::new("assistant", &reply));
+    }
+    Ok(())
+}
