@@ -80,3 +80,227 @@ fn golden_cases_match_llama_cpp() {
         }
     }
 }
+
+fn spm_bytes() -> &'static [u8] {
+    use std::sync::OnceLock;
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/spm_vocab.json");
+        ember_tests::spm_vocab_gguf(&std::fs::read_to_string(dir).unwrap())
+    })
+}
+
+fn spm() -> &'static Tokenizer<'static> {
+    use std::sync::OnceLock;
+    static TOK: OnceLock<Tokenizer<'static>> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let g: &'static Gguf<'static> = Box::leak(Box::new(Gguf::parse(spm_bytes()).unwrap()));
+        let index = vec![0u32; Tokenizer::index_words(g).unwrap()].leak();
+        Tokenizer::new(g, index).unwrap()
+    })
+}
+
+#[test]
+fn sentencepiece_matches_llama_cpp() {
+    use sha2::{Digest, Sha256};
+    let g = golden("spm_cases.json");
+    // The same file llama.cpp tokenized.
+    let sha = format!("{:x}", Sha256::digest(spm_bytes()));
+    assert_eq!(sha, g["meta"]["gguf_sha256"].as_str().unwrap());
+    let t = spm();
+    for c in g["cases"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        for bos in [false, true] {
+            for special in [false, true] {
+                let got = t
+                    .encode(
+                        text,
+                        EncodeOptions {
+                            add_special: bos,
+                            parse_special: special,
+                        },
+                    )
+                    .unwrap();
+                let key = format!("ids_bos_{bos}_special_{special}");
+                assert_eq!(got, ids(&c[&key]), "{text:?} {key}");
+            }
+        }
+        let ids = ids(&c["ids_bos_false_special_true"]);
+        for (special, key) in [(false, "detok_special_false"), (true, "detok_special_true")] {
+            assert_eq!(
+                t.decode(&ids, special).unwrap(),
+                c[key].as_str().unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+}
+
+/// Every way of cutting `ids` into two or three runs streams the same text as
+/// decoding them at once.
+fn assert_streams_like_whole(t: &Tokenizer, ids: &[u32], special: bool) {
+    let whole = t.decode(ids, special).unwrap();
+    let n = ids.len();
+    let step = (n / 12).max(1);
+    for i in (0..=n).step_by(step) {
+        for j in (i..=n).step_by(step) {
+            let mut s = String::new();
+            let mut d = StreamDecoder::new(t, special, true);
+            for run in [&ids[..i], &ids[i..j], &ids[j..]] {
+                for &id in run {
+                    d.push(t, id, &mut |x| s.push_str(x)).unwrap();
+                }
+            }
+            d.finish(&mut |x| s.push_str(x));
+            assert_eq!(s, whole);
+        }
+    }
+}
+
+#[test]
+fn streaming_decode_emits_whole_characters_as_soon_as_complete() {
+    let t = smollm();
+    // 😀 is three tokens of one and two bytes: nothing comes out until the last.
+    let ids = enc(t, "😀!", false);
+    assert_eq!(ids, [10813, 242, 218, 17]);
+    let mut d = StreamDecoder::new(t, false, true);
+    let mut seen = Vec::new();
+    for &id in &ids {
+        let mut s = String::new();
+        d.push(t, id, &mut |x| s.push_str(x)).unwrap();
+        seen.push(s);
+    }
+    assert_eq!(seen, ["", "", "😀", "!"]);
+    // A character cut off at the end becomes U+FFFD, never a panic.
+    assert_eq!(t.decode(&ids[..2], false).unwrap(), "\u{FFFD}");
+    assert_eq!(t.decode(&[242, 218], false).unwrap(), "\u{FFFD}\u{FFFD}");
+    assert!(t.decode(&[t.vocab_size()], false).is_err());
+}
+
+#[test]
+fn long_inputs_are_not_quadratic() {
+    // One 1 MB word (a single pre-token) and 1 MB of prose; both round-trip.
+    let t = smollm();
+    let word = "ab".repeat(1 << 19);
+    let ids = enc(t, &word, false);
+    assert_eq!(t.decode(&ids, false).unwrap(), word);
+    let prose = "The quick brown fox jumps over the lazy dog; 12 pies. ".repeat(20_000);
+    let ids = enc(t, &prose, false);
+    assert!(ids.len() > 200_000);
+    assert_eq!(t.decode(&ids, false).unwrap(), prose);
+    let s = spm();
+    let ids = s.encode(&word, EncodeOptions::default()).unwrap();
+    assert_eq!(s.decode(&ids[1..], false).unwrap(), word);
+}
+
+#[test]
+fn caller_buffers_need_no_allocator() {
+    let t = smollm();
+    let text = "Hello world, 2024!";
+    let mut scratch = vec![0u32; Tokenizer::scratch_words(text.len())];
+    let mut out = [0u32; 16];
+    let n = t
+        .encode_into(text, EncodeOptions::default(), &mut scratch, &mut out)
+        .unwrap();
+    assert_eq!(&out[..n], enc(t, text, false).as_slice());
+    // Too small an output or scratch buffer is an error, not a panic.
+    let mut tiny = [0u32; 2];
+    assert!(matches!(
+        t.encode_into(text, EncodeOptions::default(), &mut scratch, &mut tiny),
+        Err(ember_core::Error::BufferTooSmall { .. })
+    ));
+    let mut small = vec![0u32; 8];
+    assert!(matches!(
+        t.encode_into(text, EncodeOptions::default(), &mut small, &mut out),
+        Err(ember_core::Error::BufferTooSmall { .. })
+    ));
+}
+
+#[test]
+fn end_of_generation_ids_come_from_metadata_and_names() {
+    let t = smollm();
+    assert_eq!(t.eos(), Some(2));
+    assert!(t.is_eog(2) && t.is_eog(0) && !t.is_eog(1));
+    assert!(!t.add_bos());
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn gpt2_round_trips_any_unicode(s in any::<String>()) {
+            let t = smollm();
+            let ids = enc(t, &s, false);
+            prop_assert_eq!(t.decode(&ids, false).unwrap(), s.clone());
+            assert_streams_like_whole(t, &ids, false);
+        }
+
+        #[test]
+        fn gpt2_round_trips_text_like_strings(s in "[ a-zA-Z0-9'.,!?\n\t<|>é中😀]{0,80}") {
+            let t = smollm();
+            for special in [false, true] {
+                let ids = enc(t, &s, special);
+                prop_assert_eq!(t.decode(&ids, true).unwrap(), s.clone());
+                assert_streams_like_whole(t, &ids, special);
+            }
+        }
+
+        #[test]
+        fn sentencepiece_round_trips_any_unicode(s in any::<String>()) {
+            // SentencePiece spells spaces as U+2581, so that character itself
+            // decodes to a space: the one loss the format has by design.
+            let s = s.replace('\u{2581}', "");
+            let t = spm();
+            let ids = t.encode(&s, EncodeOptions { add_special: false, parse_special: false }).unwrap();
+            prop_assert_eq!(t.decode(&ids, false).unwrap(), s.clone());
+            assert_streams_like_whole(t, &ids, false);
+        }
+
+        #[test]
+        fn any_ids_decode_without_panicking(ids in proptest::collection::vec(0u32..49152, 0..40)) {
+            let t = smollm();
+            let s = t.decode(&ids, true).unwrap();
+            // Lossy decoding of the concatenated bytes, streamed or not.
+            let mut bytes = Vec::new();
+            for &id in &ids {
+                t.piece(id, true, &mut |b| bytes.extend_from_slice(b)).unwrap();
+            }
+            prop_assert_eq!(s, String::from_utf8_lossy(&bytes).into_owned());
+            assert_streams_like_whole(t, &ids, true);
+        }
+    }
+}
+
+#[test]
+fn pre_tokenizers_split_like_their_published_expressions() {
+    use ember_core::tokenizer::PreTokenizer;
+    let g = golden("pretokenizer_cases.json");
+    for (name, pre) in [
+        ("gpt2", PreTokenizer::Gpt2),
+        ("smollm", PreTokenizer::Smollm),
+        ("llama3", PreTokenizer::Llama3),
+    ] {
+        let cases = g["cases"][name].as_array().unwrap();
+        assert!(cases.len() > 300);
+        for c in cases {
+            let text = c[0].as_str().unwrap();
+            let want: Vec<&str> = c[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap())
+                .collect();
+            let mut got: Vec<String> = Vec::new();
+            pre.split(text, &mut |w| {
+                got.push(w.to_string());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "{name} {text:?}");
+        }
+    }
+}
