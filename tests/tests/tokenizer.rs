@@ -304,3 +304,151 @@ fn pre_tokenizers_split_like_their_published_expressions() {
         }
     }
 }
+
+/// A tiny GPT-2 vocabulary GGUF with `edit` applied to its writer.
+fn tiny_bpe(edit: impl FnOnce(&mut ember_core::gguf_writer::GgufWriter)) -> Vec<u8> {
+    let mut w = ember_core::gguf_writer::GgufWriter::new();
+    w.add_str("general.architecture", "llama");
+    edit(&mut w);
+    w.to_bytes()
+}
+
+fn build(bytes: &[u8]) -> ember_core::Result<u32> {
+    let g = Gguf::parse(bytes)?;
+    let mut index = vec![0u32; Tokenizer::index_words(&g)?];
+    let t = Tokenizer::new(&g, &mut index)?;
+    Ok(t.vocab_size())
+}
+
+#[test]
+fn bad_tokenizer_metadata_is_an_error() {
+    use ember_core::error::MetaKey;
+    use ember_core::Error;
+    let ok = |w: &mut ember_core::gguf_writer::GgufWriter| {
+        w.add_str("tokenizer.ggml.model", "gpt2")
+            .add_str("tokenizer.ggml.pre", "gpt2")
+            .add_str_array("tokenizer.ggml.tokens", &["a", "b", "ab", "<|end|>"])
+            .add_i32_array("tokenizer.ggml.token_type", &[1, 1, 1, 3])
+            .add_str_array("tokenizer.ggml.merges", &["a b", "x y"]);
+    };
+    assert_eq!(build(&tiny_bpe(ok)), Ok(4));
+
+    assert_eq!(
+        build(&tiny_bpe(|_| {})),
+        Err(Error::MissingMetadata {
+            key: MetaKey::TokenizerModel
+        })
+    );
+    assert_eq!(
+        build(&tiny_bpe(|w| {
+            w.add_str("tokenizer.ggml.model", "bert");
+        })),
+        Err(Error::UnsupportedTokenizer)
+    );
+    assert_eq!(
+        build(&tiny_bpe(|w| {
+            w.add_str("tokenizer.ggml.model", "gpt2")
+                .add_str("tokenizer.ggml.pre", "klingon");
+        })),
+        Err(Error::UnknownPreTokenizer)
+    );
+    assert_eq!(
+        build(&tiny_bpe(|w| {
+            w.add_str("tokenizer.ggml.model", "gpt2")
+                .add_str("tokenizer.ggml.pre", "gpt2");
+        })),
+        Err(Error::MissingMetadata {
+            key: MetaKey::TokenizerTokens
+        })
+    );
+    assert_eq!(
+        build(&tiny_bpe(|w| {
+            w.add_str("tokenizer.ggml.model", "gpt2")
+                .add_str("tokenizer.ggml.pre", "gpt2")
+                .add_str_array("tokenizer.ggml.tokens", &["a"]);
+        })),
+        Err(Error::MissingMetadata {
+            key: MetaKey::TokenizerMerges
+        })
+    );
+    // Arrays of the wrong type or length, a merge with no space, an id past the vocabulary.
+    let base = |w: &mut ember_core::gguf_writer::GgufWriter| {
+        w.add_str("tokenizer.ggml.model", "gpt2")
+            .add_str("tokenizer.ggml.pre", "gpt2")
+            .add_str_array("tokenizer.ggml.tokens", &["a", "b", "ab"]);
+    };
+    let cases: Vec<(
+        Box<dyn Fn(&mut ember_core::gguf_writer::GgufWriter)>,
+        MetaKey,
+    )> = vec![
+        (
+            Box::new(|w| {
+                base(w);
+                w.add_i32_array("tokenizer.ggml.token_type", &[1, 1]);
+                w.add_str_array("tokenizer.ggml.merges", &["a b"]);
+            }),
+            MetaKey::TokenizerTokenType,
+        ),
+        (
+            Box::new(|w| {
+                base(w);
+                w.add_u32("tokenizer.ggml.merges", 3);
+            }),
+            MetaKey::TokenizerMerges,
+        ),
+        (
+            Box::new(|w| {
+                base(w);
+                w.add_str_array("tokenizer.ggml.merges", &["ab"]);
+            }),
+            MetaKey::TokenizerMerges,
+        ),
+        (
+            Box::new(|w| {
+                base(w);
+                w.add_str_array("tokenizer.ggml.merges", &["a b"]);
+                w.add_u32("tokenizer.ggml.eos_token_id", 3);
+            }),
+            MetaKey::EosTokenId,
+        ),
+        (
+            Box::new(|w| {
+                base(w);
+                w.add_str_array("tokenizer.ggml.merges", &["a b"]);
+                w.add_u32("tokenizer.ggml.add_bos_token", 1);
+            }),
+            MetaKey::AddBosToken,
+        ),
+        (
+            Box::new(|w| {
+                w.add_str("tokenizer.ggml.model", "gpt2");
+                w.add_i32_array("tokenizer.ggml.tokens", &[1, 2]);
+            }),
+            MetaKey::TokenizerTokens,
+        ),
+    ];
+    for (i, (edit, key)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            build(&tiny_bpe(edit)),
+            Err(Error::BadMetadata { key }),
+            "case {i}"
+        );
+    }
+    // A vocabulary with no byte tokens cannot spell every text: an error, not a panic.
+    let bytes = tiny_bpe(ok);
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut index = vec![0u32; Tokenizer::index_words(&g).unwrap()];
+    let t = Tokenizer::new(&g, &mut index).unwrap();
+    assert_eq!(t.encode("ab", EncodeOptions::default()).unwrap(), [2]);
+    assert_eq!(
+        t.encode("abc", EncodeOptions::default()),
+        Err(Error::Untokenizable { byte: b'c' })
+    );
+    assert!(t.is_eog(3));
+    // Index buffers that are too small are refused.
+    let mut small = vec![0u32; 10];
+    assert!(matches!(
+        Tokenizer::new(&g, &mut small),
+        Err(Error::BufferTooSmall { .. })
+    ));
+}
