@@ -377,10 +377,8 @@ fn bad_tokenizer_metadata_is_an_error() {
             .add_str("tokenizer.ggml.pre", "gpt2")
             .add_str_array("tokenizer.ggml.tokens", &["a", "b", "ab"]);
     };
-    let cases: Vec<(
-        Box<dyn Fn(&mut ember_core::gguf_writer::GgufWriter)>,
-        MetaKey,
-    )> = vec![
+    type Edit = Box<dyn Fn(&mut ember_core::gguf_writer::GgufWriter)>;
+    let cases: Vec<(Edit, MetaKey)> = vec![
         (
             Box::new(|w| {
                 base(w);
