@@ -377,8 +377,8 @@ fn bad_tokenizer_metadata_is_an_error() {
             .add_str("tokenizer.ggml.pre", "gpt2")
             .add_str_array("tokenizer.ggml.tokens", &["a", "b", "ab"]);
     };
-    type Edit = Box<dyn Fn(&mut ember_core::gguf_writer::GgufWriter)>;
-    let cases: Vec<(Edit, MetaKey)> = vec![
+    type Edit<'a> = Box<dyn Fn(&mut ember_core::gguf_writer::GgufWriter) + 'a>;
+    let cases: Vec<(Edit<'_>, MetaKey)> = vec![
         (
             Box::new(|w| {
                 base(w);
