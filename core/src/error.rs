@@ -91,6 +91,41 @@ pub enum Error {
     /// A piece of text has no token and the vocabulary has no byte or unknown
     /// token to stand for it.
     Untokenizable { byte: u8 },
+    /// A sampling parameter is out of its range (see [`SamplerParam`]).
+    InvalidSamplerParam { param: SamplerParam },
+    /// Every logit is NaN or negative infinity: there is nothing to sample.
+    NoCandidate,
+}
+
+/// The sampling parameters, named for errors.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SamplerParam {
+    Temperature,
+    TopK,
+    TopP,
+    MinP,
+    RepeatPenalty,
+    RepeatLastN,
+    FrequencyPenalty,
+    PresencePenalty,
+}
+
+impl SamplerParam {
+    /// The parameter's name and its valid range, for messages.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            SamplerParam::Temperature => "temperature must be a finite number >= 0",
+            SamplerParam::TopK => "top-k must be at least 1",
+            SamplerParam::TopP => "top-p must be in (0, 1]",
+            SamplerParam::MinP => "min-p must be in [0, 1]",
+            SamplerParam::RepeatPenalty => "repeat penalty must be a finite number > 0",
+            SamplerParam::RepeatLastN => "the penalty window is longer than the sampler holds",
+            SamplerParam::FrequencyPenalty => "frequency penalty must be finite",
+            SamplerParam::PresencePenalty => "presence penalty must be finite",
+        }
+    }
 }
 
 /// The named caps that untrusted counts are checked against before use.
@@ -357,6 +392,8 @@ impl fmt::Display for Error {
                 "unsupported tokenizer.ggml.model (gpt2 and llama tokenizers are read)"
             ),
             Error::UnknownPreTokenizer => write!(f, "unknown pre-tokenizer in tokenizer.ggml.pre"),
+            Error::InvalidSamplerParam { param } => write!(f, "{}", param.describe()),
+            Error::NoCandidate => write!(f, "every logit is NaN or -inf: nothing to sample"),
             Error::Untokenizable { byte } => write!(
                 f,
                 "byte 0x{byte:02x} has no token and the vocabulary has no byte or unknown token"

@@ -61,6 +61,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod quant;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,499 @@
+//! Choosing the next token from logits, with no allocator.
+//!
+//! The chain runs in llama.cpp's default order:
+//! penalties → top-k → top-p → min-p → temperature → draw.
+//! Truncation (top-k, top-p, min-p) looks at the distribution at temperature 1,
+//! and temperature only reshapes what survives, as in llama.cpp. Temperature 0
+//! is greedy: the largest penalised logit, ties to the lowest id.
+//!
+//! Logits that are NaN or `-inf` are never chosen. If any logit is `+inf`, the
+//! `+inf` tokens share all the probability. If nothing is left, the result is
+//! [`Error::NoCandidate`].
+//!
+//! # Cost
+//! A step copies the logits into caller scratch ([`Sampler::scratch_len`]
+//! candidates) and does `O(vocab)` work. Top-k is a selection, which is
+//! expected `O(vocab)`, followed by a sort of the `k` survivors. Without
+//! top-k, top-p sorts a growing prefix until it holds `p` of the mass, so it
+//! sorts only as many tokens as it keeps. No step sorts the whole vocabulary
+//! unless the distribution is so flat that top-p keeps all of it.
+//!
+//! # Reproducibility
+//! [`Pcg32`] is a small PRNG specified here, so one seed gives one stream on
+//! every target. All arithmetic is `f32` through `libm`, which is software and
+//! is the same everywhere. Given the same logits, the same seed gives the same
+//! tokens on x86_64, AArch64 and Cortex-M.
+
+use core::cmp::Ordering;
+
+use crate::error::SamplerParam;
+use crate::{Error, Result};
+
+/// PCG32 (PCG-XSH-RR 64/32, M. E. O'Neill, "PCG: A Family of Simple Fast
+/// Space-Efficient Statistically Good Algorithms for Random Number
+/// Generation", 2014).
+///
+/// - state: `state = state * 6364136223846793005 + inc` (mod 2^64), where
+///   `inc` is `(stream << 1) | 1`.
+/// - output: `xorshifted = ((old >> 18) ^ old) >> 27` (as u32), then rotate
+///   right by `old >> 59`.
+/// - seeding, as `pcg32_srandom_r`: state 0, one step, add the seed, one step.
+///
+/// `Pcg32::new(42, 54)` yields 0xa15c02b7, 0x7b47f409, 0xba1d3330, ... which
+/// are the values of the reference implementation's demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pcg32 {
+    state: u64,
+    inc: u64,
+}
+
+impl Pcg32 {
+    /// PCG's default multiplier.
+    pub const MULTIPLIER: u64 = 6_364_136_223_846_793_005;
+    /// The stream the sampler uses (the reference implementation's default).
+    pub const SAMPLER_STREAM: u64 = 0xda3e_39cb_94b9_5bdb;
+
+    pub const fn new(seed: u64, stream: u64) -> Pcg32 {
+        let mut r = Pcg32 {
+            state: 0,
+            inc: (stream << 1) | 1,
+        };
+        r.step();
+        r.state = r.state.wrapping_add(seed);
+        r.step();
+        r
+    }
+
+    const fn step(&mut self) {
+        self.state = self
+            .state
+            .wrapping_mul(Self::MULTIPLIER)
+            .wrapping_add(self.inc);
+    }
+
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        let old = self.state;
+        self.step();
+        let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
+        let rot = (old >> 59) as u32;
+        xorshifted.rotate_right(rot)
+    }
+
+    /// A uniform `f32` in `[0, 1)` from the top 24 bits.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0)
+    }
+}
+
+/// Tokens the penalties look back over, at most.
+pub const MAX_PENALTY_WINDOW: usize = 256;
+
+/// Sampling parameters. [`SamplerConfig::default`] gives llama.cpp's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerConfig {
+    /// 0 is greedy; otherwise logits are divided by it before the draw.
+    pub temperature: f32,
+    /// Keep the `k` most likely tokens (0: no limit).
+    pub top_k: u32,
+    /// Keep the smallest set of most likely tokens whose mass reaches `p`
+    /// (1: no limit).
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely (0: off).
+    pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of recent tokens (1: off).
+    pub repeat_penalty: f32,
+    /// Subtract `count × this` from recent tokens' logits.
+    pub frequency_penalty: f32,
+    /// Subtract this once from every recent token's logit.
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties see (at most [`MAX_PENALTY_WINDOW`]).
+    pub repeat_last_n: usize,
+    /// The PRNG seed.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Greedy decoding (temperature 0, no penalties).
+    pub fn greedy() -> Self {
+        SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Checks every parameter's range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |param| Err(Error::InvalidSamplerParam { param });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(SamplerParam::Temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(SamplerParam::TopP);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(SamplerParam::MinP);
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad(SamplerParam::RepeatPenalty);
+        }
+        if !self.frequency_penalty.is_finite() {
+            return bad(SamplerParam::FrequencyPenalty);
+        }
+        if !self.presence_penalty.is_finite() {
+            return bad(SamplerParam::PresencePenalty);
+        }
+        if self.repeat_last_n > MAX_PENALTY_WINDOW {
+            return bad(SamplerParam::RepeatLastN);
+        }
+        Ok(())
+    }
+
+    fn penalties_on(&self) -> bool {
+        self.repeat_last_n > 0
+            && (self.repeat_penalty != 1.0
+                || self.frequency_penalty != 0.0
+                || self.presence_penalty != 0.0)
+    }
+}
+
+/// One token under consideration (caller scratch).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Candidate {
+    pub id: u32,
+    pub logit: f32,
+}
+
+/// Larger logit first; equal logits by lower id (a total, deterministic order).
+fn before(a: &Candidate, b: &Candidate) -> Ordering {
+    b.logit
+        .partial_cmp(&a.logit)
+        .unwrap_or(Ordering::Equal)
+        .then(a.id.cmp(&b.id))
+}
+
+/// The sampler's state: parameters, PRNG and the recent-token window.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    cfg: SamplerConfig,
+    rng: Pcg32,
+    recent: heapless::HistoryBuffer<u32, MAX_PENALTY_WINDOW>,
+}
+
+impl Sampler {
+    /// A sampler; the parameters are checked first.
+    pub fn new(cfg: SamplerConfig) -> Result<Sampler> {
+        cfg.validate()?;
+        Ok(Sampler {
+            cfg,
+            rng: Pcg32::new(cfg.seed, Pcg32::SAMPLER_STREAM),
+            recent: heapless::HistoryBuffer::new(),
+        })
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.cfg
+    }
+
+    /// Candidates of scratch a vocabulary of `vocab` tokens needs.
+    pub const fn scratch_len(vocab: usize) -> usize {
+        vocab
+    }
+
+    /// Records a token (prompt or generated) for the penalties.
+    pub fn accept(&mut self, id: u32) {
+        self.recent.write(id);
+    }
+
+    /// Forgets the recent tokens and restarts the PRNG from the seed.
+    pub fn reset(&mut self) {
+        self.recent.clear();
+        self.rng = Pcg32::new(self.cfg.seed, Pcg32::SAMPLER_STREAM);
+    }
+
+    /// Picks the next token from `logits`. Nothing is recorded; call
+    /// [`Sampler::accept`] with the token that is used.
+    pub fn sample(&mut self, logits: &[f32], scratch: &mut [Candidate]) -> Result<u32> {
+        let n = logits.len();
+        let found = scratch.len() as u64;
+        let cand = scratch.get_mut(..n).ok_or(Error::BufferTooSmall {
+            needed: n as u64,
+            found,
+        })?;
+        for (i, (c, &l)) in cand.iter_mut().zip(logits).enumerate() {
+            *c = Candidate {
+                id: i as u32,
+                logit: l,
+            };
+        }
+        if self.cfg.penalties_on() {
+            self.apply_penalties(cand);
+        }
+        let m = Self::drop_impossible(cand)?;
+        let cand = &mut cand[..m];
+
+        if self.cfg.temperature == 0.0 {
+            let best = cand
+                .iter()
+                .min_by(|a, b| before(a, b))
+                .ok_or(Error::NoCandidate)?;
+            return Ok(best.id);
+        }
+
+        let mut m = cand.len();
+        let mut sorted = false;
+        let k = self.cfg.top_k as usize;
+        if k > 0 && k < m {
+            cand.select_nth_unstable_by(k - 1, before);
+            m = k;
+        }
+        if k > 0 {
+            cand[..m].sort_unstable_by(before);
+            sorted = true;
+        }
+        if self.cfg.top_p < 1.0 {
+            m = top_p(&mut cand[..m], self.cfg.top_p, sorted);
+            sorted = true;
+        }
+        if self.cfg.min_p > 0.0 {
+            m = min_p(&mut cand[..m], self.cfg.min_p, sorted);
+        }
+        let cand = &mut cand[..m];
+
+        // Temperature, softmax, draw.
+        let inv_t = 1.0 / self.cfg.temperature;
+        let max = cand.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.logit));
+        let mut sum = 0.0f32;
+        for c in cand.iter_mut() {
+            c.logit = libm::expf((c.logit - max) * inv_t);
+            sum += c.logit;
+        }
+        let r = self.rng.next_f32() * sum;
+        let mut acc = 0.0f32;
+        for c in cand.iter() {
+            acc += c.logit;
+            if r < acc {
+                return Ok(c.id);
+            }
+        }
+        // Rounding can leave r at the very top: the last candidate with any weight.
+        cand.iter()
+            .rev()
+            .find(|c| c.logit > 0.0)
+            .map(|c| c.id)
+            .ok_or(Error::NoCandidate)
+    }
+
+    /// llama.cpp's penalties over the distinct tokens in the window.
+    fn apply_penalties(&self, cand: &mut [Candidate]) {
+        let n = self.cfg.repeat_last_n.min(self.recent.len());
+        let window = || self.recent.oldest_ordered().skip(self.recent.len() - n);
+        for (i, &t) in window().enumerate() {
+            if window().take(i).any(|&u| u == t) {
+                continue; // counted at its first occurrence
+            }
+            let count = window().skip(i).filter(|&&u| u == t).count() as f32;
+            if let Some(c) = cand.get_mut(t as usize) {
+                let mut l = c.logit;
+                if l > 0.0 {
+                    l /= self.cfg.repeat_penalty;
+                } else {
+                    l *= self.cfg.repeat_penalty;
+                }
+                l -= count * self.cfg.frequency_penalty + self.cfg.presence_penalty;
+                c.logit = l;
+            }
+        }
+    }
+
+    /// Drops NaN and `-inf`; if any `+inf` is present, keeps only those,
+    /// all equal. Returns how many remain (at the front).
+    fn drop_impossible(cand: &mut [Candidate]) -> Result<usize> {
+        let any_inf = cand.iter().any(|c| c.logit == f32::INFINITY);
+        let mut m = 0;
+        for i in 0..cand.len() {
+            let mut c = cand[i];
+            let keep = if any_inf {
+                c.logit == f32::INFINITY
+            } else {
+                c.logit.is_finite()
+            };
+            if keep {
+                if any_inf {
+                    c.logit = 0.0;
+                }
+                cand[m] = c;
+                m += 1;
+            }
+        }
+        if m == 0 {
+            return Err(Error::NoCandidate);
+        }
+        Ok(m)
+    }
+}
+
+/// Keeps the smallest prefix (largest first) whose probability reaches `p`;
+/// sorts only as much as it keeps. Returns the new length.
+fn top_p(cand: &mut [Candidate], p: f32, sorted: bool) -> usize {
+    let m = cand.len();
+    let max = cand.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.logit));
+    let sum: f32 = cand.iter().map(|c| libm::expf(c.logit - max)).sum();
+    let target = p * sum;
+    let mut done = 0; // cand[..done] is sorted and every other one is smaller
+    let mut want = if sorted { m } else { 64.min(m) };
+    let mut acc = 0.0f32;
+    loop {
+        if !sorted && want > done {
+            let rest = &mut cand[done..];
+            if want < m {
+                rest.select_nth_unstable_by(want - done - 1, before);
+            }
+            rest[..want - done].sort_unstable_by(before);
+        }
+        for (i, c) in cand.iter().enumerate().take(want).skip(done) {
+            acc += libm::expf(c.logit - max);
+            if acc >= target {
+                return i + 1;
+            }
+        }
+        done = want;
+        if want == m {
+            return m;
+        }
+        want = (want * 4).min(m);
+    }
+}
+
+/// Keeps tokens with probability at least `min_p` times the largest,
+/// in order. Returns the new length.
+fn min_p(cand: &mut [Candidate], min_p: f32, sorted: bool) -> usize {
+    let max = if sorted {
+        cand.first().map_or(f32::NEG_INFINITY, |c| c.logit)
+    } else {
+        cand.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.logit))
+    };
+    let floor = max + libm::logf(min_p);
+    let mut m = 0;
+    for i in 0..cand.len() {
+        if cand[i].logit >= floor {
+            cand[m] = cand[i];
+            m += 1;
+        }
+    }
+    m.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcg32_matches_the_reference_demo() {
+        let mut r = Pcg32::new(42, 54);
+        let want = [
+            0xa15c02b7u32,
+            0x7b47f409,
+            0xba1d3330,
+            0x83d2f293,
+            0xbfa4784b,
+            0xcbed606e,
+        ];
+        for w in want {
+            assert_eq!(r.next_u32(), w);
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_lowest_id_on_ties_and_skips_nan() {
+        let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let mut scratch = [Candidate::default(); 6];
+        let l = [1.0, f32::NAN, 3.0, 3.0, -1.0, 2.0];
+        assert_eq!(s.sample(&l, &mut scratch), Ok(2));
+        let all_bad = [f32::NAN, f32::NEG_INFINITY];
+        assert_eq!(s.sample(&all_bad, &mut scratch), Err(Error::NoCandidate));
+        assert!(matches!(
+            s.sample(&[0.0; 7], &mut scratch),
+            Err(Error::BufferTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn infinite_logits_share_the_mass() {
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(cfg).unwrap();
+        let mut scratch = [Candidate::default(); 4];
+        let l = [0.0, f32::INFINITY, 5.0, f32::INFINITY];
+        let mut seen = [0u32; 4];
+        for _ in 0..1000 {
+            seen[s.sample(&l, &mut scratch).unwrap() as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[2], 0);
+        assert!(seen[1] > 400 && seen[3] > 400, "{seen:?}");
+    }
+
+    #[test]
+    fn penalties_follow_llama_cpp() {
+        let cfg = SamplerConfig {
+            temperature: 0.0,
+            repeat_penalty: 2.0,
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(cfg).unwrap();
+        for t in [0, 0, 1] {
+            s.accept(t);
+        }
+        let mut c = [
+            Candidate { id: 0, logit: 4.0 },
+            Candidate { id: 1, logit: -1.0 },
+            Candidate { id: 2, logit: 1.0 },
+        ];
+        s.apply_penalties(&mut c);
+        assert_eq!(c[0].logit, 4.0 / 2.0 - 2.0 * 0.5 - 0.25);
+        assert_eq!(c[1].logit, -1.0 * 2.0 - 0.5 - 0.25);
+        assert_eq!(c[2].logit, 1.0);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let bad = |cfg: SamplerConfig, param| {
+            assert_eq!(
+                Sampler::new(cfg).map(|_| ()),
+                Err(Error::InvalidSamplerParam { param })
+            );
+        };
+        let d = SamplerConfig::default();
+        bad(SamplerConfig { temperature: -0.1, ..d }, SamplerParam::Temperature);
+        bad(SamplerConfig { temperature: f32::NAN, ..d }, SamplerParam::Temperature);
+        bad(SamplerConfig { top_p: 0.0, ..d }, SamplerParam::TopP);
+        bad(SamplerConfig { top_p: 1.5, ..d }, SamplerParam::TopP);
+        bad(SamplerConfig { min_p: -0.5, ..d }, SamplerParam::MinP);
+        bad(SamplerConfig { repeat_penalty: 0.0, ..d }, SamplerParam::RepeatPenalty);
+        bad(SamplerConfig { frequency_penalty: f32::INFINITY, ..d }, SamplerParam::FrequencyPenalty);
+        bad(SamplerConfig { repeat_last_n: 10_000, ..d }, SamplerParam::RepeatLastN);
+    }
+}
