@@ -78,6 +78,34 @@ impl<'a> KvCache<'a> {
         self.len = 0;
     }
 
+    /// Makes this cache hold what `other` holds (beam search forks sequences).
+    /// The shapes must match; only the positions `other` holds are copied.
+    pub fn copy_from(&mut self, other: &KvCache<'_>) -> Result<()> {
+        if other.n_layers != self.n_layers || other.kv_dim != self.kv_dim {
+            return Err(Error::LengthMismatch {
+                expected: (self.n_layers * self.kv_dim) as u64,
+                found: (other.n_layers * other.kv_dim) as u64,
+            });
+        }
+        if other.len > self.capacity {
+            return Err(Error::KvCacheFull {
+                capacity: self.capacity as u32,
+                needed: other.len as u64,
+            });
+        }
+        let n = other.len * self.kv_dim;
+        for l in 0..self.n_layers {
+            let (dst, src) = (
+                l * self.capacity * self.kv_dim,
+                l * other.capacity * other.kv_dim,
+            );
+            self.k[dst..dst + n].copy_from_slice(&other.k[src..src + n]);
+            self.v[dst..dst + n].copy_from_slice(&other.v[src..src + n]);
+        }
+        self.len = other.len;
+        Ok(())
+    }
+
     /// Forgets positions from `n` on (keeps the first `n`).
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);

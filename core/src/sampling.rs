@@ -487,13 +487,43 @@ mod tests {
             );
         };
         let d = SamplerConfig::default();
-        bad(SamplerConfig { temperature: -0.1, ..d }, SamplerParam::Temperature);
-        bad(SamplerConfig { temperature: f32::NAN, ..d }, SamplerParam::Temperature);
+        bad(
+            SamplerConfig {
+                temperature: -0.1,
+                ..d
+            },
+            SamplerParam::Temperature,
+        );
+        bad(
+            SamplerConfig {
+                temperature: f32::NAN,
+                ..d
+            },
+            SamplerParam::Temperature,
+        );
         bad(SamplerConfig { top_p: 0.0, ..d }, SamplerParam::TopP);
         bad(SamplerConfig { top_p: 1.5, ..d }, SamplerParam::TopP);
         bad(SamplerConfig { min_p: -0.5, ..d }, SamplerParam::MinP);
-        bad(SamplerConfig { repeat_penalty: 0.0, ..d }, SamplerParam::RepeatPenalty);
-        bad(SamplerConfig { frequency_penalty: f32::INFINITY, ..d }, SamplerParam::FrequencyPenalty);
-        bad(SamplerConfig { repeat_last_n: 10_000, ..d }, SamplerParam::RepeatLastN);
+        bad(
+            SamplerConfig {
+                repeat_penalty: 0.0,
+                ..d
+            },
+            SamplerParam::RepeatPenalty,
+        );
+        bad(
+            SamplerConfig {
+                frequency_penalty: f32::INFINITY,
+                ..d
+            },
+            SamplerParam::FrequencyPenalty,
+        );
+        bad(
+            SamplerConfig {
+                repeat_last_n: 10_000,
+                ..d
+            },
+            SamplerParam::RepeatLastN,
+        );
     }
 }

@@ -15,9 +15,10 @@ use ember_core::gguf::Gguf;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::tokenizer::StreamDecoder;
 
-use crate::cli::{context, kernels, model_path, KernelChoice};
-use crate::run::continue_greedy;
-use crate::text::{prompt_text, ChatTemplate, Message};
+use crate::cli::{context, kernels, model_path, KernelChoice, SamplingArgs};
+use crate::run::continue_sampling;
+use crate::text::{prompt_text, ChatTemplate, Message, StopText};
+use ember_core::sampling::{Candidate, Sampler};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -40,6 +41,8 @@ pub struct ChatArgs {
     /// Kernel set.
     #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
     pub kernels: KernelChoice,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 /// Where user lines come from.
@@ -93,6 +96,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1");
     }
+    let cfg = a.sampling.config()?;
     let path = model_path(&a.model)?;
     let map = crate::mmap::map(&path)?;
     let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
@@ -104,6 +108,8 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let plan = MemoryPlan::new(&model.config, ctx, a.batch)?;
     let mut arena = plan.alloc();
     let mut s = Session::new(&model, kernels(a.kernels), plan, &mut arena)?;
+    let mut sampler = Sampler::new(cfg)?;
+    let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let system = a.system.as_deref().map(prompt_text).transpose()?;
     let opening = || -> Vec<Message> { system.iter().map(|t| Message::new("system", t)).collect() };
     // Check the template renders before the first question.
@@ -114,7 +120,10 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let mut input = Input::open()?;
     let interactive = matches!(input, Input::Editor(_));
     if interactive {
-        eprintln!("ember chat: {ctx}-token context. /reset starts over, Ctrl-D quits.");
+        eprintln!(
+            "ember chat: {ctx}-token context, seed {}. /reset starts over, Ctrl-D quits.",
+            cfg.seed
+        );
     }
     loop {
         let line = match input.read()? {
@@ -136,6 +145,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
                 history = opening();
                 fed.clear();
                 s.reset();
+                sampler.reset();
                 eprintln!("ember: conversation reset");
                 continue;
             }
@@ -171,32 +181,44 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         fed.truncate(common);
         s.forward(&ids[common..])?;
         fed.extend_from_slice(&ids[common..]);
+        for &id in &ids[common..] {
+            sampler.accept(id);
+        }
 
         // The reply streams to stdout; it may use the rest of the context.
         let room = ctx - s.pos() + 1;
         let mut dec = StreamDecoder::new(&tok, false, false);
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();
-        let (reply_ids, _) = continue_greedy(
+        let mut stops = StopText::new(&a.sampling.stop);
+        let (reply_ids, _) = continue_sampling(
             &mut s,
+            &mut sampler,
+            &mut scratch,
             a.n.min(room),
             tok.end_of_generation(),
             false,
             &mut |id| {
                 if tok.is_eog(id) {
-                    return;
+                    return true;
                 }
                 let _ = dec.push(&tok, id, &mut |t| {
-                    reply.push_str(t);
+                    let t = stops.push(t);
+                    reply.push_str(&t);
                     let _ = out.write_all(t.as_bytes());
                     let _ = out.flush();
                 });
+                !stops.stopped()
             },
         )?;
         dec.finish(&mut |t| {
-            reply.push_str(t);
+            let t = stops.push(t);
+            reply.push_str(&t);
             let _ = out.write_all(t.as_bytes());
         });
+        let t = stops.finish();
+        reply.push_str(&t);
+        let _ = out.write_all(t.as_bytes());
         writeln!(out)?;
         out.flush()?;
         // Every id but the last was fed back.

@@ -12,8 +12,10 @@ use serde_json::json;
 
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 
+use ember_core::sampling::SamplerConfig;
+
 use crate::run::{generate, RunOptions};
-use crate::text::{encode_prompt, prompt_text, ChatTemplate, Message};
+use crate::text::{encode_prompt, prompt_text, ChatTemplate, Message, StopText};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +38,8 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Rewrite a GGUF file with its weight matrices in another type.
     Convert(ConvertArgs),
+    /// Write a deterministic random-weights llama GGUF of any shape.
+    Synth(SynthArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,6 +94,181 @@ pub struct RunArgs {
     /// Keep generating after the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Beam search with N beams (each with its own KV cache) instead of sampling.
+    #[arg(long, value_name = "N")]
+    pub beams: Option<usize>,
+    /// With --beams: rank hypotheses by logprob / length^A.
+    #[arg(
+        long,
+        value_name = "A",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub length_penalty: f64,
+}
+
+/// Sampling flags shared by `run` and `chat` (defaults as llama.cpp's).
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy decoding (ties go to the lowest id).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (K >= 1; K >= vocabulary size keeps all).
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 40,
+        allow_negative_numbers = true
+    )]
+    pub top_k: i64,
+    /// Keep the most likely tokens whose probabilities add up to P (0 < P <= 1; 1 is off).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.95,
+        allow_negative_numbers = true
+    )]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 <= P <= 1; 0 is off).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.05,
+        allow_negative_numbers = true
+    )]
+    pub min_p: f32,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1.0 is off).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties look at (0 to 256).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        allow_negative_numbers = true
+    )]
+    pub repeat_last_n: i64,
+    /// Subtract this from the logit of every recent token.
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub presence_penalty: f32,
+    /// Subtract this times its count from the logit of every recent token.
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub frequency_penalty: f32,
+    /// PRNG seed [default: a random one; the seed used is printed so a run can be repeated].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Stop when the text contains this string (not printed); may be repeated.
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The sampler configuration, each flag checked and named if wrong.
+    pub fn config(&self) -> Result<SamplerConfig> {
+        let t = self.temp;
+        if !(t.is_finite() && t >= 0.0) {
+            bail!("--temp must be a finite number >= 0 (got {t})");
+        }
+        if self.top_k < 1 {
+            bail!("--top-k must be at least 1 (got {}); a K at or above the vocabulary size keeps every token", self.top_k);
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--top-p must be in (0, 1] (got {p})");
+        }
+        let m = self.min_p;
+        if !(0.0..=1.0).contains(&m) {
+            bail!("--min-p must be in [0, 1] (got {m})");
+        }
+        let r = self.repeat_penalty;
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--repeat-penalty must be a finite number > 0 (got {r})");
+        }
+        if !(0..=ember_core::sampling::MAX_PENALTY_WINDOW as i64).contains(&self.repeat_last_n) {
+            bail!(
+                "--repeat-last-n must be between 0 and {} (got {})",
+                ember_core::sampling::MAX_PENALTY_WINDOW,
+                self.repeat_last_n
+            );
+        }
+        if !self.presence_penalty.is_finite() {
+            bail!("--presence-penalty must be finite");
+        }
+        if !self.frequency_penalty.is_finite() {
+            bail!("--frequency-penalty must be finite");
+        }
+        let cfg = SamplerConfig {
+            temperature: t,
+            top_k: self.top_k.min(u32::MAX as i64) as u32,
+            top_p: p,
+            min_p: m,
+            repeat_penalty: r,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repeat_last_n: self.repeat_last_n as usize,
+            seed: self.seed.unwrap_or_else(random_seed),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A seed for runs that were not given one (printed, so they can be repeated).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    // Keep seeds short enough to type.
+    h.finish() % 1_000_000_000
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output GGUF.
+    pub output: PathBuf,
+    #[arg(long)]
+    pub dim: usize,
+    #[arg(long)]
+    pub layers: usize,
+    #[arg(long)]
+    pub heads: usize,
+    #[arg(long)]
+    pub kv_heads: usize,
+    #[arg(long)]
+    pub ffn: usize,
+    #[arg(long)]
+    pub vocab: usize,
+    /// Context length written to the metadata.
+    #[arg(long, default_value_t = 256)]
+    pub ctx: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Weight type: q8_0, f16, q4_0, q4_1 or f32.
+    #[arg(long = "type", short = 't', default_value = "q8_0")]
+    pub ty: String,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +324,28 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => crate::chat::cmd_chat(a),
         Command::Tokenize(a) => cmd_tokenize(a),
+        Command::Synth(a) => {
+            let cfg = crate::synth::SynthConfig {
+                dim: a.dim,
+                layers: a.layers,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                ffn: a.ffn,
+                vocab: a.vocab,
+                ctx: a.ctx,
+                seed: a.seed,
+                ty: crate::convert::parse_type(&a.ty)?,
+            };
+            let bytes = crate::synth::synth(&cfg)?;
+            std::fs::write(&a.output, &bytes)
+                .with_context(|| format!("cannot write {}", a.output.display()))?;
+            eprintln!(
+                "ember: wrote {} ({} bytes)",
+                a.output.display(),
+                bytes.len()
+            );
+            Ok(())
+        }
         Command::Convert(a) => {
             let ty = crate::convert::parse_type(&a.ty)?;
             crate::convert::convert_file(&a.input, &a.output, ty)
@@ -196,6 +397,13 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     if a.prompt_ids.is_some() && (a.prompt.is_some() || a.chat) {
         bail!("give either a text prompt or --prompt-ids, not both");
     }
+    let sampling = a.sampling.config()?;
+    if a.beams == Some(0) {
+        bail!("--beams must be at least 1");
+    }
+    if !a.length_penalty.is_finite() {
+        bail!("--length-penalty must be finite");
+    }
     let prompt = a.prompt.as_deref().map(prompt_text).transpose()?;
     let path = model_path(&a.model)?;
     let map = crate::mmap::map(&path)?;
@@ -227,6 +435,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         _ => bail!("no prompt: give a text prompt or --prompt-ids 1,2,3"),
     };
     let kernels = kernels(a.kernels);
+    if let Some(beams) = a.beams {
+        return run_beams(&a, &model, kernels, tok.as_ref(), &g, prompt_ids, beams);
+    }
     let ctx = context(a.ctx, &model);
     if ctx > 0 && prompt_ids.len() > ctx {
         bail!(
@@ -243,46 +454,55 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         batch: a.batch,
         ignore_eos: a.ignore_eos,
         eos: stop_ids(&g, tok.as_ref()),
+        sampling,
     };
 
     // Stream text to stdout as it is generated (human mode); end-of-generation
-    // tokens print nothing.
+    // tokens print nothing; a stop string ends the run and is not printed.
     let stream = !a.json;
     let mut text = String::new();
+    let mut stops = StopText::new(&a.sampling.stop);
     let mut dec = tok.as_ref().map(|t| StreamDecoder::new(t, false, false));
     let mut so = std::io::stdout().lock();
+    let mut emit = |s: &str, text: &mut String| {
+        text.push_str(s);
+        if stream {
+            let _ = so.write_all(s.as_bytes());
+            let _ = so.flush();
+        }
+    };
     let out = generate(&model, kernels, &opt, |id| {
         if let (Some(t), Some(d)) = (&tok, &mut dec) {
             if t.is_eog(id) && !a.ignore_eos {
-                return;
+                return true;
             }
             let _ = d.push(t, id, &mut |s| {
-                text.push_str(s);
-                if stream {
-                    let _ = so.write_all(s.as_bytes());
-                    let _ = so.flush();
-                }
+                let ok = stops.push(s);
+                emit(&ok, &mut text);
             });
         }
+        !stops.stopped()
     })?;
     if let Some(d) = &mut dec {
         d.finish(&mut |s| {
-            text.push_str(s);
-            if stream {
-                let _ = so.write_all(s.as_bytes());
-            }
+            let ok = stops.push(s);
+            emit(&ok, &mut text);
         });
     }
+    let rest = stops.finish();
+    emit(&rest, &mut text);
+    drop(emit);
     if stream {
         let _ = writeln!(so);
     }
     drop(so);
     eprintln!(
-        "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s ({} kernels, {:.1} MiB session)",
+        "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; seed {} ({} kernels, {:.1} MiB session)",
         opt.prompt_ids.len(),
         out.ids.len(),
         out.prefill_tok_s,
         out.decode_tok_s,
+        sampling.seed,
         kernels.name,
         out.arena_bytes as f64 / (1 << 20) as f64
     );
@@ -298,11 +518,108 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             "decode_tok_s": out.decode_tok_s,
             "top_logits": pairs(&out.top_logits),
             "kernels": kernels.name,
+            "seed": sampling.seed,
         });
         if let Some(all) = &out.top_logits_all {
             j["top_logits_all"] = all.iter().map(|v| pairs(v)).collect::<Vec<_>>().into();
         }
         println!("{j}");
+    }
+    Ok(())
+}
+
+/// Bytes of memory the system says are available (Linux), if it says.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn run_beams(
+    a: &RunArgs,
+    model: &Llama,
+    kernels: Kernels,
+    tok: Option<&Tokenizer>,
+    g: &Gguf,
+    prompt_ids: Vec<u32>,
+    beams: usize,
+) -> Result<()> {
+    // Each beam's cache holds the prompt and the reply, no more (unless --ctx says).
+    let ctx = a.ctx.unwrap_or(prompt_ids.len() + a.n);
+    let plan = ember_core::model::MemoryPlan::new(&model.config, ctx, a.batch)?;
+    let need = (plan.bytes() as u64).saturating_mul(beams as u64);
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            bail!(
+                "--beams {beams} needs {:.1} GiB ({:.1} MiB per beam) but {:.1} GiB is available; use fewer beams or a smaller --ctx",
+                need as f64 / (1u64 << 30) as f64,
+                plan.bytes() as f64 / (1u64 << 20) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    let opt = crate::beam::BeamOptions {
+        beams,
+        n_predict: a.n,
+        length_penalty: a.length_penalty,
+        eos: if a.ignore_eos {
+            Vec::new()
+        } else {
+            stop_ids(g, tok)
+        },
+        ctx,
+        batch: a.batch,
+    };
+    let t0 = std::time::Instant::now();
+    let hyps = crate::beam::beam_search(model, kernels, &prompt_ids, &opt)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let best = hyps.first().context("beam search produced nothing")?;
+    let text_of = |ids: &[u32]| -> String {
+        match tok {
+            Some(t) => {
+                let body: Vec<u32> = ids.iter().copied().filter(|&i| !t.is_eog(i)).collect();
+                let mut s = String::new();
+                let mut d = StreamDecoder::new(t, false, false);
+                for id in body {
+                    let _ = d.push(t, id, &mut |x| s.push_str(x));
+                }
+                d.finish(&mut |x| s.push_str(x));
+                s
+            }
+            None => String::new(),
+        }
+    };
+    let text = text_of(&best.ids);
+    if !a.json {
+        println!("{text}");
+    }
+    eprintln!(
+        "ember: {} prompt tokens, {} generated; beam search with {beams} beams in {secs:.2} s; best logprob {:.3}, score {:.3}",
+        prompt_ids.len(),
+        best.ids.len(),
+        best.logprob,
+        best.score
+    );
+    if a.json {
+        let all: Vec<_> = hyps
+            .iter()
+            .map(|h| {
+                json!({"ids": h.ids, "text": text_of(&h.ids), "logprob": h.logprob, "score": h.score, "finished": h.finished})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "prompt_ids": prompt_ids,
+                "ids": best.ids,
+                "text": text,
+                "prompt_tokens": prompt_ids.len(),
+                "generated_tokens": best.ids.len(),
+                "beams": all,
+                "length_penalty": a.length_penalty,
+            })
+        );
     }
     Ok(())
 }

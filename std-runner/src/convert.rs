@@ -97,34 +97,42 @@ pub fn convert(g: &Gguf, ty: GgmlType) -> Result<Vec<u8>> {
 /// Dequantizes each row of `t` to f32 and quantizes it to `ty`.
 fn requantize(t: &TensorInfo, ty: GgmlType) -> Result<Vec<u8>> {
     let m = Matrix::from_tensor(t)?;
-    let mut row = vec![0f32; m.cols];
+    let mut rows = vec![0f32; m.cols * m.rows];
+    for (r, row) in rows.chunks_mut(m.cols).enumerate() {
+        m.dequantize_row(r, row)?;
+    }
+    quantize_rows(&rows, m.cols, ty)
+}
+
+/// Quantizes `data` (rows of `cols` floats) to `ty` with ggml's reference rounding.
+pub fn quantize_rows(data: &[f32], cols: usize, ty: GgmlType) -> Result<Vec<u8>> {
     let row_bytes = ty
-        .row_bytes(m.cols as u64)
+        .row_bytes(cols as u64)
         .context("row is not a whole number of blocks")? as usize;
-    let mut out = Vec::with_capacity(row_bytes * m.rows);
-    let nb = m.cols / quant::QK;
+    let n_rows = data.len() / cols.max(1);
+    let mut out = Vec::with_capacity(row_bytes * n_rows);
+    let nb = cols / quant::QK;
     let mut b8 = vec![BlockQ8_0::ZERO; nb];
     let mut b40 = vec![BlockQ4_0::ZERO; nb];
     let mut b41 = vec![BlockQ4_1::ZERO; nb];
-    let mut h = vec![half::f16::ZERO; m.cols];
-    for r in 0..m.rows {
-        m.dequantize_row(r, &mut row)?;
+    let mut h = vec![half::f16::ZERO; cols];
+    for row in data.chunks(cols.max(1)) {
         match ty {
-            GgmlType::F32 => out.extend_from_slice(as_bytes(&row)),
+            GgmlType::F32 => out.extend_from_slice(as_bytes(row)),
             GgmlType::F16 => {
-                quant::f16::quantize_row(&row, &mut h);
+                quant::f16::quantize_row(row, &mut h);
                 out.extend_from_slice(as_bytes(&h));
             }
             GgmlType::Q8_0 => {
-                quant::q8_0::quantize_row(&row, &mut b8);
+                quant::q8_0::quantize_row(row, &mut b8);
                 out.extend_from_slice(as_bytes(&b8));
             }
             GgmlType::Q4_0 => {
-                quant::q4_0::quantize_row(&row, &mut b40);
+                quant::q4_0::quantize_row(row, &mut b40);
                 out.extend_from_slice(as_bytes(&b40));
             }
             GgmlType::Q4_1 => {
-                quant::q4_1::quantize_row(&row, &mut b41);
+                quant::q4_1::quantize_row(row, &mut b41);
                 out.extend_from_slice(as_bytes(&b41));
             }
         }

@@ -2,10 +2,12 @@
 //! a full machine offers: memory-mapped files, the default-model cache, the
 //! `ember` command line.
 
+pub mod beam;
 pub mod chat;
 pub mod cli;
 pub mod convert;
 pub mod mmap;
 pub mod model_store;
 pub mod run;
+pub mod synth;
 pub mod text;

@@ -1,10 +1,11 @@
-//! Greedy generation and teacher-forced scoring over a memory-mapped model.
+//! Generation (sampled or greedy) and teacher-forced scoring over a memory-mapped model.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 
 /// What one `ember run` does.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct RunOptions {
     pub ignore_eos: bool,
     /// End-of-sequence ids that stop generation.
     pub eos: Vec<u32>,
+    /// How the next token is chosen.
+    pub sampling: SamplerConfig,
 }
 
 /// What it produced.
@@ -70,13 +73,16 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     top
 }
 
-/// Runs the prompt, then greedy decoding; `on_token` sees each new id as it comes.
+/// Runs the prompt, then generation; `on_token` sees each new id as it comes
+/// and returns false to stop (a stop string was completed).
 pub fn generate(
     model: &Llama,
     kernels: Kernels,
     opt: &RunOptions,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<RunOutput> {
+    let mut sampler = Sampler::new(opt.sampling)?;
+    let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let plan = MemoryPlan::new(&model.config, opt.ctx, opt.batch)?;
     let mut arena = plan.alloc();
     let mut s = Session::new(model, kernels, plan, &mut arena)?;
@@ -101,8 +107,13 @@ pub fn generate(
     out.prefill_tok_s = opt.prompt_ids.len() as f64 / prefill.max(1e-9);
     out.top_logits = top_k(s.logits(), opt.top_logits);
 
-    let (ids, decode_tok_s) = continue_greedy(
+    for &id in &opt.prompt_ids {
+        sampler.accept(id);
+    }
+    let (ids, decode_tok_s) = continue_sampling(
         &mut s,
+        &mut sampler,
+        &mut scratch,
         opt.n_predict,
         &opt.eos,
         opt.ignore_eos,
@@ -113,27 +124,31 @@ pub fn generate(
     Ok(out)
 }
 
-/// Greedy decoding from the session's current logits: up to `n_predict` ids,
-/// stopping after an id in `eos` (which is returned but not fed back) unless
-/// `ignore_eos`. Returns the ids and the decode speed in tokens per second.
-pub fn continue_greedy(
+/// Generation from the session's current logits: up to `n_predict` ids,
+/// stopping after an id in `eos` (returned but not fed back) unless
+/// `ignore_eos`, or when `on_token` returns false. Returns the ids and the
+/// decode speed in tokens per second.
+pub fn continue_sampling(
     s: &mut Session,
+    sampler: &mut Sampler,
+    scratch: &mut [Candidate],
     n_predict: usize,
     eos: &[u32],
     ignore_eos: bool,
-    on_token: &mut dyn FnMut(u32),
+    on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, f64)> {
     let t1 = Instant::now();
     let mut ids = Vec::new();
     let mut steps = 0usize;
-    let mut next = argmax(s.logits());
     for i in 0..n_predict {
+        let next = sampler.sample(s.logits(), scratch)?;
+        sampler.accept(next);
         ids.push(next);
-        on_token(next);
-        if (!ignore_eos && eos.contains(&next)) || i + 1 == n_predict {
+        let go_on = on_token(next);
+        if !go_on || (!ignore_eos && eos.contains(&next)) || i + 1 == n_predict {
             break;
         }
-        next = argmax(s.forward(&[next])?);
+        s.forward(&[next])?;
         steps += 1;
     }
     let secs = t1.elapsed().as_secs_f64();

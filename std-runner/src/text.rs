@@ -224,3 +224,104 @@ mod tests {
         assert!(!e.contains('\n'));
     }
 }
+
+/// Holds back streamed text that might be the start of a stop string, and
+/// cuts the text where a stop string first appears (the stop string itself
+/// is not output).
+#[derive(Debug, Clone, Default)]
+pub struct StopText {
+    stops: Vec<String>,
+    pending: String,
+    stopped: bool,
+}
+
+impl StopText {
+    pub fn new(stops: &[String]) -> StopText {
+        StopText {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a stop string has been seen.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Adds text; returns what may be output now.
+    pub fn push(&mut self, s: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.pending.push_str(s);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|stop| self.pending.find(stop.as_str()))
+            .min()
+        {
+            self.stopped = true;
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return out;
+        }
+        // Keep the longest tail that is a proper prefix of some stop string.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|stop| {
+                (1..stop.len())
+                    .rev()
+                    .filter(|&k| stop.is_char_boundary(k) && self.pending.ends_with(&stop[..k]))
+                    .take(1)
+            })
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        out
+    }
+
+    /// The end of the stream: whatever was held back.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::StopText;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut st = StopText::new(&stops);
+        let mut out = String::new();
+        for p in pieces {
+            out.push_str(&st.push(p));
+            if st.stopped() {
+                break;
+            }
+        }
+        out.push_str(&st.finish());
+        (out, st.stopped())
+    }
+
+    #[test]
+    fn stops_across_pieces_and_holds_back_prefixes() {
+        assert_eq!(
+            run(&["\n\n"], &["Hello", " world", "\n", "\nmore"]),
+            ("Hello world".into(), true)
+        );
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "x"]),
+            ("abc ENx".into(), false)
+        );
+        assert_eq!(run(&["END", "b"], &["aaEN", "D", "b"]), ("aa".into(), true));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        let stops = vec!["ab".to_string()];
+        let mut st = StopText::new(&stops);
+        assert_eq!(st.push("xa"), "x");
+        assert_eq!(st.push("c"), "ac");
+    }
+}

@@ -79,6 +79,8 @@ fn f16_free_running_greedy_equals_exact() {
             "-n",
             "32",
             "--ignore-eos",
+            "--temp",
+            "0",
             "--json",
         ]);
         let j = json_out(&o);
@@ -329,7 +331,16 @@ fn chat_answers_the_capital_of_france() {
 fn text_prompt_streams_and_json_has_the_same_text() {
     let m = model(GgmlType::Q8_0);
     let m = m.to_str().unwrap();
-    let human = ember(&["run", "-m", m, "The capital of France is", "-n", "12"]);
+    let human = ember(&[
+        "run",
+        "-m",
+        m,
+        "The capital of France is",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+    ]);
     assert!(
         human.status.success(),
         "{}",
@@ -347,6 +358,8 @@ fn text_prompt_streams_and_json_has_the_same_text() {
         "The capital of France is",
         "-n",
         "12",
+        "--temp",
+        "0",
         "--json",
     ]));
     // Tokenized as llama.cpp does; the streamed text is the JSON's text.
@@ -385,7 +398,10 @@ fn tokenize_matches_golden_ids() {
 fn chat_repl_keeps_history_and_resets() {
     let m = model(GgmlType::Q8_0);
     let input = b"What is the capital of France?\nAnd of Italy?\n/reset\n\xff\xfe\nWhat is the capital of Germany?\n";
-    let o = ember_stdin(&["chat", "-m", m.to_str().unwrap(), "-n", "24"], input);
+    let o = ember_stdin(
+        &["chat", "-m", m.to_str().unwrap(), "-n", "24", "--temp", "0"],
+        input,
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -492,4 +508,166 @@ fn text_bad_input_is_one_line_and_nonzero() {
         "roles must alternate",
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn ids_of(o: &Output) -> Vec<u64> {
+    json_out(o)["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn seeds_repeat_runs_and_differ_between_runs() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let run = |seed: &str| {
+        let o = ember(&[
+            "run",
+            "-m",
+            m,
+            "Once upon a time",
+            "-n",
+            "24",
+            "--temp",
+            "1",
+            "--top-k",
+            "100000",
+            "--top-p",
+            "1",
+            "--min-p",
+            "0",
+            "--ignore-eos",
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        let j = json_out(&o);
+        assert_eq!(j["seed"].as_u64(), Some(seed.parse().unwrap()));
+        ids_of(&o)
+    };
+    let a = run("1234");
+    assert_eq!(a.len(), 24);
+    assert_eq!(a, run("1234"));
+    assert_ne!(a, run("1235"));
+    // Without --seed a seed is chosen, printed and reported.
+    let o = ember(&["run", "-m", m, "Hi", "-n", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("seed "), "{err}");
+}
+
+#[test]
+fn beams_and_stop_strings() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let greedy = ids_of(&ember(&[
+        "run",
+        "-m",
+        m,
+        "The sky is",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "--json",
+    ]));
+    let one = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "The sky is",
+        "-n",
+        "12",
+        "--beams",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(
+        one["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        greedy
+    );
+    let four = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "The sky is",
+        "-n",
+        "12",
+        "--beams",
+        "4",
+        "--json",
+    ]));
+    let beams = four["beams"].as_array().unwrap();
+    assert!(!beams.is_empty() && beams.len() <= 4);
+    let scores: Vec<f64> = beams.iter().map(|b| b["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert_eq!(four["ids"], beams[0]["ids"]);
+
+    // A stop string ends the text before it, and the run.
+    let full = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "Count: 1, 2, 3,",
+        "-n",
+        "20",
+        "--temp",
+        "0",
+        "--json",
+    ]));
+    let text = full["text"].as_str().unwrap().to_string();
+    assert!(text.contains(" 6"), "{text}");
+    let cut = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "Count: 1, 2, 3,",
+        "-n",
+        "20",
+        "--temp",
+        "0",
+        "--stop",
+        " 6",
+        "--json",
+    ]));
+    let cut_text = cut["text"].as_str().unwrap();
+    assert_eq!(cut_text, &text[..text.find(" 6").unwrap()]);
+    assert!(cut["ids"].as_array().unwrap().len() < full["ids"].as_array().unwrap().len());
+}
+
+#[test]
+fn bad_sampling_flags_name_the_flag() {
+    let m = model(GgmlType::Q4_1);
+    let m = m.to_str().unwrap();
+    for (flag, value) in [
+        ("--temp", "-1"),
+        ("--temp", "nan"),
+        ("--top-p", "0"),
+        ("--top-p", "1.01"),
+        ("--top-p", "nan"),
+        ("--top-k", "0"),
+        ("--top-k", "-3"),
+        ("--min-p", "1.5"),
+        ("--repeat-penalty", "0"),
+        ("--repeat-last-n", "100000"),
+        ("--beams", "0"),
+        ("--length-penalty", "inf"),
+    ] {
+        assert_one_line_error(
+            &ember(&["run", "-m", m, "hi", "-n", "2", flag, value]),
+            flag,
+        );
+    }
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "hi", "-n", "2", "--beams", "1000000"]),
+        "--beams 1000000 needs",
+    );
+    assert_one_line_error(&ember(&["chat", "-m", m, "--temp", "-2"]), "--temp");
 }

@@ -41,7 +41,12 @@ fn target(l: &[f32], cfg: &SamplerConfig) -> Vec<f64> {
     if cfg.min_p > 0.0 {
         let p = probs(&order, 1.0);
         let floor = p[0] * cfg.min_p as f64;
-        order = order.into_iter().zip(p).filter(|&(_, q)| q >= floor).map(|(i, _)| i).collect();
+        order = order
+            .into_iter()
+            .zip(p)
+            .filter(|&(_, q)| q >= floor)
+            .map(|(i, _)| i)
+            .collect();
     }
     let p = probs(&order, cfg.temperature as f64);
     let mut out = vec![0.0; l.len()];
@@ -81,7 +86,11 @@ fn check(cfg: SamplerConfig) {
     }
     assert!(bins >= 2, "test design: {bins} bins");
     let crit = chi2_critical(bins - 1);
-    assert!(chi2 < crit, "chi2 {chi2:.1} >= {crit:.1} with {} bins: {cfg:?}", bins);
+    assert!(
+        chi2 < crit,
+        "chi2 {chi2:.1} >= {crit:.1} with {} bins: {cfg:?}",
+        bins
+    );
 }
 
 fn plain(seed: u64) -> SamplerConfig {
@@ -97,23 +106,38 @@ fn plain(seed: u64) -> SamplerConfig {
 
 #[test]
 fn temperature_alone() {
-    check(SamplerConfig { temperature: 0.7, ..plain(1) });
-    check(SamplerConfig { temperature: 1.6, ..plain(2) });
+    check(SamplerConfig {
+        temperature: 0.7,
+        ..plain(1)
+    });
+    check(SamplerConfig {
+        temperature: 1.6,
+        ..plain(2)
+    });
 }
 
 #[test]
 fn top_k_alone() {
-    check(SamplerConfig { top_k: 5, ..plain(3) });
+    check(SamplerConfig {
+        top_k: 5,
+        ..plain(3)
+    });
 }
 
 #[test]
 fn top_p_alone() {
-    check(SamplerConfig { top_p: 0.8, ..plain(4) });
+    check(SamplerConfig {
+        top_p: 0.8,
+        ..plain(4)
+    });
 }
 
 #[test]
 fn min_p_alone() {
-    check(SamplerConfig { min_p: 0.1, ..plain(5) });
+    check(SamplerConfig {
+        min_p: 0.1,
+        ..plain(5)
+    });
 }
 
 #[test]
@@ -125,15 +149,25 @@ fn everything_together() {
         min_p: 0.05,
         ..plain(6)
     });
-    check(SamplerConfig { seed: 7, ..SamplerConfig::default() });
+    check(SamplerConfig {
+        seed: 7,
+        ..SamplerConfig::default()
+    });
 }
 
 #[test]
 fn top_p_keeps_the_smallest_prefix_reaching_p() {
     // Probabilities 0.5, 0.25, 0.125, 0.125 exactly (powers of two).
-    let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
+    let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125]
+        .iter()
+        .map(|p| p.ln())
+        .collect();
     let support = |p: f32| {
-        let mut s = Sampler::new(SamplerConfig { top_p: p, ..plain(8) }).unwrap();
+        let mut s = Sampler::new(SamplerConfig {
+            top_p: p,
+            ..plain(8)
+        })
+        .unwrap();
         let mut scratch = vec![Candidate::default(); 4];
         let mut seen = [false; 4];
         for _ in 0..2000 {
@@ -156,7 +190,12 @@ fn top_k_1_is_greedy() {
             .map(|i| ((i as u64 * 2_654_435_761 ^ seed * 97) % 1000) as f32 / 37.0)
             .collect();
         let mut g = Sampler::new(SamplerConfig::greedy()).unwrap();
-        let mut k1 = Sampler::new(SamplerConfig { top_k: 1, seed, ..plain(seed) }).unwrap();
+        let mut k1 = Sampler::new(SamplerConfig {
+            top_k: 1,
+            seed,
+            ..plain(seed)
+        })
+        .unwrap();
         assert_eq!(k1.sample(&l, &mut scratch), g.sample(&l, &mut scratch));
     }
 }
@@ -186,7 +225,9 @@ fn the_same_seed_gives_the_same_stream() {
     let draw = |seed| {
         let mut s = Sampler::new(plain(seed)).unwrap();
         let mut scratch = vec![Candidate::default(); l.len()];
-        (0..64).map(|_| s.sample(&l, &mut scratch).unwrap()).collect::<Vec<_>>()
+        (0..64)
+            .map(|_| s.sample(&l, &mut scratch).unwrap())
+            .collect::<Vec<_>>()
     };
     assert_eq!(draw(11), draw(11));
     assert_ne!(draw(11), draw(12));

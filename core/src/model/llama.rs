@@ -153,6 +153,20 @@ impl<'s, 'w> Session<'s, 'w> {
         self.kv.clear();
     }
 
+    /// Makes this session continue exactly where `other` is: its KV cache
+    /// and its last logits (both sessions must be of the same model).
+    pub fn copy_from(&mut self, other: &Session<'_, '_>) -> Result<()> {
+        if other.model.config != self.model.config {
+            return Err(Error::LengthMismatch {
+                expected: self.s.logits.len() as u64,
+                found: other.s.logits.len() as u64,
+            });
+        }
+        self.kv.copy_from(&other.kv)?;
+        self.s.logits.copy_from_slice(other.s.logits);
+        Ok(())
+    }
+
     /// Forgets every token from position `n` on, so a sequence that shares its
     /// first `n` tokens with this one continues from there (chat turns).
     /// The logits are stale until the next forward call.
