@@ -236,37 +236,40 @@ impl Sampler {
             needed: n as u64,
             found,
         })?;
-        for (i, (c, &l)) in cand.iter_mut().zip(logits).enumerate() {
-            *c = Candidate {
-                id: i as u32,
-                logit: l,
-            };
-        }
-        if self.cfg.penalties_on() {
-            self.apply_penalties(cand);
-        }
-        let m = Self::drop_impossible(cand)?;
-        let cand = &mut cand[..m];
+        let greedy = self.cfg.temperature == 0.0;
+        let k = if greedy { 1 } else { self.cfg.top_k as usize };
 
-        if self.cfg.temperature == 0.0 {
-            let best = cand
+        let (mut m, mut sorted) = if k > 0 && k <= TOP_K_SCAN_MAX && k < n {
+            // One pass with a k-entry heap: most logits cost one comparison.
+            (self.scan_top_k(logits, k, cand)?, true)
+        } else {
+            for (i, (c, &l)) in cand.iter_mut().zip(logits).enumerate() {
+                *c = Candidate {
+                    id: i as u32,
+                    logit: l,
+                };
+            }
+            if self.cfg.penalties_on() {
+                self.apply_penalties(cand);
+            }
+            let mut m = Self::drop_impossible(cand)?;
+            if k > 0 && k < m {
+                cand[..m].select_nth_unstable_by(k - 1, before);
+                m = k;
+            }
+            if k > 0 {
+                cand[..m].sort_unstable_by(before);
+            }
+            (m, k > 0)
+        };
+        if greedy {
+            let best = cand[..m]
                 .iter()
                 .min_by(|a, b| before(a, b))
                 .ok_or(Error::NoCandidate)?;
             return Ok(best.id);
         }
-
-        let mut m = cand.len();
-        let mut sorted = false;
-        let k = self.cfg.top_k as usize;
-        if k > 0 && k < m {
-            cand.select_nth_unstable_by(k - 1, before);
-            m = k;
-        }
-        if k > 0 {
-            cand[..m].sort_unstable_by(before);
-            sorted = true;
-        }
+        let cand = &mut cand[..m];
         if self.cfg.top_p < 1.0 {
             m = top_p(&mut cand[..m], self.cfg.top_p, sorted);
             sorted = true;
@@ -300,6 +303,64 @@ impl Sampler {
             .ok_or(Error::NoCandidate)
     }
 
+    /// The `k` best candidates (penalties applied, NaN and `-inf` dropped,
+    /// `+inf` alone if present), sorted, in `cand[..k']`; returns `k'`.
+    fn scan_top_k(&self, logits: &[f32], k: usize, cand: &mut [Candidate]) -> Result<usize> {
+        // Penalised logits of the window's tokens; those tokens are offered
+        // with these values after the scan instead of their raw ones.
+        let mut pen: heapless::Vec<Candidate, MAX_PENALTY_WINDOW> = heapless::Vec::new();
+        if self.cfg.penalties_on() {
+            let n = self.cfg.repeat_last_n.min(self.recent.len());
+            for t in self.recent.oldest_ordered().skip(self.recent.len() - n) {
+                if let Some(&l) = logits.get(*t as usize) {
+                    if !pen.iter().any(|c| c.id == *t) {
+                        let _ = pen.push(Candidate { id: *t, logit: l });
+                    }
+                }
+            }
+            self.apply_penalties_to(&mut pen);
+        }
+        let k = k.min(cand.len());
+        let mut heap = TopK {
+            c: &mut cand[..k],
+            n: 0,
+        };
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || l == f32::NEG_INFINITY {
+                continue;
+            }
+            let c = Candidate {
+                id: i as u32,
+                logit: l,
+            };
+            if !heap.wants(&c) || pen.iter().any(|p| p.id == c.id) {
+                continue;
+            }
+            heap.offer(c);
+        }
+        for &c in &pen {
+            if !c.logit.is_nan() && c.logit != f32::NEG_INFINITY && heap.wants(&c) {
+                heap.offer(c);
+            }
+        }
+        let m = heap.n;
+        if m == 0 {
+            return Err(Error::NoCandidate);
+        }
+        cand[..m].sort_unstable_by(before);
+        if cand[0].logit == f32::INFINITY {
+            let inf = cand[..m]
+                .iter()
+                .take_while(|c| c.logit == f32::INFINITY)
+                .count();
+            for c in &mut cand[..inf] {
+                c.logit = 0.0;
+            }
+            return Ok(inf);
+        }
+        Ok(m)
+    }
+
     /// llama.cpp's penalties over the distinct tokens in the window.
     fn apply_penalties(&self, cand: &mut [Candidate]) {
         let n = self.cfg.repeat_last_n.min(self.recent.len());
@@ -310,16 +371,32 @@ impl Sampler {
             }
             let count = window().skip(i).filter(|&&u| u == t).count() as f32;
             if let Some(c) = cand.get_mut(t as usize) {
-                let mut l = c.logit;
-                if l > 0.0 {
-                    l /= self.cfg.repeat_penalty;
-                } else {
-                    l *= self.cfg.repeat_penalty;
-                }
-                l -= count * self.cfg.frequency_penalty + self.cfg.presence_penalty;
-                c.logit = l;
+                c.logit = self.penalised(c.logit, count);
             }
         }
+    }
+
+    /// The penalties for a list of distinct window tokens.
+    fn apply_penalties_to(&self, list: &mut [Candidate]) {
+        let n = self.cfg.repeat_last_n.min(self.recent.len());
+        for c in list.iter_mut() {
+            let count = self
+                .recent
+                .oldest_ordered()
+                .skip(self.recent.len() - n)
+                .filter(|&&u| u == c.id)
+                .count() as f32;
+            c.logit = self.penalised(c.logit, count);
+        }
+    }
+
+    fn penalised(&self, mut l: f32, count: f32) -> f32 {
+        if l > 0.0 {
+            l /= self.cfg.repeat_penalty;
+        } else {
+            l *= self.cfg.repeat_penalty;
+        }
+        l - (count * self.cfg.frequency_penalty + self.cfg.presence_penalty)
     }
 
     /// Drops NaN and `-inf`; if any `+inf` is present, keeps only those,
@@ -346,6 +423,60 @@ impl Sampler {
             return Err(Error::NoCandidate);
         }
         Ok(m)
+    }
+}
+
+/// Top-k sizes up to which a one-pass heap scan replaces a full copy.
+const TOP_K_SCAN_MAX: usize = 4096;
+
+/// A bounded heap over caller memory whose root is the worst candidate kept.
+struct TopK<'c> {
+    c: &'c mut [Candidate],
+    n: usize,
+}
+
+impl TopK<'_> {
+    /// Whether `x` would be kept (the heap has room or `x` beats the worst).
+    #[inline]
+    fn wants(&self, x: &Candidate) -> bool {
+        self.n < self.c.len() || before(x, &self.c[0]) == Ordering::Less
+    }
+
+    fn offer(&mut self, x: Candidate) {
+        // "Worse" is greater under `before`: a max-heap on it.
+        let worse = |a: &Candidate, b: &Candidate| before(a, b) == Ordering::Greater;
+        if self.n < self.c.len() {
+            let mut i = self.n;
+            self.c[i] = x;
+            self.n += 1;
+            while i > 0 {
+                let p = (i - 1) / 2;
+                if !worse(&self.c[i], &self.c[p]) {
+                    break;
+                }
+                self.c.swap(i, p);
+                i = p;
+            }
+        } else {
+            self.c[0] = x;
+            let n = self.n;
+            let mut i = 0;
+            loop {
+                let (l, r) = (2 * i + 1, 2 * i + 2);
+                let mut w = i;
+                if l < n && worse(&self.c[l], &self.c[w]) {
+                    w = l;
+                }
+                if r < n && worse(&self.c[r], &self.c[w]) {
+                    w = r;
+                }
+                if w == i {
+                    break;
+                }
+                self.c.swap(i, w);
+                i = w;
+            }
+        }
     }
 }
 
@@ -476,6 +607,60 @@ mod tests {
         assert_eq!(c[0].logit, 4.0 / 2.0 - 2.0 * 0.5 - 0.25);
         assert_eq!(c[1].logit, -1.0 * 2.0 - 0.5 - 0.25);
         assert_eq!(c[2].logit, 1.0);
+    }
+
+    /// The one-pass heap scan keeps exactly what copy, penalise, drop and
+    /// select keep, in the same order.
+    #[test]
+    fn top_k_scan_matches_the_copy_path() {
+        let mut rng = Pcg32::new(5, 6);
+        for trial in 0..300 {
+            let n = 1 + (rng.next_u32() % 300) as usize;
+            let logits: [f32; 300] = core::array::from_fn(|_| match rng.next_u32() % 40 {
+                0 => f32::NAN,
+                1 => f32::NEG_INFINITY,
+                2 if trial % 7 == 0 => f32::INFINITY,
+                3 => 1.5, // ties
+                _ => rng.next_f32() * 8.0 - 4.0,
+            });
+            let logits = &logits[..n];
+            let cfg = SamplerConfig {
+                repeat_penalty: 1.0 + rng.next_f32(),
+                presence_penalty: rng.next_f32() - 0.5,
+                frequency_penalty: rng.next_f32() * 0.3,
+                repeat_last_n: (rng.next_u32() % 80) as usize,
+                ..SamplerConfig::default()
+            };
+            let mut s = Sampler::new(cfg).unwrap();
+            for _ in 0..(rng.next_u32() % 100) {
+                s.accept(rng.next_u32() % n as u32);
+            }
+            let k = 1 + (rng.next_u32() % 50) as usize;
+            let mut a = [Candidate::default(); 300];
+            let mut b = [Candidate::default(); 300];
+            let got = s.scan_top_k(logits, k, &mut a[..n]);
+            for (i, &l) in logits.iter().enumerate() {
+                b[i] = Candidate {
+                    id: i as u32,
+                    logit: l,
+                };
+            }
+            s.apply_penalties(&mut b[..n]);
+            let want = Sampler::drop_impossible(&mut b[..n]).map(|m| {
+                let m2 = if k < m {
+                    b[..m].select_nth_unstable_by(k - 1, before);
+                    k
+                } else {
+                    m
+                };
+                b[..m2].sort_unstable_by(before);
+                m2
+            });
+            match (got, want) {
+                (Ok(x), Ok(y)) => assert_eq!(&a[..x], &b[..y], "trial {trial}"),
+                (x, y) => assert_eq!(x, y, "trial {trial}"),
+            }
+        }
     }
 
     #[test]
