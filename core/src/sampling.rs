@@ -605,7 +605,7 @@ mod tests {
         ];
         s.apply_penalties(&mut c);
         assert_eq!(c[0].logit, 4.0 / 2.0 - 2.0 * 0.5 - 0.25);
-        assert_eq!(c[1].logit, -1.0 * 2.0 - 0.5 - 0.25);
+        assert_eq!(c[1].logit, -2.0 - 0.5 - 0.25);
         assert_eq!(c[2].logit, 1.0);
     }
 

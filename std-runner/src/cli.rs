@@ -463,10 +463,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let mut text = String::new();
     let mut stops = StopText::new(&a.sampling.stop);
     let mut dec = tok.as_ref().map(|t| StreamDecoder::new(t, false, false));
-    let mut so = std::io::stdout().lock();
     let mut emit = |s: &str, text: &mut String| {
         text.push_str(s);
         if stream {
+            let mut so = std::io::stdout().lock();
             let _ = so.write_all(s.as_bytes());
             let _ = so.flush();
         }
@@ -491,11 +491,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     }
     let rest = stops.finish();
     emit(&rest, &mut text);
-    drop(emit);
     if stream {
-        let _ = writeln!(so);
+        emit("\n", &mut String::new());
     }
-    drop(so);
     eprintln!(
         "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; seed {} ({} kernels, {:.1} MiB session)",
         opt.prompt_ids.len(),

@@ -158,7 +158,7 @@ fn vocabulary(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
 /// The GGUF bytes of the synthetic model.
 pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
     c.check()?;
-    let mut rng = Rng(Pcg32::new(c.seed, 0x5eed_0f_e3be7));
+    let mut rng = Rng(Pcg32::new(c.seed, 0x05ee_d0fe_3be7));
     let head_dim = c.dim / c.heads;
     let kv_dim = head_dim * c.kv_heads;
     let mut w = GgufWriter::new();
