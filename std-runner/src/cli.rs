@@ -463,7 +463,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let mut text = String::new();
     let mut stops = StopText::new(&a.sampling.stop);
     let mut dec = tok.as_ref().map(|t| StreamDecoder::new(t, false, false));
-    let mut emit = |s: &str, text: &mut String| {
+    let emit = |s: &str, text: &mut String| {
         text.push_str(s);
         if stream {
             let mut so = std::io::stdout().lock();

@@ -50,17 +50,17 @@ impl SynthConfig {
                 bail!("{name} must be between 1 and {max} (got {v})");
             }
         }
-        if c.dim % c.heads != 0 {
+        if !c.dim.is_multiple_of(c.heads) {
             bail!("--dim {} is not a multiple of --heads {}", c.dim, c.heads);
         }
-        if c.heads % c.kv_heads != 0 {
+        if !c.heads.is_multiple_of(c.kv_heads) {
             bail!(
                 "--heads {} is not a multiple of --kv-heads {}",
                 c.heads,
                 c.kv_heads
             );
         }
-        if (c.dim / c.heads) % 2 != 0 {
+        if !(c.dim / c.heads).is_multiple_of(2) {
             bail!("the head size --dim/--heads must be even for RoPE");
         }
         let params = c.vocab * c.dim
@@ -191,7 +191,7 @@ pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
     let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| -> Result<()> {
         let a = 1.0 / (cols as f32).sqrt();
         let data: Vec<f32> = (0..cols * rows).map(|_| rng.uniform(a)).collect();
-        let ty = if cols % QK != 0 && c.ty != GgmlType::F32 {
+        let ty = if !cols.is_multiple_of(QK) && c.ty != GgmlType::F32 {
             GgmlType::F16
         } else {
             c.ty

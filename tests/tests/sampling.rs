@@ -187,7 +187,7 @@ fn top_k_1_is_greedy() {
     let mut scratch = vec![Candidate::default(); 1000];
     for seed in 0..50u64 {
         let l: Vec<f32> = (0..1000)
-            .map(|i| ((i as u64 * 2_654_435_761 ^ seed * 97) % 1000) as f32 / 37.0)
+            .map(|i| (((i as u64 * 2_654_435_761) ^ (seed * 97)) % 1000) as f32 / 37.0)
             .collect();
         let mut g = Sampler::new(SamplerConfig::greedy()).unwrap();
         let mut k1 = Sampler::new(SamplerConfig {
