@@ -2,36 +2,92 @@
 
 #![forbid(unsafe_code)]
 
-/// `out = softmax(q·K / sqrt(d)) V` for one head.
+use crate::kernels::Kernels;
+use crate::kv_cache::KvRows;
+use crate::quant::{f16_bits_to_f32, QK};
+
+/// Where this head's vectors sit in the cached rows.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadView {
+    /// Elements per cached row (`kv_dim`).
+    pub row: usize,
+    /// This head's first element within a row.
+    pub offset: usize,
+}
+
+/// `out = softmax(q·K / sqrt(d)) V` for one head over slots `0..n`.
 ///
-/// `keys` and `values` are (n, stride) with this head's vector at
-/// `offset..offset + q.len()` in each row; `scores` holds at least `n` floats.
-/// `dot` is the kernel table's f32 dot product.
+/// Slots `0..sinks` are scored with `q_sink` (the query rotated at its
+/// in-cache position, for the attention sinks), the rest with `q`. Pass
+/// `sinks = 0` for plain attention. `scores` holds at least `n` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    q_sink: &[f32],
+    sinks: usize,
+    keys: KvRows<'_>,
+    values: KvRows<'_>,
     n: usize,
-    stride: usize,
-    offset: usize,
+    head: HeadView,
     scores: &mut [f32],
     out: &mut [f32],
-    dot: fn(&[f32], &[f32]) -> f32,
+    kern: &Kernels,
 ) {
     let hd = q.len();
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let scores = &mut scores[..n];
-    for (p, s) in scores.iter_mut().enumerate() {
-        let k = &keys[p * stride + offset..p * stride + offset + hd];
-        *s = dot(q, k) * scale;
+    let qf = |p: usize| if p < sinks { q_sink } else { q };
+    let at = |p: usize| p * head.row + head.offset;
+    match keys {
+        KvRows::F32(k) => {
+            for (p, s) in scores.iter_mut().enumerate() {
+                *s = (kern.dot_f32)(qf(p), &k[at(p)..at(p) + hd]) * scale;
+            }
+        }
+        KvRows::F16(k) => {
+            for (p, s) in scores.iter_mut().enumerate() {
+                *s = (kern.dot_f16)(&k[at(p)..at(p) + hd], qf(p)) * scale;
+            }
+        }
+        KvRows::Q8_0(k) => {
+            let (b0, nb) = (at(0) / QK, hd / QK);
+            let bpr = head.row / QK;
+            for (p, s) in scores.iter_mut().enumerate() {
+                let b = p * bpr + b0;
+                *s = (kern.dot_q8_0)(&k[b..b + nb], qf(p)) * scale;
+            }
+        }
     }
     softmax(scores);
-    out[..hd].fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
-        let v = &values[p * stride + offset..p * stride + offset + hd];
-        for (o, &vi) in out.iter_mut().zip(v) {
-            *o += w * vi;
+    let out = &mut out[..hd];
+    out.fill(0.0);
+    match values {
+        KvRows::F32(v) => {
+            for (p, &w) in scores.iter().enumerate() {
+                for (o, &vi) in out.iter_mut().zip(&v[at(p)..at(p) + hd]) {
+                    *o += w * vi;
+                }
+            }
+        }
+        KvRows::F16(v) => {
+            for (p, &w) in scores.iter().enumerate() {
+                for (o, &vi) in out.iter_mut().zip(&v[at(p)..at(p) + hd]) {
+                    *o += w * vi.to_f32();
+                }
+            }
+        }
+        KvRows::Q8_0(v) => {
+            let (b0, nb) = (at(0) / QK, hd / QK);
+            let bpr = head.row / QK;
+            for (p, &w) in scores.iter().enumerate() {
+                let b = p * bpr + b0;
+                for (blk, o) in v[b..b + nb].iter().zip(out.chunks_exact_mut(QK)) {
+                    let d = w * f16_bits_to_f32(blk.d);
+                    for (oi, &qi) in o.iter_mut().zip(&blk.qs) {
+                        *oi += d * qi as f32;
+                    }
+                }
+            }
         }
     }
 }
@@ -63,14 +119,15 @@ mod tests {
         let mut out = [0.0; 2];
         attend_head(
             &q,
-            &k,
-            &v,
-            1,
-            2,
+            &q,
             0,
+            KvRows::F32(&k),
+            KvRows::F32(&v),
+            1,
+            HeadView { row: 2, offset: 0 },
             &mut s,
             &mut out,
-            crate::kernels::scalar::dot_f32,
+            &Kernels::scalar(),
         );
         assert_eq!(out, [3.0, -2.0]);
     }

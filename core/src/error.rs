@@ -71,6 +71,11 @@ pub enum Error {
     },
     /// A KV cache of zero positions was asked for.
     KvCapacityZero,
+    /// A streaming KV cache needs at least one non-sink position.
+    KvWindowZero,
+    /// The KV element type cannot hold rows of `kv_dim` (q8_0 needs whole
+    /// 32-element blocks per head).
+    KvTypeUnsupported { kv_dim: u32 },
     /// A batch size of zero was asked for.
     BatchZero,
     /// The KV cache holds `capacity` positions; this call needs `needed`.
@@ -372,6 +377,14 @@ impl fmt::Display for Error {
                 ty.name()
             ),
             Error::KvCapacityZero => write!(f, "KV cache capacity must be at least 1"),
+            Error::KvWindowZero => write!(
+                f,
+                "a streaming KV cache needs a window of at least 1 position besides its sinks"
+            ),
+            Error::KvTypeUnsupported { kv_dim } => write!(
+                f,
+                "this KV element type cannot hold rows of {kv_dim} values (q8_0 needs heads of whole 32-value blocks)"
+            ),
             Error::BatchZero => write!(f, "batch size must be at least 1"),
             Error::KvCacheFull { capacity, needed } => write!(
                 f,

@@ -1,45 +1,175 @@
-//! The KV cache: keys and values for every layer, in caller memory.
+//! The KV cache: keys and values for every layer, in caller memory, as a
+//! fixed-capacity ring with attention sinks (StreamingLLM).
 //!
-//! Layout per tensor: (n_layers, capacity, kv_dim) f32. Positions are written
-//! in order and addressed by slot; slot = position for now. The streaming
-//! work turns this into a ring (`capacity = sinks + window`, slots reused
-//! after the sinks), which is why callers go through [`KvCache::slot`] rather
-//! than computing offsets themselves. Until then a full cache is an error,
-//! raised before anything is written.
+//! Layout per tensor: (n_layers, capacity, row) where a row is one position's
+//! `kv_dim` elements in the cache's element type (f32, f16 or q8_0 blocks).
+//!
+//! Slots: token `t` (its absolute position in the sequence) lives in slot `t`
+//! while `t < sinks`; after that in `sinks + (t - sinks) % window`, where
+//! `window = capacity - sinks`. Until `capacity` tokens have been seen, slot =
+//! position and the cache is plain dense attention. A *streaming* cache then
+//! keeps going: each new token overwrites the oldest non-sink token, and the
+//! first `sinks` tokens stay forever. A *dense* cache refuses to overflow
+//! (`KvCacheFull`), raised before anything is written.
+//!
+//! Positions for RoPE are positions inside the cache, as StreamingLLM assigns
+//! them. Sinks sit at 0..sinks, the window follows in order of age, and the
+//! query is at the last position, so no query-key distance exceeds the
+//! capacity. Keys are stored already rotated at their absolute position, and
+//! nothing is re-rotated, because:
+//! - a window key and the query are both shifted by the same amount when they
+//!   are renumbered into the cache, and RoPE scores depend only on the distance
+//!   between the two, so rotating both at absolute positions gives exactly the
+//!   in-cache distance;
+//! - sink keys keep their own positions `0..sinks`, so for them the query is
+//!   rotated a second time, at its in-cache position `capacity - 1` (see
+//!   [`KvCache::query_cache_pos`]).
+//!
+//! The alternatives cost more. Storing keys unrotated and rotating on every
+//! read touches `capacity × kv_dim` values per layer and token. Re-rotating
+//! on eviction touches the whole window each step. This way a step rotates
+//! one extra query vector.
 
-#![forbid(unsafe_code)]
+use half::f16;
 
 use crate::error::{Error, Result};
+use crate::quant::{self, cast_slice, cast_slice_mut, BlockQ8_0, QK};
+
+/// Element type of cached keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum KvType {
+    F32,
+    F16,
+    /// ggml's Q8_0 blocks (32 int8 values and an f16 scale); each head's
+    /// slice must be a whole number of blocks.
+    Q8_0,
+}
+
+impl KvType {
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<KvType> {
+        match s {
+            "f32" => Some(KvType::F32),
+            "f16" => Some(KvType::F16),
+            "q8_0" => Some(KvType::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one position's `kv_dim` elements (`None`: not representable).
+    pub fn row_bytes(self, kv_dim: usize) -> Option<usize> {
+        match self {
+            KvType::F32 => kv_dim.checked_mul(4),
+            KvType::F16 => kv_dim.checked_mul(2),
+            KvType::Q8_0 if kv_dim.is_multiple_of(QK) => {
+                (kv_dim / QK).checked_mul(core::mem::size_of::<BlockQ8_0>())
+            }
+            KvType::Q8_0 => None,
+        }
+    }
+}
+
+/// The shape of a cache: how many positions, how many of them are sinks,
+/// the element type, and whether it streams past its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct KvOptions {
+    /// Positions held: `sinks + window`.
+    pub capacity: usize,
+    /// Leading tokens kept forever once the cache streams.
+    pub sinks: usize,
+    pub ty: KvType,
+    /// Evict the oldest non-sink token when full, instead of refusing.
+    pub streaming: bool,
+}
+
+impl KvOptions {
+    /// A dense f32 cache of `capacity` positions that refuses to overflow.
+    pub const fn dense(capacity: usize) -> KvOptions {
+        KvOptions {
+            capacity,
+            sinks: 0,
+            ty: KvType::F32,
+            streaming: false,
+        }
+    }
+
+    /// A streaming f32 cache: `sinks` kept forever plus the latest `window`.
+    pub const fn streaming(sinks: usize, window: usize) -> KvOptions {
+        KvOptions {
+            capacity: sinks.saturating_add(window),
+            sinks,
+            ty: KvType::F32,
+            streaming: true,
+        }
+    }
+
+    /// The same shape with another element type.
+    pub const fn with_type(self, ty: KvType) -> KvOptions {
+        KvOptions { ty, ..self }
+    }
+
+    /// Non-sink positions.
+    pub const fn window(&self) -> usize {
+        self.capacity.saturating_sub(self.sinks)
+    }
+}
+
+/// One layer's cached rows, typed.
+#[derive(Debug, Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Q8_0(&'a [BlockQ8_0]),
+}
 
 #[derive(Debug)]
 pub struct KvCache<'a> {
-    k: &'a mut [f32], // (n_layers, capacity, kv_dim)
-    v: &'a mut [f32], // (n_layers, capacity, kv_dim)
+    k: &'a mut [u8], // (n_layers, capacity, row_bytes)
+    v: &'a mut [u8],
+    opt: KvOptions,
     n_layers: usize,
-    capacity: usize,
     kv_dim: usize,
-    /// Positions held (the next position to write).
-    len: usize,
+    row_bytes: usize,
+    /// Tokens seen: the absolute position of the next token.
+    pos: usize,
 }
 
 impl<'a> KvCache<'a> {
-    /// f32 elements of one of K or V.
-    pub fn elements(n_layers: usize, capacity: usize, kv_dim: usize) -> Option<usize> {
-        n_layers.checked_mul(capacity)?.checked_mul(kv_dim)
+    /// Bytes of one of K or V.
+    pub fn bytes(opt: &KvOptions, n_layers: usize, kv_dim: usize) -> Option<usize> {
+        n_layers
+            .checked_mul(opt.capacity)?
+            .checked_mul(opt.ty.row_bytes(kv_dim)?)
     }
 
-    /// A cache over `k` and `v`, each at least [`KvCache::elements`] long.
+    /// A cache over `k` and `v`, each at least [`KvCache::bytes`] long and
+    /// aligned for the element type.
     pub fn new(
-        k: &'a mut [f32],
-        v: &'a mut [f32],
+        k: &'a mut [u8],
+        v: &'a mut [u8],
+        opt: KvOptions,
         n_layers: usize,
-        capacity: usize,
         kv_dim: usize,
     ) -> Result<Self> {
-        if capacity == 0 {
+        if opt.capacity == 0 {
             return Err(Error::KvCapacityZero);
         }
-        let need = Self::elements(n_layers, capacity, kv_dim).ok_or(Error::BufferTooSmall {
+        if opt.sinks >= opt.capacity && opt.streaming {
+            return Err(Error::KvWindowZero);
+        }
+        let row_bytes = opt.ty.row_bytes(kv_dim).ok_or(Error::KvTypeUnsupported {
+            kv_dim: kv_dim as u32,
+        })?;
+        let need = Self::bytes(&opt, n_layers, kv_dim).ok_or(Error::BufferTooSmall {
             needed: u64::MAX,
             found: k.len() as u64,
         })?;
@@ -51,115 +181,265 @@ impl<'a> KvCache<'a> {
             });
         }
         Ok(KvCache {
-            k,
-            v,
+            k: &mut k[..need],
+            v: &mut v[..need],
+            opt,
             n_layers,
-            capacity,
             kv_dim,
-            len: 0,
+            row_bytes,
+            pos: 0,
         })
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    pub fn options(&self) -> &KvOptions {
+        &self.opt
     }
 
-    /// Positions currently held.
+    pub fn capacity(&self) -> usize {
+        self.opt.capacity
+    }
+
+    /// Positions currently held (at most the capacity).
     pub fn len(&self) -> usize {
-        self.len
+        self.pos.min(self.opt.capacity)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.pos == 0
+    }
+
+    /// Tokens seen so far (the absolute position of the next token).
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether any token has been evicted.
+    pub fn evicted(&self) -> bool {
+        self.pos > self.opt.capacity
     }
 
     /// Forgets every position (the memory is reused as is).
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.pos = 0;
     }
 
     /// Makes this cache hold what `other` holds (beam search forks sequences).
-    /// The shapes must match; only the positions `other` holds are copied.
+    /// Both must have the same shape.
     pub fn copy_from(&mut self, other: &KvCache<'_>) -> Result<()> {
-        if other.n_layers != self.n_layers || other.kv_dim != self.kv_dim {
+        if other.opt != self.opt || other.n_layers != self.n_layers || other.kv_dim != self.kv_dim {
             return Err(Error::LengthMismatch {
-                expected: (self.n_layers * self.kv_dim) as u64,
-                found: (other.n_layers * other.kv_dim) as u64,
+                expected: self.k.len() as u64,
+                found: other.k.len() as u64,
             });
         }
-        if other.len > self.capacity {
-            return Err(Error::KvCacheFull {
-                capacity: self.capacity as u32,
-                needed: other.len as u64,
-            });
-        }
-        let n = other.len * self.kv_dim;
+        let n = other.len() * self.row_bytes;
+        let stride = self.opt.capacity * self.row_bytes;
         for l in 0..self.n_layers {
-            let (dst, src) = (
-                l * self.capacity * self.kv_dim,
-                l * other.capacity * other.kv_dim,
-            );
-            self.k[dst..dst + n].copy_from_slice(&other.k[src..src + n]);
-            self.v[dst..dst + n].copy_from_slice(&other.v[src..src + n]);
+            let r = l * stride..l * stride + n;
+            self.k[r.clone()].copy_from_slice(&other.k[r.clone()]);
+            self.v[r.clone()].copy_from_slice(&other.v[r]);
         }
-        self.len = other.len;
+        self.pos = other.pos;
         Ok(())
     }
 
-    /// Forgets positions from `n` on (keeps the first `n`).
-    pub fn truncate(&mut self, n: usize) {
-        self.len = self.len.min(n);
+    /// Forgets positions from `n` on. Tokens that were evicted cannot come
+    /// back, so after an eviction only `n >= pos` (no change) is possible.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        if n < self.pos && self.evicted() {
+            return Err(Error::KvCacheFull {
+                capacity: self.opt.capacity as u32,
+                needed: self.pos as u64,
+            });
+        }
+        self.pos = self.pos.min(n);
+        Ok(())
     }
 
-    /// Errors unless `n` more positions fit.
+    /// Errors unless `n` more positions can be written: always possible when
+    /// streaming, else they must fit.
     pub fn reserve(&self, n: usize) -> Result<()> {
-        let needed = self.len as u64 + n as u64;
-        if needed > self.capacity as u64 {
+        let needed = self.pos as u64 + n as u64;
+        if !self.opt.streaming && needed > self.opt.capacity as u64 {
             return Err(Error::KvCacheFull {
-                capacity: self.capacity as u32,
+                capacity: self.opt.capacity as u32,
                 needed,
             });
         }
         Ok(())
     }
 
-    /// Marks `n` more positions as held (after their K/V were written).
+    /// Tokens a forward chunk starting now may hold without a token of the
+    /// chunk evicting one that an earlier token of the same chunk still sees:
+    /// the room left before the capacity, or one token at a time after it.
+    pub fn chunk_room(&self) -> usize {
+        if self.pos < self.opt.capacity {
+            self.opt.capacity - self.pos
+        } else {
+            1
+        }
+    }
+
+    /// Marks `n` more positions as written.
     pub(crate) fn advance(&mut self, n: usize) {
-        self.len += n;
+        self.pos += n;
     }
 
-    /// The slot that position `pos` occupies.
+    /// The slot of the token at absolute position `t`.
     #[inline(always)]
-    pub fn slot(&self, pos: usize) -> usize {
-        pos
+    pub fn slot(&self, t: usize) -> usize {
+        let s = self.opt.sinks;
+        if t < self.opt.capacity || t < s {
+            t
+        } else {
+            s + (t - s) % self.opt.window()
+        }
     }
 
+    /// Slots a query at absolute position `t` attends to (after its own K/V
+    /// are stored): `0..visible(t)`.
     #[inline(always)]
-    fn range(&self, layer: usize, slot: usize) -> core::ops::Range<usize> {
-        let start = (layer * self.capacity + slot) * self.kv_dim;
-        start..start + self.kv_dim
+    pub fn visible(&self, t: usize) -> usize {
+        (t + 1).min(self.opt.capacity)
     }
 
-    /// Writes the key and value of `pos` in `layer`.
-    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let r = self.range(layer, self.slot(pos));
-        self.k[r.clone()].copy_from_slice(&k[..self.kv_dim]);
-        self.v[r].copy_from_slice(&v[..self.kv_dim]);
+    /// The query's position inside the cache: where sink keys see it from.
+    /// Equal to `t` until the first eviction.
+    #[inline(always)]
+    pub fn query_cache_pos(&self, t: usize) -> usize {
+        t.min(self.opt.capacity - 1)
     }
 
-    /// Keys of `layer` for slots `0..n`: (n, kv_dim).
-    pub fn keys(&self, layer: usize, n: usize) -> &[f32] {
-        let start = layer * self.capacity * self.kv_dim;
-        &self.k[start..start + n * self.kv_dim]
+    /// Sinks whose keys need the query at its in-cache position (0 until
+    /// the first eviction, when in-cache and absolute positions agree).
+    #[inline(always)]
+    pub fn sinks_for(&self, t: usize) -> usize {
+        if t >= self.opt.capacity {
+            self.opt.sinks
+        } else {
+            0
+        }
     }
 
-    /// Values of `layer` for slots `0..n`: (n, kv_dim).
-    pub fn values(&self, layer: usize, n: usize) -> &[f32] {
-        let start = layer * self.capacity * self.kv_dim;
-        &self.v[start..start + n * self.kv_dim]
+    fn layer_bytes(&self, layer: usize) -> core::ops::Range<usize> {
+        let stride = self.opt.capacity * self.row_bytes;
+        layer * stride..(layer + 1) * stride
+    }
+
+    /// Writes the key and value of absolute position `t` in `layer`.
+    pub fn store(&mut self, layer: usize, t: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let slot = self.slot(t);
+        let off = self.layer_bytes(layer).start + slot * self.row_bytes;
+        let (rb, kd, ty) = (self.row_bytes, self.kv_dim, self.opt.ty);
+        for (dst, src) in [(&mut *self.k, k), (&mut *self.v, v)] {
+            let row = &mut dst[off..off + rb];
+            let src = src.get(..kd).ok_or(Error::LengthMismatch {
+                expected: kd as u64,
+                found: src.len() as u64,
+            })?;
+            match ty {
+                KvType::F32 => cast_slice_mut::<f32>(row)?.copy_from_slice(src),
+                KvType::F16 => quant::f16::quantize_row(src, cast_slice_mut::<f16>(row)?),
+                KvType::Q8_0 => quant::q8_0::quantize_row(src, cast_slice_mut::<BlockQ8_0>(row)?),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys and values of `layer`, every slot, typed.
+    pub fn layer(&self, layer: usize) -> Result<(KvRows<'_>, KvRows<'_>)> {
+        let r = self.layer_bytes(layer);
+        let (k, v) = (&self.k[r.clone()], &self.v[r]);
+        Ok(match self.opt.ty {
+            KvType::F32 => (KvRows::F32(cast_slice(k)?), KvRows::F32(cast_slice(v)?)),
+            KvType::F16 => (KvRows::F16(cast_slice(k)?), KvRows::F16(cast_slice(v)?)),
+            KvType::Q8_0 => (KvRows::Q8_0(cast_slice(k)?), KvRows::Q8_0(cast_slice(v)?)),
+        })
     }
 
     pub fn n_layers(&self) -> usize {
         self.n_layers
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern crate std;
+    use std::boxed::Box;
+    use std::vec;
+
+    /// A one-layer cache of 32-value rows over leaked f32-aligned buffers.
+    fn cache(bytes: usize, opt: KvOptions) -> KvCache<'static> {
+        let k: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
+        let v: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
+        KvCache::new(quant::as_bytes_mut(k), quant::as_bytes_mut(v), opt, 1, 32).unwrap()
+    }
+
+    #[test]
+    fn slots_keep_sinks_and_ring_the_window() {
+        let opt = KvOptions::streaming(2, 4);
+        let c = cache(6 * 32 * 4, opt);
+        let slots: [usize; 12] = core::array::from_fn(|t| c.slot(t));
+        assert_eq!(slots, [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 2, 3]);
+        assert_eq!(c.visible(3), 4);
+        assert_eq!(c.visible(9), 6);
+        assert_eq!(c.query_cache_pos(3), 3);
+        assert_eq!(c.query_cache_pos(100), 5);
+        assert_eq!(c.sinks_for(5), 0);
+        assert_eq!(c.sinks_for(6), 2);
+    }
+
+    #[test]
+    fn dense_refuses_and_streaming_goes_on() {
+        let mut d = cache(4 * 32 * 4, KvOptions::dense(4));
+        assert!(d.reserve(4).is_ok());
+        assert!(matches!(d.reserve(5), Err(Error::KvCacheFull { .. })));
+        let mut s = cache(4 * 32 * 4, KvOptions::streaming(1, 3));
+        assert!(s.reserve(1000).is_ok());
+        assert_eq!(s.chunk_room(), 4);
+        s.advance(4);
+        assert_eq!(s.chunk_room(), 1);
+        assert!(s.truncate(2).is_ok() && s.pos() == 2);
+        s.advance(5);
+        assert!(s.evicted());
+        assert!(s.truncate(3).is_err());
+        assert!(s.truncate(10).is_ok() && s.pos() == 7);
+        d.advance(2);
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn rows_round_trip_in_every_type() {
+        let x: [f32; 32] = core::array::from_fn(|i| i as f32 / 8.0 - 2.0);
+        for (ty, tol) in [
+            (KvType::F32, 0.0),
+            (KvType::F16, 1e-3),
+            (KvType::Q8_0, 0.02),
+        ] {
+            let opt = KvOptions::dense(2).with_type(ty);
+            let mut c = cache(2 * 32 * 4, opt);
+            c.store(0, 1, &x, &x).unwrap();
+            let (k, _) = c.layer(0).unwrap();
+            let row: [f32; 32] = match k {
+                KvRows::F32(r) => core::array::from_fn(|i| r[32 + i]),
+                KvRows::F16(r) => core::array::from_fn(|i| r[32 + i].to_f32()),
+                KvRows::Q8_0(r) => {
+                    let mut out = [0f32; 32];
+                    quant::q8_0::dequantize_row(&r[1..2], &mut out);
+                    out
+                }
+            };
+            for (a, b) in row.iter().zip(&x) {
+                assert!((a - b).abs() <= tol, "{ty:?}: {a} vs {b}");
+            }
+        }
+        assert_eq!(KvType::Q8_0.row_bytes(48), None);
+        assert_eq!(KvType::F16.row_bytes(48), Some(96));
     }
 }

@@ -65,3 +65,4 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use kv_cache::{KvOptions, KvType};

@@ -25,7 +25,8 @@ pub struct BeamOptions {
     pub length_penalty: f64,
     /// Ids that end a hypothesis.
     pub eos: Vec<u32>,
-    pub ctx: usize,
+    /// Each beam's KV cache (a dense one: beams keep whole sequences).
+    pub kv: ember_core::KvOptions,
     pub batch: usize,
 }
 
@@ -104,7 +105,7 @@ pub fn beam_search(
     if n == 0 {
         bail!("--beams must be at least 1");
     }
-    let plan = MemoryPlan::new(&model.config, opt.ctx, opt.batch)?;
+    let plan = MemoryPlan::with_kv(&model.config, opt.kv, opt.batch)?;
     let mut arenas: Vec<Vec<f32>> = (0..n).map(|_| plan.alloc()).collect();
     let mut sessions: Vec<Session> = arenas
         .iter_mut()

@@ -15,7 +15,7 @@ use ember_core::gguf::Gguf;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::tokenizer::StreamDecoder;
 
-use crate::cli::{context, kernels, model_path, KernelChoice, SamplingArgs};
+use crate::cli::{kernels, model_path, KernelChoice, KvArgs, SamplingArgs};
 use crate::run::continue_sampling;
 use crate::text::{prompt_text, ChatTemplate, Message, StopText};
 use ember_core::sampling::{Candidate, Sampler};
@@ -31,10 +31,8 @@ pub struct ChatArgs {
     /// Most tokens per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
     pub n: usize,
-    /// KV cache capacity in tokens: the whole conversation must fit
-    /// [default: the model's context length, at most 8192].
-    #[arg(long, short = 'c')]
-    pub ctx: Option<usize>,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Prompt tokens per forward chunk.
     #[arg(long, short = 'b', default_value_t = 512)]
     pub batch: usize,
@@ -104,8 +102,9 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let mut index = Vec::new();
     let tok = crate::text::tokenizer(&g, &mut index)?;
     let template = ChatTemplate::from_gguf(&g, &tok)?;
-    let ctx = context(a.ctx, &model);
-    let plan = MemoryPlan::new(&model.config, ctx, a.batch)?;
+    let kv = a.kv.options(&model, true)?;
+    let ctx = kv.capacity;
+    let plan = MemoryPlan::with_kv(&model.config, kv, a.batch)?;
     let mut arena = plan.alloc();
     let mut s = Session::new(&model, kernels(a.kernels), plan, &mut arena)?;
     let mut sampler = Sampler::new(cfg)?;
@@ -169,33 +168,39 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         if common == ids.len() {
             common -= 1;
         }
-        if ids.len() >= ctx {
+        if ids.len() - common > ctx {
             history.pop();
             eprintln!(
-                "ember: the conversation ({} tokens) no longer fits the {ctx}-token context; /reset to start over",
-                ids.len()
+                "ember: that message ({} tokens) is longer than the {ctx}-token context",
+                ids.len() - common
             );
             continue;
         }
-        s.truncate(common);
-        fed.truncate(common);
-        s.forward(&ids[common..])?;
-        fed.extend_from_slice(&ids[common..]);
-        for &id in &ids[common..] {
+        // Past an eviction the cache cannot go back: if the new rendering
+        // differs from what was fed (a boundary tokenised differently), the
+        // tokens past what was fed follow what is cached.
+        let start = if s.truncate(common).is_ok() {
+            fed.truncate(common);
+            common
+        } else {
+            fed.len().min(ids.len() - 1)
+        };
+        s.forward(&ids[start..])?;
+        fed.extend_from_slice(&ids[start..]);
+        for &id in &ids[start..] {
             sampler.accept(id);
         }
 
-        // The reply streams to stdout; it may use the rest of the context.
-        let room = ctx - s.pos() + 1;
+        // The reply streams to stdout; the cache streams with it.
         let mut dec = StreamDecoder::new(&tok, false, false);
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();
         let mut stops = StopText::new(&a.sampling.stop);
-        let (reply_ids, _) = continue_sampling(
+        let (reply_ids, _, _) = continue_sampling(
             &mut s,
             &mut sampler,
             &mut scratch,
-            a.n.min(room),
+            a.n,
             tok.end_of_generation(),
             false,
             &mut |id| {

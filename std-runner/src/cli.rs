@@ -13,6 +13,7 @@ use serde_json::json;
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 
 use ember_core::sampling::SamplerConfig;
+use ember_core::{KvOptions, KvType};
 
 use crate::run::{generate, RunOptions};
 use crate::text::{encode_prompt, prompt_text, ChatTemplate, Message, StopText};
@@ -36,6 +37,8 @@ pub enum Command {
     Chat(crate::chat::ChatArgs),
     /// Print the token ids of a text.
     Tokenize(TokenizeArgs),
+    /// Score a text file: dense chunks of --ctx, or streaming through --sinks + --window.
+    Perplexity(crate::perplexity::PerplexityArgs),
     /// Rewrite a GGUF file with its weight matrices in another type.
     Convert(ConvertArgs),
     /// Write a deterministic random-weights llama GGUF of any shape.
@@ -84,10 +87,8 @@ pub struct RunArgs {
     /// Kernel set.
     #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
     pub kernels: KernelChoice,
-    /// KV cache capacity in tokens [default: the model's context length, at most 8192].
-    /// Memory is reserved up front but only touched as tokens arrive.
-    #[arg(long, short = 'c')]
-    pub ctx: Option<usize>,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Prompt tokens per forward chunk.
     #[arg(long, short = 'b', default_value_t = 512)]
     pub batch: usize,
@@ -107,6 +108,79 @@ pub struct RunArgs {
         allow_negative_numbers = true
     )]
     pub length_penalty: f64,
+}
+
+/// KV element types on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvTypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl From<KvTypeArg> for KvType {
+    fn from(t: KvTypeArg) -> KvType {
+        match t {
+            KvTypeArg::F32 => KvType::F32,
+            KvTypeArg::F16 => KvType::F16,
+            KvTypeArg::Q8_0 => KvType::Q8_0,
+        }
+    }
+}
+
+/// KV cache flags shared by `run`, `chat` and `perplexity`.
+#[derive(Debug, Clone, Args)]
+pub struct KvArgs {
+    /// KV cache capacity in tokens: sinks + window [default: the model's context
+    /// length, at most 8192]. Memory is reserved up front but only touched as
+    /// tokens arrive.
+    #[arg(long, short = 'c')]
+    pub ctx: Option<usize>,
+    /// Attention window: once the cache is full, keep the sinks and the latest W
+    /// tokens, evicting older ones, so generation can go on for ever in fixed
+    /// memory [default: the context minus the sinks].
+    #[arg(long, value_name = "W")]
+    pub window: Option<usize>,
+    /// Attention sinks: the first S tokens stay in the cache for ever.
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    pub sinks: usize,
+    /// Element type of cached keys and values (f16 halves the memory of f32;
+    /// q8_0 takes about a quarter).
+    #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
+    pub kv_type: KvTypeArg,
+}
+
+impl KvArgs {
+    /// The cache for `model`: streaming (sinks + window) or dense (`--ctx` only,
+    /// for perplexity's chunks).
+    pub fn options(&self, model: &Llama, streaming: bool) -> Result<KvOptions> {
+        let capacity = match (self.window, self.ctx) {
+            (Some(w), Some(c)) if c != self.sinks.saturating_add(w) => bail!(
+                "--ctx {c} disagrees with --sinks {} + --window {w}; give one or the other",
+                self.sinks
+            ),
+            (Some(0), _) => bail!("--window must be at least 1"),
+            (Some(w), _) => self.sinks.saturating_add(w),
+            (None, Some(c)) => c,
+            (None, None) => context(None, model),
+        };
+        if capacity == 0 {
+            bail!("--ctx must be at least 1");
+        }
+        let opt = if streaming {
+            if self.sinks >= capacity {
+                bail!(
+                    "--sinks {} leaves no room for a window in a {capacity}-token cache",
+                    self.sinks
+                );
+            }
+            KvOptions::streaming(self.sinks, capacity - self.sinks)
+        } else {
+            KvOptions::dense(capacity)
+        };
+        Ok(opt.with_type(self.kv_type.into()))
+    }
 }
 
 /// Sampling flags shared by `run` and `chat` (defaults as llama.cpp's).
@@ -324,6 +398,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => crate::chat::cmd_chat(a),
         Command::Tokenize(a) => cmd_tokenize(a),
+        Command::Perplexity(a) => crate::perplexity::cmd_perplexity(a),
         Command::Synth(a) => {
             let cfg = crate::synth::SynthConfig {
                 dim: a.dim,
@@ -438,11 +513,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     if let Some(beams) = a.beams {
         return run_beams(&a, &model, kernels, tok.as_ref(), &g, prompt_ids, beams);
     }
-    let ctx = context(a.ctx, &model);
-    if ctx > 0 && prompt_ids.len() > ctx {
+    let kv = a.kv.options(&model, true)?;
+    if prompt_ids.len() > kv.capacity {
         bail!(
-            "the prompt is {} tokens but the context holds {ctx}; raise --ctx or shorten the prompt",
-            prompt_ids.len()
+            "the prompt is {} tokens but the context holds {}; raise --ctx or shorten the prompt",
+            prompt_ids.len(),
+            kv.capacity
         );
     }
     let opt = RunOptions {
@@ -450,7 +526,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         n_predict: a.n,
         top_logits: a.top_logits,
         logits_all: a.logits_all,
-        ctx,
+        kv,
         batch: a.batch,
         ignore_eos: a.ignore_eos,
         eos: stop_ids(&g, tok.as_ref()),
@@ -517,6 +593,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             "top_logits": pairs(&out.top_logits),
             "kernels": kernels.name,
             "seed": sampling.seed,
+            "kv": {"capacity": opt.kv.capacity, "sinks": opt.kv.sinks, "type": opt.kv.ty.name()},
+            "decode_tok_s_per_500": out.decode_tok_s_per_500,
         });
         if let Some(all) = &out.top_logits_all {
             j["top_logits_all"] = all.iter().map(|v| pairs(v)).collect::<Vec<_>>().into();
@@ -544,8 +622,12 @@ fn run_beams(
     beams: usize,
 ) -> Result<()> {
     // Each beam's cache holds the prompt and the reply, no more (unless --ctx says).
-    let ctx = a.ctx.unwrap_or(prompt_ids.len() + a.n);
-    let plan = ember_core::model::MemoryPlan::new(&model.config, ctx, a.batch)?;
+    if a.kv.window.is_some() {
+        bail!("--beams keeps whole sequences: it takes --ctx, not --window");
+    }
+    let ctx = a.kv.ctx.unwrap_or(prompt_ids.len() + a.n);
+    let kv = KvOptions::dense(ctx).with_type(a.kv.kv_type.into());
+    let plan = ember_core::model::MemoryPlan::with_kv(&model.config, kv, a.batch)?;
     let need = (plan.bytes() as u64).saturating_mul(beams as u64);
     if let Some(avail) = mem_available() {
         if need > avail {
@@ -566,7 +648,7 @@ fn run_beams(
         } else {
             stop_ids(g, tok)
         },
-        ctx,
+        kv,
         batch: a.batch,
     };
     let t0 = std::time::Instant::now();

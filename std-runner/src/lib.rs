@@ -8,6 +8,7 @@ pub mod cli;
 pub mod convert;
 pub mod mmap;
 pub mod model_store;
+pub mod perplexity;
 pub mod run;
 pub mod synth;
 pub mod text;

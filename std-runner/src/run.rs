@@ -17,8 +17,8 @@ pub struct RunOptions {
     pub top_logits: usize,
     /// Report the top logits at every prompt position.
     pub logits_all: bool,
-    /// KV cache capacity in positions.
-    pub ctx: usize,
+    /// The KV cache (capacity, sinks, element type, streaming).
+    pub kv: ember_core::KvOptions,
     /// Tokens per forward chunk in prefill.
     pub batch: usize,
     /// Keep generating past the end-of-sequence token.
@@ -41,6 +41,8 @@ pub struct RunOutput {
     pub top_logits_all: Option<Vec<Vec<(u32, f32)>>>,
     /// Bytes of the session arena (KV cache and scratch).
     pub arena_bytes: usize,
+    /// Decode speed over each run of 500 generated tokens.
+    pub decode_tok_s_per_500: Vec<f64>,
 }
 
 /// The index of the largest logit; ties go to the lowest id, NaN never wins.
@@ -83,7 +85,7 @@ pub fn generate(
 ) -> Result<RunOutput> {
     let mut sampler = Sampler::new(opt.sampling)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
-    let plan = MemoryPlan::new(&model.config, opt.ctx, opt.batch)?;
+    let plan = MemoryPlan::with_kv(&model.config, opt.kv, opt.batch)?;
     let mut arena = plan.alloc();
     let mut s = Session::new(model, kernels, plan, &mut arena)?;
     let mut out = RunOutput {
@@ -110,7 +112,7 @@ pub fn generate(
     for &id in &opt.prompt_ids {
         sampler.accept(id);
     }
-    let (ids, decode_tok_s) = continue_sampling(
+    let (ids, decode_tok_s, per_500) = continue_sampling(
         &mut s,
         &mut sampler,
         &mut scratch,
@@ -121,13 +123,14 @@ pub fn generate(
     )?;
     out.ids = ids;
     out.decode_tok_s = decode_tok_s;
+    out.decode_tok_s_per_500 = per_500;
     Ok(out)
 }
 
 /// Generation from the session's current logits: up to `n_predict` ids,
 /// stopping after an id in `eos` (returned but not fed back) unless
-/// `ignore_eos`, or when `on_token` returns false. Returns the ids and the
-/// decode speed in tokens per second.
+/// `ignore_eos`, or when `on_token` returns false. Returns the ids, the
+/// decode speed in tokens per second, and the speed over each 500 tokens.
 pub fn continue_sampling(
     s: &mut Session,
     sampler: &mut Sampler,
@@ -136,10 +139,12 @@ pub fn continue_sampling(
     eos: &[u32],
     ignore_eos: bool,
     on_token: &mut dyn FnMut(u32) -> bool,
-) -> Result<(Vec<u32>, f64)> {
+) -> Result<(Vec<u32>, f64, Vec<f64>)> {
     let t1 = Instant::now();
     let mut ids = Vec::new();
     let mut steps = 0usize;
+    let mut per_500 = Vec::new();
+    let mut lap = Instant::now();
     for i in 0..n_predict {
         let next = sampler.sample(s.logits(), scratch)?;
         sampler.accept(next);
@@ -150,6 +155,10 @@ pub fn continue_sampling(
         }
         s.forward(&[next])?;
         steps += 1;
+        if steps.is_multiple_of(500) {
+            per_500.push(500.0 / lap.elapsed().as_secs_f64().max(1e-9));
+            lap = Instant::now();
+        }
     }
     let secs = t1.elapsed().as_secs_f64();
     let tok_s = if steps > 0 {
@@ -157,7 +166,7 @@ pub fn continue_sampling(
     } else {
         0.0
     };
-    Ok((ids, tok_s))
+    Ok((ids, tok_s, per_500))
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ fn opts(beams: usize, n: usize, alpha: f64) -> BeamOptions {
         n_predict: n,
         length_penalty: alpha,
         eos: vec![EOS],
-        ctx: 16,
+        kv: ember_core::KvOptions::dense(16),
         batch: 16,
     }
 }
@@ -94,7 +94,7 @@ fn one_beam_is_greedy() {
                 n_predict: 8,
                 top_logits: 0,
                 logits_all: false,
-                ctx: 16,
+                kv: ember_core::KvOptions::dense(16),
                 batch: 16,
                 ignore_eos: false,
                 eos: vec![EOS],

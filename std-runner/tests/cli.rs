@@ -81,6 +81,8 @@ fn f16_free_running_greedy_equals_exact() {
             "--ignore-eos",
             "--temp",
             "0",
+            "--kv-type",
+            "f32",
             "--json",
         ]);
         let j = json_out(&o);
@@ -112,6 +114,8 @@ fn logits_all_reports_every_prompt_position() {
         "--top-logits",
         "10",
         "--logits-all",
+        "--kv-type",
+        "f32",
         "--json",
     ]);
     let j = json_out(&o);
@@ -235,18 +239,66 @@ fn bad_input_is_one_line_and_nonzero() {
             "-m",
             m,
             "--prompt-ids",
-            "1,2,3",
+            "1,2,3,4,5",
             "-n",
             "10",
             "--ctx",
             "4",
         ]),
-        "KV cache full",
+        "the prompt is 5 tokens but the context holds 4",
     );
     assert_one_line_error(
         &ember(&["run", "-m", m, "--prompt-ids", "1", "--ctx", "0"]),
-        "capacity",
+        "--ctx",
     );
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1",
+            "--sinks",
+            "8",
+            "--window",
+            "0",
+        ]),
+        "--window",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1",
+            "--sinks",
+            "8",
+            "--ctx",
+            "8",
+        ]),
+        "--sinks 8 leaves no room",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1",
+            "--ctx",
+            "100",
+            "--window",
+            "10",
+        ]),
+        "disagrees",
+    );
+    // A value clap rejects: one line too, with the usage exit code 2.
+    let o = ember(&["run", "-m", m, "--prompt-ids", "1", "--kv-type", "q4_0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--kv-type"), "{err}");
     assert_one_line_error(
         &ember(&["run", "-m", m, "--prompt-ids", "1", "--batch", "0"]),
         "batch",
@@ -317,6 +369,8 @@ fn chat_answers_the_capital_of_france() {
         "What is the capital of France?",
         "-n",
         "32",
+        "--temp",
+        "0",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);

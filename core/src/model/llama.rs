@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::attention::attend_head;
+use crate::attention::{attend_head, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::Kernels;
@@ -47,6 +47,8 @@ struct Scratch<'a> {
     hb2: &'a mut [f32],
     scores: &'a mut [f32],
     rope: &'a mut [f32],
+    q_sink: &'a mut [f32],
+    rope_sink: &'a mut [f32],
     logits: &'a mut [f32],
     row: &'a mut [f32],
 }
@@ -90,7 +92,7 @@ impl<'s, 'w> Session<'s, 'w> {
     ) -> Result<Self> {
         let c = &model.config;
         // Re-derive the plan so a plan made for another config cannot under-size buffers.
-        let check = MemoryPlan::new(c, plan.kv_capacity, plan.max_batch)?;
+        let check = MemoryPlan::with_kv(c, plan.kv, plan.max_batch)?;
         if arena.len() < check.f32_len() {
             return Err(Error::BufferTooSmall {
                 needed: check.f32_len() as u64,
@@ -102,7 +104,13 @@ impl<'s, 'w> Session<'s, 'w> {
         let mut rest = arena;
         let k = carve(&mut rest, check.kv_len);
         let v = carve(&mut rest, check.kv_len);
-        let kv = KvCache::new(k, v, c.n_layers, check.kv_capacity, c.kv_dim())?;
+        let kv = KvCache::new(
+            crate::quant::as_bytes_mut(k),
+            crate::quant::as_bytes_mut(v),
+            check.kv,
+            c.n_layers,
+            c.kv_dim(),
+        )?;
         let s = Scratch {
             x: carve(&mut rest, sizes.x),
             xb: carve(&mut rest, sizes.xb),
@@ -114,6 +122,8 @@ impl<'s, 'w> Session<'s, 'w> {
             hb2: carve(&mut rest, sizes.hb2),
             scores: carve(&mut rest, sizes.scores),
             rope: carve(&mut rest, sizes.rope),
+            q_sink: carve(&mut rest, sizes.q_sink),
+            rope_sink: carve(&mut rest, sizes.rope_sink),
             logits: carve(&mut rest, sizes.logits),
             row: carve(&mut rest, sizes.row),
         };
@@ -138,12 +148,23 @@ impl<'s, 'w> Session<'s, 'w> {
         &self.kernels
     }
 
-    /// Tokens processed so far (the position of the next token).
+    /// Tokens processed so far (the absolute position of the next token).
     pub fn pos(&self) -> usize {
+        self.kv.pos()
+    }
+
+    /// Positions the KV cache holds now (at most its capacity).
+    pub fn cached(&self) -> usize {
         self.kv.len()
     }
 
-    /// Errors with `KvCacheFull` unless `n` more tokens fit in the cache.
+    /// Whether a streaming cache has evicted any token.
+    pub fn evicted(&self) -> bool {
+        self.kv.evicted()
+    }
+
+    /// Errors with `KvCacheFull` unless `n` more tokens fit in the cache
+    /// (a streaming cache always has room).
     pub fn reserve(&self, n: usize) -> Result<()> {
         self.kv.reserve(n)
     }
@@ -170,8 +191,9 @@ impl<'s, 'w> Session<'s, 'w> {
     /// Forgets every token from position `n` on, so a sequence that shares its
     /// first `n` tokens with this one continues from there (chat turns).
     /// The logits are stale until the next forward call.
-    pub fn truncate(&mut self, n: usize) {
-        self.kv.truncate(n);
+    /// After an eviction, going back is impossible: `KvCacheFull`.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.kv.truncate(n)
     }
 
     /// Logits after the last token processed: (vocab).
@@ -181,7 +203,7 @@ impl<'s, 'w> Session<'s, 'w> {
 
     /// Feeds `tokens` and returns the logits after the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        self.run(tokens, None)?;
+        self.run(tokens, None, 0)?;
         Ok(self.s.logits)
     }
 
@@ -192,10 +214,26 @@ impl<'s, 'w> Session<'s, 'w> {
         tokens: &[u32],
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<()> {
-        self.run(tokens, Some(on_logits))
+        self.run(tokens, Some(on_logits), 0)
     }
 
-    fn run(&mut self, tokens: &[u32], mut on_logits: Option<LogitsFn<'_>>) -> Result<()> {
+    /// Like [`Session::forward_all`], but the classifier runs only for tokens
+    /// `first..` (scoring part of a text skips the rest's logits).
+    pub fn forward_all_from(
+        &mut self,
+        tokens: &[u32],
+        first: usize,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.run(tokens, Some(on_logits), first)
+    }
+
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        mut on_logits: Option<LogitsFn<'_>>,
+        first: usize,
+    ) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -208,14 +246,28 @@ impl<'s, 'w> Session<'s, 'w> {
             });
         }
         self.kv.reserve(tokens.len())?;
-        for (ci, chunk) in tokens.chunks(self.plan.max_batch).enumerate() {
-            let last_chunk = (ci + 1) * self.plan.max_batch >= tokens.len();
-            let base = ci * self.plan.max_batch;
+        // Chunks of up to max_batch tokens; a streaming cache past its
+        // capacity takes one token at a time (a later token of a chunk would
+        // evict what an earlier one still sees).
+        let mut base = 0;
+        while base < tokens.len() {
+            let take = self
+                .plan
+                .max_batch
+                .min(self.kv.chunk_room())
+                .min(tokens.len() - base);
+            let chunk = &tokens[base..base + take];
+            let last_chunk = base + take == tokens.len();
             match on_logits.as_deref_mut() {
-                Some(f) => self.forward_chunk(chunk, |i, l| f(base + i, l), Emit::All)?,
+                Some(f) => self.forward_chunk(
+                    chunk,
+                    |i, l| f(base + i, l),
+                    Emit::From(first.saturating_sub(base)),
+                )?,
                 None if last_chunk => self.forward_chunk(chunk, |_, _| {}, Emit::Last)?,
                 None => self.forward_chunk(chunk, |_, _| {}, Emit::None)?,
             }
+            base += take;
         }
         Ok(())
     }
@@ -233,7 +285,7 @@ impl<'s, 'w> Session<'s, 'w> {
         let w = &m.weights;
         let kern = &self.kernels;
         let n = tokens.len();
-        let p0 = self.kv.len();
+        let p0 = self.kv.pos();
         let (dim, qd, kvd, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
         let group = c.n_heads / c.n_kv_heads;
         let s = &mut self.s;
@@ -270,10 +322,16 @@ impl<'s, 'w> Session<'s, 'w> {
             kern.matmul(&lw.attn_k, s.xb, n, s.k, s.row)?;
             kern.matmul(&lw.attn_v, s.xb, n, s.v, s.row)?;
 
-            // Rotate queries and keys, then append K and V to the cache.
+            // Rotate queries and keys at their absolute positions, then append
+            // K and V to the cache. Past the first eviction a query is also
+            // rotated at its in-cache position, for the sink keys (see kv_cache).
             for t in 0..n {
                 let table = &s.rope[t * c.rope_dim..(t + 1) * c.rope_dim];
-                for h in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                let q = &mut s.q[t * qd..(t + 1) * qd];
+                if self.kv.sinks_for(p0 + t) > 0 {
+                    s.q_sink.copy_from_slice(q);
+                }
+                for h in q.chunks_exact_mut(hd) {
                     rope(h, table);
                 }
                 for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
@@ -284,28 +342,47 @@ impl<'s, 'w> Session<'s, 'w> {
                     p0 + t,
                     &s.k[t * kvd..(t + 1) * kvd],
                     &s.v[t * kvd..(t + 1) * kvd],
-                );
+                )?;
             }
 
-            // Grouped-query causal attention: token t sees positions 0..=p0+t;
-            // query head h reads KV head h / group.
+            // Grouped-query causal attention: token t sees the slots that hold
+            // the sinks and the latest tokens up to itself; query head h reads
+            // KV head h / group.
+            let (keys, values) = self.kv.layer(l)?;
             for t in 0..n {
-                let n_pos = p0 + t + 1;
-                let keys = self.kv.keys(l, n_pos);
-                let values = self.kv.values(l, n_pos);
+                let pos = p0 + t;
+                let n_vis = self.kv.visible(pos);
+                let sinks = self.kv.sinks_for(pos);
+                if sinks > 0 {
+                    // Chunks past the capacity hold one token, so q_sink is this token's.
+                    rope_table(
+                        s.rope_sink,
+                        self.kv.query_cache_pos(pos),
+                        c.rope_base,
+                        c.rope_dim,
+                    );
+                    for h in s.q_sink.chunks_exact_mut(hd) {
+                        rope(h, s.rope_sink);
+                    }
+                }
                 for h in 0..c.n_heads {
                     let q = &s.q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                    let q_sink = &s.q_sink[h * hd..(h + 1) * hd];
                     let out = &mut s.att[t * qd + h * hd..t * qd + (h + 1) * hd];
                     attend_head(
                         q,
+                        q_sink,
+                        sinks,
                         keys,
                         values,
-                        n_pos,
-                        kvd,
-                        (h / group) * hd,
+                        n_vis,
+                        HeadView {
+                            row: kvd,
+                            offset: (h / group) * hd,
+                        },
                         s.scores,
                         out,
-                        kern.dot_f32,
+                        kern,
                     );
                 }
             }
@@ -337,7 +414,7 @@ impl<'s, 'w> Session<'s, 'w> {
         let first = match which {
             Emit::None => n,
             Emit::Last => n - 1,
-            Emit::All => 0,
+            Emit::From(k) => k.min(n),
         };
         for t in first..n {
             rmsnorm(
@@ -361,7 +438,8 @@ type LogitsFn<'f> = &'f mut dyn FnMut(usize, &[f32]);
 enum Emit {
     None,
     Last,
-    All,
+    /// Tokens from this index of the chunk on.
+    From(usize),
 }
 
 /// `out = x / rms(x) * weight`; the mean square is accumulated in f64.

@@ -11,7 +11,7 @@ pub use llama::{Llama, Session};
 pub use weights::{LayerWeights, Weights};
 
 use crate::error::{Cap, Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvOptions};
 
 /// Largest KV capacity a plan accepts (positions).
 pub const MAX_KV_CAPACITY: usize = 1 << 24;
@@ -28,9 +28,11 @@ pub const MAX_BATCH: usize = 1 << 16;
 pub struct MemoryPlan {
     /// Positions the KV cache holds.
     pub kv_capacity: usize,
+    /// The cache's shape: sinks, element type, streaming or dense.
+    pub kv: KvOptions,
     /// Tokens processed per forward chunk (prefill splits longer inputs).
     pub max_batch: usize,
-    /// f32 elements of K (and of V).
+    /// f32 elements (4-byte words) of K (and of V), whatever the element type.
     pub kv_len: usize,
     /// f32 elements of scratch.
     pub scratch_len: usize,
@@ -38,18 +40,20 @@ pub struct MemoryPlan {
 
 /// Scratch sizes in f32 elements, in arena order.
 pub(crate) struct ScratchSizes {
-    pub x: usize,      // (batch, dim) residual stream
-    pub xb: usize,     // (batch, dim) normed input / projection output
-    pub q: usize,      // (batch, q_dim)
-    pub k: usize,      // (batch, kv_dim)
-    pub v: usize,      // (batch, kv_dim)
-    pub att: usize,    // (batch, q_dim) attention output
-    pub hb: usize,     // (batch, ffn_dim) gate
-    pub hb2: usize,    // (batch, ffn_dim) up
-    pub scores: usize, // (kv_capacity)
-    pub rope: usize,   // (batch, rope_dim) cos/sin pairs
-    pub logits: usize, // (vocab)
-    pub row: usize,    // (max(dim, q_dim, ffn_dim)) one dequantized weight row
+    pub x: usize,         // (batch, dim) residual stream
+    pub xb: usize,        // (batch, dim) normed input / projection output
+    pub q: usize,         // (batch, q_dim)
+    pub k: usize,         // (batch, kv_dim)
+    pub v: usize,         // (batch, kv_dim)
+    pub att: usize,       // (batch, q_dim) attention output
+    pub hb: usize,        // (batch, ffn_dim) gate
+    pub hb2: usize,       // (batch, ffn_dim) up
+    pub scores: usize,    // (kv_capacity)
+    pub rope: usize,      // (batch, rope_dim) cos/sin pairs
+    pub q_sink: usize,    // (q_dim) a query rotated at its in-cache position
+    pub rope_sink: usize, // (rope_dim)
+    pub logits: usize,    // (vocab)
+    pub row: usize,       // (max(dim, q_dim, ffn_dim)) one dequantized weight row
 }
 
 impl ScratchSizes {
@@ -65,6 +69,8 @@ impl ScratchSizes {
             hb2: b.checked_mul(c.ffn_dim)?,
             scores: kv_capacity,
             rope: b.checked_mul(c.rope_dim)?,
+            q_sink: c.q_dim(),
+            rope_sink: c.rope_dim,
             logits: c.vocab_size,
             row: c.dim.max(c.q_dim()).max(c.ffn_dim),
         })
@@ -82,6 +88,8 @@ impl ScratchSizes {
             self.hb2,
             self.scores,
             self.rope,
+            self.q_sink,
+            self.rope_sink,
             self.logits,
             self.row,
         ]
@@ -91,11 +99,21 @@ impl ScratchSizes {
 }
 
 impl MemoryPlan {
-    /// The memory a session of `config` needs with a KV cache of `kv_capacity`
-    /// positions and forward chunks of up to `max_batch` tokens.
+    /// The memory a session of `config` needs with a dense f32 KV cache of
+    /// `kv_capacity` positions and forward chunks of up to `max_batch` tokens.
     pub fn new(config: &Config, kv_capacity: usize, max_batch: usize) -> Result<MemoryPlan> {
+        Self::with_kv(config, KvOptions::dense(kv_capacity), max_batch)
+    }
+
+    /// The memory a session needs with the KV cache `kv` (streaming or dense,
+    /// any element type).
+    pub fn with_kv(config: &Config, kv: KvOptions, max_batch: usize) -> Result<MemoryPlan> {
+        let kv_capacity = kv.capacity;
         if kv_capacity == 0 {
             return Err(Error::KvCapacityZero);
+        }
+        if kv.streaming && kv.sinks >= kv_capacity {
+            return Err(Error::KvWindowZero);
         }
         if max_batch == 0 {
             return Err(Error::BatchZero);
@@ -114,13 +132,19 @@ impl MemoryPlan {
                 cap: MAX_BATCH as u64,
             });
         }
+        if kv.ty.row_bytes(config.kv_dim()).is_none() || kv.ty.row_bytes(config.head_dim).is_none()
+        {
+            return Err(Error::KvTypeUnsupported {
+                kv_dim: config.kv_dim() as u32,
+            });
+        }
         let overflow = Error::CapExceeded {
             what: Cap::KvCapacity,
             found: kv_capacity as u64,
             cap: MAX_KV_CAPACITY as u64,
         };
-        let kv_len =
-            KvCache::elements(config.n_layers, kv_capacity, config.kv_dim()).ok_or(overflow)?;
+        let kv_bytes = KvCache::bytes(&kv, config.n_layers, config.kv_dim()).ok_or(overflow)?;
+        let kv_len = kv_bytes.div_ceil(4);
         let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch)
             .and_then(|s| s.total())
             .ok_or(overflow)?;
@@ -132,6 +156,7 @@ impl MemoryPlan {
             .ok_or(overflow)?;
         Ok(MemoryPlan {
             kv_capacity,
+            kv,
             max_batch,
             kv_len,
             scratch_len,

@@ -142,6 +142,42 @@ pub fn cast_slice<T: Pod>(bytes: &[u8]) -> Result<&[T]> {
     Ok(unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
 }
 
+/// Views `bytes` as a mutable slice of `T`, with the checks of [`cast_slice`].
+pub fn cast_slice_mut<T: Pod>(bytes: &mut [u8]) -> Result<&mut [T]> {
+    let size = core::mem::size_of::<T>();
+    let align = core::mem::align_of::<T>();
+    if !bytes.len().is_multiple_of(size) {
+        return Err(Error::LengthMismatch {
+            expected: (bytes.len() / size * size) as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    if !(bytes.as_ptr() as usize).is_multiple_of(align) {
+        return Err(Error::MisalignedData {
+            align: align as u32,
+        });
+    }
+    // SAFETY: as in `cast_slice` (aligned, whole values, in bounds); the
+    // result takes over the unique borrow of `bytes`, and since T is Pod every
+    // value written through it leaves valid bytes behind.
+    Ok(unsafe {
+        core::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / size)
+    })
+}
+
+/// Views a mutable slice of `T` as its bytes (caller memory carved for byte-typed storage).
+pub fn as_bytes_mut<T: Pod>(items: &mut [T]) -> &mut [u8] {
+    // SAFETY: T is Pod, so every byte is initialized and any bytes written
+    // form a valid T; u8 has alignment 1; the length is exactly the size of
+    // the slice, whose unique borrow the result takes over.
+    unsafe {
+        core::slice::from_raw_parts_mut(
+            items.as_mut_ptr().cast::<u8>(),
+            core::mem::size_of_val(items),
+        )
+    }
+}
+
 /// Views a slice of `T` as its bytes (little-endian on every supported target).
 pub fn as_bytes<T: Pod>(items: &[T]) -> &[u8] {
     // SAFETY: T is Pod (no padding, so every byte is initialized); u8 has

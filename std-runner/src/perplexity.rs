@@ -1,0 +1,203 @@
+//! `ember perplexity`: how well the model predicts a text.
+//!
+//! - **Dense** (no `--window`): the text is cut into chunks of `--ctx` tokens,
+//!   each evaluated from an empty cache, and the second half of each chunk is
+//!   scored (every scored token has at least `ctx/2` tokens of context), as
+//!   llama.cpp's `llama-perplexity` does.
+//! - **Streaming** (`--window W --sinks S`): the whole text goes through one
+//!   ring cache of `S + W` positions, token by token once it is full, and every
+//!   prediction is scored, as the StreamingLLM paper evaluates.
+//!
+//! Perplexity is `exp(mean negative log-likelihood)`, accumulated in f64.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ember_core::gguf::Gguf;
+use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::tokenizer::EncodeOptions;
+use serde_json::json;
+
+use crate::cli::{kernels, model_path, KernelChoice, KvArgs};
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    /// UTF-8 text file to score.
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub kv: KvArgs,
+    /// Score at most this many tokens of the text (from its start).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Prompt tokens per forward chunk.
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch: usize,
+    /// Kernel set.
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    pub kernels: KernelChoice,
+    /// Print {"ppl":x,"tokens":N,...} on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Negative log-likelihood of `next` under `logits` (f64).
+fn nll(logits: &[f32], next: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    lse - logits.get(next as usize).copied().unwrap_or(f32::NAN) as f64
+}
+
+/// Mean NLL and count over the scored predictions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Score {
+    pub sum: f64,
+    pub n: usize,
+}
+
+impl Score {
+    pub fn ppl(&self) -> f64 {
+        (self.sum / self.n.max(1) as f64).exp()
+    }
+}
+
+/// Dense evaluation: chunks of `ctx`, second halves scored.
+pub fn dense(
+    s: &mut Session,
+    tokens: &[u32],
+    ctx: usize,
+    progress: &mut dyn FnMut(usize, Score),
+) -> Result<Score> {
+    let mut score = Score::default();
+    let first = ctx / 2;
+    for (ci, chunk) in tokens.chunks_exact(ctx).enumerate() {
+        s.reset();
+        s.forward_all_from(&chunk[..ctx - 1], first, &mut |j, l| {
+            score.sum += nll(l, chunk[j + 1]);
+            score.n += 1;
+        })?;
+        progress((ci + 1) * ctx, score);
+    }
+    Ok(score)
+}
+
+/// Streaming evaluation: every prediction over one ring cache.
+pub fn streaming(
+    s: &mut Session,
+    tokens: &[u32],
+    progress: &mut dyn FnMut(usize, Score),
+) -> Result<Score> {
+    let mut score = Score::default();
+    s.reset();
+    let step = 1024;
+    for (ci, part) in tokens[..tokens.len() - 1].chunks(step).enumerate() {
+        let base = ci * step;
+        s.forward_all(part, &mut |j, l| {
+            score.sum += nll(l, tokens[base + j + 1]);
+            score.n += 1;
+        })?;
+        progress(base + part.len(), score);
+    }
+    Ok(score)
+}
+
+pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (invalid byte at offset {})",
+            a.file.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let path = model_path(&a.model)?;
+    let map = crate::mmap::map(&path)?;
+    let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
+    let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let mut index = Vec::new();
+    let tok = crate::text::tokenizer(&g, &mut index)?;
+    let mut tokens = tok
+        .encode(&text, EncodeOptions::default())
+        .context("tokenizing the text")?;
+    if let Some(n) = a.max_tokens {
+        tokens.truncate(n);
+    }
+    let streaming_mode = a.kv.window.is_some();
+    let kv = a.kv.options(&model, streaming_mode)?;
+    if !streaming_mode && tokens.len() < kv.capacity {
+        bail!(
+            "the text has {} tokens, fewer than one --ctx {} chunk",
+            tokens.len(),
+            kv.capacity
+        );
+    }
+    if tokens.len() < 2 {
+        bail!("the text has fewer than 2 tokens");
+    }
+    let plan = MemoryPlan::with_kv(&model.config, kv, a.batch)?;
+    let mut arena = plan.alloc();
+    let mut s = Session::new(&model, kernels(a.kernels), plan, &mut arena)?;
+    let t0 = Instant::now();
+    let total = if streaming_mode {
+        tokens.len()
+    } else {
+        tokens.len() / kv.capacity * kv.capacity
+    };
+    let mut progress = |done: usize, sc: Score| {
+        let mut e = std::io::stderr().lock();
+        let _ = write!(
+            e,
+            "\rember: {done}/{total} tokens, ppl {:.4} ({:.0} tok/s)   ",
+            sc.ppl(),
+            done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+        );
+    };
+    let score = if streaming_mode {
+        streaming(&mut s, &tokens, &mut progress)?
+    } else {
+        dense(&mut s, &tokens, kv.capacity, &mut progress)?
+    };
+    eprintln!();
+    let mode = if streaming_mode { "streaming" } else { "dense" };
+    eprintln!(
+        "ember: {mode} perplexity {:.4} over {} scored tokens ({} in the text; cache {} = {} sinks + {} window, {}); {:.1} s",
+        score.ppl(),
+        score.n,
+        tokens.len(),
+        kv.capacity,
+        kv.sinks,
+        kv.window(),
+        kv.ty.name(),
+        t0.elapsed().as_secs_f64()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "ppl": score.ppl(),
+                "tokens": score.n,
+                "text_tokens": tokens.len(),
+                "mode": mode,
+                "ctx": kv.capacity,
+                "sinks": kv.sinks,
+                "window": kv.window(),
+                "kv_type": kv.ty.name(),
+            })
+        );
+    } else {
+        println!("{:.4}", score.ppl());
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The streaming KV cache: exactly dense attention until the first eviction;
+//! StreamingLLM's in-cache positions after it (checked on a one-layer model,
+//! where a cached token's K/V depend on that token alone, against a dense
+//! recomputation of the sinks plus the window); KV element types; and
+//! perplexity stability over 20,000+ tokens of English text.
+
+use ember_core::gguf::Gguf;
+use ember_core::kernels::Kernels;
+use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::quant::GgmlType;
+use ember_core::tokenizer::{EncodeOptions, Tokenizer};
+use ember_core::{KvOptions, KvType};
+use ember_runner::perplexity::{dense, streaming};
+use ember_runner::synth::{synth, SynthConfig};
+
+fn logits_each(model: &Llama, kv: KvOptions, tokens: &[u32], batch: usize) -> Vec<Vec<f32>> {
+    let plan = MemoryPlan::with_kv(&model.config, kv, batch).unwrap();
+    let mut arena = plan.alloc();
+    let mut s = Session::new(model, Kernels::detect(), plan, &mut arena).unwrap();
+    let mut out = Vec::new();
+    s.forward_all(tokens, &mut |_, l| out.push(l.to_vec()))
+        .unwrap();
+    out
+}
+
+fn smollm() -> Vec<u8> {
+    let path = ember_runner::model_store::converted(GgmlType::Q8_0).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn ring_equals_dense_until_the_first_eviction() {
+    let bytes = smollm();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let tokens: Vec<u32> = (0..60).map(|i| (i * 7919 % 5000 + 100) as u32).collect();
+    let plain = logits_each(&model, KvOptions::dense(64), &tokens, 16);
+    for batch in [1, 16, 64] {
+        let ring = logits_each(&model, KvOptions::streaming(4, 60), &tokens, batch);
+        let dense_b = logits_each(&model, KvOptions::dense(64), &tokens, batch);
+        // Same chunking, same arithmetic: bit for bit.
+        assert_eq!(ring, dense_b, "batch {batch}");
+    }
+    let ring = logits_each(&model, KvOptions::streaming(4, 60), &tokens, 16);
+    assert_eq!(ring, plain);
+}
+
+/// A one-layer model: cached K/V depend on the token and its position only,
+/// so streaming at step t equals a fresh dense pass over the sinks followed by
+/// the window (positions 0..capacity), up to rotation rounding.
+#[test]
+fn after_eviction_positions_are_in_cache_positions() {
+    let bytes = synth(&SynthConfig {
+        dim: 64,
+        layers: 1,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 96,
+        vocab: 64,
+        ctx: 256,
+        seed: 9,
+        ty: GgmlType::F32,
+    })
+    .unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let tokens: Vec<u32> = (0..80).map(|i| ((i * 37 + i / 3) % 64) as u32).collect();
+    for (sinks, window) in [(2usize, 6usize), (0, 8), (4, 1), (1, 13)] {
+        let cap = sinks + window;
+        let got = logits_each(&model, KvOptions::streaming(sinks, window), &tokens, 4);
+        for t in cap..tokens.len() {
+            let mut view: Vec<u32> = tokens[..sinks].to_vec();
+            view.extend_from_slice(&tokens[t + 1 - window..=t]);
+            let want = logits_each(&model, KvOptions::dense(cap), &view, 64);
+            let (a, b) = (&got[t], want.last().unwrap());
+            let err = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 2e-4, "sinks {sinks} window {window} t {t}: {err}");
+        }
+    }
+}
+
+#[test]
+fn kv_types_track_f32() {
+    let bytes = smollm();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let tokens: Vec<u32> = (0..300).map(|i| (i * 7919 % 5000 + 100) as u32).collect();
+    let f32_ = logits_each(&model, KvOptions::streaming(4, 124), &tokens, 32);
+    for (ty, tol) in [(KvType::F16, 0.05f32), (KvType::Q8_0, 0.5)] {
+        let got = logits_each(
+            &model,
+            KvOptions::streaming(4, 124).with_type(ty),
+            &tokens,
+            32,
+        );
+        let mut worst = 0f32;
+        let mut agree = 0;
+        for (a, b) in got.iter().zip(&f32_) {
+            worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(worst, f32::max);
+            let am = |v: &Vec<f32>| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+            agree += (am(a) == am(b)) as usize;
+        }
+        assert!(worst < tol, "{ty:?}: max |dlogit| {worst}");
+        assert!(
+            agree * 100 >= tokens.len() * 95,
+            "{ty:?}: top-1 agrees {agree}/300"
+        );
+    }
+}
+
+/// The text: licence texts of Debian's base-files, concatenated (no two of
+/// them near-duplicates): GPL-3, GFDL-1.3, LGPL-2.1, MPL-2.0, Apache-2.0, Artistic.
+fn english_tokens(tok: &Tokenizer) -> Vec<u32> {
+    let dir = std::path::Path::new("/usr/share/common-licenses");
+    let mut text = String::new();
+    for name in [
+        "GPL-3",
+        "GFDL-1.3",
+        "LGPL-2.1",
+        "MPL-2.0",
+        "Apache-2.0",
+        "Artistic",
+    ] {
+        let p = dir.join(name);
+        text.push_str(
+            &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        );
+    }
+    tok.encode(&text, EncodeOptions::default()).unwrap()
+}
+
+#[test]
+fn streaming_perplexity_is_stable_over_20k_tokens() {
+    let bytes = smollm();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let mut index = Vec::new();
+    let tok = ember_runner::text::tokenizer(&g, &mut index).unwrap();
+    let tokens = english_tokens(&tok);
+    let tokens = &tokens[..20_480.min(tokens.len())];
+    assert!(tokens.len() >= 20_000, "{} tokens", tokens.len());
+
+    let run = |kv: KvOptions, is_dense: bool| {
+        let plan = MemoryPlan::with_kv(&model.config, kv, 512).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        if is_dense {
+            dense(&mut s, tokens, kv.capacity, &mut |_, _| {}).unwrap()
+        } else {
+            streaming(&mut s, tokens, &mut |_, _| {}).unwrap()
+        }
+    };
+    let (d, st) = std::thread::scope(|sc| {
+        let d = sc.spawn(|| run(KvOptions::dense(2048), true));
+        let st = sc.spawn(|| run(KvOptions::streaming(4, 252), false));
+        (d.join().unwrap(), st.join().unwrap())
+    });
+    let ratio = st.ppl() / d.ppl();
+    eprintln!(
+        "dense@2048 ppl {:.3} ({} scored), streaming 4+252 ppl {:.3} ({} scored), ratio {ratio:.3}",
+        d.ppl(),
+        d.n,
+        st.ppl(),
+        st.n
+    );
+    assert!(st.n >= 20_000);
+    assert!(ratio <= 1.15, "streaming/dense perplexity {ratio:.3}");
+}
