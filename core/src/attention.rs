@@ -4,6 +4,7 @@
 
 use crate::kernels::Kernels;
 use crate::kv_cache::KvRows;
+use crate::quant::f16::f16_bits_to_f32_fast as f16_to_f32;
 use crate::quant::{f16_bits_to_f32, QK};
 
 /// Where this head's vectors sit in the cached rows.
@@ -72,7 +73,7 @@ pub fn attend_head(
         KvRows::F16(v) => {
             for (p, &w) in scores.iter().enumerate() {
                 for (o, &vi) in out.iter_mut().zip(&v[at(p)..at(p) + hd]) {
-                    *o += w * vi.to_f32();
+                    *o += w * f16_to_f32(vi.to_bits());
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! `ember perplexity`: how well the model predicts a text.
 //!
 //! - **Dense** (no `--window`): the text is cut into chunks of `--ctx` tokens,
-//!   each evaluated from an empty cache, and the second half of each chunk is
-//!   scored (every scored token has at least `ctx/2` tokens of context), as
-//!   llama.cpp's `llama-perplexity` does.
+//!   each evaluated from an empty cache, and every prediction in the chunk is
+//!   scored. With `--second-half`, only the second half of each chunk is scored
+//!   (every scored token then has at least `ctx/2` tokens of context), as
+//!   llama.cpp's `llama-perplexity` does, for numbers comparable with it.
 //! - **Streaming** (`--window W --sinks S`): the whole text goes through one
 //!   ring cache of `S + W` positions, token by token once it is full, and every
 //!   prediction is scored, as the StreamingLLM paper evaluates.
@@ -33,6 +34,10 @@ pub struct PerplexityArgs {
     pub model: Option<PathBuf>,
     #[command(flatten)]
     pub kv: KvArgs,
+    /// Dense mode: score only the second half of each chunk, as llama.cpp's
+    /// llama-perplexity does (each scored token has at least ctx/2 of context).
+    #[arg(long)]
+    pub second_half: bool,
     /// Score at most this many tokens of the text (from its start).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
@@ -72,19 +77,35 @@ impl Score {
     }
 }
 
-/// Dense evaluation: chunks of `ctx`, second halves scored.
+/// Dense evaluation: chunks of `ctx`, each from an empty cache; predictions
+/// from chunk index `first` on are scored (0: all; `ctx / 2`: llama.cpp's).
 pub fn dense(
     s: &mut Session,
     tokens: &[u32],
     ctx: usize,
+    first: usize,
     progress: &mut dyn FnMut(usize, Score),
 ) -> Result<Score> {
+    dense_each(s, tokens, ctx, first, progress, &mut |_, _| {})
+}
+
+/// [`dense`], reporting every scored token as `each(i, nll)`: the negative
+/// log-likelihood of predicting token `i` of the text.
+pub fn dense_each(
+    s: &mut Session,
+    tokens: &[u32],
+    ctx: usize,
+    first: usize,
+    progress: &mut dyn FnMut(usize, Score),
+    each: &mut dyn FnMut(usize, f64),
+) -> Result<Score> {
     let mut score = Score::default();
-    let first = ctx / 2;
     for (ci, chunk) in tokens.chunks_exact(ctx).enumerate() {
         s.reset();
         s.forward_all_from(&chunk[..ctx - 1], first, &mut |j, l| {
-            score.sum += nll(l, chunk[j + 1]);
+            let x = nll(l, chunk[j + 1]);
+            each(ci * ctx + j + 1, x);
+            score.sum += x;
             score.n += 1;
         })?;
         progress((ci + 1) * ctx, score);
@@ -98,13 +119,25 @@ pub fn streaming(
     tokens: &[u32],
     progress: &mut dyn FnMut(usize, Score),
 ) -> Result<Score> {
+    streaming_each(s, tokens, progress, &mut |_, _| {})
+}
+
+/// [`streaming`], reporting every scored token as `each(i, nll)`.
+pub fn streaming_each(
+    s: &mut Session,
+    tokens: &[u32],
+    progress: &mut dyn FnMut(usize, Score),
+    each: &mut dyn FnMut(usize, f64),
+) -> Result<Score> {
     let mut score = Score::default();
     s.reset();
     let step = 1024;
     for (ci, part) in tokens[..tokens.len() - 1].chunks(step).enumerate() {
         let base = ci * step;
         s.forward_all(part, &mut |j, l| {
-            score.sum += nll(l, tokens[base + j + 1]);
+            let x = nll(l, tokens[base + j + 1]);
+            each(base + j + 1, x);
+            score.sum += x;
             score.n += 1;
         })?;
         progress(base + part.len(), score);
@@ -135,6 +168,9 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
         tokens.truncate(n);
     }
     let streaming_mode = a.kv.window.is_some();
+    if streaming_mode && a.second_half {
+        bail!("--second-half is for dense mode (no --window)");
+    }
     let kv = a.kv.options(&model, streaming_mode)?;
     if !streaming_mode && tokens.len() < kv.capacity {
         bail!(
@@ -167,10 +203,15 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let score = if streaming_mode {
         streaming(&mut s, &tokens, &mut progress)?
     } else {
-        dense(&mut s, &tokens, kv.capacity, &mut progress)?
+        let first = if a.second_half { kv.capacity / 2 } else { 0 };
+        dense(&mut s, &tokens, kv.capacity, first, &mut progress)?
     };
     eprintln!();
-    let mode = if streaming_mode { "streaming" } else { "dense" };
+    let mode = match (streaming_mode, a.second_half) {
+        (true, _) => "streaming",
+        (false, false) => "dense",
+        (false, true) => "dense-second-half",
+    };
     eprintln!(
         "ember: {mode} perplexity {:.4} over {} scored tokens ({} in the text; cache {} = {} sinks + {} window, {}); {:.1} s",
         score.ppl(),

@@ -10,7 +10,7 @@ use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
 use ember_core::tokenizer::{EncodeOptions, Tokenizer};
 use ember_core::{KvOptions, KvType};
-use ember_runner::perplexity::{dense, streaming};
+use ember_runner::perplexity::streaming_each;
 use ember_runner::synth::{synth, SynthConfig};
 
 fn logits_each(model: &Llama, kv: KvOptions, tokens: &[u32], batch: usize) -> Vec<Vec<f32>> {
@@ -148,29 +148,123 @@ fn streaming_perplexity_is_stable_over_20k_tokens() {
     let tokens = &tokens[..20_480.min(tokens.len())];
     assert!(tokens.len() >= 20_000, "{} tokens", tokens.len());
 
-    let run = |kv: KvOptions, is_dense: bool| {
+    // Per-token negative log-likelihoods (index of the predicted token).
+    // Dense: chunks of 2048 from an empty cache, every prediction kept, so
+    // both ways of scoring chunks can be read off one run: every token of the
+    // chunk, or llama.cpp's second half (each token with >= 1024 of context).
+    let ctx = 2048;
+    let dense_run = || {
+        let plan = MemoryPlan::with_kv(&model.config, KvOptions::dense(ctx), 512).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let mut nll = vec![f64::NAN; tokens.len()];
+        for (ci, chunk) in tokens.chunks_exact(ctx).enumerate() {
+            s.reset();
+            s.forward_all(&chunk[..ctx - 1], &mut |j, l| {
+                nll[ci * ctx + j + 1] = nll_of(l, chunk[j + 1]);
+            })
+            .unwrap();
+        }
+        nll
+    };
+    let streaming_run = || {
+        let kv = KvOptions::streaming(4, 252);
         let plan = MemoryPlan::with_kv(&model.config, kv, 512).unwrap();
         let mut arena = plan.alloc();
         let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
-        if is_dense {
-            dense(&mut s, tokens, kv.capacity, &mut |_, _| {}).unwrap()
-        } else {
-            streaming(&mut s, tokens, &mut |_, _| {}).unwrap()
-        }
+        let mut nll = vec![f64::NAN; tokens.len()];
+        streaming_each(&mut s, tokens, &mut |_, _| {}, &mut |i, x| nll[i] = x).unwrap();
+        nll
     };
     let (d, st) = std::thread::scope(|sc| {
-        let d = sc.spawn(|| run(KvOptions::dense(2048), true));
-        let st = sc.spawn(|| run(KvOptions::streaming(4, 252), false));
+        let d = sc.spawn(dense_run);
+        let st = sc.spawn(streaming_run);
         (d.join().unwrap(), st.join().unwrap())
     });
-    let ratio = st.ppl() / d.ppl();
-    eprintln!(
-        "dense@2048 ppl {:.3} ({} scored), streaming 4+252 ppl {:.3} ({} scored), ratio {ratio:.3}",
-        d.ppl(),
-        d.n,
-        st.ppl(),
-        st.n
+    assert!(
+        st[1..].iter().all(|x| x.is_finite()),
+        "streaming scored every token"
     );
-    assert!(st.n >= 20_000);
-    assert!(ratio <= 1.15, "streaming/dense perplexity {ratio:.3}");
+    // Perplexity ratio streaming / dense over the tokens `keep` selects, in `from..to`.
+    let ratio = |from: usize, to: usize, keep: &dyn Fn(usize) -> bool| {
+        let (mut a, mut n) = (0.0, 0usize);
+        for i in (from..to).filter(|&i| keep(i) && d[i].is_finite()) {
+            a += st[i] - d[i];
+            n += 1;
+        }
+        (a / n as f64).exp()
+    };
+    let all = |_: usize| true;
+    let second_half = |i: usize| i % ctx > ctx / 2;
+    let n = tokens.len() / ctx * ctx;
+    let r_all = ratio(0, n, &all);
+    let r_half = ratio(0, n, &second_half);
+    let q = n / 4;
+    let quarters: Vec<f64> = (0..4).map(|k| ratio(k * q, (k + 1) * q, &all)).collect();
+    let ppl = |v: &[f64]| {
+        let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        (f.iter().sum::<f64>() / f.len() as f64).exp()
+    };
+    eprintln!(
+        "dense@2048 ppl {:.3}; streaming 4+252 ppl {:.3} over {} tokens; streaming/dense on the \
+         same tokens: every chunk token {r_all:.3}, second halves (llama.cpp) {r_half:.3}, by \
+         quarter {quarters:.3?}",
+        ppl(&d[..n]),
+        ppl(&st),
+        st.len() - 1
+    );
+    // Stable: the ring does not drift as the text goes on (the quarters are
+    // different licences, so their ratios differ a little by content).
+    assert!(quarters[3] <= quarters[0] * 1.10, "drift: {quarters:?}");
+    assert!(r_all <= 1.15, "streaming/dense perplexity {r_all:.3}");
+}
+
+fn nll_of(logits: &[f32], next: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    lse - logits[next as usize] as f64
+}
+
+#[test]
+fn kv_types_keep_perplexity() {
+    let bytes = smollm();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let mut index = Vec::new();
+    let tok = ember_runner::text::tokenizer(&g, &mut index).unwrap();
+    let tokens = english_tokens(&tok);
+    let tokens = &tokens[..4096];
+    let run = |ty: KvType| {
+        let kv = KvOptions::dense(2048).with_type(ty);
+        let plan = MemoryPlan::with_kv(&model.config, kv, 512).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        ember_runner::perplexity::dense(&mut s, tokens, 2048, 0, &mut |_, _| {})
+            .unwrap()
+            .ppl()
+    };
+    let (f32_, f16_, q8) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| run(KvType::F32));
+        let b = sc.spawn(|| run(KvType::F16));
+        let q8 = run(KvType::Q8_0);
+        (a.join().unwrap(), b.join().unwrap(), q8)
+    });
+    eprintln!(
+        "dense@2048 over 4096 tokens: f32 KV {f32_:.4}, f16 {f16_:.4} ({:+.3}%), q8_0 {q8:.4} ({:+.3}%)",
+        (f16_ / f32_ - 1.0) * 100.0,
+        (q8 / f32_ - 1.0) * 100.0
+    );
+    assert!(
+        (f16_ / f32_ - 1.0).abs() <= 0.002,
+        "f16 KV {f16_} vs f32 {f32_}"
+    );
+    assert!(
+        (q8 / f32_ - 1.0).abs() <= 0.01,
+        "q8_0 KV {q8} vs f32 {f32_}"
+    );
 }
