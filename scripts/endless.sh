@@ -28,6 +28,7 @@ print(json.dumps({
     "rss_ratio": rss[n] / rss[1000],
     "tok_s_at_500": w[0], "tok_s_at_n": w[-1], "speed_ratio": w[-1] / w[0],
     "tok_s_mean": out["decode_tok_s"], "kv": out["kv"],
+    "tok_s_per_500": [round(x, 1) for x in w],
 }))
 PY
 rm -rf "$tmp"
