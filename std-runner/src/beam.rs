@@ -88,6 +88,18 @@ fn top(lp: &[f64], k: usize) -> Vec<(u32, f64)> {
     idx.into_iter().map(|i| (i, lp[i as usize])).collect()
 }
 
+/// `beam` followed by `id`, as a hypothesis of total log-probability `lp`.
+fn extend(beam: &Beam, id: u32, lp: f64, alpha: f64, finished: bool) -> Hypothesis {
+    let mut ids = beam.ids.clone();
+    ids.push(id);
+    Hypothesis {
+        score: score(lp, ids.len(), alpha),
+        ids,
+        logprob: lp,
+        finished,
+    }
+}
+
 struct Beam {
     ids: Vec<u32>,
     logprob: f64,
@@ -149,15 +161,7 @@ pub fn beam_search(
             if opt.eos.contains(&id) {
                 // Only a continuation that would have made the beam counts.
                 if rank < n {
-                    let mut ids = live[b].ids.clone();
-                    ids.push(id);
-                    let len = ids.len();
-                    done.push(Hypothesis {
-                        ids,
-                        logprob: lp,
-                        score: score(lp, len, opt.length_penalty),
-                        finished: true,
-                    });
+                    done.push(extend(&live[b], id, lp, opt.length_penalty, true));
                 }
             } else if next.len() < n {
                 next.push((b, id, lp));
@@ -180,15 +184,7 @@ pub fn beam_search(
             // Out of steps: live beams count as unfinished hypotheses.
             if !finished_enough {
                 for &(b, id, lp) in &next {
-                    let mut ids = live[b].ids.clone();
-                    ids.push(id);
-                    let len = ids.len();
-                    done.push(Hypothesis {
-                        ids,
-                        logprob: lp,
-                        score: score(lp, len, opt.length_penalty),
-                        finished: false,
-                    });
+                    done.push(extend(&live[b], id, lp, opt.length_penalty, false));
                 }
             }
             break;

@@ -53,7 +53,7 @@ pub struct PerplexityArgs {
 }
 
 /// Negative log-likelihood of `next` under `logits` (f64).
-fn nll(logits: &[f32], next: u32) -> f64 {
+pub fn nll(logits: &[f32], next: u32) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     let lse = max
         + logits

@@ -161,7 +161,7 @@ fn streaming_perplexity_is_stable_over_20k_tokens() {
         for (ci, chunk) in tokens.chunks_exact(ctx).enumerate() {
             s.reset();
             s.forward_all(&chunk[..ctx - 1], &mut |j, l| {
-                nll[ci * ctx + j + 1] = nll_of(l, chunk[j + 1]);
+                nll[ci * ctx + j + 1] = ember_runner::perplexity::nll(l, chunk[j + 1]);
             })
             .unwrap();
         }
@@ -217,17 +217,6 @@ fn streaming_perplexity_is_stable_over_20k_tokens() {
     // different licences, so their ratios differ a little by content).
     assert!(quarters[3] <= quarters[0] * 1.10, "drift: {quarters:?}");
     assert!(r_all <= 1.15, "streaming/dense perplexity {r_all:.3}");
-}
-
-fn nll_of(logits: &[f32], next: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    lse - logits[next as usize] as f64
 }
 
 #[test]
