@@ -142,9 +142,10 @@ pub struct KvArgs {
     /// memory [default: the context minus the sinks].
     #[arg(long, value_name = "W")]
     pub window: Option<usize>,
-    /// Attention sinks: the first S tokens stay in the cache for ever.
-    #[arg(long, value_name = "S", default_value_t = 4)]
-    pub sinks: usize,
+    /// Attention sinks: the first S tokens stay in the cache for ever
+    /// [default: 4, or half the cache if that is smaller].
+    #[arg(long, value_name = "S")]
+    pub sinks: Option<usize>,
     /// Element type of cached keys and values (f16 halves the memory of f32;
     /// q8_0 takes about a quarter).
     #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
@@ -156,12 +157,12 @@ impl KvArgs {
     /// for perplexity's chunks).
     pub fn options(&self, model: &Llama, streaming: bool) -> Result<KvOptions> {
         let capacity = match (self.window, self.ctx) {
-            (Some(w), Some(c)) if c != self.sinks.saturating_add(w) => bail!(
-                "--ctx {c} disagrees with --sinks {} + --window {w}; give one or the other",
-                self.sinks
-            ),
             (Some(0), _) => bail!("--window must be at least 1"),
-            (Some(w), _) => self.sinks.saturating_add(w),
+            (Some(w), Some(c)) if c != self.sinks.unwrap_or(4).saturating_add(w) => bail!(
+                "--ctx {c} disagrees with --sinks {} + --window {w}; give one or the other",
+                self.sinks.unwrap_or(4)
+            ),
+            (Some(w), _) => self.sinks.unwrap_or(4).saturating_add(w),
             (None, Some(c)) => c,
             (None, None) => context(None, model),
         };
@@ -169,13 +170,17 @@ impl KvArgs {
             bail!("--ctx must be at least 1");
         }
         let opt = if streaming {
-            if self.sinks >= capacity {
-                bail!(
-                    "--sinks {} leaves no room for a window in a {capacity}-token cache",
-                    self.sinks
-                );
-            }
-            KvOptions::streaming(self.sinks, capacity - self.sinks)
+            let sinks = match self.sinks {
+                Some(s) if s >= capacity => {
+                    bail!("--sinks {s} leaves no room for a window in a {capacity}-token cache")
+                }
+                Some(s) => s,
+                // With --window the cache is 4 + W; from --ctx alone, a small
+                // cache keeps at least half of itself for the window.
+                None if self.window.is_some() => 4,
+                None => 4.min(capacity / 2),
+            };
+            KvOptions::streaming(sinks, capacity - sinks)
         } else {
             KvOptions::dense(capacity)
         };
