@@ -16,6 +16,7 @@ use ember_core::gguf_writer::GgufWriter;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session, MAX_BATCH, MAX_KV_CAPACITY};
 use ember_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+use ember_core::KvOptions;
 
 /// `assert_err!(result, pattern [if guard])`: the result is an `Err` whose
 /// error matches the pattern; evaluates to the error.
@@ -1560,7 +1561,10 @@ fn memory_plan_limits() {
     );
     // A forged plan is re-derived, not trusted.
     let forged = MemoryPlan {
-        kv_capacity: 0,
+        kv: KvOptions {
+            capacity: 0,
+            ..plan.kv
+        },
         ..plan
     };
     assert_err!(
@@ -1568,7 +1572,10 @@ fn memory_plan_limits() {
         Error::KvCapacityZero
     );
     let forged = MemoryPlan {
-        kv_capacity: 1000,
+        kv: KvOptions {
+            capacity: 1000,
+            ..plan.kv
+        },
         ..plan
     };
     assert_err!(

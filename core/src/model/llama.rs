@@ -100,7 +100,7 @@ impl<'s, 'w> Session<'s, 'w> {
             });
         }
         let sizes =
-            ScratchSizes::new(c, check.kv_capacity, check.max_batch).ok_or(Error::BatchZero)?;
+            ScratchSizes::new(c, check.kv.capacity, check.max_batch).ok_or(Error::BatchZero)?;
         let mut rest = arena;
         let k = carve(&mut rest, check.kv_len);
         let v = carve(&mut rest, check.kv_len);

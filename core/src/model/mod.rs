@@ -26,8 +26,6 @@ pub const MAX_BATCH: usize = 1 << 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MemoryPlan {
-    /// Positions the KV cache holds.
-    pub kv_capacity: usize,
     /// The cache's shape: sinks, element type, streaming or dense.
     pub kv: KvOptions,
     /// Tokens processed per forward chunk (prefill splits longer inputs).
@@ -155,12 +153,16 @@ impl MemoryPlan {
             .and_then(|n| n.checked_mul(4))
             .ok_or(overflow)?;
         Ok(MemoryPlan {
-            kv_capacity,
             kv,
             max_batch,
             kv_len,
             scratch_len,
         })
+    }
+
+    /// Positions the KV cache holds.
+    pub fn kv_capacity(&self) -> usize {
+        self.kv.capacity
     }
 
     /// f32 elements of the whole arena (K, V, scratch).
