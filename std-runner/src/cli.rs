@@ -51,6 +51,11 @@ pub enum KernelChoice {
     Scalar,
     /// The fastest kernels this CPU supports.
     Auto,
+    /// The scalar reference with Q8_0 matrices multiplied by activations
+    /// quantized to Q8_0 (ggml's integer dots): what the Cortex-M DSP
+    /// firmware computes, bit for bit.
+    #[value(name = "scalar-q8")]
+    ScalarQ8,
 }
 
 #[derive(Debug, Args)]
@@ -441,6 +446,7 @@ pub fn kernels(choice: KernelChoice) -> Kernels {
     match choice {
         KernelChoice::Scalar => Kernels::scalar(),
         KernelChoice::Auto => Kernels::detect(),
+        KernelChoice::ScalarQ8 => Kernels::scalar_int8(),
     }
 }
 

@@ -14,6 +14,8 @@
 // Unsafe is for the architecture files alone (intrinsics); they opt in.
 #![deny(unsafe_code)]
 
+#[cfg(all(feature = "dsp", target_arch = "arm"))]
+pub mod arm_dsp;
 pub mod scalar;
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod x86_avx2;
@@ -115,6 +117,10 @@ impl<'a> Matrix<'a> {
 /// Dot product of one weight row with an f32 vector of the same length.
 pub type DotFn<T> = fn(&[T], &[f32]) -> f32;
 
+/// `out[r] = W[r] · x` for Q8_0 rows against activations already quantized to
+/// Q8_0: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
+pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
+
 /// The kernel table.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
@@ -125,6 +131,10 @@ pub struct Kernels {
     pub dot_q8_0: DotFn<BlockQ8_0>,
     pub dot_q4_0: DotFn<BlockQ4_0>,
     pub dot_q4_1: DotFn<BlockQ4_1>,
+    /// With `Some`, Q8_0 matrices multiply activations quantized to Q8_0
+    /// blocks (ggml's arithmetic: an integer dot per block, then both scales)
+    /// through this kernel; with `None` they dot the f32 activations.
+    pub q8_0_q8_0: Option<MatvecQ8Fn>,
 }
 
 impl Kernels {
@@ -137,6 +147,17 @@ impl Kernels {
             dot_q8_0: scalar::dot_q8_0,
             dot_q4_0: scalar::dot_q4_0,
             dot_q4_1: scalar::dot_q4_1,
+            q8_0_q8_0: None,
+        }
+    }
+
+    /// The scalar reference with int8 activations for Q8_0 matrices: what the
+    /// Cortex-M DSP kernels compute, bit for bit.
+    pub const fn scalar_int8() -> Kernels {
+        Kernels {
+            name: "scalar-q8",
+            q8_0_q8_0: Some(scalar::matvec_q8_0_q8_0),
+            ..Self::scalar()
         }
     }
 
@@ -148,6 +169,9 @@ impl Kernels {
         if let Some(k) = x86_avx2::table() {
             return k;
         }
+        #[cfg(all(feature = "dsp", target_arch = "arm"))]
+        return arm_dsp::table();
+        #[allow(unreachable_code)]
         Self::scalar()
     }
 
@@ -205,6 +229,28 @@ impl Kernels {
                 expected: rows as u64,
                 found: r1 as u64,
             });
+        }
+        if let (Some(matvec), RowData::Q8_0(d)) = (self.q8_0_q8_0, w.data) {
+            // Each token's activations are quantized once into the row scratch
+            // (34 bytes per 32 floats, so `cols` floats hold them).
+            let nb = cols / quant::QK;
+            let need = nb * core::mem::size_of::<BlockQ8_0>();
+            let bytes = quant::as_bytes_mut(row);
+            let found = bytes.len() as u64;
+            let xq: &mut [BlockQ8_0] =
+                quant::cast_slice_mut(bytes.get_mut(..need).ok_or(Error::BufferTooSmall {
+                    needed: need as u64,
+                    found,
+                })?)?;
+            for t in 0..n {
+                quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], xq);
+                matvec(
+                    &d[r0 * nb..r1 * nb],
+                    xq,
+                    &mut out[t * rows + r0..t * rows + r1],
+                );
+            }
+            return Ok(());
         }
         if n > 1 && !matches!(w.data, RowData::F32(_)) {
             if row.len() < cols {

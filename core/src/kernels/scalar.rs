@@ -13,7 +13,7 @@
 use half::f16;
 
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::{q8_0, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 const L: usize = 8;
 const H: usize = QK / 2;
@@ -116,4 +116,16 @@ pub fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
         }
     }
     hsum(sum)
+}
+
+/// Q8_0 rows times activations quantized to Q8_0: one
+/// [`q8_0::vec_dot_q8_0_q8_0`] per row (`x.len()` blocks a row, `out.len()` rows).
+pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+        *o = q8_0::vec_dot_q8_0_q8_0(row, x);
+    }
 }

@@ -31,6 +31,7 @@ pub fn table() -> Option<Kernels> {
         dot_q8_0,
         dot_q4_0,
         dot_q4_1,
+        q8_0_q8_0: None,
     })
 }
 

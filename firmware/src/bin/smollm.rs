@@ -1,0 +1,62 @@
+//! SmolLM2-135M with no operating system: the model is wherever QEMU's loader
+//! (or a board's external flash) put it, the prompt is tokenized on the
+//! device, and 8 greedy tokens are printed as ids and as text.
+
+#![no_std]
+#![no_main]
+
+use ember_core::kernels::Kernels;
+use ember_core::sampling::SamplerConfig;
+use ember_core::{KvOptions, KvType};
+use ember_firmware::arena::Arena;
+use ember_firmware::{self as fw, OrExit};
+
+/// Run-time memory, in DDR (Cortex-M55) or RAM (AArch64): 32 MiB.
+#[link_section = ".bigram"]
+static RAM: Arena<{ 32 << 20 }> = Arena::new();
+
+const PROMPT: &str = "The capital of France is";
+const N_PREDICT: usize = 8;
+const CTX: usize = 64;
+const BATCH: usize = 16;
+
+ember_firmware::entry!(main);
+
+fn main() -> ! {
+    let bytes = match fw::loaded_model() {
+        Ok(b) => b,
+        Err(e) => {
+            defmt::error!("no model in memory: {}", e);
+            fw::exit(fw::code::CORE_ERROR)
+        }
+    };
+    let mut mem = RAM.take().expect("taken once");
+    let total = mem.left();
+    let mut gguf = None;
+    let l = fw::load(bytes, &mut gguf, &mut mem);
+    let mut prompt = [0u32; 64];
+    let prompt = fw::tokenize(&l, PROMPT, &mut mem, &mut prompt);
+    defmt::println!("prompt ids={=str}", fw::id_list(prompt).as_str());
+    let kv = KvOptions::dense(CTX).with_type(KvType::F16);
+    let mut bufs = fw::Buffers::new(&l.model, kv, BATCH, &mut mem);
+    let kernels = Kernels::detect();
+    let spec = fw::Spec {
+        kernels,
+        prompt,
+        n_predict: N_PREDICT,
+        sampling: SamplerConfig::greedy(),
+        kv,
+        batch: BATCH,
+    };
+    let ids = fw::generate(&l, &spec, &mut bufs).or_exit("generating");
+    defmt::println!(
+        "run kernels={=str} sampling=greedy seed=0 ctx={=usize} batch={=usize} ids={=str}",
+        kernels.name,
+        CTX,
+        BATCH,
+        fw::id_list(&ids).as_str()
+    );
+    fw::print_text(&l, &ids);
+    fw::print_stats(&bufs.plan, total - mem.left());
+    fw::exit(fw::code::OK)
+}

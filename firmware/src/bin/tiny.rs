@@ -1,0 +1,74 @@
+//! The Cortex-M4F image: a synthetic llama model (int8 weights, dim 64,
+//! 5 layers, vocabulary 512; made by `ember synth` in build.rs) in flash.
+//! Four runs from fixed prompt ids: greedy and seeded sampling, each with the
+//! DSP kernels and with the scalar f32 reference. One `run … ids=` line each,
+//! then a stats line; `firmware/tests` compares the ids with the host's.
+
+#![no_std]
+#![no_main]
+
+use ember_core::kernels::Kernels;
+use ember_core::sampling::SamplerConfig;
+use ember_core::{KvOptions, KvType};
+use ember_firmware::arena::Arena;
+use ember_firmware::{self as fw, OrExit};
+
+#[repr(C, align(64))]
+struct Aligned<B: ?Sized>(B);
+
+/// The model, 64-byte aligned so tensors are read in place.
+static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tiny.gguf")));
+
+/// Run-time memory: the plan, the tokenizer index and the sampler scratch.
+static RAM: Arena<{ 512 * 1024 }> = Arena::new();
+
+const PROMPT: [u32; 6] = [1, 300, 42, 7, 255, 64];
+const N_PREDICT: usize = 24;
+const CTX: usize = 64;
+const BATCH: usize = 16;
+const SEED: u64 = 1234;
+
+ember_firmware::entry!(main);
+
+fn main() -> ! {
+    let mut mem = RAM.take().expect("taken once");
+    let total = mem.left();
+    let mut gguf = None;
+    let l = fw::load(&MODEL.0, &mut gguf, &mut mem);
+    let kv = KvOptions::dense(CTX).with_type(KvType::F16);
+    let mut bufs = fw::Buffers::new(&l.model, kv, BATCH, &mut mem);
+    defmt::println!("prompt ids={=str}", fw::id_list(&PROMPT).as_str());
+    for kernels in [Kernels::detect(), Kernels::scalar()] {
+        for (mode, sampling) in [
+            ("greedy", SamplerConfig::greedy()),
+            (
+                "seeded",
+                SamplerConfig {
+                    seed: SEED,
+                    ..SamplerConfig::default()
+                },
+            ),
+        ] {
+            let spec = fw::Spec {
+                kernels,
+                prompt: &PROMPT,
+                n_predict: N_PREDICT,
+                sampling,
+                kv,
+                batch: BATCH,
+            };
+            let ids = fw::generate(&l, &spec, &mut bufs).or_exit("generating");
+            defmt::println!(
+                "run kernels={=str} sampling={=str} seed={=u64} ctx={=usize} batch={=usize} ids={=str}",
+                kernels.name,
+                mode,
+                SEED,
+                CTX,
+                BATCH,
+                fw::id_list(&ids).as_str()
+            );
+        }
+    }
+    fw::print_stats(&bufs.plan, total - mem.left());
+    fw::exit(fw::code::OK)
+}
