@@ -42,6 +42,16 @@ fn main() {
     } else {
         panic!("ember-firmware builds for thumbv7em, thumbv8m.main and aarch64, not {target}");
     };
+    // Which QEMU board's map the image is linked for, for sizing statics.
+    println!("cargo::rustc-check-cfg=cfg(board, values(\"an386\", \"an547\", \"virt\"))");
+    let board = if target.starts_with("thumbv7em") {
+        "an386"
+    } else if target.starts_with("aarch64") {
+        "virt"
+    } else {
+        "an547"
+    };
+    println!("cargo:rustc-cfg=board=\"{board}\"");
     let name = if target.starts_with("aarch64") { "aarch64.ld" } else { "memory.x" };
     fs::copy(&script, out.join(name)).expect("copying the linker script");
     println!("cargo:rustc-link-search={}", out.display());

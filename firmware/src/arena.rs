@@ -59,6 +59,8 @@ unsafe impl Zeroable for f32 {}
 unsafe impl Zeroable for u32 {}
 // SAFETY: a (u32, f32) pair; zero is id 0, logit 0.0.
 unsafe impl Zeroable for Candidate {}
+// SAFETY: bytes only (an f16 scale and i8 quants); zero is a zero block.
+unsafe impl Zeroable for ember_core::quant::BlockQ8_0 {}
 
 /// Cuts typed, zeroed buffers off the front of the remaining bytes.
 pub struct Carver<'a> {

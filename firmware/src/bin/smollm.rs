@@ -11,9 +11,15 @@ use ember_core::{KvOptions, KvType};
 use ember_firmware::arena::Arena;
 use ember_firmware::{self as fw, OrExit};
 
-/// Run-time memory, in DDR (Cortex-M55) or RAM (AArch64): 32 MiB.
+/// Run-time memory, in DDR (Cortex-M55) or RAM (AArch64): 32 MiB; on the
+/// Cortex-M4F board, the lower half of its 16 MiB PSRAM (enough for a small
+/// model, not for SmolLM2).
 #[link_section = ".bigram"]
-static RAM: Arena<{ 32 << 20 }> = Arena::new();
+static RAM: Arena<ARENA> = Arena::new();
+#[cfg(board = "an386")]
+const ARENA: usize = 8 << 20;
+#[cfg(not(board = "an386"))]
+const ARENA: usize = 32 << 20;
 
 const PROMPT: &str = "The capital of France is";
 const N_PREDICT: usize = 8;

@@ -20,7 +20,7 @@ struct Aligned<B: ?Sized>(B);
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tiny.gguf")));
 
 /// Run-time memory: the plan, the tokenizer index and the sampler scratch.
-static RAM: Arena<{ 512 * 1024 }> = Arena::new();
+static RAM: Arena<{ 128 * 1024 }> = Arena::new();
 
 const PROMPT: [u32; 6] = [1, 300, 42, 7, 255, 64];
 const N_PREDICT: usize = 24;

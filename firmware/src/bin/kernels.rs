@@ -1,0 +1,150 @@
+//! On-target kernel tests: each kernel the core's table plugs in on this
+//! target is held against its scalar reference on random and edge inputs
+//! (odd row counts, block counts across the stack-chunk boundary, -128
+//! quants, zero blocks, extreme and special scales). Integer-exact kernels
+//! must agree bit for bit. Then the instruction cost of the int8 matvec per
+//! multiply-accumulate, measured by the QEMU count plugin between marks.
+//! Exit 0 when every case agrees, 2 on the first mismatch.
+
+#![no_std]
+#![no_main]
+
+use ember_core::kernels::{scalar, Kernels, MatvecQ8Fn};
+use ember_core::quant::{BlockQ8_0, QK};
+use ember_firmware::arena::Arena;
+use ember_firmware::{self as fw, OrExit};
+
+#[link_section = ".bigram"]
+static RAM: Arena<{ 1 << 20 }> = Arena::new();
+
+/// xorshift32, for test inputs.
+struct Rng(u32);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x
+    }
+}
+
+/// f16 bit patterns for scales: ordinary, extreme, zero, subnormal, special.
+const SCALES: [u16; 10] = [
+    0x3c00, 0x2e66, 0xb800, 0x7bff, 0xfbff, 0x0000, 0x8000, 0x0001, 0x03ff, 0x7c00,
+];
+
+fn fill(rng: &mut Rng, blocks: &mut [BlockQ8_0], case: usize) {
+    for (i, b) in blocks.iter_mut().enumerate() {
+        let scale = match case % 4 {
+            0 => 0x2000 + (rng.next() % 0x1800) as u16, // ordinary magnitudes
+            1 => SCALES[(rng.next() as usize) % SCALES.len()],
+            _ => 0x3c00,
+        };
+        b.d = scale.to_le_bytes();
+        for q in b.qs.iter_mut() {
+            *q = match case % 4 {
+                2 if i % 3 == 0 => 0,                                      // zero blocks
+                3 => if rng.next() & 1 == 0 { -128 } else { 127 },        // extremes
+                _ => rng.next() as u8 as i8,
+            };
+        }
+    }
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn check(name: &str, fast: MatvecQ8Fn, mem: &mut fw::arena::Carver<'static>) -> u32 {
+    let max_rows = 67;
+    let max_nb = 70;
+    let w = take_blocks(mem, max_rows * max_nb);
+    let x = take_blocks(mem, max_nb);
+    let want = mem.take::<f32>(max_rows).or_exit("buffers");
+    let got = mem.take::<f32>(max_rows).or_exit("buffers");
+    let mut rng = Rng(0x2545_f491);
+    let mut cases = 0u32;
+    for &rows in &[1usize, 3, 4, 5, 8, 13, 64, 67] {
+        for &nb in &[1usize, 2, 7, 31, 32, 33, 65, 70] {
+            for case in 0..4 {
+                let w = &mut w[..rows * nb];
+                let x = &mut x[..nb];
+                fill(&mut rng, w, case);
+                fill(&mut rng, x, case + 1);
+                scalar::matvec_q8_0_q8_0(w, x, &mut want[..rows]);
+                fast(w, x, &mut got[..rows]);
+                for r in 0..rows {
+                    if !same(got[r], want[r]) {
+                        defmt::error!(
+                            "{=str}: rows {=usize} blocks {=usize} case {=usize}: row {=usize} got {=f32} want {=f32}",
+                            name, rows, nb, case, r, got[r], want[r]
+                        );
+                        fw::exit(fw::code::CHECK_FAILED);
+                    }
+                }
+                cases += 1;
+            }
+        }
+    }
+    defmt::println!("kernel {=str}: {=u32} cases equal to the scalar reference bit for bit", name, cases);
+    cases
+}
+
+fn take_blocks(mem: &mut fw::arena::Carver<'static>, n: usize) -> &'static mut [BlockQ8_0] {
+    mem.take::<BlockQ8_0>(n).or_exit("buffers")
+}
+
+/// Marks around `reps` matvecs of a `rows` x `cols` matrix, for the plugin:
+/// (count after - count before) / (reps * rows * cols) = instructions per
+/// multiply-accumulate.
+fn cost(name: &str, f: &dyn Fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]), mem: &mut fw::arena::Carver<'static>) {
+    const ROWS: usize = 64;
+    const NB: usize = 18; // 576 columns, SmolLM2's width
+    const REPS: usize = 4;
+    let w = take_blocks(mem, ROWS * NB);
+    let x = take_blocks(mem, NB);
+    let out = mem.take::<f32>(ROWS).or_exit("buffers");
+    let mut rng = Rng(7);
+    fill(&mut rng, w, 0);
+    fill(&mut rng, x, 0);
+    fw::mark();
+    for _ in 0..REPS {
+        f(w, x, out);
+    }
+    fw::mark();
+    defmt::println!(
+        "cost {=str}: marks around {=usize} multiply-accumulates (rows {=usize}, cols {=usize}, reps {=usize}) checksum {=f32}",
+        name,
+        REPS * ROWS * NB * QK,
+        ROWS,
+        NB * QK,
+        REPS,
+        out.iter().sum::<f32>()
+    );
+}
+
+ember_firmware::entry!(main);
+
+fn main() -> ! {
+    let mut mem = RAM.take().expect("taken once");
+    let k = Kernels::detect();
+    defmt::println!("kernel table: {=str}", k.name);
+    let Some(fast) = k.q8_0_q8_0 else {
+        defmt::error!("this target's table has no int8 matvec to test");
+        fw::exit(fw::code::CHECK_FAILED)
+    };
+    check(k.name, fast, &mut mem);
+    cost(k.name, &|w, x, o| fast(w, x, o), &mut mem);
+    cost("scalar-q8", &|w, x, o| scalar::matvec_q8_0_q8_0(w, x, o), &mut mem);
+    cost("scalar-f32-activations", &|w, x, o| {
+        let mut xf = [0.0f32; 18 * QK];
+        ember_core::quant::q8_0::dequantize_row(x, &mut xf);
+        for (r, o) in o.iter_mut().enumerate() {
+            *o = scalar::dot_q8_0(&w[r * x.len()..(r + 1) * x.len()], &xf);
+        }
+    }, &mut mem);
+    fw::exit(fw::code::OK)
+}

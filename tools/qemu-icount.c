@@ -1,0 +1,115 @@
+/*
+ * A QEMU TCG plugin that counts executed guest instructions and prints the
+ * running count each time the guest executes a YIELD hint, which the Ember
+ * firmware uses as a marker (`ember_firmware::mark`) and executes nowhere
+ * else. Counts are exact and repeatable: the same image and inputs give the
+ * same numbers whatever the host is doing.
+ *
+ * Debian's QEMU 7.2 supports plugins but ships neither plugins nor
+ * qemu-plugin.h, so the few API items used are declared here (plugin API
+ * version 1, QEMU 7.x).
+ *
+ *   cc -shared -fPIC -O2 -o qemu-icount.so tools/qemu-icount.c
+ *   qemu-system-arm ... -plugin ./qemu-icount.so
+ *
+ * Output, on stderr: "icount mark <k> <count>" per marker, and
+ * "icount total <count>" at exit. Instructions are counted per translation
+ * block when the block starts, so a block cut short by an exception (a
+ * semihosting call) counts whole; markers sit outside such blocks.
+ */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef uint64_t qemu_plugin_id_t;
+typedef struct qemu_info_t qemu_info_t;
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS };
+enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id,
+    void (*cb)(qemu_plugin_id_t, struct qemu_plugin_tb *));
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t i);
+const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
+size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
+    enum qemu_plugin_op op, void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
+    void (*cb)(unsigned int vcpu, void *udata), enum qemu_plugin_cb_flags flags,
+    void *udata);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id,
+    void (*cb)(qemu_plugin_id_t, void *), void *udata);
+void qemu_plugin_outs(const char *s);
+
+__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+
+static uint64_t count;
+static uint64_t marks;
+
+static void report(const char *what, uint64_t k)
+{
+    char line[96];
+    if (k == UINT64_MAX) {
+        snprintf(line, sizeof line, "icount %s %" PRIu64 "\n", what, count);
+    } else {
+        snprintf(line, sizeof line, "icount %s %" PRIu64 " %" PRIu64 "\n", what, k, count);
+    }
+    qemu_plugin_outs(line);
+}
+
+static void on_mark(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    (void)udata;
+    report("mark", marks++);
+}
+
+/* YIELD: Thumb 0xbf10, AArch64 0xd503203f (little-endian bytes). */
+static int is_yield(const struct qemu_plugin_insn *insn)
+{
+    const uint8_t *b = qemu_plugin_insn_data(insn);
+    size_t n = qemu_plugin_insn_size(insn);
+    if (n == 2) {
+        return b[0] == 0x10 && b[1] == 0xbf;
+    }
+    if (n == 4) {
+        uint32_t w;
+        memcpy(&w, b, 4);
+        return w == 0xd503203fu;
+    }
+    return 0;
+}
+
+static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    (void)id;
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &count, n);
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        if (is_yield(insn)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_mark, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        }
+    }
+}
+
+static void on_exit(qemu_plugin_id_t id, void *udata)
+{
+    (void)id;
+    (void)udata;
+    report("total", UINT64_MAX);
+}
+
+__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id,
+    const qemu_info_t *info, int argc, char **argv)
+{
+    (void)info;
+    (void)argc;
+    (void)argv;
+    qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
+    qemu_plugin_register_atexit_cb(id, on_exit, NULL);
+    return 0;
+}
