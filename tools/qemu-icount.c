@@ -13,7 +13,9 @@
  *   qemu-system-arm ... -plugin ./qemu-icount.so
  *
  * Output, on stderr: "icount mark <k> <count>" per marker, and
- * "icount total <count>" at exit. Instructions are counted per translation
+ * "icount total <count>" at exit. With the argument `profile=on`, also the
+ * 40 translation blocks that executed the most instructions, as
+ * "icount block <pc> <count>" lines (symbolize with llvm-addr2line). Instructions are counted per translation
  * block when the block starts, so a block cut short by an exception (a
  * semihosting call) counts whole; markers sit outside such blocks.
  */
@@ -48,6 +50,31 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
 static uint64_t count;
 static uint64_t marks;
+
+/* Profile: instructions per block start address, in an open-addressing table. */
+#define SLOTS 65536
+static int profile;
+static uint64_t slot_pc[SLOTS];
+static uint64_t slot_n[SLOTS];
+
+static void on_block(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    uint64_t key = (uint64_t)(uintptr_t)udata;
+    uint64_t pc = key >> 16, n = key & 0xffff;
+    for (uint64_t i = (pc * 0x9e3779b97f4a7c15ull) >> 48, k = 0; k < SLOTS; k++, i = (i + 1) % SLOTS) {
+        if (slot_pc[i] == pc || slot_n[i] == 0) {
+            slot_pc[i] = pc;
+            slot_n[i] += n;
+            return;
+        }
+    }
+}
+
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,
+    void (*cb)(unsigned int vcpu, void *udata), enum qemu_plugin_cb_flags flags,
+    void *udata);
 
 static void report(const char *what, uint64_t k)
 {
@@ -88,6 +115,11 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     (void)id;
     size_t n = qemu_plugin_tb_n_insns(tb);
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &count, n);
+    if (profile) {
+        uint64_t key = (qemu_plugin_tb_vaddr(tb) << 16) | (n & 0xffff);
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, QEMU_PLUGIN_CB_NO_REGS,
+                                             (void *)(uintptr_t)key);
+    }
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         if (is_yield(insn)) {
@@ -101,14 +133,33 @@ static void on_exit(qemu_plugin_id_t id, void *udata)
     (void)id;
     (void)udata;
     report("total", UINT64_MAX);
+    for (int top = 0; profile && top < 40; top++) {
+        uint64_t best = 0, at = 0;
+        for (uint64_t i = 0; i < SLOTS; i++) {
+            if (slot_n[i] > best) {
+                best = slot_n[i];
+                at = i;
+            }
+        }
+        if (best == 0) {
+            break;
+        }
+        char line[96];
+        snprintf(line, sizeof line, "icount block 0x%" PRIx64 " %" PRIu64 "\n", slot_pc[at], best);
+        qemu_plugin_outs(line);
+        slot_n[at] = 0;
+    }
 }
 
 __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id,
     const qemu_info_t *info, int argc, char **argv)
 {
     (void)info;
-    (void)argc;
-    (void)argv;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "profile=on") == 0) {
+            profile = 1;
+        }
+    }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
     qemu_plugin_register_atexit_cb(id, on_exit, NULL);
     return 0;

@@ -58,7 +58,11 @@ pub struct Loaded<'a> {
 
 /// Parses and validates `bytes` (GGUF) and builds the tokenizer's index in
 /// `mem`. Every failure is a defmt error line and exit code 1.
-pub fn load<'a>(bytes: &'a [u8], gguf: &'a mut Option<Gguf<'a>>, mem: &mut Carver<'a>) -> Loaded<'a> {
+pub fn load<'a>(
+    bytes: &'a [u8],
+    gguf: &'a mut Option<Gguf<'a>>,
+    mem: &mut Carver<'a>,
+) -> Loaded<'a> {
     let g = gguf.insert(Gguf::parse(bytes).or_exit("reading the GGUF"));
     let model = Llama::from_gguf(g).or_exit("loading the model");
     let words = Tokenizer::index_words(g).or_exit("sizing the tokenizer");

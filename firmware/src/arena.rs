@@ -80,11 +80,20 @@ impl<'a> Carver<'a> {
         self.rest.len()
     }
 
+    /// Keeps at most `bytes` of what is left (to try a smaller board).
+    pub fn limit(&mut self, bytes: usize) {
+        let rest = core::mem::take(&mut self.rest);
+        let keep = bytes.min(rest.len());
+        self.rest = &mut rest[..keep];
+    }
+
     /// `n` zeroed elements of `T`.
     pub fn take<T: Zeroable>(&mut self, n: usize) -> Result<&'a mut [T], NoRoom> {
         let left = self.rest.len();
         let pad = self.rest.as_ptr().align_offset(align_of::<T>());
-        let bytes = n.checked_mul(size_of::<T>()).and_then(|b| b.checked_add(pad));
+        let bytes = n
+            .checked_mul(size_of::<T>())
+            .and_then(|b| b.checked_add(pad));
         let Some(bytes) = bytes.filter(|&b| b <= left) else {
             return Err(NoRoom {
                 needed: n.saturating_mul(size_of::<T>()),
@@ -100,7 +109,10 @@ impl<'a> Carver<'a> {
         // T: Zeroable makes all-zero a valid T.
         unsafe {
             core::ptr::write_bytes(head.as_mut_ptr(), 0, head.len());
-            Ok(core::slice::from_raw_parts_mut(head.as_mut_ptr().cast::<T>(), n))
+            Ok(core::slice::from_raw_parts_mut(
+                head.as_mut_ptr().cast::<T>(),
+                n,
+            ))
         }
     }
 }

@@ -23,7 +23,9 @@ compile_error!("choose where the image runs: feature `qemu` (default) or `hardwa
 #[cfg(all(feature = "qemu", feature = "hardware"))]
 compile_error!("features `qemu` and `hardware` exclude each other");
 #[cfg(not(any(target_arch = "arm", target_arch = "aarch64")))]
-compile_error!("ember-firmware builds for Cortex-M (thumbv7em, thumbv8m.main) and aarch64-unknown-none");
+compile_error!(
+    "ember-firmware builds for Cortex-M (thumbv7em, thumbv8m.main) and aarch64-unknown-none"
+);
 
 pub mod app;
 pub mod arena;
@@ -186,10 +188,29 @@ pub mod stack {
     }
 }
 
-/// A model that QEMU's loader (or a board's external flash) placed in
-/// memory: a little-endian u32 length at the linker script's
-/// `__ember_model_start`, the bytes 4 KiB after it.
-pub fn loaded_model() -> Result<&'static [u8], LoadError> {
+/// What QEMU's loader (or a board's external flash) placed in memory at the
+/// linker script's `__ember_model_start`: a 4 KiB header of little-endian
+/// u32 words, then the model.
+///
+/// | offset | what |
+/// | --- | --- |
+/// | 0 | model length in bytes (0: nothing loaded) |
+/// | 4 | RAM limit in bytes for run-time buffers (0: the whole static arena), to try a smaller board |
+/// | 8 | prompt length in bytes (0: the image's own prompt) |
+/// | 16 | prompt bytes (at most 4080) |
+/// | 4096 | the model |
+pub struct Placed {
+    pub model: &'static [u8],
+    pub ram_limit: Option<usize>,
+    pub prompt: Option<&'static [u8]>,
+}
+
+/// Offset of the model after the header.
+pub const MODEL_OFFSET: usize = 0x1000;
+const PROMPT_OFFSET: usize = 16;
+
+/// Reads the header and checks every length against the region it lives in.
+pub fn placed() -> Result<Placed, LoadError> {
     extern "C" {
         static __ember_model_start: u8;
         static __ember_model_end: u8;
@@ -197,27 +218,49 @@ pub fn loaded_model() -> Result<&'static [u8], LoadError> {
     let base = core::ptr::addr_of!(__ember_model_start) as usize;
     let end = core::ptr::addr_of!(__ember_model_end) as usize;
     // SAFETY: the linker script puts this region in RAM that the image does
-    // not otherwise use; a u32 at its (4 KiB-aligned) start is readable.
-    let len = unsafe { core::ptr::read_volatile(base as *const u32) } as usize;
-    let room = end - base - 0x1000;
+    // not otherwise use; the header's words at its (4 KiB-aligned) start are
+    // readable.
+    let word =
+        |i: usize| unsafe { core::ptr::read_volatile((base + 4 * i) as *const u32) } as usize;
+    let (len, limit, prompt_len) = (word(0), word(1), word(2));
+    let room = end - base - MODEL_OFFSET;
     if len == 0 {
         return Err(LoadError::Missing);
     }
     if len > room {
         return Err(LoadError::TooLong { len, room });
     }
-    // SAFETY: `len` bytes from base + 4 KiB lie inside the model region
-    // (checked above), which nothing writes while the image runs.
-    Ok(unsafe { core::slice::from_raw_parts((base + 0x1000) as *const u8, len) })
+    if prompt_len > MODEL_OFFSET - PROMPT_OFFSET {
+        return Err(LoadError::PromptTooLong {
+            len: prompt_len,
+            room: MODEL_OFFSET - PROMPT_OFFSET,
+        });
+    }
+    // SAFETY: `len` bytes from base + 4 KiB, and `prompt_len` bytes from
+    // base + 16, lie inside the region (checked above), which nothing
+    // writes while the image runs.
+    let (model, prompt) = unsafe {
+        (
+            core::slice::from_raw_parts((base + MODEL_OFFSET) as *const u8, len),
+            core::slice::from_raw_parts((base + PROMPT_OFFSET) as *const u8, prompt_len),
+        )
+    };
+    Ok(Placed {
+        model,
+        ram_limit: (limit != 0).then_some(limit),
+        prompt: (prompt_len != 0).then_some(prompt),
+    })
 }
 
-/// Why no model was found in memory.
+/// Why the placed data can't be used.
 #[derive(Debug, Clone, Copy, defmt::Format)]
 pub enum LoadError {
     /// The length word is 0: nothing was loaded.
     Missing,
     /// The length word claims more than the region holds.
     TooLong { len: usize, room: usize },
+    /// The prompt length claims more than the header holds.
+    PromptTooLong { len: usize, room: usize },
 }
 
 /// Marks a point for the instruction-count plugin (`tools/qemu-icount.c`):

@@ -71,7 +71,11 @@ extern "C" fn ember_a64_mmu_on() {
         let table = &raw mut TABLE;
         for (i, e) in (*table).0.iter_mut().enumerate().take(4) {
             let base = (i as u64) << 30;
-            let attr = if i == 0 { ATTR_DEVICE } else { ATTR_NORMAL | INNER_SHAREABLE };
+            let attr = if i == 0 {
+                ATTR_DEVICE
+            } else {
+                ATTR_NORMAL | INNER_SHAREABLE
+            };
             *e = base | attr | AF | VALID_BLOCK;
         }
         // MAIR: attr0 Device-nGnRnE (0x00), attr1 Normal WB RW-allocate (0xff).

@@ -19,7 +19,6 @@
 use core::arch::asm;
 
 use super::Kernels;
-use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{BlockQ8_0, QK};
 
 /// The scalar table with the DSP int8 matvec plugged in.
@@ -53,12 +52,32 @@ fn widen(x: &BlockQ8_0, out: &mut [u32]) {
     }
 }
 
-/// The f16 scale as f32, exactly as the reference widens it. (VCVTB would
-/// do it in one instruction, but `asm!` reaches S registers only with the
-/// `vfp2` feature, which stable Rust cannot enable for thumbv7em.)
+/// IEEE half to single by VCVTB: exact, like the reference's software
+/// widening (NaN payloads aside, which stay NaN). `asm!` reaches S registers
+/// only with the `vfp2` feature, which stable Rust cannot enable for
+/// thumbv7em, so S15 is borrowed and restored inside the block.
 #[inline(always)]
 fn half_to_f32(d: [u8; 2]) -> f32 {
-    f16_bits_to_f32_fast(u16::from_le_bytes(d))
+    let h = u16::from_le_bytes(d) as u32;
+    let bits: u32;
+    // SAFETY: register-only VFP instructions (VFPv4-SP and later have VCVTB,
+    // and every core with the `dsp` feature this crate supports has such an
+    // FPU); S15 is saved and restored, so no state the compiler sees
+    // changes; no memory, stack or flags are touched.
+    unsafe {
+        asm!(
+            "vmov {save}, s15",
+            "vmov s15, {h}",
+            "vcvtb.f32.f16 s15, s15",
+            "vmov {bits}, s15",
+            "vmov s15, {save}",
+            h = in(reg) h,
+            bits = lateout(reg) bits,
+            save = out(reg) _,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    f32::from_bits(bits)
 }
 
 /// Integer sums of one block for four rows.
@@ -138,35 +157,41 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
     out.fill(0.0);
     let stride = nb * core::mem::size_of::<BlockQ8_0>();
     let mut xw = [0u32; CHUNK * WORDS];
+    let mut dx = [0.0f32; CHUNK];
     for c0 in (0..nb).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(nb);
+        let n = c1 - c0;
         for (b, xb) in x[c0..c1].iter().enumerate() {
             widen(xb, &mut xw[b * WORDS..(b + 1) * WORDS]);
+            dx[b] = half_to_f32(xb.d);
         }
+        let (xw, dx) = (&xw[..n * WORDS], &dx[..n]);
+        let mut groups = out.chunks_exact_mut(4);
         let mut r = 0;
-        while r + 4 <= rows {
-            let mut s = [out[r], out[r + 1], out[r + 2], out[r + 3]];
-            for b in c0..c1 {
-                let (w0, w2) = (&w[r * nb + b], &w[(r + 2) * nb + b]);
-                let (w1, w3) = (&w[(r + 1) * nb + b], &w[(r + 3) * nb + b]);
-                let xs = &xw[(b - c0) * WORDS..(b - c0 + 1) * WORDS];
-                // SAFETY: rows r..r+4 exist (r + 4 <= rows <= w.len() / nb),
-                // so w0..w3 are in bounds, and w1 = w0 + stride bytes, w3 =
-                // w2 + stride bytes; each qs is 32 bytes. `xs` is 16 u32
-                // words of a u32 array, so 4-byte aligned.
-                let isum = unsafe { block4(w0.qs.as_ptr(), w2.qs.as_ptr(), stride, xs.as_ptr()) };
-                let dx = half_to_f32(x[b].d);
-                for (k, wk) in [w0, w1, w2, w3].into_iter().enumerate() {
-                    s[k] += isum[k] as f32 * (half_to_f32(wk.d) * dx);
-                }
+        for o in &mut groups {
+            let rows4 = &w[r * nb + c0..(r + 3) * nb + c1];
+            let (w0, w2) = (&rows4[..n], &rows4[2 * nb..2 * nb + n]);
+            let (w1, w3) = (&rows4[nb..nb + n], &rows4[3 * nb..3 * nb + n]);
+            let mut s = [o[0], o[1], o[2], o[3]];
+            for (b, (xs, &dxb)) in xw.chunks_exact(WORDS).zip(dx).enumerate() {
+                // SAFETY: w0..w3 are rows r..r+4 of this chunk, each n
+                // blocks (rows4 is a checked slice), and w1 = w0 + stride
+                // bytes, w3 = w2 + stride bytes; each qs is 32 bytes. `xs`
+                // is 16 u32 words of a u32 array, so 4-byte aligned.
+                let isum =
+                    unsafe { block4(w0[b].qs.as_ptr(), w2[b].qs.as_ptr(), stride, xs.as_ptr()) };
+                s[0] += isum[0] as f32 * (half_to_f32(w0[b].d) * dxb);
+                s[1] += isum[1] as f32 * (half_to_f32(w1[b].d) * dxb);
+                s[2] += isum[2] as f32 * (half_to_f32(w2[b].d) * dxb);
+                s[3] += isum[3] as f32 * (half_to_f32(w3[b].d) * dxb);
             }
-            out[r..r + 4].copy_from_slice(&s);
+            o.copy_from_slice(&s);
             r += 4;
         }
-        for (rr, o) in out.iter_mut().enumerate().skip(r) {
-            for b in c0..c1 {
-                let wb = &w[rr * nb + b];
-                *o += block1(wb, &x[b]) as f32 * (half_to_f32(wb.d) * half_to_f32(x[b].d));
+        for (i, o) in groups.into_remainder().iter_mut().enumerate() {
+            let row = &w[(r + i) * nb + c0..(r + i) * nb + c1];
+            for ((wb, xb), &dxb) in row.iter().zip(&x[c0..c1]).zip(dx) {
+                *o += block1(wb, xb) as f32 * (half_to_f32(wb.d) * dxb);
             }
         }
     }

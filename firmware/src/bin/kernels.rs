@@ -46,8 +46,14 @@ fn fill(rng: &mut Rng, blocks: &mut [BlockQ8_0], case: usize) {
         b.d = scale.to_le_bytes();
         for q in b.qs.iter_mut() {
             *q = match case % 4 {
-                2 if i % 3 == 0 => 0,                                      // zero blocks
-                3 => if rng.next() & 1 == 0 { -128 } else { 127 },        // extremes
+                2 if i % 3 == 0 => 0, // zero blocks
+                3 => {
+                    if rng.next() & 1 == 0 {
+                        -128
+                    } else {
+                        127
+                    }
+                } // extremes
                 _ => rng.next() as u8 as i8,
             };
         }
@@ -89,7 +95,11 @@ fn check(name: &str, fast: MatvecQ8Fn, mem: &mut fw::arena::Carver<'static>) -> 
             }
         }
     }
-    defmt::println!("kernel {=str}: {=u32} cases equal to the scalar reference bit for bit", name, cases);
+    defmt::println!(
+        "kernel {=str}: {=u32} cases equal to the scalar reference bit for bit",
+        name,
+        cases
+    );
     cases
 }
 
@@ -100,7 +110,11 @@ fn take_blocks(mem: &mut fw::arena::Carver<'static>, n: usize) -> &'static mut [
 /// Marks around `reps` matvecs of a `rows` x `cols` matrix, for the plugin:
 /// (count after - count before) / (reps * rows * cols) = instructions per
 /// multiply-accumulate.
-fn cost(name: &str, f: &dyn Fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]), mem: &mut fw::arena::Carver<'static>) {
+fn cost(
+    name: &str,
+    f: &dyn Fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]),
+    mem: &mut fw::arena::Carver<'static>,
+) {
     const ROWS: usize = 64;
     const NB: usize = 18; // 576 columns, SmolLM2's width
     const REPS: usize = 4;
@@ -138,13 +152,21 @@ fn main() -> ! {
     };
     check(k.name, fast, &mut mem);
     cost(k.name, &|w, x, o| fast(w, x, o), &mut mem);
-    cost("scalar-q8", &|w, x, o| scalar::matvec_q8_0_q8_0(w, x, o), &mut mem);
-    cost("scalar-f32-activations", &|w, x, o| {
-        let mut xf = [0.0f32; 18 * QK];
-        ember_core::quant::q8_0::dequantize_row(x, &mut xf);
-        for (r, o) in o.iter_mut().enumerate() {
-            *o = scalar::dot_q8_0(&w[r * x.len()..(r + 1) * x.len()], &xf);
-        }
-    }, &mut mem);
+    cost(
+        "scalar-q8",
+        &|w, x, o| scalar::matvec_q8_0_q8_0(w, x, o),
+        &mut mem,
+    );
+    cost(
+        "scalar-f32-activations",
+        &|w, x, o| {
+            let mut xf = [0.0f32; 18 * QK];
+            ember_core::quant::q8_0::dequantize_row(x, &mut xf);
+            for (r, o) in o.iter_mut().enumerate() {
+                *o = scalar::dot_q8_0(&w[r * x.len()..(r + 1) * x.len()], &xf);
+            }
+        },
+        &mut mem,
+    );
     fw::exit(fw::code::OK)
 }

@@ -1,6 +1,7 @@
 //! SmolLM2-135M with no operating system: the model is wherever QEMU's loader
-//! (or a board's external flash) put it, the prompt is tokenized on the
-//! device, and 8 greedy tokens are printed as ids and as text.
+//! (or a board's external flash) put it (see [`ember_firmware::placed`]), the
+//! prompt (the image's own, or one placed beside the model) is tokenized on
+//! the device, and 8 greedy tokens are printed as ids and as text.
 
 #![no_std]
 #![no_main]
@@ -29,19 +30,34 @@ const BATCH: usize = 16;
 ember_firmware::entry!(main);
 
 fn main() -> ! {
-    let bytes = match fw::loaded_model() {
-        Ok(b) => b,
+    let placed = match fw::placed() {
+        Ok(p) => p,
         Err(e) => {
-            defmt::error!("no model in memory: {}", e);
+            defmt::error!("no usable model in memory: {}", e);
             fw::exit(fw::code::CORE_ERROR)
         }
     };
     let mut mem = RAM.take().expect("taken once");
+    if let Some(limit) = placed.ram_limit {
+        defmt::info!("run-time memory limited to {=usize} bytes", limit);
+        mem.limit(limit);
+    }
     let total = mem.left();
+    let text = match placed.prompt.map(core::str::from_utf8) {
+        None => PROMPT,
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            defmt::error!(
+                "the prompt is not valid UTF-8 (invalid byte at offset {=usize})",
+                e.valid_up_to()
+            );
+            fw::exit(fw::code::CORE_ERROR)
+        }
+    };
     let mut gguf = None;
-    let l = fw::load(bytes, &mut gguf, &mut mem);
-    let mut prompt = [0u32; 64];
-    let prompt = fw::tokenize(&l, PROMPT, &mut mem, &mut prompt);
+    let l = fw::load(placed.model, &mut gguf, &mut mem);
+    let mut prompt = [0u32; 1024];
+    let prompt = fw::tokenize(&l, text, &mut mem, &mut prompt);
     defmt::println!("prompt ids={=str}", fw::id_list(prompt).as_str());
     let kv = KvOptions::dense(CTX).with_type(KvType::F16);
     let mut bufs = fw::Buffers::new(&l.model, kv, BATCH, &mut mem);

@@ -33,6 +33,10 @@ ember_firmware::entry!(main);
 fn main() -> ! {
     let mut mem = RAM.take().expect("taken once");
     let total = mem.left();
+    let fnv = MODEL.0.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    defmt::println!("model fnv1a64={=u64:016x}", fnv);
     let mut gguf = None;
     let l = fw::load(&MODEL.0, &mut gguf, &mut mem);
     let kv = KvOptions::dense(CTX).with_type(KvType::F16);
