@@ -370,7 +370,7 @@ fn device_bad_input_is_an_error_line_never_a_fault() {
     std::fs::write(
         &junk,
         (0..100_000u32)
-            .map(|i| (i * 2_654_435_761 >> 24) as u8)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect::<Vec<u8>>(),
     )
     .unwrap();

@@ -110,11 +110,7 @@ fn take_blocks(mem: &mut fw::arena::Carver<'static>, n: usize) -> &'static mut [
 /// Marks around `reps` matvecs of a `rows` x `cols` matrix, for the plugin:
 /// (count after - count before) / (reps * rows * cols) = instructions per
 /// multiply-accumulate.
-fn cost(
-    name: &str,
-    f: &dyn Fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]),
-    mem: &mut fw::arena::Carver<'static>,
-) {
+fn cost(name: &str, f: MatvecQ8Fn, mem: &mut fw::arena::Carver<'static>) {
     const ROWS: usize = 64;
     const NB: usize = 18; // 576 columns, SmolLM2's width
     const REPS: usize = 4;
@@ -151,22 +147,19 @@ fn main() -> ! {
         fw::exit(fw::code::CHECK_FAILED)
     };
     check(k.name, fast, &mut mem);
-    cost(k.name, &|w, x, o| fast(w, x, o), &mut mem);
-    cost(
-        "scalar-q8",
-        &|w, x, o| scalar::matvec_q8_0_q8_0(w, x, o),
-        &mut mem,
-    );
-    cost(
-        "scalar-f32-activations",
-        &|w, x, o| {
-            let mut xf = [0.0f32; 18 * QK];
-            ember_core::quant::q8_0::dequantize_row(x, &mut xf);
-            for (r, o) in o.iter_mut().enumerate() {
-                *o = scalar::dot_q8_0(&w[r * x.len()..(r + 1) * x.len()], &xf);
-            }
-        },
-        &mut mem,
-    );
+    cost(k.name, fast, &mut mem);
+    cost("scalar-q8", scalar::matvec_q8_0_q8_0, &mut mem);
+    cost("scalar-f32-activations", f32_activations, &mut mem);
     fw::exit(fw::code::OK)
+}
+
+/// The f32-activation path for the same product (what `Kernels::scalar`
+/// does with Q8_0 rows), for its cost.
+fn f32_activations(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
+    let mut xf = [0.0f32; 18 * QK];
+    let xf = &mut xf[..x.len() * QK];
+    ember_core::quant::q8_0::dequantize_row(x, xf);
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = scalar::dot_q8_0(&w[r * x.len()..(r + 1) * x.len()], xf);
+    }
 }
