@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Measures the firmware images under QEMU and prints the README's table.
+
+For each image: flash (text + rodata + the loaded data's initial values) and
+static RAM (data + bss; the `.bigram` section apart, in PSRAM/DDR) from the ELF,
+peak stack and the memory plan from the image's own stats line, and executed
+instructions per prompt token and per generated token, counted exactly by
+the QEMU plugin tools/qemu-icount.c between the image's marks.
+
+    python3 firmware/measure.py            # builds, runs, prints markdown
+
+Needs what `cargo run` in firmware/ needs, plus a C compiler for the plugin.
+"""
+import os, re, subprocess, sys, tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+IMAGES = [
+    ("Cortex-M4F (mps2-an386)", "thumbv7em-none-eabihf", "tiny", None),
+    ("Cortex-M55 (mps3-an547)", "thumbv8m.main-none-eabihf", "smollm", "Q8_0"),
+    ("AArch64 (virt, Cortex-A72)", "aarch64-unknown-none", "smollm", "Q4_1"),
+]
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def tool(name):
+    sysroot = sh(["rustc", "--print", "sysroot"], cwd=HERE).stdout.strip()
+    for dirpath, _, files in os.walk(os.path.join(sysroot, "lib", "rustlib")):
+        if name in files:
+            return os.path.join(dirpath, name)
+    sh(["rustup", "component", "add", "llvm-tools"], cwd=HERE)
+    return tool(name)
+
+
+def sections(elf):
+    out = sh([tool("llvm-size"), "-A", elf]).stdout
+    size = {}
+    for line in out.splitlines():
+        p = line.split()
+        if len(p) >= 3 and p[0].startswith("."):
+            size[p[0]] = int(p[1])
+    flash = sum(size.get(s, 0) for s in [".vector_table", ".text", ".rodata", ".data", ".gnu.sgstubs"])
+    ram = size.get(".data", 0) + size.get(".bss", 0) + size.get(".uninit", 0)
+    return flash, ram, size.get(".bigram", 0)
+
+
+def matmul_macs(dim, layers, heads, kv_heads, ffn, vocab):
+    head = dim // heads
+    q, kv = heads * head, kv_heads * head
+    return layers * (dim * q + 2 * dim * kv + q * dim + 3 * dim * ffn) + vocab * dim
+
+
+def main():
+    plugin = os.path.join(tempfile.mkdtemp(), "qemu-icount.so")
+    sh(["cc", "-shared", "-fPIC", "-O2", "-o", plugin, os.path.join(ROOT, "tools", "qemu-icount.c")])
+    home = os.environ.get("EMBER_HOME", os.path.expanduser("~/.cache/ember"))
+    rows = []
+    for name, target, image, ty in IMAGES:
+        sh(["cargo", "build", "--release", "--locked", "--target", target, "--bin", image], cwd=HERE)
+        elf = os.path.join(HERE, "target", target, "release", image)
+        env = dict(os.environ, EMBER_QEMU_PLUGIN=plugin)
+        if ty:
+            env["EMBER_FIRMWARE_MODEL"] = os.path.join(home, f"SmolLM2-135M-Instruct.{ty}.gguf")
+        r = subprocess.run([os.path.join(HERE, "qemu-run"), elf], cwd=HERE, env=env,
+                           capture_output=True, text=True)
+        log = r.stdout + r.stderr
+        if r.returncode != 0:
+            sys.exit(f"{name}: exit {r.returncode}\n{log}")
+        marks = [int(m) for m in re.findall(r"icount mark \d+ (\d+)", log)]
+        m = re.search(r"model: (\d+) bytes, dim (\d+), (\d+) layers, (\d+)/(\d+) heads, ffn (\d+), vocab (\d+)", log)
+        model_bytes, dims = int(m.group(1)), [int(x) for x in m.groups()[1:]]
+        macs = matmul_macs(*dims)
+        prompt = len(re.search(r"prompt ids=([\d,]+)", log).group(1).split(","))
+        stats = dict(re.findall(r"(\w+)=(\d+)", re.search(r"stats: .*", log).group(0)))
+        flash, ram, big = sections(elf)
+        for i, run in enumerate(re.findall(r"run kernels=(\S+) sampling=(\S+) .* ids=([\d,]+)", log)):
+            kernels, sampling, ids = run
+            m0, m1, m2 = marks[3 * i: 3 * i + 3]
+            steps = len(ids.split(",")) - 1
+            decode = (m2 - m1) / steps
+            rows.append((name, image, kernels, sampling, model_bytes, flash, ram, big,
+                         int(stats["stack_peak"]), int(stats["plan_bytes"]),
+                         int(stats["static_arena_used"]), (m1 - m0) / prompt, decode, decode / macs))
+    print("| target | image | kernels | sampling | model bytes | flash | static RAM | big RAM section | peak stack | memory plan | arena used | instr / prompt token | instr / generated token | instr / weight MAC |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print("| " + " | ".join([r[0], r[1], r[2], r[3]] + [f"{x:,}" for x in r[4:11]]
+                                + [f"{r[11]:,.0f}", f"{r[12]:,.0f}", f"{r[13]:.2f}"]) + " |")
+
+
+if __name__ == "__main__":
+    main()
