@@ -154,3 +154,53 @@ fn scalar_table_matches_reference() {
 fn detected_table_matches_reference() {
     check_table(&Kernels::detect());
 }
+
+/// The int8-activation matmul quantizes each token's input to Q8_0 and
+/// multiplies it by ggml's integer block dot, for every token of a batch.
+#[test]
+fn int8_activation_matmul_is_the_reference_dot() {
+    use crate::kernels::{Matrix, RowData};
+    let (rows, cols, n) = (7usize, 96usize, 3usize);
+    let mut rng = Rng::new(99);
+    let wf: [f32; 7 * 96] = core::array::from_fn(|_| rng.f32());
+    let mut w = [BlockQ8_0::ZERO; 7 * 3];
+    quant::q8_0::quantize_row(&wf, &mut w);
+    let x: [f32; 3 * 96] = core::array::from_fn(|_| rng.f32() * 4.0);
+    let m = Matrix {
+        rows,
+        cols,
+        data: RowData::Q8_0(&w),
+    };
+    let mut out = [0.0f32; 3 * 7];
+    let mut row = [0.0f32; 96];
+    Kernels::scalar_int8()
+        .matmul(&m, &x, n, &mut out, &mut row)
+        .unwrap();
+    for t in 0..n {
+        let mut xq = [BlockQ8_0::ZERO; 3];
+        quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], &mut xq);
+        for r in 0..rows {
+            let want = quant::q8_0::vec_dot_q8_0_q8_0(&w[r * 3..(r + 1) * 3], &xq);
+            assert_eq!(
+                out[t * rows + r].to_bits(),
+                want.to_bits(),
+                "token {t} row {r}"
+            );
+        }
+    }
+    // Rows r0..r1 only: the others stay untouched.
+    let mut part = [f32::NAN; 3 * 7];
+    Kernels::scalar_int8()
+        .matmul_rows(&m, &x, n, &mut part, &mut row, 2, 5)
+        .unwrap();
+    for t in 0..n {
+        for r in 0..rows {
+            let v = part[t * rows + r];
+            if (2..5).contains(&r) {
+                assert_eq!(v.to_bits(), out[t * rows + r].to_bits());
+            } else {
+                assert!(v.is_nan());
+            }
+        }
+    }
+}
