@@ -24,6 +24,8 @@ struct Cell<T>(UnsafeCell<T>);
 unsafe impl<T> Sync for Cell<T> {}
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
+/// Set while a nested frame (a fault inside logging) is being dropped.
+static NESTED: AtomicBool = AtomicBool::new(false);
 static ENCODER: Cell<defmt::Encoder> = Cell(UnsafeCell::new(defmt::Encoder::new()));
 static SINK: Cell<Sink> = Cell(UnsafeCell::new(Sink {
     handle: usize::MAX,
@@ -67,6 +69,7 @@ unsafe impl defmt::Logger for Logger {
     fn acquire() {
         if TAKEN.swap(true, Ordering::Acquire) {
             // A fault inside logging: its frame is dropped, not interleaved.
+            NESTED.store(true, Ordering::Relaxed);
             return;
         }
         // SAFETY: exclusive after taking the flag.
@@ -74,11 +77,17 @@ unsafe impl defmt::Logger for Logger {
     }
 
     unsafe fn flush() {
+        if NESTED.load(Ordering::Relaxed) {
+            return;
+        }
         // SAFETY: called between acquire and release (defmt's contract).
         unsafe { (*SINK.0.get()).flush() }
     }
 
     unsafe fn release() {
+        if NESTED.swap(false, Ordering::Relaxed) {
+            return;
+        }
         // SAFETY: called after acquire (defmt's contract).
         unsafe {
             (*ENCODER.0.get()).end_frame(push);
@@ -88,6 +97,9 @@ unsafe impl defmt::Logger for Logger {
     }
 
     unsafe fn write(bytes: &[u8]) {
+        if NESTED.load(Ordering::Relaxed) {
+            return;
+        }
         // SAFETY: called between acquire and release (defmt's contract).
         unsafe { (*ENCODER.0.get()).write(bytes, push) }
     }

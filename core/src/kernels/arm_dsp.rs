@@ -9,7 +9,8 @@
 //! - Four rows go through each block together, so one LDRD of widened
 //!   activations serves four rows. Per four weights of a row: one LDR (v7E-M
 //!   loads unaligned words, and Q8_0 quants sit at 2-byte alignment), two
-//!   SXTB16, two SMLAD.
+//!   SXTB16, two SMLAD. One `asm!` loop runs over all blocks of a chunk and
+//!   stores each block's four integer sums; the scales follow in Rust.
 //! - Each block's integer sum is exact, and the scales are applied in the
 //!   same order as [`super::scalar::matvec_q8_0_q8_0`], so the results are
 //!   equal bit for bit (`firmware`'s on-target tests hold them together).
@@ -52,14 +53,13 @@ fn widen(x: &BlockQ8_0, out: &mut [u32]) {
     }
 }
 
-/// IEEE half to single by VCVTB: exact, like the reference's software
-/// widening (NaN payloads aside, which stay NaN). `asm!` reaches S registers
-/// only with the `vfp2` feature, which stable Rust cannot enable for
-/// thumbv7em, so S15 is borrowed and restored inside the block.
+/// Four IEEE halves to singles by VCVTB: exact, like the reference's
+/// software widening (NaN payloads aside, which stay NaN). `asm!` reaches S
+/// registers only with the `vfp2` feature, which stable Rust cannot enable
+/// for thumbv7em, so S15 is borrowed and restored inside the block.
 #[inline(always)]
-fn half_to_f32(d: [u8; 2]) -> f32 {
-    let h = u16::from_le_bytes(d) as u32;
-    let bits: u32;
+fn halves_to_f32(h: [u16; 4]) -> [f32; 4] {
+    let (mut b0, mut b1, mut b2, mut b3) = (h[0] as u32, h[1] as u32, h[2] as u32, h[3] as u32);
     // SAFETY: register-only VFP instructions (VFPv4-SP and later have VCVTB,
     // and every core with the `dsp` feature this crate supports has such an
     // FPU); S15 is saved and restored, so no state the compiler sees
@@ -67,72 +67,113 @@ fn half_to_f32(d: [u8; 2]) -> f32 {
     unsafe {
         asm!(
             "vmov {save}, s15",
-            "vmov s15, {h}",
+            "vmov s15, {b0}",
             "vcvtb.f32.f16 s15, s15",
-            "vmov {bits}, s15",
+            "vmov {b0}, s15",
+            "vmov s15, {b1}",
+            "vcvtb.f32.f16 s15, s15",
+            "vmov {b1}, s15",
+            "vmov s15, {b2}",
+            "vcvtb.f32.f16 s15, s15",
+            "vmov {b2}, s15",
+            "vmov s15, {b3}",
+            "vcvtb.f32.f16 s15, s15",
+            "vmov {b3}, s15",
             "vmov s15, {save}",
-            h = in(reg) h,
-            bits = lateout(reg) bits,
+            b0 = inout(reg) b0,
+            b1 = inout(reg) b1,
+            b2 = inout(reg) b2,
+            b3 = inout(reg) b3,
             save = out(reg) _,
             options(pure, nomem, nostack, preserves_flags),
         );
     }
-    f32::from_bits(bits)
+    [b0, b1, b2, b3].map(f32::from_bits)
 }
 
-/// Integer sums of one block for four rows.
+/// One half to single, as [`halves_to_f32`].
+#[inline(always)]
+fn half_to_f32(d: [u8; 2]) -> f32 {
+    halves_to_f32([u16::from_le_bytes(d), 0, 0, 0])[0]
+}
+
+/// Integer sums of `n` consecutive blocks for four rows, written to `out`
+/// as `[row0, row1, row2, row3]` per block.
 ///
 /// # Safety
-/// `p0` and `p2` point at 32 readable quant bytes (rows 0 and 2 of the
-/// group), and so do `p0 + stride` and `p2 + stride` (rows 1 and 3); `xw`
-/// points at 16 readable, 4-byte aligned widened words.
+/// `p0` and `p2` point at the quants of the first block of rows 0 and 2,
+/// and `p0 + stride`, `p2 + stride` at those of rows 1 and 3; each row has
+/// `n >= 1` blocks of 34 bytes from there (quants 32 bytes, then the next
+/// block's 2-byte scale). `xw` points at `16 * n` readable, 4-byte aligned
+/// widened words and `out` at `4 * n` writable i32.
 #[inline(always)]
-unsafe fn block4(p0: *const i8, p2: *const i8, stride: usize, xw: *const u32) -> [i32; 4] {
-    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
-    // SAFETY: the caller guarantees the reads; each of the 8 repetitions
-    // reads one word per row and two activation words, advancing the
-    // pointers by 4 and 8 bytes: 32 quant bytes and 16 words in all.
+unsafe fn blocks4(
+    p0: *const i8,
+    p2: *const i8,
+    stride: usize,
+    xw: *const u32,
+    out: *mut i32,
+    n: usize,
+) {
+    // SAFETY: the caller guarantees every read and write. Thirteen
+    // registers are operands; R7 (Thumb's frame pointer, which `asm!` cannot
+    // take as an operand) is the fourteenth, pushed and popped inside the
+    // block around its use as scratch.
     unsafe {
         asm!(
+            "push {{r7}}",
+            "2:",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "movs {a2}, #0",
+            "movs {a3}, #0",
             ".rept 8",
             "ldrd {xe}, {xo}, [{xw}], #8",
             "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}, ror #8",
+            "sxtb16 r7, {w}, ror #8",
             "sxtb16 {w}, {w}",
             "smlad {a1}, {w}, {xe}, {a1}",
-            "smlad {a1}, {t}, {xo}, {a1}",
+            "smlad {a1}, r7, {xo}, {a1}",
             "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}, ror #8",
+            "sxtb16 r7, {w}, ror #8",
             "sxtb16 {w}, {w}",
             "smlad {a0}, {w}, {xe}, {a0}",
-            "smlad {a0}, {t}, {xo}, {a0}",
+            "smlad {a0}, r7, {xo}, {a0}",
             "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}, ror #8",
+            "sxtb16 r7, {w}, ror #8",
             "sxtb16 {w}, {w}",
             "smlad {a3}, {w}, {xe}, {a3}",
-            "smlad {a3}, {t}, {xo}, {a3}",
+            "smlad {a3}, r7, {xo}, {a3}",
             "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}, ror #8",
+            "sxtb16 r7, {w}, ror #8",
             "sxtb16 {w}, {w}",
             "smlad {a2}, {w}, {xe}, {a2}",
-            "smlad {a2}, {t}, {xo}, {a2}",
+            "smlad {a2}, r7, {xo}, {a2}",
             ".endr",
+            "str {a0}, [{out}], #4",
+            "str {a1}, [{out}], #4",
+            "str {a2}, [{out}], #4",
+            "str {a3}, [{out}], #4",
+            "adds {p0}, #2",
+            "adds {p2}, #2",
+            "subs {n}, #1",
+            "bne 2b",
+            "pop {{r7}}",
             p0 = inout(reg) p0 => _,
             p2 = inout(reg) p2 => _,
             xw = inout(reg) xw => _,
+            out = inout(reg) out => _,
+            n = inout(reg) n => _,
             s = in(reg) stride,
             xe = out(reg) _,
             xo = out(reg) _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            a2 = out(reg) _,
+            a3 = out(reg) _,
             w = out(reg) _,
-            t = out(reg) _,
-            a0 = inout(reg) a0,
-            a1 = inout(reg) a1,
-            a2 = inout(reg) a2,
-            a3 = inout(reg) a3,
-            options(pure, readonly, nostack),
         );
     }
-    [a0, a1, a2, a3]
 }
 
 /// The reference's integer block dot, for rows past the last group of four.
@@ -168,22 +209,32 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
         let (xw, dx) = (&xw[..n * WORDS], &dx[..n]);
         let mut groups = out.chunks_exact_mut(4);
         let mut r = 0;
+        let mut isums = [0i32; 4 * CHUNK];
         for o in &mut groups {
             let rows4 = &w[r * nb + c0..(r + 3) * nb + c1];
             let (w0, w2) = (&rows4[..n], &rows4[2 * nb..2 * nb + n]);
             let (w1, w3) = (&rows4[nb..nb + n], &rows4[3 * nb..3 * nb + n]);
+            // SAFETY: w0..w3 are rows r..r+4 of this chunk, each n >= 1
+            // blocks (rows4 is a checked slice), with w1 = w0 + stride bytes
+            // and w3 = w2 + stride bytes; `xw` holds 16 n widened words of a
+            // u32 array (4-byte aligned); `isums` has room for 4 n sums.
+            unsafe {
+                blocks4(
+                    w0[0].qs.as_ptr(),
+                    w2[0].qs.as_ptr(),
+                    stride,
+                    xw.as_ptr(),
+                    isums.as_mut_ptr(),
+                    n,
+                )
+            };
             let mut s = [o[0], o[1], o[2], o[3]];
-            for (b, (xs, &dxb)) in xw.chunks_exact(WORDS).zip(dx).enumerate() {
-                // SAFETY: w0..w3 are rows r..r+4 of this chunk, each n
-                // blocks (rows4 is a checked slice), and w1 = w0 + stride
-                // bytes, w3 = w2 + stride bytes; each qs is 32 bytes. `xs`
-                // is 16 u32 words of a u32 array, so 4-byte aligned.
-                let isum =
-                    unsafe { block4(w0[b].qs.as_ptr(), w2[b].qs.as_ptr(), stride, xs.as_ptr()) };
-                s[0] += isum[0] as f32 * (half_to_f32(w0[b].d) * dxb);
-                s[1] += isum[1] as f32 * (half_to_f32(w1[b].d) * dxb);
-                s[2] += isum[2] as f32 * (half_to_f32(w2[b].d) * dxb);
-                s[3] += isum[3] as f32 * (half_to_f32(w3[b].d) * dxb);
+            for (b, (isum, &dxb)) in isums.chunks_exact(4).zip(dx).enumerate() {
+                let dw =
+                    halves_to_f32([w0[b].d, w1[b].d, w2[b].d, w3[b].d].map(u16::from_le_bytes));
+                for k in 0..4 {
+                    s[k] += isum[k] as f32 * (dw[k] * dxb);
+                }
             }
             o.copy_from_slice(&s);
             r += 4;

@@ -46,7 +46,16 @@ pub fn dequantize_row(x: &[BlockQ8_0], y: &mut [f32]) {
 /// callers pass whole rows.
 pub fn quantize_row(x: &[f32], y: &mut [BlockQ8_0]) {
     for (xs, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // `if a > m` keeps what `m.max(a)` keeps (a NaN is skipped) and needs
+        // no `fmaxf` call on FPUs without VMAXNM (Cortex-M4F).
+        let amax = xs.iter().fold(0.0f32, |m, v| {
+            let a = v.abs();
+            if a > m {
+                a
+            } else {
+                m
+            }
+        });
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = f32_to_f16_bits(d);
