@@ -82,15 +82,13 @@ pub fn load<'a>(
     Loaded { model, tokenizer }
 }
 
-/// One generation's settings.
+/// One generation's settings; the cache and batch are the [`Buffers`]' plan.
 #[derive(Clone, Copy)]
 pub struct Spec<'p> {
     pub kernels: Kernels,
     pub prompt: &'p [u32],
     pub n_predict: usize,
     pub sampling: SamplerConfig,
-    pub kv: KvOptions,
-    pub batch: usize,
 }
 
 /// Static buffers for generation, cut from an arena by [`Buffers::new`].
@@ -132,8 +130,7 @@ pub fn generate(
     bufs: &mut Buffers,
 ) -> Result<heapless::Vec<u32, MAX_IDS>, Error> {
     let mut sampler = Sampler::new(spec.sampling)?;
-    let plan = MemoryPlan::with_kv(&l.model.config, spec.kv, spec.batch)?;
-    let mut s = Session::new(&l.model, spec.kernels, plan, bufs.arena)?;
+    let mut s = Session::new(&l.model, spec.kernels, bufs.plan, bufs.arena)?;
     s.reserve(spec.prompt.len() + spec.n_predict.saturating_sub(1))?;
     let n_predict = spec.n_predict.min(MAX_IDS);
     mark();

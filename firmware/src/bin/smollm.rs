@@ -67,8 +67,6 @@ fn main() -> ! {
         prompt,
         n_predict: N_PREDICT,
         sampling: SamplerConfig::greedy(),
-        kv,
-        batch: BATCH,
     };
     let ids = fw::generate(&l, &spec, &mut bufs).or_exit("generating");
     defmt::println!(

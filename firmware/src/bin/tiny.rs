@@ -58,8 +58,6 @@ fn main() -> ! {
                 prompt: &PROMPT,
                 n_predict: N_PREDICT,
                 sampling,
-                kv,
-                batch: BATCH,
             };
             let ids = fw::generate(&l, &spec, &mut bufs).or_exit("generating");
             defmt::println!(
