@@ -182,20 +182,16 @@ pub fn tokenize<'o>(l: &Loaded, text: &str, mem: &mut Carver, out: &'o mut [u32]
 /// whole), in pieces of at most 256 bytes.
 pub fn print_text(l: &Loaded, ids: &[u32]) {
     let mut text: heapless::String<256> = heapless::String::new();
-    let mut dec = StreamDecoder::new(&l.tokenizer, false, true);
-    for &id in ids {
-        let r = dec.push(&l.tokenizer, id, &mut |piece| {
-            for ch in piece.chars() {
-                let _ = text.push(ch);
-            }
-        });
-        r.or_exit("decoding");
-    }
-    dec.finish(&mut |piece| {
+    let mut sink = |piece: &str| {
         for ch in piece.chars() {
             let _ = text.push(ch);
         }
-    });
+    };
+    let mut dec = StreamDecoder::new(&l.tokenizer, false, true);
+    for &id in ids {
+        dec.push(&l.tokenizer, id, &mut sink).or_exit("decoding");
+    }
+    dec.finish(&mut sink);
     defmt::println!("text={=str}", text.as_str());
 }
 

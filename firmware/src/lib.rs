@@ -150,11 +150,9 @@ pub mod stack {
 
     fn sp() -> usize {
         let sp: usize;
-        // SAFETY: reads the stack pointer into a register; nothing else.
+        // SAFETY: reads the stack pointer into a register (the same
+        // instruction on Arm and AArch64); nothing else.
         unsafe {
-            #[cfg(target_arch = "arm")]
-            core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
-            #[cfg(target_arch = "aarch64")]
             core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
         }
         sp
