@@ -153,6 +153,7 @@ pub enum Cap {
     Batch,
     VocabularyBytes,
     Merges,
+    Threads,
 }
 
 impl Cap {
@@ -172,6 +173,7 @@ impl Cap {
             Cap::Vocabulary => "vocabulary size",
             Cap::KvCapacity => "KV cache capacity",
             Cap::Batch => "batch size",
+            Cap::Threads => "worker thread count",
             Cap::VocabularyBytes => "vocabulary text size",
             Cap::Merges => "BPE merge count",
         }

@@ -19,6 +19,7 @@
 //! | [`quant`] | F16, Q8_0, Q4_0, Q4_1 blocks; scalar reference kernels |
 //! | [`kernels`] | the kernel table and matmul |
 //! | [`model`] | `Config`, `Weights`, `Llama`, `Session`, `MemoryPlan` |
+//! | [`parallel`] | splitting a forward step over caller-supplied workers |
 //! | [`kv_cache`] | fixed-capacity KV cache in caller memory |
 //! | [`attention`] | causal attention for one head |
 //! | [`error`] | the one `Copy` error enum |
@@ -60,6 +61,7 @@ pub mod gguf_writer;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;
+pub mod parallel;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;

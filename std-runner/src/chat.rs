@@ -15,7 +15,7 @@ use ember_core::gguf::Gguf;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::tokenizer::StreamDecoder;
 
-use crate::cli::{kernels, model_path, KernelChoice, KvArgs, SamplingArgs};
+use crate::cli::{model_path, ExecArgs, KvArgs, SamplingArgs};
 use crate::run::continue_sampling;
 use crate::text::{prompt_text, ChatTemplate, Message, StopText};
 use ember_core::sampling::{Candidate, Sampler};
@@ -36,9 +36,8 @@ pub struct ChatArgs {
     /// Prompt tokens per forward chunk.
     #[arg(long, short = 'b', default_value_t = 512)]
     pub batch: usize,
-    /// Kernel set.
-    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
-    pub kernels: KernelChoice,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -96,7 +95,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     }
     let cfg = a.sampling.config()?;
     let path = model_path(&a.model)?;
-    let map = crate::mmap::map(&path)?;
+    let map = a.exec.load(&path)?;
     let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
     let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
     let mut index = Vec::new();
@@ -104,9 +103,12 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let template = ChatTemplate::from_gguf(&g, &tok)?;
     let kv = a.kv.options(&model, true)?;
     let ctx = kv.capacity;
-    let plan = MemoryPlan::with_kv(&model.config, kv, a.batch)?;
+    let threads = a.exec.threads()?;
+    let pool = crate::pool::Pool::new(threads)?;
+    let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
     let mut arena = plan.alloc();
-    let mut s = Session::new(&model, kernels(a.kernels), plan, &mut arena)?;
+    let mut s = Session::new(&model, a.exec.kernels()?, plan, &mut arena)?;
+    s.set_parallel(&pool)?;
     let mut sampler = Sampler::new(cfg)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let system = a.system.as_deref().map(prompt_text).transpose()?;

@@ -43,14 +43,20 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Write a deterministic random-weights llama GGUF of any shape.
     Synth(SynthArgs),
+    /// Measure prefill (pp) and decode (tg) speed, as llama-bench does.
+    Bench(crate::bench::BenchArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelChoice {
     /// The portable scalar reference, end to end.
     Scalar,
     /// The fastest kernels this CPU supports.
     Auto,
+    /// x86_64 AVX2 + FMA + F16C (an error where the CPU lacks them).
+    Avx2,
+    /// AArch64 NEON (an error on other CPUs).
+    Neon,
     /// The scalar reference with Q8_0 matrices multiplied by activations
     /// quantized to Q8_0 (ggml's integer dots): what the Cortex-M DSP
     /// firmware computes, bit for bit.
@@ -89,9 +95,8 @@ pub struct RunArgs {
     /// Print one JSON object on stdout at the end; human text goes to stderr.
     #[arg(long)]
     pub json: bool,
-    /// Kernel set.
-    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
-    pub kernels: KernelChoice,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     #[command(flatten)]
     pub kv: KvArgs,
     /// Prompt tokens per forward chunk.
@@ -113,6 +118,38 @@ pub struct RunArgs {
         allow_negative_numbers = true
     )]
     pub length_penalty: f64,
+}
+
+/// How the work runs: kernels, threads, model memory (run, chat,
+/// perplexity, bench).
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// Kernel set.
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    pub kernels: KernelChoice,
+    /// Worker threads splitting each step [default: the physical cores].
+    #[arg(long, short = 't', value_name = "N")]
+    pub threads: Option<usize>,
+    /// Use the model file in place through a memory map (zero-copy) instead
+    /// of a copy in huge pages (faster decode, one read of the file at start).
+    #[arg(long)]
+    pub mmap: bool,
+}
+
+impl ExecArgs {
+    pub fn kernels(&self) -> Result<Kernels> {
+        kernels(self.kernels)
+    }
+
+    /// The thread count after checks.
+    pub fn threads(&self) -> Result<usize> {
+        crate::pool::thread_count(self.threads)
+    }
+
+    /// The model file's bytes.
+    pub fn load(&self, path: &std::path::Path) -> Result<crate::mmap::ModelBytes> {
+        crate::mmap::load(path, self.mmap)
+    }
 }
 
 /// KV element types on the command line.
@@ -409,6 +446,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Chat(a) => crate::chat::cmd_chat(a),
         Command::Tokenize(a) => cmd_tokenize(a),
         Command::Perplexity(a) => crate::perplexity::cmd_perplexity(a),
+        Command::Bench(a) => crate::bench::cmd_bench(a),
         Command::Synth(a) => {
             let cfg = crate::synth::SynthConfig {
                 dim: a.dim,
@@ -441,13 +479,18 @@ pub fn main_with(cli: Cli) -> Result<()> {
     }
 }
 
-/// Kernel table for a `--kernels` choice.
-pub fn kernels(choice: KernelChoice) -> Kernels {
-    match choice {
+/// Kernel table for a `--kernels` choice; an error names what the CPU lacks.
+pub fn kernels(choice: KernelChoice) -> Result<Kernels> {
+    Ok(match choice {
         KernelChoice::Scalar => Kernels::scalar(),
         KernelChoice::Auto => Kernels::detect(),
         KernelChoice::ScalarQ8 => Kernels::scalar_int8(),
-    }
+        KernelChoice::Avx2 => Kernels::avx2().context(
+            "--kernels avx2: this CPU lacks AVX2, FMA or F16C (or is not x86_64); use --kernels auto",
+        )?,
+        KernelChoice::Neon => Kernels::neon()
+            .context("--kernels neon: this CPU is not AArch64 with NEON; use --kernels auto")?,
+    })
 }
 
 /// The KV capacity: `--ctx`, else the model's context length (at most 8192).
@@ -492,7 +535,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     }
     let prompt = a.prompt.as_deref().map(prompt_text).transpose()?;
     let path = model_path(&a.model)?;
-    let map = crate::mmap::map(&path)?;
+    let map = a.exec.load(&path)?;
     let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
     let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
     let mut index = Vec::new();
@@ -520,7 +563,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         (None, Some(text), Some(t)) => encode_prompt(t, text, a.special)?,
         _ => bail!("no prompt: give a text prompt or --prompt-ids 1,2,3"),
     };
-    let kernels = kernels(a.kernels);
+    let kernels = a.exec.kernels()?;
+    let threads = a.exec.threads()?;
     if let Some(beams) = a.beams {
         return run_beams(&a, &model, kernels, tok.as_ref(), &g, prompt_ids, beams);
     }
@@ -542,6 +586,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         eos: stop_ids(&g, tok.as_ref()),
         sampling,
+        threads,
     };
 
     // Stream text to stdout as it is generated (human mode); end-of-generation
@@ -603,6 +648,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             "decode_tok_s": out.decode_tok_s,
             "top_logits": pairs(&out.top_logits),
             "kernels": kernels.name,
+            "threads": threads,
             "seed": sampling.seed,
             "kv": {"capacity": opt.kv.capacity, "sinks": opt.kv.sinks, "type": opt.kv.ty.name()},
             "decode_tok_s_per_500": out.decode_tok_s_per_500,

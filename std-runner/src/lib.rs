@@ -3,12 +3,14 @@
 //! `ember` command line.
 
 pub mod beam;
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod convert;
 pub mod mmap;
 pub mod model_store;
 pub mod perplexity;
+pub mod pool;
 pub mod run;
 pub mod synth;
 pub mod text;

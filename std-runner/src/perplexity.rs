@@ -22,7 +22,7 @@ use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::tokenizer::EncodeOptions;
 use serde_json::json;
 
-use crate::cli::{kernels, model_path, KernelChoice, KvArgs};
+use crate::cli::{model_path, ExecArgs, KvArgs};
 
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
@@ -44,9 +44,8 @@ pub struct PerplexityArgs {
     /// Prompt tokens per forward chunk.
     #[arg(long, short = 'b', default_value_t = 512)]
     pub batch: usize,
-    /// Kernel set.
-    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
-    pub kernels: KernelChoice,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// Print {"ppl":x,"tokens":N,...} on stdout.
     #[arg(long)]
     pub json: bool,
@@ -156,7 +155,7 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
         )
     })?;
     let path = model_path(&a.model)?;
-    let map = crate::mmap::map(&path)?;
+    let map = a.exec.load(&path)?;
     let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
     let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
     let mut index = Vec::new();
@@ -182,9 +181,12 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     if tokens.len() < 2 {
         bail!("the text has fewer than 2 tokens");
     }
-    let plan = MemoryPlan::with_kv(&model.config, kv, a.batch)?;
+    let threads = a.exec.threads()?;
+    let pool = crate::pool::Pool::new(threads)?;
+    let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
     let mut arena = plan.alloc();
-    let mut s = Session::new(&model, kernels(a.kernels), plan, &mut arena)?;
+    let mut s = Session::new(&model, a.exec.kernels()?, plan, &mut arena)?;
+    s.set_parallel(&pool)?;
     let t0 = Instant::now();
     let total = if streaming_mode {
         tokens.len()

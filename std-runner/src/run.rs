@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub eos: Vec<u32>,
     /// How the next token is chosen.
     pub sampling: SamplerConfig,
+    /// Worker threads splitting each step.
+    pub threads: usize,
 }
 
 /// What it produced.
@@ -85,9 +87,11 @@ pub fn generate(
 ) -> Result<RunOutput> {
     let mut sampler = Sampler::new(opt.sampling)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
-    let plan = MemoryPlan::with_kv(&model.config, opt.kv, opt.batch)?;
+    let pool = crate::pool::Pool::new(opt.threads)?;
+    let plan = MemoryPlan::with_threads(&model.config, opt.kv, opt.batch, opt.threads)?;
     let mut arena = plan.alloc();
     let mut s = Session::new(model, kernels, plan, &mut arena)?;
+    s.set_parallel(&pool)?;
     let mut out = RunOutput {
         arena_bytes: plan.bytes(),
         ..Default::default()

@@ -99,6 +99,7 @@ fn one_beam_is_greedy() {
                 ignore_eos: false,
                 eos: vec![EOS],
                 sampling: SamplerConfig::greedy(),
+                threads: 1,
             },
             |_| true,
         )

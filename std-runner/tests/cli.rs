@@ -725,3 +725,119 @@ fn bad_sampling_flags_name_the_flag() {
     );
     assert_one_line_error(&ember(&["chat", "-m", m, "--temp", "-2"]), "--temp");
 }
+
+/// Threads split each step without changing a single bit of the result; the
+/// scalar reference and the mapped file agree with the default path.
+#[test]
+fn threads_kernels_and_mmap_give_the_same_tokens() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1,9038,2,1169,5,3510",
+            "-n",
+            "12",
+            "--temp",
+            "0",
+            "--top-logits",
+            "5",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_out(&ember(&args))
+    };
+    let one = run(&["--threads", "1"]);
+    assert_eq!(one["threads"], 1);
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let many = run(&["--threads", &logical.to_string(), "--mmap"]);
+    assert_eq!(many["threads"], logical as u64);
+    assert_eq!(one["ids"], many["ids"]);
+    assert_eq!(
+        one["top_logits"], many["top_logits"],
+        "logits differ with threads"
+    );
+    let scalar = run(&["--kernels", "scalar", "--threads", "1"]);
+    assert_eq!(scalar["kernels"], "scalar");
+    assert_eq!(one["ids"], scalar["ids"]);
+}
+
+#[test]
+fn bench_reports_the_contract_fields() {
+    let m = model(GgmlType::Q4_1);
+    let o = ember(&[
+        "bench",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let j = json_out(&o);
+    for k in ["pp_tok_s", "tg_tok_s", "read_gb_s", "tg_floor_tok_s"] {
+        let v = j[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {j}"));
+        assert!(v > 0.0 && v.is_finite(), "{k} = {v}");
+    }
+    assert_eq!(j["threads"], 1);
+    assert_eq!(j["type"], "q4_1");
+    assert_eq!(j["pp_runs"].as_array().unwrap().len(), 1);
+    // Weights read per token: every matrix once, about 97 MB at Q4_1.
+    let b = j["bytes_per_token"].as_u64().unwrap();
+    assert!((90_000_000..100_000_000).contains(&b), "{b}");
+}
+
+#[test]
+fn bad_threads_and_kernels_are_one_line_errors() {
+    let m = model(GgmlType::Q4_1);
+    let m = m.to_str().unwrap();
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1",
+            "-n",
+            "1",
+            "--threads",
+            "0",
+        ]),
+        "--threads must be at least 1",
+    );
+    assert_one_line_error(
+        &ember(&["bench", "-m", m, "--threads", "100000", "--reps", "1"]),
+        "--threads 100000",
+    );
+    assert_one_line_error(
+        &ember(&["bench", "-m", m, "--reps", "0"]),
+        "--reps must be at least 1",
+    );
+    let missing = if cfg!(target_arch = "aarch64") {
+        "avx2"
+    } else {
+        "neon"
+    };
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1",
+            "-n",
+            "1",
+            "--kernels",
+            missing,
+        ]),
+        &format!("--kernels {missing}"),
+    );
+}

@@ -268,3 +268,46 @@ fn detected_kernels_agree_with_scalar() {
         assert!(max < 1e-3, "token {t}: max |dlogit| {max}");
     }
 }
+
+/// Splitting a step over several workers changes nothing, bit for bit:
+/// each worker computes whole rows and whole heads in the same order.
+#[test]
+fn workers_give_bitwise_the_same_logits() {
+    use ember_core::KvOptions;
+    let path = model_file(GgmlType::Q4_1);
+    let map = ember_runner::mmap::map(&path).unwrap();
+    let gguf = Gguf::parse(&map).unwrap();
+    let model = Llama::from_gguf(&gguf).unwrap();
+    let ids = [6403u32, 1980, 253, 655, 28, 281, 253, 1165, 30, 198];
+    let run = |threads: usize| -> Vec<Vec<f32>> {
+        let pool = ember_runner::pool::Pool::new(threads).unwrap();
+        let plan =
+            MemoryPlan::with_threads(&model.config, KvOptions::dense(32), 8, threads).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        s.set_parallel(&pool).unwrap();
+        let mut out = Vec::new();
+        s.forward_all(&ids[..8], &mut |_, l| out.push(l.to_vec()))
+            .unwrap();
+        for &id in &ids[8..] {
+            out.push(s.forward(&[id]).unwrap().to_vec());
+        }
+        out
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let many = run(threads);
+        for (t, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{threads} workers differ at token {t}"
+            );
+        }
+    }
+    // A pool larger than the plan is refused.
+    let plan = MemoryPlan::with_threads(&model.config, KvOptions::dense(8), 1, 1).unwrap();
+    let mut arena = plan.alloc();
+    let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+    let pool = ember_runner::pool::Pool::new(2).unwrap();
+    assert!(s.set_parallel(&pool).is_err());
+}

@@ -141,6 +141,133 @@ pub(crate) fn check_table(k: &Kernels) {
     }
 }
 
+/// The multi-row kernels give each row's dot (within `TOL`), for row counts
+/// around the four-row step and every storage type; the f32 matrix product
+/// gives each (row, token) dot for tiles of every shape.
+pub(crate) fn check_rows(k: &Kernels) {
+    let mut rng = Rng::new(0xbeef);
+    for case in 0..24 {
+        let rows = [1, 2, 3, 4, 5, 7, 8, 9][case % 8];
+        let nb = [1, 2, 3, 18][case % 4];
+        let cols = nb * 32;
+        let mut wf = [0.0f32; 9 * 576];
+        let (_, x) = inputs(&mut rng, 1024, case);
+        for v in wf.iter_mut() {
+            *v = rng.f32() * if case % 3 == 0 { 1e3 } else { 1.0 };
+        }
+        let wf = &wf[..rows * cols];
+        let x = &x[..cols];
+        let mut out = [0.0f32; 9];
+        let mut deq = [0.0f32; 9 * 576];
+
+        let mut h = [f16::ZERO; 9 * 576];
+        quant::f16::quantize_row(wf, &mut h[..rows * cols]);
+        quant::f16::dequantize_row(&h[..rows * cols], &mut deq[..rows * cols]);
+        (k.mv_f16)(&h[..rows * cols], x, &mut out[..rows]);
+        for r in 0..rows {
+            let d = &deq[r * cols..(r + 1) * cols];
+            close(out[r], reference_f32(d, x), abs_scale(d, x), "mv_f16", case);
+        }
+        (k.mv_f32)(wf, x, &mut out[..rows]);
+        for r in 0..rows {
+            let d = &wf[r * cols..(r + 1) * cols];
+            close(out[r], reference_f32(d, x), abs_scale(d, x), "mv_f32", case);
+        }
+        // Odd f32 lengths: tails.
+        let odd = cols - 3;
+        let mut wo = [0.0f32; 9 * 576];
+        for r in 0..rows {
+            wo[r * odd..(r + 1) * odd].copy_from_slice(&wf[r * cols..r * cols + odd]);
+        }
+        (k.mv_f32)(&wo[..rows * odd], &x[..odd], &mut out[..rows]);
+        for r in 0..rows {
+            let d = &wo[r * odd..(r + 1) * odd];
+            let xo = &x[..odd];
+            close(
+                out[r],
+                reference_f32(d, xo),
+                abs_scale(d, xo),
+                "mv_f32 tail",
+                case,
+            );
+        }
+
+        let mut b8 = [BlockQ8_0::ZERO; 9 * 18];
+        let b8 = &mut b8[..rows * nb];
+        quant::q8_0::quantize_row(wf, b8);
+        (k.mv_q8_0)(b8, x, &mut out[..rows]);
+        for r in 0..rows {
+            let b = &b8[r * nb..(r + 1) * nb];
+            quant::q8_0::dequantize_row(b, &mut deq[..cols]);
+            close(
+                out[r],
+                quant::q8_0::dot_f32(b, x),
+                abs_scale(&deq[..cols], x),
+                "mv_q8_0",
+                case,
+            );
+        }
+        let mut b40 = [BlockQ4_0::ZERO; 9 * 18];
+        let b40 = &mut b40[..rows * nb];
+        quant::q4_0::quantize_row(wf, b40);
+        (k.mv_q4_0)(b40, x, &mut out[..rows]);
+        for r in 0..rows {
+            let b = &b40[r * nb..(r + 1) * nb];
+            quant::q4_0::dequantize_row(b, &mut deq[..cols]);
+            close(
+                out[r],
+                quant::q4_0::dot_f32(b, x),
+                abs_scale(&deq[..cols], x),
+                "mv_q4_0",
+                case,
+            );
+        }
+        let mut b41 = [BlockQ4_1::ZERO; 9 * 18];
+        let b41 = &mut b41[..rows * nb];
+        quant::q4_1::quantize_row(wf, b41);
+        (k.mv_q4_1)(b41, x, &mut out[..rows]);
+        for r in 0..rows {
+            let b = &b41[r * nb..(r + 1) * nb];
+            let split: f32 = b
+                .iter()
+                .zip(x.chunks(32))
+                .map(|(b, xs)| {
+                    xs.iter().map(|v| v.abs()).sum::<f32>() * (b.m().abs() + 15.0 * b.d().abs())
+                })
+                .sum();
+            close(out[r], quant::q4_1::dot_f32(b, x), split, "mv_q4_1", case);
+        }
+
+        // The f32 product: up to 9 rows by up to 7 tokens, odd lengths too.
+        let n = 1 + case % 7;
+        let cols = [5, 8, 16, 33, 64, 100][case % 6];
+        let mut xs = [0.0f32; 7 * 100];
+        for v in xs.iter_mut() {
+            *v = rng.f32();
+        }
+        let mut w = [0.0f32; 9 * 100];
+        for v in w.iter_mut() {
+            *v = rng.f32();
+        }
+        let w = &w[..rows * cols];
+        let xs = &xs[..n * cols];
+        let mut out = [f32::NAN; 9 * 7];
+        (k.gemm_f32)(w, xs, cols, &mut out[..n * rows]);
+        for t in 0..n {
+            for r in 0..rows {
+                let (a, b) = (&w[r * cols..(r + 1) * cols], &xs[t * cols..(t + 1) * cols]);
+                close(
+                    out[t * rows + r],
+                    reference_f32(a, b),
+                    abs_scale(a, b),
+                    "gemm_f32",
+                    case,
+                );
+            }
+        }
+    }
+}
+
 fn reference_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -148,11 +275,75 @@ fn reference_f32(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn scalar_table_matches_reference() {
     check_table(&Kernels::scalar());
+    check_rows(&Kernels::scalar());
 }
 
 #[test]
 fn detected_table_matches_reference() {
     check_table(&Kernels::detect());
+    check_rows(&Kernels::detect());
+}
+
+/// A batched matmul (dequantized tiles times every token) gives the same
+/// rows as one token at a time, for every storage type, with row ranges.
+#[test]
+fn batched_matmul_matches_one_token_at_a_time() {
+    use crate::kernels::{Matrix, RowData};
+    for k in [Kernels::scalar(), Kernels::detect()] {
+        let (rows, cols, n) = (37usize, 64usize, 5usize);
+        let mut rng = Rng::new(7);
+        let wf: [f32; 37 * 64] = core::array::from_fn(|_| rng.f32());
+        let x: [f32; 5 * 64] = core::array::from_fn(|_| rng.f32());
+        let mut h = [f16::ZERO; 37 * 64];
+        quant::f16::quantize_row(&wf, &mut h);
+        let mut b8 = [BlockQ8_0::ZERO; 37 * 2];
+        quant::q8_0::quantize_row(&wf, &mut b8);
+        let mut b40 = [BlockQ4_0::ZERO; 37 * 2];
+        quant::q4_0::quantize_row(&wf, &mut b40);
+        let mut b41 = [BlockQ4_1::ZERO; 37 * 2];
+        quant::q4_1::quantize_row(&wf, &mut b41);
+        let datas = [
+            RowData::F32(&wf),
+            RowData::F16(&h),
+            RowData::Q8_0(&b8),
+            RowData::Q4_0(&b40),
+            RowData::Q4_1(&b41),
+        ];
+        let mut scratch = [0.0f32; Kernels::scratch_len(64, 5)];
+        for data in datas {
+            let m = Matrix { rows, cols, data };
+            let mut all = [0.0f32; 5 * 37];
+            k.matmul(&m, &x, n, &mut all, &mut scratch).unwrap();
+            let mut one = [0.0f32; 37];
+            for t in 0..n {
+                k.matmul(&m, &x[t * cols..(t + 1) * cols], 1, &mut one, &mut scratch)
+                    .unwrap();
+                for r in 0..rows {
+                    let (a, b) = (all[t * rows + r], one[r]);
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{} t {t} r {r}: {a} vs {b}",
+                        k.name
+                    );
+                }
+            }
+            let mut part = [f32::NAN; 5 * 37];
+            k.matmul_rows(&m, &x, n, &mut part, &mut scratch, 3, 21)
+                .unwrap();
+            for t in 0..n {
+                for r in 0..rows {
+                    let v = part[t * rows + r];
+                    if (3..21).contains(&r) {
+                        assert_eq!(v.to_bits(), all[t * rows + r].to_bits());
+                    } else {
+                        assert!(v.is_nan());
+                    }
+                }
+            }
+            // A short scratch is an error, not a panic.
+            assert!(k.matmul(&m, &x, n, &mut all, &mut scratch[..10]).is_err());
+        }
+    }
 }
 
 /// The int8-activation matmul quantizes each token's input to Q8_0 and
@@ -201,6 +392,163 @@ fn int8_activation_matmul_is_the_reference_dot() {
             } else {
                 assert!(v.is_nan());
             }
+        }
+    }
+}
+
+/// Whole forward passes: the detected kernels (AVX2 on x86_64, NEON on
+/// AArch64, where CI runs this under qemu-aarch64) against the scalar
+/// reference on small random llamas of every weight type, prefill and decode.
+/// With `EMBER_E2E_MODEL` set to a GGUF path, that model is checked too.
+#[cfg(feature = "std")]
+mod end_to_end {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::Rng;
+    use crate::gguf::Gguf;
+    use crate::gguf_writer::GgufWriter;
+    use crate::kernels::Kernels;
+    use crate::model::{Llama, MemoryPlan, Session};
+    use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+    use half::f16;
+
+    fn quantize(data: &[f32], cols: usize, ty: GgmlType) -> Vec<u8> {
+        let mut out = Vec::new();
+        for row in data.chunks(cols) {
+            let nb = cols / 32;
+            match ty {
+                GgmlType::F32 => out.extend_from_slice(quant::as_bytes(row)),
+                GgmlType::F16 => {
+                    let mut h = std::vec![f16::ZERO; cols];
+                    quant::f16::quantize_row(row, &mut h);
+                    out.extend_from_slice(quant::as_bytes(&h));
+                }
+                GgmlType::Q8_0 => {
+                    let mut b = std::vec![BlockQ8_0::ZERO; nb];
+                    quant::q8_0::quantize_row(row, &mut b);
+                    out.extend_from_slice(quant::as_bytes(&b));
+                }
+                GgmlType::Q4_0 => {
+                    let mut b = std::vec![BlockQ4_0::ZERO; nb];
+                    quant::q4_0::quantize_row(row, &mut b);
+                    out.extend_from_slice(quant::as_bytes(&b));
+                }
+                GgmlType::Q4_1 => {
+                    let mut b = std::vec![BlockQ4_1::ZERO; nb];
+                    quant::q4_1::quantize_row(row, &mut b);
+                    out.extend_from_slice(quant::as_bytes(&b));
+                }
+            }
+        }
+        out
+    }
+
+    /// A random llama: dim 128, 2 layers, 4 query and 2 KV heads, FFN 256,
+    /// vocabulary 320, weights uniform in ±1/√fan-in.
+    fn tiny(ty: GgmlType) -> Vec<u8> {
+        let (dim, layers, heads, kv_heads, ffn, vocab) = (128usize, 2, 4, 2, 256usize, 320usize);
+        let kv_dim = dim / heads * kv_heads;
+        let mut rng = Rng::new(0x7e57 + ty as u32);
+        let mut w = GgufWriter::new();
+        w.add_str("general.architecture", "llama")
+            .add_u32("llama.context_length", 64)
+            .add_u32("llama.embedding_length", dim as u32)
+            .add_u32("llama.block_count", layers as u32)
+            .add_u32("llama.feed_forward_length", ffn as u32)
+            .add_u32("llama.attention.head_count", heads as u32)
+            .add_u32("llama.attention.head_count_kv", kv_heads as u32)
+            .add_u32("llama.rope.dimension_count", (dim / heads) as u32)
+            .add_f32("llama.rope.freq_base", 10_000.0)
+            .add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .add_u32("llama.vocab_size", vocab as u32);
+        let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
+            let a = 1.0 / (cols as f32).sqrt();
+            let data: Vec<f32> = (0..cols * rows).map(|_| rng.f32() * a).collect();
+            w.add_tensor(
+                name,
+                &[cols as u64, rows as u64],
+                ty,
+                quantize(&data, cols, ty),
+            );
+        };
+        matrix(&mut w, "token_embd.weight", dim, vocab);
+        for l in 0..layers {
+            let p = |t: &str| std::format!("blk.{l}.{t}.weight");
+            matrix(&mut w, &p("attn_q"), dim, dim);
+            matrix(&mut w, &p("attn_k"), dim, kv_dim);
+            matrix(&mut w, &p("attn_v"), dim, kv_dim);
+            matrix(&mut w, &p("attn_output"), dim, dim);
+            matrix(&mut w, &p("ffn_gate"), dim, ffn);
+            matrix(&mut w, &p("ffn_up"), dim, ffn);
+            matrix(&mut w, &p("ffn_down"), ffn, dim);
+        }
+        let ones: Vec<u8> = (0..dim).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+        for l in 0..layers {
+            for n in ["attn_norm", "ffn_norm"] {
+                w.add_tensor(
+                    &std::format!("blk.{l}.{n}.weight"),
+                    &[dim as u64],
+                    GgmlType::F32,
+                    ones.clone(),
+                );
+            }
+        }
+        w.add_tensor("output_norm.weight", &[dim as u64], GgmlType::F32, ones);
+        w.to_bytes()
+    }
+
+    /// Logits after each of 8 prompt tokens (one batched call) and 4 decode steps.
+    fn logits(model: &Llama, k: Kernels, ids: &[u32]) -> Vec<Vec<f32>> {
+        let plan = MemoryPlan::new(&model.config, 16, 8).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(model, k, plan, &mut arena).unwrap();
+        let mut out = Vec::new();
+        s.forward_all(&ids[..8], &mut |_, l| out.push(l.to_vec()))
+            .unwrap();
+        for &id in &ids[8..12] {
+            out.push(s.forward(&[id]).unwrap().to_vec());
+        }
+        out
+    }
+
+    fn agree(bytes: &[u8], what: &str) {
+        let g = Gguf::parse(bytes).unwrap();
+        let model = Llama::from_gguf(&g).unwrap();
+        let v = model.config.vocab_size as u32;
+        let ids: Vec<u32> = (0..12u32).map(|i| (i * 7919 + 11) % v).collect();
+        let detected = Kernels::detect();
+        let a = logits(&model, Kernels::scalar(), &ids);
+        let b = logits(&model, detected, &ids);
+        for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+            let scale = x.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let max = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max <= 1e-4 * scale,
+                "{what}, {} kernels, token {t}: max |dlogit| {max} (scale {scale})",
+                detected.name
+            );
+        }
+    }
+
+    #[test]
+    fn detected_matches_scalar_end_to_end() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+        ] {
+            agree(&tiny(ty), ty.name());
+        }
+        if let Some(path) = std::env::var_os("EMBER_E2E_MODEL") {
+            let bytes = std::fs::read(&path).expect("EMBER_E2E_MODEL");
+            agree(&bytes, &path.to_string_lossy());
         }
     }
 }

@@ -14,6 +14,8 @@
 // Unsafe is for the architecture files alone (intrinsics); they opt in.
 #![deny(unsafe_code)]
 
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+mod aarch64_neon;
 #[cfg(all(feature = "dsp", target_arch = "arm"))]
 pub mod arm_dsp;
 pub mod scalar;
@@ -27,6 +29,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
+use crate::parallel::TokenRows;
 use crate::quant::{self, cast_slice, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 
 /// A matrix's rows, typed by storage format, borrowed from the weights file.
@@ -117,9 +120,23 @@ impl<'a> Matrix<'a> {
 /// Dot product of one weight row with an f32 vector of the same length.
 pub type DotFn<T> = fn(&[T], &[f32]) -> f32;
 
+/// `out[i] = W[i] · x` for `out.len()` consecutive rows of `w`, each as long
+/// as `x` (in elements: `x.len() / 32` blocks for the block formats). `w`
+/// holds at least that many rows.
+pub type MatvecFn<T> = fn(&[T], &[f32], &mut [f32]);
+
+/// `out[t * rows + r] = w[r] · x[t]` for f32 rows: `w` is (rows, cols), `x`
+/// is (n, cols), `out` is (n, rows), with `rows = w.len() / cols` and
+/// `n = x.len() / cols`.
+pub type GemmFn = fn(&[f32], &[f32], usize, &mut [f32]);
+
 /// `out[r] = W[r] · x` for Q8_0 rows against activations already quantized to
 /// Q8_0: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
 pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
+
+/// Weight rows a batched matmul dequantizes at once (a tile), reused for
+/// every token of the batch.
+pub const TILE_ROWS: usize = 16;
 
 /// The kernel table.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +148,14 @@ pub struct Kernels {
     pub dot_q8_0: DotFn<BlockQ8_0>,
     pub dot_q4_0: DotFn<BlockQ4_0>,
     pub dot_q4_1: DotFn<BlockQ4_1>,
+    /// Several rows at once (decode): the same sums as the dots, row by row.
+    pub mv_f32: MatvecFn<f32>,
+    pub mv_f16: MatvecFn<f16>,
+    pub mv_q8_0: MatvecFn<BlockQ8_0>,
+    pub mv_q4_0: MatvecFn<BlockQ4_0>,
+    pub mv_q4_1: MatvecFn<BlockQ4_1>,
+    /// f32 rows times several tokens (batched prefill over dequantized tiles).
+    pub gemm_f32: GemmFn,
     /// With `Some`, Q8_0 matrices multiply activations quantized to Q8_0
     /// blocks (ggml's arithmetic: an integer dot per block, then both scales)
     /// through this kernel; with `None` they dot the f32 activations.
@@ -147,6 +172,12 @@ impl Kernels {
             dot_q8_0: scalar::dot_q8_0,
             dot_q4_0: scalar::dot_q4_0,
             dot_q4_1: scalar::dot_q4_1,
+            mv_f32: scalar::mv_f32,
+            mv_f16: scalar::mv_f16,
+            mv_q8_0: scalar::mv_q8_0,
+            mv_q4_0: scalar::mv_q4_0,
+            mv_q4_1: scalar::mv_q4_1,
+            gemm_f32: scalar::gemm_f32,
             q8_0_q8_0: None,
         }
     }
@@ -169,31 +200,62 @@ impl Kernels {
         if let Some(k) = x86_avx2::table() {
             return k;
         }
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        if let Some(k) = aarch64_neon::table() {
+            return k;
+        }
         #[cfg(all(feature = "dsp", target_arch = "arm"))]
         return arm_dsp::table();
         #[allow(unreachable_code)]
         Self::scalar()
     }
 
+    /// The x86_64 AVX2 + FMA + F16C set, if this build and CPU run it.
+    pub fn avx2() -> Option<Kernels> {
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        return x86_avx2::table();
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// The AArch64 NEON set, if this build and CPU run it.
+    pub fn neon() -> Option<Kernels> {
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        return aarch64_neon::table();
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// Floats of per-worker scratch that [`Kernels::matmul_part`] needs for
+    /// matrices up to `cols` long and batches up to `n` tokens.
+    pub const fn scratch_len(cols: usize, n: usize) -> usize {
+        if n <= 1 {
+            cols
+        } else {
+            TILE_ROWS * cols + TILE_ROWS * n
+        }
+    }
+
     /// `out[t][r] = W[r] · x[t]` for `n` tokens: `x` is (n, cols), `out` is (n, rows).
     ///
-    /// One token (decode) dots each stored row with `x` directly. Several
-    /// tokens (prefill) dequantize each row once into `row` (at least `cols`
-    /// floats) and reuse it for every token, so the unpacking is paid once per
-    /// weight and the inner loop is the f32 dot.
+    /// One token (decode) multiplies the stored rows with `x` directly,
+    /// several at a time. Several tokens (prefill) dequantize a tile of
+    /// [`TILE_ROWS`] rows once into `scratch` and multiply it with every
+    /// token, so the unpacking is paid once per weight and the inner loop is
+    /// an f32 matrix product. `scratch` holds [`Kernels::scratch_len`] floats.
     pub fn matmul(
         &self,
         w: &Matrix,
         x: &[f32],
         n: usize,
         out: &mut [f32],
-        row: &mut [f32],
+        scratch: &mut [f32],
     ) -> Result<()> {
-        self.matmul_rows(w, x, n, out, row, 0, w.rows)
+        self.matmul_rows(w, x, n, out, scratch, 0, w.rows)
     }
 
     /// [`Kernels::matmul`] restricted to rows `r0..r1`; `out` still has the full
-    /// (n, rows) layout. Lets a runner split rows across threads.
+    /// (n, rows) layout.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_rows(
         &self,
@@ -201,41 +263,69 @@ impl Kernels {
         x: &[f32],
         n: usize,
         out: &mut [f32],
-        row: &mut [f32],
+        scratch: &mut [f32],
         r0: usize,
         r1: usize,
     ) -> Result<()> {
-        let (rows, cols) = (w.rows, w.cols);
-        let too_big = |found: usize| Error::BufferTooSmall {
+        let found = out.len() as u64;
+        if r0 > r1 || r1 > w.rows {
+            return Err(Error::LengthMismatch {
+                expected: w.rows as u64,
+                found: r1 as u64,
+            });
+        }
+        let need = n.checked_mul(w.rows).ok_or(Error::BufferTooSmall {
             needed: u64::MAX,
-            found: found as u64,
-        };
-        let need_x = n.checked_mul(cols).ok_or(too_big(x.len()))?;
-        let need_o = n.checked_mul(rows).ok_or(too_big(out.len()))?;
+            found,
+        })?;
+        let mut part = TokenRows::new(out, n, w.rows, r0, r1).ok_or(Error::BufferTooSmall {
+            needed: need as u64,
+            found,
+        })?;
+        self.matmul_part(w, x, &mut part, scratch)
+    }
+
+    /// The matmul for one worker's rows (`part`: rows `r0..r1` of every token).
+    pub fn matmul_part(
+        &self,
+        w: &Matrix,
+        x: &[f32],
+        part: &mut TokenRows<'_>,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let (rows, cols) = (w.rows, w.cols);
+        let n = part.tokens();
+        let (r0, r1) = part.range();
+        let need_x = n.checked_mul(cols).ok_or(Error::BufferTooSmall {
+            needed: u64::MAX,
+            found: x.len() as u64,
+        })?;
         if x.len() < need_x {
             return Err(Error::BufferTooSmall {
                 needed: need_x as u64,
                 found: x.len() as u64,
             });
         }
-        if out.len() < need_o {
-            return Err(Error::BufferTooSmall {
-                needed: need_o as u64,
-                found: out.len() as u64,
-            });
-        }
-        if r0 > r1 || r1 > rows {
+        if r1 > rows || r0 > r1 {
             return Err(Error::LengthMismatch {
                 expected: rows as u64,
                 found: r1 as u64,
             });
         }
+        if r0 == r1 || n == 0 {
+            return Ok(());
+        }
+        let have = scratch.len() as u64;
+        let small = |needed: usize| Error::BufferTooSmall {
+            needed: needed as u64,
+            found: have,
+        };
+        let nb = cols / quant::QK;
         if let (Some(matvec), RowData::Q8_0(d)) = (self.q8_0_q8_0, w.data) {
-            // Each token's activations are quantized once into the row scratch
+            // Each token's activations are quantized once into the scratch
             // (34 bytes per 32 floats, so `cols` floats hold them).
-            let nb = cols / quant::QK;
             let need = nb * core::mem::size_of::<BlockQ8_0>();
-            let bytes = quant::as_bytes_mut(row);
+            let bytes = quant::as_bytes_mut(scratch);
             let found = bytes.len() as u64;
             let xq: &mut [BlockQ8_0] =
                 quant::cast_slice_mut(bytes.get_mut(..need).ok_or(Error::BufferTooSmall {
@@ -244,92 +334,52 @@ impl Kernels {
                 })?)?;
             for t in 0..n {
                 quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], xq);
-                matvec(
-                    &d[r0 * nb..r1 * nb],
-                    xq,
-                    &mut out[t * rows + r0..t * rows + r1],
-                );
+                matvec(&d[r0 * nb..r1 * nb], xq, part.token(t));
             }
             return Ok(());
         }
-        if n > 1 && !matches!(w.data, RowData::F32(_)) {
-            if row.len() < cols {
-                return Err(Error::BufferTooSmall {
-                    needed: cols as u64,
-                    found: row.len() as u64,
-                });
+        if n == 1 {
+            let x = &x[..cols];
+            let o = part.token(0);
+            match w.data {
+                RowData::F32(d) => (self.mv_f32)(&d[r0 * cols..r1 * cols], x, o),
+                RowData::F16(d) => (self.mv_f16)(&d[r0 * cols..r1 * cols], x, o),
+                RowData::Q8_0(d) => (self.mv_q8_0)(&d[r0 * nb..r1 * nb], x, o),
+                RowData::Q4_0(d) => (self.mv_q4_0)(&d[r0 * nb..r1 * nb], x, o),
+                RowData::Q4_1(d) => (self.mv_q4_1)(&d[r0 * nb..r1 * nb], x, o),
             }
-            let row = &mut row[..cols];
-            for r in r0..r1 {
-                w.dequantize_row(r, row)?;
-                for t in 0..n {
-                    out[t * rows + r] = (self.dot_f32)(row, &x[t * cols..(t + 1) * cols]);
+            return Ok(());
+        }
+        // Batched: tiles of rows, each dequantized once (f32 rows are used in
+        // place), times every token; the tile's (n, tile) result is then
+        // copied into the tokens' rows.
+        let x = &x[..need_x];
+        let tile_out = TILE_ROWS * n;
+        let mut a = r0;
+        while a < r1 {
+            let b = (a + TILE_ROWS).min(r1);
+            let tr = b - a;
+            let (tw, to) = if let RowData::F32(d) = w.data {
+                let to = scratch.get_mut(..tile_out).ok_or(small(tile_out))?;
+                (&d[a * cols..b * cols], to)
+            } else {
+                let need = TILE_ROWS * cols + tile_out;
+                let (tw, to) = scratch
+                    .get_mut(..need)
+                    .ok_or(small(need))?
+                    .split_at_mut(TILE_ROWS * cols);
+                for (i, r) in (a..b).enumerate() {
+                    w.dequantize_row(r, &mut tw[i * cols..(i + 1) * cols])?;
                 }
+                (&tw[..tr * cols], to)
+            };
+            let to = &mut to[..n * tr];
+            (self.gemm_f32)(tw, x, cols, to);
+            for t in 0..n {
+                part.token(t)[a - r0..b - r0].copy_from_slice(&to[t * tr..(t + 1) * tr]);
             }
-            return Ok(());
-        }
-        match w.data {
-            RowData::F32(d) => mm(d, cols, self.dot_f32, x, n, rows, cols, out, r0, r1),
-            RowData::F16(d) => mm(d, cols, self.dot_f16, x, n, rows, cols, out, r0, r1),
-            RowData::Q8_0(d) => mm(
-                d,
-                cols / quant::QK,
-                self.dot_q8_0,
-                x,
-                n,
-                rows,
-                cols,
-                out,
-                r0,
-                r1,
-            ),
-            RowData::Q4_0(d) => mm(
-                d,
-                cols / quant::QK,
-                self.dot_q4_0,
-                x,
-                n,
-                rows,
-                cols,
-                out,
-                r0,
-                r1,
-            ),
-            RowData::Q4_1(d) => mm(
-                d,
-                cols / quant::QK,
-                self.dot_q4_1,
-                x,
-                n,
-                rows,
-                cols,
-                out,
-                r0,
-                r1,
-            ),
+            a = b;
         }
         Ok(())
-    }
-}
-
-/// The matmul loop for one storage type; `per_row` elements of `T` make a row.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn mm<T>(
-    w: &[T],
-    per_row: usize,
-    dot: DotFn<T>,
-    x: &[f32],
-    n: usize,
-    rows: usize,
-    cols: usize,
-    out: &mut [f32],
-    r0: usize,
-    r1: usize,
-) {
-    for (r, row) in w.chunks_exact(per_row).enumerate().take(r1).skip(r0) {
-        for t in 0..n {
-            out[t * rows + r] = dot(row, &x[t * cols..(t + 1) * cols]);
-        }
     }
 }

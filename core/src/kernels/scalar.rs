@@ -12,6 +12,7 @@
 
 use half::f16;
 
+use super::DotFn;
 use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{q8_0, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
@@ -127,5 +128,53 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
     }
     for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
         *o = q8_0::vec_dot_q8_0_q8_0(row, x);
+    }
+}
+
+/// One dot per row: `out[i] = w[i] · x`, rows `per_row` elements of `w` long.
+#[inline(always)]
+fn rows<T>(w: &[T], per_row: usize, x: &[f32], out: &mut [f32], dot: DotFn<T>) {
+    if per_row == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(per_row)) {
+        *o = dot(row, x);
+    }
+}
+
+pub fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len(), x, out, dot_f32)
+}
+
+pub fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len(), x, out, dot_f16)
+}
+
+pub fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q8_0)
+}
+
+pub fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q4_0)
+}
+
+pub fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q4_1)
+}
+
+/// `out[t * rows + r] = w[r] · x[t]`, one [`dot_f32`] each.
+pub fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rows = w.len() / cols;
+    for (t, xt) in x.chunks_exact(cols).enumerate() {
+        for (r, wr) in w.chunks_exact(cols).enumerate() {
+            if let Some(o) = out.get_mut(t * rows + r) {
+                *o = dot_f32(wr, xt);
+            }
+        }
     }
 }

@@ -31,6 +31,12 @@ pub fn table() -> Option<Kernels> {
         dot_q8_0,
         dot_q4_0,
         dot_q4_1,
+        mv_f32,
+        mv_f16,
+        mv_q8_0,
+        mv_q4_0,
+        mv_q4_1,
+        gemm_f32,
         q8_0_q8_0: None,
     })
 }
@@ -71,6 +77,42 @@ fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
 fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
     // SAFETY: as above.
     unsafe { imp::dot_q4_1(w, x) }
+}
+
+fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let need = x.len() * out.len();
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_f32(&w[..need], x, out) }
+}
+fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
+    let need = x.len() * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_f16(&w[..need], x, out) }
+}
+fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
+    let need = x.len() / QK * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_q8_0(&w[..need], x, out) }
+}
+fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
+    let need = x.len() / QK * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_0(&w[..need], x, out) }
+}
+fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
+    let need = x.len() / QK * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_1(&w[..need], x, out) }
+}
+fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (rows, n) = (w.len() / cols, x.len() / cols);
+    let need = rows * n;
+    // SAFETY: as above; `out` holds (n, rows) (sliced here).
+    unsafe { imp::gemm_f32(&w[..rows * cols], &x[..n * cols], cols, &mut out[..need]) }
 }
 
 mod imp {
@@ -204,6 +246,342 @@ mod imp {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(b.m()), sx, acc);
         }
         hsum(acc)
+    }
+
+    /// The f16 scale at `d` broadcast to eight lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn scale8(d: [u8; 2]) -> __m256 {
+        _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(d)))
+    }
+
+    /// Eight i8 at `p` widened to f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn i8x8(p: &[i8]) -> __m256 {
+        assert!(p.len() >= 8);
+        // SAFETY: eight readable bytes at `p` (checked); loadl is unaligned.
+        let q = unsafe { _mm_loadl_epi64(p.as_ptr().cast()) };
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
+    }
+
+    /// Bytes `k*8..k*8+8` of a Q4 block widened to i32 (both nibbles).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn u8x8(qs: &[u8; 16], k: usize) -> __m256i {
+        assert!(k < 2);
+        // SAFETY: bytes 8k..8k+8 of 16 are readable (k < 2); loadl is unaligned.
+        let q = unsafe { _mm_loadl_epi64(qs.as_ptr().add(8 * k).cast()) };
+        _mm256_cvtepu8_epi32(q)
+    }
+
+    /// Rows of `w` (each `x.len()` long) times `x`, four rows per pass so each
+    /// load of `x` serves four rows; `load(row, i)` gives row elements
+    /// `8i..8i+8` as f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn mv_plain<T>(w: &[T], x: &[f32], out: &mut [f32], load: impl Fn(&[T], usize) -> __m256) {
+        let cols = x.len();
+        let x8 = x.as_chunks::<8>().0;
+        let rows = out.len();
+        if cols == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let row = |r: usize| &w[r * cols..(r + 1) * cols];
+        let mut r = 0;
+        while r + 4 <= rows {
+            let (w0, w1, w2, w3) = (row(r), row(r + 1), row(r + 2), row(r + 3));
+            let mut a = [_mm256_setzero_ps(); 8];
+            let mut i = 0;
+            while i + 2 <= x8.len() {
+                let (xa, xb) = (load8(&x8[i]), load8(&x8[i + 1]));
+                a[0] = _mm256_fmadd_ps(load(w0, i), xa, a[0]);
+                a[1] = _mm256_fmadd_ps(load(w1, i), xa, a[1]);
+                a[2] = _mm256_fmadd_ps(load(w2, i), xa, a[2]);
+                a[3] = _mm256_fmadd_ps(load(w3, i), xa, a[3]);
+                a[4] = _mm256_fmadd_ps(load(w0, i + 1), xb, a[4]);
+                a[5] = _mm256_fmadd_ps(load(w1, i + 1), xb, a[5]);
+                a[6] = _mm256_fmadd_ps(load(w2, i + 1), xb, a[6]);
+                a[7] = _mm256_fmadd_ps(load(w3, i + 1), xb, a[7]);
+                i += 2;
+            }
+            if i < x8.len() {
+                let xa = load8(&x8[i]);
+                a[0] = _mm256_fmadd_ps(load(w0, i), xa, a[0]);
+                a[1] = _mm256_fmadd_ps(load(w1, i), xa, a[1]);
+                a[2] = _mm256_fmadd_ps(load(w2, i), xa, a[2]);
+                a[3] = _mm256_fmadd_ps(load(w3, i), xa, a[3]);
+            }
+            for k in 0..4 {
+                out[r + k] = hsum(_mm256_add_ps(a[k], a[k + 4]));
+            }
+            r += 4;
+        }
+        while r < rows {
+            let wr = row(r);
+            let mut a = _mm256_setzero_ps();
+            for (i, xv) in x8.iter().enumerate() {
+                a = _mm256_fmadd_ps(load(wr, i), load8(xv), a);
+            }
+            out[r] = hsum(a);
+            r += 1;
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+        let cols = x.len();
+        let body = cols / 8 * 8;
+        mv_plain(w, x, out, |wr, i| {
+            load8(wr[8 * i..8 * i + 8].try_into().unwrap())
+        });
+        if body < cols {
+            for (r, o) in out.iter_mut().enumerate() {
+                let wr = &w[r * cols..(r + 1) * cols];
+                *o += wr[body..]
+                    .iter()
+                    .zip(&x[body..])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>();
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
+        let cols = x.len();
+        let body = cols / 8 * 8;
+        mv_plain(w, x, out, |wr, i| {
+            let h = &wr[8 * i..8 * i + 8];
+            // SAFETY: eight halves (16 bytes) readable at `h`; loadu is unaligned.
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
+        });
+        if body < cols {
+            for (r, o) in out.iter_mut().enumerate() {
+                let wr = &w[r * cols..(r + 1) * cols];
+                *o += wr[body..]
+                    .iter()
+                    .zip(&x[body..])
+                    .map(|(a, b)| a.to_f32() * b)
+                    .sum::<f32>();
+            }
+        }
+    }
+
+    /// Block rows times `x`, four rows per pass; `block(b, xs)` returns the
+    /// block's unscaled partial sums (eight lanes) against the 32 floats
+    /// `xs` (four vectors), `scale(b)` its scale, `extra(b, xsum)` what it
+    /// adds beyond `scale * sums` given the sum of `xs` (Q4_1's minimum).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn mv_blocks<B>(
+        w: &[B],
+        x: &[f32],
+        out: &mut [f32],
+        block: impl Fn(&B, &[__m256; 4]) -> __m256,
+        scale: impl Fn(&B) -> __m256,
+        min: Option<fn(&B) -> __m256>,
+    ) {
+        let nb = x.len() / QK;
+        if nb == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let xs = x.as_chunks::<8>().0;
+        let xv = |b: usize| -> [__m256; 4] {
+            [
+                load8(&xs[4 * b]),
+                load8(&xs[4 * b + 1]),
+                load8(&xs[4 * b + 2]),
+                load8(&xs[4 * b + 3]),
+            ]
+        };
+        // One row at a time (several interleaved rows read as slowly as
+        // separate streams), two blocks per step into two accumulators.
+        for (r, o) in out.iter_mut().enumerate() {
+            let wr = &w[r * nb..(r + 1) * nb];
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            let step = |blk: &B, xb: &[__m256; 4], a: __m256| -> __m256 {
+                let a = _mm256_fmadd_ps(scale(blk), block(blk, xb), a);
+                match min {
+                    Some(m) => {
+                        let sx =
+                            _mm256_add_ps(_mm256_add_ps(xb[0], xb[1]), _mm256_add_ps(xb[2], xb[3]));
+                        _mm256_fmadd_ps(m(blk), sx, a)
+                    }
+                    None => a,
+                }
+            };
+            let mut b = 0;
+            while b + 2 <= nb {
+                a0 = step(&wr[b], &xv(b), a0);
+                a1 = step(&wr[b + 1], &xv(b + 1), a1);
+                b += 2;
+            }
+            if b < nb {
+                a0 = step(&wr[b], &xv(b), a0);
+            }
+            *o = hsum(_mm256_add_ps(a0, a1));
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
+        mv_blocks(
+            w,
+            x,
+            out,
+            |b, x| {
+                // Two chains of two, so the four products overlap.
+                let s0 = _mm256_mul_ps(i8x8(&b.qs[0..8]), x[0]);
+                let s1 = _mm256_mul_ps(i8x8(&b.qs[8..16]), x[1]);
+                let s0 = _mm256_fmadd_ps(i8x8(&b.qs[16..24]), x[2], s0);
+                let s1 = _mm256_fmadd_ps(i8x8(&b.qs[24..32]), x[3], s1);
+                _mm256_add_ps(s0, s1)
+            },
+            |b| scale8(b.d),
+            None,
+        )
+    }
+
+    /// Q4 block sums with nibbles shifted by `off` (8 for Q4_0, 0 for Q4_1).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn q4_block(qs: &[u8; 16], x: &[__m256; 4], off: __m256i) -> __m256 {
+        let m = _mm256_set1_epi32(0x0f);
+        let (v0, v1) = (u8x8(qs, 0), u8x8(qs, 1));
+        // Low nibbles are elements 0..16, high nibbles 16..32.
+        let e0 = _mm256_sub_epi32(_mm256_and_si256(v0, m), off);
+        let e1 = _mm256_sub_epi32(_mm256_and_si256(v1, m), off);
+        let e2 = _mm256_sub_epi32(_mm256_srli_epi32::<4>(v0), off);
+        let e3 = _mm256_sub_epi32(_mm256_srli_epi32::<4>(v1), off);
+        let s0 = _mm256_mul_ps(_mm256_cvtepi32_ps(e0), x[0]);
+        let s1 = _mm256_mul_ps(_mm256_cvtepi32_ps(e1), x[1]);
+        let s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e2), x[2], s0);
+        let s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e3), x[3], s1);
+        _mm256_add_ps(s0, s1)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
+        let eight = _mm256_set1_epi32(8);
+        mv_blocks(
+            w,
+            x,
+            out,
+            |b, x| q4_block(&b.qs, x, eight),
+            |b| scale8(b.d),
+            None,
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
+        let zero = _mm256_setzero_si256();
+        fn min(b: &BlockQ4_1) -> __m256 {
+            // SAFETY: reached only from `mv_q4_1`, whose caller checked F16C.
+            unsafe { scale8_any(b.m) }
+        }
+        mv_blocks(
+            w,
+            x,
+            out,
+            |b, x| q4_block(&b.qs, x, zero),
+            |b| scale8(b.d),
+            Some(min),
+        )
+    }
+
+    /// [`scale8`] callable through a plain `fn` pointer.
+    ///
+    /// # Safety
+    /// The CPU must support F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale8_any(d: [u8; 2]) -> __m256 {
+        scale8(d)
+    }
+
+    /// A register tile: rows `R` of `w` times tokens `T` of `x`, all `cols`
+    /// long, into `out[t * ld + r]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn tile<const R: usize, const T: usize>(
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        out: &mut [f32],
+        ld: usize,
+    ) {
+        let body = cols / 8;
+        let wr: [&[f32]; R] = core::array::from_fn(|r| &w[r * cols..(r + 1) * cols]);
+        let xt: [&[f32]; T] = core::array::from_fn(|t| &x[t * cols..(t + 1) * cols]);
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        for i in 0..body {
+            let xv: [__m256; T] =
+                core::array::from_fn(|t| load8(xt[t][8 * i..8 * i + 8].try_into().unwrap()));
+            for r in 0..R {
+                let wv = load8(wr[r][8 * i..8 * i + 8].try_into().unwrap());
+                for t in 0..T {
+                    acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let tail: f32 = wr[r][body * 8..]
+                    .iter()
+                    .zip(&xt[t][body * 8..])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                out[t * ld + r] = hsum(acc[r][t]) + tail;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        let (rows, n) = (w.len() / cols, x.len() / cols);
+        let mut t = 0;
+        while t < n {
+            let tn = (n - t).min(3);
+            let xs = &x[t * cols..(t + tn) * cols];
+            let mut r = 0;
+            while r < rows {
+                let rn = (rows - r).min(4);
+                let ws = &w[r * cols..(r + rn) * cols];
+                let o = &mut out[t * rows + r..];
+                match (rn, tn) {
+                    (4, 3) => tile::<4, 3>(ws, xs, cols, o, rows),
+                    (4, 2) => tile::<4, 2>(ws, xs, cols, o, rows),
+                    (4, 1) => tile::<4, 1>(ws, xs, cols, o, rows),
+                    (3, 3) => tile::<3, 3>(ws, xs, cols, o, rows),
+                    (3, 2) => tile::<3, 2>(ws, xs, cols, o, rows),
+                    (3, 1) => tile::<3, 1>(ws, xs, cols, o, rows),
+                    (2, 3) => tile::<2, 3>(ws, xs, cols, o, rows),
+                    (2, 2) => tile::<2, 2>(ws, xs, cols, o, rows),
+                    (2, 1) => tile::<2, 1>(ws, xs, cols, o, rows),
+                    (1, 3) => tile::<1, 3>(ws, xs, cols, o, rows),
+                    (1, 2) => tile::<1, 2>(ws, xs, cols, o, rows),
+                    _ => tile::<1, 1>(ws, xs, cols, o, rows),
+                }
+                r += rn;
+            }
+            t += tn;
+        }
     }
 }
 

@@ -16,8 +16,11 @@ use crate::attention::{attend_head, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::Kernels;
+use crate::kernels::Matrix;
 use crate::kv_cache::KvCache;
 use crate::model::{Config, MemoryPlan, ScratchSizes, Weights};
+use crate::parallel::{self, Parallel, Serial};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A loaded model: config plus weights borrowed from the file bytes.
 #[derive(Debug, Clone)]
@@ -69,7 +72,10 @@ pub struct Session<'s, 'w> {
     plan: MemoryPlan,
     kv: KvCache<'s>,
     s: Scratch<'s>,
+    par: &'s dyn Parallel,
 }
+
+static SERIAL: Serial = Serial;
 
 impl core::fmt::Debug for Session<'_, '_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -92,15 +98,15 @@ impl<'s, 'w> Session<'s, 'w> {
     ) -> Result<Self> {
         let c = &model.config;
         // Re-derive the plan so a plan made for another config cannot under-size buffers.
-        let check = MemoryPlan::with_kv(c, plan.kv, plan.max_batch)?;
+        let check = MemoryPlan::with_threads(c, plan.kv, plan.max_batch, plan.threads)?;
         if arena.len() < check.f32_len() {
             return Err(Error::BufferTooSmall {
                 needed: check.f32_len() as u64,
                 found: arena.len() as u64,
             });
         }
-        let sizes =
-            ScratchSizes::new(c, check.kv.capacity, check.max_batch).ok_or(Error::BatchZero)?;
+        let sizes = ScratchSizes::new(c, check.kv.capacity, check.max_batch, check.threads)
+            .ok_or(Error::BatchZero)?;
         let mut rest = arena;
         let k = carve(&mut rest, check.kv_len);
         let v = carve(&mut rest, check.kv_len);
@@ -133,7 +139,24 @@ impl<'s, 'w> Session<'s, 'w> {
             plan: check,
             kv,
             s,
+            par: &SERIAL,
         })
+    }
+
+    /// Splits each step over `par`'s workers from now on; the plan must have
+    /// room for them ([`MemoryPlan::with_threads`]). Results do not depend
+    /// on the number of workers.
+    pub fn set_parallel(&mut self, par: &'s dyn Parallel) -> Result<()> {
+        let w = par.workers();
+        if w == 0 || w > self.plan.threads {
+            return Err(Error::CapExceeded {
+                what: crate::error::Cap::Threads,
+                found: w as u64,
+                cap: self.plan.threads as u64,
+            });
+        }
+        self.par = par;
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -288,7 +311,14 @@ impl<'s, 'w> Session<'s, 'w> {
         let p0 = self.kv.pos();
         let (dim, qd, kvd, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
         let group = c.n_heads / c.n_kv_heads;
+        let par = self.par;
+        let threads = self.plan.threads.max(1);
         let s = &mut self.s;
+        let per_worker = s.row.len() / threads;
+        let per_scores = s.scores.len() / threads;
+        let mm = |w: &Matrix, x: &[f32], n: usize, out: &mut [f32], row: &mut [f32]| {
+            matmul(par, kern, w, x, n, out, row, per_worker)
+        };
 
         // Embedding rows.
         for (t, &tok) in tokens.iter().enumerate() {
@@ -318,9 +348,9 @@ impl<'s, 'w> Session<'s, 'w> {
             }
 
             // Q, K, V projections for the whole chunk.
-            kern.matmul(&lw.attn_q, s.xb, n, s.q, s.row)?;
-            kern.matmul(&lw.attn_k, s.xb, n, s.k, s.row)?;
-            kern.matmul(&lw.attn_v, s.xb, n, s.v, s.row)?;
+            mm(&lw.attn_q, s.xb, n, s.q, s.row)?;
+            mm(&lw.attn_k, s.xb, n, s.k, s.row)?;
+            mm(&lw.attn_v, s.xb, n, s.v, s.row)?;
 
             // Rotate queries and keys at their absolute positions, then append
             // K and V to the cache. Past the first eviction a query is also
@@ -347,48 +377,52 @@ impl<'s, 'w> Session<'s, 'w> {
 
             // Grouped-query causal attention: token t sees the slots that hold
             // the sinks and the latest tokens up to itself; query head h reads
-            // KV head h / group.
-            let (keys, values) = self.kv.layer(l)?;
-            for t in 0..n {
+            // KV head h / group. Past the first eviction a chunk is one token,
+            // whose query is also rotated at its in-cache position for the sinks.
+            if self.kv.sinks_for(p0) > 0 {
+                rope_table(
+                    s.rope_sink,
+                    self.kv.query_cache_pos(p0),
+                    c.rope_base,
+                    c.rope_dim,
+                );
+                for h in s.q_sink.chunks_exact_mut(hd) {
+                    rope(h, s.rope_sink);
+                }
+            }
+            let kv = &self.kv;
+            let (keys, values) = kv.layer(l)?;
+            let (q, q_sink) = (&*s.q, &*s.q_sink);
+            let n_heads = c.n_heads;
+            let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
+                let (t, h) = (task / n_heads, task % n_heads);
                 let pos = p0 + t;
-                let n_vis = self.kv.visible(pos);
-                let sinks = self.kv.sinks_for(pos);
-                if sinks > 0 {
-                    // Chunks past the capacity hold one token, so q_sink is this token's.
-                    rope_table(
-                        s.rope_sink,
-                        self.kv.query_cache_pos(pos),
-                        c.rope_base,
-                        c.rope_dim,
-                    );
-                    for h in s.q_sink.chunks_exact_mut(hd) {
-                        rope(h, s.rope_sink);
-                    }
-                }
-                for h in 0..c.n_heads {
-                    let q = &s.q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                    let q_sink = &s.q_sink[h * hd..(h + 1) * hd];
-                    let out = &mut s.att[t * qd + h * hd..t * qd + (h + 1) * hd];
-                    attend_head(
-                        q,
-                        q_sink,
-                        sinks,
-                        keys,
-                        values,
-                        n_vis,
-                        HeadView {
-                            row: kvd,
-                            offset: (h / group) * hd,
-                        },
-                        s.scores,
-                        out,
-                        kern,
-                    );
-                }
+                attend_head(
+                    &q[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    &q_sink[h * hd..(h + 1) * hd],
+                    kv.sinks_for(pos),
+                    keys,
+                    values,
+                    kv.visible(pos),
+                    HeadView {
+                        row: kvd,
+                        offset: (h / group) * hd,
+                    },
+                    scores,
+                    out,
+                    kern,
+                );
+            };
+            let att = &mut s.att[..n * qd];
+            if !parallel::for_tasks(par, n * n_heads, att, hd, s.scores, per_scores, &heads) {
+                return Err(Error::BufferTooSmall {
+                    needed: (threads * per_scores) as u64,
+                    found: s.scores.len() as u64,
+                });
             }
 
             // Output projection and residual.
-            kern.matmul(&lw.attn_output, s.att, n, s.xb, s.row)?;
+            mm(&lw.attn_output, s.att, n, s.xb, s.row)?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
             // FFN RMSNorm, SwiGLU, down projection and residual.
@@ -400,12 +434,12 @@ impl<'s, 'w> Session<'s, 'w> {
                     c.rms_eps,
                 );
             }
-            kern.matmul(&lw.ffn_gate, s.xb, n, s.hb, s.row)?;
-            kern.matmul(&lw.ffn_up, s.xb, n, s.hb2, s.row)?;
+            mm(&lw.ffn_gate, s.xb, n, s.hb, s.row)?;
+            mm(&lw.ffn_up, s.xb, n, s.hb2, s.row)?;
             for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
                 *g = silu(*g) * u;
             }
-            kern.matmul(&lw.ffn_down, s.hb, n, s.xb, s.row)?;
+            mm(&lw.ffn_down, s.hb, n, s.xb, s.row)?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
         self.kv.advance(n);
@@ -423,11 +457,38 @@ impl<'s, 'w> Session<'s, 'w> {
                 w.output_norm,
                 c.rms_eps,
             );
-            kern.matmul(&w.output, &s.xb[..dim], 1, s.logits, s.row)?;
+            mm(&w.output, &s.xb[..dim], 1, s.logits, s.row)?;
             emit(t, s.logits);
         }
         Ok(())
     }
+}
+
+/// `out = W x` for `n` tokens with the rows split over the workers, each
+/// using its `per_worker` floats of `scratch`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    par: &dyn Parallel,
+    kern: &Kernels,
+    w: &Matrix,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    per_worker: usize,
+) -> Result<()> {
+    let failed = AtomicBool::new(false);
+    let ran = parallel::for_rows(par, out, n, w.rows, 16, scratch, per_worker, &|part, s| {
+        if kern.matmul_part(w, x, part, s).is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+    });
+    if !ran || failed.load(Ordering::Relaxed) {
+        // Said again on one thread, which reports what is wrong.
+        let s = scratch.get_mut(..per_worker).unwrap_or(&mut []);
+        return kern.matmul(w, x, n, out, s);
+    }
+    Ok(())
 }
 
 /// A caller's per-token logits callback: `(index in the input, logits)`.

@@ -11,12 +11,15 @@ pub use llama::{Llama, Session};
 pub use weights::{LayerWeights, Weights};
 
 use crate::error::{Cap, Error, Result};
+use crate::kernels::Kernels;
 use crate::kv_cache::{KvCache, KvOptions};
 
 /// Largest KV capacity a plan accepts (positions).
 pub const MAX_KV_CAPACITY: usize = 1 << 24;
 /// Largest batch (tokens per forward call) a plan accepts.
 pub const MAX_BATCH: usize = 1 << 16;
+/// Most workers a plan makes room for.
+pub const MAX_THREADS: usize = 1024;
 
 /// Every run-time buffer a session needs, computed before anything runs.
 ///
@@ -30,6 +33,8 @@ pub struct MemoryPlan {
     pub kv: KvOptions,
     /// Tokens processed per forward chunk (prefill splits longer inputs).
     pub max_batch: usize,
+    /// Workers that may split a forward step (each has its own scratch).
+    pub threads: usize,
     /// f32 elements (4-byte words) of K (and of V), whatever the element type.
     pub kv_len: usize,
     /// f32 elements of scratch.
@@ -46,16 +51,24 @@ pub(crate) struct ScratchSizes {
     pub att: usize,       // (batch, q_dim) attention output
     pub hb: usize,        // (batch, ffn_dim) gate
     pub hb2: usize,       // (batch, ffn_dim) up
-    pub scores: usize,    // (kv_capacity)
+    pub scores: usize,    // (threads, kv_capacity) one per worker
     pub rope: usize,      // (batch, rope_dim) cos/sin pairs
     pub q_sink: usize,    // (q_dim) a query rotated at its in-cache position
     pub rope_sink: usize, // (rope_dim)
     pub logits: usize,    // (vocab)
-    pub row: usize,       // (max(dim, q_dim, ffn_dim)) one dequantized weight row
+    pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
 }
 
 impl ScratchSizes {
-    pub(crate) fn new(c: &Config, kv_capacity: usize, b: usize) -> Option<ScratchSizes> {
+    pub(crate) fn new(
+        c: &Config,
+        kv_capacity: usize,
+        b: usize,
+        threads: usize,
+    ) -> Option<ScratchSizes> {
+        let cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
+        let per_worker = Kernels::scratch_len(cols, b);
+        per_worker.checked_mul(b.max(1))?;
         Some(ScratchSizes {
             x: b.checked_mul(c.dim)?,
             xb: b.checked_mul(c.dim)?,
@@ -65,12 +78,12 @@ impl ScratchSizes {
             att: b.checked_mul(c.q_dim())?,
             hb: b.checked_mul(c.ffn_dim)?,
             hb2: b.checked_mul(c.ffn_dim)?,
-            scores: kv_capacity,
+            scores: threads.checked_mul(kv_capacity)?,
             rope: b.checked_mul(c.rope_dim)?,
             q_sink: c.q_dim(),
             rope_sink: c.rope_dim,
             logits: c.vocab_size,
-            row: c.dim.max(c.q_dim()).max(c.ffn_dim),
+            row: threads.checked_mul(per_worker)?,
         })
     }
 
@@ -106,6 +119,25 @@ impl MemoryPlan {
     /// The memory a session needs with the KV cache `kv` (streaming or dense,
     /// any element type).
     pub fn with_kv(config: &Config, kv: KvOptions, max_batch: usize) -> Result<MemoryPlan> {
+        Self::with_threads(config, kv, max_batch, 1)
+    }
+
+    /// The memory a session needs when up to `threads` workers split each
+    /// step (see [`crate::parallel`]): each has its own matmul and attention
+    /// scratch.
+    pub fn with_threads(
+        config: &Config,
+        kv: KvOptions,
+        max_batch: usize,
+        threads: usize,
+    ) -> Result<MemoryPlan> {
+        if threads == 0 || threads > MAX_THREADS {
+            return Err(Error::CapExceeded {
+                what: Cap::Threads,
+                found: threads as u64,
+                cap: MAX_THREADS as u64,
+            });
+        }
         let kv_capacity = kv.capacity;
         if kv_capacity == 0 {
             return Err(Error::KvCapacityZero);
@@ -143,7 +175,7 @@ impl MemoryPlan {
         };
         let kv_bytes = KvCache::bytes(&kv, config.n_layers, config.kv_dim()).ok_or(overflow)?;
         let kv_len = kv_bytes.div_ceil(4);
-        let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch)
+        let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch, threads)
             .and_then(|s| s.total())
             .ok_or(overflow)?;
         // The arena must be addressable in bytes too.
@@ -155,6 +187,7 @@ impl MemoryPlan {
         Ok(MemoryPlan {
             kv,
             max_batch,
+            threads,
             kv_len,
             scratch_len,
         })

@@ -1,0 +1,384 @@
+//! AArch64 NEON twins of the scalar kernels (f32 activations).
+//!
+//! Quants are widened to f32 in registers (`sxtl`/`uxtl`, `scvtf`/`ucvtf`,
+//! and `fcvtl` for halves) and multiplied with the activations by `fmla`,
+//! four lanes at a time with several accumulators. Results differ from the
+//! scalar reference only by FMA rounding and summation order;
+//! `conformance.rs` holds them together. CI runs the tests on this file
+//! through `qemu-aarch64` user mode.
+//!
+//! The `unsafe` here is the intrinsics (every load reads a fixed-size chunk
+//! of a slice) and one `fcvtl` in `asm!` (Rust has no stable f16 vectors).
+
+#![allow(unsafe_code)]
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+use half::f16;
+
+use super::Kernels;
+use crate::quant::f16::f16_bits_to_f32_fast;
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+
+/// The NEON table, if this CPU runs it.
+pub fn table() -> Option<Kernels> {
+    if !supported() {
+        return None;
+    }
+    Some(Kernels {
+        name: "neon",
+        dot_f32,
+        dot_f16,
+        dot_q8_0,
+        dot_q4_0,
+        dot_q4_1,
+        mv_f32,
+        mv_f16,
+        mv_q8_0,
+        mv_q4_0,
+        mv_q4_1,
+        gemm_f32,
+        q8_0_q8_0: None,
+    })
+}
+
+#[cfg(feature = "std")]
+fn supported() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+#[cfg(not(feature = "std"))]
+fn supported() -> bool {
+    cfg!(target_feature = "neon")
+}
+
+// The wrappers: sound because `table` only hands them out after `supported()`.
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: reachable only through `table`, which checked NEON.
+    unsafe { imp::dot_f32(a, b) }
+}
+fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_f16(a, b) }
+}
+fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q8_0(w, x) }
+}
+fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q4_0(w, x) }
+}
+fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q4_1(w, x) }
+}
+
+/// One dot per row (rows `per_row` elements of `w` long).
+#[inline(always)]
+fn rows<T>(w: &[T], per_row: usize, x: &[f32], out: &mut [f32], dot: fn(&[T], &[f32]) -> f32) {
+    if per_row == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(per_row)) {
+        *o = dot(row, x);
+    }
+}
+fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len(), x, out, dot_f32)
+}
+fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len(), x, out, dot_f16)
+}
+fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q8_0)
+}
+fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q4_0)
+}
+fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q4_1)
+}
+fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (rows, n) = (w.len() / cols, x.len() / cols);
+    // SAFETY: as above; `out` holds (n, rows) (sliced here).
+    unsafe {
+        imp::gemm_f32(
+            &w[..rows * cols],
+            &x[..n * cols],
+            cols,
+            &mut out[..rows * n],
+        )
+    }
+}
+
+mod imp {
+    use super::*;
+
+    /// Four f32 from `p`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn load4(p: &[f32; 4]) -> float32x4_t {
+        // SAFETY: `p` is exactly four readable floats; ld1 has no alignment need.
+        unsafe { vld1q_f32(p.as_ptr()) }
+    }
+
+    /// Four halves widened to f32 (`fcvtl`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn half4(h: &[f16; 4]) -> float32x4_t {
+        // SAFETY: `h` is exactly four readable halves (8 bytes).
+        let bits = unsafe { vld1_u16(h.as_ptr().cast()) };
+        let out: float32x4_t;
+        // SAFETY: fcvtl reads one 64-bit register and writes one 128-bit
+        // register; it touches no memory and no flags.
+        unsafe {
+            asm!("fcvtl {o:v}.4s, {i:v}.4h", o = out(vreg) out, i = in(vreg) bits,
+                 options(pure, nomem, nostack, preserves_flags));
+        }
+        out
+    }
+
+    /// The 32 floats of one block as eight vectors.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn xblock(xs: &[f32; QK]) -> [float32x4_t; 8] {
+        let c = xs.as_chunks::<4>().0;
+        core::array::from_fn(|i| load4(&c[i]))
+    }
+
+    /// Sum of eight products of widened quants `q` (as 2 x 16 bytes) with
+    /// the block's floats: `lo`/`hi` are the two 16-byte halves, signed.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn block_dot_s8(lo: int8x16_t, hi: int8x16_t, x: &[float32x4_t; 8]) -> float32x4_t {
+        let h = [
+            vmovl_s8(vget_low_s8(lo)),
+            vmovl_s8(vget_high_s8(lo)),
+            vmovl_s8(vget_low_s8(hi)),
+            vmovl_s8(vget_high_s8(hi)),
+        ];
+        let mut a = vdupq_n_f32(0.0);
+        let mut b = vdupq_n_f32(0.0);
+        for (k, v) in h.iter().enumerate() {
+            let w0 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(*v)));
+            let w1 = vcvtq_f32_s32(vmovl_s16(vget_high_s16(*v)));
+            a = vfmaq_f32(a, w0, x[2 * k]);
+            b = vfmaq_f32(b, w1, x[2 * k + 1]);
+        }
+        vaddq_f32(a, b)
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ca, ta) = a[..n].as_chunks::<4>();
+        let (cb, tb) = b[..n].as_chunks::<4>();
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 4 <= ca.len() {
+            for k in 0..4 {
+                acc[k] = vfmaq_f32(acc[k], load4(&ca[i + k]), load4(&cb[i + k]));
+            }
+            i += 4;
+        }
+        while i < ca.len() {
+            acc[0] = vfmaq_f32(acc[0], load4(&ca[i]), load4(&cb[i]));
+            i += 1;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
+        for (x, y) in ta.iter().zip(tb) {
+            s += x * y;
+        }
+        s
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ca, ta) = a[..n].as_chunks::<4>();
+        let (cb, tb) = b[..n].as_chunks::<4>();
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 4 <= ca.len() {
+            for k in 0..4 {
+                acc[k] = vfmaq_f32(acc[k], half4(&ca[i + k]), load4(&cb[i + k]));
+            }
+            i += 4;
+        }
+        while i < ca.len() {
+            acc[0] = vfmaq_f32(acc[0], half4(&ca[i]), load4(&cb[i]));
+            i += 1;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
+        for (h, y) in ta.iter().zip(tb) {
+            s += f16_bits_to_f32_fast(h.to_bits()) * y;
+        }
+        s
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (i, (b, xs)) in w.iter().zip(x.as_chunks::<QK>().0).enumerate() {
+            // SAFETY: the block's 32 quants are readable (16 at a time).
+            let (lo, hi) = unsafe { (vld1q_s8(b.qs.as_ptr()), vld1q_s8(b.qs.as_ptr().add(16))) };
+            let s = block_dot_s8(lo, hi, &xblock(xs));
+            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
+            acc[i & 1] = vfmaq_n_f32(acc[i & 1], s, d);
+        }
+        vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+    }
+
+    /// A Q4 block's nibbles as two signed 16-byte vectors (elements 0..16
+    /// and 16..32) after subtracting `off`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn nibbles(qs: &[u8; 16], off: i8) -> (int8x16_t, int8x16_t) {
+        // SAFETY: 16 readable bytes.
+        let q = unsafe { vld1q_u8(qs.as_ptr()) };
+        let lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f)));
+        let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+        let o = vdupq_n_s8(off);
+        (vsubq_s8(lo, o), vsubq_s8(hi, o))
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (i, (b, xs)) in w.iter().zip(x.as_chunks::<QK>().0).enumerate() {
+            let (lo, hi) = nibbles(&b.qs, 8);
+            let s = block_dot_s8(lo, hi, &xblock(xs));
+            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
+            acc[i & 1] = vfmaq_n_f32(acc[i & 1], s, d);
+        }
+        vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (i, (b, xs)) in w.iter().zip(x.as_chunks::<QK>().0).enumerate() {
+            let (lo, hi) = nibbles(&b.qs, 0);
+            let xv = xblock(xs);
+            let s = block_dot_s8(lo, hi, &xv);
+            let mut sx = vaddq_f32(vaddq_f32(xv[0], xv[1]), vaddq_f32(xv[2], xv[3]));
+            sx = vaddq_f32(
+                sx,
+                vaddq_f32(vaddq_f32(xv[4], xv[5]), vaddq_f32(xv[6], xv[7])),
+            );
+            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
+            let m = f16_bits_to_f32_fast(u16::from_le_bytes(b.m));
+            let a = vfmaq_n_f32(acc[i & 1], s, d);
+            acc[i & 1] = vfmaq_n_f32(a, sx, m);
+        }
+        vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+    }
+
+    /// A register tile: rows `R` of `w` times tokens `T` of `x`, all `cols`
+    /// long, into `out[t * ld + r]`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn tile<const R: usize, const T: usize>(
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        out: &mut [f32],
+        ld: usize,
+    ) {
+        let body = cols / 4;
+        let wr: [&[f32]; R] = core::array::from_fn(|r| &w[r * cols..(r + 1) * cols]);
+        let xt: [&[f32]; T] = core::array::from_fn(|t| &x[t * cols..(t + 1) * cols]);
+        let mut acc = [[vdupq_n_f32(0.0); T]; R];
+        for i in 0..body {
+            let xv: [float32x4_t; T] =
+                core::array::from_fn(|t| load4(xt[t][4 * i..4 * i + 4].try_into().unwrap()));
+            for r in 0..R {
+                let wv = load4(wr[r][4 * i..4 * i + 4].try_into().unwrap());
+                for t in 0..T {
+                    acc[r][t] = vfmaq_f32(acc[r][t], wv, xv[t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let tail: f32 = wr[r][body * 4..]
+                    .iter()
+                    .zip(&xt[t][body * 4..])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                out[t * ld + r] = vaddvq_f32(acc[r][t]) + tail;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        let (rows, n) = (w.len() / cols, x.len() / cols);
+        let mut t = 0;
+        while t < n {
+            let tn = (n - t).min(4);
+            let xs = &x[t * cols..(t + tn) * cols];
+            let mut r = 0;
+            while r < rows {
+                let rn = (rows - r).min(4);
+                let ws = &w[r * cols..(r + rn) * cols];
+                let o = &mut out[t * rows + r..];
+                match (rn, tn) {
+                    (4, 4) => tile::<4, 4>(ws, xs, cols, o, rows),
+                    (4, 3) => tile::<4, 3>(ws, xs, cols, o, rows),
+                    (4, 2) => tile::<4, 2>(ws, xs, cols, o, rows),
+                    (4, 1) => tile::<4, 1>(ws, xs, cols, o, rows),
+                    (3, 4) => tile::<3, 4>(ws, xs, cols, o, rows),
+                    (3, 3) => tile::<3, 3>(ws, xs, cols, o, rows),
+                    (3, 2) => tile::<3, 2>(ws, xs, cols, o, rows),
+                    (3, 1) => tile::<3, 1>(ws, xs, cols, o, rows),
+                    (2, 4) => tile::<2, 4>(ws, xs, cols, o, rows),
+                    (2, 3) => tile::<2, 3>(ws, xs, cols, o, rows),
+                    (2, 2) => tile::<2, 2>(ws, xs, cols, o, rows),
+                    (2, 1) => tile::<2, 1>(ws, xs, cols, o, rows),
+                    (1, 4) => tile::<1, 4>(ws, xs, cols, o, rows),
+                    (1, 3) => tile::<1, 3>(ws, xs, cols, o, rows),
+                    (1, 2) => tile::<1, 2>(ws, xs, cols, o, rows),
+                    _ => tile::<1, 1>(ws, xs, cols, o, rows),
+                }
+                r += rn;
+            }
+            t += tn;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conforms_to_scalar() {
+        let k = super::table().expect("every AArch64 Linux CPU has NEON");
+        crate::kernels::conformance::check_table(&k);
+        crate::kernels::conformance::check_rows(&k);
+    }
+}

@@ -1,0 +1,371 @@
+//! Splitting one forward step across workers that the caller supplies.
+//!
+//! The core has no threads. A host runner implements [`Parallel`] over its
+//! own pool; firmware and tests use [`Serial`]. The model hands whole
+//! operations to [`for_rows`] (matmul rows) and [`for_tasks`] (attention
+//! heads), which give each worker a disjoint part of the output and its own
+//! scratch, so the work a worker does is the same whichever thread runs it:
+//! results do not depend on the number of workers.
+//!
+//! This module holds the only `unsafe` of the split: a worker's part of an
+//! output buffer is a `&mut` view made from a shared raw pointer. Parts are
+//! computed from the worker index alone, and the functions here check that
+//! they never overlap.
+
+#![allow(unsafe_code)]
+
+use core::marker::PhantomData;
+
+/// Runs a task on several workers at once.
+pub trait Parallel: Sync {
+    /// Workers that [`Parallel::run`] uses, the caller included (at least 1).
+    fn workers(&self) -> usize;
+    /// Calls `task(i)` once for every `i` in `0..workers()`, concurrently,
+    /// and returns when every call has returned.
+    fn run(&self, task: &(dyn Fn(usize) + Sync));
+}
+
+/// One worker: the caller's thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Serial;
+
+impl Parallel for Serial {
+    fn workers(&self) -> usize {
+        1
+    }
+    fn run(&self, task: &(dyn Fn(usize) + Sync)) {
+        task(0)
+    }
+}
+
+/// The part `[lo, hi)` of `0..n` that worker `i` of `w` takes, in whole
+/// `grain`s (the last part takes the remainder).
+pub fn share(n: usize, w: usize, i: usize, grain: usize) -> (usize, usize) {
+    let w = w.max(1);
+    let grain = grain.max(1);
+    let units = n.div_ceil(grain);
+    let lo = (units * i / w * grain).min(n);
+    let hi = (units * (i + 1) / w * grain).min(n);
+    (lo, hi)
+}
+
+/// A mutable buffer shared by workers that write disjoint parts of it.
+struct Shared<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buf: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Shared` is only a pointer to a buffer the creator borrowed mutably
+// for 'a; every access goes through `part`, whose contract makes concurrent
+// parts disjoint, so sending it or sharing it between threads is sound.
+unsafe impl Send for Shared<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Shared<'_> {}
+
+impl<'a> Shared<'a> {
+    fn new(buf: &'a mut [f32]) -> Self {
+        Shared {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: PhantomData,
+        }
+    }
+
+    fn raw(&self) -> *mut f32 {
+        self.ptr
+    }
+
+    /// `buf[lo..hi]`.
+    ///
+    /// # Safety
+    /// No other live slice from this `Shared` may overlap `lo..hi`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, lo: usize, hi: usize) -> &'a mut [f32] {
+        assert!(
+            lo <= hi && hi <= self.len,
+            "part {lo}..{hi} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked above) of a buffer borrowed mutably for
+        // 'a; the caller guarantees no overlapping slice is alive.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(lo), hi - lo) }
+    }
+}
+
+/// Rows `r0..r1` of an output laid out as (tokens, rows): the part of a
+/// matmul's output that one worker writes.
+#[derive(Debug)]
+pub struct TokenRows<'a> {
+    ptr: *mut f32,
+    len: usize,
+    rows: usize,
+    r0: usize,
+    r1: usize,
+    n: usize,
+    _buf: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> TokenRows<'a> {
+    /// Rows `r0..r1` of every token of `out`, which holds `n` tokens of
+    /// `rows` values. `None` if they do not fit.
+    pub fn new(
+        out: &'a mut [f32],
+        n: usize,
+        rows: usize,
+        r0: usize,
+        r1: usize,
+    ) -> Option<TokenRows<'a>> {
+        if r0 > r1 || r1 > rows || n.checked_mul(rows)? > out.len() {
+            return None;
+        }
+        Some(TokenRows {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            rows,
+            r0,
+            r1,
+            n,
+            _buf: PhantomData,
+        })
+    }
+
+    /// The first row and the end of the range.
+    pub fn range(&self) -> (usize, usize) {
+        (self.r0, self.r1)
+    }
+
+    /// Tokens.
+    pub fn tokens(&self) -> usize {
+        self.n
+    }
+
+    /// Token `t`'s rows `r0..r1`.
+    pub fn token(&mut self, t: usize) -> &mut [f32] {
+        assert!(t < self.n, "token {t} of {}", self.n);
+        let lo = t * self.rows + self.r0;
+        let hi = t * self.rows + self.r1;
+        debug_assert!(hi <= self.len);
+        // SAFETY: `new` checked n * rows <= len, so lo..hi is in bounds; the
+        // slice is borrowed from `&mut self`, so no two from this view are
+        // alive at once, and views made by `for_rows` cover disjoint rows.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(lo), hi - lo) }
+    }
+}
+
+/// A task over one worker's rows: `(part, scratch)`.
+pub type RowsTask<'f> = dyn Fn(&mut TokenRows<'_>, &mut [f32]) + Sync + 'f;
+/// A task over one unit of work: `(task, out_part, scratch)`.
+pub type UnitTask<'f> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'f;
+
+/// Runs `f(part, scratch)` on every worker: `part` is the worker's share of
+/// the rows `0..rows` (in whole `grain`s) of `out` = (n, rows), and `scratch`
+/// is the worker's `per_worker` floats of `scratch`.
+///
+/// Returns `false` (and runs nothing) if `out` or `scratch` is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn for_rows(
+    par: &dyn Parallel,
+    out: &mut [f32],
+    n: usize,
+    rows: usize,
+    grain: usize,
+    scratch: &mut [f32],
+    per_worker: usize,
+    f: &RowsTask<'_>,
+) -> bool {
+    let w = par.workers().max(1);
+    let fits = n.checked_mul(rows).is_some_and(|need| need <= out.len())
+        && w.checked_mul(per_worker)
+            .is_some_and(|need| need <= scratch.len());
+    if !fits {
+        return false;
+    }
+    if w == 1 {
+        if let Some(mut part) = TokenRows::new(out, n, rows, 0, rows) {
+            f(&mut part, &mut scratch[..per_worker]);
+        }
+        return true;
+    }
+    let len = out.len();
+    let out = Shared::new(out);
+    let scratch = Shared::new(scratch);
+    par.run(&|i| {
+        if i >= w {
+            return;
+        }
+        let (r0, r1) = share(rows, w, i, grain);
+        let mut part = TokenRows {
+            ptr: out.raw(),
+            len,
+            rows,
+            r0,
+            r1,
+            n,
+            _buf: PhantomData,
+        };
+        // SAFETY: worker i's scratch is i*per_worker..(i+1)*per_worker, in
+        // bounds (checked above) and disjoint from every other worker's.
+        let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
+        f(&mut part, s);
+    });
+    true
+}
+
+/// Runs `f(task, out_part, scratch)` for every task in `0..tasks`, spread
+/// over the workers: `out_part` is `out[task * per_task..][..per_task]` and
+/// `scratch` the worker's `per_worker` floats.
+///
+/// Returns `false` (and runs nothing) if `out` or `scratch` is too short.
+pub fn for_tasks(
+    par: &dyn Parallel,
+    tasks: usize,
+    out: &mut [f32],
+    per_task: usize,
+    scratch: &mut [f32],
+    per_worker: usize,
+    f: &UnitTask<'_>,
+) -> bool {
+    let w = par.workers().max(1);
+    let fits = tasks
+        .checked_mul(per_task)
+        .is_some_and(|need| need <= out.len())
+        && w.checked_mul(per_worker)
+            .is_some_and(|need| need <= scratch.len());
+    if !fits {
+        return false;
+    }
+    if w == 1 {
+        let s = &mut scratch[..per_worker];
+        for (t, o) in out
+            .chunks_exact_mut(per_task.max(1))
+            .take(tasks)
+            .enumerate()
+        {
+            f(t, o, s);
+        }
+        return true;
+    }
+    let out = Shared::new(out);
+    let scratch = Shared::new(scratch);
+    par.run(&|i| {
+        if i >= w {
+            return;
+        }
+        // SAFETY: worker i's scratch is disjoint from every other worker's.
+        let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
+        let (lo, hi) = share(tasks, w, i, 1);
+        for t in lo..hi {
+            // SAFETY: tasks lo..hi belong to worker i alone (`share` splits
+            // 0..tasks into disjoint ranges), and task t's part is its own.
+            let o = unsafe { out.part(t * per_task, (t + 1) * per_task) };
+            f(t, o, s);
+        }
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_once() {
+        for n in [0, 1, 5, 16, 17, 100, 576, 49152] {
+            for w in 1..6 {
+                for g in [1, 4, 16] {
+                    let mut next = 0;
+                    for i in 0..w {
+                        let (lo, hi) = share(n, w, i, g);
+                        assert_eq!(lo, next, "n {n} w {w} g {g}");
+                        assert!(hi >= lo && (hi == n || hi % g == 0));
+                        next = hi;
+                    }
+                    assert_eq!(next, n);
+                }
+            }
+        }
+    }
+
+    /// Pretends to be several workers, calling them one after another.
+    struct Fake(usize);
+    impl Parallel for Fake {
+        fn workers(&self) -> usize {
+            self.0
+        }
+        fn run(&self, task: &(dyn Fn(usize) + Sync)) {
+            for i in (0..self.0).rev() {
+                task(i)
+            }
+        }
+    }
+
+    #[test]
+    fn rows_and_tasks_land_where_they_belong() {
+        let (n, rows) = (3usize, 37usize);
+        for w in 1..5 {
+            let mut out = [0.0f32; 3 * 37];
+            let mut scratch = [0.0f32; 4 * 2];
+            assert!(for_rows(
+                &Fake(w),
+                &mut out,
+                n,
+                rows,
+                4,
+                &mut scratch,
+                2,
+                &|p, s| {
+                    s[0] += 1.0;
+                    let (r0, r1) = p.range();
+                    for t in 0..p.tokens() {
+                        for (k, v) in p.token(t).iter_mut().enumerate() {
+                            *v += (t * rows + r0 + k) as f32;
+                        }
+                        assert_eq!(p.token(t).len(), r1 - r0);
+                    }
+                }
+            ));
+            for (i, v) in out.iter().enumerate() {
+                assert_eq!(*v, i as f32);
+            }
+            let mut out = [0.0f32; 10 * 3];
+            assert!(for_tasks(
+                &Fake(w),
+                10,
+                &mut out,
+                3,
+                &mut scratch,
+                2,
+                &|t, o, _| {
+                    for v in o.iter_mut() {
+                        *v += t as f32;
+                    }
+                }
+            ));
+            for (i, v) in out.iter().enumerate() {
+                assert_eq!(*v, (i / 3) as f32);
+            }
+        }
+        let mut small = [0.0f32; 5];
+        let mut scratch = [0.0f32; 2];
+        assert!(!for_rows(
+            &Fake(2),
+            &mut small,
+            2,
+            3,
+            1,
+            &mut scratch,
+            2,
+            &|_, _| {}
+        ));
+        assert!(!for_tasks(
+            &Fake(1),
+            2,
+            &mut small,
+            3,
+            &mut scratch,
+            2,
+            &|_, _, _| {}
+        ));
+    }
+}

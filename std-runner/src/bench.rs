@@ -1,0 +1,244 @@
+//! `ember bench`: prefill (pp) and decode (tg) speed, as llama-bench measures
+//! them, plus the memory-bandwidth floor of decode on this machine.
+//!
+//! pp: one forward call over `-p` prompt tokens from an empty cache.
+//! tg: `-n` single-token forward calls from an empty cache.
+//! Each is repeated `--reps` times after one warm-up; the median is reported.
+//! The floor: decode reads every weight once per token, so it cannot beat
+//! (bandwidth) / (bytes of weights per token); bandwidth is measured here by
+//! reading the loaded model with the same threads.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ember_core::gguf::Gguf;
+use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::parallel::{self, Parallel};
+use ember_core::KvOptions;
+use serde_json::json;
+
+use crate::cli::{model_path, ExecArgs, KvTypeArg};
+use crate::pool::Pool;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Prompt tokens of the prefill test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub p: usize,
+    /// Generated tokens of the decode test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n: usize,
+    /// Timed repetitions of each test (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Prompt tokens per forward chunk.
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch: usize,
+    /// Element type of cached keys and values.
+    #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
+    pub kv_type: KvTypeArg,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Most tokens a bench test may take (a cache of p + n is allocated).
+const MAX_TOKENS: usize = 1 << 16;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Bytes of weights one decode step reads: every matrix once (the embedding
+/// table only when it is also the classifier), plus the norms.
+pub fn bytes_per_token(model: &Llama) -> usize {
+    let w = &model.weights;
+    let mut b = w.output.n_bytes() + w.output_norm.len() * 4;
+    for l in &w.layers {
+        b += [
+            &l.attn_q,
+            &l.attn_k,
+            &l.attn_v,
+            &l.attn_output,
+            &l.ffn_gate,
+            &l.ffn_up,
+            &l.ffn_down,
+        ]
+        .iter()
+        .map(|m| m.n_bytes())
+        .sum::<usize>();
+        b += (l.attn_norm.len() + l.ffn_norm.len()) * 4;
+    }
+    b
+}
+
+/// Read bandwidth in bytes per second: `bytes` summed by every worker of
+/// `pool` (a disjoint share each), best of `passes`.
+pub fn read_bandwidth(bytes: &[u8], pool: &Pool, passes: usize) -> f64 {
+    let words: &[u64] = bytemuck_words(bytes);
+    let w = pool.workers();
+    let mut best = 0.0f64;
+    let sink = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..passes.max(1) {
+        let t = Instant::now();
+        pool.run(&|i| {
+            let (lo, hi) = parallel::share(words.len(), w, i, 4096);
+            let mut acc = [0u64; 8];
+            for c in words[lo..hi].chunks_exact(8) {
+                for k in 0..8 {
+                    acc[k] = acc[k].wrapping_add(c[k]);
+                }
+            }
+            let s = acc.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+        });
+        let secs = t.elapsed().as_secs_f64();
+        best = best.max((words.len() * 8) as f64 / secs.max(1e-9));
+    }
+    std::hint::black_box(sink.load(std::sync::atomic::Ordering::Relaxed));
+    best
+}
+
+/// The whole aligned u64 words of `bytes`.
+fn bytemuck_words(bytes: &[u8]) -> &[u64] {
+    let skip = bytes.as_ptr().align_offset(8).min(bytes.len());
+    let body = &bytes[skip..];
+    let n = body.len() / 8;
+    // SAFETY: `body` starts 8-aligned (align_offset above), `n * 8` of its
+    // bytes are in bounds, every bit pattern is a valid u64, and the result
+    // borrows `bytes`, so it cannot outlive them.
+    unsafe { std::slice::from_raw_parts(body.as_ptr().cast::<u64>(), n) }
+}
+
+pub fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    if a.p == 0 && a.n == 0 {
+        bail!("nothing to measure: -p and -n are both 0");
+    }
+    if a.p > MAX_TOKENS || a.n > MAX_TOKENS {
+        bail!("-p and -n are at most {MAX_TOKENS}");
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let kernels = a.exec.kernels()?;
+    let threads = a.exec.threads()?;
+    let path = model_path(&a.model)?;
+    let bytes = a.exec.load(&path)?;
+    let g = Gguf::parse(&bytes).with_context(|| format!("{}", path.display()))?;
+    let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let c = &model.config;
+    let cap = a.p.max(a.n).max(1);
+    let kv = KvOptions::dense(cap).with_type(a.kv_type.into());
+    let pool = Pool::new(threads)?;
+    let plan = MemoryPlan::with_threads(c, kv, a.batch.min(a.p.max(1)), threads)?;
+    let mut arena = plan.alloc();
+    let mut s = Session::new(&model, kernels, plan, &mut arena)?;
+    s.set_parallel(&pool)?;
+    let vocab = c.vocab_size as u64;
+    let ids = |n: usize| -> Vec<u32> {
+        (0..n as u64)
+            .map(|i| ((i * 7919 + 100) % vocab) as u32)
+            .collect()
+    };
+    let prompt = ids(a.p);
+    let gen = ids(a.n);
+
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    // One warm-up of each, then the timed repetitions.
+    for rep in 0..=a.reps {
+        if a.p > 0 {
+            s.reset();
+            let t = Instant::now();
+            s.forward(&prompt)?;
+            let secs = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                pp.push(a.p as f64 / secs.max(1e-9));
+            }
+        }
+        if a.n > 0 {
+            s.reset();
+            let t = Instant::now();
+            for &id in &gen {
+                s.forward(&[id])?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                tg.push(a.n as f64 / secs.max(1e-9));
+            }
+        }
+    }
+    let per_token = bytes_per_token(&model);
+    let bw = read_bandwidth(&bytes, &pool, 3);
+    let floor = bw / per_token as f64;
+    let (pp_runs, tg_runs) = (pp.clone(), tg.clone());
+    let pp_med = median(&mut pp);
+    let tg_med = median(&mut tg);
+    let ty = model.weights.layers[0].ffn_down.ty().name();
+    if a.json {
+        let out = json!({
+            "model": path.display().to_string(),
+            "type": ty,
+            "kernels": kernels.name,
+            "threads": threads,
+            "mmap": a.exec.mmap,
+            "n_prompt": a.p,
+            "n_gen": a.n,
+            "reps": a.reps,
+            "pp_tok_s": pp_med,
+            "tg_tok_s": tg_med,
+            "pp_runs": pp_runs,
+            "tg_runs": tg_runs,
+            "bytes_per_token": per_token,
+            "read_gb_s": bw / 1e9,
+            "tg_floor_tok_s": floor,
+            "tg_of_floor": if floor > 0.0 { tg_med / floor } else { 0.0 },
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "| model | type | kernels | threads | test | tok/s | of floor |\n| --- | --- | --- | ---: | --- | ---: | ---: |"
+        );
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if a.p > 0 {
+            println!(
+                "| {name} | {ty} | {} | {threads} | pp{} | {pp_med:.1} | |",
+                kernels.name, a.p
+            );
+        }
+        if a.n > 0 {
+            println!(
+                "| {name} | {ty} | {} | {threads} | tg{} | {tg_med:.1} | {:.0}% |",
+                kernels.name,
+                a.n,
+                100.0 * tg_med / floor
+            );
+        }
+        eprintln!(
+            "ember bench: median of {} runs; read bandwidth {:.1} GB/s with {threads} thread{}, {:.1} MB of weights per token: floor {floor:.1} tok/s",
+            a.reps,
+            bw / 1e9,
+            if threads == 1 { "" } else { "s" },
+            per_token as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The AArch64 NEON kernels, tested on this (x86_64) machine: `ember-core`'s
+//! own tests, cross-compiled for `aarch64-unknown-linux-gnu` and run under
+//! `qemu-aarch64` user mode. They hold every NEON kernel to the scalar
+//! reference (conformance on random and edge inputs) and whole forward passes
+//! to it (random llamas of every weight type, and SmolLM2-135M at Q4_1).
+//!
+//! Needs the rustup target, `gcc-aarch64-linux-gnu` (the linker) and
+//! `qemu-user`: the test adds the target, installs the packages through
+//! apt-get when it runs as root, and otherwise fails naming them.
+//! On an AArch64 host the same tests run natively in `cargo test`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ember_core::quant::GgmlType;
+
+const TARGET: &str = "aarch64-unknown-linux-gnu";
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let st = cmd.status().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(st.success(), "{what} failed ({st})");
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn neon_kernels_under_qemu_aarch64() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    run_ok(
+        Command::new("rustup")
+            .current_dir(&root)
+            .args(["target", "add", TARGET]),
+        "rustup target add",
+    );
+    if !have("qemu-aarch64") || !have("aarch64-linux-gnu-gcc") {
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n");
+        if have("apt-get") && is_root {
+            run_ok(
+                Command::new("sh").args([
+                    "-c",
+                    "apt-get update -q && apt-get install -y -q qemu-user gcc-aarch64-linux-gnu",
+                ]),
+                "apt-get install qemu-user gcc-aarch64-linux-gnu",
+            );
+        } else {
+            panic!("the NEON tests need qemu-aarch64 and a cross linker: apt-get install qemu-user gcc-aarch64-linux-gnu");
+        }
+    }
+    let smollm =
+        ember_runner::model_store::converted(GgmlType::Q4_1).unwrap_or_else(|e| panic!("{e:#}"));
+    // Its own target directory: the outer `cargo test` holds the lock on ours.
+    let target_dir = root.join("target").join("cross-aarch64");
+    let out = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "test",
+            "--profile",
+            "test",
+            "--locked",
+            "-p",
+            "ember-core",
+            "--features",
+            "std",
+            "--lib",
+            "--target",
+            TARGET,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("EMBER_E2E_MODEL", &smollm)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run cargo test for aarch64");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "aarch64 tests failed:\n{text}");
+    // The NEON table itself ran, not only the scalar one.
+    for t in [
+        "kernels::aarch64_neon::tests::conforms_to_scalar ... ok",
+        "kernels::conformance::detected_table_matches_reference ... ok",
+        "kernels::conformance::end_to_end::detected_matches_scalar_end_to_end ... ok",
+    ] {
+        assert!(text.contains(t), "'{t}' missing from:\n{text}");
+    }
+}
