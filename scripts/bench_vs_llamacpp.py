@@ -1,15 +1,25 @@
 #!/usr/bin/env python3
-"""Decode (tg) and prefill (pp) speed of `ember run` next to llama.cpp on the
-same GGUF files, thread count and machine, alternating engines, in one run.
+"""Prefill (pp) and decode (tg) speed of `ember bench` next to llama.cpp on the
+same GGUF files, thread counts and machine, in one run, alternating engines
+repetition by repetition so drift on a shared machine hits both alike.
 
-llama.cpp comes from `pip install llama-cpp-python` (it builds from source).
-Prints tokens/s per engine (median over --reps) and the ratio ember/llama.cpp.
+llama.cpp comes from `pip install llama-cpp-python` (it builds from source,
+about 20 minutes on a 2-core machine). Its pp is one `eval` of the prompt
+(n_batch 512), its tg is single-token `eval`s from an empty cache, as
+llama-bench measures them; ember's are `ember bench` (same definitions).
 
-    python3 scripts/bench_vs_llamacpp.py --ember target/release/ember \
-        --model ~/.cache/ember/SmolLM2-135M-Instruct.Q8_0.gguf --threads 1
+Prints a Markdown table: tok/s per engine (median over --reps), the ratio
+ember / llama.cpp, and decode as a share of the memory-bandwidth floor that
+`ember bench` measures (bytes of weights per token / read bandwidth).
+
+    cargo build --release -p ember-runner
+    python3 scripts/bench_vs_llamacpp.py --threads 1 --threads 2 \\
+        --model ~/.cache/ember/SmolLM2-135M-Instruct.Q8_0.gguf \\
+        --model ~/.cache/ember/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -20,50 +30,58 @@ def llama_cpp(model, threads, n_prompt, n_gen):
 
     llm = Llama(model_path=model, n_ctx=n_prompt + n_gen + 8, n_batch=512, n_ubatch=512,
                 n_threads=threads, n_threads_batch=threads, verbose=False)
-    prompt = [(i * 7919) % 1000 + 100 for i in range(n_prompt)]
+    prompt = [(i * 7919 + 100) % 49152 for i in range(n_prompt)]
+    llm.eval(prompt[:8])  # warm-up
     llm.reset()
     t = time.perf_counter()
     llm.eval(prompt)
     pp = n_prompt / (time.perf_counter() - t)
-    tok = 198
+    llm.reset()
     t = time.perf_counter()
-    for _ in range(n_gen):
-        llm.eval([tok])
+    for i in range(n_gen):
+        llm.eval([prompt[i % n_prompt]])
     tg = n_gen / (time.perf_counter() - t)
     del llm
     return pp, tg
 
 
-def ember(binary, model, n_prompt, n_gen, kernels):
-    prompt = ",".join(str((i * 7919) % 1000 + 100) for i in range(n_prompt))
-    out = subprocess.run([binary, "run", "-m", model, "--prompt-ids", prompt, "-n", str(n_gen + 1),
-                          "--ignore-eos", "--json", "--kernels", kernels, "--ctx", str(n_prompt + n_gen + 8)],
+def ember(binary, model, threads, n_prompt, n_gen, kernels):
+    out = subprocess.run([binary, "bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen),
+                          "--reps", "1", "--threads", str(threads), "--kernels", kernels, "--json"],
                          check=True, capture_output=True, text=True)
-    j = json.loads(out.stdout)
-    return j["prefill_tok_s"], j["decode_tok_s"]
+    return json.loads(out.stdout)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ember", default="target/release/ember")
     ap.add_argument("--model", action="append", required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, action="append")
     ap.add_argument("-p", type=int, default=128)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--kernels", default="auto")
     a = ap.parse_args()
+    threads = a.threads or [1]
+    print(f"| file | threads | llama.cpp pp{a.p} | ember pp{a.p} | pp ratio | llama.cpp tg{a.n} "
+          f"| ember tg{a.n} | tg ratio | floor tok/s | llama.cpp tg of floor | ember tg of floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model in a.model:
-        res = {"llama.cpp": [], "ember": []}
-        for _ in range(a.reps):
-            res["llama.cpp"].append(llama_cpp(model, a.threads, a.p, a.n))
-            res["ember"].append(ember(a.ember, model, a.p, a.n, a.kernels))
-        med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in res.items()}
-        l, e = med["llama.cpp"], med["ember"]
-        print(f"{model} threads={a.threads} (ember with {a.threads} thread, kernels={a.kernels})")
-        print(f"  llama.cpp pp{a.p} {l[0]:8.1f} tok/s  tg{a.n} {l[1]:7.1f} tok/s")
-        print(f"  ember     pp{a.p} {e[0]:8.1f} tok/s  tg{a.n} {e[1]:7.1f} tok/s")
-        print(f"  ratio     pp {e[0] / l[0]:.2f}x  tg {e[1] / l[1]:.2f}x")
+        for t in threads:
+            lpp, ltg, epp, etg, floor = [], [], [], [], []
+            for _ in range(a.reps):
+                p, g = llama_cpp(model, t, a.p, a.n)
+                lpp.append(p)
+                ltg.append(g)
+                j = ember(a.ember, model, t, a.p, a.n, a.kernels)
+                epp.append(j["pp_tok_s"])
+                etg.append(j["tg_tok_s"])
+                floor.append(j["tg_floor_tok_s"])
+            m = statistics.median
+            f = m(floor)
+            print(f"| {os.path.basename(model)} | {t} | {m(lpp):.1f} | {m(epp):.1f} | "
+                  f"{m(epp) / m(lpp):.2f}x | {m(ltg):.1f} | {m(etg):.1f} | {m(etg) / m(ltg):.2f}x | "
+                  f"{f:.0f} | {100 * m(ltg) / f:.0f}% | {100 * m(etg) / f:.0f}% |", flush=True)
 
 
 if __name__ == "__main__":

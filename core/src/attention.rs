@@ -4,7 +4,6 @@
 
 use crate::kernels::Kernels;
 use crate::kv_cache::KvRows;
-use crate::quant::f16::f16_bits_to_f32_fast as f16_to_f32;
 use crate::quant::{f16_bits_to_f32, QK};
 
 /// Where this head's vectors sit in the cached rows.
@@ -72,9 +71,7 @@ pub fn attend_head(
         }
         KvRows::F16(v) => {
             for (p, &w) in scores.iter().enumerate() {
-                for (o, &vi) in out.iter_mut().zip(&v[at(p)..at(p) + hd]) {
-                    *o += w * f16_to_f32(vi.to_bits());
-                }
+                (kern.axpy_f16)(out, w, &v[at(p)..at(p) + hd]);
             }
         }
         KvRows::Q8_0(v) => {
@@ -98,7 +95,7 @@ pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
-        *v = libm::expf(*v - max);
+        *v = crate::math::exp(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;

@@ -60,6 +60,7 @@ pub mod gguf;
 pub mod gguf_writer;
 pub mod kernels;
 pub mod kv_cache;
+pub mod math;
 pub mod model;
 pub mod parallel;
 pub mod quant;

@@ -62,6 +62,10 @@ pub enum KernelChoice {
     /// firmware computes, bit for bit.
     #[value(name = "scalar-q8")]
     ScalarQ8,
+    /// The scalar reference with decode multiplying quantized rows by
+    /// activations in 16-bit blocks: what the fast x86 kernels compute.
+    #[value(name = "scalar-q16")]
+    ScalarQ16,
 }
 
 #[derive(Debug, Args)]
@@ -485,6 +489,7 @@ pub fn kernels(choice: KernelChoice) -> Result<Kernels> {
         KernelChoice::Scalar => Kernels::scalar(),
         KernelChoice::Auto => Kernels::detect(),
         KernelChoice::ScalarQ8 => Kernels::scalar_int8(),
+        KernelChoice::ScalarQ16 => Kernels::scalar_q16(),
         KernelChoice::Avx2 => Kernels::avx2().context(
             "--kernels avx2: this CPU lacks AVX2, FMA or F16C (or is not x86_64); use --kernels auto",
         )?,

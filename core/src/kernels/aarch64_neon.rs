@@ -39,6 +39,8 @@ pub fn table() -> Option<Kernels> {
         mv_q4_0,
         mv_q4_1,
         gemm_f32,
+        axpy_f16,
+        q16: None,
         q8_0_q8_0: None,
     })
 }
@@ -100,6 +102,10 @@ fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
 }
 fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q4_1)
+}
+fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
+    // SAFETY: as above.
+    unsafe { imp::axpy_f16(y, a, x) }
 }
 fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {
@@ -233,19 +239,42 @@ mod imp {
         s
     }
 
+    /// Blocks of `w` against `x`, two per step into two accumulators held
+    /// in registers (named, not indexed); `step(block, floats, acc)`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn pairs<B>(
+        w: &[B],
+        x: &[f32],
+        step: impl Fn(&B, &[f32; QK], float32x4_t) -> float32x4_t,
+    ) -> f32 {
+        let xs = x.as_chunks::<QK>().0;
+        let n = w.len().min(xs.len());
+        let mut a0 = vdupq_n_f32(0.0);
+        let mut a1 = vdupq_n_f32(0.0);
+        let mut i = 0;
+        while i + 2 <= n {
+            a0 = step(&w[i], &xs[i], a0);
+            a1 = step(&w[i + 1], &xs[i + 1], a1);
+            i += 2;
+        }
+        if i < n {
+            a0 = step(&w[i], &xs[i], a0);
+        }
+        vaddvq_f32(vaddq_f32(a0, a1))
+    }
+
     /// # Safety
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
     pub unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        for (i, (b, xs)) in w.iter().zip(x.as_chunks::<QK>().0).enumerate() {
+        let step = |b: &BlockQ8_0, xs: &[f32; QK], a: float32x4_t| {
             // SAFETY: the block's 32 quants are readable (16 at a time).
             let (lo, hi) = unsafe { (vld1q_s8(b.qs.as_ptr()), vld1q_s8(b.qs.as_ptr().add(16))) };
             let s = block_dot_s8(lo, hi, &xblock(xs));
-            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
-            acc[i & 1] = vfmaq_n_f32(acc[i & 1], s, d);
-        }
-        vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+            vfmaq_n_f32(a, s, f16_bits_to_f32_fast(u16::from_le_bytes(b.d)))
+        };
+        pairs(w, x, step)
     }
 
     /// A Q4 block's nibbles as two signed 16-byte vectors (elements 0..16
@@ -265,14 +294,12 @@ mod imp {
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
     pub unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        for (i, (b, xs)) in w.iter().zip(x.as_chunks::<QK>().0).enumerate() {
+        let step = |b: &BlockQ4_0, xs: &[f32; QK], a: float32x4_t| {
             let (lo, hi) = nibbles(&b.qs, 8);
             let s = block_dot_s8(lo, hi, &xblock(xs));
-            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
-            acc[i & 1] = vfmaq_n_f32(acc[i & 1], s, d);
-        }
-        vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+            vfmaq_n_f32(a, s, f16_bits_to_f32_fast(u16::from_le_bytes(b.d)))
+        };
+        pairs(w, x, step)
     }
 
     /// # Safety
@@ -295,6 +322,23 @@ mod imp {
             acc[i & 1] = vfmaq_n_f32(a, sx, m);
         }
         vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
+        let n = y.len().min(x.len());
+        let (cy, ty) = y[..n].as_chunks_mut::<4>();
+        let (cx, tx) = x[..n].as_chunks::<4>();
+        for (o, h) in cy.iter_mut().zip(cx) {
+            let r = vfmaq_n_f32(load4(o), half4(h), a);
+            // SAFETY: four writable floats at `o`.
+            unsafe { vst1q_f32(o.as_mut_ptr(), r) };
+        }
+        for (o, h) in ty.iter_mut().zip(tx) {
+            *o += a * f16_bits_to_f32_fast(h.to_bits());
+        }
     }
 
     /// A register tile: rows `R` of `w` times tokens `T` of `x`, all `cols`

@@ -268,6 +268,72 @@ pub(crate) fn check_rows(k: &Kernels) {
     }
 }
 
+/// The 16-bit-activation kernels give the scalar reference's integer dots
+/// (within float reordering), on random, outlier and zero blocks.
+pub(crate) fn check_q16(k: &Kernels) {
+    use crate::quant::q16::{self, BlockQ16};
+    let Some(fast) = k.q16 else { return };
+    let reference = Kernels::scalar_q16().q16.unwrap();
+    let mut rng = Rng::new(0x0016);
+    for case in 0..24 {
+        let rows = [1, 2, 3, 4, 5, 7, 8, 9][case % 8];
+        let nb = [1, 2, 3, 18][case % 4];
+        let cols = nb * 32;
+        let mut wf = [0.0f32; 9 * 576];
+        for v in wf.iter_mut() {
+            *v = rng.f32() * if case % 3 == 0 { 1e3 } else { 1.0 };
+        }
+        let wf = &wf[..rows * cols];
+        let (_, mut x) = inputs(&mut rng, 1024, case);
+        if case % 5 == 1 {
+            x[3] = 5e3; // an outlier feature
+        }
+        if case % 5 == 2 {
+            x[..32].fill(0.0); // a zero block
+        }
+        let mut xq = [BlockQ16::ZERO; 18];
+        q16::quantize_row(&x[..cols], &mut xq[..nb]);
+        let xq = &xq[..nb];
+        // Error scale: the sum of |scaled products| per row, plus Q4_1's minimum term.
+        let scale = |d: &dyn Fn(usize) -> f32, m: &dyn Fn(usize) -> f32, r: usize| -> f32 {
+            (0..nb)
+                .map(|b| {
+                    let qs: f32 = xq[b].qs.iter().map(|&q| (q as f32).abs()).sum();
+                    d(r * nb + b).abs() * xq[b].d * 127.0 * qs + (m(r * nb + b) * xq[b].sum).abs()
+                })
+                .sum()
+        };
+        let (mut got, mut want) = ([0.0f32; 9], [0.0f32; 9]);
+        let mut b8 = [BlockQ8_0::ZERO; 9 * 18];
+        let b8 = &mut b8[..rows * nb];
+        quant::q8_0::quantize_row(wf, b8);
+        (fast.q8_0)(b8, xq, &mut got[..rows]);
+        (reference.q8_0)(b8, xq, &mut want[..rows]);
+        for r in 0..rows {
+            let s = scale(&|i| b8[i].d(), &|_| 0.0, r);
+            close(got[r], want[r], s, "q16 q8_0", case);
+        }
+        let mut b40 = [BlockQ4_0::ZERO; 9 * 18];
+        let b40 = &mut b40[..rows * nb];
+        quant::q4_0::quantize_row(wf, b40);
+        (fast.q4_0)(b40, xq, &mut got[..rows]);
+        (reference.q4_0)(b40, xq, &mut want[..rows]);
+        for r in 0..rows {
+            let s = scale(&|i| b40[i].d(), &|_| 0.0, r);
+            close(got[r], want[r], s, "q16 q4_0", case);
+        }
+        let mut b41 = [BlockQ4_1::ZERO; 9 * 18];
+        let b41 = &mut b41[..rows * nb];
+        quant::q4_1::quantize_row(wf, b41);
+        (fast.q4_1)(b41, xq, &mut got[..rows]);
+        (reference.q4_1)(b41, xq, &mut want[..rows]);
+        for r in 0..rows {
+            let s = scale(&|i| b41[i].d(), &|i| b41[i].m(), r);
+            close(got[r], want[r], s, "q16 q4_1", case);
+        }
+    }
+}
+
 fn reference_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -282,6 +348,33 @@ fn scalar_table_matches_reference() {
 fn detected_table_matches_reference() {
     check_table(&Kernels::detect());
     check_rows(&Kernels::detect());
+    check_q16(&Kernels::detect());
+}
+
+/// 16-bit activations stay close to the f32 dot: within a few steps of the
+/// block scale per block (here on inputs without outliers).
+#[test]
+fn q16_dots_track_the_f32_dots() {
+    use crate::quant::q16::{self, BlockQ16};
+    let mut rng = Rng::new(3);
+    let w: [f32; 576] = core::array::from_fn(|_| rng.f32());
+    let x: [f32; 576] = core::array::from_fn(|_| rng.f32());
+    let mut b8 = [BlockQ8_0::ZERO; 18];
+    quant::q8_0::quantize_row(&w, &mut b8);
+    let mut xq = [BlockQ16::ZERO; 18];
+    q16::quantize_row(&x, &mut xq);
+    let exact = quant::q8_0::dot_f32(&b8, &x);
+    let got = q16::dot_q8_0_q16(&b8, &xq);
+    // Each activation is off by at most d/2 (d = max|x| / 32767 per block).
+    let bound: f32 = b8
+        .iter()
+        .zip(&xq)
+        .map(|(b, q)| 0.5 * q.d * b.d() * b.qs.iter().map(|&v| (v as f32).abs()).sum::<f32>())
+        .sum();
+    assert!(
+        (got - exact).abs() <= bound * 1.01 + 1e-6,
+        "{got} vs {exact}, bound {bound}"
+    );
 }
 
 /// A batched matmul (dequantized tiles times every token) gives the same
@@ -289,7 +382,7 @@ fn detected_table_matches_reference() {
 #[test]
 fn batched_matmul_matches_one_token_at_a_time() {
     use crate::kernels::{Matrix, RowData};
-    for k in [Kernels::scalar(), Kernels::detect()] {
+    for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
         let (rows, cols, n) = (37usize, 64usize, 5usize);
         let mut rng = Rng::new(7);
         let wf: [f32; 37 * 64] = core::array::from_fn(|_| rng.f32());
@@ -314,15 +407,32 @@ fn batched_matmul_matches_one_token_at_a_time() {
             let m = Matrix { rows, cols, data };
             let mut all = [0.0f32; 5 * 37];
             k.matmul(&m, &x, n, &mut all, &mut scratch).unwrap();
+            // Batched rows are the f32 dots; one token at a time uses the
+            // table's decode arithmetic, held to its scalar reference.
             let mut one = [0.0f32; 37];
+            let mut want = [0.0f32; 37];
             for t in 0..n {
-                k.matmul(&m, &x[t * cols..(t + 1) * cols], 1, &mut one, &mut scratch)
+                let xt = &x[t * cols..(t + 1) * cols];
+                Kernels::scalar()
+                    .matmul(&m, xt, 1, &mut want, &mut scratch)
                     .unwrap();
                 for r in 0..rows {
-                    let (a, b) = (all[t * rows + r], one[r]);
+                    let (a, b) = (all[t * rows + r], want[r]);
                     assert!(
                         (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                        "{} t {t} r {r}: {a} vs {b}",
+                        "{} batched t {t} r {r}: {a} vs {b}",
+                        k.name
+                    );
+                }
+                k.matmul(&m, xt, 1, &mut one, &mut scratch).unwrap();
+                k.reference()
+                    .matmul(&m, xt, 1, &mut want, &mut scratch)
+                    .unwrap();
+                for r in 0..rows {
+                    let (a, b) = (one[r], want[r]);
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{} decode t {t} r {r}: {a} vs {b}",
                         k.name
                     );
                 }
@@ -398,7 +508,7 @@ fn int8_activation_matmul_is_the_reference_dot() {
 
 /// Whole forward passes: the detected kernels (AVX2 on x86_64, NEON on
 /// AArch64, where CI runs this under qemu-aarch64) against the scalar
-/// reference on small random llamas of every weight type, prefill and decode.
+/// reference of the same arithmetic on small random llamas of every weight type, prefill and decode.
 /// With `EMBER_E2E_MODEL` set to a GGUF path, that model is checked too.
 #[cfg(feature = "std")]
 mod end_to_end {
@@ -518,7 +628,7 @@ mod end_to_end {
         let v = model.config.vocab_size as u32;
         let ids: Vec<u32> = (0..12u32).map(|i| (i * 7919 + 11) % v).collect();
         let detected = Kernels::detect();
-        let a = logits(&model, Kernels::scalar(), &ids);
+        let a = logits(&model, detected.reference(), &ids);
         let b = logits(&model, detected, &ids);
         for (t, (x, y)) in a.iter().zip(&b).enumerate() {
             let scale = x.iter().fold(1.0f32, |m, v| m.max(v.abs()));
@@ -529,8 +639,9 @@ mod end_to_end {
                 .fold(0.0, f32::max);
             assert!(
                 max <= 1e-4 * scale,
-                "{what}, {} kernels, token {t}: max |dlogit| {max} (scale {scale})",
-                detected.name
+                "{what}, {} kernels vs {}, token {t}: max |dlogit| {max} (scale {scale})",
+                detected.name,
+                detected.reference().name
             );
         }
     }

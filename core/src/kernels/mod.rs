@@ -30,7 +30,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
-use crate::quant::{self, cast_slice, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+use crate::quant::{self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 
 /// A matrix's rows, typed by storage format, borrowed from the weights file.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +134,21 @@ pub type GemmFn = fn(&[f32], &[f32], usize, &mut [f32]);
 /// Q8_0: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
 pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 
+/// `out[r] = W[r] · x` for quantized rows against activations in 16-bit
+/// blocks: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
+pub type MatvecQ16Fn<T> = fn(&[T], &[BlockQ16], &mut [f32]);
+
+/// Decode kernels over 16-bit activation blocks ([`crate::quant::q16`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Q16Kernels {
+    pub q8_0: MatvecQ16Fn<BlockQ8_0>,
+    pub q4_0: MatvecQ16Fn<BlockQ4_0>,
+    pub q4_1: MatvecQ16Fn<BlockQ4_1>,
+}
+
+/// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
+pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
+
 /// Weight rows a batched matmul dequantizes at once (a tile), reused for
 /// every token of the batch.
 pub const TILE_ROWS: usize = 16;
@@ -156,6 +171,12 @@ pub struct Kernels {
     pub mv_q4_1: MatvecFn<BlockQ4_1>,
     /// f32 rows times several tokens (batched prefill over dequantized tiles).
     pub gemm_f32: GemmFn,
+    /// Attention's value sum over an f16 cache.
+    pub axpy_f16: AxpyF16Fn,
+    /// With `Some`, decode multiplies quantized rows by the activations in
+    /// 16-bit blocks (integer dots; see [`crate::quant::q16`]); with `None`
+    /// by the f32 activations.
+    pub q16: Option<Q16Kernels>,
     /// With `Some`, Q8_0 matrices multiply activations quantized to Q8_0
     /// blocks (ggml's arithmetic: an integer dot per block, then both scales)
     /// through this kernel; with `None` they dot the f32 activations.
@@ -178,7 +199,23 @@ impl Kernels {
             mv_q4_0: scalar::mv_q4_0,
             mv_q4_1: scalar::mv_q4_1,
             gemm_f32: scalar::gemm_f32,
+            axpy_f16: scalar::axpy_f16,
+            q16: None,
             q8_0_q8_0: None,
+        }
+    }
+
+    /// The scalar reference with 16-bit activations in decode: the
+    /// arithmetic of the fast decode kernels, written plainly.
+    pub const fn scalar_q16() -> Kernels {
+        Kernels {
+            name: "scalar-q16",
+            q16: Some(Q16Kernels {
+                q8_0: scalar::mv_q8_0_q16,
+                q4_0: scalar::mv_q4_0_q16,
+                q4_1: scalar::mv_q4_1_q16,
+            }),
+            ..Self::scalar()
         }
     }
 
@@ -189,6 +226,18 @@ impl Kernels {
             name: "scalar-q8",
             q8_0_q8_0: Some(scalar::matvec_q8_0_q8_0),
             ..Self::scalar()
+        }
+    }
+
+    /// The scalar table that computes what this one does (the same
+    /// activation formats), for holding a fast table to its reference.
+    pub const fn reference(&self) -> Kernels {
+        if self.q8_0_q8_0.is_some() {
+            Self::scalar_int8()
+        } else if self.q16.is_some() {
+            Self::scalar_q16()
+        } else {
+            Self::scalar()
         }
     }
 
@@ -229,6 +278,7 @@ impl Kernels {
     /// Floats of per-worker scratch that [`Kernels::matmul_part`] needs for
     /// matrices up to `cols` long and batches up to `n` tokens.
     pub const fn scratch_len(cols: usize, n: usize) -> usize {
+        // One token: quantized activations (at most 80 bytes per 32 floats).
         if n <= 1 {
             cols
         } else {
@@ -337,6 +387,29 @@ impl Kernels {
                 matvec(&d[r0 * nb..r1 * nb], xq, part.token(t));
             }
             return Ok(());
+        }
+        if let (1, Some(q16)) = (n, self.q16) {
+            if !matches!(w.data, RowData::F32(_) | RowData::F16(_)) {
+                // The activations are quantized once into the scratch (80
+                // bytes per 32 floats: `cols` floats hold them).
+                let need = nb * core::mem::size_of::<BlockQ16>();
+                let bytes = quant::as_bytes_mut(scratch);
+                let found = bytes.len() as u64;
+                let xq: &mut [BlockQ16] =
+                    quant::cast_slice_mut(bytes.get_mut(..need).ok_or(Error::BufferTooSmall {
+                        needed: need as u64,
+                        found,
+                    })?)?;
+                quant::q16::quantize_row(&x[..cols], xq);
+                let o = part.token(0);
+                match w.data {
+                    RowData::Q8_0(d) => (q16.q8_0)(&d[r0 * nb..r1 * nb], xq, o),
+                    RowData::Q4_0(d) => (q16.q4_0)(&d[r0 * nb..r1 * nb], xq, o),
+                    RowData::Q4_1(d) => (q16.q4_1)(&d[r0 * nb..r1 * nb], xq, o),
+                    RowData::F32(_) | RowData::F16(_) => {}
+                }
+                return Ok(());
+            }
         }
         if n == 1 {
             let x = &x[..cols];

@@ -14,7 +14,7 @@ use half::f16;
 
 use super::DotFn;
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{q8_0, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::{q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 const L: usize = 8;
 const H: usize = QK / 2;
@@ -176,5 +176,36 @@ pub fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
                 *o = dot_f32(wr, xt);
             }
         }
+    }
+}
+
+/// One [`q16`] dot per row (`x.len()` blocks a row).
+#[inline(always)]
+fn rows_q16<T>(w: &[T], x: &[BlockQ16], out: &mut [f32], dot: fn(&[T], &[BlockQ16]) -> f32) {
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+        *o = dot(row, x);
+    }
+}
+
+pub fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], out: &mut [f32]) {
+    rows_q16(w, x, out, q16::dot_q8_0_q16)
+}
+
+pub fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], out: &mut [f32]) {
+    rows_q16(w, x, out, q16::dot_q4_0_q16)
+}
+
+pub fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], out: &mut [f32]) {
+    rows_q16(w, x, out, q16::dot_q4_1_q16)
+}
+
+/// `y += a * x`, element by element.
+pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * f16_bits_to_f32_fast(v.to_bits());
     }
 }

@@ -15,8 +15,8 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
-use super::Kernels;
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use super::{Kernels, Q16Kernels};
+use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
 /// compile time without).
@@ -37,6 +37,12 @@ pub fn table() -> Option<Kernels> {
         mv_q4_0,
         mv_q4_1,
         gemm_f32,
+        axpy_f16,
+        q16: Some(Q16Kernels {
+            q8_0: mv_q8_0_q16,
+            q4_0: mv_q4_0_q16,
+            q4_1: mv_q4_1_q16,
+        }),
         q8_0_q8_0: None,
     })
 }
@@ -103,6 +109,25 @@ fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     let need = x.len() / QK * out.len();
     // SAFETY: as above.
     unsafe { imp::mv_q4_1(&w[..need], x, out) }
+}
+fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], out: &mut [f32]) {
+    let need = x.len() * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_q8_0_q16(&w[..need], x, out) }
+}
+fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], out: &mut [f32]) {
+    let need = x.len() * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_0_q16(&w[..need], x, out) }
+}
+fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], out: &mut [f32]) {
+    let need = x.len() * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_1_q16(&w[..need], x, out) }
+}
+fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
+    // SAFETY: as above.
+    unsafe { imp::axpy_f16(y, a, x) }
 }
 fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {
@@ -283,49 +308,36 @@ mod imp {
     fn mv_plain<T>(w: &[T], x: &[f32], out: &mut [f32], load: impl Fn(&[T], usize) -> __m256) {
         let cols = x.len();
         let x8 = x.as_chunks::<8>().0;
-        let rows = out.len();
         if cols == 0 {
             out.fill(0.0);
             return;
         }
-        let row = |r: usize| &w[r * cols..(r + 1) * cols];
-        let mut r = 0;
-        while r + 4 <= rows {
-            let (w0, w1, w2, w3) = (row(r), row(r + 1), row(r + 2), row(r + 3));
-            let mut a = [_mm256_setzero_ps(); 8];
+        // One row at a time, four accumulators (interleaved rows read slower).
+        for (r, o) in out.iter_mut().enumerate() {
+            let wr = &w[r * cols..(r + 1) * cols];
+            let mut a = [_mm256_setzero_ps(); 4];
             let mut i = 0;
-            while i + 2 <= x8.len() {
-                let (xa, xb) = (load8(&x8[i]), load8(&x8[i + 1]));
-                a[0] = _mm256_fmadd_ps(load(w0, i), xa, a[0]);
-                a[1] = _mm256_fmadd_ps(load(w1, i), xa, a[1]);
-                a[2] = _mm256_fmadd_ps(load(w2, i), xa, a[2]);
-                a[3] = _mm256_fmadd_ps(load(w3, i), xa, a[3]);
-                a[4] = _mm256_fmadd_ps(load(w0, i + 1), xb, a[4]);
-                a[5] = _mm256_fmadd_ps(load(w1, i + 1), xb, a[5]);
-                a[6] = _mm256_fmadd_ps(load(w2, i + 1), xb, a[6]);
-                a[7] = _mm256_fmadd_ps(load(w3, i + 1), xb, a[7]);
-                i += 2;
+            while i + 4 <= x8.len() {
+                // Ask for the bytes 2 KiB ahead (prefetch never faults).
+                _mm_prefetch::<_MM_HINT_T0>(
+                    wr.as_ptr()
+                        .wrapping_add(8 * i)
+                        .cast::<i8>()
+                        .wrapping_add(2048),
+                );
+                for k in 0..4 {
+                    a[k] = _mm256_fmadd_ps(load(wr, i + k), load8(&x8[i + k]), a[k]);
+                }
+                i += 4;
             }
-            if i < x8.len() {
-                let xa = load8(&x8[i]);
-                a[0] = _mm256_fmadd_ps(load(w0, i), xa, a[0]);
-                a[1] = _mm256_fmadd_ps(load(w1, i), xa, a[1]);
-                a[2] = _mm256_fmadd_ps(load(w2, i), xa, a[2]);
-                a[3] = _mm256_fmadd_ps(load(w3, i), xa, a[3]);
+            while i < x8.len() {
+                a[0] = _mm256_fmadd_ps(load(wr, i), load8(&x8[i]), a[0]);
+                i += 1;
             }
-            for k in 0..4 {
-                out[r + k] = hsum(_mm256_add_ps(a[k], a[k + 4]));
-            }
-            r += 4;
-        }
-        while r < rows {
-            let wr = row(r);
-            let mut a = _mm256_setzero_ps();
-            for (i, xv) in x8.iter().enumerate() {
-                a = _mm256_fmadd_ps(load(wr, i), load8(xv), a);
-            }
-            out[r] = hsum(a);
-            r += 1;
+            *o = hsum(_mm256_add_ps(
+                _mm256_add_ps(a[0], a[1]),
+                _mm256_add_ps(a[2], a[3]),
+            ));
         }
     }
 
@@ -511,6 +523,182 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scale8_any(d: [u8; 2]) -> __m256 {
         scale8(d)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
+        let n = y.len().min(x.len());
+        let (cy, ty) = y[..n].as_chunks_mut::<8>();
+        let (cx, tx) = x[..n].as_chunks::<8>();
+        let av = _mm256_set1_ps(a);
+        for (o, h) in cy.iter_mut().zip(cx) {
+            // SAFETY: eight halves (16 bytes) readable at `h`, eight floats
+            // writable at `o`; loadu/storeu are unaligned.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
+                let r = _mm256_fmadd_ps(av, v, _mm256_loadu_ps(o.as_ptr()));
+                _mm256_storeu_ps(o.as_mut_ptr(), r);
+            }
+        }
+        for (o, h) in ty.iter_mut().zip(tx) {
+            *o += a * h.to_f32();
+        }
+    }
+
+    /// How far ahead of the weights being read decode asks for the next ones.
+    const PREFETCH: usize = 2048;
+
+    /// An f16 scale as f32 (F16C).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn half(d: [u8; 2]) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(
+            _mm_cvtsi32_si128(u16::from_le_bytes(d) as i32),
+        ))
+    }
+
+    /// Sixteen bytes at `p`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn bytes16(p: &[u8; 16]) -> __m128i {
+        // SAFETY: sixteen readable bytes; loadu is unaligned.
+        unsafe { _mm_loadu_si128(p.as_ptr().cast()) }
+    }
+
+    /// A 16-bit activation block's quants as 2 x 16 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn quants(b: &BlockQ16) -> (__m256i, __m256i) {
+        let (a, c) = b.qs.split_at(16);
+        // SAFETY: sixteen i16 (32 bytes) readable at each half; loadu is unaligned.
+        unsafe {
+            (
+                _mm256_loadu_si256(a.as_ptr().cast()),
+                _mm256_loadu_si256(c.as_ptr().cast()),
+            )
+        }
+    }
+
+    /// Rows of weight blocks times 16-bit activation blocks, one row at a
+    /// time: `idot` gives a block's exact integer dot in eight i32 lanes,
+    /// `scale` its f32 scale, `min` its Q4_1 minimum (multiplied by the
+    /// activations' float sum) when `with_min`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn mv_q16<B>(
+        w: &[B],
+        x: &[BlockQ16],
+        out: &mut [f32],
+        idot: impl Fn(&B, &BlockQ16) -> __m256i,
+        scale: impl Fn(&B) -> f32,
+        min: impl Fn(&B) -> f32,
+        with_min: bool,
+    ) {
+        let nb = x.len();
+        if nb == 0 {
+            out.fill(0.0);
+            return;
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &w[r * nb..(r + 1) * nb];
+            // Two accumulators in registers (named, not indexed, so they
+            // stay out of memory), two blocks per step.
+            // Two chains each of the vector sum and of Q4_1's minimum term.
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            let (mut m0, mut m1) = (0.0f32, 0.0f32);
+            let step = |blk: &B, xb: &BlockQ16, a: __m256, m: &mut f32| -> __m256 {
+                let p = _mm256_cvtepi32_ps(idot(blk, xb));
+                if with_min {
+                    *m += min(blk) * xb.sum;
+                }
+                _mm256_fmadd_ps(_mm256_set1_ps(scale(blk) * xb.d), p, a)
+            };
+            let mut b = 0;
+            while b + 2 <= nb {
+                // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
+                _mm_prefetch::<_MM_HINT_T0>(
+                    (&row[b] as *const B).cast::<i8>().wrapping_add(PREFETCH),
+                );
+                a0 = step(&row[b], &x[b], a0, &mut m0);
+                a1 = step(&row[b + 1], &x[b + 1], a1, &mut m1);
+                b += 2;
+            }
+            if b < nb {
+                a0 = step(&row[b], &x[b], a0, &mut m0);
+            }
+            *o = hsum(_mm256_add_ps(a0, a1)) + (m0 + m1);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], out: &mut [f32]) {
+        mv_q16(
+            w,
+            x,
+            out,
+            |b, xb| {
+                // SAFETY: the block's 32 quants, read as 2 x 16 bytes.
+                let q: &[[u8; 16]; 2] = unsafe { &*b.qs.as_ptr().cast() };
+                let (xa, xc) = quants(xb);
+                let wa = _mm256_cvtepi8_epi16(bytes16(&q[0]));
+                let wc = _mm256_cvtepi8_epi16(bytes16(&q[1]));
+                _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
+            },
+            |b| half(b.d),
+            |_| 0.0,
+            false,
+        )
+    }
+
+    /// A Q4 block's integer dot with nibbles minus `off` (16-bit lanes).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn q4_idot(qs: &[u8; 16], xb: &BlockQ16, off: __m256i) -> __m256i {
+        let q = bytes16(qs);
+        let m = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(q, m);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
+        let wa = _mm256_sub_epi16(_mm256_cvtepu8_epi16(lo), off);
+        let wc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(hi), off);
+        let (xa, xc) = quants(xb);
+        _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], out: &mut [f32]) {
+        let eight = _mm256_set1_epi16(8);
+        mv_q16(
+            w,
+            x,
+            out,
+            |b, xb| q4_idot(&b.qs, xb, eight),
+            |b| half(b.d),
+            |_| 0.0,
+            false,
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], out: &mut [f32]) {
+        let zero = _mm256_setzero_si256();
+        mv_q16(
+            w,
+            x,
+            out,
+            |b, xb| q4_idot(&b.qs, xb, zero),
+            |b| half(b.d),
+            |b| half(b.m),
+            true,
+        )
     }
 
     /// A register tile: rows `R` of `w` times tokens `T` of `x`, all `cols`

@@ -536,7 +536,7 @@ pub fn rope(x: &mut [f32], table: &[f32]) {
 
 #[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
+    x / (1.0 + crate::math::exp(-x))
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

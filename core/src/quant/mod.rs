@@ -8,10 +8,12 @@
 //! like ggml's `quantize_row_*_ref`) and dot products.
 
 pub mod f16;
+pub mod q16;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
 
+pub use q16::BlockQ16;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::{BlockQ4_1, BlockQ8_1};
 pub use q8_0::BlockQ8_0;
@@ -117,6 +119,10 @@ unsafe impl Pod for BlockQ4_0 {}
 unsafe impl Pod for BlockQ4_1 {}
 // SAFETY: repr(C), fields [u8; 2] x2 and [i8; 32], no padding (size asserted).
 unsafe impl Pod for BlockQ8_1 {}
+
+// SAFETY: repr(C), fields f32, f32, i32, i32 and [i16; 32]: no padding
+// (size asserted), and every bit pattern of them is a valid value.
+unsafe impl Pod for BlockQ16 {}
 
 /// Views `bytes` as a slice of `T` without copying.
 ///

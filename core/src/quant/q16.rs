@@ -1,0 +1,129 @@
+//! 16-bit activation blocks: how decode feeds quantized weight rows.
+//!
+//! A block holds 32 activations as `q[i] = round(x[i] / d)` with
+//! `d = max|x| / 32767`, so each is within `d / 2` (about 1.5e-5 of the
+//! block's largest magnitude) of the float. A weight block's dot with it is
+//! then exact integer arithmetic (`vpmaddwd` on x86, `smlal` on Arm) times
+//! the two scales, instead of widening every weight to f32. ggml quantizes
+//! activations to 8 bits for the same reason; 16 bits keep the error 256
+//! times smaller, far below the weights' own quantization error.
+
+use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+
+/// 32 activations at 16 bits, with their scale and sums.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ16 {
+    /// Scale: `x[i] ≈ d * qs[i]`.
+    pub d: f32,
+    /// Sum of the 32 floats (for Q4_1's minimum term).
+    pub sum: f32,
+    /// Sum of the 32 quants (for Q4_0's offset, exactly).
+    pub isum: i32,
+    /// Keeps `qs` 16-byte aligned within the block.
+    pub pad: i32,
+    pub qs: [i16; QK],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ16>() == 80);
+
+impl BlockQ16 {
+    pub const ZERO: BlockQ16 = BlockQ16 {
+        d: 0.0,
+        sum: 0.0,
+        isum: 0,
+        pad: 0,
+        qs: [0; QK],
+    };
+}
+
+/// Quantizes whole blocks of `x` into `out` (`x.len() / 32` blocks).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ16]) {
+    for (b, xs) in out.iter_mut().zip(x.as_chunks::<QK>().0) {
+        let amax = xs
+            .iter()
+            .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let d = amax / 32767.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut isum = 0i32;
+        let mut sum = 0.0f32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            // Round half to even by adding and subtracting 1.5 * 2^23 (exact
+            // for |v * id| <= 32767 < 2^22); `as` saturates and maps NaN to 0.
+            const ROUND: f32 = 12_582_912.0;
+            *q = ((v * id + ROUND) - ROUND) as i16;
+            isum += *q as i32;
+            sum += v;
+        }
+        b.d = d;
+        b.sum = sum;
+        b.isum = isum;
+        b.pad = 0;
+    }
+}
+
+/// Q8_0 row · 16-bit activations: per block the exact integer dot times
+/// both scales, summed in block order.
+pub fn dot_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xb) in w.iter().zip(x) {
+        let i: i32 =
+            b.qs.iter()
+                .zip(&xb.qs)
+                .map(|(&q, &v)| q as i32 * v as i32)
+                .sum();
+        s += b.d() * xb.d * i as f32;
+    }
+    s
+}
+
+/// Q4_0 row · 16-bit activations (nibbles minus 8, exactly in integers).
+pub fn dot_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xb) in w.iter().zip(x) {
+        s += b.d() * xb.d * nibble_dot(&b.qs, xb, 8) as f32;
+    }
+    s
+}
+
+/// Q4_1 row · 16-bit activations: `d * Σ q·x + m * Σ x` per block.
+pub fn dot_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xb) in w.iter().zip(x) {
+        s += b.d() * xb.d * nibble_dot(&b.qs, xb, 0) as f32 + b.m() * xb.sum;
+    }
+    s
+}
+
+/// Σ (nibble - off) · q over a block: low nibbles are elements 0..16, high 16..32.
+fn nibble_dot(qs: &[u8; QK / 2], xb: &BlockQ16, off: i32) -> i32 {
+    let mut i = 0i32;
+    for (j, &q) in qs.iter().enumerate() {
+        i += ((q & 0x0f) as i32 - off) * xb.qs[j] as i32;
+        i += ((q >> 4) as i32 - off) * xb.qs[j + QK / 2] as i32;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quants_are_within_half_a_step() {
+        let x: [f32; 64] = core::array::from_fn(|i| ((i * 37 % 64) as f32 - 31.5) * 0.173);
+        let mut b = [BlockQ16::ZERO; 2];
+        quantize_row(&x, &mut b);
+        for (blk, xs) in b.iter().zip(x.chunks(32)) {
+            assert_eq!(blk.qs.iter().map(|&q| q as i32).sum::<i32>(), blk.isum);
+            assert!((blk.sum - xs.iter().sum::<f32>()).abs() < 1e-5);
+            assert!(blk.qs.iter().any(|&q| q.unsigned_abs() == 32767));
+            for (&q, &v) in blk.qs.iter().zip(xs) {
+                assert!((q as f32 * blk.d - v).abs() <= blk.d * 0.5001);
+            }
+        }
+        let mut z = [BlockQ16::ZERO; 1];
+        quantize_row(&[0.0; 32], &mut z);
+        assert_eq!(z[0], BlockQ16::ZERO);
+    }
+}
