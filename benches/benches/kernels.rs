@@ -1,5 +1,8 @@
-//! Kernel throughput: one (1536 x 576) matrix-vector product per type, the
-//! shape of SmolLM2's FFN projections, reported as weight bytes per second.
+//! Kernel throughput on one (1536 x 576) matrix per type, the shape of
+//! SmolLM2's FFN projections, reported as weight bytes per second: the decode
+//! product (one token: f32 activations on the scalar table, 16-bit ones on
+//! the fast tables) and the batched product (16 tokens over dequantized
+//! tiles), for the scalar reference and the detected table.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ember_core::kernels::{Kernels, Matrix, RowData};
@@ -39,7 +42,10 @@ fn bench(c: &mut Criterion) {
         ("q4_0", RowData::Q4_0(&q40)),
         ("q4_1", RowData::Q4_1(&q41)),
     ];
-    let mut out = vec![0f32; ROWS];
+    const BATCH: usize = 16;
+    let xs: Vec<f32> = (0..BATCH).flat_map(|_| x.iter().copied()).collect();
+    let mut out = vec![0f32; ROWS * BATCH];
+    let mut scratch = vec![0f32; Kernels::scratch_len(COLS, BATCH)];
     for k in [Kernels::scalar(), Kernels::detect()] {
         let mut g = c.benchmark_group(format!("matvec_{}", k.name));
         for (name, data) in mats {
@@ -50,7 +56,21 @@ fn bench(c: &mut Criterion) {
             };
             g.throughput(Throughput::Bytes(m.n_bytes() as u64));
             g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
-                b.iter(|| k.matmul(m, &x, 1, &mut out, &mut []).unwrap())
+                b.iter(|| k.matmul(m, &x, 1, &mut out, &mut scratch).unwrap())
+            });
+        }
+        g.finish();
+        let mut g = c.benchmark_group(format!("matmul{BATCH}_{}", k.name));
+        for (name, data) in mats {
+            let m = Matrix {
+                rows: ROWS,
+                cols: COLS,
+                data,
+            };
+            // Weight bytes per second, each read once for the whole batch.
+            g.throughput(Throughput::Bytes(m.n_bytes() as u64));
+            g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
+                b.iter(|| k.matmul(m, &xs, BATCH, &mut out, &mut scratch).unwrap())
             });
         }
         g.finish();

@@ -55,6 +55,8 @@ pub enum KernelChoice {
     Auto,
     /// x86_64 AVX2 + FMA + F16C (an error where the CPU lacks them).
     Avx2,
+    /// AVX2 with AVX-512F prefill tiles (an error where the CPU lacks them).
+    Avx512,
     /// AArch64 NEON (an error on other CPUs).
     Neon,
     /// The scalar reference with Q8_0 matrices multiplied by activations
@@ -492,6 +494,9 @@ pub fn kernels(choice: KernelChoice) -> Result<Kernels> {
         KernelChoice::ScalarQ16 => Kernels::scalar_q16(),
         KernelChoice::Avx2 => Kernels::avx2().context(
             "--kernels avx2: this CPU lacks AVX2, FMA or F16C (or is not x86_64); use --kernels auto",
+        )?,
+        KernelChoice::Avx512 => Kernels::avx512().context(
+            "--kernels avx512: this CPU lacks AVX-512F (or AVX2, FMA, F16C); use --kernels auto",
         )?,
         KernelChoice::Neon => Kernels::neon()
             .context("--kernels neon: this CPU is not AArch64 with NEON; use --kernels auto")?,

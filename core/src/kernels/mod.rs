@@ -21,6 +21,8 @@ pub mod arm_dsp;
 pub mod scalar;
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod x86_avx2;
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod x86_avx512;
 
 #[cfg(test)]
 mod conformance;
@@ -246,7 +248,7 @@ impl Kernels {
     /// (detected at run time with `std`, from target features without).
     pub fn detect() -> Kernels {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        if let Some(k) = x86_avx2::table() {
+        if let Some(k) = x86_avx512::table().or_else(x86_avx2::table) {
             return k;
         }
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -263,6 +265,15 @@ impl Kernels {
     pub fn avx2() -> Option<Kernels> {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         return x86_avx2::table();
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// The x86_64 AVX-512 set (the AVX2 set with AVX-512 prefill tiles), if
+    /// this build and CPU run it.
+    pub fn avx512() -> Option<Kernels> {
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        return x86_avx512::table();
         #[allow(unreachable_code)]
         None
     }

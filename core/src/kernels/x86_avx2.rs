@@ -713,14 +713,26 @@ mod imp {
         ld: usize,
     ) {
         let body = cols / 8;
-        let wr: [&[f32]; R] = core::array::from_fn(|r| &w[r * cols..(r + 1) * cols]);
-        let xt: [&[f32]; T] = core::array::from_fn(|t| &x[t * cols..(t + 1) * cols]);
+        assert!(w.len() >= R * cols && x.len() >= T * cols);
+        let mut wp = [w.as_ptr(); R];
+        for (r, p) in wp.iter_mut().enumerate() {
+            *p = w[r * cols..].as_ptr();
+        }
+        let mut xp = [x.as_ptr(); T];
+        for (t, p) in xp.iter_mut().enumerate() {
+            *p = x[t * cols..].as_ptr();
+        }
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         for i in 0..body {
-            let xv: [__m256; T] =
-                core::array::from_fn(|t| load8(xt[t][8 * i..8 * i + 8].try_into().unwrap()));
+            let mut xv = [_mm256_setzero_ps(); T];
+            for t in 0..T {
+                // SAFETY: row t of `x` has `cols` floats (asserted) and
+                // 8i + 8 <= cols (i < cols / 8); loadu is unaligned.
+                xv[t] = unsafe { _mm256_loadu_ps(xp[t].add(8 * i)) };
+            }
             for r in 0..R {
-                let wv = load8(wr[r][8 * i..8 * i + 8].try_into().unwrap());
+                // SAFETY: as above, for row r of `w`.
+                let wv = unsafe { _mm256_loadu_ps(wp[r].add(8 * i)) };
                 for t in 0..T {
                     acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
                 }
@@ -728,9 +740,10 @@ mod imp {
         }
         for r in 0..R {
             for t in 0..T {
-                let tail: f32 = wr[r][body * 8..]
+                let (wr, xt) = (&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                let tail: f32 = wr[body * 8..]
                     .iter()
-                    .zip(&xt[t][body * 8..])
+                    .zip(&xt[body * 8..])
                     .map(|(a, b)| a * b)
                     .sum();
                 out[t * ld + r] = hsum(acc[r][t]) + tail;

@@ -1,0 +1,158 @@
+//! x86_64 AVX-512 prefill tiles over the AVX2 table.
+//!
+//! Thirty-two 16-lane registers hold a 4-row x 6-token tile of accumulators
+//! (24), six token vectors and one row vector: ten loads feed 24 FMAs, where
+//! the AVX2 tile (4 x 3 in sixteen 8-lane registers) needs seven loads for
+//! twelve. Decode stays on the AVX2 kernels: it streams weights from memory,
+//! and wider registers measured slower there.
+//!
+//! Results differ from the scalar reference only by FMA rounding and
+//! summation order; `conformance.rs` holds them together.
+
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::*;
+
+use super::Kernels;
+
+/// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
+pub fn table() -> Option<Kernels> {
+    let base = super::x86_avx2::table()?;
+    if !supported() {
+        return None;
+    }
+    Some(Kernels {
+        name: "avx512",
+        gemm_f32,
+        ..base
+    })
+}
+
+#[cfg(feature = "std")]
+fn supported() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(feature = "std"))]
+fn supported() -> bool {
+    cfg!(target_feature = "avx512f")
+}
+
+fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (rows, n) = (w.len() / cols, x.len() / cols);
+    // SAFETY: reachable only through `table`, which checked AVX-512F (and,
+    // through the AVX2 table, AVX2, FMA and F16C); `out` holds (n, rows).
+    unsafe {
+        imp::gemm_f32(
+            &w[..rows * cols],
+            &x[..n * cols],
+            cols,
+            &mut out[..rows * n],
+        )
+    }
+}
+
+mod imp {
+    use super::*;
+
+    /// Rows `R` of `w` times tokens `T` of `x`, all `cols` long, into
+    /// `out[t * ld + r]`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn tile<const R: usize, const T: usize>(
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        out: &mut [f32],
+        ld: usize,
+    ) {
+        let body = cols / 16;
+        assert!(w.len() >= R * cols && x.len() >= T * cols);
+        let mut wp = [w.as_ptr(); R];
+        for (r, p) in wp.iter_mut().enumerate() {
+            *p = w[r * cols..].as_ptr();
+        }
+        let mut xp = [x.as_ptr(); T];
+        for (t, p) in xp.iter_mut().enumerate() {
+            *p = x[t * cols..].as_ptr();
+        }
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for i in 0..body {
+            let mut xv = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                // SAFETY: row t of `x` has `cols` floats (asserted) and
+                // 16i + 16 <= cols (i < cols / 16); loadu is unaligned.
+                xv[t] = unsafe { _mm512_loadu_ps(xp[t].add(16 * i)) };
+            }
+            for r in 0..R {
+                // SAFETY: as above, for row r of `w`.
+                let wv = unsafe { _mm512_loadu_ps(wp[r].add(16 * i)) };
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let (wr, xt) = (&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                let tail: f32 = wr[body * 16..]
+                    .iter()
+                    .zip(&xt[body * 16..])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                out[t * ld + r] = _mm512_reduce_add_ps(acc[r][t]) + tail;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        let (rows, n) = (w.len() / cols, x.len() / cols);
+        macro_rules! dispatch {
+            ($rn:expr, $tn:expr, $ws:expr, $xs:expr, $o:expr; $(($r:literal, $t:literal)),*) => {
+                match ($rn, $tn) {
+                    $(($r, $t) => tile::<$r, $t>($ws, $xs, cols, $o, rows),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        let mut t = 0;
+        while t < n {
+            let tn = (n - t).min(6);
+            let xs = &x[t * cols..(t + tn) * cols];
+            let mut r = 0;
+            while r < rows {
+                let rn = (rows - r).min(4);
+                let ws = &w[r * cols..(r + rn) * cols];
+                let o = &mut out[t * rows + r..];
+                dispatch!(rn, tn, ws, xs, o;
+                    (4, 6), (4, 5), (4, 4), (4, 3), (4, 2), (4, 1),
+                    (3, 6), (3, 5), (3, 4), (3, 3), (3, 2), (3, 1),
+                    (2, 6), (2, 5), (2, 4), (2, 3), (2, 2), (2, 1),
+                    (1, 6), (1, 5), (1, 4), (1, 3), (1, 2), (1, 1));
+                r += rn;
+            }
+            t += tn;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conforms_to_scalar() {
+        // Where the CPU lacks AVX-512F the detected table is the AVX2 one,
+        // which its own test holds to the reference.
+        if let Some(k) = super::table() {
+            crate::kernels::conformance::check_table(&k);
+            crate::kernels::conformance::check_rows(&k);
+            crate::kernels::conformance::check_q16(&k);
+        }
+    }
+}
