@@ -9,6 +9,8 @@
 //! `defmt-print` when they are missing, and QEMU through apt-get when it
 //! runs as root; elsewhere it fails naming what to install.
 
+mod common;
+use common::{have, is_root, run_ok};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -26,18 +28,6 @@ fn firmware_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../firmware")
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn run_ok(cmd: &mut Command, what: &str) {
-    let st = cmd.status().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(st.success(), "{what} failed ({st})");
-}
-
 /// Installs what the firmware needs, then builds every image once.
 fn built() -> &'static Path {
     static DONE: OnceLock<PathBuf> = OnceLock::new();
@@ -53,8 +43,7 @@ fn built() -> &'static Path {
             );
         }
         if !have("qemu-system-arm") || !have("qemu-system-aarch64") {
-            let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n");
-            if have("apt-get") && root.unwrap_or(false) {
+            if have("apt-get") && is_root() {
                 run_ok(
                     Command::new("sh").args([
                         "-c",

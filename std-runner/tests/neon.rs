@@ -9,24 +9,14 @@
 //! apt-get when it runs as root, and otherwise fails naming them.
 //! On an AArch64 host the same tests run natively in `cargo test`.
 
+mod common;
+use common::{have, is_root, run_ok};
 use std::path::PathBuf;
 use std::process::Command;
 
 use ember_core::quant::GgmlType;
 
 const TARGET: &str = "aarch64-unknown-linux-gnu";
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn run_ok(cmd: &mut Command, what: &str) {
-    let st = cmd.status().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(st.success(), "{what} failed ({st})");
-}
 
 #[test]
 #[cfg(target_arch = "x86_64")]
@@ -39,11 +29,7 @@ fn neon_kernels_under_qemu_aarch64() {
         "rustup target add",
     );
     if !have("qemu-aarch64") || !have("aarch64-linux-gnu-gcc") {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout == b"0\n");
-        if have("apt-get") && is_root {
+        if have("apt-get") && is_root() {
             run_ok(
                 Command::new("sh").args([
                     "-c",

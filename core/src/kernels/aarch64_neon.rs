@@ -181,10 +181,16 @@ mod imp {
         vaddq_f32(a, b)
     }
 
-    /// # Safety
-    /// The CPU must support NEON.
+    /// `a · b` over four-element chunks with four accumulators: `load`
+    /// widens a chunk of `a` to f32, `elem` one element of its tail.
     #[target_feature(enable = "neon")]
-    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[inline]
+    fn dot_plain<T>(
+        a: &[T],
+        b: &[f32],
+        load: impl Fn(&[T; 4]) -> float32x4_t,
+        elem: impl Fn(&T) -> f32,
+    ) -> f32 {
         let n = a.len().min(b.len());
         let (ca, ta) = a[..n].as_chunks::<4>();
         let (cb, tb) = b[..n].as_chunks::<4>();
@@ -192,12 +198,12 @@ mod imp {
         let mut i = 0;
         while i + 4 <= ca.len() {
             for k in 0..4 {
-                acc[k] = vfmaq_f32(acc[k], load4(&ca[i + k]), load4(&cb[i + k]));
+                acc[k] = vfmaq_f32(acc[k], load(&ca[i + k]), load4(&cb[i + k]));
             }
             i += 4;
         }
         while i < ca.len() {
-            acc[0] = vfmaq_f32(acc[0], load4(&ca[i]), load4(&cb[i]));
+            acc[0] = vfmaq_f32(acc[0], load(&ca[i]), load4(&cb[i]));
             i += 1;
         }
         let mut s = vaddvq_f32(vaddq_f32(
@@ -205,7 +211,7 @@ mod imp {
             vaddq_f32(acc[2], acc[3]),
         ));
         for (x, y) in ta.iter().zip(tb) {
-            s += x * y;
+            s += elem(x) * y;
         }
         s
     }
@@ -213,30 +219,15 @@ mod imp {
     /// # Safety
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        dot_plain(a, b, |c| load4(c), |v| *v)
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
     pub unsafe fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (ca, ta) = a[..n].as_chunks::<4>();
-        let (cb, tb) = b[..n].as_chunks::<4>();
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        let mut i = 0;
-        while i + 4 <= ca.len() {
-            for k in 0..4 {
-                acc[k] = vfmaq_f32(acc[k], half4(&ca[i + k]), load4(&cb[i + k]));
-            }
-            i += 4;
-        }
-        while i < ca.len() {
-            acc[0] = vfmaq_f32(acc[0], half4(&ca[i]), load4(&cb[i]));
-            i += 1;
-        }
-        let mut s = vaddvq_f32(vaddq_f32(
-            vaddq_f32(acc[0], acc[1]),
-            vaddq_f32(acc[2], acc[3]),
-        ));
-        for (h, y) in ta.iter().zip(tb) {
-            s += f16_bits_to_f32_fast(h.to_bits()) * y;
-        }
-        s
+        dot_plain(a, b, |c| half4(c), |h| f16_bits_to_f32_fast(h.to_bits()))
     }
 
     /// Blocks of `w` against `x`, two per step into two accumulators held
