@@ -5,11 +5,15 @@
 //! starts from it and overrides what the running CPU supports (with the `simd`
 //! feature), so the model itself contains no `cfg`.
 //!
-//! Matmuls keep activations in f32: each weight block is dequantized in
-//! registers and multiplied with f32 inputs. Decode at batch 1 is bound by
-//! reading the weights, not by arithmetic, so this costs little and keeps
-//! results within f32 rounding of the exact function of the file's weights
-//! (ggml instead quantizes activations to 8 bits inside quantized matmuls).
+//! Activations are never quantized to 8 bits (ggml's choice). Batched
+//! prefill keeps them in f32: a tile of weight rows is dequantized once and
+//! multiplied with every token ([`Kernels::gemm_f32`]). Decode reads each
+//! weight once per token; on the scalar table it widens each block in
+//! registers against f32 inputs, and the fast tables multiply quantized rows
+//! by the activations in 16-bit blocks ([`Q16Kernels`]: exact integer dots,
+//! then both scales), which halves the instructions per weight while staying
+//! far closer to the exact function than 8-bit activations. Every table is
+//! held to the scalar table of the same arithmetic ([`Kernels::reference`]).
 
 // Unsafe is for the architecture files alone (intrinsics); they opt in.
 #![deny(unsafe_code)]
