@@ -47,33 +47,23 @@ fn bench(c: &mut Criterion) {
     let mut out = vec![0f32; ROWS * BATCH];
     let mut scratch = vec![0f32; Kernels::scratch_len(COLS, BATCH)];
     for k in [Kernels::scalar(), Kernels::detect()] {
-        let mut g = c.benchmark_group(format!("matvec_{}", k.name));
-        for (name, data) in mats {
-            let m = Matrix {
-                rows: ROWS,
-                cols: COLS,
-                data,
-            };
-            g.throughput(Throughput::Bytes(m.n_bytes() as u64));
-            g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
-                b.iter(|| k.matmul(m, &x, 1, &mut out, &mut scratch).unwrap())
-            });
+        // One token (decode), then a batch (prefill); weight bytes per
+        // second, each weight read once per call.
+        for (group, n, input) in [("matvec", 1, &x), ("matmul16", BATCH, &xs)] {
+            let mut g = c.benchmark_group(format!("{group}_{}", k.name));
+            for (name, data) in mats {
+                let m = Matrix {
+                    rows: ROWS,
+                    cols: COLS,
+                    data,
+                };
+                g.throughput(Throughput::Bytes(m.n_bytes() as u64));
+                g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
+                    b.iter(|| k.matmul(m, input, n, &mut out, &mut scratch).unwrap())
+                });
+            }
+            g.finish();
         }
-        g.finish();
-        let mut g = c.benchmark_group(format!("matmul{BATCH}_{}", k.name));
-        for (name, data) in mats {
-            let m = Matrix {
-                rows: ROWS,
-                cols: COLS,
-                data,
-            };
-            // Weight bytes per second, each read once for the whole batch.
-            g.throughput(Throughput::Bytes(m.n_bytes() as u64));
-            g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
-                b.iter(|| k.matmul(m, &xs, BATCH, &mut out, &mut scratch).unwrap())
-            });
-        }
-        g.finish();
     }
 }
 
