@@ -87,7 +87,7 @@ pub fn bytes_per_token(model: &Llama) -> usize {
 /// Read bandwidth in bytes per second: `bytes` summed by every worker of
 /// `pool` (a disjoint share each), best of `passes`.
 pub fn read_bandwidth(bytes: &[u8], pool: &Pool, passes: usize) -> f64 {
-    let words: &[u64] = bytemuck_words(bytes);
+    let words = words(bytes);
     let w = pool.workers();
     let mut best = 0.0f64;
     let sink = std::sync::atomic::AtomicU64::new(0);
@@ -95,31 +95,27 @@ pub fn read_bandwidth(bytes: &[u8], pool: &Pool, passes: usize) -> f64 {
         let t = Instant::now();
         pool.run(&|i| {
             let (lo, hi) = parallel::share(words.len(), w, i, 4096);
-            let mut acc = [0u64; 8];
-            for c in words[lo..hi].chunks_exact(8) {
-                for k in 0..8 {
-                    acc[k] = acc[k].wrapping_add(c[k]);
+            let mut acc = [0u32; 16];
+            for c in words[lo..hi].chunks_exact(16) {
+                for k in 0..16 {
+                    acc[k] = acc[k].wrapping_add(c[k].to_bits());
                 }
             }
-            let s = acc.iter().fold(0u64, |a, &b| a.wrapping_add(b));
-            sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+            let s = acc.iter().fold(0u32, |a, &b| a.wrapping_add(b));
+            sink.fetch_add(s as u64, std::sync::atomic::Ordering::Relaxed);
         });
         let secs = t.elapsed().as_secs_f64();
-        best = best.max((words.len() * 8) as f64 / secs.max(1e-9));
+        best = best.max((words.len() * 4) as f64 / secs.max(1e-9));
     }
     std::hint::black_box(sink.load(std::sync::atomic::Ordering::Relaxed));
     best
 }
 
-/// The whole aligned u64 words of `bytes`.
-fn bytemuck_words(bytes: &[u8]) -> &[u64] {
-    let skip = bytes.as_ptr().align_offset(8).min(bytes.len());
+/// The whole aligned 4-byte words of `bytes`, as f32 (read for their bits).
+fn words(bytes: &[u8]) -> &[f32] {
+    let skip = bytes.as_ptr().align_offset(4).min(bytes.len());
     let body = &bytes[skip..];
-    let n = body.len() / 8;
-    // SAFETY: `body` starts 8-aligned (align_offset above), `n * 8` of its
-    // bytes are in bounds, every bit pattern is a valid u64, and the result
-    // borrows `bytes`, so it cannot outlive them.
-    unsafe { std::slice::from_raw_parts(body.as_ptr().cast::<u64>(), n) }
+    ember_core::quant::cast_slice(&body[..body.len() / 4 * 4]).unwrap_or(&[])
 }
 
 pub fn cmd_bench(a: BenchArgs) -> Result<()> {

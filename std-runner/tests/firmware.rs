@@ -10,7 +10,7 @@
 //! runs as root; elsewhere it fails naming what to install.
 
 mod common;
-use common::{have, is_root, run_ok};
+use common::{have, need_commands, run_ok};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -42,19 +42,11 @@ fn built() -> &'static Path {
                 "cargo install defmt-print",
             );
         }
-        if !have("qemu-system-arm") || !have("qemu-system-aarch64") {
-            if have("apt-get") && is_root() {
-                run_ok(
-                    Command::new("sh").args([
-                        "-c",
-                        "apt-get update -q && apt-get install -y -q qemu-system-arm",
-                    ]),
-                    "apt-get install qemu-system-arm",
-                );
-            } else {
-                panic!("the firmware tests need QEMU: install qemu-system-arm (Debian: apt-get install qemu-system-arm)");
-            }
-        }
+        need_commands(
+            &["qemu-system-arm", "qemu-system-aarch64"],
+            "qemu-system-arm",
+            "the firmware tests",
+        );
         let mut build = Command::new(env!("CARGO"));
         build
             .current_dir(&dir)

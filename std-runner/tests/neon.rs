@@ -10,7 +10,7 @@
 //! On an AArch64 host the same tests run natively in `cargo test`.
 
 mod common;
-use common::{have, is_root, run_ok};
+use common::{need_commands, run_ok};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -28,19 +28,11 @@ fn neon_kernels_under_qemu_aarch64() {
             .args(["target", "add", TARGET]),
         "rustup target add",
     );
-    if !have("qemu-aarch64") || !have("aarch64-linux-gnu-gcc") {
-        if have("apt-get") && is_root() {
-            run_ok(
-                Command::new("sh").args([
-                    "-c",
-                    "apt-get update -q && apt-get install -y -q qemu-user gcc-aarch64-linux-gnu",
-                ]),
-                "apt-get install qemu-user gcc-aarch64-linux-gnu",
-            );
-        } else {
-            panic!("the NEON tests need qemu-aarch64 and a cross linker: apt-get install qemu-user gcc-aarch64-linux-gnu");
-        }
-    }
+    need_commands(
+        &["qemu-aarch64", "aarch64-linux-gnu-gcc"],
+        "qemu-user gcc-aarch64-linux-gnu",
+        "the NEON tests",
+    );
     let smollm =
         ember_runner::model_store::converted(GgmlType::Q4_1).unwrap_or_else(|e| panic!("{e:#}"));
     // Its own target directory: the outer `cargo test` holds the lock on ours.

@@ -17,6 +17,7 @@ use core::arch::asm;
 
 use half::f16;
 
+use super::scalar::rows;
 use super::Kernels;
 use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
@@ -77,17 +78,6 @@ fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
     unsafe { imp::dot_q4_1(w, x) }
 }
 
-/// One dot per row (rows `per_row` elements of `w` long).
-#[inline(always)]
-fn rows<T>(w: &[T], per_row: usize, x: &[f32], out: &mut [f32], dot: fn(&[T], &[f32]) -> f32) {
-    if per_row == 0 {
-        out.fill(0.0);
-        return;
-    }
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(per_row)) {
-        *o = dot(row, x);
-    }
-}
 fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
     rows(w, x.len(), x, out, dot_f32)
 }

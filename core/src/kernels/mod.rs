@@ -387,16 +387,8 @@ impl Kernels {
         };
         let nb = cols / quant::QK;
         if let (Some(matvec), RowData::Q8_0(d)) = (self.q8_0_q8_0, w.data) {
-            // Each token's activations are quantized once into the scratch
-            // (34 bytes per 32 floats, so `cols` floats hold them).
-            let need = nb * core::mem::size_of::<BlockQ8_0>();
-            let bytes = quant::as_bytes_mut(scratch);
-            let found = bytes.len() as u64;
-            let xq: &mut [BlockQ8_0] =
-                quant::cast_slice_mut(bytes.get_mut(..need).ok_or(Error::BufferTooSmall {
-                    needed: need as u64,
-                    found,
-                })?)?;
+            // Each token's activations are quantized once into the scratch.
+            let xq: &mut [BlockQ8_0] = blocks_in(scratch, nb)?;
             for t in 0..n {
                 quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], xq);
                 matvec(&d[r0 * nb..r1 * nb], xq, part.token(t));
@@ -405,16 +397,8 @@ impl Kernels {
         }
         if let (1, Some(q16)) = (n, self.q16) {
             if !matches!(w.data, RowData::F32(_) | RowData::F16(_)) {
-                // The activations are quantized once into the scratch (80
-                // bytes per 32 floats: `cols` floats hold them).
-                let need = nb * core::mem::size_of::<BlockQ16>();
-                let bytes = quant::as_bytes_mut(scratch);
-                let found = bytes.len() as u64;
-                let xq: &mut [BlockQ16] =
-                    quant::cast_slice_mut(bytes.get_mut(..need).ok_or(Error::BufferTooSmall {
-                        needed: need as u64,
-                        found,
-                    })?)?;
+                // The activations are quantized once into the scratch.
+                let xq: &mut [BlockQ16] = blocks_in(scratch, nb)?;
                 quant::q16::quantize_row(&x[..cols], xq);
                 let o = part.token(0);
                 match w.data {
@@ -470,4 +454,18 @@ impl Kernels {
         }
         Ok(())
     }
+}
+
+/// The first `n` activation blocks of type `T` laid over the f32 scratch
+/// (each block takes at most 4 bytes per value it quantizes, so the `cols`
+/// floats a token needs hold its blocks).
+fn blocks_in<T: quant::Pod>(scratch: &mut [f32], n: usize) -> Result<&mut [T]> {
+    let need = n * core::mem::size_of::<T>();
+    let bytes = quant::as_bytes_mut(scratch);
+    let found = bytes.len() as u64;
+    let bytes = bytes.get_mut(..need).ok_or(Error::BufferTooSmall {
+        needed: need as u64,
+        found,
+    })?;
+    quant::cast_slice_mut(bytes)
 }

@@ -133,7 +133,7 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
 
 /// One dot per row: `out[i] = w[i] · x`, rows `per_row` elements of `w` long.
 #[inline(always)]
-fn rows<T>(w: &[T], per_row: usize, x: &[f32], out: &mut [f32], dot: DotFn<T>) {
+pub(crate) fn rows<T>(w: &[T], per_row: usize, x: &[f32], out: &mut [f32], dot: DotFn<T>) {
     if per_row == 0 {
         out.fill(0.0);
         return;

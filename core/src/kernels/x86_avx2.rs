@@ -16,6 +16,7 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::{Kernels, Q16Kernels};
+use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
@@ -300,12 +301,18 @@ mod imp {
         _mm256_cvtepu8_epi32(q)
     }
 
-    /// Rows of `w` (each `x.len()` long) times `x`, four rows per pass so each
-    /// load of `x` serves four rows; `load(row, i)` gives row elements
-    /// `8i..8i+8` as f32.
+    /// Rows of `w` (each `x.len()` long) times `x`: `load(row, i)` gives row
+    /// elements `8i..8i+8` as f32, `elem` one element of the tail past the
+    /// last whole eight.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn mv_plain<T>(w: &[T], x: &[f32], out: &mut [f32], load: impl Fn(&[T], usize) -> __m256) {
+    fn mv_plain<T>(
+        w: &[T],
+        x: &[f32],
+        out: &mut [f32],
+        load: impl Fn(&[T], usize) -> __m256,
+        elem: impl Fn(&T) -> f32,
+    ) {
         let cols = x.len();
         let x8 = x.as_chunks::<8>().0;
         if cols == 0 {
@@ -334,10 +341,16 @@ mod imp {
                 a[0] = _mm256_fmadd_ps(load(wr, i), load8(&x8[i]), a[0]);
                 i += 1;
             }
+            let body = x8.len() * 8;
+            let tail: f32 = wr[body..]
+                .iter()
+                .zip(&x[body..])
+                .map(|(p, q)| elem(p) * q)
+                .sum();
             *o = hsum(_mm256_add_ps(
                 _mm256_add_ps(a[0], a[1]),
                 _mm256_add_ps(a[2], a[3]),
-            ));
+            )) + tail;
         }
     }
 
@@ -345,50 +358,36 @@ mod imp {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
-        let cols = x.len();
-        let body = cols / 8 * 8;
-        mv_plain(w, x, out, |wr, i| {
-            load8(wr[8 * i..8 * i + 8].try_into().unwrap())
-        });
-        if body < cols {
-            for (r, o) in out.iter_mut().enumerate() {
-                let wr = &w[r * cols..(r + 1) * cols];
-                *o += wr[body..]
-                    .iter()
-                    .zip(&x[body..])
-                    .map(|(a, b)| a * b)
-                    .sum::<f32>();
-            }
-        }
+        mv_plain(
+            w,
+            x,
+            out,
+            |wr, i| load8(wr[8 * i..8 * i + 8].try_into().unwrap()),
+            |v| *v,
+        )
     }
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
-        let cols = x.len();
-        let body = cols / 8 * 8;
-        mv_plain(w, x, out, |wr, i| {
-            let h = &wr[8 * i..8 * i + 8];
-            // SAFETY: eight halves (16 bytes) readable at `h`; loadu is unaligned.
-            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
-        });
-        if body < cols {
-            for (r, o) in out.iter_mut().enumerate() {
-                let wr = &w[r * cols..(r + 1) * cols];
-                *o += wr[body..]
-                    .iter()
-                    .zip(&x[body..])
-                    .map(|(a, b)| a.to_f32() * b)
-                    .sum::<f32>();
-            }
-        }
+        mv_plain(
+            w,
+            x,
+            out,
+            |wr, i| {
+                let h = &wr[8 * i..8 * i + 8];
+                // SAFETY: eight halves (16 bytes) readable at `h`; loadu is unaligned.
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
+            },
+            |h| f16_bits_to_f32_fast(h.to_bits()),
+        )
     }
 
-    /// Block rows times `x`, four rows per pass; `block(b, xs)` returns the
+    /// Block rows times `x`, one row at a time: `block(b, xs)` returns the
     /// block's unscaled partial sums (eight lanes) against the 32 floats
-    /// `xs` (four vectors), `scale(b)` its scale, `extra(b, xsum)` what it
-    /// adds beyond `scale * sums` given the sum of `xs` (Q4_1's minimum).
+    /// `xs` (four vectors), `scale(b)` its scale, and with `with_min`,
+    /// `min(b)` multiplies the sum of `xs` (Q4_1's minimum).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn mv_blocks<B>(
@@ -397,7 +396,8 @@ mod imp {
         out: &mut [f32],
         block: impl Fn(&B, &[__m256; 4]) -> __m256,
         scale: impl Fn(&B) -> __m256,
-        min: Option<fn(&B) -> __m256>,
+        min: impl Fn(&B) -> __m256,
+        with_min: bool,
     ) {
         let nb = x.len() / QK;
         if nb == 0 {
@@ -421,14 +421,11 @@ mod imp {
             let mut a1 = _mm256_setzero_ps();
             let step = |blk: &B, xb: &[__m256; 4], a: __m256| -> __m256 {
                 let a = _mm256_fmadd_ps(scale(blk), block(blk, xb), a);
-                match min {
-                    Some(m) => {
-                        let sx =
-                            _mm256_add_ps(_mm256_add_ps(xb[0], xb[1]), _mm256_add_ps(xb[2], xb[3]));
-                        _mm256_fmadd_ps(m(blk), sx, a)
-                    }
-                    None => a,
+                if !with_min {
+                    return a;
                 }
+                let sx = _mm256_add_ps(_mm256_add_ps(xb[0], xb[1]), _mm256_add_ps(xb[2], xb[3]));
+                _mm256_fmadd_ps(min(blk), sx, a)
             };
             let mut b = 0;
             while b + 2 <= nb {
@@ -460,7 +457,8 @@ mod imp {
                 _mm256_add_ps(s0, s1)
             },
             |b| scale8(b.d),
-            None,
+            |_| _mm256_setzero_ps(),
+            false,
         )
     }
 
@@ -493,7 +491,8 @@ mod imp {
             out,
             |b, x| q4_block(&b.qs, x, eight),
             |b| scale8(b.d),
-            None,
+            |_| _mm256_setzero_ps(),
+            false,
         )
     }
 
@@ -502,27 +501,15 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
         let zero = _mm256_setzero_si256();
-        fn min(b: &BlockQ4_1) -> __m256 {
-            // SAFETY: reached only from `mv_q4_1`, whose caller checked F16C.
-            unsafe { scale8_any(b.m) }
-        }
         mv_blocks(
             w,
             x,
             out,
             |b, x| q4_block(&b.qs, x, zero),
             |b| scale8(b.d),
-            Some(min),
+            |b| scale8(b.m),
+            true,
         )
-    }
-
-    /// [`scale8`] callable through a plain `fn` pointer.
-    ///
-    /// # Safety
-    /// The CPU must support F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scale8_any(d: [u8; 2]) -> __m256 {
-        scale8(d)
     }
 
     /// # Safety

@@ -19,10 +19,27 @@ pub fn run_ok(cmd: &mut Command, what: &str) {
     assert!(st.success(), "{what} failed ({st})");
 }
 
-/// Whether this process runs as root (and may install with apt-get).
-pub fn is_root() -> bool {
-    Command::new("id")
+/// Makes sure every command in `cmds` is on the PATH: installs `packages`
+/// with apt-get when some is missing and this process runs as root, and
+/// otherwise fails the test naming the packages (`what` needs them).
+pub fn need_commands(cmds: &[&str], packages: &str, what: &str) {
+    if cmds.iter().all(|c| have(c)) {
+        return;
+    }
+    let root = Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| o.stdout == b"0\n")
+        .is_ok_and(|o| o.stdout == b"0\n");
+    assert!(
+        have("apt-get") && root,
+        "{what} need {}: install them (Debian: apt-get install {packages})",
+        cmds.join(", ")
+    );
+    run_ok(
+        Command::new("sh").args([
+            "-c",
+            &format!("apt-get update -q && apt-get install -y -q {packages}"),
+        ]),
+        &format!("apt-get install {packages}"),
+    );
 }
