@@ -1,8 +1,11 @@
-//! x86_64 AVX2 + FMA + F16C twins of the scalar kernels (f32 activations).
+//! x86_64 AVX2 + FMA + F16C twins of the scalar kernels.
 //!
-//! Each block is widened to f32 in registers (`vpmovsxbd`/`vpmovzxbd`,
-//! `vcvtdq2ps`, `vcvtph2ps`) and multiplied with the activations by FMA, eight
-//! lanes at a time. Results differ from the scalar reference only by FMA
+//! With f32 activations (dots, F32/F16 rows, prefill tiles) each block is
+//! widened to f32 in registers (`vpmovsxbd`/`vpmovzxbd`, `vcvtdq2ps`,
+//! `vcvtph2ps`) and multiplied by FMA, eight lanes at a time. Decode of
+//! quantized rows takes 16-bit activation blocks instead: weights widen to
+//! i16 and `vpmaddwd` gives exact integer dots, scaled once per block.
+//! Results differ from the scalar table of the same arithmetic only by FMA
 //! rounding and summation order; `conformance.rs` holds them together.
 //!
 //! The `unsafe` here is the intrinsics and the `#[target_feature]` calls. The
