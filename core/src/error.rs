@@ -154,6 +154,7 @@ pub enum Cap {
     VocabularyBytes,
     Merges,
     Threads,
+    Sequences,
 }
 
 impl Cap {
@@ -173,6 +174,7 @@ impl Cap {
             Cap::Vocabulary => "vocabulary size",
             Cap::KvCapacity => "KV cache capacity",
             Cap::Batch => "batch size",
+            Cap::Sequences => "sequences per step",
             Cap::Threads => "worker thread count",
             Cap::VocabularyBytes => "vocabulary text size",
             Cap::Merges => "BPE merge count",

@@ -405,5 +405,6 @@ mod tests {
         let k = super::table().expect("every AArch64 Linux CPU has NEON");
         crate::kernels::conformance::check_table(&k);
         crate::kernels::conformance::check_rows(&k);
+        crate::kernels::conformance::check_batch_invariance(&k);
     }
 }

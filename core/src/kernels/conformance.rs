@@ -307,8 +307,8 @@ pub(crate) fn check_q16(k: &Kernels) {
         let mut b8 = [BlockQ8_0::ZERO; 9 * 18];
         let b8 = &mut b8[..rows * nb];
         quant::q8_0::quantize_row(wf, b8);
-        (fast.q8_0)(b8, xq, &mut got[..rows]);
-        (reference.q8_0)(b8, xq, &mut want[..rows]);
+        (fast.q8_0)(b8, xq, 1, &mut got[..rows]);
+        (reference.q8_0)(b8, xq, 1, &mut want[..rows]);
         for r in 0..rows {
             let s = scale(&|i| b8[i].d(), &|_| 0.0, r);
             close(got[r], want[r], s, "q16 q8_0", case);
@@ -316,8 +316,8 @@ pub(crate) fn check_q16(k: &Kernels) {
         let mut b40 = [BlockQ4_0::ZERO; 9 * 18];
         let b40 = &mut b40[..rows * nb];
         quant::q4_0::quantize_row(wf, b40);
-        (fast.q4_0)(b40, xq, &mut got[..rows]);
-        (reference.q4_0)(b40, xq, &mut want[..rows]);
+        (fast.q4_0)(b40, xq, 1, &mut got[..rows]);
+        (reference.q4_0)(b40, xq, 1, &mut want[..rows]);
         for r in 0..rows {
             let s = scale(&|i| b40[i].d(), &|_| 0.0, r);
             close(got[r], want[r], s, "q16 q4_0", case);
@@ -325,8 +325,8 @@ pub(crate) fn check_q16(k: &Kernels) {
         let mut b41 = [BlockQ4_1::ZERO; 9 * 18];
         let b41 = &mut b41[..rows * nb];
         quant::q4_1::quantize_row(wf, b41);
-        (fast.q4_1)(b41, xq, &mut got[..rows]);
-        (reference.q4_1)(b41, xq, &mut want[..rows]);
+        (fast.q4_1)(b41, xq, 1, &mut got[..rows]);
+        (reference.q4_1)(b41, xq, 1, &mut want[..rows]);
         for r in 0..rows {
             let s = scale(&|i| b41[i].d(), &|i| b41[i].m(), r);
             close(got[r], want[r], s, "q16 q4_1", case);
@@ -336,6 +336,82 @@ pub(crate) fn check_q16(k: &Kernels) {
 
 fn reference_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Every token of a matmul gets, bit for bit, what it gets alone, in both
+/// arithmetics and for every storage type: batching sequences together
+/// (continuous batching) never changes a sequence's results. Row ranges
+/// that cross the decode tile and group sizes up to 9 tokens are covered.
+pub(crate) fn check_batch_invariance(k: &Kernels) {
+    use crate::kernels::{Arith, Matrix, RowData};
+    use crate::parallel::TokenRows;
+    const ROWS: usize = 77;
+    const COLS: usize = 96;
+    const N: usize = 9;
+    let mut rng = Rng::new(0x1b);
+    let wf: [f32; ROWS * COLS] = core::array::from_fn(|_| rng.f32());
+    let mut x = [0.0f32; N * COLS];
+    for (i, v) in x.iter_mut().enumerate() {
+        // Tokens of different magnitudes, one with an outlier, one all zero.
+        let t = i / COLS;
+        *v = match t {
+            3 => 0.0,
+            _ => rng.f32() * (1 + t * 7) as f32,
+        };
+    }
+    x[5 * COLS + 7] = 4e3;
+    let mut h = [f16::ZERO; ROWS * COLS];
+    quant::f16::quantize_row(&wf, &mut h);
+    let mut b8 = [BlockQ8_0::ZERO; ROWS * 3];
+    quant::q8_0::quantize_row(&wf, &mut b8);
+    let mut b40 = [BlockQ4_0::ZERO; ROWS * 3];
+    quant::q4_0::quantize_row(&wf, &mut b40);
+    let mut b41 = [BlockQ4_1::ZERO; ROWS * 3];
+    quant::q4_1::quantize_row(&wf, &mut b41);
+    let datas = [
+        RowData::F32(&wf),
+        RowData::F16(&h),
+        RowData::Q8_0(&b8),
+        RowData::Q4_0(&b40),
+        RowData::Q4_1(&b41),
+    ];
+    let mut scratch = [0.0f32; Kernels::scratch_len_for(COLS, N, N)];
+    for data in datas {
+        let m = Matrix {
+            rows: ROWS,
+            cols: COLS,
+            data,
+        };
+        for arith in [Arith::Decode, Arith::Batch] {
+            for (r0, r1) in [(0, ROWS), (5, 70), (33, 34)] {
+                let mut alone = [0.0f32; N * ROWS];
+                for t in 0..N {
+                    let o = &mut alone[t * ROWS..(t + 1) * ROWS];
+                    let mut part = TokenRows::new(o, 1, ROWS, r0, r1).unwrap();
+                    k.matmul_part_as(&m, &x[t * COLS..], &mut part, &mut scratch, arith)
+                        .unwrap();
+                }
+                for n in [2, 3, 4, 5, 9] {
+                    let mut got = [0.0f32; N * ROWS];
+                    let mut part = TokenRows::new(&mut got, n, ROWS, r0, r1).unwrap();
+                    k.matmul_part_as(&m, &x, &mut part, &mut scratch, arith)
+                        .unwrap();
+                    for t in 0..n {
+                        for r in r0..r1 {
+                            let (g, a) = (got[t * ROWS + r], alone[t * ROWS + r]);
+                            assert!(
+                                g.to_bits() == a.to_bits(),
+                                "{} {:?} {:?} n {n} token {t} row {r}: {g} batched, {a} alone",
+                                k.name,
+                                m.ty(),
+                                arith
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -349,6 +425,21 @@ fn detected_table_matches_reference() {
     check_table(&Kernels::detect());
     check_rows(&Kernels::detect());
     check_q16(&Kernels::detect());
+}
+
+#[test]
+fn every_table_is_batch_invariant() {
+    for k in [
+        Kernels::scalar(),
+        Kernels::scalar_q16(),
+        Kernels::scalar_int8(),
+        Kernels::detect(),
+    ] {
+        check_batch_invariance(&k);
+    }
+    if let Some(k) = Kernels::avx2() {
+        check_batch_invariance(&k);
+    }
 }
 
 /// 16-bit activations stay close to the f32 dot: within a few steps of the
@@ -643,6 +734,131 @@ mod end_to_end {
                 detected.name,
                 detected.reference().name
             );
+        }
+    }
+
+    /// Greedy continuation of each prompt, fed through one [`Batch`] that
+    /// advances all sequences together (joining at different steps, prompts
+    /// in chunks of up to 4, a streaming cache of 12 that evicts), gives bit
+    /// for bit the logits of each sequence run alone in a [`Session`].
+    fn batch_agrees(model: &Llama, k: Kernels, what: &str) {
+        use crate::kv_cache::KvOptions;
+        use crate::model::{Batch, Seq};
+        let c = &model.config;
+        let v = c.vocab_size as u32;
+        let kv = KvOptions::streaming(2, 10);
+        let prompts: Vec<Vec<u32>> = [9usize, 1, 5, 13, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                (0..n as u32)
+                    .map(|j| (j * 7919 + 31 * i as u32 + 5) % v)
+                    .collect()
+            })
+            .collect();
+        let gen = 6;
+        let argmax = |l: &[f32]| -> u32 {
+            let mut b = 0;
+            for (i, &x) in l.iter().enumerate() {
+                if x > l[b] {
+                    b = i;
+                }
+            }
+            b as u32
+        };
+        // Alone.
+        let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+        for p in &prompts {
+            let plan = MemoryPlan::with_kv(c, kv, 4).unwrap();
+            let mut arena = plan.alloc();
+            let mut s = Session::new(model, k, plan, &mut arena).unwrap();
+            let mut got = std::vec![s.forward(p).unwrap().to_vec()];
+            for _ in 0..gen {
+                let next = argmax(s.logits());
+                got.push(s.forward(&[next]).unwrap().to_vec());
+            }
+            alone.push(got);
+        }
+        // Together.
+        let n = prompts.len();
+        let plan = MemoryPlan::batched(c, kv, 4 * n, 1, n).unwrap();
+        let mut scratch = std::vec![0.0f32; plan.scratch_len];
+        let mut b = Batch::new(model, k, plan, &mut scratch).unwrap();
+        let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..n)
+            .map(|_| (std::vec![0.0; plan.kv_len], std::vec![0.0; plan.kv_len]))
+            .collect();
+        let mut caches: Vec<_> = mem
+            .iter_mut()
+            .map(|(kk, vv)| plan.cache(c, kk, vv).unwrap())
+            .collect();
+        let mut fed = std::vec![0usize; n];
+        let mut next = std::vec![0u32; n];
+        let mut got: Vec<Vec<Vec<f32>>> = std::vec![Vec::new(); n];
+        let mut step = 0;
+        while got.iter().any(|g| g.len() < gen + 1) {
+            let mut work: Vec<(usize, Vec<u32>)> = Vec::new();
+            for i in 0..n.min(step + 1) {
+                if got[i].len() == gen + 1 {
+                    continue;
+                }
+                let p = &prompts[i];
+                if fed[i] < p.len() {
+                    let take = 4.min(caches[i].chunk_room()).min(p.len() - fed[i]);
+                    work.push((i, p[fed[i]..fed[i] + take].to_vec()));
+                } else {
+                    work.push((i, std::vec![next[i]]));
+                }
+            }
+            // Sequences in reverse order of index, so rows and slots differ.
+            work.reverse();
+            let mut refs: Vec<&mut crate::kv_cache::KvCache> = caches.iter_mut().collect();
+            let mut seqs: Vec<Seq> = Vec::new();
+            let mut order = Vec::new();
+            for (i, r) in refs.drain(..).enumerate().rev() {
+                if let Some((_, t)) = work.iter().find(|(j, _)| *j == i) {
+                    seqs.push(Seq {
+                        cache: r,
+                        tokens: t,
+                    });
+                    order.push(i);
+                }
+            }
+            b.step(&mut seqs).unwrap();
+            for (slot, &i) in order.iter().enumerate() {
+                let t = &work.iter().find(|(j, _)| *j == i).unwrap().1;
+                if fed[i] < prompts[i].len() {
+                    fed[i] += t.len();
+                    if fed[i] < prompts[i].len() {
+                        continue;
+                    }
+                }
+                let l = b.logits(slot).to_vec();
+                next[i] = argmax(&l);
+                got[i].push(l);
+            }
+            step += 1;
+        }
+        for i in 0..n {
+            for (t, (x, y)) in alone[i].iter().zip(&got[i]).enumerate() {
+                let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(
+                    same,
+                    "{what} {}: sequence {i} output {t} differs batched",
+                    k.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batched_sequences_match_sessions() {
+        for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1] {
+            let bytes = tiny(ty);
+            let g = Gguf::parse(&bytes).unwrap();
+            let model = Llama::from_gguf(&g).unwrap();
+            for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
+                batch_agrees(&model, k, ty.name());
+            }
         }
     }
 

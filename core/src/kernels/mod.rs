@@ -140,9 +140,13 @@ pub type GemmFn = fn(&[f32], &[f32], usize, &mut [f32]);
 /// Q8_0: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
 pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 
-/// `out[r] = W[r] · x` for quantized rows against activations in 16-bit
-/// blocks: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
-pub type MatvecQ16Fn<T> = fn(&[T], &[BlockQ16], &mut [f32]);
+/// `out[t * rows + r] = W[r] · x[t]` for quantized rows against `n` tokens of
+/// activations in 16-bit blocks: `x` is (n, blocks), `out` is (n, rows), and
+/// `rows = out.len() / n` rows are read from `w`. Each weight block is
+/// unpacked once for all the tokens, and every token's result is the one it
+/// gets alone (`n = 1`), bit for bit: decode of several sequences at once
+/// (continuous batching) gives each exactly what it would get by itself.
+pub type MatvecQ16Fn<T> = fn(&[T], &[BlockQ16], usize, &mut [f32]);
 
 /// Decode kernels over 16-bit activation blocks ([`crate::quant::q16`]).
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +162,22 @@ pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 /// Weight rows a batched matmul dequantizes at once (a tile), reused for
 /// every token of the batch.
 pub const TILE_ROWS: usize = 16;
+
+/// Weight rows that several decode tokens read in turn (small enough to stay
+/// in the first-level cache between them).
+pub const DECODE_TILE: usize = 32;
+
+/// The arithmetic of a matmul's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Arith {
+    /// Each token against the stored rows (16-bit activation blocks on the
+    /// fast tables): what one-token steps use.
+    Decode,
+    /// Rows dequantized in tiles and multiplied with f32 activations: what
+    /// prompt chunks use.
+    Batch,
+}
 
 /// The kernel table.
 #[derive(Debug, Clone, Copy)]
@@ -293,11 +313,30 @@ impl Kernels {
     /// Floats of per-worker scratch that [`Kernels::matmul_part`] needs for
     /// matrices up to `cols` long and batches up to `n` tokens.
     pub const fn scratch_len(cols: usize, n: usize) -> usize {
-        // One token: quantized activations (at most 80 bytes per 32 floats).
-        if n <= 1 {
+        Self::scratch_len_for(cols, n, 1)
+    }
+
+    /// Floats of per-worker scratch for [`Kernels::matmul_part_as`] with up
+    /// to `batch` tokens in [`Arith::Batch`] and up to `decode` tokens in
+    /// [`Arith::Decode`].
+    pub const fn scratch_len_for(cols: usize, batch: usize, decode: usize) -> usize {
+        // Decode: the tokens' quantized activations (at most 80 bytes per 32
+        // floats), and an output tile when there are several tokens.
+        let d = if decode <= 1 {
             cols
         } else {
-            TILE_ROWS * cols + TILE_ROWS * n
+            decode * (cols + DECODE_TILE)
+        };
+        // Batch: a dequantized tile of rows and its output.
+        let b = if batch <= 1 {
+            0
+        } else {
+            TILE_ROWS * cols + TILE_ROWS * batch
+        };
+        if d > b {
+            d
+        } else {
+            b
         }
     }
 
@@ -350,13 +389,34 @@ impl Kernels {
         self.matmul_part(w, x, &mut part, scratch)
     }
 
-    /// The matmul for one worker's rows (`part`: rows `r0..r1` of every token).
+    /// The matmul for one worker's rows (`part`: rows `r0..r1` of every
+    /// token): decode arithmetic for one token, batched for more.
     pub fn matmul_part(
         &self,
         w: &Matrix,
         x: &[f32],
         part: &mut TokenRows<'_>,
         scratch: &mut [f32],
+    ) -> Result<()> {
+        let arith = if part.tokens() <= 1 {
+            Arith::Decode
+        } else {
+            Arith::Batch
+        };
+        self.matmul_part_as(w, x, part, scratch, arith)
+    }
+
+    /// The matmul for one worker's rows with the arithmetic chosen by the
+    /// caller. Each token's result depends only on its own activations and
+    /// `arith`, never on the other tokens: sequences batched together get
+    /// what each gets alone.
+    pub fn matmul_part_as(
+        &self,
+        w: &Matrix,
+        x: &[f32],
+        part: &mut TokenRows<'_>,
+        scratch: &mut [f32],
+        arith: Arith,
     ) -> Result<()> {
         let (rows, cols) = (w.rows, w.cols);
         let n = part.tokens();
@@ -395,32 +455,8 @@ impl Kernels {
             }
             return Ok(());
         }
-        if let (1, Some(q16)) = (n, self.q16) {
-            if !matches!(w.data, RowData::F32(_) | RowData::F16(_)) {
-                // The activations are quantized once into the scratch.
-                let xq: &mut [BlockQ16] = blocks_in(scratch, nb)?;
-                quant::q16::quantize_row(&x[..cols], xq);
-                let o = part.token(0);
-                match w.data {
-                    RowData::Q8_0(d) => (q16.q8_0)(&d[r0 * nb..r1 * nb], xq, o),
-                    RowData::Q4_0(d) => (q16.q4_0)(&d[r0 * nb..r1 * nb], xq, o),
-                    RowData::Q4_1(d) => (q16.q4_1)(&d[r0 * nb..r1 * nb], xq, o),
-                    RowData::F32(_) | RowData::F16(_) => {}
-                }
-                return Ok(());
-            }
-        }
-        if n == 1 {
-            let x = &x[..cols];
-            let o = part.token(0);
-            match w.data {
-                RowData::F32(d) => (self.mv_f32)(&d[r0 * cols..r1 * cols], x, o),
-                RowData::F16(d) => (self.mv_f16)(&d[r0 * cols..r1 * cols], x, o),
-                RowData::Q8_0(d) => (self.mv_q8_0)(&d[r0 * nb..r1 * nb], x, o),
-                RowData::Q4_0(d) => (self.mv_q4_0)(&d[r0 * nb..r1 * nb], x, o),
-                RowData::Q4_1(d) => (self.mv_q4_1)(&d[r0 * nb..r1 * nb], x, o),
-            }
-            return Ok(());
+        if arith == Arith::Decode {
+            return self.decode_part(w, x, part, scratch);
         }
         // Batched: tiles of rows, each dequantized once (f32 rows are used in
         // place), times every token; the tile's (n, tile) result is then
@@ -449,6 +485,91 @@ impl Kernels {
             (self.gemm_f32)(tw, x, cols, to);
             for t in 0..n {
                 part.token(t)[a - r0..b - r0].copy_from_slice(&to[t * tr..(t + 1) * tr]);
+            }
+            a = b;
+        }
+        Ok(())
+    }
+
+    /// Decode arithmetic for `part`'s tokens: quantized rows against 16-bit
+    /// activation blocks where the table has them, else each row against the
+    /// f32 activations. Several tokens share each weight block: the 16-bit
+    /// kernels unpack it once for all of them, the f32 path takes the rows
+    /// in tiles small enough to stay in cache while every token reads them.
+    fn decode_part(
+        &self,
+        w: &Matrix,
+        x: &[f32],
+        part: &mut TokenRows<'_>,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let cols = w.cols;
+        let n = part.tokens();
+        let (r0, r1) = part.range();
+        let nb = cols / quant::QK;
+        let quantized = !matches!(w.data, RowData::F32(_) | RowData::F16(_));
+        if let (true, Some(q16)) = (quantized, self.q16) {
+            // The activations are quantized once into the scratch; several
+            // tokens' results go to a tile after them, then to their rows.
+            let blocks = n * nb;
+            let block_floats = (blocks * core::mem::size_of::<BlockQ16>()).div_ceil(4);
+            if scratch.len() < block_floats {
+                return Err(Error::BufferTooSmall {
+                    needed: block_floats as u64,
+                    found: scratch.len() as u64,
+                });
+            }
+            let (xs, tile) = scratch.split_at_mut(block_floats);
+            let xq: &mut [BlockQ16] = blocks_in(xs, blocks)?;
+            for (t, xb) in xq.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
+                quant::q16::quantize_row(&x[t * cols..(t + 1) * cols], xb);
+            }
+            let xq = &*xq;
+            let run = |a: usize, b: usize, o: &mut [f32]| match w.data {
+                RowData::Q8_0(d) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
+                RowData::Q4_0(d) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),
+                RowData::Q4_1(d) => (q16.q4_1)(&d[a * nb..b * nb], xq, n, o),
+                RowData::F32(_) | RowData::F16(_) => {}
+            };
+            if n == 1 {
+                run(r0, r1, part.token(0));
+                return Ok(());
+            }
+            let need = n * DECODE_TILE;
+            let found = tile.len() as u64;
+            let tile = tile.get_mut(..need).ok_or(Error::BufferTooSmall {
+                needed: (block_floats + need) as u64,
+                found: found + block_floats as u64,
+            })?;
+            let mut a = r0;
+            while a < r1 {
+                let b = (a + DECODE_TILE).min(r1);
+                let tr = b - a;
+                run(a, b, &mut tile[..n * tr]);
+                for t in 0..n {
+                    part.token(t)[a - r0..b - r0].copy_from_slice(&tile[t * tr..(t + 1) * tr]);
+                }
+                a = b;
+            }
+            return Ok(());
+        }
+        let mut a = r0;
+        while a < r1 {
+            let b = if n == 1 {
+                r1
+            } else {
+                (a + DECODE_TILE).min(r1)
+            };
+            for t in 0..n {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let o = &mut part.token(t)[a - r0..b - r0];
+                match w.data {
+                    RowData::F32(d) => (self.mv_f32)(&d[a * cols..b * cols], xt, o),
+                    RowData::F16(d) => (self.mv_f16)(&d[a * cols..b * cols], xt, o),
+                    RowData::Q8_0(d) => (self.mv_q8_0)(&d[a * nb..b * nb], xt, o),
+                    RowData::Q4_0(d) => (self.mv_q4_0)(&d[a * nb..b * nb], xt, o),
+                    RowData::Q4_1(d) => (self.mv_q4_1)(&d[a * nb..b * nb], xt, o),
+                }
             }
             a = b;
         }

@@ -179,28 +179,39 @@ pub fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
-/// One [`q16`] dot per row (`x.len()` blocks a row).
+/// One [`q16`] dot per row and token: `x` is `n` tokens of blocks, `out` is
+/// (n, rows); each row is as long as one token's blocks.
 #[inline(always)]
-fn rows_q16<T>(w: &[T], x: &[BlockQ16], out: &mut [f32], dot: fn(&[T], &[BlockQ16]) -> f32) {
-    if x.is_empty() {
+fn rows_q16<T>(
+    w: &[T],
+    x: &[BlockQ16],
+    n: usize,
+    out: &mut [f32],
+    dot: fn(&[T], &[BlockQ16]) -> f32,
+) {
+    let nb = x.len() / n.max(1);
+    let rows = out.len() / n.max(1);
+    if nb == 0 {
         out.fill(0.0);
         return;
     }
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
-        *o = dot(row, x);
+    for (xt, ot) in x.chunks_exact(nb).zip(out.chunks_exact_mut(rows)).take(n) {
+        for (o, row) in ot.iter_mut().zip(w.chunks_exact(nb)) {
+            *o = dot(row, xt);
+        }
     }
 }
 
-pub fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], out: &mut [f32]) {
-    rows_q16(w, x, out, q16::dot_q8_0_q16)
+pub fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16(w, x, n, out, q16::dot_q8_0_q16)
 }
 
-pub fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], out: &mut [f32]) {
-    rows_q16(w, x, out, q16::dot_q4_0_q16)
+pub fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16(w, x, n, out, q16::dot_q4_0_q16)
 }
 
-pub fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], out: &mut [f32]) {
-    rows_q16(w, x, out, q16::dot_q4_1_q16)
+pub fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16(w, x, n, out, q16::dot_q4_1_q16)
 }
 
 /// `y += a * x`, element by element.

@@ -114,20 +114,31 @@ fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     // SAFETY: as above.
     unsafe { imp::mv_q4_1(&w[..need], x, out) }
 }
-fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], out: &mut [f32]) {
-    let need = x.len() * out.len();
-    // SAFETY: as above.
-    unsafe { imp::mv_q8_0_q16(&w[..need], x, out) }
+fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q8_0_q16(&w[..need], x, n, out) }
 }
-fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], out: &mut [f32]) {
-    let need = x.len() * out.len();
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_0_q16(&w[..need], x, out) }
+fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q4_0_q16(&w[..need], x, n, out) }
 }
-fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], out: &mut [f32]) {
-    let need = x.len() * out.len();
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_1_q16(&w[..need], x, out) }
+fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
+}
+/// `n` tokens' whole blocks and (n, rows) outputs, and the weight blocks
+/// those rows take.
+fn q16_shape<'a, 'b>(
+    x: &'a [BlockQ16],
+    n: usize,
+    out: &'b mut [f32],
+) -> (&'a [BlockQ16], &'b mut [f32], usize) {
+    let n = n.max(1);
+    let (nb, rows) = (x.len() / n, out.len() / n);
+    (&x[..n * nb], &mut out[..n * rows], nb * rows)
 }
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
@@ -571,13 +582,14 @@ mod imp {
         }
     }
 
-    /// Rows of weight blocks times 16-bit activation blocks, one row at a
-    /// time: `idot` gives a block's exact integer dot in eight i32 lanes,
+    /// One token's activations times rows of weight blocks (the decode step;
+    /// its arithmetic is [`q16_group`]'s for one token, in a loop the compiler
+    /// keeps tighter): `idot` gives a block's exact integer dot in eight i32 lanes,
     /// `scale` its f32 scale, `min` its Q4_1 minimum (multiplied by the
     /// activations' float sum) when `with_min`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn mv_q16<B>(
+    fn mv_q16_one<B>(
         w: &[B],
         x: &[BlockQ16],
         out: &mut [f32],
@@ -623,21 +635,140 @@ mod imp {
         }
     }
 
+    /// Rows of weight blocks times `n` tokens of 16-bit activation blocks:
+    /// `widen` unpacks a weight block to 2 x 16 i16 lanes once, then each
+    /// token takes its exact integer dot (`vpmaddwd`), scaled by `scale`;
+    /// `min` is Q4_1's minimum (multiplied by the activations' float sum)
+    /// when `with_min`. Tokens go in register groups of up to four; a token's
+    /// arithmetic is the same in every group size, so its result is the one
+    /// it gets alone.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn mv_q16<B>(
+        w: &[B],
+        x: &[BlockQ16],
+        n: usize,
+        out: &mut [f32],
+        widen: impl Fn(&B) -> (__m256i, __m256i),
+        scale: impl Fn(&B) -> f32,
+        min: impl Fn(&B) -> f32,
+        with_min: bool,
+    ) {
+        if n == 0 {
+            return;
+        }
+        if n == 1 {
+            let idot = |b: &B, xb: &BlockQ16| {
+                let (wa, wc) = widen(b);
+                let (xa, xc) = quants(xb);
+                _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
+            };
+            return mv_q16_one(w, x, out, idot, scale, min, with_min);
+        }
+        let nb = x.len() / n;
+        let rows = out.len() / n;
+        if nb == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let mut t = 0;
+        while t < n {
+            let tn = (n - t).min(4);
+            let xs = &x[t * nb..(t + tn) * nb];
+            let o = &mut out[t * rows..];
+            let k = (&widen, &scale, &min);
+            match tn {
+                4 => q16_group::<B, _, _, _, 4>(w, xs, nb, rows, o, k, with_min),
+                3 => q16_group::<B, _, _, _, 3>(w, xs, nb, rows, o, k, with_min),
+                2 => q16_group::<B, _, _, _, 2>(w, xs, nb, rows, o, k, with_min),
+                _ => q16_group::<B, _, _, _, 1>(w, xs, nb, rows, o, k, with_min),
+            }
+            t += tn;
+        }
+    }
+
+    /// `T` tokens (`x`: T x nb blocks) against every row of `w`, into
+    /// `out[t * rows + r]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn q16_group<B, W, S, M, const T: usize>(
+        w: &[B],
+        x: &[BlockQ16],
+        nb: usize,
+        rows: usize,
+        out: &mut [f32],
+        (widen, scale, min): (&W, &S, &M),
+        with_min: bool,
+    ) where
+        W: Fn(&B) -> (__m256i, __m256i),
+        S: Fn(&B) -> f32,
+        M: Fn(&B) -> f32,
+    {
+        assert!(x.len() >= T * nb && out.len() >= (T - 1) * rows + rows);
+        for r in 0..rows {
+            let row = &w[r * nb..(r + 1) * nb];
+            // Two chains per token, even and odd blocks, of the vector sum
+            // and of Q4_1's minimum term; constant indices after unrolling
+            // keep them in registers.
+            let mut a0 = [_mm256_setzero_ps(); T];
+            let mut a1 = [_mm256_setzero_ps(); T];
+            let mut m0 = [0.0f32; T];
+            let mut m1 = [0.0f32; T];
+            // Accumulators go in and come out by value, which keeps them in
+            // registers (through a `&mut` they live in memory).
+            let step = |b: usize, mut a: [__m256; T], mut m: [f32; T]| {
+                let blk = &row[b];
+                let (wa, wc) = widen(blk);
+                let (s, mn) = (scale(blk), min(blk));
+                for t in 0..T {
+                    let xb = &x[t * nb + b];
+                    let (xa, xc) = quants(xb);
+                    let i = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc));
+                    let p = _mm256_cvtepi32_ps(i);
+                    if with_min {
+                        m[t] += mn * xb.sum;
+                    }
+                    a[t] = _mm256_fmadd_ps(_mm256_set1_ps(s * xb.d), p, a[t]);
+                }
+                (a, m)
+            };
+            let mut b = 0;
+            while b + 2 <= nb {
+                // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
+                _mm_prefetch::<_MM_HINT_T0>(
+                    (&row[b] as *const B).cast::<i8>().wrapping_add(PREFETCH),
+                );
+                (a0, m0) = step(b, a0, m0);
+                (a1, m1) = step(b + 1, a1, m1);
+                b += 2;
+            }
+            if b < nb {
+                (a0, m0) = step(b, a0, m0);
+            }
+            for t in 0..T {
+                out[t * rows + r] = hsum(_mm256_add_ps(a0[t], a1[t])) + (m0[t] + m1[t]);
+            }
+        }
+    }
+
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], out: &mut [f32]) {
+    pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
         mv_q16(
             w,
             x,
+            n,
             out,
-            |b, xb| {
+            |b| {
                 // SAFETY: the block's 32 quants, read as 2 x 16 bytes.
                 let q: &[[u8; 16]; 2] = unsafe { &*b.qs.as_ptr().cast() };
-                let (xa, xc) = quants(xb);
-                let wa = _mm256_cvtepi8_epi16(bytes16(&q[0]));
-                let wc = _mm256_cvtepi8_epi16(bytes16(&q[1]));
-                _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
+                (
+                    _mm256_cvtepi8_epi16(bytes16(&q[0])),
+                    _mm256_cvtepi8_epi16(bytes16(&q[1])),
+                )
             },
             |b| half(b.d),
             |_| 0.0,
@@ -645,30 +776,31 @@ mod imp {
         )
     }
 
-    /// A Q4 block's integer dot with nibbles minus `off` (16-bit lanes).
+    /// A Q4 block's nibbles minus `off`, as 2 x 16 i16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn q4_idot(qs: &[u8; 16], xb: &BlockQ16, off: __m256i) -> __m256i {
+    fn q4_widen(qs: &[u8; 16], off: __m256i) -> (__m256i, __m256i) {
         let q = bytes16(qs);
         let m = _mm_set1_epi8(0x0f);
         let lo = _mm_and_si128(q, m);
         let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
-        let wa = _mm256_sub_epi16(_mm256_cvtepu8_epi16(lo), off);
-        let wc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(hi), off);
-        let (xa, xc) = quants(xb);
-        _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
+        (
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(lo), off),
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(hi), off),
+        )
     }
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], out: &mut [f32]) {
+    pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
         let eight = _mm256_set1_epi16(8);
         mv_q16(
             w,
             x,
+            n,
             out,
-            |b, xb| q4_idot(&b.qs, xb, eight),
+            |b| q4_widen(&b.qs, eight),
             |b| half(b.d),
             |_| 0.0,
             false,
@@ -678,13 +810,14 @@ mod imp {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], out: &mut [f32]) {
+    pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
         let zero = _mm256_setzero_si256();
         mv_q16(
             w,
             x,
+            n,
             out,
-            |b, xb| q4_idot(&b.qs, xb, zero),
+            |b| q4_widen(&b.qs, zero),
             |b| half(b.d),
             |b| half(b.m),
             true,

@@ -15,8 +15,7 @@
 use crate::attention::{attend_head, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kernels::Kernels;
-use crate::kernels::Matrix;
+use crate::kernels::{Arith, Kernels, Matrix};
 use crate::kv_cache::KvCache;
 use crate::model::{Config, MemoryPlan, ScratchSizes, Weights};
 use crate::parallel::{self, Parallel, Serial};
@@ -57,7 +56,7 @@ struct Scratch<'a> {
 }
 
 /// Takes the next `n` floats of the arena (fewer only if the arena is short,
-/// which `Session::new` has ruled out).
+/// which the constructors have ruled out).
 fn carve<'a>(buf: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
     let rest = core::mem::take(buf);
     let (head, tail) = rest.split_at_mut(n.min(rest.len()));
@@ -65,14 +64,34 @@ fn carve<'a>(buf: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
     head
 }
 
-/// One sequence's state: KV cache, scratch, position. Built over caller memory.
-pub struct Session<'s, 'w> {
+/// One sequence's part of a batched step: its cache and the tokens it
+/// advances by (a prompt chunk, or the one token it just generated).
+#[derive(Debug)]
+pub struct Seq<'a, 'c> {
+    pub cache: &'a mut KvCache<'c>,
+    pub tokens: &'a [u32],
+}
+
+/// A forward engine over caller memory that advances several sequences in
+/// one step (continuous batching): every matmul reads each weight row once
+/// for all their tokens, while attention, positions and caches stay per
+/// sequence. A sequence's results are bit for bit those it gets alone: a
+/// prompt chunk of several tokens takes the batched arithmetic, a single
+/// token the decode arithmetic, exactly as in a [`Session`], and neither
+/// depends on the other tokens of the step.
+pub struct Batch<'s, 'w> {
     model: &'s Llama<'w>,
     kernels: Kernels,
     plan: MemoryPlan,
-    kv: KvCache<'s>,
     s: Scratch<'s>,
     par: &'s dyn Parallel,
+}
+
+/// One sequence per session: the whole arena's KV cache and a [`Batch`]
+/// of one over the rest.
+pub struct Session<'s, 'w> {
+    kv: KvCache<'s>,
+    b: Batch<'s, 'w>,
 }
 
 static SERIAL: Serial = Serial;
@@ -80,43 +99,66 @@ static SERIAL: Serial = Serial;
 impl core::fmt::Debug for Session<'_, '_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Session")
-            .field("config", &self.model.config)
-            .field("kernels", &self.kernels.name)
-            .field("plan", &self.plan)
+            .field("config", &self.b.model.config)
+            .field("kernels", &self.b.kernels.name)
+            .field("plan", &self.b.plan)
             .field("pos", &self.kv.len())
             .finish()
     }
 }
 
-impl<'s, 'w> Session<'s, 'w> {
-    /// A session over `arena`, which must hold at least `plan.f32_len()` floats.
+impl core::fmt::Debug for Batch<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Batch")
+            .field("config", &self.model.config)
+            .field("kernels", &self.kernels.name)
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+/// Re-derives `plan` for `model` so a plan made for another config (or
+/// forged) cannot under-size buffers.
+fn check_plan(model: &Llama, plan: &MemoryPlan) -> Result<MemoryPlan> {
+    MemoryPlan::batched(
+        &model.config,
+        plan.kv,
+        plan.max_batch,
+        plan.threads,
+        plan.seqs,
+    )
+}
+
+impl<'s, 'w> Batch<'s, 'w> {
+    /// A batch engine over `scratch`, which must hold at least
+    /// `plan.scratch_len` floats (the caches are the caller's, made with
+    /// [`MemoryPlan::cache`]).
     pub fn new(
         model: &'s Llama<'w>,
         kernels: Kernels,
         plan: MemoryPlan,
-        arena: &'s mut [f32],
+        scratch: &'s mut [f32],
     ) -> Result<Self> {
-        let c = &model.config;
-        // Re-derive the plan so a plan made for another config cannot under-size buffers.
-        let check = MemoryPlan::with_threads(c, plan.kv, plan.max_batch, plan.threads)?;
-        if arena.len() < check.f32_len() {
+        let check = check_plan(model, &plan)?;
+        if scratch.len() < check.scratch_len {
             return Err(Error::BufferTooSmall {
-                needed: check.f32_len() as u64,
-                found: arena.len() as u64,
+                needed: check.scratch_len as u64,
+                found: scratch.len() as u64,
             });
         }
-        let sizes = ScratchSizes::new(c, check.kv.capacity, check.max_batch, check.threads)
+        Self::over(model, kernels, check, scratch)
+    }
+
+    /// Carves the scratch of a checked plan.
+    fn over(
+        model: &'s Llama<'w>,
+        kernels: Kernels,
+        plan: MemoryPlan,
+        mut rest: &'s mut [f32],
+    ) -> Result<Self> {
+        let c = &model.config;
+        let sizes = ScratchSizes::new(c, plan.kv.capacity, plan.max_batch, plan.threads, plan.seqs)
             .ok_or(Error::BatchZero)?;
-        let mut rest = arena;
-        let k = carve(&mut rest, check.kv_len);
-        let v = carve(&mut rest, check.kv_len);
-        let kv = KvCache::new(
-            crate::quant::as_bytes_mut(k),
-            crate::quant::as_bytes_mut(v),
-            check.kv,
-            c.n_layers,
-            c.kv_dim(),
-        )?;
         let s = Scratch {
             x: carve(&mut rest, sizes.x),
             xb: carve(&mut rest, sizes.xb),
@@ -133,11 +175,10 @@ impl<'s, 'w> Session<'s, 'w> {
             logits: carve(&mut rest, sizes.logits),
             row: carve(&mut rest, sizes.row),
         };
-        Ok(Session {
+        Ok(Batch {
             model,
             kernels,
-            plan: check,
-            kv,
+            plan,
             s,
             par: &SERIAL,
         })
@@ -171,6 +212,372 @@ impl<'s, 'w> Session<'s, 'w> {
         &self.kernels
     }
 
+    /// Advances every sequence of `seqs` by its tokens in one forward step,
+    /// then [`Batch::logits`]`(i)` holds the logits after the last token of
+    /// `seqs[i]`. At most `plan.seqs` sequences and `plan.max_batch` tokens
+    /// in all; each sequence's tokens must fit its cache in one chunk
+    /// ([`KvCache::chunk_room`]: a streaming cache past its capacity takes
+    /// one token per step). Everything is checked before anything is
+    /// written: an error leaves every cache as it was.
+    pub fn step(&mut self, seqs: &mut [Seq<'_, '_>]) -> Result<()> {
+        self.check(seqs)?;
+        self.forward_step(seqs, Emit::Last, &mut |_, _, _| {})
+    }
+
+    /// The logits after the last token of sequence `i` of the last step.
+    pub fn logits(&self, i: usize) -> &[f32] {
+        let v = self.model.config.vocab_size;
+        self.s.logits.get(i * v..(i + 1) * v).unwrap_or(&[])
+    }
+
+    fn check(&self, seqs: &[Seq<'_, '_>]) -> Result<()> {
+        let c = &self.model.config;
+        if seqs.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        if seqs.len() > self.plan.seqs {
+            return Err(Error::CapExceeded {
+                what: crate::error::Cap::Sequences,
+                found: seqs.len() as u64,
+                cap: self.plan.seqs as u64,
+            });
+        }
+        let mut total = 0usize;
+        for q in seqs {
+            let n = q.tokens.len();
+            if n == 0 {
+                return Err(Error::EmptyInput);
+            }
+            total = total.saturating_add(n);
+            if let Some(&bad) = q.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::TokenOutOfRange {
+                    token: bad,
+                    vocab: c.vocab_size as u32,
+                });
+            }
+            let kv = &*q.cache;
+            if kv.n_layers() != c.n_layers
+                || kv.kv_dim() != c.kv_dim()
+                || kv.capacity() > self.plan.kv.capacity
+            {
+                return Err(Error::LengthMismatch {
+                    expected: self.plan.kv.capacity as u64,
+                    found: kv.capacity() as u64,
+                });
+            }
+            kv.reserve(n)?;
+            if n > kv.chunk_room() {
+                return Err(Error::CapExceeded {
+                    what: crate::error::Cap::Batch,
+                    found: n as u64,
+                    cap: kv.chunk_room() as u64,
+                });
+            }
+        }
+        if total > self.plan.max_batch {
+            return Err(Error::CapExceeded {
+                what: crate::error::Cap::Batch,
+                found: total as u64,
+                cap: self.plan.max_batch as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// The forward pass over checked `seqs`. Rows of the step's activations
+    /// hold the sequences of several tokens first (batched arithmetic), then
+    /// those of one token (decode arithmetic). `which` says for which tokens
+    /// the classifier runs; `emit(seq, token, logits)` sees each.
+    fn forward_step(
+        &mut self,
+        seqs: &mut [Seq<'_, '_>],
+        which: Emit,
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let m = self.model;
+        let c = &m.config;
+        let w = &m.weights;
+        let kern = &self.kernels;
+        let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+        // Rows 0..g take the batched arithmetic.
+        let g: usize = seqs.iter().map(|q| q.tokens.len()).filter(|&l| l > 1).sum();
+        let (dim, qd, kvd, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
+        let group = c.n_heads / c.n_kv_heads;
+        let par = self.par;
+        let threads = self.plan.threads.max(1);
+        let s = &mut self.s;
+        let per_worker = s.row.len() / threads;
+        let per_scores = s.scores.len() / threads;
+        let mm = |w: &Matrix, x: &[f32], out: &mut [f32], row: &mut [f32]| -> Result<()> {
+            let (cols, rows) = (w.cols, w.rows);
+            if g > 0 {
+                matmul(par, kern, w, x, g, out, row, per_worker, Arith::Batch)?;
+            }
+            if n > g {
+                let (x, out) = (&x[g * cols..], &mut out[g * rows..]);
+                matmul(par, kern, w, x, n - g, out, row, per_worker, Arith::Decode)?;
+            }
+            Ok(())
+        };
+        // Embedding rows and RoPE angles, once for all layers.
+        for (i, q) in seqs.iter().enumerate() {
+            let r0 = first_row(seqs, i);
+            let p0 = q.cache.pos();
+            for (j, &tok) in q.tokens.iter().enumerate() {
+                let r = r0 + j;
+                w.token_embd
+                    .dequantize_row(tok as usize, &mut s.x[r * dim..(r + 1) * dim])?;
+                rope_table(
+                    &mut s.rope[r * c.rope_dim..(r + 1) * c.rope_dim],
+                    p0 + j,
+                    c.rope_base,
+                    c.rope_dim,
+                );
+            }
+        }
+
+        for (l, lw) in w.layers.iter().enumerate() {
+            // Attention RMSNorm.
+            for t in 0..n {
+                rmsnorm(
+                    &mut s.xb[t * dim..(t + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    lw.attn_norm,
+                    c.rms_eps,
+                );
+            }
+
+            // Q, K, V projections for the whole step.
+            mm(&lw.attn_q, s.xb, s.q, s.row)?;
+            mm(&lw.attn_k, s.xb, s.k, s.row)?;
+            mm(&lw.attn_v, s.xb, s.v, s.row)?;
+
+            // Rotate queries and keys at their absolute positions, then append
+            // K and V to the cache. Past the first eviction a sequence has one
+            // token, whose query is also rotated at its in-cache position for
+            // the sink keys (see kv_cache).
+            for i in 0..seqs.len() {
+                let r0 = first_row(seqs, i);
+                let sq = &mut seqs[i];
+                let p0 = sq.cache.pos();
+                for j in 0..sq.tokens.len() {
+                    let t = r0 + j;
+                    let table = &s.rope[t * c.rope_dim..(t + 1) * c.rope_dim];
+                    let q = &mut s.q[t * qd..(t + 1) * qd];
+                    let sink = sq.cache.sinks_for(p0 + j) > 0;
+                    if sink {
+                        s.q_sink[i * qd..(i + 1) * qd].copy_from_slice(q);
+                    }
+                    for h in q.chunks_exact_mut(hd) {
+                        rope(h, table);
+                    }
+                    for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
+                        rope(h, table);
+                    }
+                    sq.cache.store(
+                        l,
+                        p0 + j,
+                        &s.k[t * kvd..(t + 1) * kvd],
+                        &s.v[t * kvd..(t + 1) * kvd],
+                    )?;
+                    if sink {
+                        let rs = &mut s.rope_sink[i * c.rope_dim..(i + 1) * c.rope_dim];
+                        rope_table(
+                            rs,
+                            sq.cache.query_cache_pos(p0 + j),
+                            c.rope_base,
+                            c.rope_dim,
+                        );
+                        for h in s.q_sink[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
+                            rope(h, rs);
+                        }
+                    }
+                }
+            }
+
+            // Grouped-query causal attention: token t sees the slots of its
+            // sequence's cache that hold the sinks and the latest tokens up
+            // to itself; query head h reads KV head h / group.
+            let seqs_ro: &[Seq<'_, '_>] = seqs;
+            let (q, q_sink) = (&*s.q, &*s.q_sink);
+            let n_heads = c.n_heads;
+            let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
+                let (t, h) = (task / n_heads, task % n_heads);
+                let Some((i, j)) = seq_of_row(seqs_ro, t) else {
+                    return;
+                };
+                let kv = &*seqs_ro[i].cache;
+                let Ok((keys, values)) = kv.layer(l) else {
+                    return;
+                };
+                let pos = kv.pos() + j;
+                attend_head(
+                    &q[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    &q_sink[i * qd + h * hd..i * qd + (h + 1) * hd],
+                    kv.sinks_for(pos),
+                    keys,
+                    values,
+                    kv.visible(pos),
+                    HeadView {
+                        row: kvd,
+                        offset: (h / group) * hd,
+                    },
+                    scores,
+                    out,
+                    kern,
+                );
+            };
+            let att = &mut s.att[..n * qd];
+            if !parallel::for_tasks(par, n * n_heads, att, hd, s.scores, per_scores, &heads) {
+                return Err(Error::BufferTooSmall {
+                    needed: (threads * per_scores) as u64,
+                    found: s.scores.len() as u64,
+                });
+            }
+
+            // Output projection and residual.
+            mm(&lw.attn_output, s.att, s.xb, s.row)?;
+            add(&mut s.x[..n * dim], &s.xb[..n * dim]);
+
+            // FFN RMSNorm, SwiGLU, down projection and residual.
+            for t in 0..n {
+                rmsnorm(
+                    &mut s.xb[t * dim..(t + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    lw.ffn_norm,
+                    c.rms_eps,
+                );
+            }
+            mm(&lw.ffn_gate, s.xb, s.hb, s.row)?;
+            mm(&lw.ffn_up, s.xb, s.hb2, s.row)?;
+            for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
+                *g = silu(*g) * u;
+            }
+            mm(&lw.ffn_down, s.hb, s.xb, s.row)?;
+            add(&mut s.x[..n * dim], &s.xb[..n * dim]);
+        }
+        for q in seqs.iter_mut() {
+            q.cache.advance(q.tokens.len());
+        }
+
+        // Final RMSNorm and classifier, in groups of as many rows as the
+        // logits buffer holds, always with the decode arithmetic.
+        let vocab = c.vocab_size;
+        let room = (s.logits.len() / vocab.max(1)).max(1);
+        // Logits rows fill the buffer in emission order (a batch's sequence
+        // i, which emits once, lands in row i) and wrap when it is full.
+        let mut pending = 0usize;
+        let mut base = 0usize;
+        let mut ids = [(0usize, 0usize); 64];
+        let cap = room.min(ids.len());
+        let mut flush = |pending: &mut usize,
+                         base: &mut usize,
+                         ids: &[(usize, usize)],
+                         s: &mut Scratch<'_>|
+         -> Result<()> {
+            let k = *pending;
+            if k == 0 {
+                return Ok(());
+            }
+            if *base + k > room {
+                *base = 0;
+            }
+            let out = &mut s.logits[*base * vocab..(*base + k) * vocab];
+            matmul(
+                par,
+                kern,
+                &w.output,
+                &s.xb[..k * dim],
+                k,
+                out,
+                s.row,
+                per_worker,
+                Arith::Decode,
+            )?;
+            for (r, &(i, j)) in ids[..k].iter().enumerate() {
+                let at = *base + r;
+                emit(i, j, &s.logits[at * vocab..(at + 1) * vocab]);
+            }
+            *base += k;
+            *pending = 0;
+            Ok(())
+        };
+        for (i, q) in seqs.iter().enumerate() {
+            let len = q.tokens.len();
+            let r0 = first_row(seqs, i);
+            let first = match which {
+                Emit::None => len,
+                Emit::Last => len - 1,
+                Emit::From(k) => k.min(len),
+            };
+            for j in first..len {
+                let t = r0 + j;
+                rmsnorm(
+                    &mut s.xb[pending * dim..(pending + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    w.output_norm,
+                    c.rms_eps,
+                );
+                ids[pending] = (i, j);
+                pending += 1;
+                if pending == cap {
+                    flush(&mut pending, &mut base, &ids, s)?;
+                }
+            }
+        }
+        flush(&mut pending, &mut base, &ids, s)?;
+        Ok(())
+    }
+}
+impl<'s, 'w> Session<'s, 'w> {
+    /// A session over `arena`, which must hold at least `plan.f32_len()` floats.
+    pub fn new(
+        model: &'s Llama<'w>,
+        kernels: Kernels,
+        plan: MemoryPlan,
+        arena: &'s mut [f32],
+    ) -> Result<Self> {
+        let c = &model.config;
+        let check = check_plan(model, &plan)?;
+        if arena.len() < check.f32_len() {
+            return Err(Error::BufferTooSmall {
+                needed: check.f32_len() as u64,
+                found: arena.len() as u64,
+            });
+        }
+        let mut rest = arena;
+        let k = carve(&mut rest, check.kv_len);
+        let v = carve(&mut rest, check.kv_len);
+        let kv = KvCache::new(
+            crate::quant::as_bytes_mut(k),
+            crate::quant::as_bytes_mut(v),
+            check.kv,
+            c.n_layers,
+            c.kv_dim(),
+        )?;
+        let b = Batch::over(model, kernels, check, rest)?;
+        Ok(Session { kv, b })
+    }
+
+    /// Splits each step over `par`'s workers from now on; the plan must have
+    /// room for them ([`MemoryPlan::with_threads`]). Results do not depend
+    /// on the number of workers.
+    pub fn set_parallel(&mut self, par: &'s dyn Parallel) -> Result<()> {
+        self.b.set_parallel(par)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.b.model.config
+    }
+
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.b.plan
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.b.kernels
+    }
+
     /// Tokens processed so far (the absolute position of the next token).
     pub fn pos(&self) -> usize {
         self.kv.pos()
@@ -200,14 +607,15 @@ impl<'s, 'w> Session<'s, 'w> {
     /// Makes this session continue exactly where `other` is: its KV cache
     /// and its last logits (both sessions must be of the same model).
     pub fn copy_from(&mut self, other: &Session<'_, '_>) -> Result<()> {
-        if other.model.config != self.model.config {
+        if other.b.model.config != self.b.model.config {
             return Err(Error::LengthMismatch {
-                expected: self.s.logits.len() as u64,
-                found: other.s.logits.len() as u64,
+                expected: self.logits().len() as u64,
+                found: other.logits().len() as u64,
             });
         }
         self.kv.copy_from(&other.kv)?;
-        self.s.logits.copy_from_slice(other.s.logits);
+        let v = self.b.model.config.vocab_size;
+        self.b.s.logits[..v].copy_from_slice(other.logits());
         Ok(())
     }
 
@@ -221,13 +629,13 @@ impl<'s, 'w> Session<'s, 'w> {
 
     /// Logits after the last token processed: (vocab).
     pub fn logits(&self) -> &[f32] {
-        self.s.logits
+        self.b.logits(0)
     }
 
     /// Feeds `tokens` and returns the logits after the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {
         self.run(tokens, None, 0)?;
-        Ok(self.s.logits)
+        Ok(self.logits())
     }
 
     /// Feeds `tokens`, calling `on_logits(i, logits)` after each token `i`
@@ -261,7 +669,7 @@ impl<'s, 'w> Session<'s, 'w> {
             return Err(Error::EmptyInput);
         }
         // Check everything first: an error leaves the session unchanged.
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.b.model.config.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange {
                 token: bad,
@@ -275,193 +683,70 @@ impl<'s, 'w> Session<'s, 'w> {
         let mut base = 0;
         while base < tokens.len() {
             let take = self
+                .b
                 .plan
                 .max_batch
                 .min(self.kv.chunk_room())
                 .min(tokens.len() - base);
             let chunk = &tokens[base..base + take];
             let last_chunk = base + take == tokens.len();
+            let mut seq = [Seq {
+                cache: &mut self.kv,
+                tokens: chunk,
+            }];
             match on_logits.as_deref_mut() {
-                Some(f) => self.forward_chunk(
-                    chunk,
-                    |i, l| f(base + i, l),
+                Some(f) => self.b.forward_step(
+                    &mut seq,
                     Emit::From(first.saturating_sub(base)),
+                    &mut |_, j, l| f(base + j, l),
                 )?,
-                None if last_chunk => self.forward_chunk(chunk, |_, _| {}, Emit::Last)?,
-                None => self.forward_chunk(chunk, |_, _| {}, Emit::None)?,
+                None if last_chunk => {
+                    self.b
+                        .forward_step(&mut seq, Emit::Last, &mut |_, _, _| {})?
+                }
+                None => self
+                    .b
+                    .forward_step(&mut seq, Emit::None, &mut |_, _, _| {})?,
             }
             base += take;
         }
         Ok(())
     }
+}
 
-    /// The forward pass over up to `max_batch` tokens at positions `pos..pos+n`.
-    /// `which` says for which tokens the classifier runs.
-    fn forward_chunk(
-        &mut self,
-        tokens: &[u32],
-        mut emit: impl FnMut(usize, &[f32]),
-        which: Emit,
-    ) -> Result<()> {
-        let m = self.model;
-        let c = &m.config;
-        let w = &m.weights;
-        let kern = &self.kernels;
-        let n = tokens.len();
-        let p0 = self.kv.pos();
-        let (dim, qd, kvd, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
-        let group = c.n_heads / c.n_kv_heads;
-        let par = self.par;
-        let threads = self.plan.threads.max(1);
-        let s = &mut self.s;
-        let per_worker = s.row.len() / threads;
-        let per_scores = s.scores.len() / threads;
-        let mm = |w: &Matrix, x: &[f32], n: usize, out: &mut [f32], row: &mut [f32]| {
-            matmul(par, kern, w, x, n, out, row, per_worker)
-        };
-
-        // Embedding rows.
-        for (t, &tok) in tokens.iter().enumerate() {
-            w.token_embd
-                .dequantize_row(tok as usize, &mut s.x[t * dim..(t + 1) * dim])?;
-        }
-
-        // RoPE angles for these positions, once for all layers.
-        for t in 0..n {
-            rope_table(
-                &mut s.rope[t * c.rope_dim..(t + 1) * c.rope_dim],
-                p0 + t,
-                c.rope_base,
-                c.rope_dim,
-            );
-        }
-
-        for (l, lw) in w.layers.iter().enumerate() {
-            // Attention RMSNorm.
-            for t in 0..n {
-                rmsnorm(
-                    &mut s.xb[t * dim..(t + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    lw.attn_norm,
-                    c.rms_eps,
-                );
-            }
-
-            // Q, K, V projections for the whole chunk.
-            mm(&lw.attn_q, s.xb, n, s.q, s.row)?;
-            mm(&lw.attn_k, s.xb, n, s.k, s.row)?;
-            mm(&lw.attn_v, s.xb, n, s.v, s.row)?;
-
-            // Rotate queries and keys at their absolute positions, then append
-            // K and V to the cache. Past the first eviction a query is also
-            // rotated at its in-cache position, for the sink keys (see kv_cache).
-            for t in 0..n {
-                let table = &s.rope[t * c.rope_dim..(t + 1) * c.rope_dim];
-                let q = &mut s.q[t * qd..(t + 1) * qd];
-                if self.kv.sinks_for(p0 + t) > 0 {
-                    s.q_sink.copy_from_slice(q);
-                }
-                for h in q.chunks_exact_mut(hd) {
-                    rope(h, table);
-                }
-                for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                    rope(h, table);
-                }
-                self.kv.store(
-                    l,
-                    p0 + t,
-                    &s.k[t * kvd..(t + 1) * kvd],
-                    &s.v[t * kvd..(t + 1) * kvd],
-                )?;
-            }
-
-            // Grouped-query causal attention: token t sees the slots that hold
-            // the sinks and the latest tokens up to itself; query head h reads
-            // KV head h / group. Past the first eviction a chunk is one token,
-            // whose query is also rotated at its in-cache position for the sinks.
-            if self.kv.sinks_for(p0) > 0 {
-                rope_table(
-                    s.rope_sink,
-                    self.kv.query_cache_pos(p0),
-                    c.rope_base,
-                    c.rope_dim,
-                );
-                for h in s.q_sink.chunks_exact_mut(hd) {
-                    rope(h, s.rope_sink);
-                }
-            }
-            let kv = &self.kv;
-            let (keys, values) = kv.layer(l)?;
-            let (q, q_sink) = (&*s.q, &*s.q_sink);
-            let n_heads = c.n_heads;
-            let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
-                let (t, h) = (task / n_heads, task % n_heads);
-                let pos = p0 + t;
-                attend_head(
-                    &q[t * qd + h * hd..t * qd + (h + 1) * hd],
-                    &q_sink[h * hd..(h + 1) * hd],
-                    kv.sinks_for(pos),
-                    keys,
-                    values,
-                    kv.visible(pos),
-                    HeadView {
-                        row: kvd,
-                        offset: (h / group) * hd,
-                    },
-                    scores,
-                    out,
-                    kern,
-                );
-            };
-            let att = &mut s.att[..n * qd];
-            if !parallel::for_tasks(par, n * n_heads, att, hd, s.scores, per_scores, &heads) {
-                return Err(Error::BufferTooSmall {
-                    needed: (threads * per_scores) as u64,
-                    found: s.scores.len() as u64,
-                });
-            }
-
-            // Output projection and residual.
-            mm(&lw.attn_output, s.att, n, s.xb, s.row)?;
-            add(&mut s.x[..n * dim], &s.xb[..n * dim]);
-
-            // FFN RMSNorm, SwiGLU, down projection and residual.
-            for t in 0..n {
-                rmsnorm(
-                    &mut s.xb[t * dim..(t + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    lw.ffn_norm,
-                    c.rms_eps,
-                );
-            }
-            mm(&lw.ffn_gate, s.xb, n, s.hb, s.row)?;
-            mm(&lw.ffn_up, s.xb, n, s.hb2, s.row)?;
-            for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
-                *g = silu(*g) * u;
-            }
-            mm(&lw.ffn_down, s.hb, n, s.xb, s.row)?;
-            add(&mut s.x[..n * dim], &s.xb[..n * dim]);
-        }
-        self.kv.advance(n);
-
-        // Final RMSNorm and classifier.
-        let first = match which {
-            Emit::None => n,
-            Emit::Last => n - 1,
-            Emit::From(k) => k.min(n),
-        };
-        for t in first..n {
-            rmsnorm(
-                &mut s.xb[..dim],
-                &s.x[t * dim..(t + 1) * dim],
-                w.output_norm,
-                c.rms_eps,
-            );
-            mm(&w.output, &s.xb[..dim], 1, s.logits, s.row)?;
-            emit(t, s.logits);
-        }
-        Ok(())
+/// The first activation row of sequence `i` in a step: the sequences of
+/// several tokens come first, then those of one, each group in order.
+fn first_row(seqs: &[Seq<'_, '_>], i: usize) -> usize {
+    let multi = seqs[i].tokens.len() > 1;
+    let mut r = 0;
+    if !multi {
+        r = seqs.iter().map(|q| q.tokens.len()).filter(|&l| l > 1).sum();
     }
+    for q in &seqs[..i] {
+        let l = q.tokens.len();
+        if (l > 1) == multi {
+            r += l;
+        }
+    }
+    r
+}
+
+/// The sequence and token index of activation row `t` (see [`first_row`]).
+fn seq_of_row(seqs: &[Seq<'_, '_>], t: usize) -> Option<(usize, usize)> {
+    let mut r = 0;
+    for multi in [true, false] {
+        for (i, q) in seqs.iter().enumerate() {
+            let l = q.tokens.len();
+            if (l > 1) != multi {
+                continue;
+            }
+            if t < r + l {
+                return Some((i, t - r));
+            }
+            r += l;
+        }
+    }
+    None
 }
 
 /// `out = W x` for `n` tokens with the rows split over the workers, each
@@ -476,17 +761,25 @@ fn matmul(
     out: &mut [f32],
     scratch: &mut [f32],
     per_worker: usize,
+    arith: Arith,
 ) -> Result<()> {
     let failed = AtomicBool::new(false);
     let ran = parallel::for_rows(par, out, n, w.rows, 16, scratch, per_worker, &|part, s| {
-        if kern.matmul_part(w, x, part, s).is_err() {
+        if kern.matmul_part_as(w, x, part, s, arith).is_err() {
             failed.store(true, Ordering::Relaxed);
         }
     });
     if !ran || failed.load(Ordering::Relaxed) {
         // Said again on one thread, which reports what is wrong.
         let s = scratch.get_mut(..per_worker).unwrap_or(&mut []);
-        return kern.matmul(w, x, n, out, s);
+        let found = out.len() as u64;
+        let mut part = crate::parallel::TokenRows::new(out, n, w.rows, 0, w.rows).ok_or(
+            Error::BufferTooSmall {
+                needed: n.saturating_mul(w.rows) as u64,
+                found,
+            },
+        )?;
+        return kern.matmul_part_as(w, x, &mut part, s, arith);
     }
     Ok(())
 }

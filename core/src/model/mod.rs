@@ -7,7 +7,7 @@ pub mod llama;
 pub mod weights;
 
 pub use config::Config;
-pub use llama::{Llama, Session};
+pub use llama::{Batch, Llama, Seq, Session};
 pub use weights::{LayerWeights, Weights};
 
 use crate::error::{Cap, Error, Result};
@@ -20,6 +20,8 @@ pub const MAX_KV_CAPACITY: usize = 1 << 24;
 pub const MAX_BATCH: usize = 1 << 16;
 /// Most workers a plan makes room for.
 pub const MAX_THREADS: usize = 1024;
+/// Most sequences one batched step takes ([`Batch`]).
+pub const MAX_SEQS: usize = 4096;
 
 /// Every run-time buffer a session needs, computed before anything runs.
 ///
@@ -35,6 +37,9 @@ pub struct MemoryPlan {
     pub max_batch: usize,
     /// Workers that may split a forward step (each has its own scratch).
     pub threads: usize,
+    /// Sequences one step may advance together (1 for a [`Session`]; a
+    /// [`Batch`] serving several sequences at once has more).
+    pub seqs: usize,
     /// f32 elements (4-byte words) of K (and of V), whatever the element type.
     pub kv_len: usize,
     /// f32 elements of scratch.
@@ -53,9 +58,9 @@ pub(crate) struct ScratchSizes {
     pub hb2: usize,       // (batch, ffn_dim) up
     pub scores: usize,    // (threads, kv_capacity) one per worker
     pub rope: usize,      // (batch, rope_dim) cos/sin pairs
-    pub q_sink: usize,    // (q_dim) a query rotated at its in-cache position
-    pub rope_sink: usize, // (rope_dim)
-    pub logits: usize,    // (vocab)
+    pub q_sink: usize,    // (seqs, q_dim) queries rotated at their in-cache position
+    pub rope_sink: usize, // (seqs, rope_dim)
+    pub logits: usize,    // (seqs, vocab)
     pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
 }
 
@@ -65,9 +70,12 @@ impl ScratchSizes {
         kv_capacity: usize,
         b: usize,
         threads: usize,
+        seqs: usize,
     ) -> Option<ScratchSizes> {
         let cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
-        let per_worker = Kernels::scratch_len(cols, b);
+        // Decode arithmetic takes at most one token per sequence.
+        seqs.checked_mul(cols.checked_add(crate::kernels::DECODE_TILE)?)?;
+        let per_worker = Kernels::scratch_len_for(cols, b, seqs);
         per_worker.checked_mul(b.max(1))?;
         Some(ScratchSizes {
             x: b.checked_mul(c.dim)?,
@@ -80,9 +88,9 @@ impl ScratchSizes {
             hb2: b.checked_mul(c.ffn_dim)?,
             scores: threads.checked_mul(kv_capacity)?,
             rope: b.checked_mul(c.rope_dim)?,
-            q_sink: c.q_dim(),
-            rope_sink: c.rope_dim,
-            logits: c.vocab_size,
+            q_sink: seqs.checked_mul(c.q_dim())?,
+            rope_sink: seqs.checked_mul(c.rope_dim)?,
+            logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
         })
     }
@@ -131,6 +139,27 @@ impl MemoryPlan {
         max_batch: usize,
         threads: usize,
     ) -> Result<MemoryPlan> {
+        Self::batched(config, kv, max_batch, threads, 1)
+    }
+
+    /// The memory of a [`Batch`] that advances up to `seqs` sequences per
+    /// step, `max_batch` tokens in all, each sequence with its own cache of
+    /// shape `kv` ([`MemoryPlan::cache`]). [`MemoryPlan::scratch_len`]
+    /// floats are the batch's own; each cache takes two [`MemoryPlan::kv_len`].
+    pub fn batched(
+        config: &Config,
+        kv: KvOptions,
+        max_batch: usize,
+        threads: usize,
+        seqs: usize,
+    ) -> Result<MemoryPlan> {
+        if seqs == 0 || seqs > MAX_SEQS {
+            return Err(Error::CapExceeded {
+                what: Cap::Sequences,
+                found: seqs as u64,
+                cap: MAX_SEQS as u64,
+            });
+        }
         if threads == 0 || threads > MAX_THREADS {
             return Err(Error::CapExceeded {
                 what: Cap::Threads,
@@ -175,7 +204,7 @@ impl MemoryPlan {
         };
         let kv_bytes = KvCache::bytes(&kv, config.n_layers, config.kv_dim()).ok_or(overflow)?;
         let kv_len = kv_bytes.div_ceil(4);
-        let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch, threads)
+        let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch, threads, seqs)
             .and_then(|s| s.total())
             .ok_or(overflow)?;
         // The arena must be addressable in bytes too.
@@ -188,9 +217,27 @@ impl MemoryPlan {
             kv,
             max_batch,
             threads,
+            seqs,
             kv_len,
             scratch_len,
         })
+    }
+
+    /// A KV cache of this plan's shape for `config` over `k` and `v` (each
+    /// at least [`MemoryPlan::kv_len`] floats): one sequence of a [`Batch`].
+    pub fn cache<'a>(
+        &self,
+        config: &Config,
+        k: &'a mut [f32],
+        v: &'a mut [f32],
+    ) -> Result<KvCache<'a>> {
+        KvCache::new(
+            crate::quant::as_bytes_mut(k),
+            crate::quant::as_bytes_mut(v),
+            self.kv,
+            config.n_layers,
+            config.kv_dim(),
+        )
     }
 
     /// Positions the KV cache holds.
