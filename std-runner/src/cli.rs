@@ -45,6 +45,8 @@ pub enum Command {
     Synth(SynthArgs),
     /// Measure prefill (pp) and decode (tg) speed, as llama-bench does.
     Bench(crate::bench::BenchArgs),
+    /// Serve the model over HTTP with OpenAI's API, batching requests together.
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -358,7 +360,7 @@ impl SamplingArgs {
 }
 
 /// A seed for runs that were not given one (printed, so they can be repeated).
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -453,6 +455,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => cmd_tokenize(a),
         Command::Perplexity(a) => crate::perplexity::cmd_perplexity(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),
+        Command::Serve(a) => crate::serve::cmd_serve(a),
         Command::Synth(a) => {
             let cfg = crate::synth::SynthConfig {
                 dim: a.dim,

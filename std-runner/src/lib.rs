@@ -12,5 +12,6 @@ pub mod model_store;
 pub mod perplexity;
 pub mod pool;
 pub mod run;
+pub mod serve;
 pub mod synth;
 pub mod text;

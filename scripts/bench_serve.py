@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Throughput of `ember serve` under concurrent streams (continuous batching).
+
+Starts `ember serve --parallel 8` on a free loopback port (or uses --url), then
+measures, with streamed completions of a fixed length (ignore_eos):
+
+  * decode tokens/s of one stream alone;
+  * aggregate decode tokens/s of 8 concurrent streams, counted while all 8
+    are generating;
+  * time to first token of a request alone, and of one that arrives while
+    7 others stream.
+
+Prints a Markdown table. Only the Python standard library is used.
+
+    python3 scripts/bench_serve.py --model ~/.cache/ember/SmolLM2-135M-Instruct.Q8_0.gguf
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+PROMPT = "The history of the city begins"
+
+
+def stream(url, max_tokens, seed, events):
+    """One streamed completion; appends (time, n_tokens_so_far) per chunk."""
+    u = urllib.parse.urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
+                       "seed": seed, "temperature": 0.8, "ignore_eos": True})
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()!r}")
+    n = 0
+    for line in r:
+        line = line.strip()
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:]
+        if data == b"[DONE]":
+            break
+        ch = json.loads(data)["choices"][0]
+        if ch.get("finish_reason") is None:
+            n += 1
+            events.append((time.perf_counter(), n))
+    c.close()
+    return t0
+
+
+def run_streams(url, k, max_tokens):
+    evs = [[] for _ in range(k)]
+    ths = [threading.Thread(target=stream, args=(url, max_tokens, 100 + i, evs[i])) for i in range(k)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    # The window where every stream is generating.
+    start = max(e[0][0] for e in evs)
+    end = min(e[-1][0] for e in evs)
+    toks = sum(sum(1 for (t, _) in e if start < t <= end) for e in evs)
+    return toks / max(end - start, 1e-9)
+
+
+def ttft(url, others, max_tokens):
+    bg = [[] for _ in range(others)]
+    ths = [threading.Thread(target=stream, args=(url, 900, 200 + i, bg[i]), daemon=True)
+           for i in range(others)]
+    for t in ths:
+        t.start()
+    # Wait until the others are all generating.
+    deadline = time.time() + 120
+    while others and any(len(e) < 4 for e in bg):
+        if time.time() > deadline:
+            raise RuntimeError("the background streams did not start")
+        time.sleep(0.01)
+    ev = []
+    t0 = time.perf_counter()
+    stream(url, 8, 7, ev)
+    first = ev[0][0] - t0
+    return first, bg, ths
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="GGUF file for the server (default: ember's default model)")
+    ap.add_argument("--ember", default="target/release/ember")
+    ap.add_argument("--url", help="an already running server")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=96, help="tokens per stream")
+    args = ap.parse_args()
+    proc = None
+    url = args.url
+    if not url:
+        cmd = [args.ember, "serve", "--port", "0", "--parallel", "8", "-t", str(args.threads), "--ctx", "1024"]
+        if args.model:
+            cmd += ["--model", args.model]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            m = re.search(r"on (http://[0-9.:]+)", line)
+            if m:
+                url = m.group(1)
+                break
+        if not url:
+            sys.exit("the server did not start")
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    try:
+        run_streams(url, 1, 16)  # warm up
+        one = run_streams(url, 1, args.tokens)
+        eight = run_streams(url, 8, args.tokens)
+        alone, _, _ = ttft(url, 0, 0)
+        # TTFT while 7 others stream: they run until the server is stopped.
+        busy, bg, ths = ttft(url, 7, 1)
+        print(f"| streams | decode tok/s (aggregate) | ratio to one stream |")
+        print(f"| ---: | ---: | ---: |")
+        print(f"| 1 | {one:.1f} | 1.00x |")
+        print(f"| 8 | {eight:.1f} | {eight / one:.2f}x |")
+        print()
+        print(f"time to first token: alone {alone * 1000:.0f} ms; while 7 others stream {busy * 1000:.0f} ms")
+        print(json.dumps({"one_tok_s": one, "eight_tok_s": eight, "ratio": eight / one,
+                          "ttft_alone_ms": alone * 1000, "ttft_busy_ms": busy * 1000}))
+    finally:
+        if proc:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
