@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also measure decode of this many sequences at once (continuous
+    /// batching, as `ember serve --parallel N` runs them): aggregate tok/s.
+    #[arg(long, default_value_t = 1)]
+    pub seqs: usize,
 }
 
 /// Most tokens a bench test may take (a cache of p + n is allocated).
@@ -131,6 +135,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    if a.seqs == 0 || a.seqs > 256 {
+        bail!("--seqs must be in 1..=256");
+    }
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
     let path = model_path(&a.model)?;
@@ -179,6 +186,12 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         }
     }
+    let mut tgb = Vec::new();
+    if a.seqs > 1 && a.n > 0 {
+        tgb = batched_decode(&model, kernels, &pool, kv, threads, a.seqs, &gen, a.reps)?;
+    }
+    let tgb_runs = tgb.clone();
+    let tgb_med = median(&mut tgb);
     let per_token = bytes_per_token(&model);
     let bw = read_bandwidth(&bytes, &pool, 3);
     let floor = bw / per_token as f64;
@@ -205,6 +218,12 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             "tg_floor_tok_s": floor,
             "tg_of_floor": if floor > 0.0 { tg_med / floor } else { 0.0 },
         });
+        let mut out = out;
+        if a.seqs > 1 {
+            out["seqs"] = json!(a.seqs);
+            out["tg_batched_tok_s"] = json!(tgb_med);
+            out["tg_batched_runs"] = json!(tgb_runs);
+        }
         println!("{out}");
     } else {
         println!(
@@ -228,6 +247,12 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 100.0 * tg_med / floor
             );
         }
+        if a.seqs > 1 && a.n > 0 {
+            println!(
+                "| {name} | {ty} | {} | {threads} | tg{} x {} seqs | {tgb_med:.1} | |",
+                kernels.name, a.n, a.seqs
+            );
+        }
         eprintln!(
             "ember bench: median of {} runs; read bandwidth {:.1} GB/s with {threads} thread{}, {:.1} MB of weights per token: floor {floor:.1} tok/s",
             a.reps,
@@ -237,4 +262,56 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Aggregate decode tok/s of `seqs` sequences fed together, one token each
+/// per step, `gen.len()` steps, from empty caches; one warm-up, then `reps`.
+#[allow(clippy::too_many_arguments)]
+fn batched_decode(
+    model: &Llama,
+    kernels: ember_core::kernels::Kernels,
+    pool: &Pool,
+    kv: KvOptions,
+    threads: usize,
+    seqs: usize,
+    gen: &[u32],
+    reps: usize,
+) -> Result<Vec<f64>> {
+    use ember_core::model::{Batch, Seq};
+    let c = &model.config;
+    let plan = MemoryPlan::batched(c, kv, seqs, threads, seqs)?;
+    let mut scratch = vec![0.0f32; plan.scratch_len];
+    let mut b = Batch::new(model, kernels, plan, &mut scratch)?;
+    b.set_parallel(pool)?;
+    let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..seqs)
+        .map(|_| (vec![0.0; plan.kv_len], vec![0.0; plan.kv_len]))
+        .collect();
+    let mut caches = mem
+        .iter_mut()
+        .map(|(k, v)| plan.cache(c, k, v))
+        .collect::<ember_core::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for rep in 0..=reps {
+        for k in caches.iter_mut() {
+            k.clear();
+        }
+        let t = Instant::now();
+        for (i, &id) in gen.iter().enumerate() {
+            // Each sequence its own token (offsets keep them apart).
+            let toks: Vec<[u32; 1]> = (0..seqs)
+                .map(|j| [(id + j as u32 * 13 + i as u32) % c.vocab_size as u32])
+                .collect();
+            let mut work: Vec<Seq> = caches
+                .iter_mut()
+                .zip(&toks)
+                .map(|(cache, t)| Seq { cache, tokens: t })
+                .collect();
+            b.step(&mut work)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            out.push((seqs * gen.len()) as f64 / secs.max(1e-9));
+        }
+    }
+    Ok(out)
 }

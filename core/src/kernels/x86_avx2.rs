@@ -706,9 +706,12 @@ mod imp {
         S: Fn(&B) -> f32,
         M: Fn(&B) -> f32,
     {
-        assert!(x.len() >= T * nb && out.len() >= (T - 1) * rows + rows);
+        assert!(x.len() >= T * nb && w.len() >= rows * nb && out.len() >= T * rows);
+        // Each token's first block; blocks are read through these pointers
+        // at offsets below `nb` (asserted above), without index checks.
+        let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
         for r in 0..rows {
-            let row = &w[r * nb..(r + 1) * nb];
+            let row = w[r * nb..].as_ptr();
             // Two chains per token, even and odd blocks, of the vector sum
             // and of Q4_1's minimum term; constant indices after unrolling
             // keep them in registers.
@@ -719,18 +722,24 @@ mod imp {
             // Accumulators go in and come out by value, which keeps them in
             // registers (through a `&mut` they live in memory).
             let step = |b: usize, mut a: [__m256; T], mut m: [f32; T]| {
-                let blk = &row[b];
+                // SAFETY: b < nb, and row r has nb blocks (asserted).
+                let blk = unsafe { &*row.add(b) };
                 let (wa, wc) = widen(blk);
                 let (s, mn) = (scale(blk), min(blk));
+                let sv = _mm256_set1_ps(s);
                 for t in 0..T {
-                    let xb = &x[t * nb + b];
+                    // SAFETY: b < nb, and token t has nb blocks (asserted).
+                    let xb = unsafe { &*xp[t].add(b) };
                     let (xa, xc) = quants(xb);
                     let i = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc));
                     let p = _mm256_cvtepi32_ps(i);
                     if with_min {
                         m[t] += mn * xb.sum;
                     }
-                    a[t] = _mm256_fmadd_ps(_mm256_set1_ps(s * xb.d), p, a[t]);
+                    // s * d in every lane: the same product as the one-token
+                    // kernel's scalar one, from a broadcast load.
+                    let sd = _mm256_mul_ps(sv, _mm256_broadcast_ss(&xb.d));
+                    a[t] = _mm256_fmadd_ps(sd, p, a[t]);
                 }
                 (a, m)
             };
@@ -738,7 +747,7 @@ mod imp {
             while b + 2 <= nb {
                 // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
                 _mm_prefetch::<_MM_HINT_T0>(
-                    (&row[b] as *const B).cast::<i8>().wrapping_add(PREFETCH),
+                    row.wrapping_add(b).cast::<i8>().wrapping_add(PREFETCH),
                 );
                 (a0, m0) = step(b, a0, m0);
                 (a1, m1) = step(b + 1, a1, m1);
