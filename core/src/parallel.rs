@@ -212,6 +212,68 @@ pub fn for_rows(
     true
 }
 
+/// [`for_rows`] over `K` outputs in one dispatch: `f(j, part, scratch)`
+/// runs for each output `j` with the worker's share of its `rows[j]` rows
+/// (several matrices that read the same input, such as Q, K and V, cost one
+/// hand-off to the workers instead of `K`).
+///
+/// Returns `false` (and runs nothing) if an output or `scratch` is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn for_rows_multi<const K: usize>(
+    par: &dyn Parallel,
+    outs: [&mut [f32]; K],
+    rows: [usize; K],
+    n: usize,
+    grain: usize,
+    scratch: &mut [f32],
+    per_worker: usize,
+    f: &(dyn Fn(usize, &mut TokenRows<'_>, &mut [f32]) + Sync),
+) -> bool {
+    let w = par.workers().max(1);
+    let fits = outs
+        .iter()
+        .zip(rows)
+        .all(|(o, r)| n.checked_mul(r).is_some_and(|need| need <= o.len()))
+        && w.checked_mul(per_worker)
+            .is_some_and(|need| need <= scratch.len());
+    if !fits {
+        return false;
+    }
+    let lens: [usize; K] = core::array::from_fn(|j| outs[j].len());
+    let outs = outs.map(Shared::new);
+    let scratch = Shared::new(scratch);
+    let task = |i: usize| {
+        if i >= w {
+            return;
+        }
+        // SAFETY: worker i's scratch is i*per_worker..(i+1)*per_worker, in
+        // bounds (checked above) and disjoint from every other worker's.
+        let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
+        for j in 0..K {
+            let (r0, r1) = share(rows[j], w, i, grain);
+            // The worker's rows of output j: disjoint from every other
+            // worker's (`share` splits 0..rows into disjoint ranges), within
+            // the n x rows checked above.
+            let mut part = TokenRows {
+                ptr: outs[j].raw(),
+                len: lens[j],
+                rows: rows[j],
+                r0,
+                r1,
+                n,
+                _buf: PhantomData,
+            };
+            f(j, &mut part, s);
+        }
+    };
+    if w == 1 {
+        task(0);
+    } else {
+        par.run(&task);
+    }
+    true
+}
+
 /// Runs `f(task, out_part, scratch)` for every task in `0..tasks`, spread
 /// over the workers: `out_part` is `out[task * per_task..][..per_task]` and
 /// `scratch` the worker's `per_worker` floats.

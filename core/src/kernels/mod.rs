@@ -148,9 +148,14 @@ pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 /// (continuous batching) gives each exactly what it would get by itself.
 pub type MatvecQ16Fn<T> = fn(&[T], &[BlockQ16], usize, &mut [f32]);
 
+/// Quantizes a row of activations into 16-bit blocks, exactly as
+/// [`crate::quant::q16::quantize_row`] does.
+pub type QuantizeQ16Fn = fn(&[f32], &mut [BlockQ16]);
+
 /// Decode kernels over 16-bit activation blocks ([`crate::quant::q16`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Q16Kernels {
+    pub quantize: QuantizeQ16Fn,
     pub q8_0: MatvecQ16Fn<BlockQ8_0>,
     pub q4_0: MatvecQ16Fn<BlockQ4_0>,
     pub q4_1: MatvecQ16Fn<BlockQ4_1>,
@@ -237,6 +242,7 @@ impl Kernels {
         Kernels {
             name: "scalar-q16",
             q16: Some(Q16Kernels {
+                quantize: quant::q16::quantize_row,
                 q8_0: scalar::mv_q8_0_q16,
                 q4_0: scalar::mv_q4_0_q16,
                 q4_1: scalar::mv_q4_1_q16,
@@ -522,7 +528,7 @@ impl Kernels {
             let (xs, tile) = scratch.split_at_mut(block_floats);
             let xq: &mut [BlockQ16] = blocks_in(xs, blocks)?;
             for (t, xb) in xq.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
-                quant::q16::quantize_row(&x[t * cols..(t + 1) * cols], xb);
+                (q16.quantize)(&x[t * cols..(t + 1) * cols], xb);
             }
             let xq = &*xq;
             let run = |a: usize, b: usize, o: &mut [f32]| match w.data {

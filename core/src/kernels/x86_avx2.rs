@@ -43,6 +43,7 @@ pub fn table() -> Option<Kernels> {
         gemm_f32,
         axpy_f16,
         q16: Some(Q16Kernels {
+            quantize: quantize_q16,
             q8_0: mv_q8_0_q16,
             q4_0: mv_q4_0_q16,
             q4_1: mv_q4_1_q16,
@@ -139,6 +140,10 @@ fn q16_shape<'a, 'b>(
     let n = n.max(1);
     let (nb, rows) = (x.len() / n, out.len() / n);
     (&x[..n * nb], &mut out[..n * rows], nb * rows)
+}
+fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
+    // SAFETY: as above.
+    unsafe { imp::quantize_q16(x, out) }
 }
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
@@ -545,6 +550,66 @@ mod imp {
         }
         for (o, h) in ty.iter_mut().zip(tx) {
             *o += a * h.to_f32();
+        }
+    }
+
+    /// [`crate::quant::q16::quantize_row`], eight lanes at a time, bit for
+    /// bit: the maximum is exact in any order, and each lane rounds as the
+    /// scalar code does.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
+        let round = _mm256_set1_ps(crate::quant::q16::ROUND);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let (lo, hi) = (_mm256_set1_ps(-32768.0), _mm256_set1_ps(32767.0));
+        for (b, xs) in out.iter_mut().zip(x.as_chunks::<QK>().0) {
+            let v: [__m256; 4] = core::array::from_fn(|i| {
+                // SAFETY: eight of the block's 32 floats; loadu is unaligned.
+                unsafe { _mm256_loadu_ps(xs[8 * i..].as_ptr()) }
+            });
+            // max(|v|, m) keeps m where |v| is NaN, as the scalar fold does.
+            let mut m = _mm256_setzero_ps();
+            for vi in v {
+                m = _mm256_max_ps(_mm256_and_ps(vi, abs_mask), m);
+            }
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let m1 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
+            let amax = _mm_cvtss_f32(m1);
+            let d = amax / 32767.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let idv = _mm256_set1_ps(id);
+            let q: [__m256i; 4] = core::array::from_fn(|i| {
+                let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], idv), round), round);
+                // NaN lanes become 0 and the rest saturate to i16, as
+                // `as i16` does (a subnormal scale gives infinite quotients).
+                let ord = _mm256_cmp_ps::<_CMP_ORD_Q>(r, r);
+                let r = _mm256_and_ps(r, ord);
+                let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+                _mm256_cvtps_epi32(r)
+            });
+            // Saturating packs (as `as i16` saturates); packs interleave
+            // 128-bit lanes, which the permute puts back in order.
+            let p0 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[0], q[1]));
+            let p1 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[2], q[3]));
+            // SAFETY: 16 + 16 i16 of the block's quants; storeu is unaligned.
+            unsafe {
+                _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), p0);
+                _mm256_storeu_si256(b.qs[16..].as_mut_ptr().cast(), p1);
+            }
+            // The quants' sum, exactly (each pair sum fits i32).
+            let ones = _mm256_set1_epi16(1);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+            let isum = _mm_cvtsi128_si32(s1);
+            b.d = d;
+            b.sum = d * isum as f32;
+            b.isum = isum;
+            b.pad = 0;
         }
     }
 

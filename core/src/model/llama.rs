@@ -348,9 +348,9 @@ impl<'s, 'w> Batch<'s, 'w> {
             }
 
             // Q, K, V projections for the whole step.
-            mm(&lw.attn_q, s.xb, s.q, s.row)?;
-            mm(&lw.attn_k, s.xb, s.k, s.row)?;
-            mm(&lw.attn_v, s.xb, s.v, s.row)?;
+            let qkv = [&lw.attn_q, &lw.attn_k, &lw.attn_v];
+            let outs = [&mut *s.q, &mut *s.k, &mut *s.v];
+            mm_split(par, kern, qkv, s.xb, outs, s.row, per_worker, (g, n))?;
 
             // Rotate queries and keys at their absolute positions, then append
             // K and V to the cache. Past the first eviction a sequence has one
@@ -448,8 +448,9 @@ impl<'s, 'w> Batch<'s, 'w> {
                     c.rms_eps,
                 );
             }
-            mm(&lw.ffn_gate, s.xb, s.hb, s.row)?;
-            mm(&lw.ffn_up, s.xb, s.hb2, s.row)?;
+            let gate_up = [&lw.ffn_gate, &lw.ffn_up];
+            let outs = [&mut *s.hb, &mut *s.hb2];
+            mm_split(par, kern, gate_up, s.xb, outs, s.row, per_worker, (g, n))?;
             for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
                 *g = silu(*g) * u;
             }
@@ -780,6 +781,100 @@ fn matmul(
             },
         )?;
         return kern.matmul_part_as(w, x, &mut part, s, arith);
+    }
+    Ok(())
+}
+
+/// Several matrices over the same `n` rows of input, rows `0..g` in the
+/// batched arithmetic and `g..n` in the decode arithmetic, each part in one
+/// hand-off to the workers.
+#[allow(clippy::too_many_arguments)]
+fn mm_split<const K: usize>(
+    par: &dyn Parallel,
+    kern: &Kernels,
+    ws: [&Matrix; K],
+    x: &[f32],
+    outs: [&mut [f32]; K],
+    scratch: &mut [f32],
+    per_worker: usize,
+    (g, n): (usize, usize),
+) -> Result<()> {
+    let mut heads: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
+    let mut tails: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
+    for (j, o) in outs.into_iter().enumerate() {
+        let at = (g * ws[j].rows).min(o.len());
+        let (h, t) = o.split_at_mut(at);
+        heads[j] = h;
+        tails[j] = t;
+    }
+    if g > 0 {
+        matmul_multi(
+            par,
+            kern,
+            ws,
+            x,
+            g,
+            heads,
+            scratch,
+            per_worker,
+            Arith::Batch,
+        )?;
+    }
+    if n > g {
+        let x = x.get(g * ws[0].cols..).unwrap_or(&[]);
+        matmul_multi(
+            par,
+            kern,
+            ws,
+            x,
+            n - g,
+            tails,
+            scratch,
+            per_worker,
+            Arith::Decode,
+        )?;
+    }
+    Ok(())
+}
+
+/// [`matmul`] for several matrices of the same input width in one dispatch.
+#[allow(clippy::too_many_arguments)]
+fn matmul_multi<const K: usize>(
+    par: &dyn Parallel,
+    kern: &Kernels,
+    ws: [&Matrix; K],
+    x: &[f32],
+    n: usize,
+    outs: [&mut [f32]; K],
+    scratch: &mut [f32],
+    per_worker: usize,
+    arith: Arith,
+) -> Result<()> {
+    let rows: [usize; K] = core::array::from_fn(|j| ws[j].rows);
+    let failed = AtomicBool::new(false);
+    let mut outs = outs;
+    let ran = {
+        let views: [&mut [f32]; K] = outs.each_mut().map(|o| &mut **o);
+        parallel::for_rows_multi(
+            par,
+            views,
+            rows,
+            n,
+            16,
+            scratch,
+            per_worker,
+            &|j, part, s| {
+                if kern.matmul_part_as(ws[j], x, part, s, arith).is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            },
+        )
+    };
+    if !ran || failed.load(Ordering::Relaxed) {
+        // Said again one matrix at a time, which reports what is wrong.
+        for (w, out) in ws.into_iter().zip(outs) {
+            matmul(par, kern, w, x, n, out, scratch, per_worker, arith)?;
+        }
     }
     Ok(())
 }

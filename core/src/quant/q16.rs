@@ -16,7 +16,8 @@ use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 pub struct BlockQ16 {
     /// Scale: `x[i] ≈ d * qs[i]`.
     pub d: f32,
-    /// Sum of the 32 floats (for Q4_1's minimum term).
+    /// `d * isum`: the sum of the 32 values as quantized (for Q4_1's
+    /// minimum term, so it sees the same activations as the dot).
     pub sum: f32,
     /// Sum of the 32 quants (for Q4_0's offset, exactly).
     pub isum: i32,
@@ -37,7 +38,13 @@ impl BlockQ16 {
     };
 }
 
-/// Quantizes whole blocks of `x` into `out` (`x.len() / 32` blocks).
+/// Adding and subtracting 1.5 * 2^23 rounds half to even (exact for
+/// |v| <= 32767 < 2^22).
+pub const ROUND: f32 = 12_582_912.0;
+
+/// Quantizes whole blocks of `x` into `out` (`x.len() / 32` blocks): the
+/// reference the fast tables' quantizers match bit for bit. NaN is ignored
+/// by the maximum and quantizes to 0.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ16]) {
     for (b, xs) in out.iter_mut().zip(x.as_chunks::<QK>().0) {
         let amax = xs
@@ -46,17 +53,13 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ16]) {
         let d = amax / 32767.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut isum = 0i32;
-        let mut sum = 0.0f32;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
-            // Round half to even by adding and subtracting 1.5 * 2^23 (exact
-            // for |v * id| <= 32767 < 2^22); `as` saturates and maps NaN to 0.
-            const ROUND: f32 = 12_582_912.0;
+            // `as` saturates and maps NaN to 0.
             *q = ((v * id + ROUND) - ROUND) as i16;
             isum += *q as i32;
-            sum += v;
         }
         b.d = d;
-        b.sum = sum;
+        b.sum = d * isum as f32;
         b.isum = isum;
         b.pad = 0;
     }
@@ -116,7 +119,8 @@ mod tests {
         quantize_row(&x, &mut b);
         for (blk, xs) in b.iter().zip(x.chunks(32)) {
             assert_eq!(blk.qs.iter().map(|&q| q as i32).sum::<i32>(), blk.isum);
-            assert!((blk.sum - xs.iter().sum::<f32>()).abs() < 1e-5);
+            assert_eq!(blk.sum, blk.d * blk.isum as f32);
+            assert!((blk.sum - xs.iter().sum::<f32>()).abs() < 32.0 * blk.d);
             assert!(blk.qs.iter().any(|&q| q.unsigned_abs() == 32767));
             for (&q, &v) in blk.qs.iter().zip(xs) {
                 assert!((q as f32 * blk.d - v).abs() <= blk.d * 0.5001);
