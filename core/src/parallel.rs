@@ -3,18 +3,100 @@
 //! The core has no threads. A host runner implements [`Parallel`] over its
 //! own pool; firmware and tests use [`Serial`]. The model hands whole
 //! operations to [`for_rows`] (matmul rows) and [`for_tasks`] (attention
-//! heads), which give each worker a disjoint part of the output and its own
-//! scratch, so the work a worker does is the same whichever thread runs it:
-//! results do not depend on the number of workers.
+//! heads), which cut the output into chunks that workers take as they free
+//! up, each chunk to one worker, with the worker's own scratch. A chunk's
+//! results are the same whichever worker computes it: results do not depend
+//! on the number of workers or on who took what.
 //!
 //! This module holds the only `unsafe` of the split: a worker's part of an
-//! output buffer is a `&mut` view made from a shared raw pointer. Parts are
-//! computed from the worker index alone, and the functions here check that
-//! they never overlap.
+//! output buffer is a `&mut` view made from a shared raw pointer. Each
+//! chunk is handed out once, chunks never overlap, and the functions here
+//! check every bound.
 
 #![allow(unsafe_code)]
 
 use core::marker::PhantomData;
+#[cfg(target_has_atomic = "ptr")]
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Hands out units `0..n` of work: to whichever worker asks first where the
+/// target has atomics (a slower core or a busy one takes fewer), else
+/// worker `i` of `w` takes units `i, i + w, ...`. Each unit goes to exactly
+/// one worker either way.
+struct Dispenser {
+    n: usize,
+    #[cfg(target_has_atomic = "ptr")]
+    next: AtomicUsize,
+}
+
+impl Dispenser {
+    fn new(n: usize) -> Self {
+        Dispenser {
+            n,
+            #[cfg(target_has_atomic = "ptr")]
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Calls `f(unit)` for the units worker `i` of `w` gets.
+    fn run(&self, i: usize, w: usize, mut f: impl FnMut(usize)) {
+        #[cfg(target_has_atomic = "ptr")]
+        {
+            let _ = (i, w);
+            loop {
+                let u = self.next.fetch_add(1, Ordering::Relaxed);
+                if u >= self.n {
+                    return;
+                }
+                f(u);
+            }
+        }
+        #[cfg(not(target_has_atomic = "ptr"))]
+        {
+            let mut u = i;
+            while u < self.n {
+                f(u);
+                u += w.max(1);
+            }
+        }
+    }
+}
+
+/// Row chunks of `rows` outputs for `w` workers: about four per worker and
+/// output (whole `grain`s), so a worker that finishes early takes more.
+struct RowChunks<const K: usize> {
+    rows: [usize; K],
+    chunk: [usize; K],
+    count: [usize; K],
+}
+
+impl<const K: usize> RowChunks<K> {
+    fn new(rows: [usize; K], w: usize, grain: usize) -> Self {
+        let grain = grain.max(1);
+        let chunk: [usize; K] = core::array::from_fn(|j| {
+            let c = rows[j].div_ceil(4 * w.max(1));
+            c.div_ceil(grain).max(1) * grain
+        });
+        let count = core::array::from_fn(|j| rows[j].div_ceil(chunk[j]));
+        RowChunks { rows, chunk, count }
+    }
+
+    fn total(&self) -> usize {
+        self.count.iter().sum()
+    }
+
+    /// Unit `u` as (output, first row, end row).
+    fn get(&self, mut u: usize) -> Option<(usize, usize, usize)> {
+        for j in 0..K {
+            if u < self.count[j] {
+                let r0 = u * self.chunk[j];
+                return Some((j, r0, (r0 + self.chunk[j]).min(self.rows[j])));
+            }
+            u -= self.count[j];
+        }
+        None
+    }
+}
 
 /// Runs a task on several workers at once.
 pub trait Parallel: Sync {
@@ -174,42 +256,16 @@ pub fn for_rows(
     per_worker: usize,
     f: &RowsTask<'_>,
 ) -> bool {
-    let w = par.workers().max(1);
-    let fits = n.checked_mul(rows).is_some_and(|need| need <= out.len())
-        && w.checked_mul(per_worker)
-            .is_some_and(|need| need <= scratch.len());
-    if !fits {
-        return false;
-    }
-    if w == 1 {
-        if let Some(mut part) = TokenRows::new(out, n, rows, 0, rows) {
-            f(&mut part, &mut scratch[..per_worker]);
-        }
-        return true;
-    }
-    let len = out.len();
-    let out = Shared::new(out);
-    let scratch = Shared::new(scratch);
-    par.run(&|i| {
-        if i >= w {
-            return;
-        }
-        let (r0, r1) = share(rows, w, i, grain);
-        let mut part = TokenRows {
-            ptr: out.raw(),
-            len,
-            rows,
-            r0,
-            r1,
-            n,
-            _buf: PhantomData,
-        };
-        // SAFETY: worker i's scratch is i*per_worker..(i+1)*per_worker, in
-        // bounds (checked above) and disjoint from every other worker's.
-        let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
-        f(&mut part, s);
-    });
-    true
+    for_rows_multi(
+        par,
+        [out],
+        [rows],
+        n,
+        grain,
+        scratch,
+        per_worker,
+        &|_, part, s| f(part, s),
+    )
 }
 
 /// [`for_rows`] over `K` outputs in one dispatch: `f(j, part, scratch)`
@@ -239,21 +295,35 @@ pub fn for_rows_multi<const K: usize>(
     if !fits {
         return false;
     }
+    if w == 1 {
+        // One worker: every output whole, in order.
+        let s = &mut scratch[..per_worker];
+        for (j, out) in outs.into_iter().enumerate() {
+            if let Some(mut part) = TokenRows::new(out, n, rows[j], 0, rows[j]) {
+                f(j, &mut part, s);
+            }
+        }
+        return true;
+    }
     let lens: [usize; K] = core::array::from_fn(|j| outs[j].len());
     let outs = outs.map(Shared::new);
     let scratch = Shared::new(scratch);
-    let task = |i: usize| {
+    let chunks = RowChunks::new(rows, w, grain);
+    let units = Dispenser::new(chunks.total());
+    par.run(&|i: usize| {
         if i >= w {
             return;
         }
         // SAFETY: worker i's scratch is i*per_worker..(i+1)*per_worker, in
         // bounds (checked above) and disjoint from every other worker's.
         let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
-        for j in 0..K {
-            let (r0, r1) = share(rows[j], w, i, grain);
-            // The worker's rows of output j: disjoint from every other
-            // worker's (`share` splits 0..rows into disjoint ranges), within
-            // the n x rows checked above.
+        units.run(i, w, |u| {
+            let Some((j, r0, r1)) = chunks.get(u) else {
+                return;
+            };
+            // Rows r0..r1 of output j: unit u goes to this worker alone, and
+            // units cover disjoint row ranges, within the n x rows checked
+            // above.
             let mut part = TokenRows {
                 ptr: outs[j].raw(),
                 len: lens[j],
@@ -264,13 +334,8 @@ pub fn for_rows_multi<const K: usize>(
                 _buf: PhantomData,
             };
             f(j, &mut part, s);
-        }
-    };
-    if w == 1 {
-        task(0);
-    } else {
-        par.run(&task);
-    }
+        });
+    });
     true
 }
 
@@ -310,19 +375,19 @@ pub fn for_tasks(
     }
     let out = Shared::new(out);
     let scratch = Shared::new(scratch);
+    let units = Dispenser::new(tasks);
     par.run(&|i| {
         if i >= w {
             return;
         }
         // SAFETY: worker i's scratch is disjoint from every other worker's.
         let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
-        let (lo, hi) = share(tasks, w, i, 1);
-        for t in lo..hi {
-            // SAFETY: tasks lo..hi belong to worker i alone (`share` splits
-            // 0..tasks into disjoint ranges), and task t's part is its own.
+        units.run(i, w, |t| {
+            // SAFETY: task t goes to this worker alone (the dispenser hands
+            // out each unit once), and task t's part is its own.
             let o = unsafe { out.part(t * per_task, (t + 1) * per_task) };
             f(t, o, s);
-        }
+        });
     });
     true
 }

@@ -511,7 +511,6 @@ impl Kernels {
     ) -> Result<()> {
         let cols = w.cols;
         let n = part.tokens();
-        let (r0, r1) = part.range();
         let nb = cols / quant::QK;
         let quantized = !matches!(w.data, RowData::F32(_) | RowData::F16(_));
         if let (true, Some(q16)) = (quantized, self.q16) {
@@ -530,7 +529,77 @@ impl Kernels {
             for (t, xb) in xq.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
                 (q16.quantize)(&x[t * cols..(t + 1) * cols], xb);
             }
-            let xq = &*xq;
+            return self.q16_part(w, xq, part, tile);
+        }
+        self.f32_decode_part(w, x, part)
+    }
+
+    /// Whether decode multiplies `w` by 16-bit activation blocks (then the
+    /// caller may quantize once for all workers: [`Kernels::quantize_q16`]
+    /// and [`Kernels::matmul_part_q16`]).
+    pub fn decodes_q16(&self, w: &Matrix) -> bool {
+        self.q16.is_some()
+            && self.q8_0_q8_0.is_none()
+            && !matches!(w.data, RowData::F32(_) | RowData::F16(_))
+    }
+
+    /// Quantizes `n` tokens of `cols` activations into `out` (`n * cols / 32`
+    /// blocks); false if this table has no 16-bit decode or `out` is short.
+    pub fn quantize_q16(&self, x: &[f32], n: usize, cols: usize, out: &mut [BlockQ16]) -> bool {
+        let nb = cols / quant::QK;
+        let (Some(q16), true, true) = (self.q16, out.len() >= n * nb, x.len() >= n * cols) else {
+            return false;
+        };
+        for (t, xb) in out.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
+            (q16.quantize)(&x[t * cols..(t + 1) * cols], xb);
+        }
+        true
+    }
+
+    /// The decode matmul for one worker's rows from activations already in
+    /// 16-bit blocks (`xq`: the part's tokens, [`Kernels::quantize_q16`]);
+    /// the same numbers as [`Kernels::matmul_part_as`] with
+    /// [`Arith::Decode`]. `scratch` holds the output tile of several tokens.
+    pub fn matmul_part_q16(
+        &self,
+        w: &Matrix,
+        xq: &[BlockQ16],
+        part: &mut TokenRows<'_>,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        if !self.decodes_q16(w) {
+            return Err(Error::LengthMismatch {
+                expected: 0,
+                found: w.cols as u64,
+            });
+        }
+        self.q16_part(w, xq, part, scratch)
+    }
+
+    fn q16_part(
+        &self,
+        w: &Matrix,
+        xq: &[BlockQ16],
+        part: &mut TokenRows<'_>,
+        tile: &mut [f32],
+    ) -> Result<()> {
+        let n = part.tokens();
+        let (r0, r1) = part.range();
+        let nb = w.cols / quant::QK;
+        let Some(q16) = self.q16 else {
+            return Ok(());
+        };
+        if xq.len() < n * nb || r1 > w.rows || r0 > r1 {
+            return Err(Error::BufferTooSmall {
+                needed: (n * nb) as u64,
+                found: xq.len() as u64,
+            });
+        }
+        if r0 == r1 || n == 0 {
+            return Ok(());
+        }
+        let xq = &xq[..n * nb];
+        {
             let run = |a: usize, b: usize, o: &mut [f32]| match w.data {
                 RowData::Q8_0(d) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
                 RowData::Q4_0(d) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),
@@ -544,8 +613,8 @@ impl Kernels {
             let need = n * DECODE_TILE;
             let found = tile.len() as u64;
             let tile = tile.get_mut(..need).ok_or(Error::BufferTooSmall {
-                needed: (block_floats + need) as u64,
-                found: found + block_floats as u64,
+                needed: need as u64,
+                found,
             })?;
             let mut a = r0;
             while a < r1 {
@@ -557,8 +626,16 @@ impl Kernels {
                 }
                 a = b;
             }
-            return Ok(());
         }
+        Ok(())
+    }
+
+    /// Decode of `part`'s tokens against the f32 activations, row by row.
+    fn f32_decode_part(&self, w: &Matrix, x: &[f32], part: &mut TokenRows<'_>) -> Result<()> {
+        let cols = w.cols;
+        let n = part.tokens();
+        let (r0, r1) = part.range();
+        let nb = cols / quant::QK;
         let mut a = r0;
         while a < r1 {
             let b = if n == 1 {
@@ -586,7 +663,7 @@ impl Kernels {
 /// The first `n` activation blocks of type `T` laid over the f32 scratch
 /// (each block takes at most 4 bytes per value it quantizes, so the `cols`
 /// floats a token needs hold its blocks).
-fn blocks_in<T: quant::Pod>(scratch: &mut [f32], n: usize) -> Result<&mut [T]> {
+pub(crate) fn blocks_in<T: quant::Pod>(scratch: &mut [f32], n: usize) -> Result<&mut [T]> {
     let need = n * core::mem::size_of::<T>();
     let bytes = quant::as_bytes_mut(scratch);
     let found = bytes.len() as u64;

@@ -19,6 +19,7 @@ use crate::kernels::{Arith, Kernels, Matrix};
 use crate::kv_cache::KvCache;
 use crate::model::{Config, MemoryPlan, ScratchSizes, Weights};
 use crate::parallel::{self, Parallel, Serial};
+use crate::quant::BlockQ16;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A loaded model: config plus weights borrowed from the file bytes.
@@ -53,6 +54,7 @@ struct Scratch<'a> {
     rope_sink: &'a mut [f32],
     logits: &'a mut [f32],
     row: &'a mut [f32],
+    xq: &'a mut [f32],
 }
 
 /// Takes the next `n` floats of the arena (fewer only if the arena is short,
@@ -174,6 +176,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             rope_sink: carve(&mut rest, sizes.rope_sink),
             logits: carve(&mut rest, sizes.logits),
             row: carve(&mut rest, sizes.row),
+            xq: carve(&mut rest, sizes.xq),
         };
         Ok(Batch {
             model,
@@ -308,16 +311,10 @@ impl<'s, 'w> Batch<'s, 'w> {
         let s = &mut self.s;
         let per_worker = s.row.len() / threads;
         let per_scores = s.scores.len() / threads;
-        let mm = |w: &Matrix, x: &[f32], out: &mut [f32], row: &mut [f32]| -> Result<()> {
-            let (cols, rows) = (w.cols, w.rows);
-            if g > 0 {
-                matmul(par, kern, w, x, g, out, row, per_worker, Arith::Batch)?;
-            }
-            if n > g {
-                let (x, out) = (&x[g * cols..], &mut out[g * rows..]);
-                matmul(par, kern, w, x, n - g, out, row, per_worker, Arith::Decode)?;
-            }
-            Ok(())
+        let mm = Mm {
+            par,
+            kern,
+            per_worker,
         };
         // Embedding rows and RoPE angles, once for all layers.
         for (i, q) in seqs.iter().enumerate() {
@@ -350,7 +347,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             // Q, K, V projections for the whole step.
             let qkv = [&lw.attn_q, &lw.attn_k, &lw.attn_v];
             let outs = [&mut *s.q, &mut *s.k, &mut *s.v];
-            mm_split(par, kern, qkv, s.xb, outs, s.row, per_worker, (g, n))?;
+            mm.split(qkv, s.xb, outs, s.row, s.xq, (g, n))?;
 
             // Rotate queries and keys at their absolute positions, then append
             // K and V to the cache. Past the first eviction a sequence has one
@@ -436,7 +433,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             }
 
             // Output projection and residual.
-            mm(&lw.attn_output, s.att, s.xb, s.row)?;
+            mm.split([&lw.attn_output], s.att, [&mut *s.xb], s.row, s.xq, (g, n))?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
             // FFN RMSNorm, SwiGLU, down projection and residual.
@@ -450,11 +447,11 @@ impl<'s, 'w> Batch<'s, 'w> {
             }
             let gate_up = [&lw.ffn_gate, &lw.ffn_up];
             let outs = [&mut *s.hb, &mut *s.hb2];
-            mm_split(par, kern, gate_up, s.xb, outs, s.row, per_worker, (g, n))?;
+            mm.split(gate_up, s.xb, outs, s.row, s.xq, (g, n))?;
             for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
                 *g = silu(*g) * u;
             }
-            mm(&lw.ffn_down, s.hb, s.xb, s.row)?;
+            mm.split([&lw.ffn_down], s.hb, [&mut *s.xb], s.row, s.xq, (g, n))?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
         for q in seqs.iter_mut() {
@@ -484,15 +481,13 @@ impl<'s, 'w> Batch<'s, 'w> {
                 *base = 0;
             }
             let out = &mut s.logits[*base * vocab..(*base + k) * vocab];
-            matmul(
-                par,
-                kern,
-                &w.output,
+            mm.multi(
+                [&w.output],
                 &s.xb[..k * dim],
                 k,
-                out,
+                [out],
                 s.row,
-                per_worker,
+                s.xq,
                 Arith::Decode,
             )?;
             for (r, &(i, j)) in ids[..k].iter().enumerate() {
@@ -750,133 +745,118 @@ fn seq_of_row(seqs: &[Seq<'_, '_>], t: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// `out = W x` for `n` tokens with the rows split over the workers, each
-/// using its `per_worker` floats of `scratch`.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    par: &dyn Parallel,
-    kern: &Kernels,
-    w: &Matrix,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-    scratch: &mut [f32],
+/// What every matmul of a step shares: the workers, the kernels and each
+/// worker's share of the row scratch.
+#[derive(Clone, Copy)]
+struct Mm<'a> {
+    par: &'a dyn Parallel,
+    kern: &'a Kernels,
     per_worker: usize,
-    arith: Arith,
-) -> Result<()> {
-    let failed = AtomicBool::new(false);
-    let ran = parallel::for_rows(par, out, n, w.rows, 16, scratch, per_worker, &|part, s| {
-        if kern.matmul_part_as(w, x, part, s, arith).is_err() {
-            failed.store(true, Ordering::Relaxed);
-        }
-    });
-    if !ran || failed.load(Ordering::Relaxed) {
-        // Said again on one thread, which reports what is wrong.
-        let s = scratch.get_mut(..per_worker).unwrap_or(&mut []);
-        let found = out.len() as u64;
-        let mut part = crate::parallel::TokenRows::new(out, n, w.rows, 0, w.rows).ok_or(
-            Error::BufferTooSmall {
-                needed: n.saturating_mul(w.rows) as u64,
-                found,
-            },
-        )?;
-        return kern.matmul_part_as(w, x, &mut part, s, arith);
-    }
-    Ok(())
 }
 
-/// Several matrices over the same `n` rows of input, rows `0..g` in the
-/// batched arithmetic and `g..n` in the decode arithmetic, each part in one
-/// hand-off to the workers.
-#[allow(clippy::too_many_arguments)]
-fn mm_split<const K: usize>(
-    par: &dyn Parallel,
-    kern: &Kernels,
-    ws: [&Matrix; K],
-    x: &[f32],
-    outs: [&mut [f32]; K],
-    scratch: &mut [f32],
-    per_worker: usize,
-    (g, n): (usize, usize),
-) -> Result<()> {
-    let mut heads: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
-    let mut tails: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
-    for (j, o) in outs.into_iter().enumerate() {
-        let at = (g * ws[j].rows).min(o.len());
-        let (h, t) = o.split_at_mut(at);
-        heads[j] = h;
-        tails[j] = t;
-    }
-    if g > 0 {
-        matmul_multi(
+impl Mm<'_> {
+    /// `outs[j] = ws[j] x` for `n` tokens (`x` is (n, cols), each output
+    /// (n, rows)), every matrix's rows split over the workers in one
+    /// hand-off. For decode with 16-bit activation blocks the input is
+    /// quantized once, into `xq`, for all workers and matrices.
+    #[allow(clippy::too_many_arguments)]
+    fn multi<const K: usize>(
+        &self,
+        ws: [&Matrix; K],
+        x: &[f32],
+        n: usize,
+        outs: [&mut [f32]; K],
+        scratch: &mut [f32],
+        xq: &mut [f32],
+        arith: Arith,
+    ) -> Result<()> {
+        let Mm {
             par,
             kern,
-            ws,
-            x,
-            g,
-            heads,
-            scratch,
             per_worker,
-            Arith::Batch,
-        )?;
-    }
-    if n > g {
-        let x = x.get(g * ws[0].cols..).unwrap_or(&[]);
-        matmul_multi(
-            par,
-            kern,
-            ws,
-            x,
-            n - g,
-            tails,
-            scratch,
-            per_worker,
-            Arith::Decode,
-        )?;
-    }
-    Ok(())
-}
-
-/// [`matmul`] for several matrices of the same input width in one dispatch.
-#[allow(clippy::too_many_arguments)]
-fn matmul_multi<const K: usize>(
-    par: &dyn Parallel,
-    kern: &Kernels,
-    ws: [&Matrix; K],
-    x: &[f32],
-    n: usize,
-    outs: [&mut [f32]; K],
-    scratch: &mut [f32],
-    per_worker: usize,
-    arith: Arith,
-) -> Result<()> {
-    let rows: [usize; K] = core::array::from_fn(|j| ws[j].rows);
-    let failed = AtomicBool::new(false);
-    let mut outs = outs;
-    let ran = {
-        let views: [&mut [f32]; K] = outs.each_mut().map(|o| &mut **o);
-        parallel::for_rows_multi(
-            par,
-            views,
-            rows,
-            n,
-            16,
-            scratch,
-            per_worker,
-            &|j, part, s| {
-                if kern.matmul_part_as(ws[j], x, part, s, arith).is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-            },
-        )
-    };
-    if !ran || failed.load(Ordering::Relaxed) {
-        // Said again one matrix at a time, which reports what is wrong.
-        for (w, out) in ws.into_iter().zip(outs) {
-            matmul(par, kern, w, x, n, out, scratch, per_worker, arith)?;
+        } = *self;
+        let rows: [usize; K] = core::array::from_fn(|j| ws[j].rows);
+        let cols = ws[0].cols;
+        let mut outs = outs;
+        let failed = AtomicBool::new(false);
+        let q16 =
+            arith == Arith::Decode && ws.iter().all(|w| kern.decodes_q16(w) && w.cols == cols);
+        let blocks = if q16 {
+            let nb = cols / crate::quant::QK;
+            match crate::kernels::blocks_in::<BlockQ16>(xq, n * nb) {
+                Ok(b) => kern.quantize_q16(x, n, cols, b).then_some(&*b),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let ran = {
+            let views: [&mut [f32]; K] = outs.each_mut().map(|o| &mut **o);
+            parallel::for_rows_multi(
+                par,
+                views,
+                rows,
+                n,
+                16,
+                scratch,
+                per_worker,
+                &|j, part, s| {
+                    let r = match blocks {
+                        Some(b) => kern.matmul_part_q16(ws[j], b, part, s),
+                        None => kern.matmul_part_as(ws[j], x, part, s, arith),
+                    };
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                },
+            )
+        };
+        if !ran || failed.load(Ordering::Relaxed) {
+            // Said again one matrix at a time on one thread, which reports
+            // what is wrong.
+            let s = scratch.get_mut(..per_worker).unwrap_or(&mut []);
+            for (w, out) in ws.into_iter().zip(outs) {
+                let found = out.len() as u64;
+                let mut part = crate::parallel::TokenRows::new(out, n, w.rows, 0, w.rows).ok_or(
+                    Error::BufferTooSmall {
+                        needed: n.saturating_mul(w.rows) as u64,
+                        found,
+                    },
+                )?;
+                kern.matmul_part_as(w, x, &mut part, s, arith)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// [`Mm::multi`] over rows `0..g` in the batched arithmetic and `g..n`
+    /// in the decode arithmetic.
+    fn split<const K: usize>(
+        &self,
+        ws: [&Matrix; K],
+        x: &[f32],
+        outs: [&mut [f32]; K],
+        scratch: &mut [f32],
+        xq: &mut [f32],
+        (g, n): (usize, usize),
+    ) -> Result<()> {
+        let mut heads: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
+        let mut tails: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
+        for (j, o) in outs.into_iter().enumerate() {
+            let at = (g * ws[j].rows).min(o.len());
+            let (h, t) = o.split_at_mut(at);
+            heads[j] = h;
+            tails[j] = t;
+        }
+        if g > 0 {
+            self.multi(ws, x, g, heads, scratch, xq, Arith::Batch)?;
+        }
+        if n > g {
+            let x = x.get(g * ws[0].cols..).unwrap_or(&[]);
+            self.multi(ws, x, n - g, tails, scratch, xq, Arith::Decode)?;
+        }
+        Ok(())
+    }
 }
 
 /// A caller's per-token logits callback: `(index in the input, logits)`.

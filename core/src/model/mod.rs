@@ -62,6 +62,7 @@ pub(crate) struct ScratchSizes {
     pub rope_sink: usize, // (seqs, rope_dim)
     pub logits: usize,    // (seqs, vocab)
     pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
+    pub xq: usize,        // (seqs, cols / 32) 16-bit activation blocks, 20 floats each
 }
 
 impl ScratchSizes {
@@ -92,6 +93,9 @@ impl ScratchSizes {
             rope_sink: seqs.checked_mul(c.rope_dim)?,
             logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
+            xq: seqs
+                .checked_mul(cols.div_ceil(crate::quant::QK))?
+                .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?,
         })
     }
 
@@ -111,6 +115,7 @@ impl ScratchSizes {
             self.rope_sink,
             self.logits,
             self.row,
+            self.xq,
         ]
         .iter()
         .try_fold(0usize, |a, &b| a.checked_add(b))
