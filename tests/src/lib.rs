@@ -3,6 +3,8 @@
 
 use ember_core::gguf_writer::GgufWriter;
 
+pub mod fuzz;
+
 /// The GGUF of a SentencePiece-style vocabulary (`golden/spm_vocab.json`:
 /// `[piece, score, token type]` triples) with llama hyper-parameters and no
 /// tensors, as llama.cpp loads for `vocab_only`.
