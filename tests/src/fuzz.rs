@@ -7,7 +7,7 @@ use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
-use ember_core::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
+use ember_core::tokenizer::{EncodeOptions, StreamDecoder, TokenType, Tokenizer};
 use ember_runner::serve::{parse_request, Prompt};
 
 /// Arenas above this are not allocated (a hostile file may ask for more).
@@ -70,7 +70,15 @@ pub fn tokenizer(tok: &Tokenizer, data: &[u8]) {
         };
         let ids = tok.encode(&text, plain).expect("valid UTF-8 encodes");
         let back = tok.decode(&ids, false).expect("its own ids decode");
-        assert_eq!(back, text, "round trip");
+        // A character the vocabulary cannot spell becomes its unknown or
+        // end-of-text token, as Hugging Face's tokenizer makes it; all
+        // other text comes back exactly.
+        let spelled = ids
+            .iter()
+            .all(|&i| !matches!(tok.token_type(i), TokenType::Control | TokenType::Unknown));
+        if spelled {
+            assert_eq!(back, text, "round trip");
+        }
         let special = EncodeOptions {
             add_special: mode & 2 != 0,
             parse_special: true,
