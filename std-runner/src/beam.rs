@@ -118,7 +118,9 @@ pub fn beam_search(
         bail!("--beams must be at least 1");
     }
     let plan = MemoryPlan::with_kv(&model.config, opt.kv, opt.batch)?;
-    let mut arenas: Vec<Vec<f32>> = (0..n).map(|_| plan.alloc()).collect();
+    let mut arenas: Vec<Vec<f32>> = (0..n)
+        .map(|_| crate::arena::zeroed(plan.f32_len(), "a beam's session"))
+        .collect::<Result<_>>()?;
     let mut sessions: Vec<Session> = arenas
         .iter_mut()
         .map(|a| Session::new(model, kernels, plan, a))

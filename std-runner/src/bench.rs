@@ -149,7 +149,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let kv = KvOptions::dense(cap).with_type(a.kv_type.into());
     let pool = Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(c, kv, a.batch.min(a.p.max(1)), threads)?;
-    let mut arena = plan.alloc();
+    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
     let mut s = Session::new(&model, kernels, plan, &mut arena)?;
     s.set_parallel(&pool)?;
     let vocab = c.vocab_size as u64;
@@ -280,12 +280,15 @@ fn batched_decode(
     use ember_core::model::{Batch, Seq};
     let c = &model.config;
     let plan = MemoryPlan::batched(c, kv, seqs, threads, seqs)?;
-    let mut scratch = vec![0.0f32; plan.scratch_len];
+    let mut scratch = crate::arena::zeroed(plan.scratch_len, "the batch scratch")?;
     let mut b = Batch::new(model, kernels, plan, &mut scratch)?;
     b.set_parallel(pool)?;
     let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..seqs)
-        .map(|_| (vec![0.0; plan.kv_len], vec![0.0; plan.kv_len]))
-        .collect();
+        .map(|_| {
+            let k = crate::arena::zeroed(plan.kv_len, "the KV caches")?;
+            Ok((k, crate::arena::zeroed(plan.kv_len, "the KV caches")?))
+        })
+        .collect::<Result<_>>()?;
     let mut caches = mem
         .iter_mut()
         .map(|(k, v)| plan.cache(c, k, v))

@@ -106,7 +106,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let threads = a.exec.threads()?;
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
-    let mut arena = plan.alloc();
+    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
     let mut s = Session::new(&model, a.exec.kernels()?, plan, &mut arena)?;
     s.set_parallel(&pool)?;
     let mut sampler = Sampler::new(cfg)?;

@@ -2,6 +2,7 @@
 //! a full machine offers: memory-mapped files, the default-model cache, the
 //! `ember` command line.
 
+pub mod arena;
 pub mod beam;
 pub mod bench;
 pub mod chat;

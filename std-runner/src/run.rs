@@ -89,7 +89,7 @@ pub fn generate(
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let pool = crate::pool::Pool::new(opt.threads)?;
     let plan = MemoryPlan::with_threads(&model.config, opt.kv, opt.batch, opt.threads)?;
-    let mut arena = plan.alloc();
+    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
     let mut s = Session::new(model, kernels, plan, &mut arena)?;
     s.set_parallel(&pool)?;
     let mut out = RunOutput {

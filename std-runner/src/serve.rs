@@ -479,6 +479,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| "ember".into());
 
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
     let waiting = Arc::new(AtomicUsize::new(0));
     let busy = Arc::new(AtomicUsize::new(0));
     let stop_engine = Arc::new(AtomicBool::new(false));
@@ -494,9 +495,21 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         };
         std::thread::Builder::new()
             .name("ember-engine".into())
-            .spawn(move || engine_main(model, tok, cfg, jobs_rx, waiting, busy, stop))
+            .spawn(move || engine_main(model, tok, cfg, jobs_rx, waiting, busy, stop, ready_tx))
             .context("cannot start the engine thread")?
     };
+    // The slots' memory is allocated before the server listens: a size the
+    // machine cannot give is an error at start.
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => {
+            return match engine.join() {
+                Ok(Err(e)) => Err(e),
+                _ => bail!("the engine thread stopped at start"),
+            }
+        }
+    }
     let shared = Arc::new(Shared {
         tok,
         template,
@@ -952,20 +965,39 @@ fn engine_main(
     waiting: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    ready: Sender<std::result::Result<(), String>>,
 ) -> Result<()> {
     let plan = cfg.plan;
     let c = &model.config;
-    let pool = crate::pool::Pool::new(cfg.threads)?;
-    let mut scratch = vec![0.0f32; plan.scratch_len];
+    // Set-up errors go to the starting thread, which reports them.
+    let started = (|| -> Result<_> {
+        let pool = crate::pool::Pool::new(cfg.threads)?;
+        let scratch = crate::arena::zeroed(plan.scratch_len, "the batch scratch")?;
+        let mem: Vec<(Vec<f32>, Vec<f32>)> = (0..plan.seqs)
+            .map(|_| {
+                let k = crate::arena::zeroed(plan.kv_len, "the slots' KV caches")?;
+                Ok((
+                    k,
+                    crate::arena::zeroed(plan.kv_len, "the slots' KV caches")?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok((pool, scratch, mem))
+    })();
+    let (pool, mut scratch, mut mem) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}")));
+            return Ok(());
+        }
+    };
     let mut batch = Batch::new(model, cfg.kernels, plan, &mut scratch)?;
     batch.set_parallel(&pool)?;
-    let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..plan.seqs)
-        .map(|_| (vec![0.0f32; plan.kv_len], vec![0.0f32; plan.kv_len]))
-        .collect();
     let mut caches: Vec<KvCache> = mem
         .iter_mut()
         .map(|(k, v)| plan.cache(c, k, v))
         .collect::<ember_core::Result<_>>()?;
+    let _ = ready.send(Ok(()));
     let mut free: Vec<usize> = (0..plan.seqs).rev().collect();
     let mut active: Vec<Slot> = Vec::new();
     let mut cand = vec![Candidate::default(); Sampler::scratch_len(c.vocab_size)];
