@@ -492,10 +492,13 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             kernels,
             threads,
             chunk: a.batch,
+            waiting,
+            busy,
+            stop,
         };
         std::thread::Builder::new()
             .name("ember-engine".into())
-            .spawn(move || engine_main(model, tok, cfg, jobs_rx, waiting, busy, stop, ready_tx))
+            .spawn(move || engine_main(model, tok, cfg, jobs_rx, ready_tx))
             .context("cannot start the engine thread")?
     };
     // The slots' memory is allocated before the server listens: a size the
@@ -935,12 +938,18 @@ fn stream_response(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// What the engine thread needs besides the model.
+/// What the engine thread needs besides the model and its queue.
 struct EngineConfig {
     plan: MemoryPlan,
     kernels: Kernels,
     threads: usize,
     chunk: usize,
+    /// Requests queued but not yet in a slot (the engine counts them down).
+    waiting: Arc<AtomicUsize>,
+    /// Slots generating now (the engine publishes it).
+    busy: Arc<AtomicUsize>,
+    /// Set when the server has stopped accepting: leave once idle.
+    stop: Arc<AtomicBool>,
 }
 
 /// A request in a slot.
@@ -962,12 +971,10 @@ fn engine_main(
     tok: &'static Tokenizer<'static>,
     cfg: EngineConfig,
     rx: Receiver<Job>,
-    waiting: Arc<AtomicUsize>,
-    busy: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
     ready: Sender<std::result::Result<(), String>>,
 ) -> Result<()> {
     let plan = cfg.plan;
+    let (waiting, busy, stop) = (&cfg.waiting, &cfg.busy, &cfg.stop);
     let c = &model.config;
     // Set-up errors go to the starting thread, which reports them.
     let started = (|| -> Result<_> {
