@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Defaults: 600 seconds for each of gguf_load, tokenizer, sampler and
-# server_request, on as many jobs as there are CPUs. Each target starts from
+# server_request, on as many jobs as there are CPUs (JOBS=N says otherwise;
+# two targets at once with JOBS=1 also keep both cores busy). Each target starts from
 # fuzz/seeds/<target> (small committed files) plus its own growing corpus in
 # fuzz/corpus/<target> (not committed). Crashes land in fuzz/artifacts/<target>;
 # copy each into fuzz/regressions/<target>/ once fixed, where
@@ -17,7 +18,7 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(gguf_load tokenizer sampler server_request)
-jobs="$(nproc)"
+jobs="${JOBS:-$(nproc)}"
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
