@@ -23,6 +23,14 @@ jobs="${JOBS:-$(nproc)}"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
+# Large seeds are generated, not committed: the head of the real model file
+# (header, hyper-parameters and the start of the vocabulary).
+model="${EMBER_HOME:-$HOME/.cache/ember}/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -f "$model" ]; then
+    mkdir -p fuzz/corpus/gguf_load
+    head -c 262144 "$model" > fuzz/corpus/gguf_load/smollm2-head.gguf
+fi
+
 summary=()
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" fuzz/logs
