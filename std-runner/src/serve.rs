@@ -1121,15 +1121,7 @@ fn engine_main(
                     .send(Ev::Fail(format!("the model failed: {e}")));
             }
             let failed: Vec<usize> = work.iter().map(|w| w.0).collect();
-            let mut idx = 0;
-            active.retain(|s| {
-                let f = failed.contains(&idx);
-                idx += 1;
-                if f {
-                    free.push(s.cache);
-                }
-                !f
-            });
+            release(&mut active, &mut free, &failed);
             continue;
         }
         drop(seqs);
@@ -1194,16 +1186,19 @@ fn engine_main(
                 None => s.next = id,
             }
         }
-        if !finished.is_empty() {
-            let mut idx = 0;
-            active.retain(|s| {
-                let f = finished.contains(&idx);
-                idx += 1;
-                if f {
-                    free.push(s.cache);
-                }
-                !f
-            });
-        }
+        release(&mut active, &mut free, &finished);
     }
+}
+
+/// Removes the slots at `gone` (indices into `active`) and frees their caches.
+fn release(active: &mut Vec<Slot>, free: &mut Vec<usize>, gone: &[usize]) {
+    let mut idx = 0;
+    active.retain(|s| {
+        let g = gone.contains(&idx);
+        idx += 1;
+        if g {
+            free.push(s.cache);
+        }
+        !g
+    });
 }
