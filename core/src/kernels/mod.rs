@@ -509,14 +509,11 @@ impl Kernels {
         part: &mut TokenRows<'_>,
         scratch: &mut [f32],
     ) -> Result<()> {
-        let cols = w.cols;
         let n = part.tokens();
-        let nb = cols / quant::QK;
-        let quantized = !matches!(w.data, RowData::F32(_) | RowData::F16(_));
-        if let (true, Some(q16)) = (quantized, self.q16) {
+        if self.decodes_q16(w) {
             // The activations are quantized once into the scratch; several
             // tokens' results go to a tile after them, then to their rows.
-            let blocks = n * nb;
+            let blocks = n * (w.cols / quant::QK);
             let block_floats = (blocks * core::mem::size_of::<BlockQ16>()).div_ceil(4);
             if scratch.len() < block_floats {
                 return Err(Error::BufferTooSmall {
@@ -526,10 +523,9 @@ impl Kernels {
             }
             let (xs, tile) = scratch.split_at_mut(block_floats);
             let xq: &mut [BlockQ16] = blocks_in(xs, blocks)?;
-            for (t, xb) in xq.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
-                (q16.quantize)(&x[t * cols..(t + 1) * cols], xb);
+            if self.quantize_q16(x, n, w.cols, xq) {
+                return self.q16_part(w, xq, part, tile);
             }
-            return self.q16_part(w, xq, part, tile);
         }
         self.f32_decode_part(w, x, part)
     }
