@@ -160,13 +160,212 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     unsafe { imp::gemm_f32(&w[..rows * cols], &x[..n * cols], cols, &mut out[..need]) }
 }
 
-mod imp {
+/// The 16-bit decode kernels' generic body ([`imp::mv_q16`] and its
+/// helpers), stamped out once per target-feature set: closures inherit their
+/// function's features, and a closure built under wider features (AVX-512
+/// VNNI) inlines only into a body compiled with them.
+macro_rules! q16_kernels {
+    ($feat:literal) => {
+        /// One token's activations times rows of weight blocks (the decode step;
+        /// its arithmetic is [`q16_group`]'s for one token, in a loop the compiler
+        /// keeps tighter): `idot` gives a block's exact integer dot in eight i32 lanes,
+        /// `scale` its f32 scale, `min` its Q4_1 minimum (multiplied by the
+        /// activations' float sum) when `with_min`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn mv_q16_one<B>(
+            w: &[B],
+            x: &[BlockQ16],
+            out: &mut [f32],
+            idot: impl Fn(&B, &BlockQ16) -> __m256i,
+            scale: impl Fn(&B) -> f32,
+            min: impl Fn(&B) -> f32,
+            with_min: bool,
+        ) {
+            let nb = x.len();
+            if nb == 0 {
+                out.fill(0.0);
+                return;
+            }
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &w[r * nb..(r + 1) * nb];
+                // Two accumulators in registers (named, not indexed, so they
+                // stay out of memory), two blocks per step.
+                // Two chains each of the vector sum and of Q4_1's minimum term.
+                let mut a0 = _mm256_setzero_ps();
+                let mut a1 = _mm256_setzero_ps();
+                let (mut m0, mut m1) = (0.0f32, 0.0f32);
+                let step = |blk: &B, xb: &BlockQ16, a: __m256, m: &mut f32| -> __m256 {
+                    let p = _mm256_cvtepi32_ps(idot(blk, xb));
+                    if with_min {
+                        *m += min(blk) * xb.sum;
+                    }
+                    _mm256_fmadd_ps(_mm256_set1_ps(scale(blk) * xb.d), p, a)
+                };
+                let mut b = 0;
+                while b + 2 <= nb {
+                    // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        (&row[b] as *const B).cast::<i8>().wrapping_add(PREFETCH),
+                    );
+                    a0 = step(&row[b], &x[b], a0, &mut m0);
+                    a1 = step(&row[b + 1], &x[b + 1], a1, &mut m1);
+                    b += 2;
+                }
+                if b < nb {
+                    a0 = step(&row[b], &x[b], a0, &mut m0);
+                }
+                *o = hsum(_mm256_add_ps(a0, a1)) + (m0 + m1);
+            }
+        }
+
+        /// Rows of weight blocks times `n` tokens of 16-bit activation blocks:
+        /// `widen` unpacks a weight block to 2 x 16 i16 lanes once, then each
+        /// token takes its exact integer dot (`vpmaddwd`), scaled by `scale`;
+        /// `min` is Q4_1's minimum (multiplied by the activations' float sum)
+        /// when `with_min`. Tokens go in register groups of up to four; a token's
+        /// arithmetic is the same in every group size, so its result is the one
+        /// it gets alone.
+        ///
+        /// `dot(wa, xa, wc, xc)` is the exact integer dot of the two halves in
+        /// eight i32 lanes ([`madd2`] here; one `vpdpwssd` fewer instruction with
+        /// AVX-512 VNNI), and `G` (at most 8) the largest token group.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub(in crate::kernels) fn mv_q16<B, const G: usize>(
+            w: &[B],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            widen: impl Fn(&B) -> (__m256i, __m256i),
+            scale: impl Fn(&B) -> f32,
+            min: impl Fn(&B) -> f32,
+            with_min: bool,
+            dot: impl Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
+        ) {
+            if n == 0 {
+                return;
+            }
+            if n == 1 {
+                let idot = |b: &B, xb: &BlockQ16| {
+                    let (wa, wc) = widen(b);
+                    let (xa, xc) = quants(xb);
+                    dot(wa, xa, wc, xc)
+                };
+                return mv_q16_one(w, x, out, idot, scale, min, with_min);
+            }
+            let nb = x.len() / n;
+            let rows = out.len() / n;
+            if nb == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let mut t = 0;
+            while t < n {
+                let tn = (n - t).min(G.clamp(1, 8));
+                let xs = &x[t * nb..(t + tn) * nb];
+                let o = &mut out[t * rows..];
+                let k = (&widen, &scale, &min, &dot);
+                match tn {
+                    8 => q16_group::<B, _, _, _, _, 8>(w, xs, nb, rows, o, k, with_min),
+                    7 => q16_group::<B, _, _, _, _, 7>(w, xs, nb, rows, o, k, with_min),
+                    6 => q16_group::<B, _, _, _, _, 6>(w, xs, nb, rows, o, k, with_min),
+                    5 => q16_group::<B, _, _, _, _, 5>(w, xs, nb, rows, o, k, with_min),
+                    4 => q16_group::<B, _, _, _, _, 4>(w, xs, nb, rows, o, k, with_min),
+                    3 => q16_group::<B, _, _, _, _, 3>(w, xs, nb, rows, o, k, with_min),
+                    2 => q16_group::<B, _, _, _, _, 2>(w, xs, nb, rows, o, k, with_min),
+                    _ => q16_group::<B, _, _, _, _, 1>(w, xs, nb, rows, o, k, with_min),
+                }
+                t += tn;
+            }
+        }
+
+        /// `T` tokens (`x`: T x nb blocks) against every row of `w`, into
+        /// `out[t * rows + r]`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        fn q16_group<B, W, S, M, D, const T: usize>(
+            w: &[B],
+            x: &[BlockQ16],
+            nb: usize,
+            rows: usize,
+            out: &mut [f32],
+            (widen, scale, min, dot): (&W, &S, &M, &D),
+            with_min: bool,
+        ) where
+            W: Fn(&B) -> (__m256i, __m256i),
+            S: Fn(&B) -> f32,
+            M: Fn(&B) -> f32,
+            D: Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
+        {
+            assert!(x.len() >= T * nb && w.len() >= rows * nb && out.len() >= T * rows);
+            // Each token's first block; blocks are read through these pointers
+            // at offsets below `nb` (asserted above), without index checks.
+            let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
+            for r in 0..rows {
+                let row = w[r * nb..].as_ptr();
+                // Two chains per token, even and odd blocks, of the vector sum
+                // and of Q4_1's minimum term; constant indices after unrolling
+                // keep them in registers.
+                let mut a0 = [_mm256_setzero_ps(); T];
+                let mut a1 = [_mm256_setzero_ps(); T];
+                let mut m0 = [0.0f32; T];
+                let mut m1 = [0.0f32; T];
+                // Accumulators go in and come out by value, which keeps them in
+                // registers (through a `&mut` they live in memory).
+                let step = |b: usize, mut a: [__m256; T], mut m: [f32; T]| {
+                    // SAFETY: b < nb, and row r has nb blocks (asserted).
+                    let blk = unsafe { &*row.add(b) };
+                    let (wa, wc) = widen(blk);
+                    let (s, mn) = (scale(blk), min(blk));
+                    let sv = _mm256_set1_ps(s);
+                    for t in 0..T {
+                        // SAFETY: b < nb, and token t has nb blocks (asserted).
+                        let xb = unsafe { &*xp[t].add(b) };
+                        let (xa, xc) = quants(xb);
+                        let i = dot(wa, xa, wc, xc);
+                        let p = _mm256_cvtepi32_ps(i);
+                        if with_min {
+                            m[t] += mn * xb.sum;
+                        }
+                        // s * d in every lane: the same product as the one-token
+                        // kernel's scalar one, from a broadcast load.
+                        let sd = _mm256_mul_ps(sv, _mm256_broadcast_ss(&xb.d));
+                        a[t] = _mm256_fmadd_ps(sd, p, a[t]);
+                    }
+                    (a, m)
+                };
+                let mut b = 0;
+                while b + 2 <= nb {
+                    // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        row.wrapping_add(b).cast::<i8>().wrapping_add(PREFETCH),
+                    );
+                    (a0, m0) = step(b, a0, m0);
+                    (a1, m1) = step(b + 1, a1, m1);
+                    b += 2;
+                }
+                if b < nb {
+                    (a0, m0) = step(b, a0, m0);
+                }
+                for t in 0..T {
+                    out[t * rows + r] = hsum(_mm256_add_ps(a0[t], a1[t])) + (m0[t] + m1[t]);
+                }
+            }
+        }
+    };
+}
+pub(super) use q16_kernels;
+
+pub(super) mod imp {
     use super::*;
 
     /// Sum of the eight lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn hsum(v: __m256) -> f32 {
+    pub(in crate::kernels) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -614,12 +813,12 @@ mod imp {
     }
 
     /// How far ahead of the weights being read decode asks for the next ones.
-    const PREFETCH: usize = 2048;
+    pub(in crate::kernels) const PREFETCH: usize = 2048;
 
     /// An f16 scale as f32 (F16C).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn half(d: [u8; 2]) -> f32 {
+    pub(in crate::kernels) fn half(d: [u8; 2]) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(
             _mm_cvtsi32_si128(u16::from_le_bytes(d) as i32),
         ))
@@ -636,7 +835,7 @@ mod imp {
     /// A 16-bit activation block's quants as 2 x 16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn quants(b: &BlockQ16) -> (__m256i, __m256i) {
+    pub(in crate::kernels) fn quants(b: &BlockQ16) -> (__m256i, __m256i) {
         let (a, c) = b.qs.split_at(16);
         // SAFETY: sixteen i16 (32 bytes) readable at each half; loadu is unaligned.
         unsafe {
@@ -647,213 +846,48 @@ mod imp {
         }
     }
 
-    /// One token's activations times rows of weight blocks (the decode step;
-    /// its arithmetic is [`q16_group`]'s for one token, in a loop the compiler
-    /// keeps tighter): `idot` gives a block's exact integer dot in eight i32 lanes,
-    /// `scale` its f32 scale, `min` its Q4_1 minimum (multiplied by the
-    /// activations' float sum) when `with_min`.
+    /// The exact integer dot of two 16-lane halves: `vpmaddwd` twice, added.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn mv_q16_one<B>(
-        w: &[B],
-        x: &[BlockQ16],
-        out: &mut [f32],
-        idot: impl Fn(&B, &BlockQ16) -> __m256i,
-        scale: impl Fn(&B) -> f32,
-        min: impl Fn(&B) -> f32,
-        with_min: bool,
-    ) {
-        let nb = x.len();
-        if nb == 0 {
-            out.fill(0.0);
-            return;
-        }
-        for (r, o) in out.iter_mut().enumerate() {
-            let row = &w[r * nb..(r + 1) * nb];
-            // Two accumulators in registers (named, not indexed, so they
-            // stay out of memory), two blocks per step.
-            // Two chains each of the vector sum and of Q4_1's minimum term.
-            let mut a0 = _mm256_setzero_ps();
-            let mut a1 = _mm256_setzero_ps();
-            let (mut m0, mut m1) = (0.0f32, 0.0f32);
-            let step = |blk: &B, xb: &BlockQ16, a: __m256, m: &mut f32| -> __m256 {
-                let p = _mm256_cvtepi32_ps(idot(blk, xb));
-                if with_min {
-                    *m += min(blk) * xb.sum;
-                }
-                _mm256_fmadd_ps(_mm256_set1_ps(scale(blk) * xb.d), p, a)
-            };
-            let mut b = 0;
-            while b + 2 <= nb {
-                // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
-                _mm_prefetch::<_MM_HINT_T0>(
-                    (&row[b] as *const B).cast::<i8>().wrapping_add(PREFETCH),
-                );
-                a0 = step(&row[b], &x[b], a0, &mut m0);
-                a1 = step(&row[b + 1], &x[b + 1], a1, &mut m1);
-                b += 2;
-            }
-            if b < nb {
-                a0 = step(&row[b], &x[b], a0, &mut m0);
-            }
-            *o = hsum(_mm256_add_ps(a0, a1)) + (m0 + m1);
-        }
+    pub(in crate::kernels) fn madd2(wa: __m256i, xa: __m256i, wc: __m256i, xc: __m256i) -> __m256i {
+        _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
     }
 
-    /// Rows of weight blocks times `n` tokens of 16-bit activation blocks:
-    /// `widen` unpacks a weight block to 2 x 16 i16 lanes once, then each
-    /// token takes its exact integer dot (`vpmaddwd`), scaled by `scale`;
-    /// `min` is Q4_1's minimum (multiplied by the activations' float sum)
-    /// when `with_min`. Tokens go in register groups of up to four; a token's
-    /// arithmetic is the same in every group size, so its result is the one
-    /// it gets alone.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn mv_q16<B>(
-        w: &[B],
-        x: &[BlockQ16],
-        n: usize,
-        out: &mut [f32],
-        widen: impl Fn(&B) -> (__m256i, __m256i),
-        scale: impl Fn(&B) -> f32,
-        min: impl Fn(&B) -> f32,
-        with_min: bool,
-    ) {
-        if n == 0 {
-            return;
-        }
-        if n == 1 {
-            let idot = |b: &B, xb: &BlockQ16| {
-                let (wa, wc) = widen(b);
-                let (xa, xc) = quants(xb);
-                _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
-            };
-            return mv_q16_one(w, x, out, idot, scale, min, with_min);
-        }
-        let nb = x.len() / n;
-        let rows = out.len() / n;
-        if nb == 0 {
-            out.fill(0.0);
-            return;
-        }
-        let mut t = 0;
-        while t < n {
-            let tn = (n - t).min(4);
-            let xs = &x[t * nb..(t + tn) * nb];
-            let o = &mut out[t * rows..];
-            let k = (&widen, &scale, &min);
-            match tn {
-                4 => q16_group::<B, _, _, _, 4>(w, xs, nb, rows, o, k, with_min),
-                3 => q16_group::<B, _, _, _, 3>(w, xs, nb, rows, o, k, with_min),
-                2 => q16_group::<B, _, _, _, 2>(w, xs, nb, rows, o, k, with_min),
-                _ => q16_group::<B, _, _, _, 1>(w, xs, nb, rows, o, k, with_min),
-            }
-            t += tn;
-        }
-    }
-
-    /// `T` tokens (`x`: T x nb blocks) against every row of `w`, into
-    /// `out[t * rows + r]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn q16_group<B, W, S, M, const T: usize>(
-        w: &[B],
-        x: &[BlockQ16],
-        nb: usize,
-        rows: usize,
-        out: &mut [f32],
-        (widen, scale, min): (&W, &S, &M),
-        with_min: bool,
-    ) where
-        W: Fn(&B) -> (__m256i, __m256i),
-        S: Fn(&B) -> f32,
-        M: Fn(&B) -> f32,
-    {
-        assert!(x.len() >= T * nb && w.len() >= rows * nb && out.len() >= T * rows);
-        // Each token's first block; blocks are read through these pointers
-        // at offsets below `nb` (asserted above), without index checks.
-        let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
-        for r in 0..rows {
-            let row = w[r * nb..].as_ptr();
-            // Two chains per token, even and odd blocks, of the vector sum
-            // and of Q4_1's minimum term; constant indices after unrolling
-            // keep them in registers.
-            let mut a0 = [_mm256_setzero_ps(); T];
-            let mut a1 = [_mm256_setzero_ps(); T];
-            let mut m0 = [0.0f32; T];
-            let mut m1 = [0.0f32; T];
-            // Accumulators go in and come out by value, which keeps them in
-            // registers (through a `&mut` they live in memory).
-            let step = |b: usize, mut a: [__m256; T], mut m: [f32; T]| {
-                // SAFETY: b < nb, and row r has nb blocks (asserted).
-                let blk = unsafe { &*row.add(b) };
-                let (wa, wc) = widen(blk);
-                let (s, mn) = (scale(blk), min(blk));
-                let sv = _mm256_set1_ps(s);
-                for t in 0..T {
-                    // SAFETY: b < nb, and token t has nb blocks (asserted).
-                    let xb = unsafe { &*xp[t].add(b) };
-                    let (xa, xc) = quants(xb);
-                    let i = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc));
-                    let p = _mm256_cvtepi32_ps(i);
-                    if with_min {
-                        m[t] += mn * xb.sum;
-                    }
-                    // s * d in every lane: the same product as the one-token
-                    // kernel's scalar one, from a broadcast load.
-                    let sd = _mm256_mul_ps(sv, _mm256_broadcast_ss(&xb.d));
-                    a[t] = _mm256_fmadd_ps(sd, p, a[t]);
-                }
-                (a, m)
-            };
-            let mut b = 0;
-            while b + 2 <= nb {
-                // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
-                _mm_prefetch::<_MM_HINT_T0>(
-                    row.wrapping_add(b).cast::<i8>().wrapping_add(PREFETCH),
-                );
-                (a0, m0) = step(b, a0, m0);
-                (a1, m1) = step(b + 1, a1, m1);
-                b += 2;
-            }
-            if b < nb {
-                (a0, m0) = step(b, a0, m0);
-            }
-            for t in 0..T {
-                out[t * rows + r] = hsum(_mm256_add_ps(a0[t], a1[t])) + (m0[t] + m1[t]);
-            }
-        }
-    }
+    q16_kernels!("avx2,fma,f16c");
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        mv_q16(
+        mv_q16::<_, 4>(
             w,
             x,
             n,
             out,
-            |b| {
-                // SAFETY: the block's 32 quants, read as 2 x 16 bytes.
-                let q: &[[u8; 16]; 2] = unsafe { &*b.qs.as_ptr().cast() };
-                (
-                    _mm256_cvtepi8_epi16(bytes16(&q[0])),
-                    _mm256_cvtepi8_epi16(bytes16(&q[1])),
-                )
-            },
+            |b| q8_0_widen(b),
             |b| half(b.d),
             |_| 0.0,
             false,
+            |a, b, c, d| madd2(a, b, c, d),
+        )
+    }
+
+    /// A Q8_0 block's quants as 2 x 16 i16 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q8_0_widen(b: &BlockQ8_0) -> (__m256i, __m256i) {
+        // SAFETY: the block's 32 quants, read as 2 x 16 bytes.
+        let q: &[[u8; 16]; 2] = unsafe { &*b.qs.as_ptr().cast() };
+        (
+            _mm256_cvtepi8_epi16(bytes16(&q[0])),
+            _mm256_cvtepi8_epi16(bytes16(&q[1])),
         )
     }
 
     /// A Q4 block's nibbles minus `off`, as 2 x 16 i16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn q4_widen(qs: &[u8; 16], off: __m256i) -> (__m256i, __m256i) {
+    pub(in crate::kernels) fn q4_widen(qs: &[u8; 16], off: __m256i) -> (__m256i, __m256i) {
         let q = bytes16(qs);
         let m = _mm_set1_epi8(0x0f);
         let lo = _mm_and_si128(q, m);
@@ -869,7 +903,7 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
         let eight = _mm256_set1_epi16(8);
-        mv_q16(
+        mv_q16::<_, 4>(
             w,
             x,
             n,
@@ -878,6 +912,7 @@ mod imp {
             |b| half(b.d),
             |_| 0.0,
             false,
+            |a, b, c, d| madd2(a, b, c, d),
         )
     }
 
@@ -886,7 +921,7 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
         let zero = _mm256_setzero_si256();
-        mv_q16(
+        mv_q16::<_, 4>(
             w,
             x,
             n,
@@ -895,6 +930,7 @@ mod imp {
             |b| half(b.d),
             |b| half(b.m),
             true,
+            |a, b, c, d| madd2(a, b, c, d),
         )
     }
 
