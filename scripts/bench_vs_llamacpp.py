@@ -9,7 +9,8 @@ about 20 minutes on a 2-core machine). Its pp is one `eval` of the prompt
 llama-bench measures them; ember's are `ember bench` (same definitions).
 
 Prints a Markdown table: tok/s per engine (median over --reps), the ratio
-ember / llama.cpp, and decode as a share of the memory-bandwidth floor that
+ember / llama.cpp (the median of each repetition's paired ratio, which drift
+between repetitions does not move),  and decode as a share of the memory-bandwidth floor that
 `ember bench` measures (bytes of weights per token / read bandwidth).
 
     cargo build --release -p ember-runner
@@ -30,17 +31,19 @@ def llama_cpp(model, threads, n_prompt, n_gen):
 
     llm = Llama(model_path=model, n_ctx=n_prompt + n_gen + 8, n_batch=512, n_ubatch=512,
                 n_threads=threads, n_threads_batch=threads, verbose=False)
-    prompt = [(i * 7919 + 100) % 49152 for i in range(n_prompt)]
+    prompt = [(i * 7919 + 100) % 49152 for i in range(max(n_prompt, 8))]
     llm.eval(prompt[:8])  # warm-up
     llm.reset()
-    t = time.perf_counter()
-    llm.eval(prompt)
-    pp = n_prompt / (time.perf_counter() - t)
-    llm.reset()
+    pp = 0.0
+    if n_prompt > 0:
+        t = time.perf_counter()
+        llm.eval(prompt)
+        pp = n_prompt / (time.perf_counter() - t)
+        llm.reset()
     t = time.perf_counter()
     for i in range(n_gen):
         llm.eval([prompt[i % n_prompt]])
-    tg = n_gen / (time.perf_counter() - t)
+    tg = n_gen / (time.perf_counter() - t) if n_gen > 0 else 0.0
     del llm
     return pp, tg
 
@@ -74,15 +77,23 @@ def main():
                 lpp.append(p)
                 ltg.append(g)
                 j = ember(a.ember, model, t, a.p, a.n, a.kernels)
-                epp.append(j["pp_tok_s"])
-                etg.append(j["tg_tok_s"])
-                floor.append(j["tg_floor_tok_s"])
+                epp.append(j.get("pp_tok_s") or 0.0)
+                etg.append(j.get("tg_tok_s") or 0.0)
+                floor.append(j.get("tg_floor_tok_s") or 0.0)
             m = statistics.median
-            f = m(floor)
-            print(f"| {os.path.basename(model)} | {t} | {m(lpp):.1f} | {m(epp):.1f} | "
-                  f"{m(epp) / m(lpp):.2f}x | {m(ltg):.1f} | {m(etg):.1f} | {m(etg) / m(ltg):.2f}x | "
-                  f"{f:.0f} | {100 * m(ltg) / f:.0f}% | {100 * m(etg) / f:.0f}% |", flush=True)
 
+            def ratio(e, l):
+                pairs = [x / y for x, y in zip(e, l) if y > 0]
+                return f"{m(pairs):.2f}x" if pairs else "-"
+
+            def fig(v):
+                return f"{m(v):.1f}" if m(v) > 0 else "-"
+
+            f = m(floor)
+            share = (lambda v: f"{100 * m(v) / f:.0f}%") if f > 0 and a.n > 0 else (lambda v: "-")
+            print(f"| {os.path.basename(model)} | {t} | {fig(lpp)} | {fig(epp)} | {ratio(epp, lpp)} | "
+                  f"{fig(ltg)} | {fig(etg)} | {ratio(etg, ltg)} | "
+                  f"{f:.0f} | {share(ltg)} | {share(etg)} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -45,8 +45,14 @@ pub fn attend_head(
             }
         }
         KvRows::F16(k) => {
-            for (p, s) in scores.iter_mut().enumerate() {
-                *s = (kern.dot_f16)(&k[at(p)..at(p) + hd], qf(p)) * scale;
+            // Sink positions take the sink query, the rest the query.
+            let k = &k[head.offset.min(k.len())..];
+            let cut = sinks.min(n);
+            let (s0, s1) = scores.split_at_mut(cut);
+            (kern.key_dots_f16)(q_sink, k, head.row, s0);
+            (kern.key_dots_f16)(q, &k[(cut * head.row).min(k.len())..], head.row, s1);
+            for s in scores.iter_mut() {
+                *s *= scale;
             }
         }
         KvRows::Q8_0(k) => {
@@ -70,9 +76,7 @@ pub fn attend_head(
             }
         }
         KvRows::F16(v) => {
-            for (p, &w) in scores.iter().enumerate() {
-                (kern.axpy_f16)(out, w, &v[at(p)..at(p) + hd]);
-            }
+            (kern.value_sum_f16)(out, scores, &v[head.offset.min(v.len())..], head.row);
         }
         KvRows::Q8_0(v) => {
             let (b0, nb) = (at(0) / QK, hd / QK);

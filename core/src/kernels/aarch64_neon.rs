@@ -41,6 +41,8 @@ pub fn table() -> Option<Kernels> {
         mv_q4_1,
         gemm_f32,
         axpy_f16,
+        key_dots_f16,
+        value_sum_f16,
         q16: None,
         q8_0_q8_0: None,
     })
@@ -92,6 +94,12 @@ fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
 }
 fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q4_1)
+}
+fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
+    super::scalar::key_dots_with(q, k, stride, out, dot_f16)
+}
+fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+    super::scalar::value_sum_with(out, w, v, stride, axpy_f16)
 }
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.

@@ -139,11 +139,84 @@ pub(crate) fn check_table(k: &Kernels) {
             case,
         );
     }
+    check_attention_f16(k);
 }
 
 /// The multi-row kernels give each row's dot (within `TOL`), for row counts
 /// around the four-row step and every storage type; the f32 matrix product
 /// gives each (row, token) dot for tiles of every shape.
+/// Attention's strided f16 kernels: every position's score is the table's
+/// own `dot_f16` of that row bit for bit, the value sum is its `axpy_f16`
+/// applied position by position bit for bit, and both stay within `TOL` of
+/// the scalar reference; rows past the end of the cache view are not read.
+pub(crate) fn check_attention_f16(k: &Kernels) {
+    let mut rng = Rng::new(0x5eed_a77e);
+    let r = Kernels::scalar();
+    for case in 0..48 {
+        let hd = [1, 7, 8, 16, 64, 72, 130][case % 7];
+        let stride = hd + [0, 3, 64][case % 3];
+        let n = [0, 1, 3, 4, 5, 9, 17, 33][case % 8];
+        let mut cache = [f16::ZERO; 64 * 200];
+        let len = (n.max(1) - 1) * stride + hd;
+        for h in cache[..len].iter_mut() {
+            *h = f16::from_f32(rng.f32() * if case % 5 == 0 { 3e4 } else { 2.0 });
+        }
+        let cache = &cache[..if n == 0 { 0 } else { len }];
+        let mut q = [0.0f32; 130];
+        for v in q[..hd].iter_mut() {
+            *v = rng.f32();
+        }
+        let q = &q[..hd];
+
+        let mut got = [f32::NAN; 40];
+        let mut want = [0.0f32; 40];
+        (k.key_dots_f16)(q, cache, stride, &mut got[..n]);
+        (r.key_dots_f16)(q, cache, stride, &mut want[..n]);
+        for p in 0..n {
+            let row = &cache[p * stride..p * stride + hd];
+            let own = (k.dot_f16)(row, q);
+            assert_eq!(got[p].to_bits(), own.to_bits(), "key_dots_f16 case {case} p {p}");
+            let scale: f32 = row.iter().zip(q).map(|(a, b)| (a.to_f32() * b).abs()).sum();
+            close(got[p], want[p], scale, "key_dots_f16", case);
+        }
+
+        let mut w = [0.0f32; 40];
+        for v in w[..n].iter_mut() {
+            *v = rng.f32().abs();
+        }
+        let w = &w[..n];
+        let mut got = [0.5f32; 130];
+        let mut own = [0.5f32; 130];
+        let mut want = [0.5f32; 130];
+        (k.value_sum_f16)(&mut got[..hd], w, cache, stride);
+        for (p, &a) in w.iter().enumerate() {
+            (k.axpy_f16)(&mut own[..hd], a, &cache[p * stride..p * stride + hd]);
+        }
+        (r.value_sum_f16)(&mut want[..hd], w, cache, stride);
+        for i in 0..hd {
+            assert_eq!(got[i].to_bits(), own[i].to_bits(), "value_sum_f16 case {case} i {i}");
+            let scale: f32 = 0.5
+                + w.iter()
+                    .enumerate()
+                    .map(|(p, a)| (a * cache[p * stride + i].to_f32()).abs())
+                    .sum::<f32>();
+            close(got[i], want[i], scale, "value_sum_f16", case);
+        }
+        // A view one row short: the last position is neither scored nor summed.
+        if n > 1 {
+            let short = &cache[..cache.len() - 1];
+            let mut s = [f32::NAN; 40];
+            (k.key_dots_f16)(q, short, stride, &mut s[..n]);
+            assert!(s[n - 1].is_nan(), "key_dots_f16 case {case} read past the view");
+            let mut o = [0.0f32; 130];
+            let mut o2 = [0.0f32; 130];
+            (k.value_sum_f16)(&mut o[..hd], w, short, stride);
+            (k.value_sum_f16)(&mut o2[..hd], &w[..n - 1], cache, stride);
+            assert_eq!(o[..hd], o2[..hd], "value_sum_f16 case {case} read past the view");
+        }
+    }
+}
+
 pub(crate) fn check_rows(k: &Kernels) {
     let mut rng = Rng::new(0xbeef);
     for case in 0..24 {

@@ -164,6 +164,26 @@ pub struct Q16Kernels {
 /// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 
+/// Attention scores over an f16 cache: `out[p] = q · k[p * stride..][..q.len()]`
+/// for each position `p` that `k` holds, each exactly the table's `dot_f16`
+/// of that row.
+pub type KeyDotsF16Fn = fn(&[f32], &[f16], usize, &mut [f32]);
+
+/// Attention's weighted value sum over an f16 cache: `out[i] += w[p] *
+/// v[p * stride + i]` for each position `p` that `v` holds, in order:
+/// exactly the table's `axpy_f16` applied position by position.
+pub type ValueSumF16Fn = fn(&mut [f32], &[f32], &[f16], usize);
+
+/// Positions of a strided cache view that `len` elements hold: rows of `row`
+/// elements starting every `stride` (`stride >= row`).
+pub(crate) fn strided_rows(len: usize, row: usize, stride: usize) -> usize {
+    if len < row {
+        0
+    } else {
+        (len - row) / stride.max(1) + 1
+    }
+}
+
 /// Weight rows a batched matmul dequantizes at once (a tile), reused for
 /// every token of the batch.
 pub const TILE_ROWS: usize = 16;
@@ -202,8 +222,12 @@ pub struct Kernels {
     pub mv_q4_1: MatvecFn<BlockQ4_1>,
     /// f32 rows times several tokens (batched prefill over dequantized tiles).
     pub gemm_f32: GemmFn,
-    /// Attention's value sum over an f16 cache.
+    /// `y += a * x` over f16 `x`.
     pub axpy_f16: AxpyF16Fn,
+    /// Attention's scores over an f16 cache, all positions in one call.
+    pub key_dots_f16: KeyDotsF16Fn,
+    /// Attention's value sum over an f16 cache, all positions in one call.
+    pub value_sum_f16: ValueSumF16Fn,
     /// With `Some`, decode multiplies quantized rows by the activations in
     /// 16-bit blocks (integer dots; see [`crate::quant::q16`]); with `None`
     /// by the f32 activations.
@@ -231,6 +255,8 @@ impl Kernels {
             mv_q4_1: scalar::mv_q4_1,
             gemm_f32: scalar::gemm_f32,
             axpy_f16: scalar::axpy_f16,
+            key_dots_f16: scalar::key_dots_f16,
+            value_sum_f16: scalar::value_sum_f16,
             q16: None,
             q8_0_q8_0: None,
         }

@@ -12,7 +12,7 @@
 
 use half::f16;
 
-use super::DotFn;
+use super::{AxpyF16Fn, DotFn};
 use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
@@ -219,4 +219,30 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o += a * f16_bits_to_f32_fast(v.to_bits());
     }
+}
+
+/// [`super::KeyDotsF16Fn`] through `dot`, position by position.
+pub fn key_dots_with(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], dot: DotFn<f16>) {
+    let hd = q.len();
+    let n = super::strided_rows(k.len(), hd, stride).min(out.len());
+    for (p, o) in out[..n].iter_mut().enumerate() {
+        *o = dot(&k[p * stride..p * stride + hd], q);
+    }
+}
+
+/// [`super::ValueSumF16Fn`] through `axpy`, position by position.
+pub fn value_sum_with(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, axpy: AxpyF16Fn) {
+    let hd = out.len();
+    let n = super::strided_rows(v.len(), hd, stride).min(w.len());
+    for (p, &a) in w[..n].iter().enumerate() {
+        axpy(out, a, &v[p * stride..p * stride + hd]);
+    }
+}
+
+pub fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
+    key_dots_with(q, k, stride, out, dot_f16)
+}
+
+pub fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+    value_sum_with(out, w, v, stride, axpy_f16)
 }

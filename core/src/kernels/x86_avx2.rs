@@ -42,6 +42,8 @@ pub fn table() -> Option<Kernels> {
         mv_q4_1,
         gemm_f32,
         axpy_f16,
+        key_dots_f16,
+        value_sum_f16,
         q16: Some(Q16Kernels {
             quantize: quantize_q16,
             q8_0: mv_q8_0_q16,
@@ -148,6 +150,18 @@ fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
     unsafe { imp::axpy_f16(y, a, x) }
+}
+fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
+    let hd = q.len();
+    let n = super::strided_rows(k.len(), hd, stride).min(out.len());
+    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `k`.
+    unsafe { imp::key_dots_f16(q, k, stride.max(1), &mut out[..n]) }
+}
+fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+    let hd = out.len();
+    let n = super::strided_rows(v.len(), hd, stride).min(w.len());
+    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `v`.
+    unsafe { imp::value_sum_f16(out, &w[..n], v, stride.max(1)) }
 }
 fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {
@@ -749,6 +763,101 @@ pub(super) mod imp {
         }
         for (o, h) in ty.iter_mut().zip(tx) {
             *o += a * h.to_f32();
+        }
+    }
+
+    /// `out[p]` = [`dot_f16`] of row `p` (at `p * stride`) with `q`, four
+    /// rows at a time: each row keeps its own single accumulator chain, so
+    /// its result is `dot_f16`'s bit for bit, and four chains hide the FMA
+    /// latency one chain waits on.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `k` holds `out.len()` rows
+    /// of `q.len()` halves every `stride`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
+        let hd = q.len();
+        let (cq, tq) = q.as_chunks::<8>();
+        let body = cq.len() * 8;
+        let row = |p: usize| &k[p * stride..p * stride + hd];
+        let mut p = 0;
+        while p + 4 <= out.len() {
+            let rows = [row(p), row(p + 1), row(p + 2), row(p + 3)];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, y) in cq.iter().enumerate() {
+                let yv = load8(y);
+                for r in 0..4 {
+                    let h = &rows[r][8 * i..8 * i + 8];
+                    // SAFETY: eight halves (16 bytes) readable at `h`; loadu is unaligned.
+                    let w = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
+                    acc[r] = _mm256_fmadd_ps(w, yv, acc[r]);
+                }
+            }
+            for r in 0..4 {
+                let mut s = hsum(acc[r]);
+                for (h, y) in rows[r][body..].iter().zip(tq) {
+                    s += h.to_f32() * y;
+                }
+                out[p + r] = s;
+            }
+            p += 4;
+        }
+        while p < out.len() {
+            // SAFETY: this function's features are dot_f16's.
+            out[p] = unsafe { dot_f16(row(p), q) };
+            p += 1;
+        }
+    }
+
+    /// `out += w[p] * row p` for every position in order, as [`axpy_f16`]
+    /// would, with up to 64 outputs held in registers across the positions
+    /// instead of loaded and stored for each.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `v` holds `w.len()` rows of
+    /// `out.len()` halves every `stride`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+        let hd = out.len();
+        let vecs = hd / 8;
+        let mut c = 0;
+        while c + 8 <= vecs {
+            value_panel::<8>(out, w, v, stride, c);
+            c += 8;
+        }
+        while c < vecs {
+            value_panel::<1>(out, w, v, stride, c);
+            c += 1;
+        }
+        for (p, &a) in w.iter().enumerate() {
+            let row = &v[p * stride..p * stride + hd];
+            for (o, h) in out[vecs * 8..].iter_mut().zip(&row[vecs * 8..]) {
+                *o += a * h.to_f32();
+            }
+        }
+    }
+
+    /// Vectors `c..c + M` (of eight outputs) of [`value_sum_f16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn value_panel<const M: usize>(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, c: usize) {
+        let o = &mut out[8 * c..8 * (c + M)];
+        let mut acc: [__m256; M] = core::array::from_fn(|j| {
+            // SAFETY: eight floats readable at 8j within `o`; loadu is unaligned.
+            unsafe { _mm256_loadu_ps(o[8 * j..].as_ptr()) }
+        });
+        for (p, &a) in w.iter().enumerate() {
+            let av = _mm256_set1_ps(a);
+            let h = &v[p * stride + 8 * c..p * stride + 8 * (c + M)];
+            for j in 0..M {
+                // SAFETY: eight halves (16 bytes) readable at 8j within `h`.
+                let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h[8 * j..].as_ptr().cast()) });
+                acc[j] = _mm256_fmadd_ps(av, x, acc[j]);
+            }
+        }
+        for j in 0..M {
+            // SAFETY: eight floats writable at 8j within `o`; storeu is unaligned.
+            unsafe { _mm256_storeu_ps(o[8 * j..].as_mut_ptr(), acc[j]) };
         }
     }
 
