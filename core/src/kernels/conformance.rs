@@ -175,7 +175,11 @@ pub(crate) fn check_attention_f16(k: &Kernels) {
         for p in 0..n {
             let row = &cache[p * stride..p * stride + hd];
             let own = (k.dot_f16)(row, q);
-            assert_eq!(got[p].to_bits(), own.to_bits(), "key_dots_f16 case {case} p {p}");
+            assert_eq!(
+                got[p].to_bits(),
+                own.to_bits(),
+                "key_dots_f16 case {case} p {p}"
+            );
             let scale: f32 = row.iter().zip(q).map(|(a, b)| (a.to_f32() * b).abs()).sum();
             close(got[p], want[p], scale, "key_dots_f16", case);
         }
@@ -194,7 +198,11 @@ pub(crate) fn check_attention_f16(k: &Kernels) {
         }
         (r.value_sum_f16)(&mut want[..hd], w, cache, stride);
         for i in 0..hd {
-            assert_eq!(got[i].to_bits(), own[i].to_bits(), "value_sum_f16 case {case} i {i}");
+            assert_eq!(
+                got[i].to_bits(),
+                own[i].to_bits(),
+                "value_sum_f16 case {case} i {i}"
+            );
             let scale: f32 = 0.5
                 + w.iter()
                     .enumerate()
@@ -207,12 +215,19 @@ pub(crate) fn check_attention_f16(k: &Kernels) {
             let short = &cache[..cache.len() - 1];
             let mut s = [f32::NAN; 40];
             (k.key_dots_f16)(q, short, stride, &mut s[..n]);
-            assert!(s[n - 1].is_nan(), "key_dots_f16 case {case} read past the view");
+            assert!(
+                s[n - 1].is_nan(),
+                "key_dots_f16 case {case} read past the view"
+            );
             let mut o = [0.0f32; 130];
             let mut o2 = [0.0f32; 130];
             (k.value_sum_f16)(&mut o[..hd], w, short, stride);
             (k.value_sum_f16)(&mut o2[..hd], &w[..n - 1], cache, stride);
-            assert_eq!(o[..hd], o2[..hd], "value_sum_f16 case {case} read past the view");
+            assert_eq!(
+                o[..hd],
+                o2[..hd],
+                "value_sum_f16 case {case} read past the view"
+            );
         }
     }
 }

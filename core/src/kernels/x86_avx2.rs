@@ -327,42 +327,44 @@ macro_rules! q16_kernels {
                 let mut a1 = [_mm256_setzero_ps(); T];
                 let mut m0 = [0.0f32; T];
                 let mut m1 = [0.0f32; T];
-                // Accumulators go in and come out by value, which keeps them in
-                // registers (through a `&mut` they live in memory).
-                let step = |b: usize, mut a: [__m256; T], mut m: [f32; T]| {
-                    // SAFETY: b < nb, and row r has nb blocks (asserted).
-                    let blk = unsafe { &*row.add(b) };
-                    let (wa, wc) = widen(blk);
-                    let (s, mn) = (scale(blk), min(blk));
-                    let sv = _mm256_set1_ps(s);
-                    for t in 0..T {
-                        // SAFETY: b < nb, and token t has nb blocks (asserted).
-                        let xb = unsafe { &*xp[t].add(b) };
-                        let (xa, xc) = quants(xb);
-                        let i = dot(wa, xa, wc, xc);
-                        let p = _mm256_cvtepi32_ps(i);
-                        if with_min {
-                            m[t] += mn * xb.sum;
+                // One block into chain `a`/`m`: written out in the loop (no
+                // closure), so after unrolling every index is a constant and
+                // the accumulators stay in registers.
+                macro_rules! step {
+                    ($b:expr, $a:ident, $m:ident) => {{
+                        // SAFETY: b < nb, and row r has nb blocks (asserted).
+                        let blk = unsafe { &*row.add($b) };
+                        let (wa, wc) = widen(blk);
+                        let (s, mn) = (scale(blk), min(blk));
+                        let sv = _mm256_set1_ps(s);
+                        for t in 0..T {
+                            // SAFETY: b < nb, and token t has nb blocks (asserted).
+                            let xb = unsafe { &*xp[t].add($b) };
+                            let (xa, xc) = quants(xb);
+                            let i = dot(wa, xa, wc, xc);
+                            let p = _mm256_cvtepi32_ps(i);
+                            if with_min {
+                                $m[t] += mn * xb.sum;
+                            }
+                            // s * d in every lane: the same product as the
+                            // one-token kernel's scalar one, from a broadcast load.
+                            let sd = _mm256_mul_ps(sv, _mm256_broadcast_ss(&xb.d));
+                            $a[t] = _mm256_fmadd_ps(sd, p, $a[t]);
                         }
-                        // s * d in every lane: the same product as the one-token
-                        // kernel's scalar one, from a broadcast load.
-                        let sd = _mm256_mul_ps(sv, _mm256_broadcast_ss(&xb.d));
-                        a[t] = _mm256_fmadd_ps(sd, p, a[t]);
-                    }
-                    (a, m)
-                };
+                    }};
+                }
                 let mut b = 0;
                 while b + 2 <= nb {
                     // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
                     _mm_prefetch::<_MM_HINT_T0>(
                         row.wrapping_add(b).cast::<i8>().wrapping_add(PREFETCH),
                     );
-                    (a0, m0) = step(b, a0, m0);
-                    (a1, m1) = step(b + 1, a1, m1);
+                    step!(b, a0, m0);
+                    step!(b + 1, a1, m1);
                     b += 2;
                 }
                 if b < nb {
-                    (a0, m0) = step(b, a0, m0);
+                    step!(b, a0, m0);
                 }
                 for t in 0..T {
                     out[t * rows + r] = hsum(_mm256_add_ps(a0[t], a1[t])) + (m0[t] + m1[t]);

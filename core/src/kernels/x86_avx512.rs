@@ -8,11 +8,10 @@
 //! Decode with 16-bit activations, where the CPU has AVX-512 VNNI and VL: the
 //! AVX2 kernels' own body (`q16_kernels!`) compiled with those features, whose
 //! integer dot takes one `vpmaddwd` and one `vpdpwssd` (the same exact i32
-//! lanes as two `vpmaddwd` and an add). Batched decode of 8 sequences at 2
-//! threads measured 1.6x faster with it. Groups stay at four tokens: eight
-//! tokens' pointers and accumulators spilled and ran at half the speed.
-//! Single-token decode streams weights from memory, where wider registers
-//! measured slower.
+//! lanes as two `vpmaddwd` and an add), and whose 32 registers hold eight
+//! tokens' accumulators, so each weight block is unpacked once for eight
+//! tokens. Single-token decode streams weights from memory, where wider
+//! registers measured slower.
 //!
 //! Float results differ from the scalar reference only by FMA rounding and
 //! summation order; the 16-bit decode equals its reference bit for bit.
@@ -176,7 +175,7 @@ mod imp {
     #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
         let zero = _mm256_setzero_si256();
-        mv_q16::<_, GROUP>(
+        mv_q16::<_, 4>(
             w,
             x,
             n,
@@ -190,8 +189,10 @@ mod imp {
     }
 
     /// Tokens per register group: 32 registers hold eight tokens' two
-    /// accumulators each beside the unpacked weights.
-    const GROUP: usize = 4;
+    /// accumulators each beside the unpacked weights. Q4_1 keeps groups of
+    /// four: its minimum term's sixteen more chains measured no faster at
+    /// eight.
+    const GROUP: usize = 8;
 
     /// Rows `R` of `w` times tokens `T` of `x`, all `cols` long, into
     /// `out[t * ld + r]`.
