@@ -41,6 +41,8 @@ pub fn table() -> Option<Kernels> {
         mv_q4_1,
         gemm_f32,
         axpy_f16,
+        widen_f16: crate::quant::f16::dequantize_row,
+        widen_q8_0: crate::quant::q8_0::dequantize_row,
         key_dots_f16,
         value_sum_f16,
         q16: None,

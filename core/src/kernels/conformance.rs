@@ -140,11 +140,58 @@ pub(crate) fn check_table(k: &Kernels) {
         );
     }
     check_attention_f16(k);
+    check_widen(k);
 }
 
 /// The multi-row kernels give each row's dot (within `TOL`), for row counts
 /// around the four-row step and every storage type; the f32 matrix product
 /// gives each (row, token) dot for tiles of every shape.
+/// The widening kernels give the reference's f32 weights bit for bit (NaN
+/// for NaN).
+pub(crate) fn check_widen(k: &Kernels) {
+    let mut rng = Rng::new(0x0d0e_0a11);
+    for case in 0..16 {
+        let nb = [1, 2, 3, 18][case % 4];
+        let n = nb * 32 + [0, 5][case % 2];
+        let mut h = [f16::ZERO; 600];
+        for (i, v) in h[..n].iter_mut().enumerate() {
+            *v = match i % 11 {
+                0 => f16::from_bits(rng.next_u32() as u16), // any bits: NaN, inf, subnormal
+                _ => f16::from_f32(rng.f32() * 1e3),
+            };
+        }
+        let (mut got, mut want) = ([0.0f32; 600], [0.0f32; 600]);
+        (k.widen_f16)(&h[..n], &mut got[..n]);
+        quant::f16::dequantize_row(&h[..n], &mut want[..n]);
+        for i in 0..n {
+            // A signalling NaN comes back quiet from F16C: still a NaN.
+            let same =
+                got[i].to_bits() == want[i].to_bits() || (got[i].is_nan() && want[i].is_nan());
+            assert!(
+                same,
+                "widen_f16 case {case} i {i}: {} vs {}",
+                got[i], want[i]
+            );
+        }
+        let mut b = [BlockQ8_0::ZERO; 18];
+        for blk in b[..nb].iter_mut() {
+            blk.d = (rng.next_u32() as u16).to_le_bytes();
+            for q in blk.qs.iter_mut() {
+                *q = rng.next_u32() as i8;
+            }
+        }
+        (k.widen_q8_0)(&b[..nb], &mut got[..nb * 32]);
+        quant::q8_0::dequantize_row(&b[..nb], &mut want[..nb * 32]);
+        for i in 0..nb * 32 {
+            assert_eq!(
+                got[i].to_bits(),
+                want[i].to_bits(),
+                "widen_q8_0 case {case} i {i}"
+            );
+        }
+    }
+}
+
 /// Attention's strided f16 kernels: every position's score is the table's
 /// own `dot_f16` of that row bit for bit, the value sum is its `axpy_f16`
 /// applied position by position bit for bit, and both stay within `TOL` of

@@ -98,6 +98,12 @@ impl<'a> Matrix<'a> {
     /// Writes row `r` as f32 into `out` (`cols` long). Errors on a bad index
     /// or a short buffer.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        self.dequantize_row_with(r, out, &Kernels::scalar())
+    }
+
+    /// [`Matrix::dequantize_row`] through `k`'s widening kernels (the same
+    /// values: widening is exact, and a Q8_0 weight is one product).
+    pub fn dequantize_row_with(&self, r: usize, out: &mut [f32], k: &Kernels) -> Result<()> {
         if r >= self.rows {
             return Err(Error::TokenOutOfRange {
                 token: r as u32,
@@ -112,10 +118,8 @@ impl<'a> Matrix<'a> {
         let b = self.cols / quant::QK;
         match self.data {
             RowData::F32(d) => out.copy_from_slice(&d[r * self.cols..(r + 1) * self.cols]),
-            RowData::F16(d) => {
-                quant::f16::dequantize_row(&d[r * self.cols..(r + 1) * self.cols], out)
-            }
-            RowData::Q8_0(d) => quant::q8_0::dequantize_row(&d[r * b..(r + 1) * b], out),
+            RowData::F16(d) => (k.widen_f16)(&d[r * self.cols..(r + 1) * self.cols], out),
+            RowData::Q8_0(d) => (k.widen_q8_0)(&d[r * b..(r + 1) * b], out),
             RowData::Q4_0(d) => quant::q4_0::dequantize_row(&d[r * b..(r + 1) * b], out),
             RowData::Q4_1(d) => quant::q4_1::dequantize_row(&d[r * b..(r + 1) * b], out),
         }
@@ -163,6 +167,10 @@ pub struct Q16Kernels {
 
 /// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
+
+/// Rows of stored weights as f32, element for element what
+/// `quant::*::dequantize_row` gives (`out` as long as the row).
+pub type WidenFn<T> = fn(&[T], &mut [f32]);
 
 /// Attention scores over an f16 cache: `out[p] = q · k[p * stride..][..q.len()]`
 /// for each position `p` that `k` holds, each exactly the table's `dot_f16`
@@ -224,6 +232,10 @@ pub struct Kernels {
     pub gemm_f32: GemmFn,
     /// `y += a * x` over f16 `x`.
     pub axpy_f16: AxpyF16Fn,
+    /// f16 weights as f32 (exact), for batched tiles.
+    pub widen_f16: WidenFn<f16>,
+    /// Q8_0 blocks as f32 (`q * d`, exact per weight), for batched tiles.
+    pub widen_q8_0: WidenFn<BlockQ8_0>,
     /// Attention's scores over an f16 cache, all positions in one call.
     pub key_dots_f16: KeyDotsF16Fn,
     /// Attention's value sum over an f16 cache, all positions in one call.
@@ -255,6 +267,8 @@ impl Kernels {
             mv_q4_1: scalar::mv_q4_1,
             gemm_f32: scalar::gemm_f32,
             axpy_f16: scalar::axpy_f16,
+            widen_f16: quant::f16::dequantize_row,
+            widen_q8_0: quant::q8_0::dequantize_row,
             key_dots_f16: scalar::key_dots_f16,
             value_sum_f16: scalar::value_sum_f16,
             q16: None,
@@ -509,7 +523,7 @@ impl Kernels {
                     .ok_or(small(need))?
                     .split_at_mut(TILE_ROWS * cols);
                 for (i, r) in (a..b).enumerate() {
-                    w.dequantize_row(r, &mut tw[i * cols..(i + 1) * cols])?;
+                    w.dequantize_row_with(r, &mut tw[i * cols..(i + 1) * cols], self)?;
                 }
                 (&tw[..tr * cols], to)
             };

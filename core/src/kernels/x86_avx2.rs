@@ -42,6 +42,8 @@ pub fn table() -> Option<Kernels> {
         mv_q4_1,
         gemm_f32,
         axpy_f16,
+        widen_f16,
+        widen_q8_0,
         key_dots_f16,
         value_sum_f16,
         q16: Some(Q16Kernels {
@@ -150,6 +152,14 @@ fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
     unsafe { imp::axpy_f16(y, a, x) }
+}
+fn widen_f16(x: &[f16], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_f16(x, out) }
+}
+fn widen_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_q8_0(x, out) }
 }
 fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
     let hd = q.len();
@@ -765,6 +775,51 @@ pub(super) mod imp {
         }
         for (o, h) in ty.iter_mut().zip(tx) {
             *o += a * h.to_f32();
+        }
+    }
+
+    /// f16 to f32 eight at a time (`vcvtph2ps`, exact like the reference).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_f16(x: &[f16], out: &mut [f32]) {
+        let n = x.len().min(out.len());
+        let (cx, tx) = x[..n].as_chunks::<8>();
+        let (co, to) = out[..n].as_chunks_mut::<8>();
+        for (h, o) in cx.iter().zip(co) {
+            // SAFETY: sixteen bytes readable at `h`, eight floats writable at
+            // `o`; loadu/storeu are unaligned.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
+                _mm256_storeu_ps(o.as_mut_ptr(), v);
+            }
+        }
+        for (h, o) in tx.iter().zip(to) {
+            *o = h.to_f32();
+        }
+    }
+
+    /// Q8_0 blocks to f32: each weight `q as f32 * d`, one rounding, as the
+    /// reference computes it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
+        for (b, o) in x.iter().zip(out.as_chunks_mut::<QK>().0) {
+            let d = _mm256_set1_ps(half(b.d));
+            let (qs, os) = (b.qs.as_chunks::<8>().0, o.as_chunks_mut::<8>().0);
+            for (q, o8) in qs.iter().zip(os) {
+                // SAFETY: eight bytes readable at `q`, eight floats writable
+                // at `o8`; the loads and stores are unaligned.
+                unsafe {
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        q.as_ptr().cast(),
+                    )));
+                    _mm256_storeu_ps(o8.as_mut_ptr(), _mm256_mul_ps(v, d));
+                }
+            }
         }
     }
 
