@@ -37,6 +37,19 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// SiLU, `x * sigmoid(x)`, as `x / (1 + e^-x)`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// SwiGLU's gate in place: `g[i] = silu(g[i]) * u[i]`.
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = silu(*g) * u;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,6 +236,9 @@ pub struct Kernels {
     pub widen_f16: WidenFn<f16>,
     /// Q8_0 blocks as f32 (`q * d`, exact per weight), for batched tiles.
     pub widen_q8_0: WidenFn<BlockQ8_0>,
+    /// SwiGLU's gate in place, `g = silu(g) * u`: [`crate::math::swiglu`]'s
+    /// values (NaN for NaN).
+    pub swiglu: fn(&mut [f32], &[f32]),
     /// Attention's scores over an f16 cache, all positions in one call.
     pub key_dots_f16: KeyDotsF16Fn,
     /// Attention's value sum over an f16 cache, all positions in one call.
@@ -269,6 +272,7 @@ impl Kernels {
             axpy_f16: scalar::axpy_f16,
             widen_f16: quant::f16::dequantize_row,
             widen_q8_0: quant::q8_0::dequantize_row,
+            swiglu: crate::math::swiglu,
             key_dots_f16: scalar::key_dots_f16,
             value_sum_f16: scalar::value_sum_f16,
             q16: None,

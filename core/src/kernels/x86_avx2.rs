@@ -44,6 +44,7 @@ pub fn table() -> Option<Kernels> {
         axpy_f16,
         widen_f16,
         widen_q8_0,
+        swiglu,
         key_dots_f16,
         value_sum_f16,
         q16: Some(Q16Kernels {
@@ -152,6 +153,10 @@ fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
     unsafe { imp::axpy_f16(y, a, x) }
+}
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    // SAFETY: as above.
+    unsafe { imp::swiglu(g, u) }
 }
 fn widen_f16(x: &[f16], out: &mut [f32]) {
     // SAFETY: as above.
@@ -776,6 +781,73 @@ pub(super) mod imp {
         for (o, h) in ty.iter_mut().zip(tx) {
             *o += a * h.to_f32();
         }
+    }
+
+    /// [`crate::math::swiglu`] eight lanes at a time, bit for bit: the same
+    /// operations in the same order (separate multiplies and adds, no FMA),
+    /// and a NaN stays a NaN.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn swiglu(g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len());
+        let (cg, tg) = g[..n].as_chunks_mut::<8>();
+        let (cu, tu) = u[..n].as_chunks::<8>();
+        let one = _mm256_set1_ps(1.0);
+        for (gv, uv) in cg.iter_mut().zip(cu) {
+            // SAFETY: eight floats readable and writable at `gv`, eight
+            // readable at `uv`; loadu/storeu are unaligned.
+            unsafe {
+                let x = _mm256_loadu_ps(gv.as_ptr());
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+                let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(
+                    gv.as_mut_ptr(),
+                    _mm256_mul_ps(s, _mm256_loadu_ps(uv.as_ptr())),
+                );
+            }
+        }
+        crate::math::swiglu(tg, tu);
+    }
+
+    /// [`crate::math::exp`] in eight lanes, operation for operation.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn exp8(x: __m256) -> __m256 {
+        let c = _mm256_set1_ps;
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, c(-87.3));
+        // max/min return their second operand when either is NaN: NaN passes.
+        let x = _mm256_min_ps(c(88.3), _mm256_max_ps(c(-87.3), x));
+        let round = c(12_582_912.0);
+        let n = _mm256_sub_ps(
+            _mm256_add_ps(_mm256_mul_ps(x, c(core::f32::consts::LOG2_E)), round),
+            round,
+        );
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, c(0.693_359_4))),
+            _mm256_mul_ps(n, c(-2.121_944_4e-4)),
+        );
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
+        }
+        let e = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
+            c(1.0),
+        );
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvttps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let v = _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+        _mm256_andnot_ps(under, v)
     }
 
     /// f16 to f32 eight at a time (`vcvtph2ps`, exact like the reference).

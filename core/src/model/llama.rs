@@ -448,9 +448,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             let gate_up = [&lw.ffn_gate, &lw.ffn_up];
             let outs = [&mut *s.hb, &mut *s.hb2];
             mm.split(gate_up, s.xb, outs, s.row, s.xq, (g, n))?;
-            for (g, &u) in s.hb[..n * ffn].iter_mut().zip(&s.hb2[..n * ffn]) {
-                *g = silu(*g) * u;
-            }
+            (kern.swiglu)(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
             mm.split([&lw.ffn_down], s.hb, [&mut *s.xb], s.row, s.xq, (g, n))?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
@@ -903,10 +901,6 @@ pub fn rope(x: &mut [f32], table: &[f32]) {
 }
 
 #[inline(always)]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + crate::math::exp(-x))
-}
-
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
