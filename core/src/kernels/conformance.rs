@@ -196,7 +196,7 @@ pub(crate) fn check_widen(k: &Kernels) {
 /// `swiglu` gives [`crate::math::swiglu`]'s values bit for bit (NaN for
 /// NaN) across the whole range, both clamps and odd lengths.
 pub(crate) fn check_swiglu(k: &Kernels) {
-    let mut rng = Rng::new(0x5111_0);
+    let mut rng = Rng::new(0x0005_1110);
     for case in 0..64 {
         let n = [1, 7, 8, 9, 64, 100][case % 6];
         let mut g = [0.0f32; 100];
