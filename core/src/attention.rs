@@ -45,11 +45,14 @@ pub fn attend_head(
             }
         }
         KvRows::F16(k) => {
-            // Sink positions take the sink query, the rest the query.
+            // Sink positions take the sink query, the rest the query. The
+            // cache view holds every slot (kv_cache::layer), so the kernels
+            // score all `n`.
             let k = &k[head.offset.min(k.len())..];
+            debug_assert!(crate::kernels::strided_rows(k.len(), hd, head.row) >= n);
             let cut = sinks.min(n);
             let (s0, s1) = scores.split_at_mut(cut);
-            (kern.key_dots_f16)(q_sink, k, head.row, s0);
+            (kern.key_dots_f16)(&q_sink[..hd.min(q_sink.len())], k, head.row, s0);
             (kern.key_dots_f16)(q, &k[(cut * head.row).min(k.len())..], head.row, s1);
             for s in scores.iter_mut() {
                 *s *= scale;

@@ -144,9 +144,6 @@ pub(crate) fn check_table(k: &Kernels) {
     check_swiglu(k);
 }
 
-/// The multi-row kernels give each row's dot (within `TOL`), for row counts
-/// around the four-row step and every storage type; the f32 matrix product
-/// gives each (row, token) dot for tiles of every shape.
 /// The widening kernels give the reference's f32 weights bit for bit (NaN
 /// for NaN).
 pub(crate) fn check_widen(k: &Kernels) {
@@ -308,6 +305,9 @@ pub(crate) fn check_attention_f16(k: &Kernels) {
     }
 }
 
+/// The multi-row kernels give each row's dot (within `TOL`), for row counts
+/// around the four-row step and every storage type; the f32 matrix product
+/// gives each (row, token) dot for tiles of every shape.
 pub(crate) fn check_rows(k: &Kernels) {
     let mut rng = Rng::new(0xbeef);
     for case in 0..24 {

@@ -102,7 +102,8 @@ impl<'a> Matrix<'a> {
     }
 
     /// [`Matrix::dequantize_row`] through `k`'s widening kernels (the same
-    /// values: widening is exact, and a Q8_0 weight is one product).
+    /// values, NaN payloads aside: widening is exact, and a Q8_0 weight is
+    /// one product).
     pub fn dequantize_row_with(&self, r: usize, out: &mut [f32], k: &Kernels) -> Result<()> {
         if r >= self.rows {
             return Err(Error::TokenOutOfRange {
@@ -169,7 +170,8 @@ pub struct Q16Kernels {
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 
 /// Rows of stored weights as f32, element for element what
-/// `quant::*::dequantize_row` gives (`out` as long as the row).
+/// `quant::*::dequantize_row` gives, NaN payloads aside (`out` as long as
+/// the row).
 pub type WidenFn<T> = fn(&[T], &mut [f32]);
 
 /// Attention scores over an f16 cache: `out[p] = q · k[p * stride..][..q.len()]`
@@ -343,7 +345,8 @@ impl Kernels {
         None
     }
 
-    /// The x86_64 AVX-512 set (the AVX2 set with AVX-512 prefill tiles), if
+    /// The x86_64 AVX-512 set (the AVX2 set with AVX-512 prefill tiles, and
+    /// VNNI 16-bit decode where the CPU has it), if
     /// this build and CPU run it.
     pub fn avx512() -> Option<Kernels> {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]

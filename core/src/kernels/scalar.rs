@@ -223,7 +223,7 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
 
 /// [`super::KeyDotsF16Fn`] through `dot`, position by position.
 pub fn key_dots_with(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], dot: DotFn<f16>) {
-    let hd = q.len();
+    let (hd, stride) = (q.len(), stride.max(1));
     let n = super::strided_rows(k.len(), hd, stride).min(out.len());
     for (p, o) in out[..n].iter_mut().enumerate() {
         *o = dot(&k[p * stride..p * stride + hd], q);
@@ -232,7 +232,7 @@ pub fn key_dots_with(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], dot: 
 
 /// [`super::ValueSumF16Fn`] through `axpy`, position by position.
 pub fn value_sum_with(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, axpy: AxpyF16Fn) {
-    let hd = out.len();
+    let (hd, stride) = (out.len(), stride.max(1));
     let n = super::strided_rows(v.len(), hd, stride).min(w.len());
     for (p, &a) in w[..n].iter().enumerate() {
         axpy(out, a, &v[p * stride..p * stride + hd]);

@@ -252,13 +252,13 @@ macro_rules! q16_kernels {
         /// `widen` unpacks a weight block to 2 x 16 i16 lanes once, then each
         /// token takes its exact integer dot (`vpmaddwd`), scaled by `scale`;
         /// `min` is Q4_1's minimum (multiplied by the activations' float sum)
-        /// when `with_min`. Tokens go in register groups of up to four; a token's
+        /// when `with_min`. Tokens go in register groups of up to `G`; a token's
         /// arithmetic is the same in every group size, so its result is the one
         /// it gets alone.
         ///
         /// `dot(wa, xa, wc, xc)` is the exact integer dot of the two halves in
-        /// eight i32 lanes ([`madd2`] here; one `vpdpwssd` fewer instruction with
-        /// AVX-512 VNNI), and `G` (at most 8) the largest token group.
+        /// eight i32 lanes (`madd2` for AVX2; one instruction fewer with AVX-512
+        /// VNNI's `vpdpwssd`), and `G` (at most 8) the largest token group.
         #[target_feature(enable = $feat)]
         #[inline]
         #[allow(clippy::too_many_arguments)]

@@ -900,7 +900,6 @@ pub fn rope(x: &mut [f32], table: &[f32]) {
     }
 }
 
-#[inline(always)]
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
