@@ -137,7 +137,7 @@ fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
 }
 /// `n` tokens' whole blocks and (n, rows) outputs, and the weight blocks
 /// those rows take.
-fn q16_shape<'a, 'b>(
+pub(super) fn q16_shape<'a, 'b>(
     x: &'a [BlockQ16],
     n: usize,
     out: &'b mut [f32],

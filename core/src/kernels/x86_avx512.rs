@@ -22,6 +22,7 @@
 use core::arch::x86_64::*;
 
 use super::x86_avx2::imp as avx2;
+use super::x86_avx2::q16_shape;
 use super::{Kernels, Q16Kernels};
 use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 
@@ -62,35 +63,22 @@ fn vnni() -> bool {
     ))
 }
 
-/// `n` tokens' whole blocks, (n, rows) outputs, and the weight blocks of
-/// those rows.
-fn q16_shape<'a, 'b, B>(
-    w: &'a [B],
-    x: &'a [BlockQ16],
-    n: usize,
-    out: &'b mut [f32],
-) -> (&'a [B], &'a [BlockQ16], &'b mut [f32]) {
-    let n = n.max(1);
-    let (nb, rows) = (x.len() / n, out.len() / n);
-    (&w[..nb * rows], &x[..n * nb], &mut out[..n * rows])
-}
-
 fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (w, x, out) = q16_shape(w, x, n, out);
+    let (x, out, need) = q16_shape(x, n, out);
     // SAFETY: reachable only through `table`, which checked AVX-512F, VL and
     // VNNI (and, through the AVX2 table, AVX2, FMA and F16C); `w` holds the
-    // rows the kernel reads (sliced above).
-    unsafe { imp::mv_q8_0_q16(w, x, n, out) }
+    // rows the kernel reads (sliced here).
+    unsafe { imp::mv_q8_0_q16(&w[..need], x, n, out) }
 }
 fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (w, x, out) = q16_shape(w, x, n, out);
+    let (x, out, need) = q16_shape(x, n, out);
     // SAFETY: as above.
-    unsafe { imp::mv_q4_0_q16(w, x, n, out) }
+    unsafe { imp::mv_q4_0_q16(&w[..need], x, n, out) }
 }
 fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (w, x, out) = q16_shape(w, x, n, out);
+    let (x, out, need) = q16_shape(x, n, out);
     // SAFETY: as above.
-    unsafe { imp::mv_q4_1_q16(w, x, n, out) }
+    unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
 }
 
 #[cfg(feature = "std")]
