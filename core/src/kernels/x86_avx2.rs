@@ -193,8 +193,66 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 /// helpers), stamped out once per target-feature set: closures inherit their
 /// function's features, and a closure built under wider features (AVX-512
 /// VNNI) inlines only into a body compiled with them.
+///
+/// It also defines the table's entry points, `mv_q8_0_q16`, `mv_q4_0_q16`
+/// and `mv_q4_1_q16`, with `$dot` as the integer dot and the given largest
+/// token groups (in that order); `q8_0_widen`, `q4_widen` and `half` must be
+/// in scope.
 macro_rules! q16_kernels {
-    ($feat:literal) => {
+    ($feat:literal, $dot:ident, groups: $g8:expr, $g40:expr, $g41:expr) => {
+        /// # Safety
+        /// The CPU must support the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            mv_q16::<_, { $g8 }>(
+                w,
+                x,
+                n,
+                out,
+                |b| q8_0_widen(b),
+                |b| half(b.d),
+                |_| 0.0,
+                false,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            let eight = _mm256_set1_epi16(8);
+            mv_q16::<_, { $g40 }>(
+                w,
+                x,
+                n,
+                out,
+                |b| q4_widen(&b.qs, eight),
+                |b| half(b.d),
+                |_| 0.0,
+                false,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            let zero = _mm256_setzero_si256();
+            mv_q16::<_, { $g41 }>(
+                w,
+                x,
+                n,
+                out,
+                |b| q4_widen(&b.qs, zero),
+                |b| half(b.d),
+                |b| half(b.m),
+                true,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
         /// One token's activations times rows of weight blocks (the decode step;
         /// its arithmetic is [`q16_group`]'s for one token, in a loop the compiler
         /// keeps tighter): `idot` gives a block's exact integer dot in eight i32 lanes,
@@ -1091,24 +1149,7 @@ pub(super) mod imp {
         _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
     }
 
-    q16_kernels!("avx2,fma,f16c");
-
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        mv_q16::<_, 4>(
-            w,
-            x,
-            n,
-            out,
-            |b| q8_0_widen(b),
-            |b| half(b.d),
-            |_| 0.0,
-            false,
-            |a, b, c, d| madd2(a, b, c, d),
-        )
-    }
+    q16_kernels!("avx2,fma,f16c", madd2, groups: 4, 4, 4);
 
     /// A Q8_0 block's quants as 2 x 16 i16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1133,42 +1174,6 @@ pub(super) mod imp {
         (
             _mm256_sub_epi16(_mm256_cvtepu8_epi16(lo), off),
             _mm256_sub_epi16(_mm256_cvtepu8_epi16(hi), off),
-        )
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let eight = _mm256_set1_epi16(8);
-        mv_q16::<_, 4>(
-            w,
-            x,
-            n,
-            out,
-            |b| q4_widen(&b.qs, eight),
-            |b| half(b.d),
-            |_| 0.0,
-            false,
-            |a, b, c, d| madd2(a, b, c, d),
-        )
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let zero = _mm256_setzero_si256();
-        mv_q16::<_, 4>(
-            w,
-            x,
-            n,
-            out,
-            |b| q4_widen(&b.qs, zero),
-            |b| half(b.d),
-            |b| half(b.m),
-            true,
-            |a, b, c, d| madd2(a, b, c, d),
         )
     }
 

@@ -111,9 +111,14 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 
 mod imp {
     use super::*;
-    use avx2::{hsum, quants, PREFETCH};
+    use avx2::{half, hsum, q4_widen, q8_0_widen, quants, PREFETCH};
 
-    super::super::x86_avx2::q16_kernels!("avx512f,avx512vl,avx512vnni,avx2,fma,f16c");
+    // Q8_0 and Q4_0 in groups of eight tokens, Q4_1 in groups of four.
+    super::super::x86_avx2::q16_kernels!(
+        "avx512f,avx512vl,avx512vnni,avx2,fma,f16c",
+        dpw2,
+        groups: GROUP, GROUP, 4
+    );
 
     /// `vpmaddwd` on one half, `vpdpwssd` adding the other: the same exact
     /// i32 lanes as [`avx2::madd2`], one instruction fewer.
@@ -121,59 +126,6 @@ mod imp {
     #[inline]
     fn dpw2(wa: __m256i, xa: __m256i, wc: __m256i, xc: __m256i) -> __m256i {
         _mm256_dpwssd_epi32(_mm256_madd_epi16(wa, xa), wc, xc)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512F, VL and VNNI, AVX2, FMA and F16C.
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        mv_q16::<_, GROUP>(
-            w,
-            x,
-            n,
-            out,
-            |b| avx2::q8_0_widen(b),
-            |b| avx2::half(b.d),
-            |_| 0.0,
-            false,
-            |a, b, c, d| dpw2(a, b, c, d),
-        )
-    }
-
-    /// # Safety
-    /// As [`mv_q8_0_q16`].
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let eight = _mm256_set1_epi16(8);
-        mv_q16::<_, GROUP>(
-            w,
-            x,
-            n,
-            out,
-            |b| avx2::q4_widen(&b.qs, eight),
-            |b| avx2::half(b.d),
-            |_| 0.0,
-            false,
-            |a, b, c, d| dpw2(a, b, c, d),
-        )
-    }
-
-    /// # Safety
-    /// As [`mv_q8_0_q16`].
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let zero = _mm256_setzero_si256();
-        mv_q16::<_, 4>(
-            w,
-            x,
-            n,
-            out,
-            |b| avx2::q4_widen(&b.qs, zero),
-            |b| avx2::half(b.d),
-            |b| avx2::half(b.m),
-            true,
-            |a, b, c, d| dpw2(a, b, c, d),
-        )
     }
 
     /// Tokens per register group: 32 registers hold eight tokens' two
