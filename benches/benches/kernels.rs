@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
                     rows: ROWS,
                     cols: COLS,
                     data,
+                    packed: None,
                 };
                 g.throughput(Throughput::Bytes(m.n_bytes() as u64));
                 g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {

@@ -144,6 +144,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let bytes = a.exec.load(&path)?;
     let g = Gguf::parse(&bytes).with_context(|| format!("{}", path.display()))?;
     let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
+    let model = packs.apply(model)?;
     let c = &model.config;
     let cap = a.p.max(a.n).max(1);
     let kv = KvOptions::dense(cap).with_type(a.kv_type.into());

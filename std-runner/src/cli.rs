@@ -142,6 +142,11 @@ pub struct ExecArgs {
     /// of a copy in huge pages (faster decode, one read of the file at start).
     #[arg(long)]
     pub mmap: bool,
+    /// Decode from the file's Q8_0 rows as stored instead of an interleaved
+    /// copy (saves the copy's memory, the size of the Q8_0 weights; results
+    /// are the same bits either way).
+    #[arg(long)]
+    pub no_repack: bool,
 }
 
 impl ExecArgs {
@@ -152,6 +157,16 @@ impl ExecArgs {
     /// The thread count after checks.
     pub fn threads(&self) -> Result<usize> {
         crate::pool::thread_count(self.threads)
+    }
+
+    /// Interleaved copies of `model`'s Q8_0 matrices for `kernels`, unless
+    /// `--no-repack` (then none).
+    pub fn packs(
+        &self,
+        model: &ember_core::model::Llama,
+        kernels: &Kernels,
+    ) -> Result<crate::pack::Packs> {
+        crate::pack::Packs::build(model, kernels, !self.no_repack)
     }
 
     /// The model file's bytes.
@@ -551,6 +566,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let map = a.exec.load(&path)?;
     let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
     let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
+    let model = packs.apply(model)?;
     let mut index = Vec::new();
     let tok = match &prompt {
         // Text in needs the tokenizer; ids in only use it for output text.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod convert;
 pub mod mmap;
 pub mod model_store;
+pub mod pack;
 pub mod perplexity;
 pub mod pool;
 pub mod run;

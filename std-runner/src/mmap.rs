@@ -29,7 +29,7 @@ pub fn map(path: &Path) -> Result<Mmap> {
 }
 
 /// Huge-page size the copy is aligned to.
-const HUGE: usize = 2 << 20;
+pub(crate) const HUGE: usize = 2 << 20;
 
 /// A model file's bytes, mapped or copied.
 #[derive(Debug)]

@@ -158,6 +158,8 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let map = a.exec.load(&path)?;
     let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
     let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
+    let model = packs.apply(model)?;
     let mut index = Vec::new();
     let tok = crate::text::tokenizer(&g, &mut index)?;
     let mut tokens = tok

@@ -454,9 +454,9 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     let g: &'static Gguf<'static> = Box::leak(Box::new(
         Gguf::parse(bytes).with_context(|| format!("{}", path.display()))?,
     ));
-    let model: &'static Llama<'static> = Box::leak(Box::new(
-        Llama::from_gguf(g).with_context(|| format!("{}", path.display()))?,
-    ));
+    let model = Llama::from_gguf(g).with_context(|| format!("{}", path.display()))?;
+    let packs: &'static crate::pack::Packs = Box::leak(Box::new(a.exec.packs(&model, &kernels)?));
+    let model: &'static Llama<'static> = Box::leak(Box::new(packs.apply(model)?));
     let index: &'static mut Vec<u32> = Box::leak(Box::new(Vec::new()));
     let tok: &'static Tokenizer<'static> = Box::leak(Box::new(
         crate::text::tokenizer(g, index).context("the server needs the model's tokenizer")?,

@@ -115,6 +115,10 @@ fn score(ty: GgmlType, file: &str, decode: bool) -> Score {
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
+    // Decode as `ember` runs it: Q8_0 rows interleaved for the packed kernel
+    // where the table has one.
+    let packs = ember_runner::pack::Packs::build(&model, &Kernels::detect(), true).unwrap();
+    let model = packs.apply(model).unwrap();
     let mut total = Score::default();
     for case in g["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -317,11 +321,20 @@ fn detected_kernels_agree_with_scalar() {
 /// each worker computes whole rows and whole heads in the same order.
 #[test]
 fn workers_give_bitwise_the_same_logits() {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        workers_agree(ty);
+    }
+}
+
+fn workers_agree(ty: GgmlType) {
     use ember_core::KvOptions;
-    let path = model_file(GgmlType::Q4_1);
+    let path = model_file(ty);
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
+    // Q8_0 decodes through the packed rows, as `ember` runs it.
+    let packs = ember_runner::pack::Packs::build(&model, &Kernels::detect(), true).unwrap();
+    let model = packs.apply(model).unwrap();
     let ids = [6403u32, 1980, 253, 655, 28, 281, 253, 1165, 30, 198];
     let run = |threads: usize| -> Vec<Vec<f32>> {
         let pool = ember_runner::pool::Pool::new(threads).unwrap();

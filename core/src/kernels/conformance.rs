@@ -527,6 +527,80 @@ pub(crate) fn check_q16(k: &Kernels) {
     }
 }
 
+/// The packed Q8_0 kernel ([`crate::kernels::Q16Kernels::q8_0x8`]) gives
+/// every row, bit for bit, the reference dot of the row as the file stores
+/// it, for 1 to 9 tokens, any output stride, extreme quants and scales.
+pub(crate) fn check_q8_0x8(k: &Kernels) {
+    use crate::quant::q16::{self, BlockQ16};
+    use crate::quant::BlockQ8_0x8;
+    let Some(kernel) = k.q16.and_then(|q| q.q8_0x8) else {
+        return;
+    };
+    let mut rng = Rng::new(0x0808);
+    for case in 0..27 {
+        let groups = [1, 2, 3][case % 3];
+        let nb = [1, 2, 18][case / 3 % 3];
+        let n = 1 + case % 9;
+        let rows = 8 * groups;
+        let ld = rows + (case % 4) * 3;
+        let mut w = [BlockQ8_0::ZERO; 24 * 18];
+        let w = &mut w[..rows * nb];
+        for (i, b) in w.iter_mut().enumerate() {
+            let d = rng.f32() * [1e-3, 1.0, 6e4][i % 3];
+            b.d = crate::quant::f32_to_f16_bits(d);
+            for q in b.qs.iter_mut() {
+                *q = match case % 4 {
+                    // Extreme quants: every product at its largest magnitude.
+                    1 => [-128, 127][i % 2],
+                    _ => (rng.f32() * 127.0) as i8,
+                };
+            }
+        }
+        let mut p = [BlockQ8_0x8::ZERO; 3 * 18];
+        let p = &mut p[..groups * nb];
+        assert_eq!(quant::q8_0::pack_rows_x8(w, nb, p), groups);
+        let mut xq = [BlockQ16::ZERO; 9 * 18];
+        let xq = &mut xq[..n * nb];
+        for (t, xb) in xq.chunks_exact_mut(nb).enumerate() {
+            let mut x = [0.0f32; 576];
+            for v in x.iter_mut() {
+                *v = rng.f32() * (1 + t) as f32;
+            }
+            if t == 2 {
+                x[..32].fill(0.0);
+            }
+            q16::quantize_row(&x[..nb * 32], xb);
+            if case % 4 == 1 && t == 1 {
+                for b in xb.iter_mut() {
+                    b.qs = core::array::from_fn(|i| [-32767, 32767][i % 2]);
+                }
+            }
+        }
+        let mut out = [f32::NAN; 9 * 40];
+        kernel(p, xq, n, &mut out, ld);
+        for (g, r) in (0..groups).flat_map(|g| (0..8).map(move |j| (g, j))) {
+            let row = &w[(8 * g + r) * nb..(8 * g + r + 1) * nb];
+            for b in 0..nb {
+                assert_eq!(p[g * nb + b].row(r), row[b], "pack round trip");
+            }
+            for t in 0..n {
+                let want = q16::dot_q8_0_q16(row, &xq[t * nb..(t + 1) * nb]);
+                let got = out[t * ld + 8 * g + r];
+                assert!(
+                    got.to_bits() == want.to_bits(),
+                    "{} q8_0x8 case {case} n {n} token {t} row {}: {got} vs {want}",
+                    k.name,
+                    8 * g + r
+                );
+            }
+        }
+        // Nothing is written between rows and the next token's.
+        for t in 0..n.saturating_sub(1) {
+            assert!(out[t * ld + rows..(t + 1) * ld].iter().all(|v| v.is_nan()));
+        }
+    }
+}
+
 fn reference_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -569,12 +643,18 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
         RowData::Q4_1(&b41),
     ];
     let mut scratch = [0.0f32; Kernels::scratch_len_for(COLS, N, N)];
-    for data in datas {
-        let m = Matrix {
-            rows: ROWS,
-            cols: COLS,
-            data,
-        };
+    // The Q8_0 rows again, interleaved in eights (9 groups and 5 rows
+    // outside them) for tables with a packed decode kernel.
+    let mut p8 = [crate::quant::BlockQ8_0x8::ZERO; ROWS / 8 * 3];
+    assert_eq!(quant::q8_0::pack_rows_x8(&b8, 3, &mut p8), ROWS / 8);
+    let plain = |data| Matrix {
+        rows: ROWS,
+        cols: COLS,
+        data,
+        packed: None,
+    };
+    let packed = plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap();
+    for m in datas.map(plain).into_iter().chain([packed]) {
         for arith in [Arith::Decode, Arith::Batch] {
             for (r0, r1) in [(0, ROWS), (5, 70), (33, 34)] {
                 let mut alone = [0.0f32; N * ROWS];
@@ -618,6 +698,10 @@ fn detected_table_matches_reference() {
     check_table(&Kernels::detect());
     check_rows(&Kernels::detect());
     check_q16(&Kernels::detect());
+    check_q8_0x8(&Kernels::detect());
+    if let Some(k) = Kernels::avx2() {
+        check_q8_0x8(&k);
+    }
 }
 
 #[test]
@@ -688,7 +772,12 @@ fn batched_matmul_matches_one_token_at_a_time() {
         ];
         let mut scratch = [0.0f32; Kernels::scratch_len(64, 5)];
         for data in datas {
-            let m = Matrix { rows, cols, data };
+            let m = Matrix {
+                rows,
+                cols,
+                data,
+                packed: None,
+            };
             let mut all = [0.0f32; 5 * 37];
             k.matmul(&m, &x, n, &mut all, &mut scratch).unwrap();
             // Batched rows are the f32 dots; one token at a time uses the
@@ -755,6 +844,7 @@ fn int8_activation_matmul_is_the_reference_dot() {
         rows,
         cols,
         data: RowData::Q8_0(&w),
+        packed: None,
     };
     let mut out = [0.0f32; 3 * 7];
     let mut row = [0.0f32; 96];

@@ -36,7 +36,9 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
-use crate::quant::{self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+use crate::quant::{
+    self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x8, GgmlType,
+};
 
 /// A matrix's rows, typed by storage format, borrowed from the weights file.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +56,11 @@ pub struct Matrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: RowData<'a>,
+    /// A Q8_0 matrix's whole groups of eight rows, interleaved
+    /// ([`BlockQ8_0x8`]), where the host built them for a table with a
+    /// packed decode kernel ([`Q16Kernels::q8_0x8`]); decode then reads
+    /// these instead of `data`, with the same numbers.
+    pub packed: Option<&'a [BlockQ8_0x8]>,
 }
 
 impl<'a> Matrix<'a> {
@@ -71,7 +78,30 @@ impl<'a> Matrix<'a> {
             GgmlType::Q4_0 => RowData::Q4_0(cast_slice(t.data)?),
             GgmlType::Q4_1 => RowData::Q4_1(cast_slice(t.data)?),
         };
-        Ok(Matrix { rows, cols, data })
+        Ok(Matrix {
+            rows,
+            cols,
+            data,
+            packed: None,
+        })
+    }
+
+    /// This Q8_0 matrix with its rows also interleaved in groups of eight:
+    /// `packed` must be what [`quant::q8_0::pack_rows_x8`] wrote from
+    /// `data` for every whole group (`rows / 8` groups of `cols / 32`
+    /// blocks).
+    pub fn with_packed(self, packed: &'a [BlockQ8_0x8]) -> Result<Matrix<'a>> {
+        let need = self.rows / 8 * (self.cols / quant::QK);
+        if !matches!(self.data, RowData::Q8_0(_)) || packed.len() != need {
+            return Err(Error::LengthMismatch {
+                expected: need as u64,
+                found: packed.len() as u64,
+            });
+        }
+        Ok(Matrix {
+            packed: Some(packed),
+            ..self
+        })
     }
 
     pub fn ty(&self) -> GgmlType {
@@ -157,6 +187,14 @@ pub type MatvecQ16Fn<T> = fn(&[T], &[BlockQ16], usize, &mut [f32]);
 /// [`crate::quant::q16::quantize_row`] does.
 pub type QuantizeQ16Fn = fn(&[f32], &mut [BlockQ16]);
 
+/// Interleaved Q8_0 groups of eight rows ([`BlockQ8_0x8`]: `w.len() / nb`
+/// groups, `nb = x.len() / n` blocks each) times `n` tokens of 16-bit
+/// activation blocks, into `out[t * ld + r]`. Every row's value is bit for
+/// bit [`crate::quant::q16::dot_q8_0_q16`] of the row as the file stores
+/// it: each lane takes its row's blocks in order, scaled and added as the
+/// reference does.
+pub type MatvecQ16x8Fn = fn(&[BlockQ8_0x8], &[BlockQ16], usize, &mut [f32], usize);
+
 /// Decode kernels over 16-bit activation blocks ([`crate::quant::q16`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Q16Kernels {
@@ -164,6 +202,9 @@ pub struct Q16Kernels {
     pub q8_0: MatvecQ16Fn<BlockQ8_0>,
     pub q4_0: MatvecQ16Fn<BlockQ4_0>,
     pub q4_1: MatvecQ16Fn<BlockQ4_1>,
+    /// Q8_0 rows interleaved in eights ([`Matrix::packed`]); with `None`
+    /// the host builds no packs.
+    pub q8_0x8: Option<MatvecQ16x8Fn>,
 }
 
 /// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
@@ -292,6 +333,7 @@ impl Kernels {
                 q8_0: scalar::mv_q8_0_q16,
                 q4_0: scalar::mv_q4_0_q16,
                 q4_1: scalar::mv_q4_1_q16,
+                q8_0x8: None,
             }),
             ..Self::scalar()
         }
@@ -643,11 +685,12 @@ impl Kernels {
         }
         let xq = &xq[..n * nb];
         {
-            let run = |a: usize, b: usize, o: &mut [f32]| match w.data {
-                RowData::Q8_0(d) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
-                RowData::Q4_0(d) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),
-                RowData::Q4_1(d) => (q16.q4_1)(&d[a * nb..b * nb], xq, n, o),
-                RowData::F32(_) | RowData::F16(_) => {}
+            let run = |a: usize, b: usize, o: &mut [f32]| match (w.data, w.packed, q16.q8_0x8) {
+                (RowData::Q8_0(d), Some(p), Some(k)) => packed_q8_0(d, p, k, xq, n, a, b, o),
+                (RowData::Q8_0(d), _, _) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
+                (RowData::Q4_0(d), _, _) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),
+                (RowData::Q4_1(d), _, _) => (q16.q4_1)(&d[a * nb..b * nb], xq, n, o),
+                (RowData::F32(_) | RowData::F16(_), _, _) => {}
             };
             if n == 1 {
                 run(r0, r1, part.token(0));
@@ -700,6 +743,43 @@ impl Kernels {
             a = b;
         }
         Ok(())
+    }
+}
+
+/// Rows `a..b` of a Q8_0 matrix for `n` tokens into `out` ((n, b - a)):
+/// whole groups of eight through the packed kernel `k`, rows outside them
+/// through the reference dot on the file's rows, which gives the same bits.
+#[allow(clippy::too_many_arguments)]
+fn packed_q8_0(
+    d: &[BlockQ8_0],
+    p: &[BlockQ8_0x8],
+    k: MatvecQ16x8Fn,
+    xq: &[BlockQ16],
+    n: usize,
+    a: usize,
+    b: usize,
+    out: &mut [f32],
+) {
+    let nb = xq.len() / n.max(1);
+    let ld = b - a;
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let g0 = a.div_ceil(8);
+    let g1 = (b / 8).min(p.len() / nb).max(g0);
+    let reference = |r: usize, out: &mut [f32]| {
+        for t in 0..n {
+            out[t * ld + r - a] =
+                quant::q16::dot_q8_0_q16(&d[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]);
+        }
+    };
+    let (m0, m1) = ((8 * g0).min(b), 8 * g1);
+    for r in (a..m0).chain(m1.max(m0)..b) {
+        reference(r, out);
+    }
+    if g1 > g0 {
+        k(&p[g0 * nb..g1 * nb], xq, n, &mut out[m0 - a..], ld);
     }
 }
 

@@ -20,7 +20,7 @@ use half::f16;
 
 use super::{Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x8, QK};
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
 /// compile time without).
@@ -52,6 +52,7 @@ pub fn table() -> Option<Kernels> {
             q8_0: mv_q8_0_q16,
             q4_0: mv_q4_0_q16,
             q4_1: mv_q4_1_q16,
+            q8_0x8: Some(mv_q8_0x8_q16),
         }),
         q8_0_q8_0: None,
     })
@@ -135,6 +136,26 @@ fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
     unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
 }
+fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape(x, n, w, out, ld);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
+}
+/// `n` tokens' whole blocks, the whole groups of eight rows whose outputs
+/// fit `out` at row stride `ld`, and `out`.
+pub(super) fn x8_shape<'a, 'b, 'c>(
+    x: &'a [BlockQ16],
+    n: usize,
+    w: &'b [BlockQ8_0x8],
+    out: &'c mut [f32],
+    ld: usize,
+) -> (&'a [BlockQ16], &'b [BlockQ8_0x8], &'c mut [f32]) {
+    let n = n.max(1);
+    let nb = x.len() / n;
+    let fit = out.len().saturating_sub((n - 1) * ld) / 8;
+    let groups = w.len().checked_div(nb).unwrap_or(0).min(ld / 8).min(fit);
+    (&x[..n * nb], &w[..groups * nb], out)
+}
 /// `n` tokens' whole blocks and (n, rows) outputs, and the weight blocks
 /// those rows take.
 pub(super) fn q16_shape<'a, 'b>(
@@ -199,7 +220,143 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 /// token groups (in that order); `q8_0_widen`, `q4_widen` and `half` must be
 /// in scope.
 macro_rules! q16_kernels {
-    ($feat:literal, $dot:ident, groups: $g8:expr, $g40:expr, $g41:expr) => {
+    ($feat:literal, $dot:ident, $acc:ident, groups: $g8:expr, $g40:expr, $g41:expr, $gx:expr, chains: $regs:expr) => {
+        /// Interleaved Q8_0 groups of eight rows times `n` tokens
+        /// ([`crate::kernels::MatvecQ16x8Fn`]): a lane per row, each
+        /// summing its row's blocks in order as the reference does, so
+        /// every row is bit for bit [`crate::quant::q16::dot_q8_0_q16`].
+        /// Tokens go in register groups of up to `$gx`.
+        ///
+        /// # Safety
+        /// The CPU must support the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q8_0x8_q16(
+            w: &[BlockQ8_0x8],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let nb = x.len() / n.max(1);
+            if n == 0 || nb == 0 {
+                return;
+            }
+            let groups = w.len() / nb;
+            let mut t = 0;
+            while t < n {
+                let tn = (n - t).min({ $gx }).clamp(1, 8);
+                let xs = &x[t * nb..(t + tn) * nb];
+                let o = &mut out[t * ld..];
+                match tn {
+                    8 => x8_group::<8>(w, xs, nb, groups, o, ld),
+                    7 => x8_group::<7>(w, xs, nb, groups, o, ld),
+                    6 => x8_group::<6>(w, xs, nb, groups, o, ld),
+                    5 => x8_group::<5>(w, xs, nb, groups, o, ld),
+                    4 => x8_group::<4>(w, xs, nb, groups, o, ld),
+                    3 => x8_group::<3>(w, xs, nb, groups, o, ld),
+                    2 => x8_group::<2>(w, xs, nb, groups, o, ld),
+                    _ => x8_group::<1>(w, xs, nb, groups, o, ld),
+                }
+                t += tn;
+            }
+        }
+
+        /// `T` tokens against every interleaved group of `w`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn x8_group<const T: usize>(
+            w: &[BlockQ8_0x8],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            assert!(x.len() >= T * nb && w.len() >= groups * nb);
+            assert!(groups == 0 || (ld >= 8 * groups && out.len() >= (T - 1) * ld + 8 * groups));
+            // Integer chains per token: a block's sixteen pair dots would be
+            // one dependent chain, so the `$regs` integer accumulators are
+            // shared out, more per token when there are fewer tokens
+            // (integer sums: the split changes no bit).
+            let chains = ({ $regs } / T).clamp(1, 8);
+            let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
+            for g in 0..groups {
+                let gp = w[g * nb..].as_ptr();
+                let mut acc = [_mm256_setzero_ps(); T];
+                for b in 0..nb {
+                    // SAFETY: b < nb, and group g has nb blocks (asserted).
+                    let blk = unsafe { &*gp.add(b) };
+                    // Ask for the weights PREFETCH bytes ahead, every cache line
+                    // of the 272-byte block (prefetch never faults).
+                    let ahead = (blk as *const BlockQ8_0x8)
+                        .cast::<i8>()
+                        .wrapping_add(X8_PREFETCH);
+                    for line in 0..5 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                    }
+                    let mut i = [[_mm256_setzero_si256(); 8]; T];
+                    let xs: [&BlockQ16; T] = core::array::from_fn(|t| {
+                        // SAFETY: b < nb, and token t has nb blocks (asserted).
+                        unsafe { &*xp[t].add(b) }
+                    });
+                    // Pair `k` of every row against pair `k` of each token;
+                    // written out sixteen times so every index is a constant
+                    // and the chains stay in registers.
+                    macro_rules! pair {
+                        ($k:literal) => {{
+                            // SAFETY: sixteen bytes of the block at 16 * k < 256.
+                            let q = unsafe { &*blk.qs.as_ptr().add(16 * $k).cast::<[u8; 16]>() };
+                            let wk = _mm256_cvtepi8_epi16(bytes16(q));
+                            for t in 0..T {
+                                // SAFETY: quants 2k and 2k + 1 (k < 16) of a
+                                // 32-quant block, read as one unaligned i32.
+                                let pair = unsafe {
+                                    xs[t].qs.as_ptr().add(2 * $k).cast::<i32>().read_unaligned()
+                                };
+                                let c = $k % chains;
+                                i[t][c] = $acc(i[t][c], wk, _mm256_set1_epi32(pair));
+                            }
+                        }};
+                    }
+                    pair!(0);
+                    pair!(1);
+                    pair!(2);
+                    pair!(3);
+                    pair!(4);
+                    pair!(5);
+                    pair!(6);
+                    pair!(7);
+                    pair!(8);
+                    pair!(9);
+                    pair!(10);
+                    pair!(11);
+                    pair!(12);
+                    pair!(13);
+                    pair!(14);
+                    pair!(15);
+                    // SAFETY: the eight f16 scales are sixteen bytes.
+                    let sv =
+                        _mm256_cvtph_ps(bytes16(unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() }));
+                    for t in 0..T {
+                        let xb = xs[t];
+                        let [c0, c1, c2, c3, c4, c5, c6, c7] = i[t];
+                        let s = _mm256_add_epi32(
+                            _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                            _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)),
+                        );
+                        // The reference's (scale * scale) * dot, then the add.
+                        let sd = _mm256_mul_ps(sv, _mm256_set1_ps(xb.d));
+                        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(sd, _mm256_cvtepi32_ps(s)));
+                    }
+                }
+                for t in 0..T {
+                    let o = &mut out[t * ld + 8 * g..t * ld + 8 * g + 8];
+                    // SAFETY: eight floats in `o`; storeu is unaligned.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+                }
+            }
+        }
+
         /// # Safety
         /// The CPU must support the features this function enables.
         #[target_feature(enable = $feat)]
@@ -1123,7 +1280,7 @@ pub(super) mod imp {
     /// Sixteen bytes at `p`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn bytes16(p: &[u8; 16]) -> __m128i {
+    pub(in crate::kernels) fn bytes16(p: &[u8; 16]) -> __m128i {
         // SAFETY: sixteen readable bytes; loadu is unaligned.
         unsafe { _mm_loadu_si128(p.as_ptr().cast()) }
     }
@@ -1149,7 +1306,18 @@ pub(super) mod imp {
         _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wc, xc))
     }
 
-    q16_kernels!("avx2,fma,f16c", madd2, groups: 4, 4, 4);
+    /// `acc` plus the exact integer pair dots of `w` and `x` (`vpmaddwd`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn madd_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
+    }
+
+    /// How far ahead the packed kernel asks for weights: blocks are 272
+    /// bytes, and eight tokens spend about 64 cycles on each.
+    pub(in crate::kernels) const X8_PREFETCH: usize = 4096;
+
+    q16_kernels!("avx2,fma,f16c", madd2, madd_acc, groups: 4, 4, 4, 4, chains: 8);
 
     /// A Q8_0 block's quants as 2 x 16 i16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]

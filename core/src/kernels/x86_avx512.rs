@@ -22,9 +22,9 @@
 use core::arch::x86_64::*;
 
 use super::x86_avx2::imp as avx2;
-use super::x86_avx2::q16_shape;
+use super::x86_avx2::{q16_shape, x8_shape};
 use super::{Kernels, Q16Kernels};
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x8};
 
 /// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
 pub fn table() -> Option<Kernels> {
@@ -37,6 +37,7 @@ pub fn table() -> Option<Kernels> {
             q8_0: mv_q8_0_q16,
             q4_0: mv_q4_0_q16,
             q4_1: mv_q4_1_q16,
+            q8_0x8: Some(mv_q8_0x8_q16),
             ..b
         })
     } else {
@@ -69,6 +70,11 @@ fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     // VNNI (and, through the AVX2 table, AVX2, FMA and F16C); `w` holds the
     // rows the kernel reads (sliced here).
     unsafe { imp::mv_q8_0_q16(&w[..need], x, n, out) }
+}
+fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape(x, n, w, out, ld);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
 }
 fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     let (x, out, need) = q16_shape(x, n, out);
@@ -111,14 +117,23 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 
 mod imp {
     use super::*;
-    use avx2::{half, hsum, q4_widen, q8_0_widen, quants, PREFETCH};
+    use avx2::{bytes16, half, hsum, q4_widen, q8_0_widen, quants, PREFETCH, X8_PREFETCH};
 
     // Q8_0 and Q4_0 in groups of eight tokens, Q4_1 in groups of four.
     super::super::x86_avx2::q16_kernels!(
         "avx512f,avx512vl,avx512vnni,avx2,fma,f16c",
         dpw2,
-        groups: GROUP, GROUP, 4
+        dpw_acc,
+        groups: GROUP, GROUP, 4, GROUP,
+        chains: 16
     );
+
+    /// `acc` plus the exact integer pair dots of `w` and `x` (`vpdpwssd`).
+    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    fn dpw_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, w, x)
+    }
 
     /// `vpmaddwd` on one half, `vpdpwssd` adding the other: the same exact
     /// i32 lanes as [`avx2::madd2`], one instruction fewer.

@@ -132,3 +132,62 @@ mod tests {
         assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} {b}");
     }
 }
+
+/// Eight Q8_0 rows' blocks at one column, interleaved for row-parallel
+/// decode: a SIMD lane per row, so each lane sums its own row's blocks in
+/// order and no lane sums need adding across the vector.
+///
+/// `qs[16 * k + 2 * j + e]` is row `j`'s quant `2 * k + e`: sixteen bytes
+/// widen to eight i16 pairs, one per row, that meet one broadcast pair of
+/// activations. A host builds these from the file's rows
+/// ([`pack_rows_x8`]) where its kernel table has a packed decode kernel;
+/// the file's own bytes are never rewritten.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ8_0x8 {
+    /// The eight rows' scales, f16 little-endian.
+    pub d: [[u8; 2]; 8],
+    pub qs: [i8; 8 * QK],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ8_0x8>() == 8 * 34);
+
+impl BlockQ8_0x8 {
+    pub const ZERO: BlockQ8_0x8 = BlockQ8_0x8 {
+        d: [[0; 2]; 8],
+        qs: [0; 8 * QK],
+    };
+
+    /// Row `j`'s block, as the file stores it.
+    pub fn row(&self, j: usize) -> BlockQ8_0 {
+        let j = j & 7;
+        BlockQ8_0 {
+            d: self.d[j],
+            qs: core::array::from_fn(|i| self.qs[16 * (i / 2) + 2 * j + i % 2]),
+        }
+    }
+}
+
+/// Interleaves whole groups of eight rows of `nb` blocks each: group `g`'s
+/// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
+/// beyond the last whole group, and groups `out` has no room for, are left).
+pub fn pack_rows_x8(rows: &[BlockQ8_0], nb: usize, out: &mut [BlockQ8_0x8]) -> usize {
+    if nb == 0 {
+        return 0;
+    }
+    let groups = (rows.len() / nb / 8).min(out.len() / nb);
+    for g in 0..groups {
+        for b in 0..nb {
+            let o = &mut out[g * nb + b];
+            for j in 0..8 {
+                let src = &rows[(8 * g + j) * nb + b];
+                o.d[j] = src.d;
+                for (k, pair) in src.qs.chunks_exact(2).enumerate() {
+                    o.qs[16 * k + 2 * j] = pair[0];
+                    o.qs[16 * k + 2 * j + 1] = pair[1];
+                }
+            }
+        }
+    }
+    groups
+}
