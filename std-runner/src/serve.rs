@@ -541,13 +541,14 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache)",
+            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of packed weights)",
             shared.model_id,
             a.parallel,
             ctx,
             kernels.name,
             threads,
-            (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64
+            (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64,
+            packs.bytes() as f64 / (1 << 20) as f64
         );
         let app = router(shared.clone());
         let sh = shared.clone();
