@@ -335,8 +335,8 @@ macro_rules! q16_kernels {
                     pair!(14);
                     pair!(15);
                     // SAFETY: the eight f16 scales are sixteen bytes.
-                    let sv =
-                        _mm256_cvtph_ps(bytes16(unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() }));
+                    let d = unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() };
+                    let sv = _mm256_cvtph_ps(bytes16(d));
                     for t in 0..T {
                         let xb = xs[t];
                         let [c0, c1, c2, c3, c4, c5, c6, c7] = i[t];
