@@ -14,7 +14,7 @@ use memmap2::MmapMut;
 
 use crate::mmap::HUGE;
 
-/// The packed groups of each packable matrix, in [`visit`] order, in one
+/// The packed groups of each packable matrix, in `visit` order, in one
 /// anonymous map advised to use huge pages (as the model's own copy is:
 /// decode streams through all of it every token).
 #[derive(Debug, Default)]
