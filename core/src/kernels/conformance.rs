@@ -654,6 +654,16 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
         packed: None,
     };
     let packed = plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap();
+    if k.packed_q8_0(&packed) {
+        // A packed Q8_0 matrix takes the decode arithmetic for batches too.
+        let (mut a, mut b) = ([0.0f32; N * ROWS], [0.0f32; N * ROWS]);
+        for (out, arith) in [(&mut a, Arith::Decode), (&mut b, Arith::Batch)] {
+            let mut part = TokenRows::new(out, N, ROWS, 0, ROWS).unwrap();
+            k.matmul_part_as(&packed, &x, &mut part, &mut scratch, arith)
+                .unwrap();
+        }
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
     for m in datas.map(plain).into_iter().chain([packed]) {
         for arith in [Arith::Decode, Arith::Batch] {
             for (r0, r1) in [(0, ROWS), (5, 70), (33, 34)] {

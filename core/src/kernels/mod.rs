@@ -251,7 +251,8 @@ pub enum Arith {
     /// fast tables): what one-token steps use.
     Decode,
     /// Rows dequantized in tiles and multiplied with f32 activations: what
-    /// prompt chunks use.
+    /// prompt chunks use (packed Q8_0 matrices, [`Kernels::packed_q8_0`],
+    /// take the decode arithmetic here too).
     Batch,
 }
 
@@ -416,11 +417,13 @@ impl Kernels {
     /// [`Arith::Decode`].
     pub const fn scratch_len_for(cols: usize, batch: usize, decode: usize) -> usize {
         // Decode: the tokens' quantized activations (at most 80 bytes per 32
-        // floats), and an output tile when there are several tokens.
-        let d = if decode <= 1 {
+        // floats), and an output tile when there are several tokens. Packed
+        // Q8_0 matrices take the decode arithmetic for a batch as well.
+        let tokens = if decode > batch { decode } else { batch };
+        let d = if tokens <= 1 {
             cols
         } else {
-            decode * (cols + DECODE_TILE)
+            tokens * (cols + DECODE_TILE)
         };
         // Batch: a dequantized tile of rows and its output.
         let b = if batch <= 1 {
@@ -550,7 +553,7 @@ impl Kernels {
             }
             return Ok(());
         }
-        if arith == Arith::Decode {
+        if arith == Arith::Decode || self.packed_q8_0(w) {
             return self.decode_part(w, x, part, scratch);
         }
         // Batched: tiles of rows, each dequantized once (f32 rows are used in
@@ -617,6 +620,18 @@ impl Kernels {
             }
         }
         self.f32_decode_part(w, x, part)
+    }
+
+    /// Whether `w` is a packed Q8_0 matrix this table multiplies with its
+    /// packed kernel: then batches take the decode arithmetic too, which on
+    /// these rows runs about twice as fast as f32 tiles (an integer dot of
+    /// sixteen products per instruction against eight), and every token of
+    /// a prompt gets the bits it would get decoded alone.
+    pub fn packed_q8_0(&self, w: &Matrix) -> bool {
+        w.packed.is_some()
+            && matches!(w.data, RowData::Q8_0(_))
+            && self.decodes_q16(w)
+            && self.q16.is_some_and(|q| q.q8_0x8.is_some())
     }
 
     /// Whether decode multiplies `w` by 16-bit activation blocks (then the

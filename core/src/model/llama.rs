@@ -777,8 +777,13 @@ impl Mm<'_> {
         let cols = ws[0].cols;
         let mut outs = outs;
         let failed = AtomicBool::new(false);
-        let q16 =
-            arith == Arith::Decode && ws.iter().all(|w| kern.decodes_q16(w) && w.cols == cols);
+        // The decode arithmetic (which packed Q8_0 matrices take for batches
+        // too) quantizes the input once here for all workers.
+        let q16 = ws.iter().all(|w| w.cols == cols)
+            && match arith {
+                Arith::Decode => ws.iter().all(|w| kern.decodes_q16(w)),
+                Arith::Batch => ws.iter().all(|w| kern.packed_q8_0(w)),
+            };
         let blocks = if q16 {
             let nb = cols / crate::quant::QK;
             match crate::kernels::blocks_in::<BlockQ16>(xq, n * nb) {

@@ -62,7 +62,7 @@ pub(crate) struct ScratchSizes {
     pub rope_sink: usize, // (seqs, rope_dim)
     pub logits: usize,    // (seqs, vocab)
     pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
-    pub xq: usize,        // (seqs, cols / 32) 16-bit activation blocks, 20 floats each
+    pub xq: usize,        // (max(seqs, batch), cols / 32) 16-bit activation blocks, 20 floats each
 }
 
 impl ScratchSizes {
@@ -93,7 +93,9 @@ impl ScratchSizes {
             rope_sink: seqs.checked_mul(c.rope_dim)?,
             logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
+            // Decode tokens, or a batch for packed Q8_0 matrices.
             xq: seqs
+                .max(b)
                 .checked_mul(cols.div_ceil(crate::quant::QK))?
                 .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?,
         })
