@@ -789,12 +789,14 @@ pub(super) mod imp {
             let mut a = [_mm256_setzero_ps(); 4];
             let mut i = 0;
             while i + 4 <= x8.len() {
-                // Ask for the bytes 2 KiB ahead (prefetch never faults).
+                // Ask for the bytes 6 KiB ahead (prefetch never faults): F16
+                // decode measured 91 -> 98 tok/s at one thread and 115-133 ->
+                // 137-147 at two against 2 KiB, alternating.
                 _mm_prefetch::<_MM_HINT_T0>(
                     wr.as_ptr()
                         .wrapping_add(8 * i)
                         .cast::<i8>()
-                        .wrapping_add(2048),
+                        .wrapping_add(6144),
                 );
                 for k in 0..4 {
                     a[k] = _mm256_fmadd_ps(load(wr, i + k), load8(&x8[i + k]), a[k]);
