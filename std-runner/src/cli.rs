@@ -142,9 +142,9 @@ pub struct ExecArgs {
     /// of a copy in huge pages (faster decode, one read of the file at start).
     #[arg(long)]
     pub mmap: bool,
-    /// Decode from the file's Q8_0 rows as stored instead of an interleaved
-    /// copy (saves the copy's memory, the size of the Q8_0 weights; results
-    /// are the same bits either way).
+    /// Multiply by the file's Q8_0 rows as stored instead of an interleaved
+    /// copy (saves the copy's memory, the size of the Q8_0 weights). Decode
+    /// gives the same bits either way; prefill goes back to f32 tiles.
     #[arg(long)]
     pub no_repack: bool,
 }

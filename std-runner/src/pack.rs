@@ -2,9 +2,10 @@
 //! kernels (`Q16Kernels::q8_0x8`): eight rows per group, one SIMD lane per
 //! row, so a decode step adds no lane sums and shares each broadcast
 //! activation pair between eight rows. The file's bytes stay as they are
-//! (prefill and the embedding lookup read them); the packs are a second
-//! copy of the Q8_0 matrices that decode reads, and every row's value is
-//! bit for bit the reference dot's, so results do not depend on packing.
+//! (the embedding lookup reads them); the packs are a second copy of the
+//! Q8_0 matrices that decode and prefill read. Every row's value is bit for
+//! bit the reference dot's in decode; prefill through the packs takes that
+//! arithmetic too (16-bit activation blocks instead of f32 tiles).
 
 use anyhow::{bail, Context, Result};
 use ember_core::kernels::{Kernels, Matrix, RowData};

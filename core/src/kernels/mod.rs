@@ -59,7 +59,8 @@ pub struct Matrix<'a> {
     /// A Q8_0 matrix's whole groups of eight rows, interleaved
     /// ([`BlockQ8_0x8`]), where the host built them for a table with a
     /// packed decode kernel ([`Q16Kernels::q8_0x8`]); decode then reads
-    /// these instead of `data`, with the same numbers.
+    /// these instead of `data`, with the same numbers, and prefill takes
+    /// the decode arithmetic on them ([`Kernels::packed_q8_0`]).
     pub packed: Option<&'a [BlockQ8_0x8]>,
 }
 
