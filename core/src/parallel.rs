@@ -19,36 +19,88 @@ use core::marker::PhantomData;
 #[cfg(target_has_atomic = "ptr")]
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Hands out units `0..n` of work: to whichever worker asks first where the
-/// target has atomics (a slower core or a busy one takes fewer), else
-/// worker `i` of `w` takes units `i, i + w, ...`. Each unit goes to exactly
-/// one worker either way.
+/// Most workers that get a run of units of their own; more share one
+/// counter.
+#[cfg(target_has_atomic = "ptr")]
+const OWN_RUNS: usize = 16;
+
+/// Hands out units `0..n` of work. Where the target has atomics, worker `i`
+/// of `w` first takes its own run of neighbouring units, `i * n / w` up to
+/// `(i + 1) * n / w`, in order, then helps the others with what they have
+/// not started: a worker reads its rows of a matrix as one stream (its
+/// prefetches run on into its next unit, not into another worker's), and a
+/// slower core or a busy one still takes fewer. Without atomics worker `i`
+/// takes units `i, i + w, ...`. Each unit goes to exactly one worker either
+/// way.
 struct Dispenser {
     n: usize,
     #[cfg(target_has_atomic = "ptr")]
-    next: AtomicUsize,
+    w: usize,
+    /// The next unit of each worker's run (only the first counter when
+    /// there are more than `OWN_RUNS` workers).
+    #[cfg(target_has_atomic = "ptr")]
+    next: [AtomicUsize; OWN_RUNS],
 }
 
 impl Dispenser {
-    fn new(n: usize) -> Self {
-        Dispenser {
-            n,
-            #[cfg(target_has_atomic = "ptr")]
-            next: AtomicUsize::new(0),
+    fn new(n: usize, w: usize) -> Self {
+        #[cfg(target_has_atomic = "ptr")]
+        {
+            let w = w.max(1);
+            let d = Dispenser {
+                n,
+                w,
+                next: [const { AtomicUsize::new(0) }; OWN_RUNS],
+            };
+            if w <= OWN_RUNS {
+                for (i, c) in d.next.iter().enumerate().take(w) {
+                    c.store(d.start(i), Ordering::Relaxed);
+                }
+            }
+            d
         }
+        #[cfg(not(target_has_atomic = "ptr"))]
+        {
+            let _ = w;
+            Dispenser { n }
+        }
+    }
+
+    /// The first unit of worker `i`'s run (`n` for `i == w`).
+    #[cfg(target_has_atomic = "ptr")]
+    fn start(&self, i: usize) -> usize {
+        if i >= self.w {
+            return self.n;
+        }
+        // Widened: n * i fits u128 for any n and i.
+        (self.n as u128 * i as u128 / self.w as u128) as usize
     }
 
     /// Calls `f(unit)` for the units worker `i` of `w` gets.
     fn run(&self, i: usize, w: usize, mut f: impl FnMut(usize)) {
         #[cfg(target_has_atomic = "ptr")]
         {
-            let _ = (i, w);
-            loop {
-                let u = self.next.fetch_add(1, Ordering::Relaxed);
-                if u >= self.n {
-                    return;
+            let _ = w;
+            if self.w > OWN_RUNS {
+                loop {
+                    let u = self.next[0].fetch_add(1, Ordering::Relaxed);
+                    if u >= self.n {
+                        return;
+                    }
+                    f(u);
                 }
-                f(u);
+            }
+            // Own run first, then the others' in turn.
+            for k in 0..self.w {
+                let j = (i + k) % self.w;
+                let end = self.start(j + 1);
+                loop {
+                    let u = self.next[j].fetch_add(1, Ordering::Relaxed);
+                    if u >= end {
+                        break;
+                    }
+                    f(u);
+                }
             }
         }
         #[cfg(not(target_has_atomic = "ptr"))]
@@ -309,7 +361,7 @@ pub fn for_rows_multi<const K: usize>(
     let outs = outs.map(Shared::new);
     let scratch = Shared::new(scratch);
     let chunks = RowChunks::new(rows, w, grain);
-    let units = Dispenser::new(chunks.total());
+    let units = Dispenser::new(chunks.total(), w);
     par.run(&|i: usize| {
         if i >= w {
             return;
@@ -375,7 +427,7 @@ pub fn for_tasks(
     }
     let out = Shared::new(out);
     let scratch = Shared::new(scratch);
-    let units = Dispenser::new(tasks);
+    let units = Dispenser::new(tasks, w);
     par.run(&|i| {
         if i >= w {
             return;
