@@ -67,7 +67,7 @@ pub fn attend_head(
             }
         }
     }
-    softmax(scores);
+    (kern.softmax)(scores);
     let out = &mut out[..hd];
     out.fill(0.0);
     match values {
@@ -98,17 +98,27 @@ pub fn attend_head(
 }
 
 /// In-place softmax, shifted by the maximum for range safety.
+///
+/// The exponentials are summed in eight lanes (element `i` into lane
+/// `i % 8`), then [`sum_lanes`] adds the lanes: the order an eight-lane
+/// SIMD twin keeps, so that twin gives these values bit for bit.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
+    let mut lanes = [0.0f32; 8];
+    for (i, v) in x.iter_mut().enumerate() {
         *v = crate::math::exp(*v - max);
-        sum += *v;
+        lanes[i % 8] += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sum_lanes(&lanes);
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// The eight lane sums of [`softmax`] added pairwise, in a fixed order.
+#[inline]
+pub fn sum_lanes(l: &[f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 #[cfg(test)]

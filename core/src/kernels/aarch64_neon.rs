@@ -44,6 +44,7 @@ pub fn table() -> Option<Kernels> {
         widen_f16: crate::quant::f16::dequantize_row,
         widen_q8_0: crate::quant::q8_0::dequantize_row,
         swiglu: crate::math::swiglu,
+        softmax: crate::attention::softmax,
         key_dots_f16,
         value_sum_f16,
         q16: None,

@@ -142,6 +142,32 @@ pub(crate) fn check_table(k: &Kernels) {
     check_attention_f16(k);
     check_widen(k);
     check_swiglu(k);
+    check_softmax(k);
+}
+
+/// `softmax` gives [`crate::attention::softmax`]'s values bit for bit (NaN
+/// for NaN): odd lengths, one element, huge spreads, infinities and NaN.
+pub(crate) fn check_softmax(k: &Kernels) {
+    let mut rng = Rng::new(0x50f7_3a00);
+    for case in 0..96 {
+        let n = [0, 1, 3, 7, 8, 9, 16, 31, 64, 100, 129, 300][case % 12];
+        let mut x = [0.0f32; 300];
+        for (i, v) in x[..n].iter_mut().enumerate() {
+            *v = match (case / 12 + i) % 13 {
+                0 if case >= 48 => f32::NEG_INFINITY,
+                1 if case >= 72 => f32::from_bits(rng.next_u32()), // any bits
+                2 => rng.f32() * 300.0,
+                _ => rng.f32() * 8.0,
+            };
+        }
+        let mut want = x;
+        crate::attention::softmax(&mut want[..n]);
+        (k.softmax)(&mut x[..n]);
+        for i in 0..n {
+            let same = x[i].to_bits() == want[i].to_bits() || (x[i].is_nan() && want[i].is_nan());
+            assert!(same, "softmax case {case} i {i}: {} vs {}", x[i], want[i]);
+        }
+    }
 }
 
 /// The widening kernels give the reference's f32 weights bit for bit (NaN

@@ -284,6 +284,9 @@ pub struct Kernels {
     /// SwiGLU's gate in place, `g = silu(g) * u`: [`crate::math::swiglu`]'s
     /// values (NaN for NaN).
     pub swiglu: fn(&mut [f32], &[f32]),
+    /// Attention's softmax in place: [`crate::attention::softmax`]'s values
+    /// bit for bit.
+    pub softmax: fn(&mut [f32]),
     /// Attention's scores over an f16 cache, all positions in one call.
     pub key_dots_f16: KeyDotsF16Fn,
     /// Attention's value sum over an f16 cache, all positions in one call.
@@ -318,6 +321,7 @@ impl Kernels {
             widen_f16: quant::f16::dequantize_row,
             widen_q8_0: quant::q8_0::dequantize_row,
             swiglu: crate::math::swiglu,
+            softmax: crate::attention::softmax,
             key_dots_f16: scalar::key_dots_f16,
             value_sum_f16: scalar::value_sum_f16,
             q16: None,

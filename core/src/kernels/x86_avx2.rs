@@ -45,6 +45,7 @@ pub fn table() -> Option<Kernels> {
         widen_f16,
         widen_q8_0,
         swiglu,
+        softmax,
         key_dots_f16,
         value_sum_f16,
         q16: Some(Q16Kernels {
@@ -178,6 +179,10 @@ fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
 fn swiglu(g: &mut [f32], u: &[f32]) {
     // SAFETY: as above.
     unsafe { imp::swiglu(g, u) }
+}
+fn softmax(x: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::softmax(x) }
 }
 fn widen_f16(x: &[f16], out: &mut [f32]) {
     // SAFETY: as above.
@@ -1026,6 +1031,53 @@ pub(super) mod imp {
             }
         }
         crate::math::swiglu(tg, tu);
+    }
+
+    /// [`crate::attention::softmax`] eight lanes at a time, bit for bit: the
+    /// maximum is exact in any order (NaN skipped, as the fold skips it), the
+    /// exponentials are [`exp8`]'s, and lane `j` sums elements `i % 8 == j`
+    /// in order, as the reference's lanes do.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        let (cx, tail) = x.as_chunks_mut::<8>();
+        // max(v, m) keeps m where v is NaN, as f32::max does.
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for v in cx.iter() {
+            m = _mm256_max_ps(load8(v), m);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: eight writable floats; storeu is unaligned.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        let max = lanes
+            .iter()
+            .chain(tail.iter())
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mv = _mm256_set1_ps(max);
+        let mut s = _mm256_setzero_ps();
+        for v in cx.iter_mut() {
+            let e = exp8(_mm256_sub_ps(load8(v), mv));
+            // SAFETY: eight writable floats at `v`; storeu is unaligned.
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), e) };
+            s = _mm256_add_ps(s, e);
+        }
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+        for (j, v) in tail.iter_mut().enumerate() {
+            *v = crate::math::exp(*v - max);
+            lanes[j] += *v;
+        }
+        let inv = _mm256_set1_ps(1.0 / crate::attention::sum_lanes(&lanes));
+        for v in cx.iter_mut() {
+            // SAFETY: eight writable floats at `v`; storeu is unaligned.
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), _mm256_mul_ps(load8(v), inv)) };
+        }
+        let inv = 1.0 / crate::attention::sum_lanes(&lanes);
+        for v in tail.iter_mut() {
+            *v *= inv;
+        }
     }
 
     /// [`crate::math::exp`] in eight lanes, operation for operation.
