@@ -10,8 +10,10 @@ llama-bench measures them; ember's are `ember bench` (same definitions).
 
 Prints a Markdown table: tok/s per engine (median over --reps), the ratio
 ember / llama.cpp (the median of each repetition's paired ratio, which drift
-between repetitions does not move),  and decode as a share of the memory-bandwidth floor that
-`ember bench` measures (bytes of weights per token / read bandwidth).
+between repetitions does not move), and decode as a share of the memory-bandwidth floor that
+`ember bench` measures (bytes of weights per token / read bandwidth). ember's share is the
+median of its runs' own shares (each decode run against the bandwidth probed beside it);
+llama.cpp's is its tg over the floor of the ember run that follows it.
 
     cargo build --release -p ember-runner
     python3 scripts/bench_vs_llamacpp.py --threads 1 --threads 2 \\
@@ -71,7 +73,7 @@ def main():
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model in a.model:
         for t in threads:
-            lpp, ltg, epp, etg, floor = [], [], [], [], []
+            lpp, ltg, epp, etg, floor, eshare, lshare = [], [], [], [], [], [], []
             for _ in range(a.reps):
                 p, g = llama_cpp(model, t, a.p, a.n)
                 lpp.append(p)
@@ -79,7 +81,13 @@ def main():
                 j = ember(a.ember, model, t, a.p, a.n, a.kernels)
                 epp.append(j.get("pp_tok_s") or 0.0)
                 etg.append(j.get("tg_tok_s") or 0.0)
-                floor.append(j.get("tg_floor_tok_s") or 0.0)
+                f = j.get("tg_floor_tok_s") or 0.0
+                floor.append(f)
+                # ember's share pairs each of its decode runs with the bandwidth
+                # probes taken beside it; llama.cpp's, with the floor measured
+                # in the ember run right after it.
+                eshare.append(j.get("tg_of_floor") or 0.0)
+                lshare.append(g / f if f > 0 else 0.0)
             m = statistics.median
 
             def ratio(e, l):
@@ -90,10 +98,10 @@ def main():
                 return f"{m(v):.1f}" if m(v) > 0 else "-"
 
             f = m(floor)
-            share = (lambda v: f"{100 * m(v) / f:.0f}%") if f > 0 and a.n > 0 else (lambda v: "-")
+            share = (lambda v: f"{100 * m(v):.0f}%") if f > 0 and a.n > 0 else (lambda v: "-")
             print(f"| {os.path.basename(model)} | {t} | {fig(lpp)} | {fig(epp)} | {ratio(epp, lpp)} | "
                   f"{fig(ltg)} | {fig(etg)} | {ratio(etg, ltg)} | "
-                  f"{f:.0f} | {share(ltg)} | {share(etg)} |", flush=True)
+                  f"{f:.0f} | {share(lshare)} | {share(eshare)} |", flush=True)
 
 if __name__ == "__main__":
     main()

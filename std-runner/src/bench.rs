@@ -6,7 +6,11 @@
 //! Each is repeated `--reps` times after one warm-up; the median is reported.
 //! The floor: decode reads every weight once per token, so it cannot beat
 //! (bandwidth) / (bytes of weights per token); bandwidth is measured here by
-//! reading the loaded model with the same threads.
+//! reading the loaded model with the same threads, just before and just after
+//! each decode repetition (the larger of the two probes sets that
+//! repetition's floor), and the reported share is the median of each
+//! repetition's tg over its own floor: on shared machines the bandwidth
+//! drifts by up to twice within seconds.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -163,8 +167,14 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let prompt = ids(a.p);
     let gen = ids(a.n);
 
+    let per_token = bytes_per_token(&model);
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    // The floor of each decode repetition, from the read bandwidth measured
+    // just before and just after it (the larger of the two): this machine's
+    // bandwidth drifts by up to 2x within seconds, so a floor measured once
+    // for the whole run would misstate every share.
+    let mut floors = Vec::new();
     // One warm-up of each, then the timed repetitions.
     for rep in 0..=a.reps {
         if a.p > 0 {
@@ -178,6 +188,11 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         if a.n > 0 {
             s.reset();
+            let before = if rep > 0 {
+                read_bandwidth(&bytes, &pool, 1)
+            } else {
+                0.0
+            };
             let t = Instant::now();
             for &id in &gen {
                 s.forward(&[id])?;
@@ -185,6 +200,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             if rep > 0 {
                 tg.push(a.n as f64 / secs.max(1e-9));
+                let bw = before.max(read_bandwidth(&bytes, &pool, 1));
+                floors.push(bw / per_token.max(1) as f64);
             }
         }
     }
@@ -194,9 +211,20 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let tgb_runs = tgb.clone();
     let tgb_med = median(&mut tgb);
-    let per_token = bytes_per_token(&model);
-    let bw = read_bandwidth(&bytes, &pool, 3);
-    let floor = bw / per_token as f64;
+    if floors.is_empty() {
+        floors.push(read_bandwidth(&bytes, &pool, 3) / per_token.max(1) as f64);
+    }
+    // Each repetition's share of its own floor; the median of those.
+    let mut shares: Vec<f64> = tg
+        .iter()
+        .zip(&floors)
+        .map(|(t, f)| if *f > 0.0 { t / f } else { 0.0 })
+        .collect();
+    let share_runs = shares.clone();
+    let share = median(&mut shares);
+    let floor_runs = floors.clone();
+    let floor = median(&mut floors);
+    let bw = floor * per_token as f64;
     let (pp_runs, tg_runs) = (pp.clone(), tg.clone());
     let pp_med = median(&mut pp);
     let tg_med = median(&mut tg);
@@ -218,7 +246,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             "bytes_per_token": per_token,
             "read_gb_s": bw / 1e9,
             "tg_floor_tok_s": floor,
-            "tg_of_floor": if floor > 0.0 { tg_med / floor } else { 0.0 },
+            "tg_floor_runs": floor_runs,
+            "tg_of_floor": share,
+            "tg_of_floor_runs": share_runs,
         });
         let mut out = out;
         if a.seqs > 1 {
@@ -246,7 +276,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "| {name} | {ty} | {} | {threads} | tg{} | {tg_med:.1} | {:.0}% |",
                 kernels.name,
                 a.n,
-                100.0 * tg_med / floor
+                100.0 * share
             );
         }
         if a.seqs > 1 && a.n > 0 {
@@ -256,7 +286,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             );
         }
         eprintln!(
-            "ember bench: median of {} runs; read bandwidth {:.1} GB/s with {threads} thread{}, {:.1} MB of weights per token: floor {floor:.1} tok/s",
+            "ember bench: median of {} runs; read bandwidth {:.1} GB/s with {threads} thread{} (median of the larger of the probes beside each decode run), {:.1} MB of weights per token: floor {floor:.1} tok/s",
             a.reps,
             bw / 1e9,
             if threads == 1 { "" } else { "s" },
