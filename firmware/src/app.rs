@@ -101,7 +101,10 @@ pub struct Buffers<'a> {
 impl<'a> Buffers<'a> {
     /// The session memory the core's plan asks for, and the sampler's scratch.
     pub fn new(model: &Llama, kv: KvOptions, batch: usize, mem: &mut Carver<'a>) -> Buffers<'a> {
-        let plan = MemoryPlan::with_kv(&model.config, kv, batch).or_exit("planning memory");
+        // No packed matrices here, so no batch of activation blocks for them.
+        let plan = MemoryPlan::with_kv(&model.config, kv, batch)
+            .and_then(|p| p.without_packed_prefill(&model.config))
+            .or_exit("planning memory");
         defmt::info!(
             "memory plan: {=usize} bytes ({=usize} of KV cache), sampler {=usize} bytes",
             plan.bytes(),

@@ -368,3 +368,55 @@ fn workers_agree(ty: GgmlType) {
     let pool = ember_runner::pool::Pool::new(2).unwrap();
     assert!(s.set_parallel(&pool).is_err());
 }
+
+/// A plan without packed prefill (as firmware sizes its arena) is smaller,
+/// and a model with packed Q8_0 rows still prefills over it, through the
+/// plain rows: its logits match the unpacked model's.
+#[test]
+fn plan_without_packed_prefill_is_smaller_and_prefills_plain() {
+    use ember_core::KvOptions;
+    let path = model_file(GgmlType::Q8_0);
+    let map = ember_runner::mmap::map(&path).unwrap();
+    let gguf = Gguf::parse(&map).unwrap();
+    let plain = Llama::from_gguf(&gguf).unwrap();
+    let packs = ember_runner::pack::Packs::build(&plain, &Kernels::detect(), true).unwrap();
+    let packed = packs.apply(Llama::from_gguf(&gguf).unwrap()).unwrap();
+    let c = &plain.config;
+    let full = MemoryPlan::with_threads(c, KvOptions::dense(32), 8, 2).unwrap();
+    let lean = full.without_packed_prefill(c).unwrap();
+    assert!(full.packed_prefill && !lean.packed_prefill);
+    assert!(lean.scratch_len < full.scratch_len, "{lean:?} vs {full:?}");
+    assert_eq!(lean.kv_len, full.kv_len);
+    // One token per step needs no batch: the two plans are the same size.
+    let one = MemoryPlan::with_threads(c, KvOptions::dense(32), 1, 2).unwrap();
+    assert_eq!(
+        one.without_packed_prefill(c).unwrap().scratch_len,
+        one.scratch_len
+    );
+
+    let ids = [6403u32, 1980, 253, 655, 28, 281, 253, 1165];
+    let pool = ember_runner::pool::Pool::new(2).unwrap();
+    let logits = |model: &Llama, plan: MemoryPlan| -> Vec<Vec<f32>> {
+        let mut arena = plan.alloc();
+        let mut s = Session::new(model, Kernels::detect(), plan, &mut arena).unwrap();
+        s.set_parallel(&pool).unwrap();
+        let mut out = Vec::new();
+        s.forward_all(&ids, &mut |_, l| out.push(l.to_vec()))
+            .unwrap();
+        out
+    };
+    let a = logits(&packed, lean);
+    let b = logits(&plain, full);
+    assert_eq!(a.len(), ids.len());
+    for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+        let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = x
+            .iter()
+            .zip(y)
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst <= 1e-4 * scale, "token {t}: {worst} against {scale}");
+    }
+    // The lean arena is really enough: one float less is refused.
+    let mut short = vec![0.0f32; lean.f32_len() - 1];
+    assert!(Session::new(&packed, Kernels::detect(), lean, &mut short).is_err());
+}

@@ -421,10 +421,16 @@ impl Kernels {
     /// to `batch` tokens in [`Arith::Batch`] and up to `decode` tokens in
     /// [`Arith::Decode`].
     pub const fn scratch_len_for(cols: usize, batch: usize, decode: usize) -> usize {
+        // Packed Q8_0 matrices take the decode arithmetic for a batch as well.
+        Self::scratch_len_split(cols, batch, if decode > batch { decode } else { batch })
+    }
+
+    /// Floats of per-worker scratch with up to `batch` tokens in
+    /// [`Arith::Batch`] on plain rows and up to `tokens` tokens in the
+    /// decode arithmetic (packed matrices included).
+    pub const fn scratch_len_split(cols: usize, batch: usize, tokens: usize) -> usize {
         // Decode: the tokens' quantized activations (at most 80 bytes per 32
-        // floats), and an output tile when there are several tokens. Packed
-        // Q8_0 matrices take the decode arithmetic for a batch as well.
-        let tokens = if decode > batch { decode } else { batch };
+        // floats), and an output tile when there are several tokens.
         let d = if tokens <= 1 {
             cols
         } else {

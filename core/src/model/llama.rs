@@ -122,13 +122,7 @@ impl core::fmt::Debug for Batch<'_, '_> {
 /// Re-derives `plan` for `model` so a plan made for another config (or
 /// forged) cannot under-size buffers.
 fn check_plan(model: &Llama, plan: &MemoryPlan) -> Result<MemoryPlan> {
-    MemoryPlan::batched(
-        &model.config,
-        plan.kv,
-        plan.max_batch,
-        plan.threads,
-        plan.seqs,
-    )
+    MemoryPlan::rederive(&model.config, plan)
 }
 
 impl<'s, 'w> Batch<'s, 'w> {
@@ -159,8 +153,15 @@ impl<'s, 'w> Batch<'s, 'w> {
         mut rest: &'s mut [f32],
     ) -> Result<Self> {
         let c = &model.config;
-        let sizes = ScratchSizes::new(c, plan.kv.capacity, plan.max_batch, plan.threads, plan.seqs)
-            .ok_or(Error::BatchZero)?;
+        let sizes = ScratchSizes::new(
+            c,
+            plan.kv.capacity,
+            plan.max_batch,
+            plan.threads,
+            plan.seqs,
+            plan.packed_prefill,
+        )
+        .ok_or(Error::BatchZero)?;
         let s = Scratch {
             x: carve(&mut rest, sizes.x),
             xb: carve(&mut rest, sizes.xb),
@@ -315,6 +316,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             par,
             kern,
             per_worker,
+            packed_prefill: self.plan.packed_prefill,
         };
         // Embedding rows and RoPE angles, once for all layers.
         for (i, q) in seqs.iter().enumerate() {
@@ -750,6 +752,8 @@ struct Mm<'a> {
     par: &'a dyn Parallel,
     kern: &'a Kernels,
     per_worker: usize,
+    /// The plan's [`MemoryPlan::packed_prefill`].
+    packed_prefill: bool,
 }
 
 impl Mm<'_> {
@@ -772,6 +776,7 @@ impl Mm<'_> {
             par,
             kern,
             per_worker,
+            ..
         } = *self;
         let rows: [usize; K] = core::array::from_fn(|j| ws[j].rows);
         let cols = ws[0].cols;
@@ -852,7 +857,15 @@ impl Mm<'_> {
             tails[j] = t;
         }
         if g > 0 {
-            self.multi(ws, x, g, heads, scratch, xq, Arith::Batch)?;
+            if self.packed_prefill {
+                self.multi(ws, x, g, heads, scratch, xq, Arith::Batch)?;
+            } else {
+                // The plan holds no batch of activation blocks: packed
+                // matrices prefill through their plain rows.
+                let plain: [Matrix; K] = ws.map(|w| Matrix { packed: None, ..*w });
+                let plain: [&Matrix; K] = core::array::from_fn(|j| &plain[j]);
+                self.multi(plain, x, g, heads, scratch, xq, Arith::Batch)?;
+            }
         }
         if n > g {
             let x = x.get(g * ws[0].cols..).unwrap_or(&[]);

@@ -44,6 +44,13 @@ pub struct MemoryPlan {
     pub kv_len: usize,
     /// f32 elements of scratch.
     pub scratch_len: usize,
+    /// Whether prompt batches may take the decode arithmetic on packed Q8_0
+    /// matrices ([`Kernels::packed_q8_0`]), which needs activation blocks
+    /// and matmul scratch for a whole batch. True from every constructor;
+    /// [`MemoryPlan::without_packed_prefill`] turns it off for targets that
+    /// never pack (firmware), whose plan then shrinks, and packed matrices
+    /// then prefill through their plain rows.
+    pub packed_prefill: bool,
 }
 
 /// Scratch sizes in f32 elements, in arena order.
@@ -72,11 +79,14 @@ impl ScratchSizes {
         b: usize,
         threads: usize,
         seqs: usize,
+        packed_prefill: bool,
     ) -> Option<ScratchSizes> {
         let cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
-        // Decode arithmetic takes at most one token per sequence.
+        // Decode arithmetic takes at most one token per sequence, or a whole
+        // batch on packed matrices.
         seqs.checked_mul(cols.checked_add(crate::kernels::DECODE_TILE)?)?;
-        let per_worker = Kernels::scratch_len_for(cols, b, seqs);
+        let decode = if packed_prefill { seqs.max(b) } else { seqs };
+        let per_worker = Kernels::scratch_len_split(cols, b, decode);
         per_worker.checked_mul(b.max(1))?;
         Some(ScratchSizes {
             x: b.checked_mul(c.dim)?,
@@ -94,8 +104,7 @@ impl ScratchSizes {
             logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
             // Decode tokens, or a batch for packed Q8_0 matrices.
-            xq: seqs
-                .max(b)
+            xq: decode
                 .checked_mul(cols.div_ceil(crate::quant::QK))?
                 .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?,
         })
@@ -160,6 +169,43 @@ impl MemoryPlan {
         threads: usize,
         seqs: usize,
     ) -> Result<MemoryPlan> {
+        Self::build(config, kv, max_batch, threads, seqs, true)
+    }
+
+    /// This plan with [`MemoryPlan::packed_prefill`] off: prompt batches
+    /// take the batched arithmetic on every matrix, packed or not, and the
+    /// activation blocks and matmul scratch hold decode tokens only.
+    pub fn without_packed_prefill(self, config: &Config) -> Result<MemoryPlan> {
+        Self::build(
+            config,
+            self.kv,
+            self.max_batch,
+            self.threads,
+            self.seqs,
+            false,
+        )
+    }
+
+    /// Re-derives `plan` for `config` (sizes are never taken on trust).
+    pub(crate) fn rederive(config: &Config, plan: &MemoryPlan) -> Result<MemoryPlan> {
+        Self::build(
+            config,
+            plan.kv,
+            plan.max_batch,
+            plan.threads,
+            plan.seqs,
+            plan.packed_prefill,
+        )
+    }
+
+    fn build(
+        config: &Config,
+        kv: KvOptions,
+        max_batch: usize,
+        threads: usize,
+        seqs: usize,
+        packed_prefill: bool,
+    ) -> Result<MemoryPlan> {
         if seqs == 0 || seqs > MAX_SEQS {
             return Err(Error::CapExceeded {
                 what: Cap::Sequences,
@@ -211,9 +257,16 @@ impl MemoryPlan {
         };
         let kv_bytes = KvCache::bytes(&kv, config.n_layers, config.kv_dim()).ok_or(overflow)?;
         let kv_len = kv_bytes.div_ceil(4);
-        let scratch_len = ScratchSizes::new(config, kv_capacity, max_batch, threads, seqs)
-            .and_then(|s| s.total())
-            .ok_or(overflow)?;
+        let scratch_len = ScratchSizes::new(
+            config,
+            kv_capacity,
+            max_batch,
+            threads,
+            seqs,
+            packed_prefill,
+        )
+        .and_then(|s| s.total())
+        .ok_or(overflow)?;
         // The arena must be addressable in bytes too.
         kv_len
             .checked_mul(2)
@@ -227,6 +280,7 @@ impl MemoryPlan {
             seqs,
             kv_len,
             scratch_len,
+            packed_prefill,
         })
     }
 
