@@ -168,12 +168,10 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let gen = ids(a.n);
 
     let per_token = bytes_per_token(&model);
+    let floor_at = |bw: f64| bw / per_token.max(1) as f64;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
-    // The floor of each decode repetition, from the read bandwidth measured
-    // just before and just after it (the larger of the two): this machine's
-    // bandwidth drifts by up to 2x within seconds, so a floor measured once
-    // for the whole run would misstate every share.
+    // Each decode repetition's own floor (module docs).
     let mut floors = Vec::new();
     // One warm-up of each, then the timed repetitions.
     for rep in 0..=a.reps {
@@ -200,8 +198,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             if rep > 0 {
                 tg.push(a.n as f64 / secs.max(1e-9));
-                let bw = before.max(read_bandwidth(&bytes, &pool, 1));
-                floors.push(bw / per_token.max(1) as f64);
+                floors.push(floor_at(before.max(read_bandwidth(&bytes, &pool, 1))));
             }
         }
     }
@@ -212,7 +209,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let tgb_runs = tgb.clone();
     let tgb_med = median(&mut tgb);
     if floors.is_empty() {
-        floors.push(read_bandwidth(&bytes, &pool, 3) / per_token.max(1) as f64);
+        floors.push(floor_at(read_bandwidth(&bytes, &pool, 3)));
     }
     // Each repetition's share of its own floor; the median of those.
     let mut shares: Vec<f64> = tg

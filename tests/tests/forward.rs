@@ -380,7 +380,7 @@ fn plan_without_packed_prefill_is_smaller_and_prefills_plain() {
     let gguf = Gguf::parse(&map).unwrap();
     let plain = Llama::from_gguf(&gguf).unwrap();
     let packs = ember_runner::pack::Packs::build(&plain, &Kernels::detect(), true).unwrap();
-    let packed = packs.apply(Llama::from_gguf(&gguf).unwrap()).unwrap();
+    let packed = packs.apply(plain.clone()).unwrap();
     let c = &plain.config;
     let full = MemoryPlan::with_threads(c, KvOptions::dense(32), 8, 2).unwrap();
     let lean = full.without_packed_prefill(c).unwrap();

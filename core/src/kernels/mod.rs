@@ -428,7 +428,7 @@ impl Kernels {
     /// Floats of per-worker scratch with up to `batch` tokens in
     /// [`Arith::Batch`] on plain rows and up to `tokens` tokens in the
     /// decode arithmetic (packed matrices included).
-    pub const fn scratch_len_split(cols: usize, batch: usize, tokens: usize) -> usize {
+    pub(crate) const fn scratch_len_split(cols: usize, batch: usize, tokens: usize) -> usize {
         // Decode: the tokens' quantized activations (at most 80 bytes per 32
         // floats), and an output tile when there are several tokens.
         let d = if tokens <= 1 {

@@ -1072,12 +1072,12 @@ pub(super) mod imp {
             *v = crate::math::exp(*v - max);
             lanes[j] += *v;
         }
-        let inv = _mm256_set1_ps(1.0 / crate::attention::sum_lanes(&lanes));
+        let inv = 1.0 / crate::attention::sum_lanes(&lanes);
+        let iv = _mm256_set1_ps(inv);
         for v in cx.iter_mut() {
             // SAFETY: eight writable floats at `v`; storeu is unaligned.
-            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), _mm256_mul_ps(load8(v), inv)) };
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), _mm256_mul_ps(load8(v), iv)) };
         }
-        let inv = 1.0 / crate::attention::sum_lanes(&lanes);
         for v in tail.iter_mut() {
             *v *= inv;
         }

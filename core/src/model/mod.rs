@@ -176,14 +176,11 @@ impl MemoryPlan {
     /// take the batched arithmetic on every matrix, packed or not, and the
     /// activation blocks and matmul scratch hold decode tokens only.
     pub fn without_packed_prefill(self, config: &Config) -> Result<MemoryPlan> {
-        Self::build(
-            config,
-            self.kv,
-            self.max_batch,
-            self.threads,
-            self.seqs,
-            false,
-        )
+        let off = MemoryPlan {
+            packed_prefill: false,
+            ..self
+        };
+        Self::rederive(config, &off)
     }
 
     /// Re-derives `plan` for `config` (sizes are never taken on trust).
