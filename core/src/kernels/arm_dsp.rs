@@ -6,14 +6,19 @@
 //! - Activations are widened once per call, in chunks of [`CHUNK`] blocks on
 //!   the stack: each word `[x3 x2 x1 x0]` becomes two halfword pairs, even
 //!   `[x2:x0]` and odd `[x3:x1]` (what SXTB16 and SXTB16 ROR 8 give).
-//! - Four rows go through each block together, so one LDRD of widened
-//!   activations serves four rows. Per four weights of a row: one LDR (v7E-M
-//!   loads unaligned words, and Q8_0 quants sit at 2-byte alignment), two
-//!   SXTB16, two SMLAD. One `asm!` loop runs over all blocks of a chunk and
-//!   stores each block's four integer sums; the scales follow in Rust.
-//! - Each block's integer sum is exact, and the scales are applied in the
-//!   same order as [`super::scalar::matvec_q8_0_q8_0`], so the results are
-//!   equal bit for bit (`firmware`'s on-target tests hold them together).
+//! - Four rows go through each block together, so one LDM of four widened
+//!   activation words serves four rows for eight weights. Per four weights
+//!   of a row: one LDR (v7E-M loads unaligned words, and Q8_0 quants sit at
+//!   2-byte alignment), two SXTB16, two SMLAD (the first group of a block
+//!   starts its sum with SMUAD).
+//! - The scales are applied inside the same `asm!` loop, in S registers it
+//!   borrows: per block and row an LDRH, VCVTB, VMUL, VCVT and VMLA, with the
+//!   register moves paired. Each block's integer sum is exact, and the float
+//!   operations are the reference's, in its order ([`super::scalar::matvec_q8_0_q8_0`]),
+//!   so the results are equal bit for bit (`firmware`'s on-target tests hold
+//!   them together).
+//! - A block of four rows costs 192 instructions for 128 multiply-accumulates:
+//!   160 for the weights, 4 LDM, 25 for the scales, 3 for the loop.
 
 #![allow(unsafe_code)]
 
@@ -31,35 +36,52 @@ pub fn table() -> Kernels {
     }
 }
 
-/// Blocks of widened activations kept on the stack (2 KiB).
+/// Blocks of widened activations kept on the stack (2,176 bytes).
 const CHUNK: usize = 32;
-/// Widened words per block.
-const WORDS: usize = QK / 2;
+/// Words per widened block: the scale's f32 bits, then `QK / 2` widened
+/// words.
+const XBLOCK: usize = 1 + QK / 2;
 
-/// The two signed halfword pairs SXTB16 makes of `w` and of `w` ROR 8.
-#[inline(always)]
-fn widen_word(w: u32) -> (u32, u32) {
-    let lo = |v: u32| (v as u8 as i8 as i16 as u16) as u32;
-    let even = lo(w) | lo(w >> 16) << 16;
-    let odd = lo(w >> 8) | lo(w >> 24) << 16;
-    (even, odd)
-}
-
-fn widen(x: &BlockQ8_0, out: &mut [u32]) {
-    for (k, q) in x.qs.as_chunks::<4>().0.iter().enumerate() {
-        let (e, o) = widen_word(u32::from_le_bytes(q.map(|b| b as u8)));
-        out[2 * k] = e;
-        out[2 * k + 1] = o;
+/// One block of activations widened for [`blocks4`]: its scale as f32
+/// bits, then each quant word `[x3 x2 x1 x0]` as the two halfword pairs
+/// SXTB16 and SXTB16 ROR 8 make of it, even `[x2:x0]` and odd `[x3:x1]`.
+fn widen(x: &BlockQ8_0, out: &mut [u32; XBLOCK]) {
+    // SAFETY: reads the 34 bytes of `x` (LDRH of the scale, then eight
+    // word loads, which v7E-M performs unaligned) and writes the 17 words of
+    // `out` (4-byte aligned, as STRD needs); S15 is saved and restored, so
+    // no register the compiler sees changes but the declared operands.
+    unsafe {
+        asm!(
+            "ldrh {w}, [{x}], #2",
+            "vmov {e}, s15",
+            "vmov s15, {w}",
+            "vcvtb.f32.f16 s15, s15",
+            "vmov {o}, s15",
+            "vmov s15, {e}",
+            "str {o}, [{out}], #4",
+            ".rept 8",
+            "ldr {w}, [{x}], #4",
+            "sxtb16 {e}, {w}",
+            "sxtb16 {o}, {w}, ror #8",
+            "strd {e}, {o}, [{out}], #8",
+            ".endr",
+            x = inout(reg) (x as *const BlockQ8_0).cast::<u8>() => _,
+            out = inout(reg) out.as_mut_ptr() => _,
+            w = out(reg) _,
+            e = out(reg) _,
+            o = out(reg) _,
+            options(nostack, preserves_flags),
+        );
     }
 }
 
-/// Four IEEE halves to singles by VCVTB: exact, like the reference's
-/// software widening (NaN payloads aside, which stay NaN). `asm!` reaches S
+/// An IEEE half to single by VCVTB: exact, like the reference's software
+/// widening (NaN payloads aside, which stay NaN). `asm!` reaches S
 /// registers only with the `vfp2` feature, which stable Rust cannot enable
 /// for thumbv7em, so S15 is borrowed and restored inside the block.
 #[inline(always)]
-fn halves_to_f32(h: [u16; 4]) -> [f32; 4] {
-    let (mut b0, mut b1, mut b2, mut b3) = (h[0] as u32, h[1] as u32, h[2] as u32, h[3] as u32);
+fn half_to_f32(d: [u8; 2]) -> f32 {
+    let mut b = u16::from_le_bytes(d) as u32;
     // SAFETY: register-only VFP instructions (VFPv4-SP and later have VCVTB,
     // and every core with the `dsp` feature this crate supports has such an
     // FPU); S15 is saved and restored, so no state the compiler sees
@@ -67,107 +89,171 @@ fn halves_to_f32(h: [u16; 4]) -> [f32; 4] {
     unsafe {
         asm!(
             "vmov {save}, s15",
-            "vmov s15, {b0}",
+            "vmov s15, {b}",
             "vcvtb.f32.f16 s15, s15",
-            "vmov {b0}, s15",
-            "vmov s15, {b1}",
-            "vcvtb.f32.f16 s15, s15",
-            "vmov {b1}, s15",
-            "vmov s15, {b2}",
-            "vcvtb.f32.f16 s15, s15",
-            "vmov {b2}, s15",
-            "vmov s15, {b3}",
-            "vcvtb.f32.f16 s15, s15",
-            "vmov {b3}, s15",
+            "vmov {b}, s15",
             "vmov s15, {save}",
-            b0 = inout(reg) b0,
-            b1 = inout(reg) b1,
-            b2 = inout(reg) b2,
-            b3 = inout(reg) b3,
+            b = inout(reg) b,
             save = out(reg) _,
             options(pure, nomem, nostack, preserves_flags),
         );
     }
-    [b0, b1, b2, b3].map(f32::from_bits)
+    f32::from_bits(b)
 }
 
-/// One half to single, as [`halves_to_f32`].
-#[inline(always)]
-fn half_to_f32(d: [u8; 2]) -> f32 {
-    halves_to_f32([u16::from_le_bytes(d), 0, 0, 0])[0]
+/// One group of four weights for four rows: the widened activation pair
+/// `xe`/`xo` against one word of each row. `first` starts each row's sum
+/// (SMUAD) instead of adding to it (SMLAD).
+#[rustfmt::skip]
+macro_rules! group4 {
+    (first, $xe:literal, $xo:literal) => {
+        concat!(
+            "ldr {w}, [{p0}, {s}]\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smuad {a1}, {w}, ", $xe, "\n",
+            "smlad {a1}, r7, ", $xo, ", {a1}\n",
+            "ldr {w}, [{p0}], #4\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smuad {a0}, {w}, ", $xe, "\n",
+            "smlad {a0}, r7, ", $xo, ", {a0}\n",
+            "ldr {w}, [{p2}, {s}]\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smuad {a3}, {w}, ", $xe, "\n",
+            "smlad {a3}, r7, ", $xo, ", {a3}\n",
+            "ldr {w}, [{p2}], #4\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smuad {a2}, {w}, ", $xe, "\n",
+            "smlad {a2}, r7, ", $xo, ", {a2}\n",
+        )
+    };
+    (next, $xe:literal, $xo:literal) => {
+        concat!(
+            "ldr {w}, [{p0}, {s}]\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smlad {a1}, {w}, ", $xe, ", {a1}\n",
+            "smlad {a1}, r7, ", $xo, ", {a1}\n",
+            "ldr {w}, [{p0}], #4\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smlad {a0}, {w}, ", $xe, ", {a0}\n",
+            "smlad {a0}, r7, ", $xo, ", {a0}\n",
+            "ldr {w}, [{p2}, {s}]\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smlad {a3}, {w}, ", $xe, ", {a3}\n",
+            "smlad {a3}, r7, ", $xo, ", {a3}\n",
+            "ldr {w}, [{p2}], #4\n",
+            "sxtb16 r7, {w}, ror #8\n",
+            "sxtb16 {w}, {w}\n",
+            "smlad {a2}, {w}, ", $xe, ", {a2}\n",
+            "smlad {a2}, r7, ", $xo, ", {a2}\n",
+        )
+    };
 }
 
-/// Integer sums of `n` consecutive blocks for four rows, written to `out`
-/// as `[row0, row1, row2, row3]` per block.
+/// `n` consecutive blocks of four rows against widened activations, each
+/// block's integer sum scaled and added to `sums` in the reference's order:
+/// `sums[k] += isum_k as f32 * (dw_k * dx)`.
+///
+/// Per block and row, the float work is seven instructions (LDRH of the
+/// scale, a half of a paired VMOV, VCVTB, VMUL, a half of a paired VMOV,
+/// VCVT, VMLA). VMLA rounds the product before it adds, as the reference's
+/// separate multiply and add do, and the integer sums are below 2^24, so
+/// their conversion is exact: the sums equal the reference's bit for bit.
 ///
 /// # Safety
-/// `p0` and `p2` point at the quants of the first block of rows 0 and 2,
-/// and `p0 + stride`, `p2 + stride` at those of rows 1 and 3; each row has
-/// `n >= 1` blocks of 34 bytes from there (quants 32 bytes, then the next
-/// block's 2-byte scale). `xw` points at `16 * n` readable, 4-byte aligned
-/// widened words and `out` at `4 * n` writable i32.
+/// `p0` and `p2` point at the first block (its 2-byte scale) of rows 0 and
+/// 2, and `p0 + stride`, `p2 + stride` at that of rows 1 and 3; each row has
+/// `n >= 1` blocks of 34 bytes from there. `xw` points at `n` widened blocks
+/// of [`XBLOCK`] 4-byte aligned words (the activation scale's f32 bits, then
+/// sixteen widened words) and `sums` at four readable and writable f32.
 #[inline(always)]
 unsafe fn blocks4(
-    p0: *const i8,
-    p2: *const i8,
+    p0: *const u8,
+    p2: *const u8,
     stride: usize,
     xw: *const u32,
-    out: *mut i32,
+    sums: *mut f32,
     n: usize,
 ) {
-    // SAFETY: the caller guarantees every read and write. Thirteen
+    // SAFETY: the caller guarantees every read and write. Thirteen core
     // registers are operands; R7 (Thumb's frame pointer, which `asm!` cannot
     // take as an operand) is the fourteenth, pushed and popped inside the
-    // block around its use as scratch.
+    // block around its use as scratch. S0-S12 are borrowed: pushed on entry
+    // and popped before the block ends, so no value the compiler keeps in
+    // them changes. Two words go on the stack meanwhile (the sums' address
+    // and the end of `xw`) and come off before the block ends. LDM fills its
+    // list in register order from the lowest address, so the four activation
+    // words sit in R2-R5 in that order.
     unsafe {
         asm!(
             "push {{r7}}",
+            "vpush {{s0-s12}}",
+            "vldm {a0}, {{s0-s3}}",
+            "push {{{a0}}}",
+            "movs r7, #68",
+            "mla r5, r5, r7, {xw}",
+            "push {{r5}}",
             "2:",
-            "movs {a0}, #0",
-            "movs {a1}, #0",
-            "movs {a2}, #0",
-            "movs {a3}, #0",
-            ".rept 8",
-            "ldrd {xe}, {xo}, [{xw}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 r7, {w}, ror #8",
-            "sxtb16 {w}, {w}",
-            "smlad {a1}, {w}, {xe}, {a1}",
-            "smlad {a1}, r7, {xo}, {a1}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 r7, {w}, ror #8",
-            "sxtb16 {w}, {w}",
-            "smlad {a0}, {w}, {xe}, {a0}",
-            "smlad {a0}, r7, {xo}, {a0}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 r7, {w}, ror #8",
-            "sxtb16 {w}, {w}",
-            "smlad {a3}, {w}, {xe}, {a3}",
-            "smlad {a3}, r7, {xo}, {a3}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 r7, {w}, ror #8",
-            "sxtb16 {w}, {w}",
-            "smlad {a2}, {w}, {xe}, {a2}",
-            "smlad {a2}, r7, {xo}, {a2}",
+            // The block's scales: the activation's, then each row's (the
+            // post-increments step rows 0 and 2 over theirs to the quants).
+            "vldmia {xw}!, {{s4}}",
+            "ldrh {w}, [{p0}, {s}]",
+            "ldrh r7, [{p0}], #2",
+            "vmov s5, s6, r7, {w}",
+            "ldrh {w}, [{p2}, {s}]",
+            "ldrh r7, [{p2}], #2",
+            "vmov s7, s8, r7, {w}",
+            "vcvtb.f32.f16 s5, s5",
+            "vcvtb.f32.f16 s6, s6",
+            "vcvtb.f32.f16 s7, s7",
+            "vcvtb.f32.f16 s8, s8",
+            "vmul.f32 s5, s5, s4",
+            "vmul.f32 s6, s6, s4",
+            "vmul.f32 s7, s7, s4",
+            "vmul.f32 s8, s8, s4",
+            // Thirty-two weights of each row, eight at a time.
+            "ldm {xw}!, {{r2, r3, r4, r5}}",
+            group4!(first, "r2", "r3"),
+            group4!(next, "r4", "r5"),
+            ".rept 3",
+            "ldm {xw}!, {{r2, r3, r4, r5}}",
+            group4!(next, "r2", "r3"),
+            group4!(next, "r4", "r5"),
             ".endr",
-            "str {a0}, [{out}], #4",
-            "str {a1}, [{out}], #4",
-            "str {a2}, [{out}], #4",
-            "str {a3}, [{out}], #4",
-            "adds {p0}, #2",
-            "adds {p2}, #2",
-            "subs {n}, #1",
+            // Scale and add.
+            "vmov s9, s10, {a0}, {a1}",
+            "vmov s11, s12, {a2}, {a3}",
+            "vcvt.f32.s32 s9, s9",
+            "vcvt.f32.s32 s10, s10",
+            "vcvt.f32.s32 s11, s11",
+            "vcvt.f32.s32 s12, s12",
+            "vmla.f32 s0, s9, s5",
+            "vmla.f32 s1, s10, s6",
+            "vmla.f32 s2, s11, s7",
+            "vmla.f32 s3, s12, s8",
+            "ldr {w}, [sp]",
+            "cmp {xw}, {w}",
             "bne 2b",
+            "add sp, #4",
+            "pop {{{w}}}",
+            "vstm {w}, {{s0-s3}}",
+            "vpop {{s0-s12}}",
             "pop {{r7}}",
             p0 = inout(reg) p0 => _,
             p2 = inout(reg) p2 => _,
             xw = inout(reg) xw => _,
-            out = inout(reg) out => _,
-            n = inout(reg) n => _,
+            a0 = inout(reg) sums => _,
             s = in(reg) stride,
-            xe = out(reg) _,
-            xo = out(reg) _,
-            a0 = out(reg) _,
+            inout("r5") n => _,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
             a1 = out(reg) _,
             a2 = out(reg) _,
             a3 = out(reg) _,
@@ -197,52 +283,40 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
     // chunk after chunk.
     out.fill(0.0);
     let stride = nb * core::mem::size_of::<BlockQ8_0>();
-    let mut xw = [0u32; CHUNK * WORDS];
-    let mut dx = [0.0f32; CHUNK];
+    let mut xw = [0u32; CHUNK * XBLOCK];
     for c0 in (0..nb).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(nb);
         let n = c1 - c0;
-        for (b, xb) in x[c0..c1].iter().enumerate() {
-            widen(xb, &mut xw[b * WORDS..(b + 1) * WORDS]);
-            dx[b] = half_to_f32(xb.d);
+        for (xb, o) in x[c0..c1].iter().zip(xw.as_chunks_mut::<XBLOCK>().0) {
+            widen(xb, o);
         }
-        let (xw, dx) = (&xw[..n * WORDS], &dx[..n]);
+        let xw = &xw[..n * XBLOCK];
         let mut groups = out.chunks_exact_mut(4);
         let mut r = 0;
-        let mut isums = [0i32; 4 * CHUNK];
         for o in &mut groups {
             let rows4 = &w[r * nb + c0..(r + 3) * nb + c1];
-            let (w0, w2) = (&rows4[..n], &rows4[2 * nb..2 * nb + n]);
-            let (w1, w3) = (&rows4[nb..nb + n], &rows4[3 * nb..3 * nb + n]);
-            // SAFETY: w0..w3 are rows r..r+4 of this chunk, each n >= 1
-            // blocks (rows4 is a checked slice), with w1 = w0 + stride bytes
-            // and w3 = w2 + stride bytes; `xw` holds 16 n widened words of a
-            // u32 array (4-byte aligned); `isums` has room for 4 n sums.
+            let (w0, w2) = (&rows4[0], &rows4[2 * nb]);
+            // SAFETY: rows r..r+4 of this chunk are inside `rows4` (a checked
+            // slice): n >= 1 blocks from `w0` and from `w2`, and from
+            // `w0 + stride` and `w2 + stride` bytes (rows r+1 and r+3);
+            // `xw` holds n widened blocks of a u32 array (4-byte aligned);
+            // `o` is four f32.
             unsafe {
                 blocks4(
-                    w0[0].qs.as_ptr(),
-                    w2[0].qs.as_ptr(),
+                    (w0 as *const BlockQ8_0).cast(),
+                    (w2 as *const BlockQ8_0).cast(),
                     stride,
                     xw.as_ptr(),
-                    isums.as_mut_ptr(),
+                    o.as_mut_ptr(),
                     n,
                 )
             };
-            let mut s = [o[0], o[1], o[2], o[3]];
-            for (b, (isum, &dxb)) in isums.chunks_exact(4).zip(dx).enumerate() {
-                let dw =
-                    halves_to_f32([w0[b].d, w1[b].d, w2[b].d, w3[b].d].map(u16::from_le_bytes));
-                for k in 0..4 {
-                    s[k] += isum[k] as f32 * (dw[k] * dxb);
-                }
-            }
-            o.copy_from_slice(&s);
             r += 4;
         }
         for (i, o) in groups.into_remainder().iter_mut().enumerate() {
             let row = &w[(r + i) * nb + c0..(r + i) * nb + c1];
-            for ((wb, xb), &dxb) in row.iter().zip(&x[c0..c1]).zip(dx) {
-                *o += block1(wb, xb) as f32 * (half_to_f32(wb.d) * dxb);
+            for (wb, xb) in row.iter().zip(&x[c0..c1]) {
+                *o += block1(wb, xb) as f32 * (half_to_f32(wb.d) * half_to_f32(xb.d));
             }
         }
     }
