@@ -22,6 +22,7 @@
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef uint64_t qemu_plugin_id_t;
@@ -54,12 +55,17 @@ static uint64_t marks;
 /* Profile: instructions per block start address, in an open-addressing table. */
 #define SLOTS 65536
 static int profile;
+/* Profile only while from <= marks passed < to (`from=K`, `to=L`). */
+static uint64_t prof_from, prof_to = UINT64_MAX;
 static uint64_t slot_pc[SLOTS];
 static uint64_t slot_n[SLOTS];
 
 static void on_block(unsigned int vcpu, void *udata)
 {
     (void)vcpu;
+    if (marks < prof_from || marks >= prof_to) {
+        return;
+    }
     uint64_t key = (uint64_t)(uintptr_t)udata;
     uint64_t pc = key >> 16, n = key & 0xffff;
     for (uint64_t i = (pc * 0x9e3779b97f4a7c15ull) >> 48, k = 0; k < SLOTS; k++, i = (i + 1) % SLOTS) {
@@ -128,12 +134,12 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
 }
 
-static void on_exit(qemu_plugin_id_t id, void *udata)
+static void plugin_exit(qemu_plugin_id_t id, void *udata)
 {
     (void)id;
     (void)udata;
     report("total", UINT64_MAX);
-    for (int top = 0; profile && top < 40; top++) {
+    for (int top = 0; profile && top < 120; top++) {
         uint64_t best = 0, at = 0;
         for (uint64_t i = 0; i < SLOTS; i++) {
             if (slot_n[i] > best) {
@@ -158,9 +164,13 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "profile=on") == 0) {
             profile = 1;
+        } else if (strncmp(argv[i], "from=", 5) == 0) {
+            prof_from = strtoull(argv[i] + 5, NULL, 10);
+        } else if (strncmp(argv[i], "to=", 3) == 0) {
+            prof_to = strtoull(argv[i] + 3, NULL, 10);
         }
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
-    qemu_plugin_register_atexit_cb(id, on_exit, NULL);
+    qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
     return 0;
 }

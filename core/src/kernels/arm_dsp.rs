@@ -24,14 +24,21 @@
 
 use core::arch::asm;
 
-use super::Kernels;
+use half::f16;
+
+use super::{scalar, Kernels};
 use crate::quant::{BlockQ8_0, QK};
 
-/// The scalar table with the DSP int8 matvec plugged in.
+/// The scalar table with the DSP int8 matvec and the VCVTB/VCVTT f16
+/// attention kernels plugged in.
 pub fn table() -> Kernels {
     Kernels {
         name: "cortex-m-dsp",
         q8_0_q8_0: Some(matvec_q8_0_q8_0),
+        dot_f16,
+        axpy_f16,
+        key_dots_f16,
+        value_sum_f16,
         ..Kernels::scalar()
     }
 }
@@ -320,4 +327,148 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
             }
         }
     }
+}
+
+/// Eight halves at `$a` (post-incremented) widened into S8-S15 by VCVTB and
+/// VCVTT, through S16-S19.
+macro_rules! widen8_f16 {
+    () => {
+        concat!(
+            "ldr {t0}, [{a}], #4\n",
+            "ldr {t1}, [{a}], #4\n",
+            "ldr {t2}, [{a}], #4\n",
+            "ldr {t3}, [{a}], #4\n",
+            "vmov s16, s17, {t0}, {t1}\n",
+            "vmov s18, s19, {t2}, {t3}\n",
+            "vcvtb.f32.f16 s8, s16\n",
+            "vcvtt.f32.f16 s9, s16\n",
+            "vcvtb.f32.f16 s10, s17\n",
+            "vcvtt.f32.f16 s11, s17\n",
+            "vcvtb.f32.f16 s12, s18\n",
+            "vcvtt.f32.f16 s13, s18\n",
+            "vcvtb.f32.f16 s14, s19\n",
+            "vcvtt.f32.f16 s15, s19\n",
+        )
+    };
+}
+
+/// [`scalar::dot_f16`] with the halves widened by VCVTB/VCVTT (exact, as
+/// the reference's software widening is) and the same eight lanes, products
+/// and pairwise sum, so the results are equal bit for bit. The reference's
+/// software widening costs more than the multiply-add it feeds on an FPU
+/// without f16 arithmetic.
+pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ca, ta) = a[..n].as_chunks::<8>();
+    let (cb, tb) = b[..n].as_chunks::<8>();
+    let mut s = 0.0f32;
+    if !ca.is_empty() {
+        let mut bits = 0u32;
+        // SAFETY: reads `ca.len()` chunks of eight halves (16 bytes each;
+        // v7E-M loads unaligned words) and of eight f32 (4-byte aligned, as
+        // VLDM needs). S0-S27 are borrowed: pushed on entry and popped
+        // before the block ends, so no value the compiler keeps in them
+        // changes. Flags change (SUBS).
+        unsafe {
+            asm!(
+                "vpush {{s0-s27}}",
+                "movs {t0}, #0",
+                "vmov s0, s1, {t0}, {t0}",
+                "vmov s2, s3, {t0}, {t0}",
+                "vmov s4, s5, {t0}, {t0}",
+                "vmov s6, s7, {t0}, {t0}",
+                "2:",
+                widen8_f16!(),
+                "vldmia {b}!, {{s20-s27}}",
+                "vmla.f32 s0, s8, s20",
+                "vmla.f32 s1, s9, s21",
+                "vmla.f32 s2, s10, s22",
+                "vmla.f32 s3, s11, s23",
+                "vmla.f32 s4, s12, s24",
+                "vmla.f32 s5, s13, s25",
+                "vmla.f32 s6, s14, s26",
+                "vmla.f32 s7, s15, s27",
+                "subs {n}, #1",
+                "bne 2b",
+                // ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))
+                "vadd.f32 s0, s0, s4",
+                "vadd.f32 s1, s1, s5",
+                "vadd.f32 s2, s2, s6",
+                "vadd.f32 s3, s3, s7",
+                "vadd.f32 s0, s0, s1",
+                "vadd.f32 s2, s2, s3",
+                "vadd.f32 s0, s0, s2",
+                "vmov {t0}, s0",
+                "vpop {{s0-s27}}",
+                a = inout(reg) ca.as_ptr() => _,
+                b = inout(reg) cb.as_ptr() => _,
+                n = inout(reg) ca.len() => _,
+                t0 = out(reg) bits,
+                t1 = out(reg) _,
+                t2 = out(reg) _,
+                t3 = out(reg) _,
+            );
+        }
+        s = f32::from_bits(bits);
+    }
+    for (x, y) in ta.iter().zip(tb) {
+        s += half_to_f32(x.to_bits().to_le_bytes()) * y;
+    }
+    s
+}
+
+/// [`scalar::axpy_f16`] (`y += a * x`, element by element) with the halves
+/// widened by VCVTB/VCVTT: equal bit for bit, as VMLA rounds the product
+/// before it adds.
+pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
+    let n = y.len().min(x.len());
+    let (cy, ty) = y[..n].as_chunks_mut::<8>();
+    let (cx, tx) = x[..n].as_chunks::<8>();
+    if !cx.is_empty() {
+        // SAFETY: reads `cx.len()` chunks of eight halves (16 bytes each;
+        // v7E-M loads unaligned words) and reads and writes as many chunks of
+        // eight f32 (4-byte aligned, as VLDM and VSTM need). S0-S27 are
+        // borrowed: pushed on entry and popped before the block ends. Flags
+        // change (SUBS).
+        unsafe {
+            asm!(
+                "vpush {{s0-s27}}",
+                "vmov s0, {k}",
+                "2:",
+                widen8_f16!(),
+                "vldm {y}, {{s20-s27}}",
+                "vmla.f32 s20, s8, s0",
+                "vmla.f32 s21, s9, s0",
+                "vmla.f32 s22, s10, s0",
+                "vmla.f32 s23, s11, s0",
+                "vmla.f32 s24, s12, s0",
+                "vmla.f32 s25, s13, s0",
+                "vmla.f32 s26, s14, s0",
+                "vmla.f32 s27, s15, s0",
+                "vstmia {y}!, {{s20-s27}}",
+                "subs {n}, #1",
+                "bne 2b",
+                "vpop {{s0-s27}}",
+                k = in(reg) a.to_bits(),
+                a = inout(reg) cx.as_ptr() => _,
+                y = inout(reg) cy.as_mut_ptr() => _,
+                n = inout(reg) cx.len() => _,
+                t0 = out(reg) _,
+                t1 = out(reg) _,
+                t2 = out(reg) _,
+                t3 = out(reg) _,
+            );
+        }
+    }
+    for (o, v) in ty.iter_mut().zip(tx) {
+        *o += a * half_to_f32(v.to_bits().to_le_bytes());
+    }
+}
+
+fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
+    scalar::key_dots_with(q, k, stride, out, dot_f16)
+}
+
+fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+    scalar::value_sum_with(out, w, v, stride, axpy_f16)
 }

@@ -207,15 +207,74 @@ pub fn f32_to_f16_bits(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_bits().to_le_bytes()
 }
 
-/// C's `roundf`: half away from zero (Rust's `f32::round` is std-only).
+/// `roundf(x) as i8`: C's `roundf` (half away from zero; Rust's
+/// `f32::round` is std-only), then Rust's saturating cast, equal to
+/// `libm::roundf(x) as i8` for every input (tested over all 2^32 of them in
+/// `round_half_away_i8_equals_roundf_everywhere`).
+///
+/// It truncates through an integer (one VCVT, which saturates and takes NaN
+/// to 0 as `as` does) and steps away from zero when the dropped part, exact
+/// as `x - t` wherever the step matters, is at least a half. On the
+/// Cortex-M4F, whose FPU has no round-to-integral instruction, libm's
+/// bitwise `roundf` and the float-to-i8 saturation took 35 instructions per
+/// activation in Q8_0 quantization; this takes about half.
 #[inline(always)]
-pub fn round_half_away(x: f32) -> f32 {
-    libm::roundf(x)
+pub fn round_half_away_i8(x: f32) -> i8 {
+    let t = x as i32;
+    let f = x - t as f32;
+    let step = (f >= 0.5) as i32 - (f <= -0.5) as i32;
+    // Far outside i8 the step cannot matter; the first clamp keeps the add
+    // from overflowing where `t` saturated.
+    (t.clamp(-256, 256) + step).clamp(-128, 127) as i8
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every 2^32 bit pattern in release builds (about ten seconds); a
+    /// stride through them, plus every value near the halves within i8 and
+    /// past it, otherwise (a long stride under Miri).
+    #[test]
+    fn round_half_away_i8_equals_roundf_everywhere() {
+        let step = if cfg!(miri) {
+            1_000_003
+        } else if cfg!(debug_assertions) {
+            9973
+        } else {
+            1
+        };
+        let same = |x: f32| {
+            let (a, b) = (round_half_away_i8(x), libm::roundf(x) as i8);
+            assert_eq!(a, b, "{x:e} ({:#010x})", x.to_bits());
+        };
+        let mut bits = 0u64;
+        while bits <= u32::MAX as u64 {
+            same(f32::from_bits(bits as u32));
+            bits += step;
+        }
+        for k in -300i32..300 {
+            let h = k as f32 + 0.5;
+            for x in [
+                h,
+                f32::from_bits(h.to_bits() - 1),
+                f32::from_bits(h.to_bits() + 1),
+            ] {
+                same(x);
+            }
+        }
+        for x in [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+            2.2e9,
+            -2.2e9,
+        ] {
+            same(x);
+        }
+    }
 
     #[test]
     fn cast_checks_length_and_alignment() {
@@ -237,10 +296,16 @@ mod tests {
     static STATIC_F32: [f32; 4] = [0.0; 4];
 
     #[test]
-    fn roundf_is_half_away_from_zero() {
-        assert_eq!(round_half_away(2.5), 3.0);
-        assert_eq!(round_half_away(-2.5), -3.0);
-        assert_eq!(round_half_away(1.49), 1.0);
+    fn rounds_half_away_from_zero_and_saturates() {
+        assert_eq!(round_half_away_i8(2.5), 3);
+        assert_eq!(round_half_away_i8(-2.5), -3);
+        assert_eq!(round_half_away_i8(1.49), 1);
+        assert_eq!(round_half_away_i8(0.49999997), 0);
+        assert_eq!(round_half_away_i8(126.5), 127);
+        assert_eq!(round_half_away_i8(127.5), 127);
+        assert_eq!(round_half_away_i8(-128.49), -128);
+        assert_eq!(round_half_away_i8(f32::INFINITY), 127);
+        assert_eq!(round_half_away_i8(f32::NAN), 0);
     }
 
     #[test]

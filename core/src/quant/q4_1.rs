@@ -5,7 +5,7 @@
 //! `block_q8_1` and `ggml_vec_dot_q4_1_q8_1`.
 
 use super::q4_0::nibble;
-use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away, QK};
+use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away_i8, QK};
 
 /// ggml's `block_q4_1`: 20 bytes.
 #[repr(C)]
@@ -104,7 +104,7 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         b.d = f32_to_f16_bits(d);
         let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = round_half_away(v * id) as i8;
+            *q = round_half_away_i8(v * id);
             sum += *q as i32;
         }
         b.s = f32_to_f16_bits(sum as f32 * d);

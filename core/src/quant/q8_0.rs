@@ -3,7 +3,7 @@
 //! Mirrors ggml's `block_q8_0`, `quantize_row_q8_0_ref`, `dequantize_row_q8_0`
 //! and `ggml_vec_dot_q8_0_q8_0` (generic version).
 
-use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away, QK};
+use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away_i8, QK};
 
 /// ggml's `block_q8_0`: 34 bytes.
 #[repr(C)]
@@ -61,7 +61,7 @@ pub fn quantize_row(x: &[f32], y: &mut [BlockQ8_0]) {
         b.d = f32_to_f16_bits(d);
         for (q, &v) in b.qs.iter_mut().zip(xs) {
             // In range by construction: |v * id| <= 127 up to rounding.
-            *q = round_half_away(v * id) as i8;
+            *q = round_half_away_i8(v * id);
         }
     }
 }

@@ -1,8 +1,8 @@
 //! On-target kernel tests: each kernel the core's table plugs in on this
 //! target is held against its scalar reference on random and edge inputs
 //! (odd row counts, block counts across the stack-chunk boundary, -128
-//! quants, zero blocks, extreme and special scales). Integer-exact kernels
-//! must agree bit for bit. Then the instruction cost of the int8 matvec per
+//! quants, zero blocks, extreme and special scales; f16 values of every
+//! kind around the eight-lane chunk). They must agree bit for bit. Then the instruction cost of the int8 matvec per
 //! multiply-accumulate, measured by the QEMU count plugin between marks.
 //! Exit 0 when every case agrees, 2 on the first mismatch.
 
@@ -13,6 +13,7 @@ use ember_core::kernels::{scalar, Kernels, MatvecQ8Fn};
 use ember_core::quant::{BlockQ8_0, QK};
 use ember_firmware::arena::Arena;
 use ember_firmware::{self as fw, OrExit};
+use half::f16;
 
 #[link_section = ".bigram"]
 static RAM: Arena<{ 1 << 20 }> = Arena::new();
@@ -103,6 +104,61 @@ fn check(name: &str, fast: MatvecQ8Fn, mem: &mut fw::arena::Carver<'static>) -> 
     cases
 }
 
+/// A random half: mostly ordinary magnitudes, sometimes any bit pattern
+/// (subnormals, infinities, NaNs).
+fn half(rng: &mut Rng) -> f16 {
+    let r = rng.next();
+    if r.is_multiple_of(8) {
+        f16::from_bits((r >> 16) as u16)
+    } else {
+        f16::from_bits((0x2000 + ((r >> 16) as u16 % 0x2800)) | (r as u16 & 0x8000))
+    }
+}
+
+/// The table's f16 attention kernels (`dot_f16`, `axpy_f16`) against the
+/// scalar reference, bit for bit, over lengths around the eight-lane chunk.
+fn check_f16(k: &Kernels, mem: &mut fw::arena::Carver<'static>) -> u32 {
+    const MAX: usize = 100;
+    let h = mem.take::<f16>(MAX).or_exit("buffers");
+    let x = mem.take::<f32>(MAX).or_exit("buffers");
+    let want = mem.take::<f32>(MAX).or_exit("buffers");
+    let got = mem.take::<f32>(MAX).or_exit("buffers");
+    let mut rng = Rng(0x1234_5678);
+    let mut cases = 0u32;
+    for &n in &[0usize, 1, 7, 8, 9, 15, 16, 17, 64, 100] {
+        for case in 0..8 {
+            for (a, b) in h[..n].iter_mut().zip(x[..n].iter_mut()) {
+                *a = half(&mut rng);
+                *b = (rng.next() as i32 >> 8) as f32 * if case == 0 { 1e-30 } else { 1e-6 };
+            }
+            let (d0, d1) = (
+                scalar::dot_f16(&h[..n], &x[..n]),
+                (k.dot_f16)(&h[..n], &x[..n]),
+            );
+            let a = (rng.next() as i32 >> 8) as f32 * 1e-5;
+            want[..n].copy_from_slice(&x[..n]);
+            got[..n].copy_from_slice(&x[..n]);
+            scalar::axpy_f16(&mut want[..n], a, &h[..n]);
+            (k.axpy_f16)(&mut got[..n], a, &h[..n]);
+            let bad = (0..n).find(|&i| !same(got[i], want[i]));
+            if !same(d0, d1) || bad.is_some() {
+                defmt::error!(
+                    "{=str} f16 kernels: length {=usize} case {=usize}: dot got {=f32} want {=f32}, axpy differs at {=?}",
+                    k.name, n, case, d1, d0, bad
+                );
+                fw::exit(fw::code::CHECK_FAILED);
+            }
+            cases += 1;
+        }
+    }
+    defmt::println!(
+        "f16 kernels {=str}: {=u32} cases equal to the scalar reference bit for bit",
+        k.name,
+        cases
+    );
+    cases
+}
+
 fn take_blocks(mem: &mut fw::arena::Carver<'static>, n: usize) -> &'static mut [BlockQ8_0] {
     mem.take::<BlockQ8_0>(n).or_exit("buffers")
 }
@@ -147,6 +203,7 @@ fn main() -> ! {
         fw::exit(fw::code::CHECK_FAILED)
     };
     check(k.name, fast, &mut mem);
+    check_f16(&k, &mut mem);
     cost(k.name, fast, &mut mem);
     cost("scalar-q8", scalar::matvec_q8_0_q8_0, &mut mem);
     cost("scalar-f32-activations", f32_activations, &mut mem);
