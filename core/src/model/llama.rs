@@ -889,7 +889,7 @@ enum Emit {
 
 /// `out = x / rms(x) * weight`; the mean square is accumulated in f64.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let ss: f64 = crate::math::sum_squares(x) / x.len() as f64;
     let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * g;
