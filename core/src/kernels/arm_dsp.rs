@@ -23,6 +23,7 @@
 #![allow(unsafe_code)]
 
 use core::arch::asm;
+use core::mem::MaybeUninit;
 
 use half::f16;
 
@@ -52,7 +53,8 @@ const XBLOCK: usize = 1 + QK / 2;
 /// One block of activations widened for [`blocks4`]: its scale as f32
 /// bits, then each quant word `[x3 x2 x1 x0]` as the two halfword pairs
 /// SXTB16 and SXTB16 ROR 8 make of it, even `[x2:x0]` and odd `[x3:x1]`.
-fn widen(x: &BlockQ8_0, out: &mut [u32; XBLOCK]) {
+/// Every word of `out` is written.
+fn widen(x: &BlockQ8_0, out: &mut MaybeUninit<[u32; XBLOCK]>) {
     // SAFETY: reads the 34 bytes of `x` (LDRH of the scale, then eight
     // word loads, which v7E-M performs unaligned) and writes the 17 words of
     // `out` (4-byte aligned, as STRD needs); S15 is saved and restored, so
@@ -290,14 +292,14 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
     // chunk after chunk.
     out.fill(0.0);
     let stride = nb * core::mem::size_of::<BlockQ8_0>();
-    let mut xw = [0u32; CHUNK * XBLOCK];
+    // Left uninitialized: zeroing it cost more than widening a short row.
+    let mut xw = [MaybeUninit::<[u32; XBLOCK]>::uninit(); CHUNK];
     for c0 in (0..nb).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(nb);
         let n = c1 - c0;
-        for (xb, o) in x[c0..c1].iter().zip(xw.as_chunks_mut::<XBLOCK>().0) {
+        for (xb, o) in x[c0..c1].iter().zip(&mut xw) {
             widen(xb, o);
         }
-        let xw = &xw[..n * XBLOCK];
         let mut groups = out.chunks_exact_mut(4);
         let mut r = 0;
         for o in &mut groups {
@@ -306,14 +308,14 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
             // SAFETY: rows r..r+4 of this chunk are inside `rows4` (a checked
             // slice): n >= 1 blocks from `w0` and from `w2`, and from
             // `w0 + stride` and `w2 + stride` bytes (rows r+1 and r+3);
-            // `xw` holds n widened blocks of a u32 array (4-byte aligned);
-            // `o` is four f32.
+            // the first n blocks of `xw` (4-byte aligned) were just written
+            // by `widen`; `o` is four f32.
             unsafe {
                 blocks4(
                     (w0 as *const BlockQ8_0).cast(),
                     (w2 as *const BlockQ8_0).cast(),
                     stride,
-                    xw.as_ptr(),
+                    xw.as_ptr().cast(),
                     o.as_mut_ptr(),
                     n,
                 )
