@@ -79,7 +79,9 @@ fn widen(x: &BlockQ8_0, out: &mut MaybeUninit<[u32; XBLOCK]>) {
             w = out(reg) _,
             e = out(reg) _,
             o = out(reg) _,
-            options(nostack, preserves_flags),
+            // Not `preserves_flags`: VCVTB of a signalling NaN sets FPSCR's
+            // invalid-operation flag.
+            options(nostack),
         );
     }
 }
@@ -94,7 +96,9 @@ fn half_to_f32(d: [u8; 2]) -> f32 {
     // SAFETY: register-only VFP instructions (VFPv4-SP and later have VCVTB,
     // and every core with the `dsp` feature this crate supports has such an
     // FPU); S15 is saved and restored, so no state the compiler sees
-    // changes; no memory, stack or flags are touched.
+    // changes; no memory or stack is touched. FPSCR's exception flags may
+    // change (a signalling NaN), so the block does not claim to preserve
+    // flags.
     unsafe {
         asm!(
             "vmov {save}, s15",
@@ -104,7 +108,7 @@ fn half_to_f32(d: [u8; 2]) -> f32 {
             "vmov s15, {save}",
             b = inout(reg) b,
             save = out(reg) _,
-            options(pure, nomem, nostack, preserves_flags),
+            options(pure, nomem, nostack),
         );
     }
     f32::from_bits(b)
