@@ -198,7 +198,7 @@ mod tests {
                     1 => f32::from_bits(
                         (r as u32 & 0x807f_ffff) | ((r >> 40) as u32 % 254 + 1) << 23,
                     ),
-                    2 if r % 3 == 0 => 0.0,
+                    2 if r.is_multiple_of(3) => 0.0,
                     2 => f32::from_bits(r as u32 & 0x807f_ffff),
                     _ => {
                         let b = r as u32;
