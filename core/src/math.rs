@@ -56,8 +56,9 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
 ///
 /// With the `soft-f64` feature, for FPUs without double precision
 /// (Cortex-M4F), finite rows go through [`sum_squares_int`], which gets the
-/// same bits with integer arithmetic in a fifth of the soft-float
-/// library's instructions.
+/// same bits with integer arithmetic in about half the soft-float
+/// library's instructions (4.5 M against 8.3 M over the tiny firmware
+/// image's runs).
 #[inline]
 pub fn sum_squares(x: &[f32]) -> f64 {
     #[cfg(feature = "soft-f64")]
