@@ -114,56 +114,43 @@ fn half_to_f32(d: [u8; 2]) -> f32 {
     f32::from_bits(b)
 }
 
+/// The first multiply-accumulate of a row's word: `first` starts the row's
+/// block sum (SMUAD), `next` adds to it (SMLAD).
+macro_rules! mac {
+    (first, $a:literal, $xe:literal) => {
+        concat!("smuad ", $a, ", {w}, ", $xe, "\n")
+    };
+    (next, $a:literal, $xe:literal) => {
+        concat!("smlad ", $a, ", {w}, ", $xe, ", ", $a, "\n")
+    };
+}
+
 /// One group of four weights for four rows: the widened activation pair
-/// `xe`/`xo` against one word of each row. `first` starts each row's sum
-/// (SMUAD) instead of adding to it (SMLAD).
+/// `xe`/`xo` against one word of each row (rows 1 and 3 at `stride` past
+/// rows 0 and 2).
 #[rustfmt::skip]
 macro_rules! group4 {
-    (first, $xe:literal, $xo:literal) => {
+    ($k:ident, $xe:literal, $xo:literal) => {
         concat!(
             "ldr {w}, [{p0}, {s}]\n",
             "sxtb16 r7, {w}, ror #8\n",
             "sxtb16 {w}, {w}\n",
-            "smuad {a1}, {w}, ", $xe, "\n",
+            mac!($k, "{a1}", $xe),
             "smlad {a1}, r7, ", $xo, ", {a1}\n",
             "ldr {w}, [{p0}], #4\n",
             "sxtb16 r7, {w}, ror #8\n",
             "sxtb16 {w}, {w}\n",
-            "smuad {a0}, {w}, ", $xe, "\n",
+            mac!($k, "{a0}", $xe),
             "smlad {a0}, r7, ", $xo, ", {a0}\n",
             "ldr {w}, [{p2}, {s}]\n",
             "sxtb16 r7, {w}, ror #8\n",
             "sxtb16 {w}, {w}\n",
-            "smuad {a3}, {w}, ", $xe, "\n",
+            mac!($k, "{a3}", $xe),
             "smlad {a3}, r7, ", $xo, ", {a3}\n",
             "ldr {w}, [{p2}], #4\n",
             "sxtb16 r7, {w}, ror #8\n",
             "sxtb16 {w}, {w}\n",
-            "smuad {a2}, {w}, ", $xe, "\n",
-            "smlad {a2}, r7, ", $xo, ", {a2}\n",
-        )
-    };
-    (next, $xe:literal, $xo:literal) => {
-        concat!(
-            "ldr {w}, [{p0}, {s}]\n",
-            "sxtb16 r7, {w}, ror #8\n",
-            "sxtb16 {w}, {w}\n",
-            "smlad {a1}, {w}, ", $xe, ", {a1}\n",
-            "smlad {a1}, r7, ", $xo, ", {a1}\n",
-            "ldr {w}, [{p0}], #4\n",
-            "sxtb16 r7, {w}, ror #8\n",
-            "sxtb16 {w}, {w}\n",
-            "smlad {a0}, {w}, ", $xe, ", {a0}\n",
-            "smlad {a0}, r7, ", $xo, ", {a0}\n",
-            "ldr {w}, [{p2}, {s}]\n",
-            "sxtb16 r7, {w}, ror #8\n",
-            "sxtb16 {w}, {w}\n",
-            "smlad {a3}, {w}, ", $xe, ", {a3}\n",
-            "smlad {a3}, r7, ", $xo, ", {a3}\n",
-            "ldr {w}, [{p2}], #4\n",
-            "sxtb16 r7, {w}, ror #8\n",
-            "sxtb16 {w}, {w}\n",
-            "smlad {a2}, {w}, ", $xe, ", {a2}\n",
+            mac!($k, "{a2}", $xe),
             "smlad {a2}, r7, ", $xo, ", {a2}\n",
         )
     };
@@ -209,7 +196,7 @@ unsafe fn blocks4(
             "vpush {{s0-s12}}",
             "vldm {a0}, {{s0-s3}}",
             "push {{{a0}}}",
-            "movs r7, #68",
+            "movs r7, #{xblock}",
             "mla r5, r5, r7, {xw}",
             "push {{r5}}",
             "2:",
@@ -271,6 +258,7 @@ unsafe fn blocks4(
             a2 = out(reg) _,
             a3 = out(reg) _,
             w = out(reg) _,
+            xblock = const 4 * XBLOCK,
         );
     }
 }
