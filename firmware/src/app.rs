@@ -3,8 +3,9 @@
 use core::fmt::Write as _;
 
 use ember_core::gguf::Gguf;
-use ember_core::kernels::Kernels;
+use ember_core::kernels::{Kernels, RowData};
 use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::quant::{q8_0::pack_rows_x4, BlockQ8_0x4, QK};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
 use ember_core::{Error, KvOptions};
@@ -80,6 +81,49 @@ pub fn load<'a>(
         c.vocab_size
     );
     Loaded { model, tokenizer }
+}
+
+/// Where `kernels` has a four-row int8 kernel (the Cortex-M DSP table),
+/// copies every Q8_0 matrix's whole groups of four rows, interleaved
+/// ([`BlockQ8_0x4`]), into packs cut from `mem`, and points the model at
+/// them: the same numbers at about 1.33 instructions per multiply-accumulate
+/// instead of 1.50. The packs are as large as the Q8_0 matrices, so a board
+/// without that much RAM goes on without them (an info line says so).
+/// Returns the bytes packed.
+pub fn pack<'a>(l: &mut Loaded<'a>, kernels: &Kernels, mem: &mut Carver<'a>) -> usize {
+    if kernels.q8_0x4_q8_0.is_none() {
+        return 0;
+    }
+    let mut blocks = 0usize;
+    let _ = l.model.weights.visit_matrices(|m| {
+        blocks = blocks.saturating_add(m.packed4_len());
+        Ok::<(), ()>(())
+    });
+    let bytes = blocks.saturating_mul(core::mem::size_of::<BlockQ8_0x4>());
+    // Each matrix's packs start 4-byte aligned, which the arena's position
+    // already is (every buffer before them is whole words).
+    if bytes == 0 || bytes > mem.left() {
+        defmt::info!(
+            "weights not packed in fours: {=usize} bytes needed, {=usize} left",
+            bytes,
+            mem.left()
+        );
+        return 0;
+    }
+    l.model
+        .weights
+        .visit_matrices(|m| {
+            let n = m.packed4_len();
+            if let (RowData::Q8_0(d), true) = (m.data, n > 0) {
+                let p = mem.take::<BlockQ8_0x4>(n).or_exit("the packed weights");
+                pack_rows_x4(d, m.cols / QK, p);
+                *m = m.with_packed4(p)?;
+            }
+            Ok::<(), Error>(())
+        })
+        .or_exit("packing the weights");
+    defmt::info!("weights packed in fours: {=usize} bytes", bytes);
+    bytes
 }
 
 /// One generation's settings; the cache and batch are the [`Buffers`]' plan.

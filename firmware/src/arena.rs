@@ -61,6 +61,8 @@ unsafe impl Zeroable for u32 {}
 unsafe impl Zeroable for Candidate {}
 // SAFETY: bytes only (an f16 scale and i8 quants); zero is a zero block.
 unsafe impl Zeroable for ember_core::quant::BlockQ8_0 {}
+// SAFETY: bytes only (four f16 scales and i8 quants); zero is a zero block.
+unsafe impl Zeroable for ember_core::quant::BlockQ8_0x4 {}
 // SAFETY: a u16 inside; zero bits are +0.0.
 unsafe impl Zeroable for half::f16 {}
 

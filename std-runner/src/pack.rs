@@ -8,14 +8,14 @@
 //! arithmetic too (16-bit activation blocks instead of f32 tiles).
 
 use anyhow::{bail, Context, Result};
-use ember_core::kernels::{Kernels, Matrix, RowData};
-use ember_core::model::{Llama, Weights};
+use ember_core::kernels::{Kernels, RowData};
+use ember_core::model::Llama;
 use ember_core::quant::{cast_slice, cast_slice_mut, q8_0, BlockQ8_0x8, QK};
 use memmap2::MmapMut;
 
 use crate::mmap::HUGE;
 
-/// The packed groups of each packable matrix, in `visit` order, in one
+/// The packed groups of each packable matrix, in `Weights::visit_matrices` order, in one
 /// anonymous map advised to use huge pages (as the model's own copy is:
 /// decode streams through all of it every token).
 #[derive(Debug, Default)]
@@ -23,26 +23,6 @@ pub struct Packs {
     buf: Option<MmapMut>,
     /// Byte offset and block count of each matrix's packs (`None`: not Q8_0).
     spans: Vec<Option<(usize, usize)>>,
-}
-
-/// Every matrix decode multiplies, in a fixed order (the classifier, then
-/// each layer's seven).
-fn visit<'a>(w: &mut Weights<'a>, mut f: impl FnMut(&mut Matrix<'a>) -> Result<()>) -> Result<()> {
-    f(&mut w.output)?;
-    for l in w.layers.iter_mut() {
-        for m in [
-            &mut l.attn_q,
-            &mut l.attn_k,
-            &mut l.attn_v,
-            &mut l.attn_output,
-            &mut l.ffn_gate,
-            &mut l.ffn_up,
-            &mut l.ffn_down,
-        ] {
-            f(m)?;
-        }
-    }
-    Ok(())
 }
 
 const BLOCK: usize = core::mem::size_of::<BlockQ8_0x8>();
@@ -58,7 +38,7 @@ impl Packs {
         }
         let mut w = model.weights.clone();
         let mut total = 0usize;
-        visit(&mut w, |m| {
+        w.visit_matrices(|m| -> Result<()> {
             let span = match m.data {
                 RowData::Q8_0(_) => {
                     let blocks = m.rows / 8 * (m.cols / QK);
@@ -93,7 +73,7 @@ impl Packs {
         }
         let base = buf.as_ptr().align_offset(HUGE).min(HUGE);
         let mut spans = packs.spans.iter();
-        visit(&mut w, |m| {
+        w.visit_matrices(|m| -> Result<()> {
             if let (RowData::Q8_0(d), Some(Some((off, blocks)))) = (m.data, spans.next()) {
                 let bytes = &mut buf[base + off..base + off + blocks * BLOCK];
                 let out: &mut [BlockQ8_0x8] = cast_slice_mut(bytes)?;
@@ -120,7 +100,7 @@ impl Packs {
             return Ok(model);
         };
         let mut it = self.spans.iter();
-        visit(&mut model.weights, |m| {
+        model.weights.visit_matrices(|m| -> Result<()> {
             match it.next() {
                 Some(Some((off, blocks))) => {
                     let p: &[BlockQ8_0x8] = cast_slice(&buf[*off..*off + blocks * BLOCK])?;

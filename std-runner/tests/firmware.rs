@@ -248,6 +248,7 @@ fn cortex_m4_and_m55_int8_dsp_kernels_match_scalar_on_target() {
         let text = assert_exit(&o, 0);
         for line in [
             "kernel cortex-m-dsp: 256 cases equal to the scalar reference bit for bit",
+            "packed kernel cortex-m-dsp: 192 cases equal to the scalar reference bit for bit",
             "f16 kernels cortex-m-dsp: 80 cases equal to the scalar reference bit for bit",
         ] {
             assert!(text.contains(line), "{target}:\n{text}");
@@ -257,8 +258,15 @@ fn cortex_m4_and_m55_int8_dsp_kernels_match_scalar_on_target() {
 
 /// SmolLM2 on a device: prompt ids from the device's tokenizer, 8 greedy ids
 /// and the text, all equal to the host's.
-fn smollm_matches_host(target: &str, ty: GgmlType) {
+fn smollm_matches_host(target: &str, ty: GgmlType) -> String {
     let model = ember_runner::model_store::converted(ty).unwrap_or_else(|e| panic!("{e:#}"));
+    placed_model_matches_host(target, &model)
+}
+
+/// The `smollm` image over `model` (placed by QEMU's loader): prompt ids
+/// from the device's tokenizer, 8 greedy ids and the text, all equal to the
+/// host's. Returns the device's log.
+fn placed_model_matches_host(target: &str, model: &Path) -> String {
     let o = qemu(
         target,
         "smollm",
@@ -296,6 +304,7 @@ fn smollm_matches_host(target: &str, ty: GgmlType) {
         host["text"].as_str().unwrap(),
         "{target}: text"
     );
+    text
 }
 
 #[test]
@@ -305,9 +314,54 @@ fn aarch64_bare_metal_smollm2_matches_host() {
 
 #[test]
 fn cortex_m55_smollm2_matches_host() {
-    // Q8_0, so the 135M model runs through the DSP int8 kernel.
-    smollm_matches_host("thumbv8m.main-none-eabihf", GgmlType::Q8_0);
+    // Q8_0, so the 135M model runs through the DSP int8 kernel, on weights
+    // the device packed in fours.
+    let log = smollm_matches_host("thumbv8m.main-none-eabihf", GgmlType::Q8_0);
+    assert!(log.contains("weights packed in fours: "), "{log}");
 }
+
+/// The Cortex-M4F with a model in its PSRAM (the `smollm` image, placed by
+/// the loader like a model in external flash): a synthetic int8 model with
+/// layers wide enough that the weight multiplies dominate a token (dim 512,
+/// 2 layers, FFN 1536, 7 MB; firmware/measure.py measures the same file),
+/// packed in fours on the device, its ids and text equal to the host's.
+#[test]
+fn cortex_m4_packed_psram_model_matches_host() {
+    let dir = tempdir();
+    let model = dir.join("m4-psram.gguf");
+    let st = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["synth", model.to_str().unwrap()])
+        .args(M4_PSRAM_MODEL)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let log = placed_model_matches_host("thumbv7em-none-eabihf", &model);
+    assert!(log.contains("weights packed in fours: "), "{log}");
+    assert!(log.contains("kernels=cortex-m-dsp"), "{log}");
+}
+
+/// `ember synth` arguments of the Cortex-M4F PSRAM model (as in
+/// firmware/measure.py).
+const M4_PSRAM_MODEL: [&str; 14] = [
+    "--dim",
+    "512",
+    "--layers",
+    "2",
+    "--heads",
+    "8",
+    "--kv-heads",
+    "4",
+    "--ffn",
+    "1536",
+    "--vocab",
+    "512",
+    "--seed",
+    "1",
+];
 
 fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(

@@ -49,6 +49,7 @@ pub fn table() -> Option<Kernels> {
         value_sum_f16,
         q16: None,
         q8_0_q8_0: None,
+        q8_0x4_q8_0: None,
     })
 }
 

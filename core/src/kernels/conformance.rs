@@ -627,6 +627,88 @@ pub(crate) fn check_q8_0x8(k: &Kernels) {
     }
 }
 
+/// A table's four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]) against the
+/// plain rows' reference, bit for bit: directly over whole groups, and
+/// through [`Kernels::matmul_part_as`] on row ranges that start and end
+/// inside groups (those rows go through the plain kernel).
+pub(crate) fn check_q8_0x4(k: &Kernels) {
+    use crate::kernels::{Arith, Matrix, RowData};
+    use crate::parallel::TokenRows;
+    use crate::quant::BlockQ8_0x4;
+    let Some(kernel) = k.q8_0x4_q8_0 else {
+        return;
+    };
+    const ROWS: usize = 23;
+    let mut rng = Rng::new(0x0404);
+    for case in 0..12 {
+        let nb = [1, 2, 3, 18][case % 4];
+        let mut w = [BlockQ8_0::ZERO; ROWS * 18];
+        let w = &mut w[..ROWS * nb];
+        for (i, b) in w.iter_mut().enumerate() {
+            let d = rng.f32() * [1e-3, 1.0, 6e4][i % 3];
+            b.d = crate::quant::f32_to_f16_bits(d);
+            for q in b.qs.iter_mut() {
+                *q = match case % 3 {
+                    1 => [-128, 127][i % 2],
+                    _ => (rng.f32() * 127.0) as i8,
+                };
+            }
+        }
+        let mut p = [BlockQ8_0x4::ZERO; ROWS / 4 * 18];
+        let p = &mut p[..ROWS / 4 * nb];
+        assert_eq!(quant::q8_0::pack_rows_x4(w, nb, p), ROWS / 4);
+        let mut x = [0.0f32; 18 * 32];
+        for v in x.iter_mut() {
+            *v = rng.f32() * (1 + case) as f32;
+        }
+        if case % 3 == 2 {
+            x[..32].fill(0.0);
+        }
+        let x = &x[..nb * 32];
+        let mut xq = [BlockQ8_0::ZERO; 18];
+        let xq = &mut xq[..nb];
+        quant::q8_0::quantize_row(x, xq);
+        let mut want = [0.0f32; ROWS];
+        crate::kernels::scalar::matvec_q8_0_q8_0(w, xq, &mut want);
+        let mut got = [f32::NAN; ROWS];
+        kernel(p, xq, &mut got[..ROWS / 4 * 4]);
+        for r in 0..ROWS / 4 * 4 {
+            assert_eq!(p[r / 4 * nb].row(r % 4), w[r * nb], "pack round trip");
+            assert!(
+                got[r].to_bits() == want[r].to_bits(),
+                "{} q8_0x4 case {case} row {r}: {} vs {}",
+                k.name,
+                got[r],
+                want[r]
+            );
+        }
+        let m = Matrix {
+            rows: ROWS,
+            cols: nb * 32,
+            data: RowData::Q8_0(w),
+            packed: None,
+            packed4: None,
+        };
+        let packed = m.with_packed4(p).unwrap();
+        let mut scratch = [0.0f32; Kernels::scratch_len_for(18 * 32, 1, 1)];
+        for (r0, r1) in [(0, ROWS), (1, 22), (5, 7), (4, 8), (9, 9)] {
+            let mut out = [f32::NAN; ROWS];
+            let mut part = TokenRows::new(&mut out, 1, ROWS, r0, r1).unwrap();
+            k.matmul_part_as(&packed, x, &mut part, &mut scratch, Arith::Decode)
+                .unwrap();
+            for r in r0..r1 {
+                assert!(
+                    out[r].to_bits() == want[r].to_bits(),
+                    "{} packed4 rows {r0}..{r1} row {r}: {} vs {}",
+                    k.name,
+                    out[r],
+                    want[r]
+                );
+            }
+        }
+    }
+}
+
 fn reference_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -678,6 +760,7 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
         cols: COLS,
         data,
         packed: None,
+        packed4: None,
     };
     let packed = plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap();
     if k.packed_q8_0(&packed) {
@@ -738,6 +821,11 @@ fn detected_table_matches_reference() {
     if let Some(k) = Kernels::avx2() {
         check_q8_0x8(&k);
     }
+}
+
+#[test]
+fn four_row_packs_match_the_int8_reference() {
+    check_q8_0x4(&Kernels::scalar_int8());
 }
 
 #[test]
@@ -813,6 +901,7 @@ fn batched_matmul_matches_one_token_at_a_time() {
                 cols,
                 data,
                 packed: None,
+                packed4: None,
             };
             let mut all = [0.0f32; 5 * 37];
             k.matmul(&m, &x, n, &mut all, &mut scratch).unwrap();
@@ -881,6 +970,7 @@ fn int8_activation_matmul_is_the_reference_dot() {
         cols,
         data: RowData::Q8_0(&w),
         packed: None,
+        packed4: None,
     };
     let mut out = [0.0f32; 3 * 7];
     let mut row = [0.0f32; 96];

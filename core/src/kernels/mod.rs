@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
-    self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x8, GgmlType,
+    self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8, GgmlType,
 };
 
 /// A matrix's rows, typed by storage format, borrowed from the weights file.
@@ -62,6 +62,11 @@ pub struct Matrix<'a> {
     /// these instead of `data`, with the same numbers, and prefill takes
     /// the decode arithmetic on them ([`Kernels::packed_q8_0`]).
     pub packed: Option<&'a [BlockQ8_0x8]>,
+    /// A Q8_0 matrix's whole groups of four rows, interleaved
+    /// ([`BlockQ8_0x4`]), where a device built them for a table with a
+    /// four-row kernel ([`Kernels::q8_0x4_q8_0`]); decode against Q8_0
+    /// activations then reads these for those rows, with the same numbers.
+    pub packed4: Option<&'a [BlockQ8_0x4]>,
 }
 
 impl<'a> Matrix<'a> {
@@ -84,6 +89,7 @@ impl<'a> Matrix<'a> {
             cols,
             data,
             packed: None,
+            packed4: None,
         })
     }
 
@@ -103,6 +109,32 @@ impl<'a> Matrix<'a> {
             packed: Some(packed),
             ..self
         })
+    }
+
+    /// This Q8_0 matrix with its rows also interleaved in groups of four:
+    /// `packed` must be what [`quant::q8_0::pack_rows_x4`] wrote from `data`
+    /// for every whole group (`rows / 4` groups of `cols / 32` blocks).
+    pub fn with_packed4(self, packed: &'a [BlockQ8_0x4]) -> Result<Matrix<'a>> {
+        let need = self.rows / 4 * (self.cols / quant::QK);
+        if !matches!(self.data, RowData::Q8_0(_)) || packed.len() != need {
+            return Err(Error::LengthMismatch {
+                expected: need as u64,
+                found: packed.len() as u64,
+            });
+        }
+        Ok(Matrix {
+            packed4: Some(packed),
+            ..self
+        })
+    }
+
+    /// Blocks of [`BlockQ8_0x4`] that [`Matrix::with_packed4`] takes for
+    /// this matrix (0 unless it is Q8_0 with at least four rows).
+    pub fn packed4_len(&self) -> usize {
+        match self.data {
+            RowData::Q8_0(_) => self.rows / 4 * (self.cols / quant::QK),
+            _ => 0,
+        }
     }
 
     pub fn ty(&self) -> GgmlType {
@@ -175,6 +207,12 @@ pub type GemmFn = fn(&[f32], &[f32], usize, &mut [f32]);
 /// `out[r] = W[r] · x` for Q8_0 rows against activations already quantized to
 /// Q8_0: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
 pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
+
+/// [`MatvecQ8Fn`] over Q8_0 rows interleaved in fours ([`BlockQ8_0x4`]):
+/// `w` holds `out.len() / 4` groups of `x.len()` blocks, and every row's
+/// value is bit for bit [`quant::q8_0::vec_dot_q8_0_q8_0`] of the row as
+/// the file stores it.
+pub type MatvecQ8x4Fn = fn(&[BlockQ8_0x4], &[BlockQ8_0], &mut [f32]);
 
 /// `out[t * rows + r] = W[r] · x[t]` for quantized rows against `n` tokens of
 /// activations in 16-bit blocks: `x` is (n, blocks), `out` is (n, rows), and
@@ -299,6 +337,10 @@ pub struct Kernels {
     /// blocks (ggml's arithmetic: an integer dot per block, then both scales)
     /// through this kernel; with `None` they dot the f32 activations.
     pub q8_0_q8_0: Option<MatvecQ8Fn>,
+    /// With `Some` (beside `q8_0_q8_0`), Q8_0 matrices a device packed in
+    /// fours ([`Matrix::packed4`]) go through this kernel for their whole
+    /// groups; with `None` a device builds no such packs.
+    pub q8_0x4_q8_0: Option<MatvecQ8x4Fn>,
 }
 
 impl Kernels {
@@ -326,6 +368,7 @@ impl Kernels {
             value_sum_f16: scalar::value_sum_f16,
             q16: None,
             q8_0_q8_0: None,
+            q8_0x4_q8_0: None,
         }
     }
 
@@ -351,6 +394,7 @@ impl Kernels {
         Kernels {
             name: "scalar-q8",
             q8_0_q8_0: Some(scalar::matvec_q8_0_q8_0),
+            q8_0x4_q8_0: Some(scalar::matvec_q8_0x4_q8_0),
             ..Self::scalar()
         }
     }
@@ -555,12 +599,12 @@ impl Kernels {
             found: have,
         };
         let nb = cols / quant::QK;
-        if let (Some(matvec), RowData::Q8_0(d)) = (self.q8_0_q8_0, w.data) {
+        if let (Some(_), RowData::Q8_0(_)) = (self.q8_0_q8_0, w.data) {
             // Each token's activations are quantized once into the scratch.
             let xq: &mut [BlockQ8_0] = blocks_in(scratch, nb)?;
             for t in 0..n {
                 quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], xq);
-                matvec(&d[r0 * nb..r1 * nb], xq, part.token(t));
+                self.q8_token(w, xq, r0, r1, part.token(t));
             }
             return Ok(());
         }
@@ -598,6 +642,50 @@ impl Kernels {
             a = b;
         }
         Ok(())
+    }
+
+    /// Whether `w` multiplies activations quantized to Q8_0 blocks on this
+    /// table (then the caller may quantize once for several matrices:
+    /// [`Kernels::matmul_part_q8`]).
+    pub fn takes_q8_0(&self, w: &Matrix) -> bool {
+        self.q8_0_q8_0.is_some() && matches!(w.data, RowData::Q8_0(_))
+    }
+
+    /// [`Kernels::matmul_part_as`] for a matrix this table multiplies by
+    /// Q8_0 activations ([`Kernels::takes_q8_0`]), from activations already
+    /// quantized (`xq`: the part's tokens, `cols / 32` blocks each, as
+    /// [`quant::q8_0::quantize_row`] makes them): the same numbers.
+    pub fn matmul_part_q8(
+        &self,
+        w: &Matrix,
+        xq: &[BlockQ8_0],
+        part: &mut TokenRows<'_>,
+    ) -> Result<()> {
+        let nb = w.cols / quant::QK;
+        let n = part.tokens();
+        let (r0, r1) = part.range();
+        if !self.takes_q8_0(w) || xq.len() < n * nb || r1 > w.rows || r0 > r1 {
+            return Err(Error::LengthMismatch {
+                expected: (n * nb) as u64,
+                found: xq.len() as u64,
+            });
+        }
+        for t in 0..n {
+            self.q8_token(w, &xq[t * nb..(t + 1) * nb], r0, r1, part.token(t));
+        }
+        Ok(())
+    }
+
+    /// Rows `r0..r1` of a Q8_0 matrix against one token's Q8_0 blocks.
+    fn q8_token(&self, w: &Matrix, xq: &[BlockQ8_0], r0: usize, r1: usize, out: &mut [f32]) {
+        let (Some(matvec), RowData::Q8_0(d)) = (self.q8_0_q8_0, w.data) else {
+            return;
+        };
+        let nb = xq.len();
+        match (self.q8_0x4_q8_0, w.packed4) {
+            (Some(k), Some(p)) => packed4_q8_0(d, p, k, matvec, xq, r0, r1, out),
+            _ => matvec(&d[r0 * nb..r1 * nb], xq, out),
+        }
     }
 
     /// Decode arithmetic for `part`'s tokens: quantized rows against 16-bit
@@ -806,6 +894,41 @@ fn packed_q8_0(
     }
     if g1 > g0 {
         k(&p[g0 * nb..g1 * nb], xq, n, &mut out[m0 - a..], ld);
+    }
+}
+
+/// Rows `r0..r1` of a Q8_0 matrix against Q8_0 activations `xq` into
+/// `out`: whole groups of four through the packed kernel `k`, rows outside
+/// them through `matvec` on the file's rows, which gives the same bits.
+#[allow(clippy::too_many_arguments)]
+fn packed4_q8_0(
+    d: &[BlockQ8_0],
+    p: &[BlockQ8_0x4],
+    k: MatvecQ8x4Fn,
+    matvec: MatvecQ8Fn,
+    xq: &[BlockQ8_0],
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let nb = xq.len();
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let g0 = r0.div_ceil(4);
+    let g1 = (r1 / 4).min(p.len() / nb);
+    if g1 <= g0 {
+        matvec(&d[r0 * nb..r1 * nb], xq, out);
+        return;
+    }
+    let (m0, m1) = (4 * g0, 4 * g1);
+    if r0 < m0 {
+        matvec(&d[r0 * nb..m0 * nb], xq, &mut out[..m0 - r0]);
+    }
+    k(&p[g0 * nb..g1 * nb], xq, &mut out[m0 - r0..m1 - r0]);
+    if m1 < r1 {
+        matvec(&d[m1 * nb..r1 * nb], xq, &mut out[m1 - r0..r1 - r0]);
     }
 }
 

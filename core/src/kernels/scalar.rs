@@ -14,7 +14,7 @@ use half::f16;
 
 use super::{AxpyF16Fn, DotFn};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::{q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, QK};
 
 const L: usize = 8;
 const H: usize = QK / 2;
@@ -128,6 +128,32 @@ pub fn matvec_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
     }
     for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
         *o = q8_0::vec_dot_q8_0_q8_0(row, x);
+    }
+}
+
+/// [`matvec_q8_0_q8_0`] over rows interleaved in fours: each row's block
+/// is taken back out of its group ([`BlockQ8_0x4::row`]) and summed in the
+/// same order, so every value equals the plain rows' bit for bit.
+pub fn matvec_q8_0x4_q8_0(w: &[BlockQ8_0x4], x: &[BlockQ8_0], out: &mut [f32]) {
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    for (o, group) in out.chunks_exact_mut(4).zip(w.chunks_exact(x.len())) {
+        for (j, o) in o.iter_mut().enumerate() {
+            let mut sum = 0.0f32;
+            for (b, xb) in group.iter().zip(x) {
+                let row = b.row(j);
+                let isum: i32 = row
+                    .qs
+                    .iter()
+                    .zip(&xb.qs)
+                    .map(|(&a, &c)| a as i32 * c as i32)
+                    .sum();
+                sum += isum as f32 * (row.d() * xb.d());
+            }
+            *o = sum;
+        }
     }
 }
 

@@ -56,6 +56,7 @@ pub fn table() -> Option<Kernels> {
             q8_0x8: Some(mv_q8_0x8_q16),
         }),
         q8_0_q8_0: None,
+        q8_0x4_q8_0: None,
     })
 }
 

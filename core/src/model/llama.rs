@@ -19,7 +19,7 @@ use crate::kernels::{Arith, Kernels, Matrix};
 use crate::kv_cache::KvCache;
 use crate::model::{Config, MemoryPlan, ScratchSizes, Weights};
 use crate::parallel::{self, Parallel, Serial};
-use crate::quant::BlockQ16;
+use crate::quant::{BlockQ16, BlockQ8_0};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A loaded model: config plus weights borrowed from the file bytes.
@@ -52,6 +52,9 @@ struct Scratch<'a> {
     rope: &'a mut [f32],
     q_sink: &'a mut [f32],
     rope_sink: &'a mut [f32],
+    /// Each rotated pair's frequency as f64 bits (low word first), computed
+    /// once ([`rope_freqs`]).
+    rope_freq: &'a mut [f32],
     logits: &'a mut [f32],
     row: &'a mut [f32],
     xq: &'a mut [f32],
@@ -175,10 +178,12 @@ impl<'s, 'w> Batch<'s, 'w> {
             rope: carve(&mut rest, sizes.rope),
             q_sink: carve(&mut rest, sizes.q_sink),
             rope_sink: carve(&mut rest, sizes.rope_sink),
+            rope_freq: carve(&mut rest, sizes.rope_freq),
             logits: carve(&mut rest, sizes.logits),
             row: carve(&mut rest, sizes.row),
             xq: carve(&mut rest, sizes.xq),
         };
+        rope_freqs(s.rope_freq, c.rope_base, c.rope_dim);
         Ok(Batch {
             model,
             kernels,
@@ -329,8 +334,7 @@ impl<'s, 'w> Batch<'s, 'w> {
                 rope_table(
                     &mut s.rope[r * c.rope_dim..(r + 1) * c.rope_dim],
                     p0 + j,
-                    c.rope_base,
-                    c.rope_dim,
+                    s.rope_freq,
                 );
             }
         }
@@ -381,12 +385,7 @@ impl<'s, 'w> Batch<'s, 'w> {
                     )?;
                     if sink {
                         let rs = &mut s.rope_sink[i * c.rope_dim..(i + 1) * c.rope_dim];
-                        rope_table(
-                            rs,
-                            sq.cache.query_cache_pos(p0 + j),
-                            c.rope_base,
-                            c.rope_dim,
-                        );
+                        rope_table(rs, sq.cache.query_cache_pos(p0 + j), s.rope_freq);
                         for h in s.q_sink[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
                             rope(h, rs);
                         }
@@ -789,14 +788,27 @@ impl Mm<'_> {
                 Arith::Decode => ws.iter().all(|w| kern.decodes_q16(w)),
                 Arith::Batch => ws.iter().all(|w| kern.packed_q8_0(w)),
             };
-        let blocks = if q16 {
-            let nb = cols / crate::quant::QK;
+        // Tables with int8 activations (Cortex-M DSP) quantize the input
+        // once here for all the matrices too, when the blocks fit.
+        let q8 = !q16 && ws.iter().all(|w| w.cols == cols && kern.takes_q8_0(w));
+        let nb = cols / crate::quant::QK;
+        let (blocks, q8) = if q16 {
             match crate::kernels::blocks_in::<BlockQ16>(xq, n * nb) {
-                Ok(b) => kern.quantize_q16(x, n, cols, b).then_some(&*b),
-                Err(_) => None,
+                Ok(b) => (kern.quantize_q16(x, n, cols, b).then_some(&*b), None),
+                Err(_) => (None, None),
+            }
+        } else if q8 {
+            match crate::kernels::blocks_in::<BlockQ8_0>(xq, n * nb) {
+                Ok(b) => {
+                    for (t, bt) in b.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
+                        crate::quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], bt);
+                    }
+                    (None, Some(&*b))
+                }
+                Err(_) => (None, None),
             }
         } else {
-            None
+            (None, None)
         };
         let ran = {
             let views: [&mut [f32]; K] = outs.each_mut().map(|o| &mut **o);
@@ -809,9 +821,10 @@ impl Mm<'_> {
                 scratch,
                 per_worker,
                 &|j, part, s| {
-                    let r = match blocks {
-                        Some(b) => kern.matmul_part_q16(ws[j], b, part, s),
-                        None => kern.matmul_part_as(ws[j], x, part, s, arith),
+                    let r = match (blocks, q8) {
+                        (Some(b), _) => kern.matmul_part_q16(ws[j], b, part, s),
+                        (None, Some(b)) => kern.matmul_part_q8(ws[j], b, part),
+                        (None, None) => kern.matmul_part_as(ws[j], x, part, s, arith),
                     };
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
@@ -896,15 +909,70 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// cos/sin of each rotated pair at `pos`: `table[2i], table[2i+1]` for pair i,
-/// angle `pos * base^(-2i/rope_dim)`. Computed in f64 so long positions keep
-/// their precision.
-pub fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dim: usize) {
-    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
+/// Each rotated pair's frequency `base^(-2i/rope_dim)` in f64, stored as
+/// its bits in two f32 words (low word first), for [`rope_table`]: computed
+/// once per session, since `pow` in software f64 (an FPU without doubles)
+/// costs more than the rest of a token's table.
+pub fn rope_freqs(out: &mut [f32], base: f32, rope_dim: usize) {
+    for (i, w) in out.chunks_exact_mut(2).enumerate() {
         let freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dim as f64);
-        let angle = pos as f64 * freq;
-        cs[0] = libm::cos(angle) as f32;
-        cs[1] = libm::sin(angle) as f32;
+        let bits = freq.to_bits();
+        w[0] = f32::from_bits(bits as u32);
+        w[1] = f32::from_bits((bits >> 32) as u32);
+    }
+}
+
+/// cos/sin of each rotated pair at `pos`: `table[2i], table[2i+1]` for pair i,
+/// angle `pos * freq_i` with the frequencies of [`rope_freqs`]. Computed in
+/// f64 ([`cos_sin`]) so long positions keep their precision.
+pub fn rope_table(table: &mut [f32], pos: usize, freqs: &[f32]) {
+    for (cs, w) in table.chunks_exact_mut(2).zip(freqs.chunks_exact(2)) {
+        let freq = f64::from_bits(w[0].to_bits() as u64 | (w[1].to_bits() as u64) << 32);
+        let (c, s) = cos_sin(pos as f64 * freq);
+        cs[0] = c as f32;
+        cs[1] = s as f32;
+    }
+}
+
+/// Angles up to which [`cos_sin`] reduces by multiples of pi/2 itself.
+const COS_SIN_REDUCED: f64 = 1048576.0; // 2^20
+
+/// `(cos t, sin t)` in f64 to within a few units in the last place, for
+/// angles `0 <= t`: reduced by multiples of pi/2 (pi/2 in three parts,
+/// each product with the multiple exact), then Taylor polynomials on
+/// `[-pi/4, pi/4]`, whose truncation error (below 1e-11) is far under
+/// what the f32 table keeps. About a third of libm's `cos` and `sin` in
+/// software f64; angles past 2^20 (positions past a million) go to libm.
+fn cos_sin(t: f64) -> (f64, f64) {
+    if !(0.0..COS_SIN_REDUCED).contains(&t) {
+        return (libm::cos(t), libm::sin(t));
+    }
+    // pi/2 = P1 + P2 + P3: P1 and P2 have 33 significant bits, so k * P1
+    // and k * P2 are exact for k < 2^20.
+    const P1: f64 = 1.570_796_326_734_125_614_17;
+    const P2: f64 = 6.077_100_506_303_965_976_6e-11;
+    const P3: f64 = 2.022_266_248_795_950_631_54e-21;
+    let k = (t * core::f64::consts::FRAC_2_PI + 0.5) as u32;
+    let kf = k as f64;
+    let r = ((t - kf * P1) - kf * P2) - kf * P3;
+    let r2 = r * r;
+    // sin r = r - r^3/3! + ... - r^11/11!, cos r = 1 - r^2/2! + ... + r^12/12!.
+    let s = r + r
+        * r2
+        * (-1.0 / 6.0
+            + r2 * (1.0 / 120.0
+                + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362_880.0 + r2 * (-1.0 / 39_916_800.0)))));
+    let c = 1.0
+        + r2 * (-0.5
+            + r2 * (1.0 / 24.0
+                + r2 * (-1.0 / 720.0
+                    + r2 * (1.0 / 40320.0
+                        + r2 * (-1.0 / 3_628_800.0 + r2 * (1.0 / 479_001_600.0))))));
+    match k & 3 {
+        0 => (c, s),
+        1 => (-s, c),
+        2 => (-c, -s),
+        _ => (s, -c),
     }
 }
 
@@ -921,5 +989,55 @@ pub fn rope(x: &mut [f32], table: &[f32]) {
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cos_sin` against libm over angles from 0 to past 2^20 (the libm
+    /// side of the cut included): within the polynomials' truncation error,
+    /// and the f32 values the table keeps almost always the same.
+    #[test]
+    fn cos_sin_matches_libm() {
+        let mut differ = 0u32;
+        let n = 200_000u32;
+        for i in 0..n {
+            // Spread over [0, 2^21): every quadrant, small and huge angles.
+            let t = (i as f64 / n as f64).powi(3) * 2_097_152.0 + (i % 7) as f64 * 0.1;
+            let (c, s) = cos_sin(t);
+            let (lc, ls) = (libm::cos(t), libm::sin(t));
+            assert!(
+                (c - lc).abs() < 2e-11 && (s - ls).abs() < 2e-11,
+                "{t}: {c} {s} vs {lc} {ls}"
+            );
+            differ += (c as f32 != lc as f32) as u32 + (s as f32 != ls as f32) as u32;
+        }
+        assert!(differ < n / 500, "{differ} of {} f32 values differ", 2 * n);
+        assert!(cos_sin(f64::NAN).0.is_nan());
+    }
+
+    /// The table of pair i at `pos` is cos/sin of `pos * base^(-2i/d)`.
+    #[test]
+    fn rope_table_angles() {
+        let (d, base) = (64, 10_000.0f32);
+        let mut freqs = [0.0f32; 64];
+        rope_freqs(&mut freqs, base, d);
+        let mut table = [0.0f32; 64];
+        for pos in [0usize, 1, 17, 8191, 1 << 20, 3 << 20] {
+            rope_table(&mut table, pos, &freqs);
+            for i in 0..d / 2 {
+                let a = pos as f64 * libm::pow(base as f64, -((2 * i) as f64) / d as f64);
+                assert!(
+                    (table[2 * i] as f64 - libm::cos(a)).abs() < 1e-7,
+                    "{pos} {i}"
+                );
+                assert!(
+                    (table[2 * i + 1] as f64 - libm::sin(a)).abs() < 1e-7,
+                    "{pos} {i}"
+                );
+            }
+        }
     }
 }

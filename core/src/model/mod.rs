@@ -67,6 +67,7 @@ pub(crate) struct ScratchSizes {
     pub rope: usize,      // (batch, rope_dim) cos/sin pairs
     pub q_sink: usize,    // (seqs, q_dim) queries rotated at their in-cache position
     pub rope_sink: usize, // (seqs, rope_dim)
+    pub rope_freq: usize, // (rope_dim) each pair's frequency, f64 bits in two words
     pub logits: usize,    // (seqs, vocab)
     pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
     pub xq: usize,        // (max(seqs, batch), cols / 32) 16-bit activation blocks, 20 floats each
@@ -101,6 +102,7 @@ impl ScratchSizes {
             rope: b.checked_mul(c.rope_dim)?,
             q_sink: seqs.checked_mul(c.q_dim())?,
             rope_sink: seqs.checked_mul(c.rope_dim)?,
+            rope_freq: c.rope_dim,
             logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
             // Decode tokens, or a batch for packed Q8_0 matrices.
@@ -124,6 +126,7 @@ impl ScratchSizes {
             self.rope,
             self.q_sink,
             self.rope_sink,
+            self.rope_freq,
             self.logits,
             self.row,
             self.xq,

@@ -132,6 +132,30 @@ impl<'a> Weights<'a> {
         })
     }
 
+    /// Calls `f` on every matrix decode multiplies, in a fixed order (the
+    /// classifier, then each layer's seven): where packed copies are built
+    /// and then attached, both passes see the same sequence.
+    pub fn visit_matrices<E>(
+        &mut self,
+        mut f: impl FnMut(&mut Matrix<'a>) -> core::result::Result<(), E>,
+    ) -> core::result::Result<(), E> {
+        f(&mut self.output)?;
+        for l in self.layers.iter_mut() {
+            for m in [
+                &mut l.attn_q,
+                &mut l.attn_k,
+                &mut l.attn_v,
+                &mut l.attn_output,
+                &mut l.ffn_gate,
+                &mut l.ffn_up,
+                &mut l.ffn_down,
+            ] {
+                f(m)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes of weights one decode step reads (every matrix once, plus norms).
     pub fn bytes_per_token(&self) -> usize {
         let norms = |s: &[f32]| core::mem::size_of_val(s);

@@ -16,7 +16,7 @@ pub mod q8_0;
 pub use q16::BlockQ16;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::{BlockQ4_1, BlockQ8_1};
-pub use q8_0::{BlockQ8_0, BlockQ8_0x8};
+pub use q8_0::{BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8};
 
 use crate::error::{Error, Result};
 
@@ -115,6 +115,9 @@ unsafe impl Pod for half::f16 {}
 unsafe impl Pod for BlockQ8_0 {}
 // SAFETY: repr(C), fields [[u8; 2]; 8] and [i8; 256], no padding (size asserted).
 unsafe impl Pod for BlockQ8_0x8 {}
+// SAFETY: repr(C, align(4)), fields [[u8; 2]; 4] and [i8; 128]: 136 bytes,
+// a multiple of the alignment, so no padding (size asserted).
+unsafe impl Pod for BlockQ8_0x4 {}
 // SAFETY: repr(C), fields [u8; 2] and [u8; 16], no padding (size asserted).
 unsafe impl Pod for BlockQ4_0 {}
 // SAFETY: repr(C), fields [u8; 2] x2 and [u8; 16], no padding (size asserted).

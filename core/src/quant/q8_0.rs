@@ -168,6 +168,68 @@ impl BlockQ8_0x8 {
     }
 }
 
+/// Four Q8_0 rows' blocks at one column, interleaved for the Cortex-M DSP
+/// decode kernel: one pointer walks four rows, and each row's eight quants
+/// per step are a word-aligned pair of words (one LDRD), which the file's
+/// 34-byte blocks cannot give (every other block's quants sit at 2-byte
+/// alignment).
+///
+/// `qs[32 * c + 8 * j + i]` is row `j`'s quant `8 * c + i`. The block is
+/// 136 bytes, as the four file blocks are, and 4-byte aligned, so packs fit
+/// wherever the file's rows would. A device builds these from the file's
+/// rows ([`pack_rows_x4`]) where its kernel table has a packed kernel
+/// ([`crate::kernels::Kernels::q8_0x4_q8_0`]); the file's own bytes are
+/// never rewritten.
+#[repr(C, align(4))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ8_0x4 {
+    /// The four rows' scales, f16 little-endian.
+    pub d: [[u8; 2]; 4],
+    pub qs: [i8; 4 * QK],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ8_0x4>() == 4 * 34);
+const _: () = assert!(core::mem::align_of::<BlockQ8_0x4>() == 4);
+
+impl BlockQ8_0x4 {
+    pub const ZERO: BlockQ8_0x4 = BlockQ8_0x4 {
+        d: [[0; 2]; 4],
+        qs: [0; 4 * QK],
+    };
+
+    /// Row `j`'s block, as the file stores it.
+    pub fn row(&self, j: usize) -> BlockQ8_0 {
+        let j = j & 3;
+        BlockQ8_0 {
+            d: self.d[j],
+            qs: core::array::from_fn(|i| self.qs[32 * (i / 8) + 8 * j + i % 8]),
+        }
+    }
+}
+
+/// Interleaves whole groups of four rows of `nb` blocks each: group `g`'s
+/// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
+/// beyond the last whole group, and groups `out` has no room for, are left).
+pub fn pack_rows_x4(rows: &[BlockQ8_0], nb: usize, out: &mut [BlockQ8_0x4]) -> usize {
+    if nb == 0 {
+        return 0;
+    }
+    let groups = (rows.len() / nb / 4).min(out.len() / nb);
+    for g in 0..groups {
+        for b in 0..nb {
+            let o = &mut out[g * nb + b];
+            for j in 0..4 {
+                let src = &rows[(4 * g + j) * nb + b];
+                o.d[j] = src.d;
+                for (c, eight) in src.qs.chunks_exact(8).enumerate() {
+                    o.qs[32 * c + 8 * j..32 * c + 8 * j + 8].copy_from_slice(eight);
+                }
+            }
+        }
+    }
+    groups
+}
+
 /// Interleaves whole groups of eight rows of `nb` blocks each: group `g`'s
 /// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
 /// beyond the last whole group, and groups `out` has no room for, are left).

@@ -3,14 +3,16 @@
 //! (odd row counts, block counts across the stack-chunk boundary, -128
 //! quants, zero blocks, extreme and special scales; f16 values of every
 //! kind around the eight-lane chunk). They must agree bit for bit. Then the instruction cost of the int8 matvec per
-//! multiply-accumulate, measured by the QEMU count plugin between marks.
+//! multiply-accumulate, measured by the QEMU count plugin between marks
+//! (the file-layout kernel, the two scalar paths, then the packed kernel).
 //! Exit 0 when every case agrees, 2 on the first mismatch.
 
 #![no_std]
 #![no_main]
 
-use ember_core::kernels::{scalar, Kernels, MatvecQ8Fn};
-use ember_core::quant::{BlockQ8_0, QK};
+use ember_core::kernels::{scalar, Kernels, MatvecQ8Fn, MatvecQ8x4Fn};
+use ember_core::quant::q8_0::pack_rows_x4;
+use ember_core::quant::{BlockQ8_0, BlockQ8_0x4, QK};
 use ember_firmware::arena::Arena;
 use ember_firmware::{self as fw, OrExit};
 use half::f16;
@@ -98,6 +100,52 @@ fn check(name: &str, fast: MatvecQ8Fn, mem: &mut fw::arena::Carver<'static>) -> 
     }
     defmt::println!(
         "kernel {=str}: {=u32} cases equal to the scalar reference bit for bit",
+        name,
+        cases
+    );
+    cases
+}
+
+/// The four-row packed kernel over the same shapes and inputs as [`check`]:
+/// the rows are packed ([`pack_rows_x4`]) and every row of a whole group
+/// must equal the plain rows' reference bit for bit.
+fn check_packed4(name: &str, fast: MatvecQ8x4Fn, mem: &mut fw::arena::Carver<'static>) -> u32 {
+    let max_rows = 67;
+    let max_nb = 70;
+    let w = take_blocks(mem, max_rows * max_nb);
+    let x = take_blocks(mem, max_nb);
+    let p = mem
+        .take::<BlockQ8_0x4>(max_rows / 4 * max_nb)
+        .or_exit("buffers");
+    let want = mem.take::<f32>(max_rows).or_exit("buffers");
+    let got = mem.take::<f32>(max_rows).or_exit("buffers");
+    let mut rng = Rng(0x0bad_cafe);
+    let mut cases = 0u32;
+    for &rows in &[4usize, 5, 8, 13, 64, 67] {
+        for &nb in &[1usize, 2, 7, 31, 32, 33, 65, 70] {
+            for case in 0..4 {
+                let w = &mut w[..rows * nb];
+                let x = &mut x[..nb];
+                fill(&mut rng, w, case);
+                fill(&mut rng, x, case + 1);
+                let groups = pack_rows_x4(w, nb, p);
+                scalar::matvec_q8_0_q8_0(w, x, &mut want[..rows]);
+                fast(&p[..groups * nb], x, &mut got[..4 * groups]);
+                for r in 0..4 * groups {
+                    if !same(got[r], want[r]) {
+                        defmt::error!(
+                            "{=str} packed: rows {=usize} blocks {=usize} case {=usize}: row {=usize} got {=f32} want {=f32}",
+                            name, rows, nb, case, r, got[r], want[r]
+                        );
+                        fw::exit(fw::code::CHECK_FAILED);
+                    }
+                }
+                cases += 1;
+            }
+        }
+    }
+    defmt::println!(
+        "packed kernel {=str}: {=u32} cases equal to the scalar reference bit for bit",
         name,
         cases
     );
@@ -192,6 +240,35 @@ fn cost(name: &str, f: MatvecQ8Fn, mem: &mut fw::arena::Carver<'static>) {
     );
 }
 
+/// [`cost`] for the packed kernel on the same matrix, packed first.
+fn cost_packed4(name: &str, f: MatvecQ8x4Fn, mem: &mut fw::arena::Carver<'static>) {
+    const ROWS: usize = 64;
+    const NB: usize = 18;
+    const REPS: usize = 4;
+    let w = take_blocks(mem, ROWS * NB);
+    let x = take_blocks(mem, NB);
+    let p = mem.take::<BlockQ8_0x4>(ROWS / 4 * NB).or_exit("buffers");
+    let out = mem.take::<f32>(ROWS).or_exit("buffers");
+    let mut rng = Rng(7);
+    fill(&mut rng, w, 0);
+    fill(&mut rng, x, 0);
+    pack_rows_x4(w, NB, p);
+    fw::mark();
+    for _ in 0..REPS {
+        f(p, x, out);
+    }
+    fw::mark();
+    defmt::println!(
+        "cost {=str} packed: marks around {=usize} multiply-accumulates (rows {=usize}, cols {=usize}, reps {=usize}) checksum {=f32}",
+        name,
+        REPS * ROWS * NB * QK,
+        ROWS,
+        NB * QK,
+        REPS,
+        out.iter().sum::<f32>()
+    );
+}
+
 ember_firmware::entry!(main);
 
 fn main() -> ! {
@@ -203,10 +280,16 @@ fn main() -> ! {
         fw::exit(fw::code::CHECK_FAILED)
     };
     check(k.name, fast, &mut mem);
+    let Some(packed) = k.q8_0x4_q8_0 else {
+        defmt::error!("this target's table has no packed int8 matvec to test");
+        fw::exit(fw::code::CHECK_FAILED)
+    };
+    check_packed4(k.name, packed, &mut mem);
     check_f16(&k, &mut mem);
     cost(k.name, fast, &mut mem);
     cost("scalar-q8", scalar::matvec_q8_0_q8_0, &mut mem);
     cost("scalar-f32-activations", f32_activations, &mut mem);
+    cost_packed4(k.name, packed, &mut mem);
     fw::exit(fw::code::OK)
 }
 

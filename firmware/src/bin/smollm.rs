@@ -12,14 +12,18 @@ use ember_core::{KvOptions, KvType};
 use ember_firmware::arena::Arena;
 use ember_firmware::{self as fw, OrExit};
 
-/// Run-time memory, in DDR (Cortex-M55) or RAM (AArch64): 32 MiB; on the
-/// Cortex-M4F board, the lower half of its 16 MiB PSRAM (enough for a small
-/// model, not for SmolLM2).
+/// Run-time memory: on the Cortex-M55 board, 192 MiB of its DDR (the
+/// session, and SmolLM2's Q8_0 matrices packed in fours for the DSP kernel:
+/// 143 MB); on AArch64, 32 MiB of RAM; on the Cortex-M4F board, the lower
+/// half of its 16 MiB PSRAM (enough for a small model and its packs, not
+/// for SmolLM2).
 #[link_section = ".bigram"]
 static RAM: Arena<ARENA> = Arena::new();
 #[cfg(board = "an386")]
 const ARENA: usize = 8 << 20;
-#[cfg(not(board = "an386"))]
+#[cfg(board = "an547")]
+const ARENA: usize = 192 << 20;
+#[cfg(board = "virt")]
 const ARENA: usize = 32 << 20;
 
 const PROMPT: &str = "The capital of France is";
@@ -55,13 +59,14 @@ fn main() -> ! {
         }
     };
     let mut gguf = None;
-    let l = fw::load(placed.model, &mut gguf, &mut mem);
+    let mut l = fw::load(placed.model, &mut gguf, &mut mem);
     let mut prompt = [0u32; 1024];
     let prompt = fw::tokenize(&l, text, &mut mem, &mut prompt);
     defmt::println!("prompt ids={=str}", fw::id_list(prompt).as_str());
     let kv = KvOptions::dense(CTX).with_type(KvType::F16);
     let mut bufs = fw::Buffers::new(&l.model, kv, BATCH, &mut mem);
     let kernels = Kernels::detect();
+    fw::pack(&mut l, &kernels, &mut mem);
     let spec = fw::Spec {
         kernels,
         prompt,
