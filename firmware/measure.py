@@ -15,8 +15,13 @@ import os, re, subprocess, sys, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# The Cortex-M4F PSRAM model: `ember synth` with these arguments (as in
+# std-runner/tests/firmware.rs), wide enough that weight multiplies dominate.
+M4_PSRAM_MODEL = ["--dim", "512", "--layers", "2", "--heads", "8", "--kv-heads", "4",
+                  "--ffn", "1536", "--vocab", "512", "--seed", "1"]
 IMAGES = [
     ("Cortex-M4F (mps2-an386)", "thumbv7em-none-eabihf", "tiny", None),
+    ("Cortex-M4F (mps2-an386)", "thumbv7em-none-eabihf", "smollm", "synth"),
     ("Cortex-M55 (mps3-an547)", "thumbv8m.main-none-eabihf", "smollm", "Q8_0"),
     ("AArch64 (virt, Cortex-A72)", "aarch64-unknown-none", "smollm", "Q4_1"),
 ]
@@ -54,7 +59,8 @@ def matmul_macs(dim, layers, heads, kv_heads, ffn, vocab):
 
 
 def main():
-    plugin = os.path.join(tempfile.mkdtemp(), "qemu-icount.so")
+    tmp = tempfile.mkdtemp()
+    plugin = os.path.join(tmp, "qemu-icount.so")
     sh(["cc", "-shared", "-fPIC", "-O2", "-o", plugin, os.path.join(ROOT, "tools", "qemu-icount.c")])
     home = os.environ.get("EMBER_HOME", os.path.expanduser("~/.cache/ember"))
     rows = []
@@ -62,7 +68,12 @@ def main():
         sh(["cargo", "build", "--release", "--locked", "--target", target, "--bin", image], cwd=HERE)
         elf = os.path.join(HERE, "target", target, "release", image)
         env = dict(os.environ, EMBER_QEMU_PLUGIN=plugin)
-        if ty:
+        if ty == "synth":
+            model = os.path.join(tmp, "m4-psram.gguf")
+            sh(["cargo", "run", "--release", "--locked", "-q", "-p", "ember-runner", "--",
+                "synth", model] + M4_PSRAM_MODEL, cwd=ROOT)
+            env["EMBER_FIRMWARE_MODEL"] = model
+        elif ty:
             env["EMBER_FIRMWARE_MODEL"] = os.path.join(home, f"SmolLM2-135M-Instruct.{ty}.gguf")
         r = subprocess.run([os.path.join(HERE, "qemu-run"), elf], cwd=HERE, env=env,
                            capture_output=True, text=True)

@@ -53,19 +53,22 @@ impl<T> OrExit<T> for Result<T, NoRoom> {
 
 /// A parsed model with its tokenizer, over static memory.
 pub struct Loaded<'a> {
-    pub model: Llama<'a>,
+    pub model: &'a mut Llama<'a>,
     pub tokenizer: Tokenizer<'a>,
 }
 
-/// Parses and validates `bytes` (GGUF) and builds the tokenizer's index in
-/// `mem`. Every failure is a defmt error line and exit code 1.
+/// Parses and validates `bytes` (GGUF) into `gguf` and `model` and builds
+/// the tokenizer's index in `mem`. Every failure is a defmt error line and exit code 1.
 pub fn load<'a>(
     bytes: &'a [u8],
     gguf: &'a mut Option<Gguf<'a>>,
+    model: &'a mut Option<Llama<'a>>,
     mem: &mut Carver<'a>,
 ) -> Loaded<'a> {
     let g = gguf.insert(Gguf::parse(bytes).or_exit("reading the GGUF"));
-    let model = Llama::from_gguf(g).or_exit("loading the model");
+    // Built in the caller's slot: the model's layer table is 34 KB, and
+    // moving it out of `Result`s kept three copies on this frame's stack.
+    let model = Llama::load_into(g, model).or_exit("loading the model");
     let words = Tokenizer::index_words(g).or_exit("sizing the tokenizer");
     let index = mem.take::<u32>(words).or_exit("the tokenizer index");
     let tokenizer = Tokenizer::new(g, index).or_exit("building the tokenizer");

@@ -36,6 +36,35 @@ impl<'w> Llama<'w> {
         let weights = Weights::from_gguf(g, &config)?;
         Ok(Llama { config, weights })
     }
+
+    /// [`Llama::from_gguf`] into `slot`, built where it stays. The value
+    /// holds a layer table with room for `MAX_LAYERS` layers (34 KB on a
+    /// 32-bit target), which moves through `Result`s copy it on the stack
+    /// several times over; a microcontroller would rather hold it once.
+    pub fn load_into<'s>(
+        g: &Gguf<'w>,
+        slot: &'s mut Option<Llama<'w>>,
+    ) -> Result<&'s mut Llama<'w>> {
+        let config = Config::from_gguf(g)?;
+        let filled = slot
+            .insert(Llama {
+                config,
+                weights: Weights::empty(),
+            })
+            .weights
+            .fill(g, &config);
+        match (filled, slot) {
+            (Ok(()), Some(m)) => Ok(m),
+            // On an error the slot is left empty, not half filled.
+            (r, s) => {
+                *s = None;
+                Err(r.err().unwrap_or(Error::MissingTensor {
+                    kind: crate::error::TensorKind::TokenEmbd,
+                    layer: 0,
+                }))
+            }
+        }
+    }
 }
 
 /// Run-time buffers carved from the arena.

@@ -97,14 +97,40 @@ impl<'a> Finder<'_, 'a> {
 impl<'a> Weights<'a> {
     /// Finds and checks every tensor the config needs.
     pub fn from_gguf(g: &Gguf<'a>, c: &Config) -> Result<Weights<'a>> {
-        let f = Finder { g };
-        let token_embd = f.matrix(TensorKind::TokenEmbd, 0, c.vocab_size, c.dim)?;
-        let output_norm = f.vector(TensorKind::OutputNorm, 0, c.dim)?;
-        let output = match f.find(TensorKind::Output, 0)? {
-            Some(_) => f.matrix(TensorKind::Output, 0, c.vocab_size, c.dim)?,
-            None => token_embd,
+        let mut w = Weights::empty();
+        w.fill(g, c)?;
+        Ok(w)
+    }
+
+    /// No tensors yet: every matrix empty, no layers.
+    pub const fn empty() -> Weights<'a> {
+        let none = Matrix {
+            rows: 0,
+            cols: 0,
+            data: crate::kernels::RowData::F32(&[]),
+            packed: None,
+            packed4: None,
         };
-        let mut layers = heapless::Vec::new();
+        Weights {
+            token_embd: none,
+            output_norm: &[],
+            output: none,
+            layers: heapless::Vec::new(),
+        }
+    }
+
+    /// [`Weights::from_gguf`] into `self`, its layer table filled where it
+    /// stands (the table has room for `MAX_LAYERS` layers: a microcontroller's
+    /// stack should not hold copies of it).
+    pub fn fill(&mut self, g: &Gguf<'a>, c: &Config) -> Result<()> {
+        let f = Finder { g };
+        self.layers.clear();
+        self.token_embd = f.matrix(TensorKind::TokenEmbd, 0, c.vocab_size, c.dim)?;
+        self.output_norm = f.vector(TensorKind::OutputNorm, 0, c.dim)?;
+        self.output = match f.find(TensorKind::Output, 0)? {
+            Some(_) => f.matrix(TensorKind::Output, 0, c.vocab_size, c.dim)?,
+            None => self.token_embd,
+        };
         for l in 0..c.n_layers {
             let l16 = l as u16;
             let lw = LayerWeights {
@@ -118,18 +144,13 @@ impl<'a> Weights<'a> {
                 ffn_up: f.matrix(TensorKind::FfnUp, l16, c.ffn_dim, c.dim)?,
                 ffn_down: f.matrix(TensorKind::FfnDown, l16, c.dim, c.ffn_dim)?,
             };
-            layers.push(lw).map_err(|_| Error::CapExceeded {
+            self.layers.push(lw).map_err(|_| Error::CapExceeded {
                 what: Cap::Layers,
                 found: c.n_layers as u64,
                 cap: MAX_LAYERS as u64,
             })?;
         }
-        Ok(Weights {
-            token_embd,
-            output_norm,
-            output,
-            layers,
-        })
+        Ok(())
     }
 
     /// Calls `f` on every matrix decode multiplies, in a fixed order (the

@@ -58,8 +58,10 @@ fn main() -> ! {
             fw::exit(fw::code::CORE_ERROR)
         }
     };
-    let mut gguf = None;
-    let mut l = fw::load(placed.model, &mut gguf, &mut mem);
+    // Never dropped: main does not return, and the model is borrowed for good.
+    // The model is borrowed for good (main never returns), so never dropped.
+    let (mut gguf, mut model) = (None, core::mem::ManuallyDrop::new(None));
+    let mut l = fw::load(placed.model, &mut gguf, &mut *model, &mut mem);
     let mut prompt = [0u32; 1024];
     let prompt = fw::tokenize(&l, text, &mut mem, &mut prompt);
     defmt::println!("prompt ids={=str}", fw::id_list(prompt).as_str());
