@@ -180,7 +180,7 @@ pub fn generate(
     bufs: &mut Buffers,
 ) -> Result<heapless::Vec<u32, MAX_IDS>, Error> {
     let mut sampler = Sampler::new(spec.sampling)?;
-    let mut s = Session::new(&l.model, spec.kernels, bufs.plan, bufs.arena)?;
+    let mut s = Session::new(l.model, spec.kernels, bufs.plan, bufs.arena)?;
     s.reserve(spec.prompt.len() + spec.n_predict.saturating_sub(1))?;
     let n_predict = spec.n_predict.min(MAX_IDS);
     mark();

@@ -284,7 +284,7 @@ fn placed_model_matches_host(target: &str, model: &Path) -> String {
     let rs = runs(&text);
     assert_eq!(rs.len(), 1, "{text}");
     assert_eq!(rs[0].ids.len(), 8, "{text}");
-    let host = host_run(&model, &prompt, 8, &rs[0]);
+    let host = host_run(model, &prompt, 8, &rs[0]);
     assert_eq!(rs[0].ids, json_ids(&host), "{target}: firmware vs host");
     let line = text.lines().find(|l| l.starts_with("text=")).unwrap();
     let mut device_text = line["text=".len()..].to_string();

@@ -953,7 +953,8 @@ pub fn rope_freqs(out: &mut [f32], base: f32, rope_dim: usize) {
 
 /// cos/sin of each rotated pair at `pos`: `table[2i], table[2i+1]` for pair i,
 /// angle `pos * freq_i` with the frequencies of [`rope_freqs`]. Computed in
-/// f64 ([`cos_sin`]) so long positions keep their precision.
+/// f64 (reduced by multiples of pi/2, then polynomials) so long positions
+/// keep their precision.
 pub fn rope_table(table: &mut [f32], pos: usize, freqs: &[f32]) {
     for (cs, w) in table.chunks_exact_mut(2).zip(freqs.chunks_exact(2)) {
         let freq = f64::from_bits(w[0].to_bits() as u64 | (w[1].to_bits() as u64) << 32);
@@ -978,9 +979,9 @@ fn cos_sin(t: f64) -> (f64, f64) {
     }
     // pi/2 = P1 + P2 + P3: P1 and P2 have 33 significant bits, so k * P1
     // and k * P2 are exact for k < 2^20.
-    const P1: f64 = 1.570_796_326_734_125_614_17;
-    const P2: f64 = 6.077_100_506_303_965_976_6e-11;
-    const P3: f64 = 2.022_266_248_795_950_631_54e-21;
+    const P1: f64 = 1.570_796_326_734_125_6;
+    const P2: f64 = 6.077_100_506_303_966e-11;
+    const P3: f64 = 2.022_266_248_795_950_6e-21;
     let k = (t * core::f64::consts::FRAC_2_PI + 0.5) as u32;
     let kf = k as f64;
     let r = ((t - kf * P1) - kf * P2) - kf * P3;

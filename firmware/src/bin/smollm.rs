@@ -61,12 +61,12 @@ fn main() -> ! {
     // Never dropped: main does not return, and the model is borrowed for good.
     // The model is borrowed for good (main never returns), so never dropped.
     let (mut gguf, mut model) = (None, core::mem::ManuallyDrop::new(None));
-    let mut l = fw::load(placed.model, &mut gguf, &mut *model, &mut mem);
+    let mut l = fw::load(placed.model, &mut gguf, &mut model, &mut mem);
     let mut prompt = [0u32; 1024];
     let prompt = fw::tokenize(&l, text, &mut mem, &mut prompt);
     defmt::println!("prompt ids={=str}", fw::id_list(prompt).as_str());
     let kv = KvOptions::dense(CTX).with_type(KvType::F16);
-    let mut bufs = fw::Buffers::new(&l.model, kv, BATCH, &mut mem);
+    let mut bufs = fw::Buffers::new(l.model, kv, BATCH, &mut mem);
     let kernels = Kernels::detect();
     fw::pack(&mut l, &kernels, &mut mem);
     let spec = fw::Spec {

@@ -40,9 +40,9 @@ fn main() -> ! {
     // Never dropped: main does not return, and the model is borrowed for good.
     // The model is borrowed for good (main never returns), so never dropped.
     let (mut gguf, mut model) = (None, core::mem::ManuallyDrop::new(None));
-    let l = fw::load(&MODEL.0, &mut gguf, &mut *model, &mut mem);
+    let l = fw::load(&MODEL.0, &mut gguf, &mut model, &mut mem);
     let kv = KvOptions::dense(CTX).with_type(KvType::F16);
-    let mut bufs = fw::Buffers::new(&l.model, kv, BATCH, &mut mem);
+    let mut bufs = fw::Buffers::new(l.model, kv, BATCH, &mut mem);
     defmt::println!("prompt ids={=str}", fw::id_list(&PROMPT).as_str());
     for kernels in [Kernels::detect(), Kernels::scalar()] {
         for (mode, sampling) in [
