@@ -50,100 +50,108 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
     }
 }
 
-/// `Σ v²` over `x` in f64, in order: the bits of
-/// `x.iter().map(|&v| v as f64 * v as f64).sum::<f64>()`, which RMSNorm
-/// takes (as ggml does, in double precision).
-///
-/// With the `soft-f64` feature, for FPUs without double precision
-/// (Cortex-M4F), finite rows go through [`sum_squares_int`], which gets the
-/// same bits with integer arithmetic in about half the soft-float
-/// library's instructions (4.5 M against 8.3 M over the tiny firmware
-/// image's runs).
-#[inline]
-pub fn sum_squares(x: &[f32]) -> f64 {
-    #[cfg(feature = "soft-f64")]
-    if let Some(s) = sum_squares_int(x) {
-        return s;
-    }
-    x.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
-}
+/// Limbs of [`sum_squares`]' accumulator: bit 0 is 2^-298 (the smallest
+/// square of an f32), the largest square reaches bit 553, and 2^64 of them
+/// stay below bit 618.
+const SQ_LIMBS: usize = 20;
 
-/// [`sum_squares`] in integers, or `None` if `x` holds an infinity or NaN.
+/// `Σ v²` over `x`, exactly, rounded once to the nearest f64 (ties to
+/// even): RMSNorm's mean square.
 ///
-/// Each square of an f32 is exact in f64 (a 48-bit mantissa product), and
-/// lies between 2^-298 and 2^256, as does every partial sum of fewer than
-/// 2^700 of them, so no f64 step is subnormal or overflows: each addition
-/// is an exact integer sum of two mantissas rounded once to 53 bits, to
-/// nearest, ties to even, as the FPU rounds it.
-pub fn sum_squares_int(x: &[f32]) -> Option<f64> {
-    // The sum starts at -0.0 (`Sum for f64`); any square added gives +0.0
-    // or more, so only an empty row keeps the sign.
-    if x.is_empty() {
-        return Some(-0.0);
-    }
-    // Accumulator: `m * 2^e` with `m` in [2^52, 2^53), or zero (m == 0).
-    let (mut m, mut e) = (0u64, 0i32);
+/// The square of a finite f32 is an integer below 2^48 times a power of two
+/// from 2^-298 to 2^208, so every square is added exactly into a
+/// fixed-point accumulator of 32-bit limbs, and the sum is rounded once at
+/// the end. That is at least as accurate as adding in f64 in order (which
+/// rounds at every step), needs no f64 arithmetic (which a single-precision
+/// FPU such as the Cortex-M4F's does in software: the in-order f64 sum took
+/// about 100 instructions per element there even emulated in integers, this
+/// takes 40), and gives the same bits on every target. NaN in `x` gives NaN, an infinity (and no NaN)
+/// +∞, an empty row 0.0.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    let mut acc = [0u32; SQ_LIMBS];
+    let (mut nan, mut inf) = (false, false);
     for &v in x {
         let b = v.to_bits() & 0x7fff_ffff;
-        let (be, bm) = (b >> 23, (b & 0x7f_ffff) as u64);
+        let be = b >> 23;
         if be == 0xff {
-            return None;
+            nan |= b != 0x7f80_0000;
+            inf |= b == 0x7f80_0000;
+            continue;
         }
-        if b == 0 {
-            continue; // + (+0.0) leaves the sum as it is
-        }
-        // v = vm * 2^(ve - 150): normal or subnormal.
+        // v = vm * 2^(ve - 149): the subnormal exponent is that of the
+        // smallest normal.
         let (vm, ve) = if be == 0 {
-            (bm, 1 - 150)
+            (b, 0)
         } else {
-            (bm | 1 << 23, be as i32 - 150)
+            ((b & 0x7f_ffff) | 1 << 23, be - 1)
         };
-        // v² = vm² * 2^(2 ve), normalized to 53 bits (exact: vm² < 2^48).
-        let sq = vm * vm;
-        let shift = sq.leading_zeros() as i32 - 11;
-        let (sm, se) = (sq << shift, 2 * ve - shift);
-        if m == 0 {
-            (m, e) = (sm, se);
-            continue;
-        }
-        // Larger exponent first; the smaller operand is shifted right into
-        // three extra bits (guard, round, sticky).
-        let ((hm, he), (lm, le)) = if se > e {
-            ((sm, se), (m, e))
-        } else {
-            ((m, e), (sm, se))
-        };
-        let d = he - le;
-        if d > 54 {
-            // Under half an ulp of the larger: rounds back to it.
-            (m, e) = (hm, he);
-            continue;
-        }
-        let wide = lm << 3;
-        let sticky = (d > 0 && wide << (64 - d.max(1)) != 0) as u64;
-        let mut s = (hm << 3) + (wide >> d | sticky);
-        let mut se2 = he;
-        if s >= 1 << 56 {
-            s = s >> 1 | (s & 1);
-            se2 += 1;
-        }
-        let g = s & 7;
-        s >>= 3;
-        if g > 4 || (g == 4 && s & 1 == 1) {
-            s += 1;
-            if s == 1 << 53 {
-                s >>= 1;
-                se2 += 1;
+        // v² = sq * 2^(2 ve - 298); bit offset 2 ve is at most 506.
+        let sq = vm as u64 * vm as u64;
+        let (lo, hi) = (sq as u32, (sq >> 32) as u32);
+        let o = 2 * ve;
+        let (i, sh) = ((o / 32) as usize & 15, o % 32);
+        // The square shifted into three limbs (`>> 1 >>` keeps sh == 0 in range).
+        let w0 = lo << sh;
+        let w1 = hi << sh | lo >> 1 >> (31 - sh);
+        let w2 = hi >> 1 >> (31 - sh);
+        let t = acc[i] as u64 + w0 as u64;
+        acc[i] = t as u32;
+        let t = acc[i + 1] as u64 + w1 as u64 + (t >> 32);
+        acc[i + 1] = t as u32;
+        let t = acc[i + 2] as u64 + w2 as u64 + (t >> 32);
+        acc[i + 2] = t as u32;
+        let mut carry = t >> 32 != 0;
+        for a in acc.iter_mut().skip(i + 3) {
+            if !carry {
+                break;
             }
+            (*a, carry) = a.overflowing_add(1);
         }
-        (m, e) = (s, se2);
     }
-    if m == 0 {
-        return Some(0.0);
+    if nan {
+        return f64::NAN;
     }
-    // value = m * 2^e with m in [2^52, 2^53): biased exponent e + 52 + 1023.
-    let bits = ((e + 52 + 1023) as u64) << 52 | (m & ((1 << 52) - 1));
-    Some(f64::from_bits(bits))
+    if inf {
+        return f64::INFINITY;
+    }
+    let Some(top) = acc.iter().rposition(|&a| a != 0) else {
+        return 0.0;
+    };
+    // The highest set bit, and the 64 bits down from it.
+    let p = 32 * top as i32 + 31 - acc[top].leading_zeros() as i32;
+    let bit = |k: i32| -> u64 {
+        if k < 0 {
+            0
+        } else {
+            (acc[k as usize / 32] >> (k % 32) & 1) as u64
+        }
+    };
+    let mut w = 0u64;
+    for k in (p - 63..=p).rev() {
+        w = w << 1 | bit(k);
+    }
+    // Anything set below the 64-bit window.
+    let below = p - 64;
+    let sticky_limbs = if below >= 0 {
+        let (l, b) = (below as usize / 32, below % 32);
+        acc[..l].iter().any(|&a| a != 0) || acc[l] << (31 - b) != 0
+    } else {
+        false
+    };
+    let mut m = w >> 11;
+    let round = w >> 10 & 1 == 1;
+    let sticky = w & 0x3ff != 0 || sticky_limbs;
+    let mut e = p;
+    if round && (sticky || m & 1 == 1) {
+        m += 1;
+        if m == 1 << 53 {
+            m >>= 1;
+            e += 1;
+        }
+    }
+    // value = m * 2^(e - 52 - 298), m in [2^52, 2^53): a normal f64.
+    let biased = (e - 298 + 1023) as u64;
+    f64::from_bits(biased << 52 | (m & ((1 << 52) - 1)))
 }
 
 #[cfg(test)]
@@ -170,6 +178,56 @@ mod tests {
         assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
     }
 
+    /// The exact sum of the squares (each exact in f64), correctly rounded:
+    /// Shewchuk's partials, as Python's `math.fsum` keeps them.
+    fn fsum_squares(x: &[f32]) -> f64 {
+        // At most about 40 partials: they do not overlap and span f64's range.
+        let mut partials: heapless::Vec<f64, 128> = heapless::Vec::new();
+        for &v in x {
+            let mut y = v as f64 * v as f64;
+            let mut keep: heapless::Vec<f64, 128> = heapless::Vec::new();
+            for &p in &partials {
+                let (a, b) = if y.abs() < p.abs() { (p, y) } else { (y, p) };
+                let hi = a + b;
+                let lo = b - (hi - a);
+                if lo != 0.0 {
+                    keep.push(lo).unwrap();
+                }
+                y = hi;
+            }
+            keep.push(y).unwrap();
+            partials = keep;
+        }
+        // Round the partials' sum once, from the top, with the half-way fix.
+        let mut n = partials.len();
+        let mut hi = 0.0;
+        if n > 0 {
+            n -= 1;
+            hi = partials[n];
+            let mut lo = 0.0;
+            while n > 0 {
+                let x = hi;
+                n -= 1;
+                let y = partials[n];
+                hi = x + y;
+                let yr = hi - x;
+                lo = y - yr;
+                if lo != 0.0 {
+                    break;
+                }
+            }
+            if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0))
+            {
+                let y = lo * 2.0;
+                let x = hi + y;
+                if y == x - hi {
+                    hi = x;
+                }
+            }
+        }
+        hi
+    }
+
     fn plain(x: &[f32]) -> f64 {
         x.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
     }
@@ -183,10 +241,11 @@ mod tests {
     }
 
     #[test]
-    fn integer_sum_of_squares_equals_f64_sum() {
+    fn sum_of_squares_is_exact_then_rounded_once() {
         let mut st = 0x9e37_79b9_7f4a_7c15u64;
         let rows = if cfg!(miri) { 20 } else { 4000 };
         let mut x = [0.0f32; 600];
+        let mut same_as_in_order = 0;
         for row in 0..rows {
             let n = (rng(&mut st) % 600) as usize;
             // Mixes: one scale (as activations are), spread exponents,
@@ -211,36 +270,45 @@ mod tests {
                     }
                 };
             }
-            let (want, got) = (plain(&x[..n]), sum_squares_int(&x[..n]).unwrap());
+            let (want, got) = (fsum_squares(&x[..n]), sum_squares(&x[..n]));
             assert_eq!(
                 got.to_bits(),
                 want.to_bits(),
                 "row {row} kind {kind} n {n}: {got:e} against {want:e}"
             );
+            // Adding in f64 in order is within a few units of it.
+            let p = plain(&x[..n]);
+            assert!((p - got).abs() <= got * n as f64 * f64::EPSILON);
+            same_as_in_order += (p.to_bits() == got.to_bits()) as u32;
         }
-        // Ties and carries: many equal squares, then one tiny one.
+        assert!(same_as_in_order > rows / 4, "{same_as_in_order}");
+        // Ties: 1 + 2^-53 rounds to 1 (even), 1 + 2^-52 + 2^-53 up to
+        // 1 + 2^-51; past the tie by any amount, up.
+        let t = 2f32.powi(-27);
+        assert_eq!(sum_squares(&[1.0, t, t]), 1.0);
+        assert_eq!(sum_squares(&[1.0, t, t, 1e-30]), 1.0 + f64::EPSILON);
+        let u = 2f32.powi(-26);
+        assert_eq!(sum_squares(&[1.0, u, t, t]), 1.0 + 2.0 * f64::EPSILON);
+        // Carries through many limbs, and the ends of the range.
         for n in [1usize, 2, 3, 255, 256, 257] {
             let mut y = [1.0000001f32; 258];
             y[n] = 1e-20;
             assert_eq!(
-                sum_squares_int(&y[..=n]).unwrap().to_bits(),
-                plain(&y[..=n]).to_bits()
+                sum_squares(&y[..=n]).to_bits(),
+                fsum_squares(&y[..=n]).to_bits()
             );
         }
+        let tiny = f32::from_bits(1);
+        assert_eq!(sum_squares(&[tiny]), 2f64.powi(-298));
         assert_eq!(
-            sum_squares_int(&[]).unwrap().to_bits(),
-            plain(&[]).to_bits()
-        );
-        assert_eq!(
-            sum_squares_int(&[0.0, -0.0]).unwrap().to_bits(),
-            plain(&[0.0, -0.0]).to_bits()
-        );
-        assert_eq!(
-            sum_squares_int(&[f32::MAX, f32::MAX]).unwrap(),
+            sum_squares(&[f32::MAX, f32::MAX]),
             plain(&[f32::MAX, f32::MAX])
         );
-        assert_eq!(sum_squares_int(&[1.0, f32::NAN]), None);
-        assert_eq!(sum_squares_int(&[f32::INFINITY]), None);
-        assert_eq!(sum_squares(&[3.0, 4.0]), 25.0);
+        assert_eq!(sum_squares(&[f32::MAX, tiny]), plain(&[f32::MAX]));
+        assert_eq!(sum_squares(&[]), 0.0);
+        assert_eq!(sum_squares(&[0.0, -0.0]).to_bits(), 0);
+        assert!(sum_squares(&[1.0, f32::NAN, f32::INFINITY]).is_nan());
+        assert_eq!(sum_squares(&[1.0, f32::NEG_INFINITY]), f64::INFINITY);
+        assert_eq!(sum_squares(&[3.0, -4.0]), 25.0);
     }
 }

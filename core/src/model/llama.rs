@@ -929,7 +929,8 @@ enum Emit {
     From(usize),
 }
 
-/// `out = x / rms(x) * weight`; the mean square is accumulated in f64.
+/// `out = x / rms(x) * weight`; the sum of squares is exact, rounded once to
+/// f64 ([`crate::math::sum_squares`]).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let ss: f64 = crate::math::sum_squares(x) / x.len() as f64;
     let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
