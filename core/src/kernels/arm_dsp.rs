@@ -115,6 +115,39 @@ fn half_to_f32(d: [u8; 2]) -> f32 {
     f32::from_bits(b)
 }
 
+/// The four rows' weight scales (S5-S8, as f32) times the activation's
+/// (S4): each block's `dw * dx`, as the reference forms it.
+macro_rules! scales4 {
+    () => {
+        concat!(
+            "vmul.f32 s5, s5, s4\n",
+            "vmul.f32 s6, s6, s4\n",
+            "vmul.f32 s7, s7, s4\n",
+            "vmul.f32 s8, s8, s4\n",
+        )
+    };
+}
+
+/// The four block sums `{a0}`-`{a3}` converted (exact: below 2^24) and
+/// added to the row sums S0-S3 times the scales S5-S8: VMLA rounds the
+/// product before it adds, as the reference's separate multiply and add.
+macro_rules! scale_add4 {
+    () => {
+        concat!(
+            "vmov s9, s10, {a0}, {a1}\n",
+            "vmov s11, s12, {a2}, {a3}\n",
+            "vcvt.f32.s32 s9, s9\n",
+            "vcvt.f32.s32 s10, s10\n",
+            "vcvt.f32.s32 s11, s11\n",
+            "vcvt.f32.s32 s12, s12\n",
+            "vmla.f32 s0, s9, s5\n",
+            "vmla.f32 s1, s10, s6\n",
+            "vmla.f32 s2, s11, s7\n",
+            "vmla.f32 s3, s12, s8\n",
+        )
+    };
+}
+
 /// The first multiply-accumulate of a row's word: `first` starts the row's
 /// block sum (SMUAD), `next` adds to it (SMLAD).
 macro_rules! mac {
@@ -214,10 +247,7 @@ unsafe fn blocks4(
             "vcvtb.f32.f16 s6, s6",
             "vcvtb.f32.f16 s7, s7",
             "vcvtb.f32.f16 s8, s8",
-            "vmul.f32 s5, s5, s4",
-            "vmul.f32 s6, s6, s4",
-            "vmul.f32 s7, s7, s4",
-            "vmul.f32 s8, s8, s4",
+            scales4!(),
             // Thirty-two weights of each row, eight at a time.
             "ldm {xw}!, {{r2, r3, r4, r5}}",
             group4!(first, "r2", "r3"),
@@ -227,17 +257,7 @@ unsafe fn blocks4(
             group4!(next, "r2", "r3"),
             group4!(next, "r4", "r5"),
             ".endr",
-            // Scale and add.
-            "vmov s9, s10, {a0}, {a1}",
-            "vmov s11, s12, {a2}, {a3}",
-            "vcvt.f32.s32 s9, s9",
-            "vcvt.f32.s32 s10, s10",
-            "vcvt.f32.s32 s11, s11",
-            "vcvt.f32.s32 s12, s12",
-            "vmla.f32 s0, s9, s5",
-            "vmla.f32 s1, s10, s6",
-            "vmla.f32 s2, s11, s7",
-            "vmla.f32 s3, s12, s8",
+            scale_add4!(),
             "ldr {w}, [sp]",
             "cmp {xw}, {w}",
             "bne 2b",
@@ -419,10 +439,7 @@ unsafe fn packed_groups4(
             "vcvtt.f32.f16 s6, s13",
             "vcvtb.f32.f16 s7, s14",
             "vcvtt.f32.f16 s8, s14",
-            "vmul.f32 s5, s5, s4",
-            "vmul.f32 s6, s6, s4",
-            "vmul.f32 s7, s7, s4",
-            "vmul.f32 s8, s8, s4",
+            scales4!(),
             // Thirty-two weights of each row, eight at a time.
             "ldm {xw}!, {{r2, r3, r4, r5}}",
             row8!(first, "{a0}"),
@@ -436,17 +453,7 @@ unsafe fn packed_groups4(
             row8!(next, "{a2}"),
             row8!(next, "{a3}"),
             ".endr",
-            // Scale and add.
-            "vmov s9, s10, {a0}, {a1}",
-            "vmov s11, s12, {a2}, {a3}",
-            "vcvt.f32.s32 s9, s9",
-            "vcvt.f32.s32 s10, s10",
-            "vcvt.f32.s32 s11, s11",
-            "vcvt.f32.s32 s12, s12",
-            "vmla.f32 s0, s9, s5",
-            "vmla.f32 s1, s10, s6",
-            "vmla.f32 s2, s11, s7",
-            "vmla.f32 s3, s12, s8",
+            scale_add4!(),
             "cmp {xw}, {end}",
             "bne 2b",
             // The group's sums out; on to the next group.

@@ -571,17 +571,7 @@ pub(crate) fn check_q8_0x8(k: &Kernels) {
         let ld = rows + (case % 4) * 3;
         let mut w = [BlockQ8_0::ZERO; 24 * 18];
         let w = &mut w[..rows * nb];
-        for (i, b) in w.iter_mut().enumerate() {
-            let d = rng.f32() * [1e-3, 1.0, 6e4][i % 3];
-            b.d = crate::quant::f32_to_f16_bits(d);
-            for q in b.qs.iter_mut() {
-                *q = match case % 4 {
-                    // Extreme quants: every product at its largest magnitude.
-                    1 => [-128, 127][i % 2],
-                    _ => (rng.f32() * 127.0) as i8,
-                };
-            }
-        }
+        fill_q8_0_rows(&mut rng, w, case % 4 == 1);
         let mut p = [BlockQ8_0x8::ZERO; 3 * 18];
         let p = &mut p[..groups * nb];
         assert_eq!(quant::q8_0::pack_rows_x8(w, nb, p), groups);
@@ -627,6 +617,23 @@ pub(crate) fn check_q8_0x8(k: &Kernels) {
     }
 }
 
+/// Q8_0 blocks for the packed-kernel checks: scales of three magnitudes in
+/// turn, random quants or (with `extreme`) every product at its largest
+/// magnitude.
+fn fill_q8_0_rows(rng: &mut Rng, w: &mut [BlockQ8_0], extreme: bool) {
+    for (i, b) in w.iter_mut().enumerate() {
+        let d = rng.f32() * [1e-3, 1.0, 6e4][i % 3];
+        b.d = crate::quant::f32_to_f16_bits(d);
+        for q in b.qs.iter_mut() {
+            *q = if extreme {
+                [-128, 127][i % 2]
+            } else {
+                (rng.f32() * 127.0) as i8
+            };
+        }
+    }
+}
+
 /// A table's four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]) against the
 /// plain rows' reference, bit for bit: directly over whole groups, and
 /// through [`Kernels::matmul_part_as`] on row ranges that start and end
@@ -644,16 +651,7 @@ pub(crate) fn check_q8_0x4(k: &Kernels) {
         let nb = [1, 2, 3, 18][case % 4];
         let mut w = [BlockQ8_0::ZERO; ROWS * 18];
         let w = &mut w[..ROWS * nb];
-        for (i, b) in w.iter_mut().enumerate() {
-            let d = rng.f32() * [1e-3, 1.0, 6e4][i % 3];
-            b.d = crate::quant::f32_to_f16_bits(d);
-            for q in b.qs.iter_mut() {
-                *q = match case % 3 {
-                    1 => [-128, 127][i % 2],
-                    _ => (rng.f32() * 127.0) as i8,
-                };
-            }
-        }
+        fill_q8_0_rows(&mut rng, w, case % 3 == 1);
         let mut p = [BlockQ8_0x4::ZERO; ROWS / 4 * 18];
         let p = &mut p[..ROWS / 4 * nb];
         assert_eq!(quant::q8_0::pack_rows_x4(w, nb, p), ROWS / 4);
