@@ -103,9 +103,9 @@ pub fn pack<'a>(l: &mut Loaded<'a>, kernels: &Kernels, mem: &mut Carver<'a>) -> 
         Ok::<(), ()>(())
     });
     let bytes = blocks.saturating_mul(core::mem::size_of::<BlockQ8_0x4>());
-    // Each matrix's packs start 4-byte aligned, which the arena's position
-    // already is (every buffer before them is whole words).
-    if bytes == 0 || bytes > mem.left() {
+    // The first pack may need up to 3 bytes of padding to its 4-byte
+    // alignment; the rest follow whole (136-byte blocks).
+    if bytes == 0 || bytes.saturating_add(3) > mem.left() {
         defmt::info!(
             "weights not packed in fours: {=usize} bytes needed, {=usize} left",
             bytes,

@@ -260,18 +260,16 @@ fn cortex_m4_and_m55_int8_dsp_kernels_match_scalar_on_target() {
 /// and the text, all equal to the host's.
 fn smollm_matches_host(target: &str, ty: GgmlType) -> String {
     let model = ember_runner::model_store::converted(ty).unwrap_or_else(|e| panic!("{e:#}"));
-    placed_model_matches_host(target, &model)
+    placed_model_matches_host(target, &model, &[])
 }
 
 /// The `smollm` image over `model` (placed by QEMU's loader): prompt ids
 /// from the device's tokenizer, 8 greedy ids and the text, all equal to the
 /// host's. Returns the device's log.
-fn placed_model_matches_host(target: &str, model: &Path) -> String {
-    let o = qemu(
-        target,
-        "smollm",
-        &[("EMBER_FIRMWARE_MODEL", model.to_str().unwrap())],
-    );
+fn placed_model_matches_host(target: &str, model: &Path, env: &[(&str, &str)]) -> String {
+    let mut env = env.to_vec();
+    env.push(("EMBER_FIRMWARE_MODEL", model.to_str().unwrap()));
+    let o = qemu(target, "smollm", &env);
     let text = assert_exit(&o, 0);
     let tok = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["tokenize", "The capital of France is", "--json"])
@@ -339,9 +337,17 @@ fn cortex_m4_packed_psram_model_matches_host() {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
-    let log = placed_model_matches_host("thumbv7em-none-eabihf", &model);
+    let log = placed_model_matches_host("thumbv7em-none-eabihf", &model, &[]);
     assert!(log.contains("weights packed in fours: "), "{log}");
     assert!(log.contains("kernels=cortex-m-dsp"), "{log}");
+    // A board with RAM for the session but not for the packs runs the
+    // file's layout, with the same ids.
+    let log = placed_model_matches_host(
+        "thumbv7em-none-eabihf",
+        &model,
+        &[("EMBER_FIRMWARE_RAM_LIMIT", "2000000")],
+    );
+    assert!(log.contains("weights not packed in fours: "), "{log}");
 }
 
 /// `ember synth` arguments of the Cortex-M4F PSRAM model (as in
