@@ -5,7 +5,7 @@
 //! tiles), for the scalar reference and the detected table.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember_core::kernels::{Kernels, Matrix, RowData};
+use ember_core::kernels::{Kernels, Matrix, Packed, RowData};
 use ember_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 
 const ROWS: usize = 1536;
@@ -56,8 +56,7 @@ fn bench(c: &mut Criterion) {
                     rows: ROWS,
                     cols: COLS,
                     data,
-                    packed: None,
-                    packed4: None,
+                    packed: Packed::None,
                 };
                 g.throughput(Throughput::Bytes(m.n_bytes() as u64));
                 g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {

@@ -7,7 +7,7 @@
 
 use half::f16;
 
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Packed};
 use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 
 const TOL: f32 = 1e-5;
@@ -684,8 +684,7 @@ pub(crate) fn check_q8_0x4(k: &Kernels) {
             rows: ROWS,
             cols: nb * 32,
             data: RowData::Q8_0(w),
-            packed: None,
-            packed4: None,
+            packed: Packed::None,
         };
         let packed = m.with_packed4(p).unwrap();
         let mut scratch = [0.0f32; Kernels::scratch_len_for(18 * 32, 1, 1)];
@@ -757,8 +756,7 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
         rows: ROWS,
         cols: COLS,
         data,
-        packed: None,
-        packed4: None,
+        packed: Packed::None,
     };
     let packed = plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap();
     if k.packed_q8_0(&packed) {
@@ -898,8 +896,7 @@ fn batched_matmul_matches_one_token_at_a_time() {
                 rows,
                 cols,
                 data,
-                packed: None,
-                packed4: None,
+                packed: Packed::None,
             };
             let mut all = [0.0f32; 5 * 37];
             k.matmul(&m, &x, n, &mut all, &mut scratch).unwrap();
@@ -967,8 +964,7 @@ fn int8_activation_matmul_is_the_reference_dot() {
         rows,
         cols,
         data: RowData::Q8_0(&w),
-        packed: None,
-        packed4: None,
+        packed: Packed::None,
     };
     let mut out = [0.0f32; 3 * 7];
     let mut row = [0.0f32; 96];

@@ -56,17 +56,24 @@ pub struct Matrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: RowData<'a>,
-    /// A Q8_0 matrix's whole groups of eight rows, interleaved
-    /// ([`BlockQ8_0x8`]), where the host built them for a table with a
-    /// packed decode kernel ([`Q16Kernels::q8_0x8`]); decode then reads
-    /// these instead of `data`, with the same numbers, and prefill takes
-    /// the decode arithmetic on them ([`Kernels::packed_q8_0`]).
-    pub packed: Option<&'a [BlockQ8_0x8]>,
-    /// A Q8_0 matrix's whole groups of four rows, interleaved
-    /// ([`BlockQ8_0x4`]), where a device built them for a table with a
-    /// four-row kernel ([`Kernels::q8_0x4_q8_0`]); decode against Q8_0
-    /// activations then reads these for those rows, with the same numbers.
-    pub packed4: Option<&'a [BlockQ8_0x4]>,
+    /// A second copy of a Q8_0 matrix's rows, interleaved for a packed
+    /// kernel, where one was built ([`Packed`]).
+    pub packed: Packed<'a>,
+}
+
+/// A Q8_0 matrix's whole groups of rows, interleaved for a kernel table's
+/// packed kernel: a second copy that the kernel reads instead of the file's
+/// rows, with the same numbers.
+#[derive(Debug, Clone, Copy)]
+pub enum Packed<'a> {
+    None,
+    /// Groups of eight ([`BlockQ8_0x8`]), which a host builds for a table
+    /// with a packed decode kernel ([`Q16Kernels::q8_0x8`]); prefill takes
+    /// the decode arithmetic on them too ([`Kernels::packed_q8_0`]).
+    X8(&'a [BlockQ8_0x8]),
+    /// Groups of four ([`BlockQ8_0x4`]), which a device builds for a table
+    /// with a four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]).
+    X4(&'a [BlockQ8_0x4]),
 }
 
 impl<'a> Matrix<'a> {
@@ -88,8 +95,7 @@ impl<'a> Matrix<'a> {
             rows,
             cols,
             data,
-            packed: None,
-            packed4: None,
+            packed: Packed::None,
         })
     }
 
@@ -106,7 +112,7 @@ impl<'a> Matrix<'a> {
             });
         }
         Ok(Matrix {
-            packed: Some(packed),
+            packed: Packed::X8(packed),
             ..self
         })
     }
@@ -123,7 +129,7 @@ impl<'a> Matrix<'a> {
             });
         }
         Ok(Matrix {
-            packed4: Some(packed),
+            packed: Packed::X4(packed),
             ..self
         })
     }
@@ -134,6 +140,22 @@ impl<'a> Matrix<'a> {
         match self.data {
             RowData::Q8_0(_) => self.rows / 4 * (self.cols / quant::QK),
             _ => 0,
+        }
+    }
+
+    /// The groups of eight, if this matrix has them.
+    pub fn packed8(&self) -> Option<&'a [BlockQ8_0x8]> {
+        match self.packed {
+            Packed::X8(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The groups of four, if this matrix has them.
+    pub fn packed4(&self) -> Option<&'a [BlockQ8_0x4]> {
+        match self.packed {
+            Packed::X4(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -338,7 +360,7 @@ pub struct Kernels {
     /// through this kernel; with `None` they dot the f32 activations.
     pub q8_0_q8_0: Option<MatvecQ8Fn>,
     /// With `Some` (beside `q8_0_q8_0`), Q8_0 matrices a device packed in
-    /// fours ([`Matrix::packed4`]) go through this kernel for their whole
+    /// fours ([`Packed::X4`]) go through this kernel for their whole
     /// groups; with `None` a device builds no such packs.
     pub q8_0x4_q8_0: Option<MatvecQ8x4Fn>,
 }
@@ -682,7 +704,7 @@ impl Kernels {
             return;
         };
         let nb = xq.len();
-        match (self.q8_0x4_q8_0, w.packed4) {
+        match (self.q8_0x4_q8_0, w.packed4()) {
             (Some(k), Some(p)) => packed4_q8_0(d, p, k, matvec, xq, r0, r1, out),
             _ => matvec(&d[r0 * nb..r1 * nb], xq, out),
         }
@@ -727,7 +749,7 @@ impl Kernels {
     /// sixteen products per instruction against eight), and every token of
     /// a prompt gets the bits it would get decoded alone.
     pub fn packed_q8_0(&self, w: &Matrix) -> bool {
-        w.packed.is_some()
+        w.packed8().is_some()
             && matches!(w.data, RowData::Q8_0(_))
             && self.decodes_q16(w)
             && self.q16.is_some_and(|q| q.q8_0x8.is_some())
@@ -799,7 +821,7 @@ impl Kernels {
         }
         let xq = &xq[..n * nb];
         {
-            let run = |a: usize, b: usize, o: &mut [f32]| match (w.data, w.packed, q16.q8_0x8) {
+            let run = |a: usize, b: usize, o: &mut [f32]| match (w.data, w.packed8(), q16.q8_0x8) {
                 (RowData::Q8_0(d), Some(p), Some(k)) => packed_q8_0(d, p, k, xq, n, a, b, o),
                 (RowData::Q8_0(d), _, _) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
                 (RowData::Q4_0(d), _, _) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),

@@ -904,7 +904,10 @@ impl Mm<'_> {
             } else {
                 // The plan holds no batch of activation blocks: packed
                 // matrices prefill through their plain rows.
-                let plain: [Matrix; K] = ws.map(|w| Matrix { packed: None, ..*w });
+                let plain: [Matrix; K] = ws.map(|w| Matrix {
+                    packed: crate::kernels::Packed::None,
+                    ..*w
+                });
                 let plain: [&Matrix; K] = core::array::from_fn(|j| &plain[j]);
                 self.multi(plain, x, g, heads, scratch, xq, Arith::Batch)?;
             }

@@ -7,7 +7,7 @@ use core::fmt::Write;
 
 use crate::error::{Cap, Error, Result, TensorKind};
 use crate::gguf::Gguf;
-use crate::kernels::Matrix;
+use crate::kernels::{Matrix, Packed};
 use crate::model::config::{limits::MAX_LAYERS, Config};
 use crate::quant::{cast_slice, GgmlType};
 
@@ -108,8 +108,7 @@ impl<'a> Weights<'a> {
             rows: 0,
             cols: 0,
             data: crate::kernels::RowData::F32(&[]),
-            packed: None,
-            packed4: None,
+            packed: Packed::None,
         };
         Weights {
             token_embd: none,
