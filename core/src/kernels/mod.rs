@@ -104,34 +104,28 @@ impl<'a> Matrix<'a> {
     /// `data` for every whole group (`rows / 8` groups of `cols / 32`
     /// blocks).
     pub fn with_packed(self, packed: &'a [BlockQ8_0x8]) -> Result<Matrix<'a>> {
-        let need = self.rows / 8 * (self.cols / quant::QK);
-        if !matches!(self.data, RowData::Q8_0(_)) || packed.len() != need {
-            return Err(Error::LengthMismatch {
-                expected: need as u64,
-                found: packed.len() as u64,
-            });
-        }
-        Ok(Matrix {
-            packed: Packed::X8(packed),
-            ..self
-        })
+        self.attach(8, packed.len(), Packed::X8(packed))
     }
 
     /// This Q8_0 matrix with its rows also interleaved in groups of four:
     /// `packed` must be what [`quant::q8_0::pack_rows_x4`] wrote from `data`
     /// for every whole group (`rows / 4` groups of `cols / 32` blocks).
     pub fn with_packed4(self, packed: &'a [BlockQ8_0x4]) -> Result<Matrix<'a>> {
-        let need = self.rows / 4 * (self.cols / quant::QK);
-        if !matches!(self.data, RowData::Q8_0(_)) || packed.len() != need {
+        self.attach(4, packed.len(), Packed::X4(packed))
+    }
+
+    /// This Q8_0 matrix with `packed` (`len` groups of `rows_per_group`
+    /// rows' blocks), if that is one pack block per whole group and block
+    /// column.
+    fn attach(self, rows_per_group: usize, len: usize, packed: Packed<'a>) -> Result<Matrix<'a>> {
+        let need = self.rows / rows_per_group * (self.cols / quant::QK);
+        if !matches!(self.data, RowData::Q8_0(_)) || len != need {
             return Err(Error::LengthMismatch {
                 expected: need as u64,
-                found: packed.len() as u64,
+                found: len as u64,
             });
         }
-        Ok(Matrix {
-            packed: Packed::X4(packed),
-            ..self
-        })
+        Ok(Matrix { packed, ..self })
     }
 
     /// Blocks of [`BlockQ8_0x4`] that [`Matrix::with_packed4`] takes for
@@ -621,7 +615,7 @@ impl Kernels {
             found: have,
         };
         let nb = cols / quant::QK;
-        if let (Some(_), RowData::Q8_0(_)) = (self.q8_0_q8_0, w.data) {
+        if self.takes_q8_0(w) {
             // Each token's activations are quantized once into the scratch.
             let xq: &mut [BlockQ8_0] = blocks_in(scratch, nb)?;
             for t in 0..n {

@@ -53,9 +53,12 @@ impl<'w> Llama<'w> {
             })
             .weights
             .fill(g, &config);
+        // Matched together, since the borrow checker will not let a branch
+        // empty the slot while another returns a reference into it.
         match (filled, slot) {
             (Ok(()), Some(m)) => Ok(m),
-            // On an error the slot is left empty, not half filled.
+            // On an error the slot is left empty, not half filled. (The slot
+            // was just filled, so `Ok` with `None` cannot happen.)
             (r, s) => {
                 *s = None;
                 Err(r.err().unwrap_or(Error::MissingTensor {

@@ -58,7 +58,6 @@ fn main() -> ! {
             fw::exit(fw::code::CORE_ERROR)
         }
     };
-    // Never dropped: main does not return, and the model is borrowed for good.
     // The model is borrowed for good (main never returns), so never dropped.
     let (mut gguf, mut model) = (None, core::mem::ManuallyDrop::new(None));
     let mut l = fw::load(placed.model, &mut gguf, &mut model, &mut mem);

@@ -37,7 +37,6 @@ fn main() -> ! {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     defmt::println!("model fnv1a64={=u64:016x}", fnv);
-    // Never dropped: main does not return, and the model is borrowed for good.
     // The model is borrowed for good (main never returns), so never dropped.
     let (mut gguf, mut model) = (None, core::mem::ManuallyDrop::new(None));
     let l = fw::load(&MODEL.0, &mut gguf, &mut model, &mut mem);
