@@ -55,35 +55,41 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
 /// stay below bit 618.
 const SQ_LIMBS: usize = 20;
 
-/// `Σ v²` over `x`, exactly, rounded once to the nearest f64 (ties to
-/// even): RMSNorm's mean square.
-///
-/// The square of a finite f32 is an integer below 2^48 times a power of two
-/// from 2^-298 to 2^208, so every square is added exactly into a
-/// fixed-point accumulator of 32-bit limbs, and the sum is rounded once at
-/// the end. That is at least as accurate as adding in f64 in order (which
-/// rounds at every step), needs no f64 arithmetic (which a single-precision
-/// FPU such as the Cortex-M4F's does in software: the in-order f64 sum took
-/// about 100 instructions per element there even emulated in integers, this
-/// takes 40), and gives the same bits on every target. NaN in `x` gives NaN, an infinity (and no NaN)
-/// +∞, an empty row 0.0.
-pub fn sum_squares(x: &[f32]) -> f64 {
+/// A finite f32's magnitude as `(m, e)` with `|v| = m * 2^(e - 149)`, or
+/// `None` for NaN and infinities (the subnormal exponent is that of the
+/// smallest normal).
+#[inline(always)]
+fn square_parts(v: f32) -> Option<(u32, u32)> {
+    let b = v.to_bits() & 0x7fff_ffff;
+    let be = b >> 23;
+    if be == 0xff {
+        None
+    } else if be == 0 {
+        Some((b, 0))
+    } else {
+        Some(((b & 0x7f_ffff) | 1 << 23, be - 1))
+    }
+}
+
+/// The exact `Σ v²` as [`sum_squares`]' 32-bit limbs, with whether `x`
+/// held a NaN and an infinity.
+fn square_sum_limbs(x: &[f32]) -> ([u32; SQ_LIMBS], bool, bool) {
+    #[cfg(target_pointer_width = "64")]
+    return square_sum_limbs64(x);
+    #[cfg(not(target_pointer_width = "64"))]
+    return square_sum_limbs32(x);
+}
+
+/// [`square_sum_limbs`] in 32-bit limbs, each square shifted into three.
+#[cfg(any(test, not(target_pointer_width = "64")))]
+fn square_sum_limbs32(x: &[f32]) -> ([u32; SQ_LIMBS], bool, bool) {
     let mut acc = [0u32; SQ_LIMBS];
     let (mut nan, mut inf) = (false, false);
     for &v in x {
-        let b = v.to_bits() & 0x7fff_ffff;
-        let be = b >> 23;
-        if be == 0xff {
-            nan |= b != 0x7f80_0000;
-            inf |= b == 0x7f80_0000;
+        let Some((vm, ve)) = square_parts(v) else {
+            nan |= v.is_nan();
+            inf |= v.is_infinite();
             continue;
-        }
-        // v = vm * 2^(ve - 149): the subnormal exponent is that of the
-        // smallest normal.
-        let (vm, ve) = if be == 0 {
-            (b, 0)
-        } else {
-            ((b & 0x7f_ffff) | 1 << 23, be - 1)
         };
         // v² = sq * 2^(2 ve - 298); bit offset 2 ve is at most 506.
         let sq = vm as u64 * vm as u64;
@@ -108,6 +114,90 @@ pub fn sum_squares(x: &[f32]) -> f64 {
             (*a, carry) = a.overflowing_add(1);
         }
     }
+    (acc, nan, inf)
+}
+
+/// [`square_sum_limbs32`] on 64-bit targets: the same integer, accumulated
+/// in 64-bit limbs (each square, below 2^48, shifted into two of them), then
+/// split into 32-bit ones.
+#[cfg(target_pointer_width = "64")]
+fn square_sum_limbs64(x: &[f32]) -> ([u32; SQ_LIMBS], bool, bool) {
+    /// Adds `v²` into `acc`, or returns `false` for NaN and infinities.
+    #[inline(always)]
+    fn add(acc: &mut [u64; SQ_LIMBS / 2], v: f32) -> bool {
+        let Some((vm, ve)) = square_parts(v) else {
+            return false;
+        };
+        let sq = vm as u64 * vm as u64;
+        let o = 2 * ve;
+        let (i, sh) = ((o / 64) as usize & 7, o % 64);
+        let wide = (sq as u128) << sh;
+        let (lo, hi) = (wide as u64, (wide >> 64) as u64);
+        let c;
+        (acc[i], c) = acc[i].overflowing_add(lo);
+        // hi < 2^47, so hi + 1 does not wrap.
+        let mut carry;
+        (acc[i + 1], carry) = acc[i + 1].overflowing_add(hi + c as u64);
+        for a in acc.iter_mut().skip(i + 2) {
+            if !carry {
+                break;
+            }
+            (*a, carry) = a.overflowing_add(1);
+        }
+        true
+    }
+    // Four accumulators, one per lane of four elements: consecutive squares
+    // mostly land in the same limbs, and one accumulator would make each
+    // add wait for the last one's store.
+    let mut acc = [[0u64; SQ_LIMBS / 2]; 4];
+    let mut special = false;
+    let (quads, tail) = x.as_chunks::<4>();
+    for q in quads {
+        for (a, &v) in acc.iter_mut().zip(q) {
+            special |= !add(a, v);
+        }
+    }
+    for &v in tail {
+        special |= !add(&mut acc[0], v);
+    }
+    let (nan, inf) = if special {
+        (x.iter().any(|v| v.is_nan()), x.iter().any(|v| v.is_infinite()))
+    } else {
+        (false, false)
+    };
+    // The four sums added exactly (their total stays below the top limb).
+    let mut total = [0u64; SQ_LIMBS / 2];
+    for a in &acc {
+        let mut carry = false;
+        for (t, &v) in total.iter_mut().zip(a) {
+            let (s, c1) = t.overflowing_add(v);
+            let (s, c2) = s.overflowing_add(carry as u64);
+            *t = s;
+            carry = c1 || c2;
+        }
+    }
+    let mut out = [0u32; SQ_LIMBS];
+    for (pair, a) in out.chunks_exact_mut(2).zip(total) {
+        pair[0] = a as u32;
+        pair[1] = (a >> 32) as u32;
+    }
+    (out, nan, inf)
+}
+
+/// `Σ v²` over `x`, exactly, rounded once to the nearest f64 (ties to
+/// even): RMSNorm's mean square.
+///
+/// The square of a finite f32 is an integer below 2^48 times a power of two
+/// from 2^-298 to 2^208, so every square is added exactly into a
+/// fixed-point accumulator of 32-bit limbs, and the sum is rounded once at
+/// the end. That is at least as accurate as adding in f64 in order (which
+/// rounds at every step), needs no f64 arithmetic (which a single-precision
+/// FPU such as the Cortex-M4F's does in software: the in-order f64 sum took
+/// about 100 instructions per element there even emulated in integers, this
+/// takes 40), and gives the same bits on every target. NaN in `x` gives NaN, an infinity (and no NaN)
+/// +∞, an empty row 0.0.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    let (acc, nan, inf) = square_sum_limbs(x);
     if nan {
         return f64::NAN;
     }
@@ -271,6 +361,9 @@ mod tests {
                 };
             }
             let (want, got) = (fsum_squares(&x[..n]), sum_squares(&x[..n]));
+            // Both limb widths hold the same integer (the 32-bit one is what
+            // 32-bit targets run).
+            assert_eq!(square_sum_limbs32(&x[..n]), square_sum_limbs(&x[..n]));
             assert_eq!(
                 got.to_bits(),
                 want.to_bits(),
@@ -310,5 +403,8 @@ mod tests {
         assert!(sum_squares(&[1.0, f32::NAN, f32::INFINITY]).is_nan());
         assert_eq!(sum_squares(&[1.0, f32::NEG_INFINITY]), f64::INFINITY);
         assert_eq!(sum_squares(&[3.0, -4.0]), 25.0);
+        for y in [&[f32::MAX; 300][..], &[tiny, 1.0, f32::NAN, -0.0, f32::INFINITY]] {
+            assert_eq!(square_sum_limbs32(y), square_sum_limbs(y));
+        }
     }
 }

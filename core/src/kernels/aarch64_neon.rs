@@ -43,6 +43,7 @@ pub fn table() -> Option<Kernels> {
         axpy_f16,
         widen_f16: crate::quant::f16::dequantize_row,
         widen_q8_0: crate::quant::q8_0::dequantize_row,
+        prefetch,
         swiglu: crate::math::swiglu,
         softmax: crate::attention::softmax,
         key_dots_f16,
@@ -109,6 +110,17 @@ fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
     unsafe { imp::axpy_f16(y, a, x) }
+}
+/// Every 64-byte line of `len` bytes from `p`, into L2 (`prfm pldl2keep`).
+fn prefetch(p: *const u8, len: usize) {
+    let mut at = p.wrapping_sub(p as usize % 64);
+    let end = p.wrapping_add(len);
+    while at < end {
+        // SAFETY: a prefetch never faults, whatever the address, and reads
+        // or writes no register or memory the program sees.
+        unsafe { asm!("prfm pldl2keep, [{p}]", p = in(reg) at, options(nostack, readonly, preserves_flags)) };
+        at = at.wrapping_add(64);
+    }
 }
 fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {

@@ -180,6 +180,25 @@ impl<'a> Matrix<'a> {
         self.dequantize_row_with(r, out, &Kernels::scalar())
     }
 
+    /// Hints `k`'s caches that row `r` is read soon (nothing past the last row).
+    pub fn prefetch_row(&self, r: usize, k: &Kernels) {
+        fn span<T>(d: &[T], len: usize, r: usize) -> Option<(*const u8, usize)> {
+            let row = d.get(r * len..(r + 1) * len)?;
+            Some((row.as_ptr().cast(), core::mem::size_of_val(row)))
+        }
+        let b = self.cols / quant::QK;
+        let row = match self.data {
+            RowData::F32(d) => span(d, self.cols, r),
+            RowData::F16(d) => span(d, self.cols, r),
+            RowData::Q8_0(d) => span(d, b, r),
+            RowData::Q4_0(d) => span(d, b, r),
+            RowData::Q4_1(d) => span(d, b, r),
+        };
+        if let Some((p, len)) = row {
+            (k.prefetch)(p, len);
+        }
+    }
+
     /// [`Matrix::dequantize_row`] through `k`'s widening kernels (the same
     /// values, NaN payloads aside: widening is exact, and a Q8_0 weight is
     /// one product).
@@ -214,6 +233,11 @@ pub type DotFn<T> = fn(&[T], &[f32]) -> f32;
 /// as `x` (in elements: `x.len() / 32` blocks for the block formats). `w`
 /// holds at least that many rows.
 pub type MatvecFn<T> = fn(&[T], &[f32], &mut [f32]);
+
+/// A hint that the `len` bytes from `p` are read soon, so the caches may
+/// start loading them. It never reads through `p`, so any address is
+/// harmless (a prefetch does not fault).
+pub type PrefetchFn = fn(*const u8, usize);
 
 /// `out[t * rows + r] = w[r] · x[t]` for f32 rows: `w` is (rows, cols), `x`
 /// is (n, cols), `out` is (n, rows), with `rows = w.len() / cols` and
@@ -335,6 +359,9 @@ pub struct Kernels {
     pub widen_f16: WidenFn<f16>,
     /// Q8_0 blocks as f32 (`q * d`, exact per weight), for batched tiles.
     pub widen_q8_0: WidenFn<BlockQ8_0>,
+    /// Asks the caches for bytes read soon (the batched loop's next tile
+    /// while this one multiplies); a no-op in the scalar tables.
+    pub prefetch: PrefetchFn,
     /// SwiGLU's gate in place, `g = silu(g) * u`: [`crate::math::swiglu`]'s
     /// values (NaN for NaN).
     pub swiglu: fn(&mut [f32], &[f32]),
@@ -378,6 +405,7 @@ impl Kernels {
             axpy_f16: scalar::axpy_f16,
             widen_f16: quant::f16::dequantize_row,
             widen_q8_0: quant::q8_0::dequantize_row,
+            prefetch: scalar::prefetch,
             swiglu: crate::math::swiglu,
             softmax: crate::attention::softmax,
             key_dots_f16: scalar::key_dots_f16,
@@ -646,6 +674,10 @@ impl Kernels {
                     .ok_or(small(need))?
                     .split_at_mut(TILE_ROWS * cols);
                 for (i, r) in (a..b).enumerate() {
+                    // The next tile's row, to arrive while this tile multiplies.
+                    if r + TILE_ROWS < r1 {
+                        w.prefetch_row(r + TILE_ROWS, self);
+                    }
                     w.dequantize_row_with(r, &mut tw[i * cols..(i + 1) * cols], self)?;
                 }
                 (&tw[..tr * cols], to)

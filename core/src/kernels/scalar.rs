@@ -189,6 +189,9 @@ pub fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q4_1)
 }
 
+/// No hint: the portable tables leave caching to the hardware.
+pub fn prefetch(_p: *const u8, _len: usize) {}
+
 /// `out[t * rows + r] = w[r] · x[t]`, one [`dot_f32`] each.
 pub fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {

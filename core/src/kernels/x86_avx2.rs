@@ -44,6 +44,7 @@ pub fn table() -> Option<Kernels> {
         axpy_f16,
         widen_f16,
         widen_q8_0,
+        prefetch,
         swiglu,
         softmax,
         key_dots_f16,
@@ -204,6 +205,19 @@ fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
     let n = super::strided_rows(v.len(), hd, stride).min(w.len());
     // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `v`.
     unsafe { imp::value_sum_f16(out, &w[..n], v, stride.max(1)) }
+}
+/// Every 64-byte line of `len` bytes from `p`, into L2 (`prefetcht1`): the
+/// batched loop asks for the next tile a whole tile ahead, so L1 keeps the
+/// tile being multiplied.
+fn prefetch(p: *const u8, len: usize) {
+    let mut at = p.wrapping_sub(p as usize % 64);
+    let end = p.wrapping_add(len);
+    while at < end {
+        // SAFETY: SSE is part of x86_64; a prefetch never faults, whatever
+        // the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(at.cast()) };
+        at = at.wrapping_add(64);
+    }
 }
 fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {
