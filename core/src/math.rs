@@ -161,7 +161,10 @@ fn square_sum_limbs64(x: &[f32]) -> ([u32; SQ_LIMBS], bool, bool) {
         special |= !add(&mut acc[0], v);
     }
     let (nan, inf) = if special {
-        (x.iter().any(|v| v.is_nan()), x.iter().any(|v| v.is_infinite()))
+        (
+            x.iter().any(|v| v.is_nan()),
+            x.iter().any(|v| v.is_infinite()),
+        )
     } else {
         (false, false)
     };
@@ -403,7 +406,10 @@ mod tests {
         assert!(sum_squares(&[1.0, f32::NAN, f32::INFINITY]).is_nan());
         assert_eq!(sum_squares(&[1.0, f32::NEG_INFINITY]), f64::INFINITY);
         assert_eq!(sum_squares(&[3.0, -4.0]), 25.0);
-        for y in [&[f32::MAX; 300][..], &[tiny, 1.0, f32::NAN, -0.0, f32::INFINITY]] {
+        for y in [
+            &[f32::MAX; 300][..],
+            &[tiny, 1.0, f32::NAN, -0.0, f32::INFINITY],
+        ] {
             assert_eq!(square_sum_limbs32(y), square_sum_limbs(y));
         }
     }

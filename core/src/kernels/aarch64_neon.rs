@@ -40,6 +40,7 @@ pub fn table() -> Option<Kernels> {
         mv_q4_0,
         mv_q4_1,
         gemm_f32,
+        gemm_xt: None,
         axpy_f16,
         widen_f16: crate::quant::f16::dequantize_row,
         widen_q8_0: crate::quant::q8_0::dequantize_row,
@@ -118,7 +119,9 @@ fn prefetch(p: *const u8, len: usize) {
     while at < end {
         // SAFETY: a prefetch never faults, whatever the address, and reads
         // or writes no register or memory the program sees.
-        unsafe { asm!("prfm pldl2keep, [{p}]", p = in(reg) at, options(nostack, readonly, preserves_flags)) };
+        unsafe {
+            asm!("prfm pldl2keep, [{p}]", p = in(reg) at, options(nostack, readonly, preserves_flags))
+        };
         at = at.wrapping_add(64);
     }
 }

@@ -455,6 +455,35 @@ pub(crate) fn check_rows(k: &Kernels) {
                 );
             }
         }
+        // The same product with the tokens transposed (the scalar kernel,
+        // and the table's where it has one), past a vector of tokens too (up
+        // to 70: masked lanes, several token groups).
+        let n = [1, 3, 16, 17, 33, 64, 70][case % 7];
+        // Past a pass of columns too (the AVX-512 kernel takes 128 at a time).
+        let cols = [5, 33, 100, 130, 300][case % 5];
+        let mut w = [0.0f32; 9 * 300];
+        let mut xt = [0.0f32; 70 * 300];
+        for v in w.iter_mut().chain(xt.iter_mut()) {
+            *v = rng.f32();
+        }
+        let (w, xt) = (&w[..rows * cols], &xt[..cols * n]);
+        let mut want = [f32::NAN; 9 * 70];
+        super::scalar::gemm_xt(w, xt, cols, &mut want[..rows * n]);
+        let mut got = want;
+        if let Some(gemm_xt) = k.gemm_xt {
+            got = [f32::NAN; 9 * 70];
+            gemm_xt(w, xt, cols, &mut got[..rows * n]);
+        }
+        for t in 0..n {
+            let x: [f32; 300] =
+                core::array::from_fn(|c| if c < cols { xt[c * n + t] } else { 0.0 });
+            for r in 0..rows {
+                let (a, b) = (&w[r * cols..(r + 1) * cols], &x[..cols]);
+                let (scale, exact) = (abs_scale(a, b), reference_f32(a, b));
+                close(want[r * n + t], exact, scale, "scalar gemm_xt", case);
+                close(got[r * n + t], exact, scale, "gemm_xt", case);
+            }
+        }
     }
 }
 

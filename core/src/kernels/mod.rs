@@ -234,6 +234,32 @@ pub type DotFn<T> = fn(&[T], &[f32]) -> f32;
 /// holds at least that many rows.
 pub type MatvecFn<T> = fn(&[T], &[f32], &mut [f32]);
 
+/// `out[r * n + t] = w[r] · x[t]` for f32 rows, with the tokens'
+/// activations transposed: `w` is (rows, cols), `xt` is (cols, n) (`xt[k *
+/// n + t]` is token t's element k), `out` is (rows, n), with `rows =
+/// w.len() / cols` and `n = xt.len() / cols`. The sums run over `k` in
+/// order, one chain per output.
+pub type GemmXtFn = fn(&[f32], &[f32], usize, &mut [f32]);
+
+/// `dst[c * rows + r] = src[r * cols + c]`: `src` (rows, cols) transposed,
+/// in groups of eight rows so that each step writes eight neighbours
+/// (one at a time, every write would start a new cache line).
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const G: usize = 8;
+    let dst = &mut dst[..rows * cols];
+    let mut r0 = 0;
+    while r0 < rows {
+        let g = G.min(rows - r0);
+        let group = &src[r0 * cols..(r0 + g) * cols];
+        for (c, out) in dst.chunks_exact_mut(rows).enumerate() {
+            for (j, o) in out[r0..r0 + g].iter_mut().enumerate() {
+                *o = group[j * cols + c];
+            }
+        }
+        r0 += g;
+    }
+}
+
 /// A hint that the `len` bytes from `p` are read soon, so the caches may
 /// start loading them. It never reads through `p`, so any address is
 /// harmless (a prefetch does not fault).
@@ -353,6 +379,10 @@ pub struct Kernels {
     pub mv_q4_1: MatvecFn<BlockQ4_1>,
     /// f32 rows times several tokens (batched prefill over dequantized tiles).
     pub gemm_f32: GemmFn,
+    /// With `Some`, batched prefill transposes the tokens' activations once
+    /// per matmul and multiplies tiles through this kernel (tokens in the
+    /// vector lanes: no horizontal sums) instead of [`Kernels::gemm_f32`].
+    pub gemm_xt: Option<GemmXtFn>,
     /// `y += a * x` over f16 `x`.
     pub axpy_f16: AxpyF16Fn,
     /// f16 weights as f32 (exact), for batched tiles.
@@ -402,6 +432,7 @@ impl Kernels {
             mv_q4_0: scalar::mv_q4_0,
             mv_q4_1: scalar::mv_q4_1,
             gemm_f32: scalar::gemm_f32,
+            gemm_xt: None,
             axpy_f16: scalar::axpy_f16,
             widen_f16: quant::f16::dequantize_row,
             widen_q8_0: quant::q8_0::dequantize_row,
@@ -524,11 +555,12 @@ impl Kernels {
         } else {
             tokens * (cols + DECODE_TILE)
         };
-        // Batch: a dequantized tile of rows and its output.
+        // Batch: a dequantized tile of rows, its output, and the tokens'
+        // activations transposed (for [`Kernels::gemm_xt`]).
         let b = if batch <= 1 {
             0
         } else {
-            TILE_ROWS * cols + TILE_ROWS * batch
+            TILE_ROWS * cols + TILE_ROWS * batch + batch * cols
         };
         if d > b {
             d
@@ -655,10 +687,13 @@ impl Kernels {
         if arith == Arith::Decode || self.packed_q8_0(w) {
             return self.decode_part(w, x, part, scratch);
         }
+        let x = &x[..need_x];
+        if let Some(gemm_xt) = self.gemm_xt {
+            return self.batch_xt(w, x, part, scratch, gemm_xt);
+        }
         // Batched: tiles of rows, each dequantized once (f32 rows are used in
         // place), times every token; the tile's (n, tile) result is then
         // copied into the tokens' rows.
-        let x = &x[..need_x];
         let tile_out = TILE_ROWS * n;
         let mut a = r0;
         while a < r1 {
@@ -686,6 +721,63 @@ impl Kernels {
             (self.gemm_f32)(tw, x, cols, to);
             for t in 0..n {
                 part.token(t)[a - r0..b - r0].copy_from_slice(&to[t * tr..(t + 1) * tr]);
+            }
+            a = b;
+        }
+        Ok(())
+    }
+
+    /// The batched loop through [`Kernels::gemm_xt`]: the tokens'
+    /// activations transposed once, then tiles of rows (dequantized once,
+    /// the next tile's rows asked for meanwhile; f32 rows in place) times
+    /// all of them, each tile's (tile, n) result copied into the tokens'
+    /// rows.
+    fn batch_xt(
+        &self,
+        w: &Matrix,
+        x: &[f32],
+        part: &mut TokenRows<'_>,
+        scratch: &mut [f32],
+        gemm_xt: GemmXtFn,
+    ) -> Result<()> {
+        let (cols, n) = (w.cols, part.tokens());
+        let (r0, r1) = part.range();
+        let need = TILE_ROWS * cols + TILE_ROWS * n + n * cols;
+        let found = scratch.len() as u64;
+        let scratch = scratch.get_mut(..need).ok_or(Error::BufferTooSmall {
+            needed: need as u64,
+            found,
+        })?;
+        let (tw, rest) = scratch.split_at_mut(TILE_ROWS * cols);
+        let (to, xt) = rest.split_at_mut(TILE_ROWS * n);
+        transpose(x, n, cols, xt);
+        let mut a = r0;
+        while a < r1 {
+            let b = (a + TILE_ROWS).min(r1);
+            let tr = b - a;
+            // The next tile's rows, to arrive while this tile multiplies.
+            let next = |r: usize| {
+                if r + TILE_ROWS < r1 {
+                    w.prefetch_row(r + TILE_ROWS, self);
+                }
+            };
+            let tile: &[f32] = if let RowData::F32(d) = w.data {
+                (a..b).for_each(next);
+                &d[a * cols..b * cols]
+            } else {
+                for (i, r) in (a..b).enumerate() {
+                    next(r);
+                    w.dequantize_row_with(r, &mut tw[i * cols..(i + 1) * cols], self)?;
+                }
+                &tw[..tr * cols]
+            };
+            let to = &mut to[..tr * n];
+            gemm_xt(tile, xt, cols, to);
+            for t in 0..n {
+                let dst = &mut part.token(t)[a - r0..b - r0];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = to[i * n + t];
+                }
             }
             a = b;
         }

@@ -41,6 +41,7 @@ pub fn table() -> Option<Kernels> {
         mv_q4_0,
         mv_q4_1,
         gemm_f32,
+        gemm_xt: None,
         axpy_f16,
         widen_f16,
         widen_q8_0,

@@ -46,6 +46,7 @@ pub fn table() -> Option<Kernels> {
     Some(Kernels {
         name: "avx512",
         gemm_f32,
+        gemm_xt: Some(gemm_xt),
         q16,
         ..base
     })
@@ -109,6 +110,23 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
         imp::gemm_f32(
             &w[..rows * cols],
             &x[..n * cols],
+            cols,
+            &mut out[..rows * n],
+        )
+    }
+}
+
+fn gemm_xt(w: &[f32], xt: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (rows, n) = (w.len() / cols, xt.len() / cols);
+    // SAFETY: as above; `out` holds (rows, n) (sliced here).
+    unsafe {
+        imp::gemm_xt(
+            &w[..rows * cols],
+            &xt[..cols * n],
             cols,
             &mut out[..rows * n],
         )
@@ -198,6 +216,138 @@ mod imp {
             }
         }
     }
+
+    /// Rows `R` of `w` (each `cols` long) times `V` vectors of sixteen
+    /// tokens from `t0` of `xt` (`cols` rows of `n` tokens), into `out[r * n
+    /// + t]`. Per element: `V` token loads, `R` weight broadcasts and `R *
+    /// V` FMAs. Lanes past `n` are masked off (neither read nor written).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn tile_xt<const R: usize, const V: usize>(
+        w: &[f32],
+        xt: &[f32],
+        cols: usize,
+        (t0, k0, k1): (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let n = xt.len() / cols;
+        assert!(w.len() >= R * cols && out.len() >= R * n && t0 < n && k0 < k1 && k1 <= cols);
+        let wp: [*const f32; R] = core::array::from_fn(|r| w[r * cols..].as_ptr());
+        let mask: [u16; V] = core::array::from_fn(|v| {
+            let left = n.saturating_sub(t0 + 16 * v);
+            if left >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << left) - 1
+            }
+        });
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        if k0 > 0 {
+            for r in 0..R {
+                let o = out[r * n..].as_ptr().wrapping_add(t0);
+                for v in 0..V {
+                    // SAFETY: as the stores below.
+                    acc[r][v] = unsafe { _mm512_maskz_loadu_ps(mask[v], o.wrapping_add(16 * v)) };
+                }
+            }
+        }
+        let mut row = xt[k0 * n..].as_ptr().wrapping_add(t0);
+        for k in k0..k1 {
+            let mut xv = [_mm512_setzero_ps(); V];
+            for v in 0..V {
+                // SAFETY: `row` is token t0 of row k of `xt` (k < cols, and
+                // `xt` holds cols * n); the unmasked lanes are its tokens
+                // t0 + 16v + j < n; masked lanes are not read and do not
+                // fault.
+                xv[v] = unsafe { _mm512_maskz_loadu_ps(mask[v], row.wrapping_add(16 * v)) };
+            }
+            for r in 0..R {
+                // SAFETY: element k < cols of row r < R of `w` (asserted:
+                // `w` holds R * cols).
+                let wb: __m512;
+                // SAFETY: reads one f32 at wp[r] + k (element k < cols of row
+                // r < R of `w`, asserted: `w` holds R * cols); one broadcast
+                // kept in a register for the row's V FMAs, not folded into each.
+                unsafe {
+                    core::arch::asm!("vbroadcastss {o}, dword ptr [{p}]", o = out(zmm_reg) wb, p = in(reg) wp[r].add(k), options(pure, readonly, nostack, preserves_flags))
+                };
+                for v in 0..V {
+                    acc[r][v] = _mm512_fmadd_ps(wb, xv[v], acc[r][v]);
+                }
+            }
+            row = row.wrapping_add(n);
+        }
+        for r in 0..R {
+            let o = out[r * n..].as_mut_ptr().wrapping_add(t0);
+            for v in 0..V {
+                // SAFETY: the unmasked lanes are tokens t0 + 16v + j < n of
+                // row r of `out` (which holds R * n); masked lanes are not
+                // written.
+                unsafe { _mm512_mask_storeu_ps(o.wrapping_add(16 * v), mask[v], acc[r][v]) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn gemm_xt(w: &[f32], xt: &[f32], cols: usize, out: &mut [f32]) {
+        let (rows, n) = (w.len() / cols, xt.len() / cols);
+        let mut k0 = 0;
+        while k0 < cols {
+            let k1 = (k0 + KC).min(cols);
+            let mut t = 0;
+            while t < n {
+                let vn = (n - t).div_ceil(16).min(4);
+                let mut r = 0;
+                while r < rows {
+                    let rn = (rows - r).min(6);
+                    let (ws, o) = (&w[r * cols..], &mut out[r * n..]);
+                    macro_rules! dispatch {
+                    ($(($r:literal, $v:literal)),*) => {
+                        match (rn, vn) {
+                            $(($r, $v) => tile_xt::<$r, $v>(ws, xt, cols, (t, k0, k1), o),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                    dispatch!(
+                        (6, 4),
+                        (6, 3),
+                        (6, 2),
+                        (6, 1),
+                        (5, 4),
+                        (5, 3),
+                        (5, 2),
+                        (5, 1),
+                        (4, 4),
+                        (4, 3),
+                        (4, 2),
+                        (4, 1),
+                        (3, 4),
+                        (3, 3),
+                        (3, 2),
+                        (3, 1),
+                        (2, 4),
+                        (2, 3),
+                        (2, 2),
+                        (2, 1),
+                        (1, 4),
+                        (1, 3),
+                        (1, 2),
+                        (1, 1)
+                    );
+                    r += rn;
+                }
+                t += 16 * vn;
+            }
+            k0 = k1;
+        }
+    }
+
+    /// Columns per pass of [`gemm_xt`]: 64 tokens of 128 columns (32 KiB)
+    /// stay in L1 while every row of the tile goes by.
+    const KC: usize = 128;
 
     /// # Safety
     /// The CPU must support AVX-512F, AVX2 and FMA.
