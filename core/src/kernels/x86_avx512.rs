@@ -218,9 +218,10 @@ mod imp {
     }
 
     /// Rows `R` of `w` (each `cols` long) times `V` vectors of sixteen
-    /// tokens from `t0` of `xt` (`cols` rows of `n` tokens), into `out[r * n
-    /// + t]`. Per element: `V` token loads, `R` weight broadcasts and `R *
-    /// V` FMAs. Lanes past `n` are masked off (neither read nor written).
+    /// tokens from `t0` of `xt` (`cols` rows of `n` tokens), columns
+    /// `k0..k1`, into `out[r * n + t]` (added to what is there when `k0 >
+    /// 0`). Per column: `V` token loads, `R` weight broadcasts and `R * V`
+    /// FMAs. Lanes past `n` are masked off (neither read nor written).
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
     fn tile_xt<const R: usize, const V: usize>(
@@ -264,13 +265,7 @@ mod imp {
             for r in 0..R {
                 // SAFETY: element k < cols of row r < R of `w` (asserted:
                 // `w` holds R * cols).
-                let wb: __m512;
-                // SAFETY: reads one f32 at wp[r] + k (element k < cols of row
-                // r < R of `w`, asserted: `w` holds R * cols); one broadcast
-                // kept in a register for the row's V FMAs, not folded into each.
-                unsafe {
-                    core::arch::asm!("vbroadcastss {o}, dword ptr [{p}]", o = out(zmm_reg) wb, p = in(reg) wp[r].add(k), options(pure, readonly, nostack, preserves_flags))
-                };
+                let wb = _mm512_set1_ps(unsafe { *wp[r].add(k) });
                 for v in 0..V {
                     acc[r][v] = _mm512_fmadd_ps(wb, xv[v], acc[r][v]);
                 }
