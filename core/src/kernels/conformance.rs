@@ -1311,3 +1311,66 @@ mod end_to_end {
         }
     }
 }
+
+#[test]
+fn transpose_in_blocks_moves_every_element() {
+    let src: [f32; 21 * 19] = core::array::from_fn(|i| i as f32);
+    for (rows, cols) in [(1, 1), (8, 8), (5, 3), (8, 19), (21, 8), (17, 19), (21, 19)] {
+        let mut dst = [f32::NAN; 21 * 19];
+        super::transpose(&src[..rows * cols], rows, cols, &mut dst);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    dst[c * rows + r],
+                    src[r * cols + c],
+                    "{rows} x {cols}: {r}, {c}"
+                );
+            }
+        }
+        assert!(dst[rows * cols..].iter().all(|v| v.is_nan()));
+    }
+}
+
+/// On a table that takes the tokens transposed, the batched matmul gives the
+/// same bits whether the tokens are transposed all at once (shared, as a
+/// plan does) or in chunks that fit a worker's scratch, down to one token.
+#[test]
+fn transposed_batches_equal_in_any_chunks() {
+    use crate::kernels::{Arith, Matrix, RowData};
+    use crate::parallel::TokenRows;
+    let k = Kernels::detect();
+    if !k.takes_transposed() {
+        return;
+    }
+    let (rows, cols, n) = (37usize, 96usize, 21usize);
+    let mut rng = Rng::new(11);
+    let wf: [f32; 37 * 96] = core::array::from_fn(|_| rng.f32());
+    let x: [f32; 21 * 96] = core::array::from_fn(|_| rng.f32());
+    let mut h = [f16::ZERO; 37 * 96];
+    quant::f16::quantize_row(&wf, &mut h);
+    for data in [RowData::F32(&wf), RowData::F16(&h)] {
+        let m = Matrix {
+            rows,
+            cols,
+            data,
+            packed: Packed::None,
+        };
+        let mut xt = [0.0f32; 21 * 96];
+        k.transpose(&x, n, cols, &mut xt);
+        let mut scratch = [0.0f32; 16 * 96 + 16 * 21 + 21 * 96];
+        let mut want = [0.0f32; 21 * 37];
+        let mut part = TokenRows::new(&mut want, n, rows, 3, rows).unwrap();
+        k.matmul_part_xt(&m, &xt, &mut part, &mut scratch).unwrap();
+        // Scratch for 1, 2, 5 and all 21 tokens at a time beside a tile.
+        for chunk in [1usize, 2, 5, 21] {
+            let len = 16 * cols + chunk * (16 + cols);
+            let mut got = [0.0f32; 21 * 37];
+            let mut part = TokenRows::new(&mut got, n, rows, 3, rows).unwrap();
+            k.matmul_part_as(&m, &x, &mut part, &mut scratch[..len], Arith::Batch)
+                .unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "chunk {chunk}, element {i}");
+            }
+        }
+    }
+}

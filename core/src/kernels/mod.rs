@@ -242,21 +242,35 @@ pub type MatvecFn<T> = fn(&[T], &[f32], &mut [f32]);
 pub type GemmXtFn = fn(&[f32], &[f32], usize, &mut [f32]);
 
 /// `dst[c * rows + r] = src[r * cols + c]`: `src` (rows, cols) transposed,
-/// in groups of eight rows so that each step writes eight neighbours
-/// (one at a time, every write would start a new cache line).
+/// in blocks of 8 x 8 (one element at a time, each write would start a new
+/// cache line, and bounds checks would cost more than the moves).
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const G: usize = 8;
-    let dst = &mut dst[..rows * cols];
-    let mut r0 = 0;
-    while r0 < rows {
-        let g = G.min(rows - r0);
-        let group = &src[r0 * cols..(r0 + g) * cols];
-        for (c, out) in dst.chunks_exact_mut(rows).enumerate() {
-            for (j, o) in out[r0..r0 + g].iter_mut().enumerate() {
-                *o = group[j * cols + c];
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    let (rg, cg) = (rows / G * G, cols / G * G);
+    for r0 in (0..rg).step_by(G) {
+        let group: [&[f32]; G] =
+            core::array::from_fn(|j| &src[(r0 + j) * cols..(r0 + j + 1) * cols]);
+        for c0 in (0..cg).step_by(G) {
+            let block: [[f32; G]; G] = core::array::from_fn(|j| {
+                let mut row = [0.0; G];
+                row.copy_from_slice(&group[j][c0..c0 + G]);
+                row
+            });
+            for i in 0..G {
+                let out = &mut dst[(c0 + i) * rows + r0..(c0 + i) * rows + r0 + G];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = block[j][i];
+                }
             }
         }
-        r0 += g;
+    }
+    // The edges past the whole blocks.
+    for r in 0..rows {
+        let c_from = if r < rg { cg } else { 0 };
+        for c in c_from..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
     }
 }
 
@@ -555,12 +569,13 @@ impl Kernels {
         } else {
             tokens * (cols + DECODE_TILE)
         };
-        // Batch: a dequantized tile of rows, its output, and the tokens'
-        // activations transposed (for [`Kernels::gemm_xt`]).
+        // Batch: a dequantized tile of rows and its output (tables that take
+        // the tokens transposed use what is left for as many of them as fit;
+        // a plan shares one transposition for all workers).
         let b = if batch <= 1 {
             0
         } else {
-            TILE_ROWS * cols + TILE_ROWS * batch + batch * cols
+            TILE_ROWS * cols + TILE_ROWS * batch
         };
         if d > b {
             d
@@ -688,8 +703,28 @@ impl Kernels {
             return self.decode_part(w, x, part, scratch);
         }
         let x = &x[..need_x];
-        if let Some(gemm_xt) = self.gemm_xt {
-            return self.batch_xt(w, x, part, scratch, gemm_xt);
+        if self.gemm_xt.is_some() {
+            // The tokens transposed into this worker's scratch, as many at a
+            // time as it holds beside a tile (callers that share one
+            // transposition use `matmul_part_xt`). Each token's lanes are
+            // its own, so the chunks do not change the numbers; one token is
+            // its own transposition.
+            let tile = TILE_ROWS * cols;
+            let chunk = (scratch.len().saturating_sub(tile) / (TILE_ROWS + cols)).clamp(1, n);
+            let mut t0 = 0;
+            while t0 < n {
+                let nt = chunk.min(n - t0);
+                let xs = &x[t0 * cols..(t0 + nt) * cols];
+                if nt == 1 {
+                    self.part_xt(w, xs, (t0, 1), part, scratch)?;
+                } else {
+                    let (xt, rest) = scratch.split_at_mut(nt * cols);
+                    self.transpose(xs, nt, cols, xt);
+                    self.part_xt(w, xt, (t0, nt), part, rest)?;
+                }
+                t0 += nt;
+            }
+            return Ok(());
         }
         // Batched: tiles of rows, each dequantized once (f32 rows are used in
         // place), times every token; the tile's (n, tile) result is then
@@ -727,30 +762,72 @@ impl Kernels {
         Ok(())
     }
 
-    /// The batched loop through [`Kernels::gemm_xt`]: the tokens'
-    /// activations transposed once, then tiles of rows (dequantized once,
-    /// the next tile's rows asked for meanwhile; f32 rows in place) times
-    /// all of them, each tile's (tile, n) result copied into the tokens'
-    /// rows.
-    fn batch_xt(
+    /// Whether batched matmuls on this table take the tokens' activations
+    /// transposed ([`Kernels::gemm_xt`], through
+    /// [`Kernels::matmul_part_xt`]).
+    pub fn takes_transposed(&self) -> bool {
+        self.gemm_xt.is_some()
+    }
+
+    /// `xt[k * n + t] = x[t * cols + k]`: `n` tokens' activations
+    /// transposed for [`Kernels::matmul_part_xt`].
+    pub fn transpose(&self, x: &[f32], n: usize, cols: usize, xt: &mut [f32]) {
+        transpose(x, n, cols, xt)
+    }
+
+    /// The batched matmul for one worker's rows on a table that
+    /// [`Kernels::takes_transposed`], from the tokens' activations already
+    /// transposed (`xt`: `(cols, n)`, as [`Kernels::transpose`] makes them,
+    /// so that workers share one): tiles of rows (dequantized once, the
+    /// next tile's rows asked for meanwhile; f32 rows in place) times all
+    /// the tokens, each tile's `(tile, n)` result copied into the tokens'
+    /// rows. The same numbers as [`Kernels::matmul_part_as`] in
+    /// [`Arith::Batch`].
+    pub fn matmul_part_xt(
         &self,
         w: &Matrix,
-        x: &[f32],
+        xt: &[f32],
         part: &mut TokenRows<'_>,
         scratch: &mut [f32],
-        gemm_xt: GemmXtFn,
     ) -> Result<()> {
-        let (cols, n) = (w.cols, part.tokens());
+        self.part_xt(w, xt, (0, part.tokens()), part, scratch)
+    }
+
+    /// [`Kernels::matmul_part_xt`] for the part's tokens `t0..t0 + n`, whose
+    /// activations `xt` holds transposed (`(cols, n)`).
+    fn part_xt(
+        &self,
+        w: &Matrix,
+        xt: &[f32],
+        (t0, n): (usize, usize),
+        part: &mut TokenRows<'_>,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let cols = w.cols;
         let (r0, r1) = part.range();
-        let need = TILE_ROWS * cols + TILE_ROWS * n + n * cols;
+        let Some(gemm_xt) = self.gemm_xt else {
+            return Err(Error::LengthMismatch {
+                expected: 0,
+                found: xt.len() as u64,
+            });
+        };
+        if r1 > w.rows || r0 > r1 || xt.len() < n * cols || t0 + n > part.tokens() {
+            return Err(Error::LengthMismatch {
+                expected: (n * cols) as u64,
+                found: xt.len() as u64,
+            });
+        }
+        if r0 == r1 || n == 0 {
+            return Ok(());
+        }
+        let xt = &xt[..n * cols];
+        let need = TILE_ROWS * cols + TILE_ROWS * n;
         let found = scratch.len() as u64;
         let scratch = scratch.get_mut(..need).ok_or(Error::BufferTooSmall {
             needed: need as u64,
             found,
         })?;
-        let (tw, rest) = scratch.split_at_mut(TILE_ROWS * cols);
-        let (to, xt) = rest.split_at_mut(TILE_ROWS * n);
-        transpose(x, n, cols, xt);
+        let (tw, to) = scratch.split_at_mut(TILE_ROWS * cols);
         let mut a = r0;
         while a < r1 {
             let b = (a + TILE_ROWS).min(r1);
@@ -774,7 +851,7 @@ impl Kernels {
             let to = &mut to[..tr * n];
             gemm_xt(tile, xt, cols, to);
             for t in 0..n {
-                let dst = &mut part.token(t)[a - r0..b - r0];
+                let dst = &mut part.token(t0 + t)[a - r0..b - r0];
                 for (i, d) in dst.iter_mut().enumerate() {
                     *d = to[i * n + t];
                 }

@@ -824,10 +824,17 @@ impl Mm<'_> {
         // once here for all the matrices too, when the blocks fit.
         let q8 = !q16 && ws.iter().all(|w| w.cols == cols && kern.takes_q8_0(w));
         let nb = cols / crate::quant::QK;
-        let (blocks, q8) = if q16 {
+        // Batched tiles on tables that take the tokens transposed: the input
+        // transposed once here for all the matrices and workers.
+        let xt = !q16
+            && !q8
+            && arith == Arith::Batch
+            && kern.takes_transposed()
+            && ws.iter().all(|w| w.cols == cols && !kern.packed_q8_0(w));
+        let (blocks, q8, xt) = if q16 {
             match crate::kernels::blocks_in::<BlockQ16>(xq, n * nb) {
-                Ok(b) => (kern.quantize_q16(x, n, cols, b).then_some(&*b), None),
-                Err(_) => (None, None),
+                Ok(b) => (kern.quantize_q16(x, n, cols, b).then_some(&*b), None, None),
+                Err(_) => (None, None, None),
             }
         } else if q8 {
             match crate::kernels::blocks_in::<BlockQ8_0>(xq, n * nb) {
@@ -835,12 +842,20 @@ impl Mm<'_> {
                     for (t, bt) in b.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
                         crate::quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], bt);
                     }
-                    (None, Some(&*b))
+                    (None, Some(&*b), None)
                 }
-                Err(_) => (None, None),
+                Err(_) => (None, None, None),
+            }
+        } else if xt {
+            match (xq.get_mut(..n * cols), x.get(..n * cols)) {
+                (Some(xt), Some(x)) => {
+                    kern.transpose(x, n, cols, xt);
+                    (None, None, Some(&*xt))
+                }
+                _ => (None, None, None),
             }
         } else {
-            (None, None)
+            (None, None, None)
         };
         let ran = {
             let views: [&mut [f32]; K] = outs.each_mut().map(|o| &mut **o);
@@ -853,10 +868,11 @@ impl Mm<'_> {
                 scratch,
                 per_worker,
                 &|j, part, s| {
-                    let r = match (blocks, q8) {
-                        (Some(b), _) => kern.matmul_part_q16(ws[j], b, part, s),
-                        (None, Some(b)) => kern.matmul_part_q8(ws[j], b, part),
-                        (None, None) => kern.matmul_part_as(ws[j], x, part, s, arith),
+                    let r = match (blocks, q8, xt) {
+                        (Some(b), _, _) => kern.matmul_part_q16(ws[j], b, part, s),
+                        (None, Some(b), _) => kern.matmul_part_q8(ws[j], b, part),
+                        (None, None, Some(xt)) => kern.matmul_part_xt(ws[j], xt, part, s),
+                        (None, None, None) => kern.matmul_part_as(ws[j], x, part, s, arith),
                     };
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
@@ -876,7 +892,10 @@ impl Mm<'_> {
                         found,
                     },
                 )?;
-                kern.matmul_part_as(w, x, &mut part, s, arith)?;
+                match xt {
+                    Some(xt) => kern.matmul_part_xt(w, xt, &mut part, s)?,
+                    None => kern.matmul_part_as(w, x, &mut part, s, arith)?,
+                }
             }
         }
         Ok(())

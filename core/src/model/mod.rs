@@ -46,7 +46,9 @@ pub struct MemoryPlan {
     pub scratch_len: usize,
     /// Whether prompt batches may take the decode arithmetic on packed Q8_0
     /// matrices ([`Kernels::packed_q8_0`]), which needs activation blocks
-    /// and matmul scratch for a whole batch. True from every constructor;
+    /// and matmul scratch for a whole batch, and the batch's activations
+    /// transposed once for all workers on tables that take them so
+    /// ([`Kernels::takes_transposed`]). True from every constructor;
     /// [`MemoryPlan::without_packed_prefill`] turns it off for targets that
     /// never pack (firmware), whose plan then shrinks, and packed matrices
     /// then prefill through their plain rows.
@@ -70,7 +72,7 @@ pub(crate) struct ScratchSizes {
     pub rope_freq: usize, // (rope_dim) each pair's frequency, f64 bits in two words
     pub logits: usize,    // (seqs, vocab)
     pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
-    pub xq: usize,        // (max(seqs, batch), cols / 32) 16-bit activation blocks, 20 floats each
+    pub xq: usize, // (max(seqs, batch), cols / 32) 16-bit activation blocks, 20 floats each; or (batch, cols)
 }
 
 impl ScratchSizes {
@@ -105,10 +107,17 @@ impl ScratchSizes {
             rope_freq: c.rope_dim,
             logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
-            // Decode tokens, or a batch for packed Q8_0 matrices.
+            // Decode tokens, or a batch for packed Q8_0 matrices; or, beside
+            // them, a batch of activations transposed once for all workers
+            // (`Kernels::transpose`).
             xq: decode
                 .checked_mul(cols.div_ceil(crate::quant::QK))?
-                .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?,
+                .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?
+                .max(if packed_prefill && b > 1 {
+                    b.checked_mul(cols)?
+                } else {
+                    0
+                }),
         })
     }
 
