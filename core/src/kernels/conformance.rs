@@ -459,24 +459,27 @@ pub(crate) fn check_rows(k: &Kernels) {
         // and the table's where it has one), past a vector of tokens too (up
         // to 70: masked lanes, several token groups).
         let n = [1, 3, 16, 17, 33, 64, 70][case % 7];
-        // Past a pass of columns too (the AVX-512 kernel takes 128 at a time).
+        // Past a pass of columns too (the AVX-512 kernel takes 128 at a
+        // time), with the tokens `ld` apart: packed, or as `transpose` pads.
         let cols = [5, 33, 100, 130, 300][case % 5];
+        let ld = if case % 2 == 0 { n } else { super::xt_ld(n) };
         let mut w = [0.0f32; 9 * 300];
-        let mut xt = [0.0f32; 70 * 300];
+        let mut xt = [0.0f32; 80 * 300];
         for v in w.iter_mut().chain(xt.iter_mut()) {
             *v = rng.f32();
         }
-        let (w, xt) = (&w[..rows * cols], &xt[..cols * n]);
+        let (w, xt) = (&w[..rows * cols], &xt[..(cols - 1) * ld + n]);
+        let shape = super::XtShape { cols, n, ld };
         let mut want = [f32::NAN; 9 * 70];
-        super::scalar::gemm_xt(w, xt, cols, &mut want[..rows * n]);
+        super::scalar::gemm_xt(w, xt, shape, &mut want[..rows * n]);
         let mut got = want;
         if let Some(gemm_xt) = k.gemm_xt {
             got = [f32::NAN; 9 * 70];
-            gemm_xt(w, xt, cols, &mut got[..rows * n]);
+            gemm_xt(w, xt, shape, &mut got[..rows * n]);
         }
         for t in 0..n {
             let x: [f32; 300] =
-                core::array::from_fn(|c| if c < cols { xt[c * n + t] } else { 0.0 });
+                core::array::from_fn(|c| if c < cols { xt[c * ld + t] } else { 0.0 });
             for r in 0..rows {
                 let (a, b) = (&w[r * cols..(r + 1) * cols], &x[..cols]);
                 let (scale, exact) = (abs_scale(a, b), reference_f32(a, b));
@@ -1316,19 +1319,26 @@ mod end_to_end {
 fn transpose_in_blocks_moves_every_element() {
     let src: [f32; 21 * 19] = core::array::from_fn(|i| i as f32);
     for (rows, cols) in [(1, 1), (8, 8), (5, 3), (8, 19), (21, 8), (17, 19), (21, 19)] {
-        let mut dst = [f32::NAN; 21 * 19];
-        super::transpose(&src[..rows * cols], rows, cols, &mut dst);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(
-                    dst[c * rows + r],
-                    src[r * cols + c],
-                    "{rows} x {cols}: {r}, {c}"
-                );
+        let ld = super::xt_ld(rows);
+        assert!(ld >= rows && (ld / 16) % 2 == 1);
+        let mut dst = [f32::NAN; 19 * 48];
+        Kernels::scalar().transpose(&src[..rows * cols], rows, cols, &mut dst);
+        for c in 0..cols {
+            for r in 0..ld {
+                let got = dst[c * ld + r];
+                if r < rows {
+                    assert_eq!(got, src[r * cols + c], "{rows} x {cols}: {r}, {c}");
+                } else {
+                    assert!(got.is_nan(), "{rows} x {cols}: padding {r}, {c} written");
+                }
             }
         }
-        assert!(dst[rows * cols..].iter().all(|v| v.is_nan()));
+        assert!(dst[cols * ld..].iter().all(|v| v.is_nan()));
     }
+    // Too short an output: nothing is written.
+    let mut short = [f32::NAN; 15];
+    Kernels::scalar().transpose(&src[..4 * 4], 4, 4, &mut short);
+    assert!(short.iter().all(|v| v.is_nan()));
 }
 
 /// On a table that takes the tokens transposed, the batched matmul gives the
@@ -1355,15 +1365,15 @@ fn transposed_batches_equal_in_any_chunks() {
             data,
             packed: Packed::None,
         };
-        let mut xt = [0.0f32; 21 * 96];
+        let mut xt = [0.0f32; 48 * 96];
         k.transpose(&x, n, cols, &mut xt);
-        let mut scratch = [0.0f32; 16 * 96 + 16 * 21 + 21 * 96];
+        let mut scratch = [0.0f32; 16 * 96 + 16 * 21 + 48 * 96];
         let mut want = [0.0f32; 21 * 37];
         let mut part = TokenRows::new(&mut want, n, rows, 3, rows).unwrap();
         k.matmul_part_xt(&m, &xt, &mut part, &mut scratch).unwrap();
         // Scratch for 1, 2, 5 and all 21 tokens at a time beside a tile.
         for chunk in [1usize, 2, 5, 21] {
-            let len = 16 * cols + chunk * (16 + cols);
+            let len = 16 * cols + 16 * chunk + cols * super::xt_ld(chunk);
             let mut got = [0.0f32; 21 * 37];
             let mut part = TokenRows::new(&mut got, n, rows, 3, rows).unwrap();
             k.matmul_part_as(&m, &x, &mut part, &mut scratch[..len], Arith::Batch)

@@ -235,18 +235,37 @@ pub type DotFn<T> = fn(&[T], &[f32]) -> f32;
 pub type MatvecFn<T> = fn(&[T], &[f32], &mut [f32]);
 
 /// `out[r * n + t] = w[r] · x[t]` for f32 rows, with the tokens'
-/// activations transposed: `w` is (rows, cols), `xt` is (cols, n) (`xt[k *
-/// n + t]` is token t's element k), `out` is (rows, n), with `rows =
-/// w.len() / cols` and `n = xt.len() / cols`. The sums run over `k` in
-/// order, one chain per output.
-pub type GemmXtFn = fn(&[f32], &[f32], usize, &mut [f32]);
+/// activations transposed: `w` is (rows, cols) with `rows = w.len() /
+/// cols`, `xt[k * ld + t]` is token t's element k, `out` is (rows, n). The
+/// sums run over `k` in order, one chain per output.
+pub type GemmXtFn = fn(&[f32], &[f32], XtShape, &mut [f32]);
 
-/// `dst[c * rows + r] = src[r * cols + c]`: `src` (rows, cols) transposed,
+/// The shape of transposed activations for [`GemmXtFn`]: `n` tokens of
+/// `cols` elements, each element's tokens `ld` floats apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XtShape {
+    pub cols: usize,
+    pub n: usize,
+    pub ld: usize,
+}
+
+/// The row stride [`Kernels::transpose`] gives `n` tokens: an odd number
+/// of 64-byte lines. A power-of-two stride would put every column's tokens
+/// in a few of the L1 cache's sets, which then evict each other.
+pub const fn xt_ld(n: usize) -> usize {
+    (n.div_ceil(16) | 1).saturating_mul(16)
+}
+
+/// `dst[c * ld + r] = src[r * cols + c]`: `src` (rows, cols) transposed,
 /// in blocks of 8 x 8 (one element at a time, each write would start a new
 /// cache line, and bounds checks would cost more than the moves).
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], ld: usize) {
     const G: usize = 8;
-    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let src = &src[..rows * cols];
+    let dst = &mut dst[..(cols - 1) * ld + rows];
     let (rg, cg) = (rows / G * G, cols / G * G);
     for r0 in (0..rg).step_by(G) {
         let group: [&[f32]; G] =
@@ -258,7 +277,7 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
                 row
             });
             for i in 0..G {
-                let out = &mut dst[(c0 + i) * rows + r0..(c0 + i) * rows + r0 + G];
+                let out = &mut dst[(c0 + i) * ld + r0..(c0 + i) * ld + r0 + G];
                 for (j, o) in out.iter_mut().enumerate() {
                     *o = block[j][i];
                 }
@@ -269,7 +288,7 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     for r in 0..rows {
         let c_from = if r < rg { cg } else { 0 };
         for c in c_from..cols {
-            dst[c * rows + r] = src[r * cols + c];
+            dst[c * ld + r] = src[r * cols + c];
         }
     }
 }
@@ -710,17 +729,23 @@ impl Kernels {
             // its own, so the chunks do not change the numbers; one token is
             // its own transposition.
             let tile = TILE_ROWS * cols;
-            let chunk = (scratch.len().saturating_sub(tile) / (TILE_ROWS + cols)).clamp(1, n);
+            let fits = |nt: usize| tile + TILE_ROWS * nt + cols * xt_ld(nt) <= scratch.len();
+            // At most the padding's 32 tokens below the unpadded bound.
+            let mut chunk = (scratch.len().saturating_sub(tile) / (TILE_ROWS + cols)).clamp(1, n);
+            while chunk > 1 && !fits(chunk) {
+                chunk -= 1;
+            }
             let mut t0 = 0;
             while t0 < n {
                 let nt = chunk.min(n - t0);
                 let xs = &x[t0 * cols..(t0 + nt) * cols];
                 if nt == 1 {
-                    self.part_xt(w, xs, (t0, 1), part, scratch)?;
+                    self.part_xt(w, xs, 1, (t0, 1), part, scratch)?;
                 } else {
-                    let (xt, rest) = scratch.split_at_mut(nt * cols);
+                    let ld = xt_ld(nt);
+                    let (xt, rest) = scratch.split_at_mut(cols * ld);
                     self.transpose(xs, nt, cols, xt);
-                    self.part_xt(w, xt, (t0, nt), part, rest)?;
+                    self.part_xt(w, xt, ld, (t0, nt), part, rest)?;
                 }
                 t0 += nt;
             }
@@ -769,15 +794,23 @@ impl Kernels {
         self.gemm_xt.is_some()
     }
 
-    /// `xt[k * n + t] = x[t * cols + k]`: `n` tokens' activations
-    /// transposed for [`Kernels::matmul_part_xt`].
+    /// Floats of [`Kernels::transpose`]'s output for `n` tokens of `cols`.
+    pub const fn xt_len(n: usize, cols: usize) -> usize {
+        cols * xt_ld(n)
+    }
+
+    /// `xt[k * xt_ld(n) + t] = x[t * cols + k]`: `n` tokens' activations
+    /// transposed for [`Kernels::matmul_part_xt`]; `xt` holds
+    /// [`Kernels::xt_len`] floats (fewer: nothing is written).
     pub fn transpose(&self, x: &[f32], n: usize, cols: usize, xt: &mut [f32]) {
-        transpose(x, n, cols, xt)
+        if x.len() >= n * cols && xt.len() >= Self::xt_len(n, cols) {
+            transpose(x, n, cols, xt, xt_ld(n))
+        }
     }
 
     /// The batched matmul for one worker's rows on a table that
     /// [`Kernels::takes_transposed`], from the tokens' activations already
-    /// transposed (`xt`: `(cols, n)`, as [`Kernels::transpose`] makes them,
+    /// transposed (`xt`: as [`Kernels::transpose`] makes them,
     /// so that workers share one): tiles of rows (dequantized once, the
     /// next tile's rows asked for meanwhile; f32 rows in place) times all
     /// the tokens, each tile's `(tile, n)` result copied into the tokens'
@@ -790,15 +823,17 @@ impl Kernels {
         part: &mut TokenRows<'_>,
         scratch: &mut [f32],
     ) -> Result<()> {
-        self.part_xt(w, xt, (0, part.tokens()), part, scratch)
+        let n = part.tokens();
+        self.part_xt(w, xt, xt_ld(n), (0, n), part, scratch)
     }
 
     /// [`Kernels::matmul_part_xt`] for the part's tokens `t0..t0 + n`, whose
-    /// activations `xt` holds transposed (`(cols, n)`).
+    /// activations `xt` holds transposed, element k's tokens at `k * ld`.
     fn part_xt(
         &self,
         w: &Matrix,
         xt: &[f32],
+        ld: usize,
         (t0, n): (usize, usize),
         part: &mut TokenRows<'_>,
         scratch: &mut [f32],
@@ -811,16 +846,18 @@ impl Kernels {
                 found: xt.len() as u64,
             });
         };
-        if r1 > w.rows || r0 > r1 || xt.len() < n * cols || t0 + n > part.tokens() {
+        let need_xt = (cols.max(1) - 1) * ld + n;
+        if r1 > w.rows || r0 > r1 || ld < n || xt.len() < need_xt || t0 + n > part.tokens() {
             return Err(Error::LengthMismatch {
-                expected: (n * cols) as u64,
+                expected: need_xt as u64,
                 found: xt.len() as u64,
             });
         }
-        if r0 == r1 || n == 0 {
+        if r0 == r1 || n == 0 || cols == 0 {
             return Ok(());
         }
-        let xt = &xt[..n * cols];
+        let xt = &xt[..need_xt];
+        let shape = XtShape { cols, n, ld };
         let need = TILE_ROWS * cols + TILE_ROWS * n;
         let found = scratch.len() as u64;
         let scratch = scratch.get_mut(..need).ok_or(Error::BufferTooSmall {
@@ -849,7 +886,7 @@ impl Kernels {
                 &tw[..tr * cols]
             };
             let to = &mut to[..tr * n];
-            gemm_xt(tile, xt, cols, to);
+            gemm_xt(tile, xt, shape, to);
             for t in 0..n {
                 let dst = &mut part.token(t0 + t)[a - r0..b - r0];
                 for (i, d) in dst.iter_mut().enumerate() {

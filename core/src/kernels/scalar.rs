@@ -208,22 +208,22 @@ pub fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
-/// `out[r * n + t] = Σ_k w[r][k] * xt[k * n + t]`, adding in `k` order
+/// `out[r * n + t] = Σ_k w[r][k] * xt[k * ld + t]`, adding in `k` order
 /// ([`super::GemmXtFn`]).
-pub fn gemm_xt(w: &[f32], xt: &[f32], cols: usize, out: &mut [f32]) {
+pub fn gemm_xt(w: &[f32], xt: &[f32], s: super::XtShape, out: &mut [f32]) {
+    let super::XtShape { cols, n, ld } = s;
     if cols == 0 {
         out.fill(0.0);
         return;
     }
-    let n = xt.len() / cols;
     for (r, wr) in w.chunks_exact(cols).enumerate() {
         for t in 0..n {
-            let mut s = 0.0f32;
+            let mut acc = 0.0f32;
             for (k, &wk) in wr.iter().enumerate() {
-                s += wk * xt[k * n + t];
+                acc += wk * xt[k * ld + t];
             }
             if let Some(o) = out.get_mut(r * n + t) {
-                *o = s;
+                *o = acc;
             }
         }
     }

@@ -847,7 +847,7 @@ impl Mm<'_> {
                 Err(_) => (None, None, None),
             }
         } else if xt {
-            match (xq.get_mut(..n * cols), x.get(..n * cols)) {
+            match (xq.get_mut(..Kernels::xt_len(n, cols)), x.get(..n * cols)) {
                 (Some(xt), Some(x)) => {
                     kern.transpose(x, n, cols, xt);
                     (None, None, Some(&*xt))

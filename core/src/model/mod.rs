@@ -114,7 +114,7 @@ impl ScratchSizes {
                 .checked_mul(cols.div_ceil(crate::quant::QK))?
                 .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?
                 .max(if packed_prefill && b > 1 {
-                    b.checked_mul(cols)?
+                    cols.checked_mul(crate::kernels::xt_ld(b))?
                 } else {
                     0
                 }),
