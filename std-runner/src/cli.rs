@@ -142,9 +142,11 @@ pub struct ExecArgs {
     /// of a copy in huge pages (faster decode, one read of the file at start).
     #[arg(long)]
     pub mmap: bool,
-    /// Multiply by the file's Q8_0 rows as stored instead of an interleaved
-    /// copy (saves the copy's memory, the size of the Q8_0 weights). Decode
-    /// gives the same bits either way; prefill goes back to f32 tiles.
+    /// Multiply by the file's Q8_0 and Q4_1 rows as stored instead of an
+    /// interleaved copy (saves the copy's memory, the size of those weights).
+    /// Q8_0 decode gives the same bits either way and its prefill goes back
+    /// to f32 tiles; Q4_1 decode from the file's rows sums each row in two
+    /// chains (within rounding of the copy's reference order).
     #[arg(long)]
     pub no_repack: bool,
 }
@@ -159,7 +161,7 @@ impl ExecArgs {
         crate::pool::thread_count(self.threads)
     }
 
-    /// Interleaved copies of `model`'s Q8_0 matrices for `kernels`, unless
+    /// Interleaved copies of `model`'s Q8_0 and Q4_1 matrices for `kernels`, unless
     /// `--no-repack` (then none).
     pub fn packs(
         &self,

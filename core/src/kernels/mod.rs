@@ -37,7 +37,8 @@ use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
-    self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8, GgmlType,
+    self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x4,
+    BlockQ8_0x8, GgmlType,
 };
 
 /// A matrix's rows, typed by storage format, borrowed from the weights file.
@@ -74,6 +75,10 @@ pub enum Packed<'a> {
     /// Groups of four ([`BlockQ8_0x4`]), which a device builds for a table
     /// with a four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]).
     X4(&'a [BlockQ8_0x4]),
+    /// A Q4_1 matrix's groups of eight ([`BlockQ4_1x8`]), which a host
+    /// builds for a table with a packed Q4_1 decode kernel
+    /// ([`Q16Kernels::q4_1x8`]); prefill keeps the f32 tiles.
+    Q4_1x8(&'a [BlockQ4_1x8]),
 }
 
 impl<'a> Matrix<'a> {
@@ -107,6 +112,14 @@ impl<'a> Matrix<'a> {
         self.attach(8, packed.len(), Packed::X8(packed))
     }
 
+    /// This Q4_1 matrix with its rows also interleaved in groups of eight:
+    /// `packed` must be what [`quant::q4_1::pack_rows_x8`] wrote from
+    /// `data` for every whole group (`rows / 8` groups of `cols / 32`
+    /// blocks).
+    pub fn with_packed_q4_1(self, packed: &'a [BlockQ4_1x8]) -> Result<Matrix<'a>> {
+        self.attach(8, packed.len(), Packed::Q4_1x8(packed))
+    }
+
     /// This Q8_0 matrix with its rows also interleaved in groups of four:
     /// `packed` must be what [`quant::q8_0::pack_rows_x4`] wrote from `data`
     /// for every whole group (`rows / 4` groups of `cols / 32` blocks).
@@ -114,12 +127,16 @@ impl<'a> Matrix<'a> {
         self.attach(4, packed.len(), Packed::X4(packed))
     }
 
-    /// This Q8_0 matrix with `packed` (`len` groups of `rows_per_group`
-    /// rows' blocks), if that is one pack block per whole group and block
-    /// column.
+    /// This matrix with `packed` (`len` groups of `rows_per_group` rows'
+    /// blocks), if the pack is of the matrix's type and is one pack block
+    /// per whole group and block column.
     fn attach(self, rows_per_group: usize, len: usize, packed: Packed<'a>) -> Result<Matrix<'a>> {
         let need = self.rows / rows_per_group * (self.cols / quant::QK);
-        if !matches!(self.data, RowData::Q8_0(_)) || len != need {
+        let same_type = match packed {
+            Packed::Q4_1x8(_) => matches!(self.data, RowData::Q4_1(_)),
+            _ => matches!(self.data, RowData::Q8_0(_)),
+        };
+        if !same_type || len != need {
             return Err(Error::LengthMismatch {
                 expected: need as u64,
                 found: len as u64,
@@ -141,6 +158,14 @@ impl<'a> Matrix<'a> {
     pub fn packed8(&self) -> Option<&'a [BlockQ8_0x8]> {
         match self.packed {
             Packed::X8(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The Q4_1 groups of eight, if this matrix has them.
+    pub fn packed_q4_1(&self) -> Option<&'a [BlockQ4_1x8]> {
+        match self.packed {
+            Packed::Q4_1x8(p) => Some(p),
             _ => None,
         }
     }
@@ -343,7 +368,15 @@ pub struct Q16Kernels {
     /// Q8_0 rows interleaved in eights ([`Matrix::packed`]); with `None`
     /// the host builds no packs.
     pub q8_0x8: Option<MatvecQ16x8Fn>,
+    /// Q4_1 rows interleaved in eights ([`Packed::Q4_1x8`]), in decode;
+    /// with `None` the host builds no such packs.
+    pub q4_1x8: Option<MatvecQ41x8Fn>,
 }
+
+/// Interleaved Q4_1 groups of eight rows times `n` tokens, as
+/// [`MatvecQ16x8Fn`] for Q8_0: each row's value bit for bit
+/// [`quant::q16::dot_q4_1_q16`].
+pub type MatvecQ41x8Fn = fn(&[BlockQ4_1x8], &[BlockQ16], usize, &mut [f32], usize);
 
 /// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
@@ -491,6 +524,7 @@ impl Kernels {
                 q4_0: scalar::mv_q4_0_q16,
                 q4_1: scalar::mv_q4_1_q16,
                 q8_0x8: None,
+                q4_1x8: None,
             }),
             ..Self::scalar()
         }
@@ -1053,8 +1087,21 @@ impl Kernels {
         }
         let xq = &xq[..n * nb];
         {
-            let run = |a: usize, b: usize, o: &mut [f32]| match (w.data, w.packed8(), q16.q8_0x8) {
-                (RowData::Q8_0(d), Some(p), Some(k)) => packed_q8_0(d, p, k, xq, n, a, b, o),
+            let run = |a: usize, b: usize, o: &mut [f32]| match (w.data, w.packed, q16) {
+                (
+                    RowData::Q8_0(d),
+                    Packed::X8(p),
+                    Q16Kernels {
+                        q8_0x8: Some(k), ..
+                    },
+                ) => packed_rows(d, p, k, quant::q16::dot_q8_0_q16, xq, n, (a, b), o),
+                (
+                    RowData::Q4_1(d),
+                    Packed::Q4_1x8(p),
+                    Q16Kernels {
+                        q4_1x8: Some(k), ..
+                    },
+                ) => packed_rows(d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o),
                 (RowData::Q8_0(d), _, _) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
                 (RowData::Q4_0(d), _, _) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),
                 (RowData::Q4_1(d), _, _) => (q16.q4_1)(&d[a * nb..b * nb], xq, n, o),
@@ -1114,18 +1161,19 @@ impl Kernels {
     }
 }
 
-/// Rows `a..b` of a Q8_0 matrix for `n` tokens into `out` ((n, b - a)):
+/// Rows `a..b` of a packed matrix for `n` tokens into `out` ((n, b - a)):
 /// whole groups of eight through the packed kernel `k`, rows outside them
-/// through the reference dot on the file's rows, which gives the same bits.
+/// through the reference dot `dot` on the file's rows, which gives the same
+/// bits.
 #[allow(clippy::too_many_arguments)]
-fn packed_q8_0(
-    d: &[BlockQ8_0],
-    p: &[BlockQ8_0x8],
-    k: MatvecQ16x8Fn,
+fn packed_rows<B, P>(
+    d: &[B],
+    p: &[P],
+    k: fn(&[P], &[BlockQ16], usize, &mut [f32], usize),
+    dot: fn(&[B], &[BlockQ16]) -> f32,
     xq: &[BlockQ16],
     n: usize,
-    a: usize,
-    b: usize,
+    (a, b): (usize, usize),
     out: &mut [f32],
 ) {
     let nb = xq.len() / n.max(1);
@@ -1138,8 +1186,7 @@ fn packed_q8_0(
     let g1 = (b / 8).min(p.len() / nb).max(g0);
     let reference = |r: usize, out: &mut [f32]| {
         for t in 0..n {
-            out[t * ld + r - a] =
-                quant::q16::dot_q8_0_q16(&d[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]);
+            out[t * ld + r - a] = dot(&d[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]);
         }
     };
     let (m0, m1) = ((8 * g0).min(b), 8 * g1);

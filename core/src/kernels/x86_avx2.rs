@@ -20,7 +20,7 @@ use half::f16;
 
 use super::{Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x8, QK};
+use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8, QK};
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
 /// compile time without).
@@ -56,6 +56,7 @@ pub fn table() -> Option<Kernels> {
             q4_0: mv_q4_0_q16,
             q4_1: mv_q4_1_q16,
             q8_0x8: Some(mv_q8_0x8_q16),
+            q4_1x8: Some(mv_q4_1x8_q16),
         }),
         q8_0_q8_0: None,
         q8_0x4_q8_0: None,
@@ -145,15 +146,20 @@ fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], l
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
 }
+fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape(x, n, w, out, ld);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
+}
 /// `n` tokens' whole blocks, the whole groups of eight rows whose outputs
 /// fit `out` at row stride `ld`, and `out`.
-pub(super) fn x8_shape<'a, 'b, 'c>(
+pub(super) fn x8_shape<'a, 'b, 'c, W>(
     x: &'a [BlockQ16],
     n: usize,
-    w: &'b [BlockQ8_0x8],
+    w: &'b [W],
     out: &'c mut [f32],
     ld: usize,
-) -> (&'a [BlockQ16], &'b [BlockQ8_0x8], &'c mut [f32]) {
+) -> (&'a [BlockQ16], &'b [W], &'c mut [f32]) {
     let n = n.max(1);
     let nb = x.len() / n;
     let fit = out.len().saturating_sub((n - 1) * ld) / 8;
@@ -279,6 +285,152 @@ macro_rules! q16_kernels {
                     _ => x8_group::<1>(w, xs, nb, groups, o, ld),
                 }
                 t += tn;
+            }
+        }
+
+        /// Interleaved Q4_1 groups of eight rows times `n` tokens
+        /// ([`crate::kernels::MatvecQ41x8Fn`]): a lane per row, each adding
+        /// its row's blocks in order as the reference does (`d · xd · dot +
+        /// m · sum`), so every row is bit for bit
+        /// [`crate::quant::q16::dot_q4_1_q16`]. Tokens go in register
+        /// groups of up to `$gx`.
+        ///
+        /// # Safety
+        /// The CPU must support the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q4_1x8_q16(
+            w: &[BlockQ4_1x8],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let nb = x.len() / n.max(1);
+            if n == 0 || nb == 0 {
+                return;
+            }
+            let groups = w.len() / nb;
+            let mut t = 0;
+            while t < n {
+                let tn = (n - t).min({ $gx }).clamp(1, 8);
+                let xs = &x[t * nb..(t + tn) * nb];
+                let o = &mut out[t * ld..];
+                match tn {
+                    8 => x41_group::<8>(w, xs, nb, groups, o, ld),
+                    7 => x41_group::<7>(w, xs, nb, groups, o, ld),
+                    6 => x41_group::<6>(w, xs, nb, groups, o, ld),
+                    5 => x41_group::<5>(w, xs, nb, groups, o, ld),
+                    4 => x41_group::<4>(w, xs, nb, groups, o, ld),
+                    3 => x41_group::<3>(w, xs, nb, groups, o, ld),
+                    2 => x41_group::<2>(w, xs, nb, groups, o, ld),
+                    _ => x41_group::<1>(w, xs, nb, groups, o, ld),
+                }
+                t += tn;
+            }
+        }
+
+        /// `T` tokens against every interleaved Q4_1 group of `w`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn x41_group<const T: usize>(
+            w: &[BlockQ4_1x8],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            assert!(x.len() >= T * nb && w.len() >= groups * nb);
+            assert!(groups == 0 || (ld >= 8 * groups && out.len() >= (T - 1) * ld + 8 * groups));
+            // Integer chains per token, as in `x8_group` (integer sums: the
+            // split changes no bit).
+            let chains = ({ $regs } / T).clamp(1, 8);
+            let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
+            let low = _mm256_set1_epi16(0x0f);
+            for g in 0..groups {
+                let gp = w[g * nb..].as_ptr();
+                let mut acc = [_mm256_setzero_ps(); T];
+                for b in 0..nb {
+                    // SAFETY: b < nb, and group g has nb blocks (asserted).
+                    let blk = unsafe { &*gp.add(b) };
+                    // Every cache line of the 160-byte block, PREFETCH
+                    // bytes ahead (prefetch never faults).
+                    let ahead = (blk as *const BlockQ4_1x8)
+                        .cast::<i8>()
+                        .wrapping_add(X8_PREFETCH);
+                    for line in 0..3 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                    }
+                    let mut i = [[_mm256_setzero_si256(); 8]; T];
+                    let xs: [&BlockQ16; T] = core::array::from_fn(|t| {
+                        // SAFETY: b < nb, and token t has nb blocks (asserted).
+                        unsafe { &*xp[t].add(b) }
+                    });
+                    // Byte pair `k` of every row: low nibbles are pair `k`
+                    // of the block's elements, high nibbles pair `k + 8`.
+                    macro_rules! pair {
+                        ($k:literal) => {{
+                            // SAFETY: sixteen bytes of the block at 16 * k < 128.
+                            let q = unsafe { &*blk.qs.as_ptr().add(16 * $k).cast::<[u8; 16]>() };
+                            let v = _mm256_cvtepu8_epi16(bytes16(q));
+                            let lo = _mm256_and_si256(v, low);
+                            let hi = _mm256_srli_epi16::<4>(v);
+                            for t in 0..T {
+                                // SAFETY: quants 2k, 2k + 1 and 2k + 16, 2k + 17
+                                // (k < 8) of a 32-quant block, each pair read as
+                                // one unaligned i32.
+                                let (pl, ph) = unsafe {
+                                    let p = xs[t].qs.as_ptr();
+                                    (
+                                        p.add(2 * $k).cast::<i32>().read_unaligned(),
+                                        p.add(2 * $k + 16).cast::<i32>().read_unaligned(),
+                                    )
+                                };
+                                let c = (2 * $k) % chains;
+                                i[t][c] = $acc(i[t][c], lo, _mm256_set1_epi32(pl));
+                                let c = (2 * $k + 1) % chains;
+                                i[t][c] = $acc(i[t][c], hi, _mm256_set1_epi32(ph));
+                            }
+                        }};
+                    }
+                    pair!(0);
+                    pair!(1);
+                    pair!(2);
+                    pair!(3);
+                    pair!(4);
+                    pair!(5);
+                    pair!(6);
+                    pair!(7);
+                    // SAFETY: the eight f16 scales and minimums are sixteen
+                    // bytes each.
+                    let (d, m) = unsafe {
+                        (
+                            &*blk.d.as_ptr().cast::<[u8; 16]>(),
+                            &*blk.m.as_ptr().cast::<[u8; 16]>(),
+                        )
+                    };
+                    let (dv, mv) = (_mm256_cvtph_ps(bytes16(d)), _mm256_cvtph_ps(bytes16(m)));
+                    for t in 0..T {
+                        let xb = xs[t];
+                        let [c0, c1, c2, c3, c4, c5, c6, c7] = i[t];
+                        let s = _mm256_add_epi32(
+                            _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                            _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)),
+                        );
+                        // The reference's (d * xd) * dot + m * sum, then the add.
+                        let sd = _mm256_mul_ps(dv, _mm256_set1_ps(xb.d));
+                        let term = _mm256_add_ps(
+                            _mm256_mul_ps(sd, _mm256_cvtepi32_ps(s)),
+                            _mm256_mul_ps(mv, _mm256_set1_ps(xb.sum)),
+                        );
+                        acc[t] = _mm256_add_ps(acc[t], term);
+                    }
+                }
+                for t in 0..T {
+                    let o = &mut out[t * ld + 8 * g..t * ld + 8 * g + 8];
+                    // SAFETY: eight floats in `o`; storeu is unaligned.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+                }
             }
         }
 

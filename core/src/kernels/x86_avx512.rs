@@ -30,7 +30,7 @@ use core::arch::x86_64::*;
 use super::x86_avx2::imp as avx2;
 use super::x86_avx2::{q16_shape, x8_shape};
 use super::{Kernels, Q16Kernels, XtShape};
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x8};
+use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8};
 
 /// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
 pub fn table() -> Option<Kernels> {
@@ -44,6 +44,7 @@ pub fn table() -> Option<Kernels> {
             q4_0: mv_q4_0_q16,
             q4_1: mv_q4_1_q16,
             q8_0x8: Some(mv_q8_0x8_q16),
+            q4_1x8: Some(mv_q4_1x8_q16),
             ..b
         })
     } else {
@@ -82,6 +83,11 @@ fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], l
     let (x, w, out) = x8_shape(x, n, w, out, ld);
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
+}
+fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape(x, n, w, out, ld);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
 }
 fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     let (x, out, need) = q16_shape(x, n, out);

@@ -15,7 +15,7 @@ pub mod q8_0;
 
 pub use q16::BlockQ16;
 pub use q4_0::BlockQ4_0;
-pub use q4_1::{BlockQ4_1, BlockQ8_1};
+pub use q4_1::{BlockQ4_1, BlockQ4_1x8, BlockQ8_1};
 pub use q8_0::{BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8};
 
 use crate::error::{Error, Result};
@@ -122,6 +122,8 @@ unsafe impl Pod for BlockQ8_0x4 {}
 unsafe impl Pod for BlockQ4_0 {}
 // SAFETY: repr(C), fields [u8; 2] x2 and [u8; 16], no padding (size asserted).
 unsafe impl Pod for BlockQ4_1 {}
+// SAFETY: repr(C), fields [[u8; 2]; 8] x2 and [u8; 128], no padding (size asserted).
+unsafe impl Pod for BlockQ4_1x8 {}
 // SAFETY: repr(C), fields [u8; 2] x2 and [i8; 32], no padding (size asserted).
 unsafe impl Pod for BlockQ8_1 {}
 

@@ -22,6 +22,68 @@ pub struct BlockQ4_1 {
 const _: () = assert!(core::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(core::mem::align_of::<BlockQ4_1>() == 1);
 
+/// Eight Q4_1 rows' blocks at one column, interleaved for decode kernels
+/// with one SIMD lane per row (as [`crate::quant::BlockQ8_0x8`] is for
+/// Q8_0): `qs[16 * k + 2 * j + i]` is row `j`'s byte `2k + i`, so sixteen
+/// bytes hold byte pair `k` of all eight rows, whose low nibbles are
+/// elements `2k, 2k + 1` and high nibbles `2k + 16, 2k + 17`. 160 bytes, as
+/// the eight file blocks are. A host builds these from the file's rows
+/// ([`pack_rows_x8`]); the file's own bytes are never rewritten.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ4_1x8 {
+    /// The eight rows' scales, f16 little-endian.
+    pub d: [[u8; 2]; 8],
+    /// The eight rows' minimums, f16 little-endian.
+    pub m: [[u8; 2]; 8],
+    pub qs: [u8; 8 * QK / 2],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ4_1x8>() == 8 * 20);
+
+impl BlockQ4_1x8 {
+    pub const ZERO: BlockQ4_1x8 = BlockQ4_1x8 {
+        d: [[0; 2]; 8],
+        m: [[0; 2]; 8],
+        qs: [0; 8 * QK / 2],
+    };
+
+    /// Row `j`'s block, as the file stores it.
+    pub fn row(&self, j: usize) -> BlockQ4_1 {
+        let j = j & 7;
+        BlockQ4_1 {
+            d: self.d[j],
+            m: self.m[j],
+            qs: core::array::from_fn(|i| self.qs[16 * (i / 2) + 2 * j + i % 2]),
+        }
+    }
+}
+
+/// Interleaves whole groups of eight rows of `nb` blocks each: group `g`'s
+/// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
+/// beyond the last whole group, and groups `out` has no room for, are left).
+pub fn pack_rows_x8(rows: &[BlockQ4_1], nb: usize, out: &mut [BlockQ4_1x8]) -> usize {
+    if nb == 0 {
+        return 0;
+    }
+    let groups = (rows.len() / nb / 8).min(out.len() / nb);
+    for g in 0..groups {
+        for b in 0..nb {
+            let o = &mut out[g * nb + b];
+            for j in 0..8 {
+                let src = &rows[(8 * g + j) * nb + b];
+                o.d[j] = src.d;
+                o.m[j] = src.m;
+                for (k, pair) in src.qs.chunks_exact(2).enumerate() {
+                    o.qs[16 * k + 2 * j] = pair[0];
+                    o.qs[16 * k + 2 * j + 1] = pair[1];
+                }
+            }
+        }
+    }
+    groups
+}
+
 /// ggml's `block_q8_1`: 36 bytes; `s = d * Σ qs`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
