@@ -589,24 +589,89 @@ pub(crate) fn check_q16(k: &Kernels) {
 /// every row, bit for bit, the reference dot of the row as the file stores
 /// it, for 1 to 9 tokens, any output stride, extreme quants and scales.
 pub(crate) fn check_q8_0x8(k: &Kernels) {
-    use crate::quant::q16::{self, BlockQ16};
     use crate::quant::BlockQ8_0x8;
     let Some(kernel) = k.q16.and_then(|q| q.q8_0x8) else {
         return;
     };
-    let mut rng = Rng::new(0x0808);
+    check_x8(
+        k.name,
+        "q8_0x8",
+        0x0808,
+        (BlockQ8_0::ZERO, BlockQ8_0x8::ZERO),
+        |rng, w, case| fill_q8_0_rows(rng, w, case % 4 == 1),
+        (quant::q8_0::pack_rows_x8, BlockQ8_0x8::row),
+        kernel,
+        quant::q16::dot_q8_0_q16,
+    );
+}
+
+/// The packed Q4_1 decode kernel gives the reference dot bit for bit (the
+/// packs round-trip to the file's blocks), on random blocks, extreme
+/// nibbles and activations, zero scales and special minimums.
+pub(crate) fn check_q4_1x8(k: &Kernels) {
+    use crate::quant::BlockQ4_1x8;
+    let Some(kernel) = k.q16.and_then(|q| q.q4_1x8) else {
+        return;
+    };
+    let fill = |rng: &mut Rng, w: &mut [BlockQ4_1], case: usize| {
+        for (i, b) in w.iter_mut().enumerate() {
+            b.d = f16::from_f32(rng.f32() * 0.1).to_le_bytes();
+            b.m = f16::from_f32(rng.f32() * -0.5).to_le_bytes();
+            b.qs = core::array::from_fn(|_| (rng.f32().to_bits() >> 7) as u8);
+            match (case % 4, i % 5) {
+                (1, _) => b.qs = [0xff; 16],
+                (2, 0) => b.d = [0; 2],
+                (2, 1) => b.m = f16::INFINITY.to_le_bytes(),
+                (3, 2) => b.m = [0; 2],
+                _ => {}
+            }
+        }
+    };
+    check_x8(
+        k.name,
+        "q4_1x8",
+        0x0418,
+        (BlockQ4_1::ZERO, BlockQ4_1x8::ZERO),
+        fill,
+        (quant::q4_1::pack_rows_x8, BlockQ4_1x8::row),
+        kernel,
+        quant::q16::dot_q4_1_q16,
+    );
+}
+
+/// A pack writer (`pack_rows_x8`) and its round trip (`row`).
+type PackFns<B, P> = (fn(&[B], usize, &mut [P]) -> usize, fn(&P, usize) -> B);
+
+/// A packed decode kernel against its reference dot, bit for bit: 1 to 3
+/// groups of eight rows, 1 to 18 blocks, 1 to 9 tokens (one with a zero
+/// block, one with extreme quants), output rows `ld` apart; the packs
+/// round-trip to the file's blocks, and nothing is written between one
+/// token's rows and the next's.
+#[allow(clippy::too_many_arguments)]
+fn check_x8<B: Copy + PartialEq + core::fmt::Debug, P: Copy>(
+    table: &str,
+    what: &str,
+    seed: u32,
+    (zero, zero_pack): (B, P),
+    fill: impl Fn(&mut Rng, &mut [B], usize),
+    (pack, row): PackFns<B, P>,
+    kernel: fn(&[P], &[crate::quant::BlockQ16], usize, &mut [f32], usize),
+    dot: fn(&[B], &[crate::quant::BlockQ16]) -> f32,
+) {
+    use crate::quant::q16::{self, BlockQ16};
+    let mut rng = Rng::new(seed);
     for case in 0..27 {
         let groups = [1, 2, 3][case % 3];
         let nb = [1, 2, 18][case / 3 % 3];
         let n = 1 + case % 9;
         let rows = 8 * groups;
         let ld = rows + (case % 4) * 3;
-        let mut w = [BlockQ8_0::ZERO; 24 * 18];
+        let mut w = [zero; 24 * 18];
         let w = &mut w[..rows * nb];
-        fill_q8_0_rows(&mut rng, w, case % 4 == 1);
-        let mut p = [BlockQ8_0x8::ZERO; 3 * 18];
+        fill(&mut rng, w, case);
+        let mut p = [zero_pack; 3 * 18];
         let p = &mut p[..groups * nb];
-        assert_eq!(quant::q8_0::pack_rows_x8(w, nb, p), groups);
+        assert_eq!(pack(w, nb, p), groups);
         let mut xq = [BlockQ16::ZERO; 9 * 18];
         let xq = &mut xq[..n * nb];
         for (t, xb) in xq.chunks_exact_mut(nb).enumerate() {
@@ -627,17 +692,20 @@ pub(crate) fn check_q8_0x8(k: &Kernels) {
         let mut out = [f32::NAN; 9 * 40];
         kernel(p, xq, n, &mut out, ld);
         for (g, r) in (0..groups).flat_map(|g| (0..8).map(move |j| (g, j))) {
-            let row = &w[(8 * g + r) * nb..(8 * g + r + 1) * nb];
+            let file_row = &w[(8 * g + r) * nb..(8 * g + r + 1) * nb];
             for b in 0..nb {
-                assert_eq!(p[g * nb + b].row(r), row[b], "pack round trip");
+                assert_eq!(
+                    row(&p[g * nb + b], r),
+                    file_row[b],
+                    "{what} pack round trip"
+                );
             }
             for t in 0..n {
-                let want = q16::dot_q8_0_q16(row, &xq[t * nb..(t + 1) * nb]);
+                let want = dot(file_row, &xq[t * nb..(t + 1) * nb]);
                 let got = out[t * ld + 8 * g + r];
                 assert!(
-                    got.to_bits() == want.to_bits(),
-                    "{} q8_0x8 case {case} n {n} token {t} row {}: {got} vs {want}",
-                    k.name,
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{table} {what} case {case} n {n} token {t} row {}: {got} vs {want}",
                     8 * g + r
                 );
             }
@@ -652,83 +720,6 @@ pub(crate) fn check_q8_0x8(k: &Kernels) {
 /// Q8_0 blocks for the packed-kernel checks: scales of three magnitudes in
 /// turn, random quants or (with `extreme`) every product at its largest
 /// magnitude.
-/// The packed Q4_1 decode kernel gives the reference dot bit for bit (the
-/// packs round-trip to the file's blocks), on random blocks, extreme
-/// nibbles and activations, zero scales and special minimums.
-pub(crate) fn check_q4_1x8(k: &Kernels) {
-    use crate::quant::q16::{self, BlockQ16};
-    use crate::quant::BlockQ4_1x8;
-    let Some(kernel) = k.q16.and_then(|q| q.q4_1x8) else {
-        return;
-    };
-    let mut rng = Rng::new(0x0418);
-    for case in 0..27 {
-        let groups = [1, 2, 3][case % 3];
-        let nb = [1, 2, 18][case / 3 % 3];
-        let n = 1 + case % 9;
-        let rows = 8 * groups;
-        let ld = rows + (case % 4) * 3;
-        let mut w = [BlockQ4_1::ZERO; 24 * 18];
-        let w = &mut w[..rows * nb];
-        for (i, b) in w.iter_mut().enumerate() {
-            let d = half::f16::from_f32(rng.f32() * 0.1);
-            let m = half::f16::from_f32(rng.f32() * -0.5);
-            b.d = d.to_le_bytes();
-            b.m = m.to_le_bytes();
-            b.qs = core::array::from_fn(|_| (rng.f32().to_bits() >> 7) as u8);
-            match (case % 4, i % 5) {
-                (1, _) => b.qs = [0xff; 16],
-                (2, 0) => b.d = [0; 2],
-                (2, 1) => b.m = half::f16::INFINITY.to_le_bytes(),
-                (3, 2) => b.m = [0; 2],
-                _ => {}
-            }
-        }
-        let mut p = [BlockQ4_1x8::ZERO; 3 * 18];
-        let p = &mut p[..groups * nb];
-        assert_eq!(quant::q4_1::pack_rows_x8(w, nb, p), groups);
-        let mut xq = [BlockQ16::ZERO; 9 * 18];
-        let xq = &mut xq[..n * nb];
-        for (t, xb) in xq.chunks_exact_mut(nb).enumerate() {
-            let mut x = [0.0f32; 576];
-            for v in x.iter_mut() {
-                *v = rng.f32() * (1 + t) as f32;
-            }
-            if t == 2 {
-                x[..32].fill(0.0);
-            }
-            q16::quantize_row(&x[..nb * 32], xb);
-            if case % 4 == 1 && t == 1 {
-                for b in xb.iter_mut() {
-                    b.qs = core::array::from_fn(|i| [-32767, 32767][i % 2]);
-                }
-            }
-        }
-        let mut out = [f32::NAN; 9 * 40];
-        kernel(p, xq, n, &mut out, ld);
-        for (g, r) in (0..groups).flat_map(|g| (0..8).map(move |j| (g, j))) {
-            let row = &w[(8 * g + r) * nb..(8 * g + r + 1) * nb];
-            for b in 0..nb {
-                assert_eq!(p[g * nb + b].row(r), row[b], "pack round trip");
-            }
-            for t in 0..n {
-                let want = q16::dot_q4_1_q16(row, &xq[t * nb..(t + 1) * nb]);
-                let got = out[t * ld + 8 * g + r];
-                assert!(
-                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                    "{} q4_1x8 case {case} n {n} token {t} row {}: {got} vs {want}",
-                    k.name,
-                    8 * g + r
-                );
-            }
-        }
-        // Nothing is written between rows and the next token's.
-        for t in 0..n.saturating_sub(1) {
-            assert!(out[t * ld + rows..(t + 1) * ld].iter().all(|v| v.is_nan()));
-        }
-    }
-}
-
 fn fill_q8_0_rows(rng: &mut Rng, w: &mut [BlockQ8_0], extreme: bool) {
     for (i, b) in w.iter_mut().enumerate() {
         let d = rng.f32() * [1e-3, 1.0, 6e4][i % 3];

@@ -248,6 +248,36 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 /// in scope.
 macro_rules! q16_kernels {
     ($feat:literal, $dot:ident, $acc:ident, groups: $g8:expr, $g40:expr, $g41:expr, $gx:expr, chains: $regs:expr) => {
+        /// The interleaved kernels' walk over `n` tokens in register groups
+        /// of up to `$gx`, each group through `$group::<T>`.
+        macro_rules! x8_tokens {
+            ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr) => {{
+                let (w, x, n, out, ld) = ($w, $x, $n, $out, $ld);
+                let nb = x.len() / n.max(1);
+                if n == 0 || nb == 0 {
+                    return;
+                }
+                let groups = w.len() / nb;
+                let mut t = 0;
+                while t < n {
+                    let tn = (n - t).min({ $gx }).clamp(1, 8);
+                    let xs = &x[t * nb..(t + tn) * nb];
+                    let o = &mut out[t * ld..];
+                    match tn {
+                        8 => $group::<8>(w, xs, nb, groups, o, ld),
+                        7 => $group::<7>(w, xs, nb, groups, o, ld),
+                        6 => $group::<6>(w, xs, nb, groups, o, ld),
+                        5 => $group::<5>(w, xs, nb, groups, o, ld),
+                        4 => $group::<4>(w, xs, nb, groups, o, ld),
+                        3 => $group::<3>(w, xs, nb, groups, o, ld),
+                        2 => $group::<2>(w, xs, nb, groups, o, ld),
+                        _ => $group::<1>(w, xs, nb, groups, o, ld),
+                    }
+                    t += tn;
+                }
+            }};
+        }
+
         /// Interleaved Q8_0 groups of eight rows times `n` tokens
         /// ([`crate::kernels::MatvecQ16x8Fn`]): a lane per row, each
         /// summing its row's blocks in order as the reference does, so
@@ -264,28 +294,7 @@ macro_rules! q16_kernels {
             out: &mut [f32],
             ld: usize,
         ) {
-            let nb = x.len() / n.max(1);
-            if n == 0 || nb == 0 {
-                return;
-            }
-            let groups = w.len() / nb;
-            let mut t = 0;
-            while t < n {
-                let tn = (n - t).min({ $gx }).clamp(1, 8);
-                let xs = &x[t * nb..(t + tn) * nb];
-                let o = &mut out[t * ld..];
-                match tn {
-                    8 => x8_group::<8>(w, xs, nb, groups, o, ld),
-                    7 => x8_group::<7>(w, xs, nb, groups, o, ld),
-                    6 => x8_group::<6>(w, xs, nb, groups, o, ld),
-                    5 => x8_group::<5>(w, xs, nb, groups, o, ld),
-                    4 => x8_group::<4>(w, xs, nb, groups, o, ld),
-                    3 => x8_group::<3>(w, xs, nb, groups, o, ld),
-                    2 => x8_group::<2>(w, xs, nb, groups, o, ld),
-                    _ => x8_group::<1>(w, xs, nb, groups, o, ld),
-                }
-                t += tn;
-            }
+            x8_tokens!(x8_group, w, x, n, out, ld);
         }
 
         /// Interleaved Q4_1 groups of eight rows times `n` tokens
@@ -305,28 +314,7 @@ macro_rules! q16_kernels {
             out: &mut [f32],
             ld: usize,
         ) {
-            let nb = x.len() / n.max(1);
-            if n == 0 || nb == 0 {
-                return;
-            }
-            let groups = w.len() / nb;
-            let mut t = 0;
-            while t < n {
-                let tn = (n - t).min({ $gx }).clamp(1, 8);
-                let xs = &x[t * nb..(t + tn) * nb];
-                let o = &mut out[t * ld..];
-                match tn {
-                    8 => x41_group::<8>(w, xs, nb, groups, o, ld),
-                    7 => x41_group::<7>(w, xs, nb, groups, o, ld),
-                    6 => x41_group::<6>(w, xs, nb, groups, o, ld),
-                    5 => x41_group::<5>(w, xs, nb, groups, o, ld),
-                    4 => x41_group::<4>(w, xs, nb, groups, o, ld),
-                    3 => x41_group::<3>(w, xs, nb, groups, o, ld),
-                    2 => x41_group::<2>(w, xs, nb, groups, o, ld),
-                    _ => x41_group::<1>(w, xs, nb, groups, o, ld),
-                }
-                t += tn;
-            }
+            x8_tokens!(x41_group, w, x, n, out, ld);
         }
 
         /// `T` tokens against every interleaved Q4_1 group of `w`.

@@ -100,6 +100,40 @@ impl GgmlType {
     }
 }
 
+/// Interleaves whole groups of `per` rows of `nb` blocks each: for group
+/// `g`'s block column `b`, `put(out[g * nb + b], j, row j's block)` for each
+/// row `j` of the group. Returns the groups written (rows beyond the last
+/// whole group, and groups `out` has no room for, are left).
+pub(crate) fn pack_groups<B, P>(
+    rows: &[B],
+    nb: usize,
+    per: usize,
+    out: &mut [P],
+    put: impl Fn(&mut P, usize, &B),
+) -> usize {
+    if nb == 0 || per == 0 {
+        return 0;
+    }
+    let groups = (rows.len() / nb / per).min(out.len() / nb);
+    for g in 0..groups {
+        for b in 0..nb {
+            let o = &mut out[g * nb + b];
+            for j in 0..per {
+                put(o, j, &rows[(per * g + j) * nb + b]);
+            }
+        }
+    }
+    groups
+}
+
+/// Row `j`'s share of an interleaved pack: its byte pairs `k` of `src` go
+/// to `dst[16 * k + 2 * j..][..2]` (eight rows, one lane each).
+pub(crate) fn interleave_pairs<T: Copy>(dst: &mut [T], j: usize, src: &[T]) {
+    for (k, pair) in src.chunks_exact(2).enumerate() {
+        dst[16 * k + 2 * j..16 * k + 2 * j + 2].copy_from_slice(pair);
+    }
+}
+
 /// Plain-old-data element types: no padding, every bit pattern valid.
 ///
 /// # Safety

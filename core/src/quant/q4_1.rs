@@ -63,25 +63,11 @@ impl BlockQ4_1x8 {
 /// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
 /// beyond the last whole group, and groups `out` has no room for, are left).
 pub fn pack_rows_x8(rows: &[BlockQ4_1], nb: usize, out: &mut [BlockQ4_1x8]) -> usize {
-    if nb == 0 {
-        return 0;
-    }
-    let groups = (rows.len() / nb / 8).min(out.len() / nb);
-    for g in 0..groups {
-        for b in 0..nb {
-            let o = &mut out[g * nb + b];
-            for j in 0..8 {
-                let src = &rows[(8 * g + j) * nb + b];
-                o.d[j] = src.d;
-                o.m[j] = src.m;
-                for (k, pair) in src.qs.chunks_exact(2).enumerate() {
-                    o.qs[16 * k + 2 * j] = pair[0];
-                    o.qs[16 * k + 2 * j + 1] = pair[1];
-                }
-            }
-        }
-    }
-    groups
+    super::pack_groups(rows, nb, 8, out, |o, j, src| {
+        o.d[j] = src.d;
+        o.m[j] = src.m;
+        super::interleave_pairs(&mut o.qs, j, &src.qs);
+    })
 }
 
 /// ggml's `block_q8_1`: 36 bytes; `s = d * Σ qs`.

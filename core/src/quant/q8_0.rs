@@ -211,45 +211,20 @@ impl BlockQ8_0x4 {
 /// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
 /// beyond the last whole group, and groups `out` has no room for, are left).
 pub fn pack_rows_x4(rows: &[BlockQ8_0], nb: usize, out: &mut [BlockQ8_0x4]) -> usize {
-    if nb == 0 {
-        return 0;
-    }
-    let groups = (rows.len() / nb / 4).min(out.len() / nb);
-    for g in 0..groups {
-        for b in 0..nb {
-            let o = &mut out[g * nb + b];
-            for j in 0..4 {
-                let src = &rows[(4 * g + j) * nb + b];
-                o.d[j] = src.d;
-                for (c, eight) in src.qs.chunks_exact(8).enumerate() {
-                    o.qs[32 * c + 8 * j..32 * c + 8 * j + 8].copy_from_slice(eight);
-                }
-            }
+    super::pack_groups(rows, nb, 4, out, |o, j, src| {
+        o.d[j] = src.d;
+        for (c, eight) in src.qs.chunks_exact(8).enumerate() {
+            o.qs[32 * c + 8 * j..32 * c + 8 * j + 8].copy_from_slice(eight);
         }
-    }
-    groups
+    })
 }
 
 /// Interleaves whole groups of eight rows of `nb` blocks each: group `g`'s
 /// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
 /// beyond the last whole group, and groups `out` has no room for, are left).
 pub fn pack_rows_x8(rows: &[BlockQ8_0], nb: usize, out: &mut [BlockQ8_0x8]) -> usize {
-    if nb == 0 {
-        return 0;
-    }
-    let groups = (rows.len() / nb / 8).min(out.len() / nb);
-    for g in 0..groups {
-        for b in 0..nb {
-            let o = &mut out[g * nb + b];
-            for j in 0..8 {
-                let src = &rows[(8 * g + j) * nb + b];
-                o.d[j] = src.d;
-                for (k, pair) in src.qs.chunks_exact(2).enumerate() {
-                    o.qs[16 * k + 2 * j] = pair[0];
-                    o.qs[16 * k + 2 * j + 1] = pair[1];
-                }
-            }
-        }
-    }
-    groups
+    super::pack_groups(rows, nb, 8, out, |o, j, src| {
+        o.d[j] = src.d;
+        super::interleave_pairs(&mut o.qs, j, &src.qs);
+    })
 }
