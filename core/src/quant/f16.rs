@@ -1,6 +1,7 @@
 //! F16 rows: conversion and the reference dot product with f32 activations.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 pub fn dequantize_row(x: &[f16], y: &mut [f32]) {
     // The branch-free conversion vectorizes; it is exact, as `to_f32` is.
@@ -11,9 +12,11 @@ pub fn dequantize_row(x: &[f16], y: &mut [f32]) {
 
 /// Rounds to nearest even, as ggml's `GGML_FP32_TO_FP16` and numpy's `astype`.
 pub fn quantize_row(x: &[f32], y: &mut [f16]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = f16::from_f32(v);
-    }
+    let n = x.len().min(y.len());
+    // `half` converts whole vectors with F16C where the CPU has it (one
+    // detection per call, not per element): round to nearest even, the same
+    // bits as its scalar path.
+    y[..n].convert_from_f32_slice(&x[..n]);
 }
 
 pub fn dot_f32(w: &[f16], x: &[f32]) -> f32 {
@@ -47,6 +50,35 @@ pub fn f16_bits_to_f32_fast(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The slice conversion (vectors where the CPU has F16C) rounds every
+    /// finite f32 as the per-element one does: ties, subnormals, overflow.
+    #[test]
+    fn row_conversion_rounds_as_each_element() {
+        let mut st = 0x1234_5678u32;
+        let mut x = [0.0f32; 1003];
+        for (i, v) in x.iter_mut().enumerate() {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            *v = match i % 4 {
+                0 => f32::from_bits(st),
+                // Around f16's range and its rounding points.
+                1 => (st as i32 as f32) * 1e-5,
+                2 => f32::from_bits((st & 0x807f_e000) | (((st >> 23) % 40 + 100) << 23) | 0x1000),
+                _ => [65504.0, 65520.0, 6e-8, -3e-8, f32::INFINITY, 0.0, -0.0][i % 7],
+            };
+        }
+        for n in [0usize, 1, 7, 8, 9, 1003] {
+            let mut y = [f16::ZERO; 1003];
+            quantize_row(&x[..n], &mut y);
+            for (i, (&v, h)) in x[..n].iter().zip(&y).enumerate() {
+                if !v.is_nan() {
+                    assert_eq!(h.to_bits(), f16::from_f32(v).to_bits(), "{i}: {v:e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_conversion_is_exact_for_all_halves() {
