@@ -849,7 +849,9 @@ impl Kernels {
     /// next tile's rows asked for meanwhile; f32 rows in place) times all
     /// the tokens, each tile's `(tile, n)` result copied into the tokens'
     /// rows. The same numbers as [`Kernels::matmul_part_as`] in
-    /// [`Arith::Batch`].
+    /// [`Arith::Batch`], for matrices that take the batched arithmetic
+    /// (not those [`Kernels::packed_q8_0`] sends to the decode one: this
+    /// multiplies their plain rows).
     pub fn matmul_part_xt(
         &self,
         w: &Matrix,

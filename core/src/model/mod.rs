@@ -72,7 +72,7 @@ pub(crate) struct ScratchSizes {
     pub rope_freq: usize, // (rope_dim) each pair's frequency, f64 bits in two words
     pub logits: usize,    // (seqs, vocab)
     pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
-    pub xq: usize, // (max(seqs, batch), cols / 32) 16-bit activation blocks, 20 floats each; or (batch, cols)
+    pub xq: usize, // (max(seqs, batch), cols / 32) 16-bit blocks, 20 floats each; or (cols, xt_ld(batch))
 }
 
 impl ScratchSizes {
@@ -107,9 +107,9 @@ impl ScratchSizes {
             rope_freq: c.rope_dim,
             logits: seqs.checked_mul(c.vocab_size)?,
             row: threads.checked_mul(per_worker)?,
-            // Decode tokens, or a batch for packed Q8_0 matrices; or, beside
-            // them, a batch of activations transposed once for all workers
-            // (`Kernels::transpose`).
+            // Decode tokens, or a batch for packed Q8_0 matrices; or instead
+            // (whichever is larger: a step uses one) a batch of activations
+            // transposed once for all workers (`Kernels::transpose`).
             xq: decode
                 .checked_mul(cols.div_ceil(crate::quant::QK))?
                 .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?
