@@ -793,24 +793,18 @@ impl Kernels {
         while a < r1 {
             let b = (a + TILE_ROWS).min(r1);
             let tr = b - a;
-            let (tw, to) = if let RowData::F32(d) = w.data {
+            // f32 rows need no room to widen into.
+            let (tw, to) = if let RowData::F32(_) = w.data {
                 let to = scratch.get_mut(..tile_out).ok_or(small(tile_out))?;
-                (&d[a * cols..b * cols], to)
+                (&mut [][..], to)
             } else {
                 let need = TILE_ROWS * cols + tile_out;
-                let (tw, to) = scratch
+                scratch
                     .get_mut(..need)
                     .ok_or(small(need))?
-                    .split_at_mut(TILE_ROWS * cols);
-                for (i, r) in (a..b).enumerate() {
-                    // The next tile's row, to arrive while this tile multiplies.
-                    if r + TILE_ROWS < r1 {
-                        w.prefetch_row(r + TILE_ROWS, self);
-                    }
-                    w.dequantize_row_with(r, &mut tw[i * cols..(i + 1) * cols], self)?;
-                }
-                (&tw[..tr * cols], to)
+                    .split_at_mut(TILE_ROWS * cols)
             };
+            let tw = self.tile_rows(w, (a, b, r1), tw)?;
             let to = &mut to[..n * tr];
             (self.gemm_f32)(tw, x, cols, to);
             for t in 0..n {
@@ -819,6 +813,40 @@ impl Kernels {
             a = b;
         }
         Ok(())
+    }
+
+    /// Rows `a..b` of `w` as f32 for a batched tile: f32 rows in place,
+    /// others dequantized once into `tw`. Meanwhile the next tile's rows (up
+    /// to `end`, the part's last) are asked for, to arrive while this tile
+    /// multiplies.
+    fn tile_rows<'r>(
+        &self,
+        w: &Matrix<'r>,
+        (a, b, end): (usize, usize, usize),
+        tw: &'r mut [f32],
+    ) -> Result<&'r [f32]> {
+        let cols = w.cols;
+        let next = |r: usize| {
+            if r + TILE_ROWS < end {
+                w.prefetch_row(r + TILE_ROWS, self);
+            }
+        };
+        if let RowData::F32(d) = w.data {
+            (a..b).for_each(next);
+            return Ok(&d[a * cols..b * cols]);
+        }
+        let found = tw.len() as u64;
+        let tw = tw.get_mut(..(b - a) * cols).ok_or(Error::BufferTooSmall {
+            needed: ((b - a) * cols) as u64,
+            found,
+        })?;
+        // One row asked for per row widened (all of them first measured 3%
+        // slower in F16 prefill).
+        for (r, row) in (a..b).zip(tw.chunks_exact_mut(cols.max(1))) {
+            next(r);
+            w.dequantize_row_with(r, row, self)?;
+        }
+        Ok(tw)
     }
 
     /// Whether batched matmuls on this table take the tokens' activations
@@ -905,22 +933,7 @@ impl Kernels {
         while a < r1 {
             let b = (a + TILE_ROWS).min(r1);
             let tr = b - a;
-            // The next tile's rows, to arrive while this tile multiplies.
-            let next = |r: usize| {
-                if r + TILE_ROWS < r1 {
-                    w.prefetch_row(r + TILE_ROWS, self);
-                }
-            };
-            let tile: &[f32] = if let RowData::F32(d) = w.data {
-                (a..b).for_each(next);
-                &d[a * cols..b * cols]
-            } else {
-                for (i, r) in (a..b).enumerate() {
-                    next(r);
-                    w.dequantize_row_with(r, &mut tw[i * cols..(i + 1) * cols], self)?;
-                }
-                &tw[..tr * cols]
-            };
+            let tile = self.tile_rows(w, (a, b, r1), tw)?;
             let to = &mut to[..tr * n];
             gemm_xt(tile, xt, shape, to);
             for t in 0..n {
