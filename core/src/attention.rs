@@ -1,4 +1,5 @@
-//! Causal attention of one query head over cached keys and values.
+//! Causal attention of the query heads of one KV head over cached keys and
+//! values.
 
 #![forbid(unsafe_code)]
 
@@ -15,15 +16,21 @@ pub struct HeadView {
     pub offset: usize,
 }
 
-/// `out = softmax(q·K / sqrt(d)) V` for one head over slots `0..n`.
+/// `out = softmax(q·K / sqrt(d)) V` for the `g` query heads that read one
+/// KV head, over slots `0..n`.
 ///
-/// Slots `0..sinks` are scored with `q_sink` (the query rotated at its
-/// in-cache position, for the attention sinks), the rest with `q`. Pass
-/// `sinks = 0` for plain attention. `scores` holds at least `n` floats.
+/// `q` holds the `g` queries one after another (`hd = q.len() / g` each) and
+/// `out` their outputs the same way. Slots `0..sinks` are scored with
+/// `q_sink` (the queries rotated at their in-cache position, for the
+/// attention sinks; laid out as `q`), the rest with `q`. Pass `sinks = 0`
+/// for plain attention. `scores` holds at least `g * n` floats: one row of
+/// `n` per query, so an f16 cache's keys and values are widened once for
+/// the whole group. Each head's result is the one it would get alone.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_head(
+pub fn attend_heads(
     q: &[f32],
     q_sink: &[f32],
+    g: usize,
     sinks: usize,
     keys: KvRows<'_>,
     values: KvRows<'_>,
@@ -33,27 +40,38 @@ pub fn attend_head(
     out: &mut [f32],
     kern: &Kernels,
 ) {
-    let hd = q.len();
+    let g = g.max(1);
+    let hd = q.len() / g;
     let scale = 1.0 / libm::sqrtf(hd as f32);
-    let scores = &mut scores[..n];
-    let qf = |p: usize| if p < sinks { q_sink } else { q };
+    let scores = &mut scores[..g * n];
     let at = |p: usize| p * head.row + head.offset;
+    let cut = sinks.min(n);
+    // The cache's rows are rarely in any cache level here: the weights
+    // stream through them all between two uses. Asking for all of this
+    // group's keys at once (and for its values while the scores are
+    // normalized) keeps many reads in flight instead of a few.
+    warm(keys, head, hd, n, kern);
     match keys {
         KvRows::F32(k) => {
-            for (p, s) in scores.iter_mut().enumerate() {
-                *s = (kern.dot_f32)(qf(p), &k[at(p)..at(p) + hd]) * scale;
+            for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
+                for (p, s) in row.iter_mut().enumerate() {
+                    let qj = if p < cut { q_sink } else { q };
+                    let qj = &qj[j * hd..(j + 1) * hd];
+                    *s = (kern.dot_f32)(qj, &k[at(p)..at(p) + hd]) * scale;
+                }
             }
         }
         KvRows::F16(k) => {
-            // Sink positions take the sink query, the rest the query. The
-            // cache view holds every slot (kv_cache::layer), so the kernels
-            // score all `n`.
+            // Sink positions take the sink queries, the rest the queries.
+            // The cache view holds every slot (kv_cache::layer), so the
+            // kernels score all `n`.
             let k = &k[head.offset.min(k.len())..];
             debug_assert!(crate::kernels::strided_rows(k.len(), hd, head.row) >= n);
-            let cut = sinks.min(n);
-            let (s0, s1) = scores.split_at_mut(cut);
-            (kern.key_dots_f16)(&q_sink[..hd.min(q_sink.len())], k, head.row, s0);
-            (kern.key_dots_f16)(q, &k[(cut * head.row).min(k.len())..], head.row, s1);
+            let qs = &q_sink[..(g * hd).min(q_sink.len())];
+            let last = (g - 1) * n;
+            (kern.key_dots_f16)(qs, g, k, head.row, &mut scores[..last + cut], n);
+            let rest = &k[(cut * head.row).min(k.len())..];
+            (kern.key_dots_f16)(q, g, rest, head.row, &mut scores[cut..], n);
             for s in scores.iter_mut() {
                 *s *= scale;
             }
@@ -61,37 +79,67 @@ pub fn attend_head(
         KvRows::Q8_0(k) => {
             let (b0, nb) = (at(0) / QK, hd / QK);
             let bpr = head.row / QK;
-            for (p, s) in scores.iter_mut().enumerate() {
-                let b = p * bpr + b0;
-                *s = (kern.dot_q8_0)(&k[b..b + nb], qf(p)) * scale;
+            for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
+                for (p, s) in row.iter_mut().enumerate() {
+                    let qj = if p < cut { q_sink } else { q };
+                    let b = p * bpr + b0;
+                    *s = (kern.dot_q8_0)(&k[b..b + nb], &qj[j * hd..(j + 1) * hd]) * scale;
+                }
             }
         }
     }
-    (kern.softmax)(scores);
-    let out = &mut out[..hd];
+    warm(values, head, hd, n, kern);
+    for row in scores.chunks_exact_mut(n.max(1)) {
+        (kern.softmax)(row);
+    }
+    let out = &mut out[..g * hd];
     out.fill(0.0);
     match values {
         KvRows::F32(v) => {
-            for (p, &w) in scores.iter().enumerate() {
-                for (o, &vi) in out.iter_mut().zip(&v[at(p)..at(p) + hd]) {
-                    *o += w * vi;
+            for (o, w) in out
+                .chunks_exact_mut(hd.max(1))
+                .zip(scores.chunks_exact(n.max(1)))
+            {
+                for (p, &w) in w.iter().enumerate() {
+                    for (o, &vi) in o.iter_mut().zip(&v[at(p)..at(p) + hd]) {
+                        *o += w * vi;
+                    }
                 }
             }
         }
         KvRows::F16(v) => {
-            (kern.value_sum_f16)(out, scores, &v[head.offset.min(v.len())..], head.row);
+            (kern.value_sum_f16)(out, g, scores, &v[head.offset.min(v.len())..], head.row);
         }
         KvRows::Q8_0(v) => {
             let (b0, nb) = (at(0) / QK, hd / QK);
             let bpr = head.row / QK;
-            for (p, &w) in scores.iter().enumerate() {
-                let b = p * bpr + b0;
-                for (blk, o) in v[b..b + nb].iter().zip(out.chunks_exact_mut(QK)) {
-                    let d = w * f16_bits_to_f32(blk.d);
-                    for (oi, &qi) in o.iter_mut().zip(&blk.qs) {
-                        *oi += d * qi as f32;
+            for (o, w) in out
+                .chunks_exact_mut(hd.max(1))
+                .zip(scores.chunks_exact(n.max(1)))
+            {
+                for (p, &w) in w.iter().enumerate() {
+                    let b = p * bpr + b0;
+                    for (blk, o) in v[b..b + nb].iter().zip(o.chunks_exact_mut(QK)) {
+                        let d = w * f16_bits_to_f32(blk.d);
+                        for (oi, &qi) in o.iter_mut().zip(&blk.qs) {
+                            *oi += d * qi as f32;
+                        }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Asks the caches for this head's rows of `rows`, all at once.
+/// Asks the caches for this head's vectors in slots `0..n` of `rows` (f16
+/// caches, the ones the grouped kernels read).
+fn warm(rows: KvRows<'_>, head: HeadView, hd: usize, n: usize, kern: &Kernels) {
+    if let KvRows::F16(r) = rows {
+        for p in 0..n {
+            let at = p * head.row + head.offset;
+            if let Some(x) = r.get(at..at + hd) {
+                (kern.prefetch)(x.as_ptr().cast(), core::mem::size_of_val(x));
             }
         }
     }
@@ -132,9 +180,10 @@ mod tests {
         let v = [3.0, -2.0];
         let mut s = [0.0; 1];
         let mut out = [0.0; 2];
-        attend_head(
+        attend_heads(
             &q,
             &q,
+            1,
             0,
             KvRows::F32(&k),
             KvRows::F32(&v),

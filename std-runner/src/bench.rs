@@ -3,6 +3,8 @@
 //!
 //! pp: one forward call over `-p` prompt tokens from an empty cache.
 //! tg: `-n` single-token forward calls from an empty cache.
+//! With `-d D` (llama-bench's `--n-depth`), each test starts instead from a
+//! cache that already holds `D` tokens, filled untimed before each run.
 //! Each is repeated `--reps` times after one warm-up; the median is reported.
 //! The floor: decode reads every weight once per token, so it cannot beat
 //! (bandwidth) / (bytes of weights per token); bandwidth is measured here by
@@ -37,6 +39,10 @@ pub struct BenchArgs {
     /// Generated tokens of the decode test (0 skips it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n: usize,
+    /// Tokens already in the cache when each test starts (filled untimed
+    /// before every run), as llama-bench's `-d`: speed at a long context.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    pub depth: usize,
     /// Timed repetitions of each test (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -211,8 +217,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.p == 0 && a.n == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
-    if a.p > MAX_TOKENS || a.n > MAX_TOKENS {
-        bail!("-p and -n are at most {MAX_TOKENS}");
+    if a.p > MAX_TOKENS || a.n > MAX_TOKENS || a.depth > MAX_TOKENS {
+        bail!("-p, -n and -d are at most {MAX_TOKENS}");
     }
     if a.batch == 0 {
         bail!("--batch must be at least 1");
@@ -229,10 +235,11 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
     let model = packs.apply(model)?;
     let c = &model.config;
-    let cap = a.p.max(a.n).max(1);
+    let cap = a.depth + a.p.max(a.n).max(1);
     let kv = KvOptions::dense(cap).with_type(a.kv_type.into());
     let pool = Pool::new(threads)?;
-    let plan = MemoryPlan::with_threads(c, kv, a.batch.min(a.p.max(1)), threads)?;
+    let longest = a.p.max(a.depth).max(1);
+    let plan = MemoryPlan::with_threads(c, kv, a.batch.min(longest), threads)?;
     let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
     let mut s = Session::new(&model, kernels, plan, &mut arena)?;
     s.set_parallel(&pool)?;
@@ -244,6 +251,16 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     let prompt = ids(a.p);
     let gen = ids(a.n);
+    // The context each test starts from: the cache emptied, then `depth`
+    // tokens, untimed.
+    let context = ids(a.depth);
+    let start = |s: &mut Session<'_, '_>| -> Result<()> {
+        s.reset();
+        if !context.is_empty() {
+            s.forward(&context)?;
+        }
+        Ok(())
+    };
 
     let per_token = bytes_per_token(&model);
     let floor_at = |bw: f64| bw / per_token.max(1) as f64;
@@ -254,7 +271,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     // One warm-up of each, then the timed repetitions.
     for rep in 0..=a.reps {
         if a.p > 0 {
-            s.reset();
+            start(&mut s)?;
             let t = Instant::now();
             s.forward(&prompt)?;
             let secs = t.elapsed().as_secs_f64();
@@ -263,7 +280,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         }
         if a.n > 0 {
-            s.reset();
+            start(&mut s)?;
             let before = if rep > 0 {
                 read_bandwidth(&bytes, &pool, 1)
             } else {
@@ -282,7 +299,17 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let mut tgb = Vec::new();
     if a.seqs > 1 && a.n > 0 {
-        tgb = batched_decode(&model, kernels, &pool, kv, threads, a.seqs, &gen, a.reps)?;
+        let (ctx, gen) = (&context[..], &gen[..]);
+        tgb = batched_decode(
+            &model,
+            kernels,
+            &pool,
+            kv,
+            threads,
+            a.seqs,
+            (ctx, gen),
+            a.reps,
+        )?;
     }
     let tgb_runs = tgb.clone();
     let tgb_med = median(&mut tgb);
@@ -313,6 +340,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             "mmap": a.exec.mmap,
             "n_prompt": a.p,
             "n_gen": a.n,
+            "n_depth": a.depth,
             "reps": a.reps,
             "pp_tok_s": pp_med,
             "tg_tok_s": tg_med,
@@ -340,15 +368,20 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
+        let at = if a.depth > 0 {
+            format!(" @ d{}", a.depth)
+        } else {
+            String::new()
+        };
         if a.p > 0 {
             println!(
-                "| {name} | {ty} | {} | {threads} | pp{} | {pp_med:.1} | |",
+                "| {name} | {ty} | {} | {threads} | pp{}{at} | {pp_med:.1} | |",
                 kernels.name, a.p
             );
         }
         if a.n > 0 {
             println!(
-                "| {name} | {ty} | {} | {threads} | tg{} | {tg_med:.1} | {:.0}% |",
+                "| {name} | {ty} | {} | {threads} | tg{}{at} | {tg_med:.1} | {:.0}% |",
                 kernels.name,
                 a.n,
                 100.0 * share
@@ -356,7 +389,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         if a.seqs > 1 && a.n > 0 {
             println!(
-                "| {name} | {ty} | {} | {threads} | tg{} x {} seqs | {tgb_med:.1} | |",
+                "| {name} | {ty} | {} | {threads} | tg{} x {} seqs{at} | {tgb_med:.1} | |",
                 kernels.name, a.n, a.seqs
             );
         }
@@ -372,7 +405,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
 }
 
 /// Aggregate decode tok/s of `seqs` sequences fed together, one token each
-/// per step, `gen.len()` steps, from empty caches; one warm-up, then `reps`.
+/// per step, `gen.len()` steps, from caches holding `context`; one warm-up,
+/// then `reps`.
 #[allow(clippy::too_many_arguments)]
 fn batched_decode(
     model: &Llama,
@@ -381,7 +415,7 @@ fn batched_decode(
     kv: KvOptions,
     threads: usize,
     seqs: usize,
-    gen: &[u32],
+    (context, gen): (&[u32], &[u32]),
     reps: usize,
 ) -> Result<Vec<f64>> {
     use ember_core::model::{Batch, Seq};
@@ -404,6 +438,13 @@ fn batched_decode(
     for rep in 0..=reps {
         for k in caches.iter_mut() {
             k.clear();
+            // The starting context (`-d`), a batch's worth of tokens a step.
+            for chunk in context.chunks(seqs) {
+                b.step(&mut [Seq {
+                    cache: &mut *k,
+                    tokens: chunk,
+                }])?;
+            }
         }
         let t = Instant::now();
         for (i, &id) in gen.iter().enumerate() {

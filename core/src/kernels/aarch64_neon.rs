@@ -102,11 +102,11 @@ fn mv_q4_0(w: &[BlockQ4_0], x: &[f32], out: &mut [f32]) {
 fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q4_1)
 }
-fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
-    super::scalar::key_dots_with(q, k, stride, out, dot_f16)
+fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
+    super::scalar::key_dots_with(q, g, k, stride, out, ld, dot_f16)
 }
-fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
-    super::scalar::value_sum_with(out, w, v, stride, axpy_f16)
+fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
+    super::scalar::value_sum_with(out, g, w, v, stride, axpy_f16)
 }
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.

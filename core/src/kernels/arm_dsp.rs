@@ -668,10 +668,10 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     }
 }
 
-fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
-    scalar::key_dots_with(q, k, stride, out, dot_f16)
+fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
+    scalar::key_dots_with(q, g, k, stride, out, ld, dot_f16)
 }
 
-fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
-    scalar::value_sum_with(out, w, v, stride, axpy_f16)
+fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
+    scalar::value_sum_with(out, g, w, v, stride, axpy_f16)
 }

@@ -244,87 +244,144 @@ pub(crate) fn check_swiglu(k: &Kernels) {
     }
 }
 
-/// Attention's strided f16 kernels: every position's score is the table's
-/// own `dot_f16` of that row bit for bit, the value sum is its `axpy_f16`
-/// applied position by position bit for bit, and both stay within `TOL` of
-/// the scalar reference; rows past the end of the cache view are not read.
+/// Attention's strided f16 kernels, for groups of 1 to 5 query heads: every
+/// position's score is the table's own `dot_f16` of that row with that
+/// query bit for bit, each value sum row is its `axpy_f16` applied position
+/// by position bit for bit, and both stay within `TOL` of the scalar
+/// reference; score slots past each row's positions are not written, and
+/// rows past the end of the cache view are not read.
 pub(crate) fn check_attention_f16(k: &Kernels) {
     let mut rng = Rng::new(0x5eed_a77e);
     let r = Kernels::scalar();
-    for case in 0..48 {
+    for case in 0..96 {
         let hd = [1, 7, 8, 16, 64, 72, 130][case % 7];
         let stride = hd + [0, 3, 64][case % 3];
         let n = [0, 1, 3, 4, 5, 9, 17, 33][case % 8];
+        let g = 1 + case % 5;
+        let ld = n + [0, 2][case / 5 % 2];
         let mut cache = [f16::ZERO; 64 * 200];
         let len = (n.max(1) - 1) * stride + hd;
         for h in cache[..len].iter_mut() {
             *h = f16::from_f32(rng.f32() * if case % 5 == 0 { 3e4 } else { 2.0 });
         }
         let cache = &cache[..if n == 0 { 0 } else { len }];
-        let mut q = [0.0f32; 130];
-        for v in q[..hd].iter_mut() {
+        let mut q = [0.0f32; 5 * 130];
+        for v in q[..g * hd].iter_mut() {
             *v = rng.f32();
         }
-        let q = &q[..hd];
+        let q = &q[..g * hd];
+        let qj = |j: usize| &q[j * hd..(j + 1) * hd];
 
-        let mut got = [f32::NAN; 40];
-        let mut want = [0.0f32; 40];
-        (k.key_dots_f16)(q, cache, stride, &mut got[..n]);
-        (r.key_dots_f16)(q, cache, stride, &mut want[..n]);
-        for p in 0..n {
-            let row = &cache[p * stride..p * stride + hd];
-            let own = (k.dot_f16)(row, q);
-            assert_eq!(
-                got[p].to_bits(),
-                own.to_bits(),
-                "key_dots_f16 case {case} p {p}"
-            );
-            let scale: f32 = row.iter().zip(q).map(|(a, b)| (a.to_f32() * b).abs()).sum();
-            close(got[p], want[p], scale, "key_dots_f16", case);
+        let mut got = [f32::NAN; 5 * 35];
+        let mut want = [0.0f32; 5 * 35];
+        (k.key_dots_f16)(q, g, cache, stride, &mut got[..g * ld], ld);
+        (r.key_dots_f16)(q, g, cache, stride, &mut want[..g * ld], ld);
+        for j in 0..g {
+            for p in 0..n {
+                let row = &cache[p * stride..p * stride + hd];
+                let own = (k.dot_f16)(row, qj(j));
+                let at = j * ld + p;
+                let what = "key_dots_f16";
+                assert_eq!(
+                    got[at].to_bits(),
+                    own.to_bits(),
+                    "{what} case {case} j {j} p {p}"
+                );
+                let scale: f32 = row
+                    .iter()
+                    .zip(qj(j))
+                    .map(|(a, b)| (a.to_f32() * b).abs())
+                    .sum();
+                close(got[at], want[at], scale, what, case);
+            }
+            for p in n..ld {
+                assert!(
+                    got[j * ld + p].is_nan(),
+                    "key_dots_f16 case {case} wrote slot {p}"
+                );
+            }
+        }
+        // Rows `ld` apart in an output cut short after the last row's
+        // first `m` slots: only `m` positions are scored.
+        if n > 1 && g > 1 {
+            let m = n / 2;
+            let mut s = [f32::NAN; 5 * 35];
+            (k.key_dots_f16)(q, g, cache, stride, &mut s[..(g - 1) * ld + m], ld);
+            for j in 0..g {
+                for p in 0..ld {
+                    let at = j * ld + p;
+                    let set = p < m;
+                    assert_eq!(
+                        s[at].is_nan(),
+                        !set,
+                        "key_dots_f16 case {case} short j {j} p {p}"
+                    );
+                    if set {
+                        assert_eq!(
+                            s[at].to_bits(),
+                            got[at].to_bits(),
+                            "key_dots_f16 case {case}"
+                        );
+                    }
+                }
+            }
         }
 
-        let mut w = [0.0f32; 40];
-        for v in w[..n].iter_mut() {
+        let mut w = [0.0f32; 5 * 35];
+        for v in w[..g * ld].iter_mut() {
             *v = rng.f32().abs();
         }
-        let w = &w[..n];
-        let mut got = [0.5f32; 130];
-        let mut own = [0.5f32; 130];
-        let mut want = [0.5f32; 130];
-        (k.value_sum_f16)(&mut got[..hd], w, cache, stride);
-        for (p, &a) in w.iter().enumerate() {
-            (k.axpy_f16)(&mut own[..hd], a, &cache[p * stride..p * stride + hd]);
+        let w = &w[..g * ld];
+        let mut got = [0.5f32; 5 * 130];
+        let mut own = [0.5f32; 5 * 130];
+        let mut want = [0.5f32; 5 * 130];
+        (k.value_sum_f16)(&mut got[..g * hd], g, w, cache, stride);
+        for j in 0..g {
+            for p in 0..n {
+                let a = w[j * ld + p];
+                let o = &mut own[j * hd..(j + 1) * hd];
+                (k.axpy_f16)(o, a, &cache[p * stride..p * stride + hd]);
+            }
         }
-        (r.value_sum_f16)(&mut want[..hd], w, cache, stride);
-        for i in 0..hd {
-            assert_eq!(
-                got[i].to_bits(),
-                own[i].to_bits(),
-                "value_sum_f16 case {case} i {i}"
-            );
-            let scale: f32 = 0.5
-                + w.iter()
-                    .enumerate()
-                    .map(|(p, a)| (a * cache[p * stride + i].to_f32()).abs())
-                    .sum::<f32>();
-            close(got[i], want[i], scale, "value_sum_f16", case);
+        (r.value_sum_f16)(&mut want[..g * hd], g, w, cache, stride);
+        for j in 0..g {
+            for i in 0..hd {
+                let at = j * hd + i;
+                let what = "value_sum_f16";
+                assert_eq!(
+                    got[at].to_bits(),
+                    own[at].to_bits(),
+                    "{what} case {case} j {j} i {i}"
+                );
+                let scale: f32 = 0.5
+                    + (0..n)
+                        .map(|p| (w[j * ld + p] * cache[p * stride + i].to_f32()).abs())
+                        .sum::<f32>();
+                close(got[at], want[at], scale, what, case);
+            }
         }
         // A view one row short: the last position is neither scored nor summed.
         if n > 1 {
             let short = &cache[..cache.len() - 1];
-            let mut s = [f32::NAN; 40];
-            (k.key_dots_f16)(q, short, stride, &mut s[..n]);
-            assert!(
-                s[n - 1].is_nan(),
-                "key_dots_f16 case {case} read past the view"
-            );
-            let mut o = [0.0f32; 130];
-            let mut o2 = [0.0f32; 130];
-            (k.value_sum_f16)(&mut o[..hd], w, short, stride);
-            (k.value_sum_f16)(&mut o2[..hd], &w[..n - 1], cache, stride);
+            let mut s = [f32::NAN; 5 * 35];
+            (k.key_dots_f16)(q, g, short, stride, &mut s[..g * ld], ld);
+            for j in 0..g {
+                assert!(
+                    s[j * ld + n - 1].is_nan(),
+                    "key_dots_f16 case {case} read past the view"
+                );
+            }
+            let mut o = [0.0f32; 5 * 130];
+            let mut o2 = [0.0f32; 5 * 130];
+            (k.value_sum_f16)(&mut o[..g * hd], g, &w[..g * ld], short, stride);
+            let mut w2 = [0.0f32; 5 * 35];
+            for j in 0..g {
+                w2[j * ld..j * ld + n - 1].copy_from_slice(&w[j * ld..j * ld + n - 1]);
+            }
+            (k.value_sum_f16)(&mut o2[..g * hd], g, &w2[..g * ld], cache, stride);
             assert_eq!(
-                o[..hd],
-                o2[..hd],
+                o[..g * hd],
+                o2[..g * hd],
                 "value_sum_f16 case {case} read past the view"
             );
         }

@@ -386,15 +386,39 @@ pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 /// the row).
 pub type WidenFn<T> = fn(&[T], &mut [f32]);
 
-/// Attention scores over an f16 cache: `out[p] = q · k[p * stride..][..q.len()]`
-/// for each position `p` that `k` holds, each exactly the table's `dot_f16`
-/// of that row.
-pub type KeyDotsF16Fn = fn(&[f32], &[f16], usize, &mut [f32]);
+/// Attention scores over an f16 cache for the `g` query heads that share one
+/// KV head: `key_dots(q, g, k, stride, out, ld)` reads `q` as `g` queries of
+/// `hd = q.len() / g` one after another and sets `out[j * ld + p] = q_j ·
+/// k[p * stride..][..hd]` for each query `j` and each position `p < n`, where
+/// `n` is the fewest of the positions `k` holds, `ld`, and the positions the
+/// last row of `out` has room for (`out.len() - (g - 1) * ld`). Each score is
+/// exactly the table's `dot_f16` of that row; a grouped kernel widens each
+/// cached key once for all `g` queries.
+pub type KeyDotsF16Fn = fn(&[f32], usize, &[f16], usize, &mut [f32], usize);
 
-/// Attention's weighted value sum over an f16 cache: `out[i] += w[p] *
-/// v[p * stride + i]` for each position `p` that `v` holds, in order:
-/// exactly the table's `axpy_f16` applied position by position.
-pub type ValueSumF16Fn = fn(&mut [f32], &[f32], &[f16], usize);
+/// Attention's weighted value sums over an f16 cache for `g` query heads:
+/// `value_sum(out, g, w, v, stride)` reads `out` as `g` rows of `hd =
+/// out.len() / g` and `w` as `g` rows of `n = w.len() / g` weights, and adds
+/// `w[j * n + p] * v[p * stride + i]` to `out[j * hd + i]` for each position
+/// `p` that `v` holds, in order: exactly the table's `axpy_f16` applied
+/// position by position to each row. A grouped kernel widens each cached
+/// value once for all `g` rows.
+pub type ValueSumF16Fn = fn(&mut [f32], usize, &[f32], &[f16], usize);
+
+/// Positions a grouped attention kernel covers: the fewest of the rows of
+/// `hd` every `stride` in a cache view of `len` elements, `ld`, and the
+/// positions the last of `g` rows `ld` apart finds in `out_len`.
+pub(crate) fn group_positions(
+    len: usize,
+    hd: usize,
+    stride: usize,
+    g: usize,
+    ld: usize,
+    out_len: usize,
+) -> usize {
+    let last = out_len.saturating_sub(g.saturating_sub(1).saturating_mul(ld));
+    strided_rows(len, hd, stride).min(ld).min(last)
+}
 
 /// Positions of a strided cache view that `len` elements hold: rows of `row`
 /// elements starting every `stride` (`stride >= row`).
@@ -464,9 +488,11 @@ pub struct Kernels {
     /// Attention's softmax in place: [`crate::attention::softmax`]'s values
     /// bit for bit.
     pub softmax: fn(&mut [f32]),
-    /// Attention's scores over an f16 cache, all positions in one call.
+    /// Attention's scores over an f16 cache, all positions and all query
+    /// heads of one KV head in one call.
     pub key_dots_f16: KeyDotsF16Fn,
-    /// Attention's value sum over an f16 cache, all positions in one call.
+    /// Attention's value sums over an f16 cache, all positions and all query
+    /// heads of one KV head in one call.
     pub value_sum_f16: ValueSumF16Fn,
     /// With `Some`, decode multiplies quantized rows by the activations in
     /// 16-bit blocks (integer dots; see [`crate::quant::q16`]); with `None`

@@ -271,28 +271,53 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     }
 }
 
-/// [`super::KeyDotsF16Fn`] through `dot`, position by position.
-pub fn key_dots_with(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], dot: DotFn<f16>) {
-    let (hd, stride) = (q.len(), stride.max(1));
-    let n = super::strided_rows(k.len(), hd, stride).min(out.len());
-    for (p, o) in out[..n].iter_mut().enumerate() {
-        *o = dot(&k[p * stride..p * stride + hd], q);
+/// [`super::KeyDotsF16Fn`] through `dot`, query by query, position by
+/// position.
+pub fn key_dots_with(
+    q: &[f32],
+    g: usize,
+    k: &[f16],
+    stride: usize,
+    out: &mut [f32],
+    ld: usize,
+    dot: DotFn<f16>,
+) {
+    let g = g.max(1);
+    let (hd, stride) = (q.len() / g, stride.max(1));
+    let n = super::group_positions(k.len(), hd, stride, g, ld, out.len());
+    for j in 0..g {
+        let qj = &q[j * hd..(j + 1) * hd];
+        for (p, o) in out[j * ld..j * ld + n].iter_mut().enumerate() {
+            *o = dot(&k[p * stride..p * stride + hd], qj);
+        }
     }
 }
 
-/// [`super::ValueSumF16Fn`] through `axpy`, position by position.
-pub fn value_sum_with(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, axpy: AxpyF16Fn) {
-    let (hd, stride) = (out.len(), stride.max(1));
-    let n = super::strided_rows(v.len(), hd, stride).min(w.len());
-    for (p, &a) in w[..n].iter().enumerate() {
-        axpy(out, a, &v[p * stride..p * stride + hd]);
+/// [`super::ValueSumF16Fn`] through `axpy`, row by row, position by
+/// position.
+pub fn value_sum_with(
+    out: &mut [f32],
+    g: usize,
+    w: &[f32],
+    v: &[f16],
+    stride: usize,
+    axpy: AxpyF16Fn,
+) {
+    let g = g.max(1);
+    let (hd, ld, stride) = (out.len() / g, w.len() / g, stride.max(1));
+    let n = super::strided_rows(v.len(), hd, stride).min(ld);
+    for j in 0..g {
+        let o = &mut out[j * hd..(j + 1) * hd];
+        for (p, &a) in w[j * ld..j * ld + n].iter().enumerate() {
+            axpy(o, a, &v[p * stride..p * stride + hd]);
+        }
     }
 }
 
-pub fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
-    key_dots_with(q, k, stride, out, dot_f16)
+pub fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
+    key_dots_with(q, g, k, stride, out, ld, dot_f16)
 }
 
-pub fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
-    value_sum_with(out, w, v, stride, axpy_f16)
+pub fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
+    value_sum_with(out, g, w, v, stride, axpy_f16)
 }

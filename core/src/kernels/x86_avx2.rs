@@ -201,17 +201,23 @@ fn widen_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     // SAFETY: as above.
     unsafe { imp::widen_q8_0(x, out) }
 }
-fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
-    let hd = q.len();
-    let n = super::strided_rows(k.len(), hd, stride).min(out.len());
-    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `k`.
-    unsafe { imp::key_dots_f16(q, k, stride.max(1), &mut out[..n]) }
+fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
+    let g = g.max(1);
+    let hd = q.len() / g;
+    let n = super::group_positions(k.len(), hd, stride, g, ld, out.len());
+    let heads = imp::Heads { g, hd, n, ld };
+    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `k`,
+    // `q` holds `g * hd` floats and `out` holds `(g - 1) * ld + n`.
+    unsafe { imp::key_dots_f16(&q[..g * hd], k, stride.max(1), out, heads) }
 }
-fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
-    let hd = out.len();
-    let n = super::strided_rows(v.len(), hd, stride).min(w.len());
-    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `v`.
-    unsafe { imp::value_sum_f16(out, &w[..n], v, stride.max(1)) }
+fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
+    let g = g.max(1);
+    let (hd, ld) = (out.len() / g, w.len() / g);
+    let n = super::strided_rows(v.len(), hd, stride).min(ld);
+    let heads = imp::Heads { g, hd, n, ld };
+    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `v`,
+    // `out` holds `g * hd` floats and `w` holds `g * ld`.
+    unsafe { imp::value_sum_f16(out, w, v, stride.max(1), heads) }
 }
 /// Every 64-byte line of `len` bytes from `p`, into L2 (`prefetcht1`): the
 /// batched loop asks for the next tile a whole tile ahead, so L1 keeps the
@@ -1323,98 +1329,203 @@ pub(super) mod imp {
         }
     }
 
-    /// `out[p]` = [`dot_f16`] of row `p` (at `p * stride`) with `q`, four
-    /// rows at a time: each row keeps its own single accumulator chain, so
-    /// its result is `dot_f16`'s bit for bit, and four chains hide the FMA
-    /// latency one chain waits on.
+    /// A grouped attention call's shape: `g` query heads of `hd` elements,
+    /// `n` positions, score (or weight) rows `ld` apart.
+    #[derive(Clone, Copy)]
+    pub struct Heads {
+        pub g: usize,
+        pub hd: usize,
+        pub n: usize,
+        pub ld: usize,
+    }
+
+    /// How many of the `left` query heads still to go one pass takes: three
+    /// at most (their accumulators share sixteen registers with the widened
+    /// rows), and two where three would leave one alone.
+    fn group_take(left: usize) -> usize {
+        match left {
+            0 | 1 => 1,
+            2 | 4 => 2,
+            _ => 3,
+        }
+    }
+
+    /// `out[j * ld + p]` = [`dot_f16`] of row `p` (at `p * stride`) with
+    /// query `j`. Each cached key is widened once for up to three queries,
+    /// and each (row, query) pair keeps its own single accumulator chain, so
+    /// its result is `dot_f16`'s bit for bit; the nine to eight chains of a
+    /// pass hide the FMA latency one chain waits on.
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `k` holds `out.len()` rows
-    /// of `q.len()` halves every `stride`.
+    /// The CPU must support AVX2, FMA and F16C; `q` holds `g * hd` floats,
+    /// `k` holds `n` rows of `hd` halves every `stride`, and `out` holds
+    /// `(g - 1) * ld + n` floats.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32]) {
-        let hd = q.len();
-        let (cq, tq) = q.as_chunks::<8>();
-        let body = cq.len() * 8;
+    pub unsafe fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], h: Heads) {
+        let mut j = 0;
+        while j < h.g {
+            let take = group_take(h.g - j);
+            let (qs, os) = (&q[j * h.hd..(j + take) * h.hd], &mut out[j * h.ld..]);
+            match take {
+                1 => key_pass::<4, 1>(qs, k, stride, os, h),
+                2 => key_pass::<4, 2>(qs, k, stride, os, h),
+                _ => key_pass::<3, 3>(qs, k, stride, os, h),
+            }
+            j += take;
+        }
+    }
+
+    /// [`key_dots_f16`] for `G` queries, `R` rows at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn key_pass<const R: usize, const G: usize>(
+        q: &[f32],
+        k: &[f16],
+        stride: usize,
+        out: &mut [f32],
+        h: Heads,
+    ) {
+        let (hd, body) = (h.hd, h.hd / 8);
         let row = |p: usize| &k[p * stride..p * stride + hd];
         let mut p = 0;
-        while p + 4 <= out.len() {
-            let rows = [row(p), row(p + 1), row(p + 2), row(p + 3)];
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (i, y) in cq.iter().enumerate() {
-                let yv = load8(y);
-                for r in 0..4 {
-                    let h = &rows[r][8 * i..8 * i + 8];
-                    // SAFETY: eight halves (16 bytes) readable at `h`; loadu is unaligned.
-                    let w = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
-                    acc[r] = _mm256_fmadd_ps(w, yv, acc[r]);
+        while p + R <= h.n {
+            // Plain loops, not `array::from_fn`: its closures would not
+            // inline into code built without these features.
+            let mut rows: [&[f16]; R] = [&[]; R];
+            for (r, x) in rows.iter_mut().enumerate() {
+                *x = row(p + r);
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; G];
+            for i in 0..body {
+                let mut w = [_mm256_setzero_ps(); R];
+                for (x, rr) in w.iter_mut().zip(&rows) {
+                    let c = &rr[8 * i..8 * i + 8];
+                    // SAFETY: eight halves (16 bytes) readable at `c`; loadu is unaligned.
+                    *x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(c.as_ptr().cast()) });
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let y = load8(q[j * hd + 8 * i..j * hd + 8 * i + 8].try_into().unwrap());
+                    for r in 0..R {
+                        a[r] = _mm256_fmadd_ps(w[r], y, a[r]);
+                    }
                 }
             }
-            for r in 0..4 {
-                let mut s = hsum(acc[r]);
-                for (h, y) in rows[r][body..].iter().zip(tq) {
-                    s += h.to_f32() * y;
+            for (j, a) in acc.iter().enumerate() {
+                let tail = &q[j * hd + 8 * body..(j + 1) * hd];
+                for r in 0..R {
+                    let mut s = hsum(a[r]);
+                    for (x, y) in rows[r][8 * body..].iter().zip(tail) {
+                        s += x.to_f32() * y;
+                    }
+                    out[j * h.ld + p + r] = s;
                 }
-                out[p + r] = s;
             }
-            p += 4;
+            p += R;
         }
-        while p < out.len() {
-            // SAFETY: this function's features are dot_f16's.
-            out[p] = unsafe { dot_f16(row(p), q) };
+        while p < h.n {
+            for j in 0..G {
+                // SAFETY: this function's features are dot_f16's.
+                out[j * h.ld + p] = unsafe { dot_f16(row(p), &q[j * hd..(j + 1) * hd]) };
+            }
             p += 1;
         }
     }
 
-    /// `out += w[p] * row p` for every position in order, as [`axpy_f16`]
-    /// would, with up to 64 outputs held in registers across the positions
-    /// instead of loaded and stored for each.
+    /// Row `j` of `out` `+= w[j * ld + p] * row p` for every position in
+    /// order, as [`axpy_f16`] would, with the outputs of up to three rows
+    /// held in registers across the positions and each cached value widened
+    /// once for all of them.
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `v` holds `w.len()` rows of
-    /// `out.len()` halves every `stride`.
+    /// The CPU must support AVX2, FMA and F16C; `v` holds `n` rows of `hd`
+    /// halves every `stride`, `out` holds `g * hd` floats and `w` `g * ld`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
-        let hd = out.len();
-        let vecs = hd / 8;
+    pub unsafe fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, h: Heads) {
+        let mut j = 0;
+        while j < h.g {
+            let take = group_take(h.g - j);
+            let (os, ws) = (&mut out[j * h.hd..(j + take) * h.hd], &w[j * h.ld..]);
+            match take {
+                1 => value_pass::<8, 1>(os, ws, v, stride, h),
+                2 => value_pass::<4, 2>(os, ws, v, stride, h),
+                _ => value_pass::<4, 3>(os, ws, v, stride, h),
+            }
+            j += take;
+        }
+    }
+
+    /// [`value_sum_f16`] for `G` rows: panels of `M` vectors, then single
+    /// vectors, then the elements past the last whole vector.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn value_pass<const M: usize, const G: usize>(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        h: Heads,
+    ) {
+        let vecs = h.hd / 8;
         let mut c = 0;
-        while c + 8 <= vecs {
-            value_panel::<8>(out, w, v, stride, c);
-            c += 8;
+        while c + M <= vecs {
+            value_panel::<M, G>(out, w, v, stride, c, h);
+            c += M;
         }
         while c < vecs {
-            value_panel::<1>(out, w, v, stride, c);
+            value_panel::<1, G>(out, w, v, stride, c, h);
             c += 1;
         }
-        for (p, &a) in w.iter().enumerate() {
-            let row = &v[p * stride..p * stride + hd];
-            for (o, h) in out[vecs * 8..].iter_mut().zip(&row[vecs * 8..]) {
-                *o += a * h.to_f32();
+        for j in 0..G {
+            let o = &mut out[j * h.hd + vecs * 8..(j + 1) * h.hd];
+            for p in 0..h.n {
+                let a = w[j * h.ld + p];
+                let row = &v[p * stride + vecs * 8..p * stride + h.hd];
+                for (oi, x) in o.iter_mut().zip(row) {
+                    *oi += a * x.to_f32();
+                }
             }
         }
     }
 
-    /// Vectors `c..c + M` (of eight outputs) of [`value_sum_f16`].
+    /// Vectors `c..c + M` (of eight outputs) of `G` rows of [`value_sum_f16`].
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn value_panel<const M: usize>(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, c: usize) {
-        let o = &mut out[8 * c..8 * (c + M)];
-        let mut acc: [__m256; M] = core::array::from_fn(|j| {
-            // SAFETY: eight floats readable at 8j within `o`; loadu is unaligned.
-            unsafe { _mm256_loadu_ps(o[8 * j..].as_ptr()) }
-        });
-        for (p, &a) in w.iter().enumerate() {
-            let av = _mm256_set1_ps(a);
-            let h = &v[p * stride + 8 * c..p * stride + 8 * (c + M)];
-            for j in 0..M {
-                // SAFETY: eight halves (16 bytes) readable at 8j within `h`.
-                let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h[8 * j..].as_ptr().cast()) });
-                acc[j] = _mm256_fmadd_ps(av, x, acc[j]);
+    fn value_panel<const M: usize, const G: usize>(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        c: usize,
+        h: Heads,
+    ) {
+        let at = |j: usize, m: usize| j * h.hd + 8 * (c + m);
+        // Plain loops, not `array::from_fn`: its closures would not inline
+        // into code built without these features.
+        let mut acc = [[_mm256_setzero_ps(); M]; G];
+        for (j, accj) in acc.iter_mut().enumerate() {
+            for (m, x) in accj.iter_mut().enumerate() {
+                *x = load8(out[at(j, m)..at(j, m) + 8].try_into().unwrap());
             }
         }
-        for j in 0..M {
-            // SAFETY: eight floats writable at 8j within `o`; storeu is unaligned.
-            unsafe { _mm256_storeu_ps(o[8 * j..].as_mut_ptr(), acc[j]) };
+        for p in 0..h.n {
+            let mut a = [_mm256_setzero_ps(); G];
+            for (j, x) in a.iter_mut().enumerate() {
+                *x = _mm256_set1_ps(w[j * h.ld + p]);
+            }
+            let row = &v[p * stride + 8 * c..p * stride + 8 * (c + M)];
+            for m in 0..M {
+                // SAFETY: eight halves (16 bytes) readable at 8m within `row`.
+                let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(row[8 * m..].as_ptr().cast()) });
+                for (aj, accj) in a.iter().zip(acc.iter_mut()) {
+                    accj[m] = _mm256_fmadd_ps(*aj, x, accj[m]);
+                }
+            }
+        }
+        for (j, accj) in acc.iter().enumerate() {
+            for (m, &x) in accj.iter().enumerate() {
+                // SAFETY: eight floats writable at `at(j, m)` within `out`; storeu is unaligned.
+                unsafe { _mm256_storeu_ps(out[at(j, m)..at(j, m) + 8].as_mut_ptr(), x) };
+            }
         }
     }
 

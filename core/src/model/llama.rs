@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::attention::{attend_head, HeadView};
+use crate::attention::{attend_heads, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{Arith, Kernels, Matrix};
@@ -427,12 +427,14 @@ impl<'s, 'w> Batch<'s, 'w> {
 
             // Grouped-query causal attention: token t sees the slots of its
             // sequence's cache that hold the sinks and the latest tokens up
-            // to itself; query head h reads KV head h / group.
+            // to itself; query heads h * group.. (h + 1) * group read KV head
+            // h together, one task, so each cached row is widened once.
             let seqs_ro: &[Seq<'_, '_>] = seqs;
             let (q, q_sink) = (&*s.q, &*s.q_sink);
-            let n_heads = c.n_heads;
+            let n_kv = c.n_kv_heads;
+            let gd = group * hd;
             let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
-                let (t, h) = (task / n_heads, task % n_heads);
+                let (t, h) = (task / n_kv, task % n_kv);
                 let Some((i, j)) = seq_of_row(seqs_ro, t) else {
                     return;
                 };
@@ -441,16 +443,17 @@ impl<'s, 'w> Batch<'s, 'w> {
                     return;
                 };
                 let pos = kv.pos() + j;
-                attend_head(
-                    &q[t * qd + h * hd..t * qd + (h + 1) * hd],
-                    &q_sink[i * qd + h * hd..i * qd + (h + 1) * hd],
+                attend_heads(
+                    &q[t * qd + h * gd..t * qd + (h + 1) * gd],
+                    &q_sink[i * qd + h * gd..i * qd + (h + 1) * gd],
+                    group,
                     kv.sinks_for(pos),
                     keys,
                     values,
                     kv.visible(pos),
                     HeadView {
                         row: kvd,
-                        offset: (h / group) * hd,
+                        offset: h * hd,
                     },
                     scores,
                     out,
@@ -458,7 +461,7 @@ impl<'s, 'w> Batch<'s, 'w> {
                 );
             };
             let att = &mut s.att[..n * qd];
-            if !parallel::for_tasks(par, n * n_heads, att, hd, s.scores, per_scores, &heads) {
+            if !parallel::for_tasks(par, n * n_kv, att, gd, s.scores, per_scores, &heads) {
                 return Err(Error::BufferTooSmall {
                     needed: (threads * per_scores) as u64,
                     found: s.scores.len() as u64,

@@ -65,7 +65,7 @@ pub(crate) struct ScratchSizes {
     pub att: usize,       // (batch, q_dim) attention output
     pub hb: usize,        // (batch, ffn_dim) gate
     pub hb2: usize,       // (batch, ffn_dim) up
-    pub scores: usize,    // (threads, kv_capacity) one per worker
+    pub scores: usize,    // (threads, group, kv_capacity) one per worker
     pub rope: usize,      // (batch, rope_dim) cos/sin pairs
     pub q_sink: usize,    // (seqs, q_dim) queries rotated at their in-cache position
     pub rope_sink: usize, // (seqs, rope_dim)
@@ -100,7 +100,9 @@ impl ScratchSizes {
             att: b.checked_mul(c.q_dim())?,
             hb: b.checked_mul(c.ffn_dim)?,
             hb2: b.checked_mul(c.ffn_dim)?,
-            scores: threads.checked_mul(kv_capacity)?,
+            scores: threads
+                .checked_mul(kv_capacity)?
+                .checked_mul(c.n_heads / c.n_kv_heads.max(1))?,
             rope: b.checked_mul(c.rope_dim)?,
             q_sink: seqs.checked_mul(c.q_dim())?,
             rope_sink: seqs.checked_mul(c.rope_dim)?,
