@@ -14,6 +14,11 @@ pub struct HeadView {
     pub row: usize,
     /// This head's first element within a row.
     pub offset: usize,
+    /// Ask the memory system for all of the head's cached rows first (f16
+    /// caches): right for the first token of a sequence in a step, whose
+    /// rows have been evicted by the weights streamed since they were last
+    /// read; the later tokens of the step find them in the caches.
+    pub warm: bool,
 }
 
 /// `out = softmax(q·K / sqrt(d)) V` for the `g` query heads that read one
@@ -46,11 +51,12 @@ pub fn attend_heads(
     let scores = &mut scores[..g * n];
     let at = |p: usize| p * head.row + head.offset;
     let cut = sinks.min(n);
-    // The cache's rows are rarely in any cache level here: the weights
-    // stream through them all between two uses. Asking for all of this
-    // group's keys at once (and for its values while the scores are
-    // normalized) keeps many reads in flight instead of a few.
-    warm(keys, head, hd, n, kern);
+    // Asking for all of this group's keys at once (and for its values
+    // before the scores are normalized) keeps many reads in flight
+    // instead of the few a kernel's loads keep.
+    if head.warm {
+        warm(keys, head, hd, n, kern);
+    }
     match keys {
         KvRows::F32(k) => {
             for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
@@ -88,7 +94,9 @@ pub fn attend_heads(
             }
         }
     }
-    warm(values, head, hd, n, kern);
+    if head.warm {
+        warm(values, head, hd, n, kern);
+    }
     for row in scores.chunks_exact_mut(n.max(1)) {
         (kern.softmax)(row);
     }
@@ -188,7 +196,11 @@ mod tests {
             KvRows::F32(&k),
             KvRows::F32(&v),
             1,
-            HeadView { row: 2, offset: 0 },
+            HeadView {
+                row: 2,
+                offset: 0,
+                warm: true,
+            },
             &mut s,
             &mut out,
             &Kernels::scalar(),

@@ -2,8 +2,8 @@
 //!
 //! The core has no threads. A host runner implements [`Parallel`] over its
 //! own pool; firmware and tests use [`Serial`]. The model hands whole
-//! operations to [`for_rows`] (matmul rows) and [`for_tasks`] (attention
-//! heads), which cut the output into chunks that workers take as they free
+//! operations to [`for_rows`] (matmul rows) and [`for_tasks`] or
+//! [`for_task_grid`] (attention heads), which cut the output into chunks that workers take as they free
 //! up, each chunk to one worker, with the worker's own scratch. A chunk's
 //! results are the same whichever worker computes it: results do not depend
 //! on the number of workers or on who took what.
@@ -405,7 +405,27 @@ pub fn for_tasks(
     per_worker: usize,
     f: &UnitTask<'_>,
 ) -> bool {
+    for_task_grid(par, (tasks, 1), out, per_task, scratch, per_worker, f)
+}
+
+/// [`for_tasks`] over a grid of `rows × cols` tasks, task `r * cols + c`
+/// for row `r` and column `c`, walked column by column: a worker's run of
+/// neighbouring tasks shares a column (attention: one KV head, whose cached
+/// rows then stay in the worker's caches from one token to the next).
+pub fn for_task_grid(
+    par: &dyn Parallel,
+    (rows, cols): (usize, usize),
+    out: &mut [f32],
+    per_task: usize,
+    scratch: &mut [f32],
+    per_worker: usize,
+    f: &UnitTask<'_>,
+) -> bool {
     let w = par.workers().max(1);
+    let cols = cols.max(1);
+    let Some(tasks) = rows.checked_mul(cols) else {
+        return false;
+    };
     let fits = tasks
         .checked_mul(per_task)
         .is_some_and(|need| need <= out.len())
@@ -414,14 +434,14 @@ pub fn for_tasks(
     if !fits {
         return false;
     }
+    // Unit u, in walking order, is task (u % rows, u / rows): a bijection
+    // of 0..tasks.
+    let task = |u: usize| (u % rows) * cols + u / rows;
     if w == 1 {
         let s = &mut scratch[..per_worker];
-        for (t, o) in out
-            .chunks_exact_mut(per_task.max(1))
-            .take(tasks)
-            .enumerate()
-        {
-            f(t, o, s);
+        for u in 0..tasks {
+            let t = task(u);
+            f(t, &mut out[t * per_task..(t + 1) * per_task], s);
         }
         return true;
     }
@@ -434,9 +454,11 @@ pub fn for_tasks(
         }
         // SAFETY: worker i's scratch is disjoint from every other worker's.
         let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
-        units.run(i, w, |t| {
-            // SAFETY: task t goes to this worker alone (the dispenser hands
-            // out each unit once), and task t's part is its own.
+        units.run(i, w, |u| {
+            let t = task(u);
+            // SAFETY: unit u goes to this worker alone (the dispenser hands
+            // out each unit once), units map one to one onto tasks, and
+            // task t's part is its own.
             let o = unsafe { out.part(t * per_task, (t + 1) * per_task) };
             f(t, o, s);
         });
@@ -523,6 +545,33 @@ mod tests {
             ));
             for (i, v) in out.iter().enumerate() {
                 assert_eq!(*v, (i / 3) as f32);
+            }
+        }
+        // A grid: every task once, in its own part, for any worker count;
+        // one worker walks it column by column.
+        for w in 1..5 {
+            let (rows, cols) = (5usize, 3usize);
+            let mut out = [0.0f32; 15 * 2];
+            let mut scratch = [0.0f32; 4];
+            let seq = AtomicUsize::new(0);
+            assert!(for_task_grid(
+                &Fake(w),
+                (rows, cols),
+                &mut out,
+                2,
+                &mut scratch,
+                1,
+                &|t, o, _| {
+                    o[0] += t as f32 + 1.0;
+                    o[1] = seq.fetch_add(1, Ordering::Relaxed) as f32;
+                }
+            ));
+            for t in 0..rows * cols {
+                assert_eq!(out[2 * t], t as f32 + 1.0, "w {w} task {t}");
+                if w == 1 {
+                    let (r, c) = (t / cols, t % cols);
+                    assert_eq!(out[2 * t + 1], (c * rows + r) as f32, "task {t}");
+                }
             }
         }
         let mut small = [0.0f32; 5];

@@ -454,6 +454,7 @@ impl<'s, 'w> Batch<'s, 'w> {
                     HeadView {
                         row: kvd,
                         offset: h * hd,
+                        warm: j == 0,
                     },
                     scores,
                     out,
@@ -461,7 +462,10 @@ impl<'s, 'w> Batch<'s, 'w> {
                 );
             };
             let att = &mut s.att[..n * qd];
-            if !parallel::for_tasks(par, n * n_kv, att, gd, s.scores, per_scores, &heads) {
+            // Column by column: a worker's tokens share a KV head, whose
+            // rows stay in its caches from one token to the next.
+            let grid = (n, n_kv);
+            if !parallel::for_task_grid(par, grid, att, gd, s.scores, per_scores, &heads) {
                 return Err(Error::BufferTooSmall {
                     needed: (threads * per_scores) as u64,
                     found: s.scores.len() as u64,
