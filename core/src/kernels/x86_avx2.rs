@@ -217,7 +217,7 @@ fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize)
     let heads = imp::Heads { g, hd, n, ld };
     // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `v`,
     // `out` holds `g * hd` floats and `w` holds `g * ld`.
-    unsafe { imp::value_sum_f16(out, w, v, stride.max(1), heads) }
+    unsafe { imp::value_sum_f16(out, w, v, stride.max(1), heads, 0) }
 }
 /// Every 64-byte line of `len` bytes from `p`, into L2 (`prefetcht1`): the
 /// batched loop asks for the next tile a whole tile ahead, so L1 keeps the
@@ -1342,7 +1342,7 @@ pub(super) mod imp {
     /// How many of the `left` query heads still to go one pass takes: three
     /// at most (their accumulators share sixteen registers with the widened
     /// rows), and two where three would leave one alone.
-    fn group_take(left: usize) -> usize {
+    pub(crate) fn group_take(left: usize) -> usize {
         match left {
             0 | 1 => 1,
             2 | 4 => 2,
@@ -1434,21 +1434,29 @@ pub(super) mod imp {
     /// Row `j` of `out` `+= w[j * ld + p] * row p` for every position in
     /// order, as [`axpy_f16`] would, with the outputs of up to three rows
     /// held in registers across the positions and each cached value widened
-    /// once for all of them.
+    /// once for all of them; only the outputs from vector `from` (of eight)
+    /// on (the AVX-512 table sums those before in wider registers).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `v` holds `n` rows of `hd`
     /// halves every `stride`, `out` holds `g * hd` floats and `w` `g * ld`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, h: Heads) {
+    pub unsafe fn value_sum_f16(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        h: Heads,
+        from: usize,
+    ) {
         let mut j = 0;
         while j < h.g {
             let take = group_take(h.g - j);
             let (os, ws) = (&mut out[j * h.hd..(j + take) * h.hd], &w[j * h.ld..]);
             match take {
-                1 => value_pass::<8, 1>(os, ws, v, stride, h),
-                2 => value_pass::<4, 2>(os, ws, v, stride, h),
-                _ => value_pass::<4, 3>(os, ws, v, stride, h),
+                1 => value_pass::<8, 1>(os, ws, v, stride, h, from),
+                2 => value_pass::<4, 2>(os, ws, v, stride, h, from),
+                _ => value_pass::<4, 3>(os, ws, v, stride, h, from),
             }
             j += take;
         }
@@ -1464,9 +1472,10 @@ pub(super) mod imp {
         v: &[f16],
         stride: usize,
         h: Heads,
+        from: usize,
     ) {
         let vecs = h.hd / 8;
-        let mut c = 0;
+        let mut c = from.min(vecs);
         while c + M <= vecs {
             value_panel::<M, G>(out, w, v, stride, c, h);
             c += M;

@@ -27,6 +27,8 @@
 
 use core::arch::x86_64::*;
 
+use half::f16;
+
 use super::x86_avx2::imp as avx2;
 use super::x86_avx2::{q16_shape, x8_shape};
 use super::{Kernels, Q16Kernels, XtShape};
@@ -54,6 +56,7 @@ pub fn table() -> Option<Kernels> {
         name: "avx512",
         gemm_f32,
         gemm_xt: Some(gemm_xt),
+        value_sum_f16,
         q16,
         ..base
     })
@@ -110,6 +113,17 @@ fn supported() -> bool {
     cfg!(target_feature = "avx512f")
 }
 
+fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
+    let g = g.max(1);
+    let (hd, ld) = (out.len() / g, w.len() / g);
+    let n = super::strided_rows(v.len(), hd, stride).min(ld);
+    let h = avx2::Heads { g, hd, n, ld };
+    // SAFETY: reachable only through `table`, which checked AVX-512F (and,
+    // through the AVX2 table, AVX2, FMA and F16C); `n` rows of `hd` halves
+    // every `stride` lie in `v`, `out` holds `g * hd` floats and `w` `g * ld`.
+    unsafe { imp::value_sum_f16(out, w, v, stride.max(1), h) }
+}
+
 fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     if cols == 0 {
         out.fill(0.0);
@@ -154,6 +168,99 @@ mod imp {
         groups: GROUP, GROUP, 4, GROUP,
         chains: 16
     );
+
+    /// [`avx2::value_sum_f16`] with the outputs in sixteen-lane registers:
+    /// per position, four widenings and up to twelve FMAs cover 64 outputs
+    /// of three rows, all of them held in registers. Each output still adds
+    /// its positions in order with one FMA each, so the sums are the AVX2
+    /// kernel's bit for bit; the outputs past the last sixteen go to it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C; `v` holds `n` rows
+    /// of `hd` halves every `stride`, `out` holds `g * hd` floats and `w`
+    /// `g * ld`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn value_sum_f16(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        h: avx2::Heads,
+    ) {
+        let wide = h.hd / 16;
+        let mut j = 0;
+        while j < h.g {
+            let take = avx2::group_take(h.g - j);
+            let (os, ws) = (&mut out[j * h.hd..(j + take) * h.hd], &w[j * h.ld..]);
+            let mut c = 0;
+            while c + 4 <= wide {
+                match take {
+                    1 => value_panel::<4, 1>(os, ws, v, stride, c, h),
+                    2 => value_panel::<4, 2>(os, ws, v, stride, c, h),
+                    _ => value_panel::<4, 3>(os, ws, v, stride, c, h),
+                }
+                c += 4;
+            }
+            while c < wide {
+                match take {
+                    1 => value_panel::<1, 1>(os, ws, v, stride, c, h),
+                    2 => value_panel::<1, 2>(os, ws, v, stride, c, h),
+                    _ => value_panel::<1, 3>(os, ws, v, stride, c, h),
+                }
+                c += 1;
+            }
+            j += take;
+        }
+        // SAFETY: this function's features cover the AVX2 kernel's; the
+        // bounds are the caller's.
+        unsafe { avx2::value_sum_f16(out, w, v, stride, h, 2 * wide) }
+    }
+
+    /// Sixteen-output vectors `c..c + M` of `G` rows of [`value_sum_f16`].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    fn value_panel<const M: usize, const G: usize>(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        c: usize,
+        h: avx2::Heads,
+    ) {
+        let at = |j: usize, m: usize| j * h.hd + 16 * (c + m);
+        // Plain loops, not `array::from_fn`: its closures would not inline
+        // into code built without these features.
+        let mut acc = [[_mm512_setzero_ps(); M]; G];
+        for (j, accj) in acc.iter_mut().enumerate() {
+            for (m, x) in accj.iter_mut().enumerate() {
+                let o = &out[at(j, m)..at(j, m) + 16];
+                // SAFETY: sixteen readable floats at `o`; loadu is unaligned.
+                *x = unsafe { _mm512_loadu_ps(o.as_ptr()) };
+            }
+        }
+        for p in 0..h.n {
+            let mut a = [_mm512_setzero_ps(); G];
+            for (j, x) in a.iter_mut().enumerate() {
+                *x = _mm512_set1_ps(w[j * h.ld + p]);
+            }
+            let row = &v[p * stride + 16 * c..p * stride + 16 * (c + M)];
+            for m in 0..M {
+                // SAFETY: sixteen halves (32 bytes) readable at 16m within `row`.
+                let x = unsafe { _mm256_loadu_si256(row[16 * m..].as_ptr().cast()) };
+                let x = _mm512_cvtph_ps(x);
+                for (aj, accj) in a.iter().zip(acc.iter_mut()) {
+                    accj[m] = _mm512_fmadd_ps(*aj, x, accj[m]);
+                }
+            }
+        }
+        for (j, accj) in acc.iter().enumerate() {
+            for (m, &x) in accj.iter().enumerate() {
+                let o = &mut out[at(j, m)..at(j, m) + 16];
+                // SAFETY: sixteen writable floats at `o`; storeu is unaligned.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), x) };
+            }
+        }
+    }
 
     /// `acc` plus the exact integer pair dots of `w` and `x` (`vpdpwssd`).
     #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
