@@ -1484,6 +1484,9 @@ pub(super) mod imp {
             value_panel::<1, G>(out, w, v, stride, c, h);
             c += 1;
         }
+        if h.hd == vecs * 8 {
+            return;
+        }
         for j in 0..G {
             let o = &mut out[j * h.hd + vecs * 8..(j + 1) * h.hd];
             for p in 0..h.n {

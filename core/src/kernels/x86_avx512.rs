@@ -56,6 +56,7 @@ pub fn table() -> Option<Kernels> {
         name: "avx512",
         gemm_f32,
         gemm_xt: Some(gemm_xt),
+        key_dots_f16,
         value_sum_f16,
         q16,
         ..base
@@ -113,6 +114,18 @@ fn supported() -> bool {
     cfg!(target_feature = "avx512f")
 }
 
+fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
+    let g = g.max(1);
+    let hd = q.len() / g;
+    let n = super::group_positions(k.len(), hd, stride, g, ld, out.len());
+    let h = avx2::Heads { g, hd, n, ld };
+    // SAFETY: reachable only through `table`, which checked AVX-512F (and,
+    // through the AVX2 table, AVX2, FMA and F16C); `n` rows of `hd` halves
+    // every `stride` lie in `k`, `q` holds `g * hd` floats and `out`
+    // `(g - 1) * ld + n`.
+    unsafe { imp::key_dots_f16(&q[..g * hd], k, stride.max(1), out, h) }
+}
+
 fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
     let g = g.max(1);
     let (hd, ld) = (out.len() / g, w.len() / g);
@@ -168,6 +181,145 @@ mod imp {
         groups: GROUP, GROUP, 4, GROUP,
         chains: 16
     );
+
+    /// [`avx2::key_dots_f16`] with two cached rows in each sixteen-lane
+    /// register, eight rows and up to three queries a pass: per eight
+    /// halves of a row, half the widenings and FMAs. Each half of a register
+    /// is one row's eight-lane chain in the AVX2 kernel's order, summed as
+    /// it sums one, so every score is still `dot_f16`'s bit for bit; the
+    /// rows past the last eight go to the AVX2 kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C; `q` holds `g * hd`
+    /// floats, `k` holds `n` rows of `hd` halves every `stride`, and `out`
+    /// holds `(g - 1) * ld + n` floats.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn key_dots_f16(
+        q: &[f32],
+        k: &[f16],
+        stride: usize,
+        out: &mut [f32],
+        h: avx2::Heads,
+    ) {
+        let whole = h.n / 8 * 8;
+        let mut j = 0;
+        while j < h.g {
+            let take = avx2::group_take(h.g - j);
+            let (qs, os) = (&q[j * h.hd..(j + take) * h.hd], &mut out[j * h.ld..]);
+            match take {
+                1 => key_pass::<1>(qs, k, stride, os, whole, h),
+                2 => key_pass::<2>(qs, k, stride, os, whole, h),
+                _ => key_pass::<3>(qs, k, stride, os, whole, h),
+            }
+            j += take;
+        }
+        if whole < h.n {
+            let rest = avx2::Heads {
+                n: h.n - whole,
+                ..h
+            };
+            let (k, out) = (&k[whole * stride..], &mut out[whole..]);
+            // SAFETY: this function's features cover the AVX2 kernel's; the
+            // remaining rows and their scores lie in `k` and `out`.
+            unsafe { avx2::key_dots_f16(q, k, stride, out, rest) }
+        }
+    }
+
+    /// Rows `0..whole` (a multiple of eight) of [`key_dots_f16`] for `G`
+    /// queries.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    fn key_pass<const G: usize>(
+        q: &[f32],
+        k: &[f16],
+        stride: usize,
+        out: &mut [f32],
+        whole: usize,
+        h: avx2::Heads,
+    ) {
+        let (hd, body) = (h.hd, h.hd / 8);
+        let mut p = 0;
+        while p + 8 <= whole {
+            // Plain loops, not `array::from_fn`: its closures would not
+            // inline into code built without these features.
+            let mut rows: [&[f16]; 8] = [&[]; 8];
+            for (r, x) in rows.iter_mut().enumerate() {
+                *x = &k[(p + r) * stride..(p + r) * stride + hd];
+            }
+            let mut acc = [[_mm512_setzero_ps(); 4]; G];
+            for i in 0..body {
+                let mut w = [_mm512_setzero_ps(); 4];
+                for (x, pair) in w.iter_mut().zip(rows.chunks_exact(2)) {
+                    let (a, b) = (&pair[0][8 * i..8 * i + 8], &pair[1][8 * i..8 * i + 8]);
+                    // SAFETY: eight halves (16 bytes) readable at `a` and at
+                    // `b`; loadu is unaligned.
+                    let (a, b) = unsafe {
+                        (
+                            _mm_loadu_si128(a.as_ptr().cast()),
+                            _mm_loadu_si128(b.as_ptr().cast()),
+                        )
+                    };
+                    let ab = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b);
+                    *x = _mm512_cvtph_ps(ab);
+                }
+                for (jj, a) in acc.iter_mut().enumerate() {
+                    let y = &q[jj * hd + 8 * i..jj * hd + 8 * i + 8];
+                    // SAFETY: eight readable floats at `y`; loadu is unaligned.
+                    let y = unsafe { _mm256_loadu_ps(y.as_ptr()) };
+                    // The query's eight floats in both halves.
+                    let y = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(y)));
+                    for r in 0..4 {
+                        a[r] = _mm512_fmadd_ps(w[r], y, a[r]);
+                    }
+                }
+            }
+            for (jj, a) in acc.iter().enumerate() {
+                let sums = sum_chains(a);
+                let tail = &q[jj * hd + 8 * body..(jj + 1) * hd];
+                for (r, row) in rows.iter().enumerate() {
+                    let mut s = sums[r];
+                    for (x, y) in row[8 * body..].iter().zip(tail) {
+                        s += x.to_f32() * y;
+                    }
+                    out[jj * h.ld + p + r] = s;
+                }
+            }
+            p += 8;
+        }
+    }
+
+    /// The sums of eight eight-lane chains, two to a register (chain `2r`
+    /// in the low half of `z[r]`, `2r + 1` in the high), each added as
+    /// [`hsum`] adds one: lanes `i + (i + 4)`, then `(0 + 2) + (1 + 3)`. All
+    /// eight go through the same three steps together.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    fn sum_chains(z: &[__m512; 4]) -> [f32; 8] {
+        // Step 1, per 128-bit block: block k of `s01` is chain k's lanes
+        // i + (i + 4), and of `s23` chain 4 + k's.
+        let s01 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(z[0], z[1]),
+            _mm512_shuffle_f32x4::<0xDD>(z[0], z[1]),
+        );
+        let s23 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(z[2], z[3]),
+            _mm512_shuffle_f32x4::<0xDD>(z[2], z[3]),
+        );
+        // Step 2: block k = [k: s0 + s2, k: s1 + s3, 4 + k: s0 + s2, 4 + k: s1 + s3].
+        let t = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(s01, s23),
+            _mm512_shuffle_ps::<0xEE>(s01, s23),
+        );
+        // Step 3: lane 0 of block k is chain k's sum, lane 1 chain 4 + k's.
+        let u = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(t, t),
+            _mm512_shuffle_ps::<0xDD>(t, t),
+        );
+        let mut l = [0.0f32; 16];
+        // SAFETY: sixteen writable floats; storeu is unaligned.
+        unsafe { _mm512_storeu_ps(l.as_mut_ptr(), u) };
+        [l[0], l[4], l[8], l[12], l[1], l[5], l[9], l[13]]
+    }
 
     /// [`avx2::value_sum_f16`] with the outputs in sixteen-lane registers:
     /// per position, four widenings and up to twelve FMAs cover 64 outputs
