@@ -202,22 +202,14 @@ fn widen_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     unsafe { imp::widen_q8_0(x, out) }
 }
 fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
-    let g = g.max(1);
-    let hd = q.len() / g;
-    let n = super::group_positions(k.len(), hd, stride, g, ld, out.len());
-    let heads = imp::Heads { g, hd, n, ld };
-    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `k`,
-    // `q` holds `g * hd` floats and `out` holds `(g - 1) * ld + n`.
-    unsafe { imp::key_dots_f16(&q[..g * hd], k, stride.max(1), out, heads) }
+    let h = imp::Heads::keys(q, g, k, stride, out, ld);
+    // SAFETY: as above; `Heads::keys` keeps to what the slices hold.
+    unsafe { imp::key_dots_f16(&q[..h.g * h.hd], k, stride.max(1), out, h) }
 }
 fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
-    let g = g.max(1);
-    let (hd, ld) = (out.len() / g, w.len() / g);
-    let n = super::strided_rows(v.len(), hd, stride).min(ld);
-    let heads = imp::Heads { g, hd, n, ld };
-    // SAFETY: as above; `n` rows of `hd` halves every `stride` lie in `v`,
-    // `out` holds `g * hd` floats and `w` holds `g * ld`.
-    unsafe { imp::value_sum_f16(out, w, v, stride.max(1), heads, 0) }
+    let h = imp::Heads::values(out, g, w, v, stride);
+    // SAFETY: as above; `Heads::values` keeps to what the slices hold.
+    unsafe { imp::value_sum_f16(out, w, v, stride.max(1), h, 0) }
 }
 /// Every 64-byte line of `len` bytes from `p`, into L2 (`prefetcht1`): the
 /// batched loop asks for the next tile a whole tile ahead, so L1 keeps the
@@ -1337,6 +1329,36 @@ pub(super) mod imp {
         pub hd: usize,
         pub n: usize,
         pub ld: usize,
+    }
+
+    impl Heads {
+        /// A [`super::super::KeyDotsF16Fn`] call's shape: `n` is the
+        /// positions `k` holds and `out` has room for, so `k` holds `n`
+        /// rows of `hd` halves every `stride`, `q` holds `g * hd` floats and
+        /// `out` `(g - 1) * ld + n`.
+        pub(crate) fn keys(
+            q: &[f32],
+            g: usize,
+            k: &[f16],
+            stride: usize,
+            out: &[f32],
+            ld: usize,
+        ) -> Heads {
+            let g = g.max(1);
+            let hd = q.len() / g;
+            let n = super::super::group_positions(k.len(), hd, stride, g, ld, out.len());
+            Heads { g, hd, n, ld }
+        }
+
+        /// A [`super::super::ValueSumF16Fn`] call's shape: `v` holds `n`
+        /// rows of `hd` halves every `stride`, `out` holds `g * hd` floats
+        /// and `w` `g * ld`.
+        pub(crate) fn values(out: &[f32], g: usize, w: &[f32], v: &[f16], stride: usize) -> Heads {
+            let g = g.max(1);
+            let (hd, ld) = (out.len() / g, w.len() / g);
+            let n = super::super::strided_rows(v.len(), hd, stride).min(ld);
+            Heads { g, hd, n, ld }
+        }
     }
 
     /// How many of the `left` query heads still to go one pass takes: three

@@ -115,25 +115,16 @@ fn supported() -> bool {
 }
 
 fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
-    let g = g.max(1);
-    let hd = q.len() / g;
-    let n = super::group_positions(k.len(), hd, stride, g, ld, out.len());
-    let h = avx2::Heads { g, hd, n, ld };
+    let h = avx2::Heads::keys(q, g, k, stride, out, ld);
     // SAFETY: reachable only through `table`, which checked AVX-512F (and,
-    // through the AVX2 table, AVX2, FMA and F16C); `n` rows of `hd` halves
-    // every `stride` lie in `k`, `q` holds `g * hd` floats and `out`
-    // `(g - 1) * ld + n`.
-    unsafe { imp::key_dots_f16(&q[..g * hd], k, stride.max(1), out, h) }
+    // through the AVX2 table, AVX2, FMA and F16C); `Heads::keys` keeps to
+    // what the slices hold.
+    unsafe { imp::key_dots_f16(&q[..h.g * h.hd], k, stride.max(1), out, h) }
 }
 
 fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
-    let g = g.max(1);
-    let (hd, ld) = (out.len() / g, w.len() / g);
-    let n = super::strided_rows(v.len(), hd, stride).min(ld);
-    let h = avx2::Heads { g, hd, n, ld };
-    // SAFETY: reachable only through `table`, which checked AVX-512F (and,
-    // through the AVX2 table, AVX2, FMA and F16C); `n` rows of `hd` halves
-    // every `stride` lie in `v`, `out` holds `g * hd` floats and `w` `g * ld`.
+    let h = avx2::Heads::values(out, g, w, v, stride);
+    // SAFETY: as above; `Heads::values` keeps to what the slices hold.
     unsafe { imp::value_sum_f16(out, w, v, stride.max(1), h) }
 }
 
