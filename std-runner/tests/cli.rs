@@ -802,6 +802,49 @@ fn bench_reports_the_contract_fields() {
 }
 
 #[test]
+fn bench_starts_from_a_filled_cache_with_depth() {
+    let m = model(GgmlType::Q4_1);
+    let m = m.to_str().unwrap();
+    let o = ember(&[
+        "bench",
+        "-m",
+        m,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "40",
+        "--seqs",
+        "2",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let j = json_out(&o);
+    assert_eq!(j["n_depth"], 40);
+    for k in ["pp_tok_s", "tg_tok_s", "tg_batched_tok_s"] {
+        let v = j[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {j}"));
+        assert!(v > 0.0 && v.is_finite(), "{k} = {v}");
+    }
+    let o = ember(&[
+        "bench", "-m", m, "-p", "8", "-n", "4", "-d", "40", "--reps", "1",
+    ]);
+    assert!(o.status.success());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("pp8 @ d40") && table.contains("tg4 @ d40"),
+        "{table}"
+    );
+    assert_one_line_error(
+        &ember(&["bench", "-m", m, "-d", "1000000", "--reps", "1"]),
+        "-p, -n and -d are at most",
+    );
+}
+
+#[test]
 fn bad_threads_and_kernels_are_one_line_errors() {
     let m = model(GgmlType::Q4_1);
     let m = m.to_str().unwrap();
