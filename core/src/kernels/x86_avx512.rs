@@ -58,6 +58,7 @@ pub fn table() -> Option<Kernels> {
         gemm_xt: Some(gemm_xt),
         key_dots_f16,
         value_sum_f16,
+        softmax,
         q16,
         ..base
     })
@@ -122,6 +123,12 @@ fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], 
     unsafe { imp::key_dots_f16(&q[..h.g * h.hd], k, stride.max(1), out, h) }
 }
 
+fn softmax(x: &mut [f32]) {
+    // SAFETY: reachable only through `table`, which checked AVX-512F (and,
+    // through the AVX2 table, AVX2, FMA and F16C).
+    unsafe { imp::softmax(x) }
+}
+
 fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
     let h = avx2::Heads::values(out, g, w, v, stride);
     // SAFETY: as above; `Heads::values` keeps to what the slices hold.
@@ -172,6 +179,103 @@ mod imp {
         groups: GROUP, GROUP, 4, GROUP,
         chains: 16
     );
+
+    /// [`crate::attention::softmax`] sixteen lanes at a time, bit for bit:
+    /// [`exp16`] is the reference exponential's operations in sixteen
+    /// lanes, and each exponential still goes into sum lane `i % 8` in order
+    /// (the low eight of a register, then the high eight), as there.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        let (cx, tail) = x.as_chunks_mut::<16>();
+        // max(v, m) keeps m where v is NaN, as f32::max does.
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for v in cx.iter() {
+            // SAFETY: sixteen readable floats at `v`; loadu is unaligned.
+            m = _mm512_max_ps(unsafe { _mm512_loadu_ps(v.as_ptr()) }, m);
+        }
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: sixteen writable floats; storeu is unaligned.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), m) };
+        let max = lanes
+            .iter()
+            .chain(tail.iter())
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mv = _mm512_set1_ps(max);
+        let mut s = _mm256_setzero_ps();
+        for v in cx.iter_mut() {
+            // SAFETY: sixteen readable floats at `v`; loadu is unaligned.
+            let e = exp16(_mm512_sub_ps(unsafe { _mm512_loadu_ps(v.as_ptr()) }, mv));
+            // SAFETY: sixteen writable floats at `v`; storeu is unaligned.
+            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), e) };
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+            s = _mm256_add_ps(_mm256_add_ps(s, _mm512_castps512_ps256(e)), hi);
+        }
+        let mut sums = [0.0f32; 8];
+        // SAFETY: eight writable floats; storeu is unaligned.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), s) };
+        for (j, v) in tail.iter_mut().enumerate() {
+            *v = crate::math::exp(*v - max);
+            sums[j % 8] += *v;
+        }
+        let inv = _mm512_set1_ps(1.0 / crate::attention::sum_lanes(&sums));
+        for v in cx.iter_mut() {
+            // SAFETY: sixteen floats at `v`, read then written; loadu and
+            // storeu are unaligned.
+            unsafe {
+                _mm512_storeu_ps(
+                    v.as_mut_ptr(),
+                    _mm512_mul_ps(_mm512_loadu_ps(v.as_ptr()), inv),
+                )
+            };
+        }
+        let inv = 1.0 / crate::attention::sum_lanes(&sums);
+        for v in tail.iter_mut() {
+            *v *= inv;
+        }
+    }
+
+    /// [`crate::math::exp`] in sixteen lanes, operation for operation (the
+    /// AVX2 table's eight-lane `exp8`, widened).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    fn exp16(x: __m512) -> __m512 {
+        let c = _mm512_set1_ps;
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, c(-87.3));
+        // max/min return their second operand when either is NaN: NaN passes.
+        let x = _mm512_min_ps(c(88.3), _mm512_max_ps(c(-87.3), x));
+        let round = c(12_582_912.0);
+        let n = _mm512_sub_ps(
+            _mm512_add_ps(_mm512_mul_ps(x, c(core::f32::consts::LOG2_E)), round),
+            round,
+        );
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(x, _mm512_mul_ps(n, c(0.693_359_4))),
+            _mm512_mul_ps(n, c(-2.121_944_4e-4)),
+        );
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), c(k));
+        }
+        let e = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
+            c(1.0),
+        );
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvttps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        let v = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
+        _mm512_maskz_mov_ps(!under, v)
+    }
 
     /// [`avx2::key_dots_f16`] with two cached rows in each sixteen-lane
     /// register, eight rows and up to three queries a pass: per eight
