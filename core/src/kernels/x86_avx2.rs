@@ -764,6 +764,43 @@ macro_rules! q16_kernels {
 }
 pub(super) use q16_kernels;
 
+/// [`crate::math::exp`] operation for operation on one register of lanes,
+/// given that width's intrinsics (set1, add, sub, mul, min, max, compare,
+/// truncate to i32, i32 add, i32 set1, i32 shift left, i32 bits as f32, and
+/// `clear(under, v)`, which makes the lanes the compare marked +0): the one
+/// body of the AVX2 table's `exp8` and the AVX-512 table's `exp16`.
+macro_rules! exp_lanes {
+    ($x:expr, $set1:ident, $add:ident, $sub:ident, $mul:ident, $min:ident, $max:ident,
+     $cmp:ident, $trunc:ident, $addi:ident, $set1i:ident, $shl:ident, $bits:ident,
+     $clear:ident) => {{
+        let x = $x;
+        let c = $set1;
+        let under = $cmp::<_CMP_LT_OQ>(x, c(-87.3));
+        // max/min return their second operand when either is NaN: NaN passes.
+        let x = $min(c(88.3), $max(c(-87.3), x));
+        let round = c(12_582_912.0);
+        let n = $sub($add($mul(x, c(core::f32::consts::LOG2_E)), round), round);
+        let r = $sub(
+            $sub(x, $mul(n, c(0.693_359_4))),
+            $mul(n, c(-2.121_944_4e-4)),
+        );
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = $add($mul(p, r), c(k));
+        }
+        let e = $add($add($mul($mul(p, r), r), r), c(1.0));
+        let bits = $shl::<23>($addi($trunc(n), $set1i(127)));
+        $clear(under, $mul(e, $bits(bits)))
+    }};
+}
+pub(super) use exp_lanes;
+
 pub(super) mod imp {
     use super::*;
 
@@ -1241,39 +1278,28 @@ pub(super) mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn exp8(x: __m256) -> __m256 {
-        let c = _mm256_set1_ps;
-        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, c(-87.3));
-        // max/min return their second operand when either is NaN: NaN passes.
-        let x = _mm256_min_ps(c(88.3), _mm256_max_ps(c(-87.3), x));
-        let round = c(12_582_912.0);
-        let n = _mm256_sub_ps(
-            _mm256_add_ps(_mm256_mul_ps(x, c(core::f32::consts::LOG2_E)), round),
-            round,
-        );
-        let r = _mm256_sub_ps(
-            _mm256_sub_ps(x, _mm256_mul_ps(n, c(0.693_359_4))),
-            _mm256_mul_ps(n, c(-2.121_944_4e-4)),
-        );
-        let mut p = c(1.987_569_1e-4);
-        for k in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
+        /// Lanes below the range (`under`) become +0.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn clear(under: __m256, v: __m256) -> __m256 {
+            _mm256_andnot_ps(under, v)
         }
-        let e = _mm256_add_ps(
-            _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
-            c(1.0),
-        );
-        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvttps_epi32(n),
-            _mm256_set1_epi32(127),
-        ));
-        let v = _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
-        _mm256_andnot_ps(under, v)
+        exp_lanes!(
+            x,
+            _mm256_set1_ps,
+            _mm256_add_ps,
+            _mm256_sub_ps,
+            _mm256_mul_ps,
+            _mm256_min_ps,
+            _mm256_max_ps,
+            _mm256_cmp_ps,
+            _mm256_cvttps_epi32,
+            _mm256_add_epi32,
+            _mm256_set1_epi32,
+            _mm256_slli_epi32,
+            _mm256_castsi256_ps,
+            clear
+        )
     }
 
     /// f16 to f32 eight at a time (`vcvtph2ps`, exact like the reference).

@@ -242,39 +242,28 @@ mod imp {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
     fn exp16(x: __m512) -> __m512 {
-        let c = _mm512_set1_ps;
-        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, c(-87.3));
-        // max/min return their second operand when either is NaN: NaN passes.
-        let x = _mm512_min_ps(c(88.3), _mm512_max_ps(c(-87.3), x));
-        let round = c(12_582_912.0);
-        let n = _mm512_sub_ps(
-            _mm512_add_ps(_mm512_mul_ps(x, c(core::f32::consts::LOG2_E)), round),
-            round,
-        );
-        let r = _mm512_sub_ps(
-            _mm512_sub_ps(x, _mm512_mul_ps(n, c(0.693_359_4))),
-            _mm512_mul_ps(n, c(-2.121_944_4e-4)),
-        );
-        let mut p = c(1.987_569_1e-4);
-        for k in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm512_add_ps(_mm512_mul_ps(p, r), c(k));
+        /// Lanes below the range (`under`) become +0.
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        #[inline]
+        fn clear(under: __mmask16, v: __m512) -> __m512 {
+            _mm512_maskz_mov_ps(!under, v)
         }
-        let e = _mm512_add_ps(
-            _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
-            c(1.0),
-        );
-        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-            _mm512_cvttps_epi32(n),
-            _mm512_set1_epi32(127),
-        ));
-        let v = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
-        _mm512_maskz_mov_ps(!under, v)
+        super::super::x86_avx2::exp_lanes!(
+            x,
+            _mm512_set1_ps,
+            _mm512_add_ps,
+            _mm512_sub_ps,
+            _mm512_mul_ps,
+            _mm512_min_ps,
+            _mm512_max_ps,
+            _mm512_cmp_ps_mask,
+            _mm512_cvttps_epi32,
+            _mm512_add_epi32,
+            _mm512_set1_epi32,
+            _mm512_slli_epi32,
+            _mm512_castsi512_ps,
+            clear
+        )
     }
 
     /// [`avx2::key_dots_f16`] with two cached rows in each sixteen-lane
