@@ -51,6 +51,11 @@ pub fn attend_heads(
     let scores = &mut scores[..g * n];
     let at = |p: usize| p * head.row + head.offset;
     let cut = sinks.min(n);
+    // Query `j` as slot `p` sees it: the sink query for sink slots.
+    let query = |j: usize, p: usize| {
+        let q = if p < cut { q_sink } else { q };
+        &q[j * hd..(j + 1) * hd]
+    };
     // Asking for all of this group's keys at once (and for its values
     // before the scores are normalized) keeps many reads in flight
     // instead of the few a kernel's loads keep.
@@ -61,9 +66,7 @@ pub fn attend_heads(
         KvRows::F32(k) => {
             for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
                 for (p, s) in row.iter_mut().enumerate() {
-                    let qj = if p < cut { q_sink } else { q };
-                    let qj = &qj[j * hd..(j + 1) * hd];
-                    *s = (kern.dot_f32)(qj, &k[at(p)..at(p) + hd]) * scale;
+                    *s = (kern.dot_f32)(query(j, p), &k[at(p)..at(p) + hd]) * scale;
                 }
             }
         }
@@ -87,9 +90,8 @@ pub fn attend_heads(
             let bpr = head.row / QK;
             for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
                 for (p, s) in row.iter_mut().enumerate() {
-                    let qj = if p < cut { q_sink } else { q };
                     let b = p * bpr + b0;
-                    *s = (kern.dot_q8_0)(&k[b..b + nb], &qj[j * hd..(j + 1) * hd]) * scale;
+                    *s = (kern.dot_q8_0)(&k[b..b + nb], query(j, p)) * scale;
                 }
             }
         }

@@ -480,7 +480,8 @@ pub struct Kernels {
     /// Q8_0 blocks as f32 (`q * d`, exact per weight), for batched tiles.
     pub widen_q8_0: WidenFn<BlockQ8_0>,
     /// Asks the caches for bytes read soon (the batched loop's next tile
-    /// while this one multiplies); a no-op in the scalar tables.
+    /// while this one multiplies, attention's cached rows before the
+    /// kernels read them); a no-op in the scalar tables.
     pub prefetch: PrefetchFn,
     /// SwiGLU's gate in place, `g = silu(g) * u`: [`crate::math::swiglu`]'s
     /// values (NaN for NaN).

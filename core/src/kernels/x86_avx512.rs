@@ -220,18 +220,18 @@ mod imp {
             *v = crate::math::exp(*v - max);
             sums[j % 8] += *v;
         }
-        let inv = _mm512_set1_ps(1.0 / crate::attention::sum_lanes(&sums));
+        let inv = 1.0 / crate::attention::sum_lanes(&sums);
+        let iv = _mm512_set1_ps(inv);
         for v in cx.iter_mut() {
             // SAFETY: sixteen floats at `v`, read then written; loadu and
             // storeu are unaligned.
             unsafe {
                 _mm512_storeu_ps(
                     v.as_mut_ptr(),
-                    _mm512_mul_ps(_mm512_loadu_ps(v.as_ptr()), inv),
+                    _mm512_mul_ps(_mm512_loadu_ps(v.as_ptr()), iv),
                 )
             };
         }
-        let inv = 1.0 / crate::attention::sum_lanes(&sums);
         for v in tail.iter_mut() {
             *v *= inv;
         }
