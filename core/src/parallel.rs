@@ -2,16 +2,18 @@
 //!
 //! The core has no threads. A host runner implements [`Parallel`] over its
 //! own pool; firmware and tests use [`Serial`]. The model hands whole
-//! operations to [`for_rows`] (matmul rows) and [`for_tasks`] or
-//! [`for_task_grid`] (attention heads), which cut the output into chunks that workers take as they free
-//! up, each chunk to one worker, with the worker's own scratch. A chunk's
-//! results are the same whichever worker computes it: results do not depend
-//! on the number of workers or on who took what.
+//! operations to [`for_rows`] (matmul rows, in whole grains) and
+//! [`for_tasks`] or [`for_task_grid`] (attention heads). Each worker owns a
+//! run of the output and takes it in pieces, with its own scratch; a worker
+//! that runs out takes the back half of the largest run left. A row's or a
+//! task's result is the same whichever worker computes it and whatever
+//! piece it is in: results do not depend on the number of workers or on who
+//! took what.
 //!
 //! This module holds the only `unsafe` of the split: a worker's part of an
-//! output buffer is a `&mut` view made from a shared raw pointer. Each
-//! chunk is handed out once, chunks never overlap, and the functions here
-//! check every bound.
+//! output buffer is a `&mut` view made from a shared raw pointer. Each unit
+//! is handed out once, pieces never overlap, and the functions here check
+//! every bound.
 
 #![allow(unsafe_code)]
 
@@ -24,22 +26,39 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(target_has_atomic = "ptr")]
 const OWN_RUNS: usize = 16;
 
-/// Hands out units `0..n` of work. Where the target has atomics, worker `i`
-/// of `w` first takes its own run of neighbouring units, `i * n / w` up to
-/// `(i + 1) * n / w`, in order, then helps the others with what they have
-/// not started: a worker reads its rows of a matrix as one stream (its
-/// prefetches run on into its next unit, not into another worker's), and a
-/// slower core or a busy one still takes fewer. Without atomics worker `i`
-/// takes units `i, i + w, ...`. Each unit goes to exactly one worker either
-/// way.
+/// Bits of each half of a run's word (front high, end low).
+#[cfg(target_has_atomic = "ptr")]
+const HALF: u32 = usize::BITS / 2;
+
+/// Hands out units `0..n` of work as ranges. Where the target has atomics,
+/// worker `i` of `w` owns the run `i * n / w .. (i + 1) * n / w` and takes
+/// it from the front, in pieces that shrink as the run does. A worker whose
+/// run is empty takes the back half of the largest run left (which becomes
+/// its own run). So a worker reads its rows of a matrix as one stream (its
+/// prefetches run on into its next piece), a helper never takes what an
+/// owner has already asked the memory for, a slower or busier core ends up
+/// with less, and the workers finish within a small piece of each other.
+/// Without atomics worker `i` takes units `i, i + w, ...`. Each unit goes to
+/// exactly one worker either way.
 struct Dispenser {
     n: usize,
     #[cfg(target_has_atomic = "ptr")]
     w: usize,
-    /// The next unit of each worker's run (only the first counter when
-    /// there are more than `OWN_RUNS` workers).
+    /// Each worker's run still to go, `front << HALF | end` (only the first
+    /// word, a plain counter, when there are more than `OWN_RUNS` workers or
+    /// `n` does not fit a half).
     #[cfg(target_has_atomic = "ptr")]
-    next: [AtomicUsize; OWN_RUNS],
+    runs: [AtomicUsize; OWN_RUNS],
+}
+
+#[cfg(target_has_atomic = "ptr")]
+fn pack(lo: usize, hi: usize) -> usize {
+    lo << HALF | hi
+}
+
+#[cfg(target_has_atomic = "ptr")]
+fn unpack(v: usize) -> (usize, usize) {
+    (v >> HALF, v & ((1usize << HALF) - 1))
 }
 
 impl Dispenser {
@@ -50,11 +69,11 @@ impl Dispenser {
             let d = Dispenser {
                 n,
                 w,
-                next: [const { AtomicUsize::new(0) }; OWN_RUNS],
+                runs: [const { AtomicUsize::new(0) }; OWN_RUNS],
             };
-            if w <= OWN_RUNS {
-                for (i, c) in d.next.iter().enumerate().take(w) {
-                    c.store(d.start(i), Ordering::Relaxed);
+            if d.own_runs() {
+                for (i, c) in d.runs.iter().enumerate().take(w) {
+                    c.store(pack(d.start(i), d.start(i + 1)), Ordering::Relaxed);
                 }
             }
             d
@@ -64,6 +83,12 @@ impl Dispenser {
             let _ = w;
             Dispenser { n }
         }
+    }
+
+    /// Whether each worker has a run of its own (else one shared counter).
+    #[cfg(target_has_atomic = "ptr")]
+    fn own_runs(&self) -> bool {
+        self.w <= OWN_RUNS && self.n >> HALF == 0
     }
 
     /// The first unit of worker `i`'s run (`n` for `i == w`).
@@ -76,77 +101,135 @@ impl Dispenser {
         (self.n as u128 * i as u128 / self.w as u128) as usize
     }
 
-    /// Calls `f(unit)` for the units worker `i` of `w` gets.
-    fn run(&self, i: usize, w: usize, mut f: impl FnMut(usize)) {
+    /// The next piece of run `i` from its front: a quarter of what is left
+    /// (at least one unit).
+    #[cfg(target_has_atomic = "ptr")]
+    fn take(&self, i: usize) -> Option<(usize, usize)> {
+        let mut cur = self.runs[i].load(Ordering::Relaxed);
+        loop {
+            let (lo, hi) = unpack(cur);
+            if lo >= hi {
+                return None;
+            }
+            let end = lo + (hi - lo).div_ceil(4);
+            match self.runs[i].compare_exchange_weak(
+                cur,
+                pack(end, hi),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some((lo, end)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The back half of the largest run left but `i`'s (all of it if one
+    /// unit is left), or `None` when every run is empty.
+    #[cfg(target_has_atomic = "ptr")]
+    fn steal(&self, i: usize) -> Option<(usize, usize)> {
+        loop {
+            let mut best: Option<(usize, usize)> = None;
+            for j in (0..self.w).filter(|&j| j != i) {
+                let cur = self.runs[j].load(Ordering::Relaxed);
+                let (lo, hi) = unpack(cur);
+                let left = hi.saturating_sub(lo);
+                if left > 0 && best.is_none_or(|(_, c)| left > unpack(c).1 - unpack(c).0) {
+                    best = Some((j, cur));
+                }
+            }
+            let (j, cur) = best?;
+            let (lo, hi) = unpack(cur);
+            let mid = lo + (hi - lo) / 2;
+            if self.runs[j]
+                .compare_exchange(cur, pack(lo, mid), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some((mid, hi));
+            }
+        }
+    }
+
+    /// Calls `f(lo, hi)` for the ranges of units worker `i` of `w` gets.
+    fn run(&self, i: usize, w: usize, mut f: impl FnMut(usize, usize)) {
         #[cfg(target_has_atomic = "ptr")]
         {
             let _ = w;
-            if self.w > OWN_RUNS {
+            if i >= self.w {
+                return;
+            }
+            if !self.own_runs() {
                 loop {
-                    let u = self.next[0].fetch_add(1, Ordering::Relaxed);
+                    let u = self.runs[0].fetch_add(1, Ordering::Relaxed);
                     if u >= self.n {
                         return;
                     }
-                    f(u);
+                    f(u, u + 1);
                 }
             }
-            // Own run first, then the others' in turn.
-            for k in 0..self.w {
-                let j = (i + k) % self.w;
-                let end = self.start(j + 1);
-                loop {
-                    let u = self.next[j].fetch_add(1, Ordering::Relaxed);
-                    if u >= end {
-                        break;
-                    }
-                    f(u);
+            loop {
+                while let Some((lo, hi)) = self.take(i) {
+                    f(lo, hi);
                 }
+                // Run `i` is empty, so no other worker changes it: the
+                // stolen range becomes its run.
+                let (lo, hi) = match self.steal(i) {
+                    Some(r) => r,
+                    None => return,
+                };
+                self.runs[i].store(pack(lo, hi), Ordering::Relaxed);
             }
         }
         #[cfg(not(target_has_atomic = "ptr"))]
         {
             let mut u = i;
             while u < self.n {
-                f(u);
+                f(u, u + 1);
                 u += w.max(1);
             }
         }
     }
 }
 
-/// Row chunks of `rows` outputs for `w` workers: about four per worker and
-/// output (whole `grain`s), so a worker that finishes early takes more.
-struct RowChunks<const K: usize> {
+/// The rows of `K` outputs as one line of units of `grain` rows (each
+/// output's last unit may be shorter).
+struct RowUnits<const K: usize> {
     rows: [usize; K],
-    chunk: [usize; K],
-    count: [usize; K],
+    grain: usize,
+    /// Units before each output's first.
+    first: [usize; K],
+    total: usize,
 }
 
-impl<const K: usize> RowChunks<K> {
-    fn new(rows: [usize; K], w: usize, grain: usize) -> Self {
+impl<const K: usize> RowUnits<K> {
+    fn new(rows: [usize; K], grain: usize) -> Self {
         let grain = grain.max(1);
-        let chunk: [usize; K] = core::array::from_fn(|j| {
-            let c = rows[j].div_ceil(4 * w.max(1));
-            c.div_ceil(grain).max(1) * grain
-        });
-        let count = core::array::from_fn(|j| rows[j].div_ceil(chunk[j]));
-        RowChunks { rows, chunk, count }
-    }
-
-    fn total(&self) -> usize {
-        self.count.iter().sum()
-    }
-
-    /// Unit `u` as (output, first row, end row).
-    fn get(&self, mut u: usize) -> Option<(usize, usize, usize)> {
+        let mut first = [0; K];
+        let mut total = 0usize;
         for j in 0..K {
-            if u < self.count[j] {
-                let r0 = u * self.chunk[j];
-                return Some((j, r0, (r0 + self.chunk[j]).min(self.rows[j])));
-            }
-            u -= self.count[j];
+            first[j] = total;
+            total = total.saturating_add(rows[j].div_ceil(grain));
         }
-        None
+        RowUnits {
+            rows,
+            grain,
+            first,
+            total,
+        }
+    }
+
+    /// Units `lo..hi` as `g(output, first row, end row)` for each output they
+    /// cover, in order.
+    fn each(&self, lo: usize, hi: usize, mut g: impl FnMut(usize, usize, usize)) {
+        for j in 0..K {
+            let end = self.first[j] + self.rows[j].div_ceil(self.grain);
+            let (a, b) = (lo.max(self.first[j]), hi.min(end));
+            if a < b {
+                let r0 = (a - self.first[j]) * self.grain;
+                let r1 = ((b - self.first[j]) * self.grain).min(self.rows[j]);
+                g(j, r0, r1);
+            }
+        }
     }
 }
 
@@ -360,8 +443,8 @@ pub fn for_rows_multi<const K: usize>(
     let lens: [usize; K] = core::array::from_fn(|j| outs[j].len());
     let outs = outs.map(Shared::new);
     let scratch = Shared::new(scratch);
-    let chunks = RowChunks::new(rows, w, grain);
-    let units = Dispenser::new(chunks.total(), w);
+    let units = RowUnits::new(rows, grain);
+    let runs = Dispenser::new(units.total, w);
     par.run(&|i: usize| {
         if i >= w {
             return;
@@ -369,23 +452,22 @@ pub fn for_rows_multi<const K: usize>(
         // SAFETY: worker i's scratch is i*per_worker..(i+1)*per_worker, in
         // bounds (checked above) and disjoint from every other worker's.
         let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
-        units.run(i, w, |u| {
-            let Some((j, r0, r1)) = chunks.get(u) else {
-                return;
-            };
-            // Rows r0..r1 of output j: unit u goes to this worker alone, and
-            // units cover disjoint row ranges, within the n x rows checked
-            // above.
-            let mut part = TokenRows {
-                ptr: outs[j].raw(),
-                len: lens[j],
-                rows: rows[j],
-                r0,
-                r1,
-                n,
-                _buf: PhantomData,
-            };
-            f(j, &mut part, s);
+        runs.run(i, w, |lo, hi| {
+            units.each(lo, hi, |j, r0, r1| {
+                // Rows r0..r1 of output j: units lo..hi go to this worker
+                // alone, and units cover disjoint row ranges, within the
+                // n x rows checked above.
+                let mut part = TokenRows {
+                    ptr: outs[j].raw(),
+                    len: lens[j],
+                    rows: rows[j],
+                    r0,
+                    r1,
+                    n,
+                    _buf: PhantomData,
+                };
+                f(j, &mut part, s);
+            });
         });
     });
     true
@@ -454,13 +536,15 @@ pub fn for_task_grid(
         }
         // SAFETY: worker i's scratch is disjoint from every other worker's.
         let s = unsafe { scratch.part(i * per_worker, (i + 1) * per_worker) };
-        units.run(i, w, |u| {
-            let t = task(u);
-            // SAFETY: unit u goes to this worker alone (the dispenser hands
-            // out each unit once), units map one to one onto tasks, and
-            // task t's part is its own.
-            let o = unsafe { out.part(t * per_task, (t + 1) * per_task) };
-            f(t, o, s);
+        units.run(i, w, |lo, hi| {
+            for u in lo..hi {
+                let t = task(u);
+                // SAFETY: unit u goes to this worker alone (the dispenser
+                // hands out each unit once), units map one to one onto
+                // tasks, and task t's part is its own.
+                let o = unsafe { out.part(t * per_task, (t + 1) * per_task) };
+                f(t, o, s);
+            }
         });
     });
     true
@@ -484,6 +568,73 @@ mod tests {
                     }
                     assert_eq!(next, n);
                 }
+            }
+        }
+    }
+
+    /// Real threads, one per worker, started together.
+    #[cfg(feature = "std")]
+    struct Threads(usize);
+    #[cfg(feature = "std")]
+    impl Parallel for Threads {
+        fn workers(&self) -> usize {
+            self.0
+        }
+        fn run(&self, task: &(dyn Fn(usize) + Sync)) {
+            std::thread::scope(|s| {
+                for i in 1..self.0 {
+                    s.spawn(move || task(i));
+                }
+                task(0);
+            });
+        }
+    }
+
+    /// Workers at different speeds, taking and stealing at once: every row
+    /// is written exactly once, and every task run once.
+    #[cfg(feature = "std")]
+    #[test]
+    fn concurrent_workers_take_each_unit_once() {
+        let rows = [300usize, 7, 129];
+        let reps = if cfg!(miri) { 2 } else { 50 };
+        for w in [2usize, 3, 4] {
+            for rep in 0..reps {
+                let mut a = [0.0f32; 300];
+                let mut b = [0.0f32; 7];
+                let mut c = [0.0f32; 129];
+                let mut scratch = [0.0f32; 4];
+                assert!(for_rows_multi(
+                    &Threads(w),
+                    [&mut a, &mut b, &mut c],
+                    rows,
+                    1,
+                    2,
+                    &mut scratch,
+                    1,
+                    &|_, p, s| {
+                        // Slower workers, a different one each repetition.
+                        if (s.as_ptr() as usize / 4 + rep).is_multiple_of(3) {
+                            std::thread::yield_now();
+                        }
+                        for v in p.token(0).iter_mut() {
+                            *v += 1.0;
+                        }
+                    }
+                ));
+                assert!(a.iter().chain(&b).chain(&c).all(|&v| v == 1.0), "w {w}");
+                let mut out = [0.0f32; 45];
+                assert!(for_tasks(
+                    &Threads(w),
+                    45,
+                    &mut out,
+                    1,
+                    &mut scratch,
+                    1,
+                    &|t, o, _| {
+                        o[0] += t as f32 + 1.0;
+                    }
+                ));
+                assert!(out.iter().enumerate().all(|(t, &v)| v == t as f32 + 1.0));
             }
         }
     }
@@ -573,6 +724,45 @@ mod tests {
                     assert_eq!(out[2 * t + 1], (c * rows + r) as f32, "task {t}");
                 }
             }
+        }
+        // Fake runs its workers one after another, so the first to run has
+        // to take every other run too: its scratch counts every piece.
+        let (n, rows) = (1usize, [37usize, 5, 64]);
+        for w in 2..5 {
+            let mut a = [0.0f32; 37];
+            let mut b = [0.0f32; 5];
+            let mut c = [0.0f32; 64];
+            let mut scratch = [0.0f32; 4];
+            assert!(for_rows_multi(
+                &Fake(w),
+                [&mut a, &mut b, &mut c],
+                rows,
+                n,
+                4,
+                &mut scratch,
+                1,
+                &|j, p, s| {
+                    s[0] += 1.0;
+                    let (r0, _) = p.range();
+                    assert_eq!(r0 % 4, 0);
+                    for (k, v) in p.token(0).iter_mut().enumerate() {
+                        *v += (100 * j + r0 + k) as f32 + 1.0;
+                    }
+                }
+            ));
+            for (j, out) in [&a[..], &b[..], &c[..]].into_iter().enumerate() {
+                for (r, v) in out.iter().enumerate() {
+                    assert_eq!(*v, (100 * j + r) as f32 + 1.0, "w {w} output {j} row {r}");
+                }
+            }
+            let first = w - 1;
+            assert!(
+                scratch[first] > 0.0
+                    && scratch
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &v)| i == first || v == 0.0)
+            );
         }
         let mut small = [0.0f32; 5];
         let mut scratch = [0.0f32; 2];
