@@ -18,7 +18,7 @@ use core::arch::asm;
 use half::f16;
 
 use super::scalar::rows;
-use super::Kernels;
+use super::{Heads, Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
@@ -103,10 +103,14 @@ fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q4_1)
 }
 fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
-    super::scalar::key_dots_with(q, g, k, stride, out, ld, dot_f16)
+    let h = Heads::keys(q, g, k, stride, out, ld);
+    // SAFETY: as above (the kernel indexes its slices with bounds checks).
+    unsafe { imp::key_dots_f16(q, k, stride, out, h) }
 }
 fn value_sum_f16(out: &mut [f32], g: usize, w: &[f32], v: &[f16], stride: usize) {
-    super::scalar::value_sum_with(out, g, w, v, stride, axpy_f16)
+    let h = Heads::values(out, g, w, v, stride);
+    // SAFETY: as above (the kernel indexes its slices with bounds checks).
+    unsafe { imp::value_sum_f16(out, w, v, stride, h) }
 }
 fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     // SAFETY: as above.
@@ -347,6 +351,167 @@ mod imp {
         }
         for (o, h) in ty.iter_mut().zip(tx) {
             *o += a * f16_bits_to_f32_fast(h.to_bits());
+        }
+    }
+
+    /// `out[j * ld + p]` = [`dot_f16`] of cached key `p` (at `p * stride`)
+    /// with query `j`. Each key is widened once for up to four queries, and
+    /// each (key, query) pair keeps `dot_plain`'s four accumulators, order
+    /// and tail, so its score is `dot_f16`'s bit for bit.
+    ///
+    /// # Safety
+    /// The CPU must support NEON. `h` is [`Heads::keys`] of the slices.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], h: Heads) {
+        let mut j = 0;
+        while j < h.g {
+            let take = (h.g - j).min(4);
+            match take {
+                1 => key_pass::<1>(q, k, stride, out, h, j),
+                2 => key_pass::<2>(q, k, stride, out, h, j),
+                3 => key_pass::<3>(q, k, stride, out, h, j),
+                _ => key_pass::<4>(q, k, stride, out, h, j),
+            }
+            j += take;
+        }
+    }
+
+    /// Queries `j0..j0 + G` of [`key_dots_f16`].
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn key_pass<const G: usize>(
+        q: &[f32],
+        k: &[f16],
+        stride: usize,
+        out: &mut [f32],
+        h: Heads,
+        j0: usize,
+    ) {
+        let hd = h.hd;
+        let qs: [&[f32]; G] = core::array::from_fn(|j| &q[(j0 + j) * hd..(j0 + j + 1) * hd]);
+        let cq: [&[[f32; 4]]; G] = core::array::from_fn(|j| qs[j].as_chunks::<4>().0);
+        let chunks = hd / 4;
+        for p in 0..h.n {
+            let (cr, tr) = k[p * stride..p * stride + hd].as_chunks::<4>();
+            let mut acc = [[vdupq_n_f32(0.0); 4]; G];
+            let mut i = 0;
+            while i + 4 <= chunks {
+                let w: [float32x4_t; 4] = core::array::from_fn(|c| half4(&cr[i + c]));
+                for j in 0..G {
+                    for c in 0..4 {
+                        acc[j][c] = vfmaq_f32(acc[j][c], w[c], load4(&cq[j][i + c]));
+                    }
+                }
+                i += 4;
+            }
+            while i < chunks {
+                let w = half4(&cr[i]);
+                for j in 0..G {
+                    acc[j][0] = vfmaq_f32(acc[j][0], w, load4(&cq[j][i]));
+                }
+                i += 1;
+            }
+            for j in 0..G {
+                let [a0, a1, a2, a3] = acc[j];
+                let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+                for (x, y) in tr.iter().zip(&qs[j][4 * chunks..]) {
+                    s += f16_bits_to_f32_fast(x.to_bits()) * y;
+                }
+                out[(j0 + j) * h.ld + p] = s;
+            }
+        }
+    }
+
+    /// Adds `w[j * ld + p]` times cached value `p` to row `j` of `out`, for
+    /// every position in order: [`axpy_f16`] applied row by row, bit for
+    /// bit (the same fused multiply-add per element and position, and its
+    /// unfused tail). Each value is widened once for up to four rows, whose
+    /// sums stay in registers sixteen elements at a time across positions.
+    ///
+    /// # Safety
+    /// The CPU must support NEON. `h` is [`Heads::values`] of the slices.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, h: Heads) {
+        let mut j = 0;
+        while j < h.g {
+            let take = (h.g - j).min(4);
+            match take {
+                1 => value_pass::<1>(out, w, v, stride, h, j),
+                2 => value_pass::<2>(out, w, v, stride, h, j),
+                3 => value_pass::<3>(out, w, v, stride, h, j),
+                _ => value_pass::<4>(out, w, v, stride, h, j),
+            }
+            j += take;
+        }
+    }
+
+    /// Rows `j0..j0 + G` of [`value_sum_f16`].
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn value_pass<const G: usize>(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        h: Heads,
+        j0: usize,
+    ) {
+        let (hd, body) = (h.hd, h.hd / 4 * 4);
+        let mut c0 = 0;
+        while c0 < body {
+            match (body - c0) / 4 {
+                1 => value_panel::<G, 1>(out, w, v, stride, h, j0, c0),
+                2 => value_panel::<G, 2>(out, w, v, stride, h, j0, c0),
+                3 => value_panel::<G, 3>(out, w, v, stride, h, j0, c0),
+                _ => value_panel::<G, 4>(out, w, v, stride, h, j0, c0),
+            }
+            c0 += 16;
+        }
+        // The tail elements, as `axpy_f16`'s scalar tail.
+        for e in body..hd {
+            for p in 0..h.n {
+                let x = f16_bits_to_f32_fast(v[p * stride + e].to_bits());
+                for j in j0..j0 + G {
+                    out[j * hd + e] += w[j * h.ld + p] * x;
+                }
+            }
+        }
+    }
+
+    /// Elements `c0..c0 + 4 * M` of rows `j0..j0 + G` of [`value_sum_f16`].
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn value_panel<const G: usize, const M: usize>(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+        h: Heads,
+        j0: usize,
+        c0: usize,
+    ) {
+        let hd = h.hd;
+        let row = |j: usize, c: usize| (j0 + j) * hd + c0 + 4 * c;
+        let mut acc: [[float32x4_t; M]; G] = core::array::from_fn(|j| {
+            core::array::from_fn(|c| load4(out[row(j, c)..row(j, c) + 4].try_into().unwrap()))
+        });
+        for p in 0..h.n {
+            let at = p * stride + c0;
+            let cv = v[at..at + 4 * M].as_chunks::<4>().0;
+            let x: [float32x4_t; M] = core::array::from_fn(|c| half4(&cv[c]));
+            for j in 0..G {
+                let a = w[(j0 + j) * h.ld + p];
+                for c in 0..M {
+                    acc[j][c] = vfmaq_n_f32(acc[j][c], x[c], a);
+                }
+            }
+        }
+        for j in 0..G {
+            for c in 0..M {
+                let o = &mut out[row(j, c)..row(j, c) + 4];
+                // SAFETY: four writable floats at `o`.
+                unsafe { vst1q_f32(o.as_mut_ptr(), acc[j][c]) };
+            }
         }
     }
 

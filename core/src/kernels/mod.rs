@@ -405,6 +405,46 @@ pub type KeyDotsF16Fn = fn(&[f32], usize, &[f16], usize, &mut [f32], usize);
 /// value once for all `g` rows.
 pub type ValueSumF16Fn = fn(&mut [f32], usize, &[f32], &[f16], usize);
 
+/// A grouped attention call's shape: `g` query heads of `hd` elements,
+/// `n` positions, score (or weight) rows `ld` apart.
+#[derive(Clone, Copy)]
+#[allow(dead_code)] // Only the SIMD tables take grouped calls whole.
+pub(crate) struct Heads {
+    pub g: usize,
+    pub hd: usize,
+    pub n: usize,
+    pub ld: usize,
+}
+
+#[allow(dead_code)] // Only the SIMD tables take grouped calls whole.
+impl Heads {
+    /// A [`KeyDotsF16Fn`] call's shape: `n` is the positions `k` holds and
+    /// `out` has room for, so `k` holds `n` rows of `hd` halves every
+    /// `stride`, `q` holds `g * hd` floats and `out` `(g - 1) * ld + n`.
+    pub(crate) fn keys(
+        q: &[f32],
+        g: usize,
+        k: &[f16],
+        stride: usize,
+        out: &[f32],
+        ld: usize,
+    ) -> Heads {
+        let g = g.max(1);
+        let hd = q.len() / g;
+        let n = group_positions(k.len(), hd, stride, g, ld, out.len());
+        Heads { g, hd, n, ld }
+    }
+
+    /// A [`ValueSumF16Fn`] call's shape: `v` holds `n` rows of `hd` halves
+    /// every `stride`, `out` holds `g * hd` floats and `w` `g * ld`.
+    pub(crate) fn values(out: &[f32], g: usize, w: &[f32], v: &[f16], stride: usize) -> Heads {
+        let g = g.max(1);
+        let (hd, ld) = (out.len() / g, w.len() / g);
+        let n = strided_rows(v.len(), hd, stride).min(ld);
+        Heads { g, hd, n, ld }
+    }
+}
+
 /// Positions a grouped attention kernel covers: the fewest of the rows of
 /// `hd` every `stride` in a cache view of `len` elements, `ld`, and the
 /// positions the last of `g` rows `ld` apart finds in `out_len`.

@@ -1348,45 +1348,7 @@ pub(super) mod imp {
         }
     }
 
-    /// A grouped attention call's shape: `g` query heads of `hd` elements,
-    /// `n` positions, score (or weight) rows `ld` apart.
-    #[derive(Clone, Copy)]
-    pub struct Heads {
-        pub g: usize,
-        pub hd: usize,
-        pub n: usize,
-        pub ld: usize,
-    }
-
-    impl Heads {
-        /// A [`super::super::KeyDotsF16Fn`] call's shape: `n` is the
-        /// positions `k` holds and `out` has room for, so `k` holds `n`
-        /// rows of `hd` halves every `stride`, `q` holds `g * hd` floats and
-        /// `out` `(g - 1) * ld + n`.
-        pub(crate) fn keys(
-            q: &[f32],
-            g: usize,
-            k: &[f16],
-            stride: usize,
-            out: &[f32],
-            ld: usize,
-        ) -> Heads {
-            let g = g.max(1);
-            let hd = q.len() / g;
-            let n = super::super::group_positions(k.len(), hd, stride, g, ld, out.len());
-            Heads { g, hd, n, ld }
-        }
-
-        /// A [`super::super::ValueSumF16Fn`] call's shape: `v` holds `n`
-        /// rows of `hd` halves every `stride`, `out` holds `g * hd` floats
-        /// and `w` `g * ld`.
-        pub(crate) fn values(out: &[f32], g: usize, w: &[f32], v: &[f16], stride: usize) -> Heads {
-            let g = g.max(1);
-            let (hd, ld) = (out.len() / g, w.len() / g);
-            let n = super::super::strided_rows(v.len(), hd, stride).min(ld);
-            Heads { g, hd, n, ld }
-        }
-    }
+    pub(crate) use super::super::Heads;
 
     /// How many of the `left` query heads still to go one pass takes: three
     /// at most (their accumulators share sixteen registers with the widened
