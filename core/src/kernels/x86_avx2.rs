@@ -315,87 +315,54 @@ macro_rules! q16_kernels {
             x8_tokens!(x41_group, w, x, n, out, ld);
         }
 
-        /// `T` tokens against every interleaved Q4_1 group of `w`.
+        /// The interleaved kernels' walk: `T` tokens against every group of
+        /// eight rows of `w`, block by block. `dots(block, tokens, chains,
+        /// sums)` adds each token's exact integer pair dots with the block
+        /// into its `chains` integer accumulators (integer sums: how they are
+        /// split changes no bit); `scales(block)` gives the eight rows' scales
+        /// and, with `MIN` (Q4_1), their minimums. Each row's lane then adds
+        /// the reference's `(d · xd) · dot` (plus `m · sum`) for the block,
+        /// in block order. `LINES` is the block's cache lines, each asked
+        /// for `X8_PREFETCH` bytes ahead.
         #[target_feature(enable = $feat)]
         #[inline]
-        fn x41_group<const T: usize>(
-            w: &[BlockQ4_1x8],
+        #[allow(clippy::too_many_arguments)]
+        fn x8_walk<B, const T: usize, const LINES: usize, const MIN: bool>(
+            w: &[B],
             x: &[BlockQ16],
             nb: usize,
             groups: usize,
             out: &mut [f32],
             ld: usize,
+            dots: impl Fn(&B, &[&BlockQ16; T], usize, &mut [[__m256i; 8]; T]),
+            scales: impl Fn(&B) -> (__m256, __m256),
         ) {
             assert!(x.len() >= T * nb && w.len() >= groups * nb);
             assert!(groups == 0 || (ld >= 8 * groups && out.len() >= (T - 1) * ld + 8 * groups));
-            // Integer chains per token, as in `x8_group` (integer sums: the
-            // split changes no bit).
+            // Integer chains per token: a block's pair dots would be one
+            // dependent chain, so the `$regs` integer accumulators are
+            // shared out, more per token when there are fewer tokens.
             let chains = ({ $regs } / T).clamp(1, 8);
             let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
-            let low = _mm256_set1_epi16(0x0f);
             for g in 0..groups {
                 let gp = w[g * nb..].as_ptr();
                 let mut acc = [_mm256_setzero_ps(); T];
                 for b in 0..nb {
                     // SAFETY: b < nb, and group g has nb blocks (asserted).
                     let blk = unsafe { &*gp.add(b) };
-                    // Every cache line of the 160-byte block, PREFETCH
-                    // bytes ahead (prefetch never faults).
-                    let ahead = (blk as *const BlockQ4_1x8)
-                        .cast::<i8>()
-                        .wrapping_add(X8_PREFETCH);
-                    for line in 0..3 {
+                    // Every cache line of the block, X8_PREFETCH bytes ahead
+                    // (prefetch never faults).
+                    let ahead = (blk as *const B).cast::<i8>().wrapping_add(X8_PREFETCH);
+                    for line in 0..LINES {
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
                     }
-                    let mut i = [[_mm256_setzero_si256(); 8]; T];
                     let xs: [&BlockQ16; T] = core::array::from_fn(|t| {
                         // SAFETY: b < nb, and token t has nb blocks (asserted).
                         unsafe { &*xp[t].add(b) }
                     });
-                    // Byte pair `k` of every row: low nibbles are pair `k`
-                    // of the block's elements, high nibbles pair `k + 8`.
-                    macro_rules! pair {
-                        ($k:literal) => {{
-                            // SAFETY: sixteen bytes of the block at 16 * k < 128.
-                            let q = unsafe { &*blk.qs.as_ptr().add(16 * $k).cast::<[u8; 16]>() };
-                            let v = _mm256_cvtepu8_epi16(bytes16(q));
-                            let lo = _mm256_and_si256(v, low);
-                            let hi = _mm256_srli_epi16::<4>(v);
-                            for t in 0..T {
-                                // SAFETY: quants 2k, 2k + 1 and 2k + 16, 2k + 17
-                                // (k < 8) of a 32-quant block, each pair read as
-                                // one unaligned i32.
-                                let (pl, ph) = unsafe {
-                                    let p = xs[t].qs.as_ptr();
-                                    (
-                                        p.add(2 * $k).cast::<i32>().read_unaligned(),
-                                        p.add(2 * $k + 16).cast::<i32>().read_unaligned(),
-                                    )
-                                };
-                                let c = (2 * $k) % chains;
-                                i[t][c] = $acc(i[t][c], lo, _mm256_set1_epi32(pl));
-                                let c = (2 * $k + 1) % chains;
-                                i[t][c] = $acc(i[t][c], hi, _mm256_set1_epi32(ph));
-                            }
-                        }};
-                    }
-                    pair!(0);
-                    pair!(1);
-                    pair!(2);
-                    pair!(3);
-                    pair!(4);
-                    pair!(5);
-                    pair!(6);
-                    pair!(7);
-                    // SAFETY: the eight f16 scales and minimums are sixteen
-                    // bytes each.
-                    let (d, m) = unsafe {
-                        (
-                            &*blk.d.as_ptr().cast::<[u8; 16]>(),
-                            &*blk.m.as_ptr().cast::<[u8; 16]>(),
-                        )
-                    };
-                    let (dv, mv) = (_mm256_cvtph_ps(bytes16(d)), _mm256_cvtph_ps(bytes16(m)));
+                    let mut i = [[_mm256_setzero_si256(); 8]; T];
+                    dots(blk, &xs, chains, &mut i);
+                    let (dv, mv) = scales(blk);
                     for t in 0..T {
                         let xb = xs[t];
                         let [c0, c1, c2, c3, c4, c5, c6, c7] = i[t];
@@ -403,12 +370,12 @@ macro_rules! q16_kernels {
                             _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
                             _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)),
                         );
-                        // The reference's (d * xd) * dot + m * sum, then the add.
+                        // The reference's (d * xd) * dot (+ m * sum), then the add.
                         let sd = _mm256_mul_ps(dv, _mm256_set1_ps(xb.d));
-                        let term = _mm256_add_ps(
-                            _mm256_mul_ps(sd, _mm256_cvtepi32_ps(s)),
-                            _mm256_mul_ps(mv, _mm256_set1_ps(xb.sum)),
-                        );
+                        let mut term = _mm256_mul_ps(sd, _mm256_cvtepi32_ps(s));
+                        if MIN {
+                            term = _mm256_add_ps(term, _mm256_mul_ps(mv, _mm256_set1_ps(xb.sum)));
+                        }
                         acc[t] = _mm256_add_ps(acc[t], term);
                     }
                 }
@@ -420,7 +387,75 @@ macro_rules! q16_kernels {
             }
         }
 
-        /// `T` tokens against every interleaved group of `w`.
+        /// `T` tokens against every interleaved Q4_1 group of `w` (160-byte
+        /// blocks: three lines).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn x41_group<const T: usize>(
+            w: &[BlockQ4_1x8],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let low = _mm256_set1_epi16(0x0f);
+            let dots = |blk: &BlockQ4_1x8,
+                        xs: &[&BlockQ16; T],
+                        chains: usize,
+                        i: &mut [[__m256i; 8]; T]| {
+                // Byte pair `k` of every row: low nibbles are pair `k` of
+                // the block's elements, high nibbles pair `k + 8`.
+                macro_rules! pair {
+                    ($k:literal) => {{
+                        // SAFETY: sixteen bytes of the block at 16 * k < 128.
+                        let q = unsafe { &*blk.qs.as_ptr().add(16 * $k).cast::<[u8; 16]>() };
+                        let v = _mm256_cvtepu8_epi16(bytes16(q));
+                        let lo = _mm256_and_si256(v, low);
+                        let hi = _mm256_srli_epi16::<4>(v);
+                        for t in 0..T {
+                            // SAFETY: quants 2k, 2k + 1 and 2k + 16, 2k + 17
+                            // (k < 8) of a 32-quant block, each pair read as
+                            // one unaligned i32.
+                            let (pl, ph) = unsafe {
+                                let p = xs[t].qs.as_ptr();
+                                (
+                                    p.add(2 * $k).cast::<i32>().read_unaligned(),
+                                    p.add(2 * $k + 16).cast::<i32>().read_unaligned(),
+                                )
+                            };
+                            let c = (2 * $k) % chains;
+                            i[t][c] = $acc(i[t][c], lo, _mm256_set1_epi32(pl));
+                            let c = (2 * $k + 1) % chains;
+                            i[t][c] = $acc(i[t][c], hi, _mm256_set1_epi32(ph));
+                        }
+                    }};
+                }
+                pair!(0);
+                pair!(1);
+                pair!(2);
+                pair!(3);
+                pair!(4);
+                pair!(5);
+                pair!(6);
+                pair!(7);
+            };
+            let scales = |blk: &BlockQ4_1x8| {
+                // SAFETY: the eight f16 scales and minimums are sixteen
+                // bytes each.
+                let (d, m) = unsafe {
+                    (
+                        &*blk.d.as_ptr().cast::<[u8; 16]>(),
+                        &*blk.m.as_ptr().cast::<[u8; 16]>(),
+                    )
+                };
+                (_mm256_cvtph_ps(bytes16(d)), _mm256_cvtph_ps(bytes16(m)))
+            };
+            x8_walk::<_, T, 3, true>(w, x, nb, groups, out, ld, dots, scales);
+        }
+
+        /// `T` tokens against every interleaved Q8_0 group of `w` (272-byte
+        /// blocks: five lines).
         #[target_feature(enable = $feat)]
         #[inline]
         fn x8_group<const T: usize>(
@@ -431,89 +466,52 @@ macro_rules! q16_kernels {
             out: &mut [f32],
             ld: usize,
         ) {
-            assert!(x.len() >= T * nb && w.len() >= groups * nb);
-            assert!(groups == 0 || (ld >= 8 * groups && out.len() >= (T - 1) * ld + 8 * groups));
-            // Integer chains per token: a block's sixteen pair dots would be
-            // one dependent chain, so the `$regs` integer accumulators are
-            // shared out, more per token when there are fewer tokens
-            // (integer sums: the split changes no bit).
-            let chains = ({ $regs } / T).clamp(1, 8);
-            let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
-            for g in 0..groups {
-                let gp = w[g * nb..].as_ptr();
-                let mut acc = [_mm256_setzero_ps(); T];
-                for b in 0..nb {
-                    // SAFETY: b < nb, and group g has nb blocks (asserted).
-                    let blk = unsafe { &*gp.add(b) };
-                    // Ask for the weights PREFETCH bytes ahead, every cache line
-                    // of the 272-byte block (prefetch never faults).
-                    let ahead = (blk as *const BlockQ8_0x8)
-                        .cast::<i8>()
-                        .wrapping_add(X8_PREFETCH);
-                    for line in 0..5 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
-                    }
-                    let mut i = [[_mm256_setzero_si256(); 8]; T];
-                    let xs: [&BlockQ16; T] = core::array::from_fn(|t| {
-                        // SAFETY: b < nb, and token t has nb blocks (asserted).
-                        unsafe { &*xp[t].add(b) }
-                    });
-                    // Pair `k` of every row against pair `k` of each token;
-                    // written out sixteen times so every index is a constant
-                    // and the chains stay in registers.
-                    macro_rules! pair {
-                        ($k:literal) => {{
-                            // SAFETY: sixteen bytes of the block at 16 * k < 256.
-                            let q = unsafe { &*blk.qs.as_ptr().add(16 * $k).cast::<[u8; 16]>() };
-                            let wk = _mm256_cvtepi8_epi16(bytes16(q));
-                            for t in 0..T {
-                                // SAFETY: quants 2k and 2k + 1 (k < 16) of a
-                                // 32-quant block, read as one unaligned i32.
-                                let pair = unsafe {
-                                    xs[t].qs.as_ptr().add(2 * $k).cast::<i32>().read_unaligned()
-                                };
-                                let c = $k % chains;
-                                i[t][c] = $acc(i[t][c], wk, _mm256_set1_epi32(pair));
-                            }
-                        }};
-                    }
-                    pair!(0);
-                    pair!(1);
-                    pair!(2);
-                    pair!(3);
-                    pair!(4);
-                    pair!(5);
-                    pair!(6);
-                    pair!(7);
-                    pair!(8);
-                    pair!(9);
-                    pair!(10);
-                    pair!(11);
-                    pair!(12);
-                    pair!(13);
-                    pair!(14);
-                    pair!(15);
-                    // SAFETY: the eight f16 scales are sixteen bytes.
-                    let d = unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() };
-                    let sv = _mm256_cvtph_ps(bytes16(d));
-                    for t in 0..T {
-                        let xb = xs[t];
-                        let [c0, c1, c2, c3, c4, c5, c6, c7] = i[t];
-                        let s = _mm256_add_epi32(
-                            _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
-                            _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)),
-                        );
-                        // The reference's (scale * scale) * dot, then the add.
-                        let sd = _mm256_mul_ps(sv, _mm256_set1_ps(xb.d));
-                        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(sd, _mm256_cvtepi32_ps(s)));
-                    }
+            let dots = |blk: &BlockQ8_0x8,
+                        xs: &[&BlockQ16; T],
+                        chains: usize,
+                        i: &mut [[__m256i; 8]; T]| {
+                // Pair `k` of every row against pair `k` of each token;
+                // written out sixteen times so every index is a constant
+                // and the chains stay in registers.
+                macro_rules! pair {
+                    ($k:literal) => {{
+                        // SAFETY: sixteen bytes of the block at 16 * k < 256.
+                        let q = unsafe { &*blk.qs.as_ptr().add(16 * $k).cast::<[u8; 16]>() };
+                        let wk = _mm256_cvtepi8_epi16(bytes16(q));
+                        for t in 0..T {
+                            // SAFETY: quants 2k and 2k + 1 (k < 16) of a
+                            // 32-quant block, read as one unaligned i32.
+                            let pair = unsafe {
+                                xs[t].qs.as_ptr().add(2 * $k).cast::<i32>().read_unaligned()
+                            };
+                            let c = $k % chains;
+                            i[t][c] = $acc(i[t][c], wk, _mm256_set1_epi32(pair));
+                        }
+                    }};
                 }
-                for t in 0..T {
-                    let o = &mut out[t * ld + 8 * g..t * ld + 8 * g + 8];
-                    // SAFETY: eight floats in `o`; storeu is unaligned.
-                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
-                }
-            }
+                pair!(0);
+                pair!(1);
+                pair!(2);
+                pair!(3);
+                pair!(4);
+                pair!(5);
+                pair!(6);
+                pair!(7);
+                pair!(8);
+                pair!(9);
+                pair!(10);
+                pair!(11);
+                pair!(12);
+                pair!(13);
+                pair!(14);
+                pair!(15);
+            };
+            let scales = |blk: &BlockQ8_0x8| {
+                // SAFETY: the eight f16 scales are sixteen bytes.
+                let d = unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() };
+                (_mm256_cvtph_ps(bytes16(d)), _mm256_setzero_ps())
+            };
+            x8_walk::<_, T, 5, false>(w, x, nb, groups, out, ld, dots, scales);
         }
 
         /// # Safety
