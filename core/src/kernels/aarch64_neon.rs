@@ -354,6 +354,25 @@ mod imp {
         }
     }
 
+    /// `$pass::<G>(args.., j)` over the `g` query heads in passes of up to
+    /// four (`j` the pass's first head).
+    macro_rules! in_fours {
+        ($g:expr, $pass:ident($($arg:expr),*)) => {{
+            let g = $g;
+            let mut j = 0;
+            while j < g {
+                let take = (g - j).min(4);
+                match take {
+                    1 => $pass::<1>($($arg,)* j),
+                    2 => $pass::<2>($($arg,)* j),
+                    3 => $pass::<3>($($arg,)* j),
+                    _ => $pass::<4>($($arg,)* j),
+                }
+                j += take;
+            }
+        }};
+    }
+
     /// `out[j * ld + p]` = [`dot_f16`] of cached key `p` (at `p * stride`)
     /// with query `j`. Each key is widened once for up to four queries, and
     /// each (key, query) pair keeps `dot_plain`'s four accumulators, order
@@ -363,17 +382,7 @@ mod imp {
     /// The CPU must support NEON. `h` is [`Heads::keys`] of the slices.
     #[target_feature(enable = "neon")]
     pub unsafe fn key_dots_f16(q: &[f32], k: &[f16], stride: usize, out: &mut [f32], h: Heads) {
-        let mut j = 0;
-        while j < h.g {
-            let take = (h.g - j).min(4);
-            match take {
-                1 => key_pass::<1>(q, k, stride, out, h, j),
-                2 => key_pass::<2>(q, k, stride, out, h, j),
-                3 => key_pass::<3>(q, k, stride, out, h, j),
-                _ => key_pass::<4>(q, k, stride, out, h, j),
-            }
-            j += take;
-        }
+        in_fours!(h.g, key_pass(q, k, stride, out, h));
     }
 
     /// Queries `j0..j0 + G` of [`key_dots_f16`].
@@ -432,17 +441,7 @@ mod imp {
     /// The CPU must support NEON. `h` is [`Heads::values`] of the slices.
     #[target_feature(enable = "neon")]
     pub unsafe fn value_sum_f16(out: &mut [f32], w: &[f32], v: &[f16], stride: usize, h: Heads) {
-        let mut j = 0;
-        while j < h.g {
-            let take = (h.g - j).min(4);
-            match take {
-                1 => value_pass::<1>(out, w, v, stride, h, j),
-                2 => value_pass::<2>(out, w, v, stride, h, j),
-                3 => value_pass::<3>(out, w, v, stride, h, j),
-                _ => value_pass::<4>(out, w, v, stride, h, j),
-            }
-            j += take;
-        }
+        in_fours!(h.g, value_pass(out, w, v, stride, h));
     }
 
     /// Rows `j0..j0 + G` of [`value_sum_f16`].
