@@ -47,9 +47,7 @@ fn main() -> Result<()> {
     );
     for kib in [usize::MAX, 4096, 1728, 648, 216] {
         let step = (kib.saturating_mul(1024) / (2 * COLS)).clamp(16, rows);
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let t = Instant::now();
+        let best = best_gb_s(rows * COLS * 2, || {
             let mut r = 0;
             while r < rows {
                 let n = step.min(rows - r);
@@ -69,8 +67,7 @@ fn main() -> Result<()> {
                 );
                 r += n;
             }
-            best = best.max((rows * COLS * 2) as f64 / t.elapsed().as_secs_f64() / 1e9);
-        }
+        });
         let label = if kib == usize::MAX {
             "one step".to_string()
         } else {
@@ -86,9 +83,7 @@ fn main() -> Result<()> {
     for kib in [1728, 648, 216] {
         // Each worker's share of a step.
         let share = (kib * 1024 / (2 * COLS) / threads).max(1);
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let t = Instant::now();
+        let best = best_gb_s(per * threads * COLS * 2, || {
             let mut r = 0;
             while r < per {
                 let n = share.min(per - r);
@@ -99,9 +94,19 @@ fn main() -> Result<()> {
                 });
                 r += n;
             }
-            best = best.max((per * threads * COLS * 2) as f64 / t.elapsed().as_secs_f64() / 1e9);
-        }
+        });
         println!("{kib} KiB steps, each worker's shares contiguous: {best:.1} GB/s");
     }
     Ok(())
+}
+
+/// The best of three timed passes of `pass`, each reading `bytes`, in GB/s.
+fn best_gb_s(bytes: usize, mut pass: impl FnMut()) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            pass();
+            bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
 }
