@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
                     cols: COLS,
                     data,
                     packed: Packed::None,
+                    pieces: ember_core::kernels::Pieces::NONE,
                 };
                 g.throughput(Throughput::Bytes(m.n_bytes() as u64));
                 g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {

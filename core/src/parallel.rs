@@ -32,24 +32,49 @@ const HALF: u32 = usize::BITS / 2;
 
 /// Hands out units `0..n` of work as ranges. Where the target has atomics,
 /// worker `i` of `w` owns the run `i * n / w .. (i + 1) * n / w` and takes
-/// it from the front, in pieces that shrink as the run does. A worker whose
-/// run is empty takes the back half of the largest run left (which becomes
-/// its own run). So a worker reads its rows of a matrix as one stream (its
-/// prefetches run on into its next piece), a helper never takes what an
-/// owner has already asked the memory for, a slower or busier core ends up
-/// with less, and the workers finish within a small piece of each other.
-/// Without atomics worker `i` takes units `i, i + w, ...`. Each unit goes to
-/// exactly one worker either way.
+/// it from the front: all at once ([`Take::Whole`]) or in pieces that
+/// shrink as the run does ([`Take::Pieces`]). A worker whose run is empty
+/// takes the back half of the largest run left (which becomes its own run).
+/// So a worker reads its rows of a matrix as one stream (its prefetches run
+/// on into its next piece), a helper never takes what an owner has already
+/// asked the memory for, and a worker that starts late (a helper waking
+/// from sleep) or runs slower ends up with less. Without atomics worker `i`
+/// takes units `i, i + w, ...`. Each unit goes to exactly one worker either
+/// way.
 struct Dispenser {
     n: usize,
     #[cfg(target_has_atomic = "ptr")]
     w: usize,
+    #[cfg(target_has_atomic = "ptr")]
+    take: Take,
     /// Each worker's run still to go, `front << HALF | end` (only the first
     /// word, a plain counter, when there are more than `OWN_RUNS` workers or
     /// `n` does not fit a half).
     #[cfg(target_has_atomic = "ptr")]
-    runs: [AtomicUsize; OWN_RUNS],
+    runs: [Line; OWN_RUNS],
 }
+
+/// How an owner takes its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// In one piece: what decode's memory-bound steps want (one call of the
+    /// row kernel per output, no word touched mid-step). On this project's
+    /// 2-core host, one token at two threads ran 5-8% faster than in
+    /// pieces, in the host's faster memory state, and the same in its
+    /// slower one.
+    Whole,
+    /// A quarter of what is left at a time, so an idle worker can take over
+    /// the rest: what prefill's compute-bound steps and attention's few,
+    /// uneven tasks want (128-token prefill 1.5% faster than whole runs).
+    Pieces,
+}
+
+/// One run's word on a cache line (two lines: some cores fetch lines in
+/// pairs) of its own, so one worker taking from its run does not take the
+/// line from another taking from its own.
+#[cfg(target_has_atomic = "ptr")]
+#[repr(align(128))]
+struct Line(AtomicUsize);
 
 #[cfg(target_has_atomic = "ptr")]
 fn pack(lo: usize, hi: usize) -> usize {
@@ -62,25 +87,26 @@ fn unpack(v: usize) -> (usize, usize) {
 }
 
 impl Dispenser {
-    fn new(n: usize, w: usize) -> Self {
+    fn new(n: usize, w: usize, take: Take) -> Self {
         #[cfg(target_has_atomic = "ptr")]
         {
             let w = w.max(1);
             let d = Dispenser {
                 n,
                 w,
-                runs: [const { AtomicUsize::new(0) }; OWN_RUNS],
+                take,
+                runs: [const { Line(AtomicUsize::new(0)) }; OWN_RUNS],
             };
             if d.own_runs() {
                 for (i, c) in d.runs.iter().enumerate().take(w) {
-                    c.store(pack(d.start(i), d.start(i + 1)), Ordering::Relaxed);
+                    c.0.store(pack(d.start(i), d.start(i + 1)), Ordering::Relaxed);
                 }
             }
             d
         }
         #[cfg(not(target_has_atomic = "ptr"))]
         {
-            let _ = w;
+            let _ = (w, take);
             Dispenser { n }
         }
     }
@@ -94,25 +120,24 @@ impl Dispenser {
     /// The first unit of worker `i`'s run (`n` for `i == w`).
     #[cfg(target_has_atomic = "ptr")]
     fn start(&self, i: usize) -> usize {
-        if i >= self.w {
-            return self.n;
-        }
-        // Widened: n * i fits u128 for any n and i.
-        (self.n as u128 * i as u128 / self.w as u128) as usize
+        run_start(self.n, self.w, i)
     }
 
-    /// The next piece of run `i` from its front: a quarter of what is left
-    /// (at least one unit).
+    /// The next piece of run `i` from its front: all of it ([`Take::Whole`])
+    /// or a quarter of what is left (at least one unit).
     #[cfg(target_has_atomic = "ptr")]
     fn take(&self, i: usize) -> Option<(usize, usize)> {
-        let mut cur = self.runs[i].load(Ordering::Relaxed);
+        let mut cur = self.runs[i].0.load(Ordering::Relaxed);
         loop {
             let (lo, hi) = unpack(cur);
             if lo >= hi {
                 return None;
             }
-            let end = lo + (hi - lo).div_ceil(4);
-            match self.runs[i].compare_exchange_weak(
+            let end = match self.take {
+                Take::Whole => hi,
+                Take::Pieces => lo + (hi - lo).div_ceil(4),
+            };
+            match self.runs[i].0.compare_exchange_weak(
                 cur,
                 pack(end, hi),
                 Ordering::Relaxed,
@@ -131,7 +156,7 @@ impl Dispenser {
         loop {
             let mut best: Option<(usize, usize)> = None;
             for j in (0..self.w).filter(|&j| j != i) {
-                let cur = self.runs[j].load(Ordering::Relaxed);
+                let cur = self.runs[j].0.load(Ordering::Relaxed);
                 let (lo, hi) = unpack(cur);
                 let left = hi.saturating_sub(lo);
                 if left > 0 && best.is_none_or(|(_, c)| left > unpack(c).1 - unpack(c).0) {
@@ -142,6 +167,7 @@ impl Dispenser {
             let (lo, hi) = unpack(cur);
             let mid = lo + (hi - lo) / 2;
             if self.runs[j]
+                .0
                 .compare_exchange(cur, pack(lo, mid), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
@@ -160,7 +186,7 @@ impl Dispenser {
             }
             if !self.own_runs() {
                 loop {
-                    let u = self.runs[0].fetch_add(1, Ordering::Relaxed);
+                    let u = self.runs[0].0.fetch_add(1, Ordering::Relaxed);
                     if u >= self.n {
                         return;
                     }
@@ -177,7 +203,7 @@ impl Dispenser {
                     Some(r) => r,
                     None => return,
                 };
-                self.runs[i].store(pack(lo, hi), Ordering::Relaxed);
+                self.runs[i].0.store(pack(lo, hi), Ordering::Relaxed);
             }
         }
         #[cfg(not(target_has_atomic = "ptr"))]
@@ -188,6 +214,39 @@ impl Dispenser {
                 u += w.max(1);
             }
         }
+    }
+}
+
+/// The first of `n` units in worker `i`'s run of `w` (`n` from `i == w`).
+fn run_start(n: usize, w: usize, i: usize) -> usize {
+    if i >= w {
+        return n;
+    }
+    // Widened: n * i fits u128 for any n and i.
+    (n as u128 * i as u128 / w as u128) as usize
+}
+
+/// The rows each of `w` workers owns when a [`for_rows_multi`] dispatch of
+/// `K` outputs with this `grain` starts: `f(worker, output, first row, end
+/// row)`, in worker order and then row order. A host that lays out each
+/// worker's rows of consecutive steps next to each other (see
+/// [`crate::kernels::Pieces`]) cuts them here, so a worker's reads stay one
+/// stream from step to step. (Rows a worker takes from another's run are
+/// still correct, only not in its stream.)
+pub fn first_runs<const K: usize>(
+    rows: [usize; K],
+    grain: usize,
+    w: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let w = w.max(1);
+    let units = RowUnits::new(rows, grain);
+    for i in 0..w {
+        let (lo, hi) = (
+            run_start(units.total, w, i),
+            run_start(units.total, w, i + 1),
+        );
+        units.each(lo, hi, |j, r0, r1| f(i, j, r0, r1));
     }
 }
 
@@ -357,6 +416,29 @@ impl<'a> TokenRows<'a> {
         self.n
     }
 
+    /// Rows `a..b` of this view (within its range), counted from `base`:
+    /// the returned view's range is `a - base..b - base` and its token `t`
+    /// is this view's rows `a..b` of token `t`. `None` if `a..b` is not
+    /// within the range or `base > a`.
+    pub fn rebased(&mut self, a: usize, b: usize, base: usize) -> Option<TokenRows<'_>> {
+        if a > b || a < self.r0 || b > self.r1 || base > a {
+            return None;
+        }
+        Some(TokenRows {
+            // SAFETY: base <= a <= r1 <= rows, and `new` checked n * rows
+            // <= len (n >= 1 wherever a row is written; with n == 0 no
+            // token is ever made), so `ptr + base` stays within the buffer
+            // or one past it.
+            ptr: unsafe { self.ptr.add(base.min(self.len)) },
+            len: self.len - base.min(self.len),
+            rows: self.rows,
+            r0: a - base,
+            r1: b - base,
+            n: self.n,
+            _buf: PhantomData,
+        })
+    }
+
     /// Token `t`'s rows `r0..r1`.
     pub fn token(&mut self, t: usize) -> &mut [f32] {
         assert!(t < self.n, "token {t} of {}", self.n);
@@ -444,7 +526,10 @@ pub fn for_rows_multi<const K: usize>(
     let outs = outs.map(Shared::new);
     let scratch = Shared::new(scratch);
     let units = RowUnits::new(rows, grain);
-    let runs = Dispenser::new(units.total, w);
+    // One token's rows are a stream of weights: each owner takes its run
+    // whole. More tokens make a step compute-bound: pieces.
+    let take = if n == 1 { Take::Whole } else { Take::Pieces };
+    let runs = Dispenser::new(units.total, w, take);
     par.run(&|i: usize| {
         if i >= w {
             return;
@@ -529,7 +614,7 @@ pub fn for_task_grid(
     }
     let out = Shared::new(out);
     let scratch = Shared::new(scratch);
-    let units = Dispenser::new(tasks, w);
+    let units = Dispenser::new(tasks, w, Take::Pieces);
     par.run(&|i| {
         if i >= w {
             return;
@@ -572,6 +657,76 @@ mod tests {
         }
     }
 
+    /// `first_runs` gives each worker's run as a dispatch starts: every
+    /// row of every output once, whole grains, in worker then row order,
+    /// and what the dispenser hands worker `i` first is the start of its
+    /// run.
+    #[test]
+    fn first_runs_cover_each_row_once() {
+        for rows in [[576, 192, 192], [1, 0, 17], [1536, 1536, 16]] {
+            for w in 1..6 {
+                let mut seen = [[0u8; 1536]; 3];
+                let mut last = (0, 0, 0);
+                first_runs(rows, 16, w, |i, j, r0, r1| {
+                    assert!(r0 < r1 && r1 <= rows[j] && r0 % 16 == 0);
+                    assert!((i, j, r0) >= last, "order");
+                    last = (i, j, r1);
+                    for c in &mut seen[j][r0..r1] {
+                        *c += 1;
+                    }
+                });
+                for j in 0..3 {
+                    assert!(seen[j][..rows[j]].iter().all(|&c| c == 1), "{rows:?} w {w}");
+                }
+                #[cfg(target_has_atomic = "ptr")]
+                {
+                    let units = RowUnits::new(rows, 16);
+                    let d = Dispenser::new(units.total, w, Take::Pieces);
+                    for i in 0..w {
+                        let mut first = None;
+                        first_runs(rows, 16, w, |k, j, r0, _| {
+                            if k == i && first.is_none() {
+                                first = Some((j, r0));
+                            }
+                        });
+                        if let Some((lo, _)) = d.take(i) {
+                            let mut got = None;
+                            units.each(lo, lo + 1, |j, r0, _| got = got.or(Some((j, r0))));
+                            assert_eq!(got, first, "{rows:?} w {w} worker {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A rebased view writes the same memory as the rows it was made from,
+    /// and refuses rows outside its range.
+    #[test]
+    fn rebased_views_write_the_same_rows() {
+        let mut out = [0.0f32; 3 * 10];
+        let mut v = TokenRows::new(&mut out, 3, 10, 2, 9).unwrap();
+        assert!(v.rebased(1, 5, 0).is_none());
+        assert!(v.rebased(3, 10, 0).is_none());
+        assert!(v.rebased(4, 6, 5).is_none());
+        assert!(v.rebased(6, 5, 0).is_none());
+        let mut r = v.rebased(4, 7, 3).unwrap();
+        assert_eq!(r.range(), (1, 4));
+        for t in 0..3 {
+            for (k, o) in r.token(t).iter_mut().enumerate() {
+                *o = (t * 10 + 4 + k) as f32;
+            }
+        }
+        for (i, &o) in out.iter().enumerate() {
+            let want = if (4..7).contains(&(i % 10)) {
+                i as f32
+            } else {
+                0.0
+            };
+            assert_eq!(o, want, "at {i}");
+        }
+    }
+
     /// Real threads, one per worker, started together.
     #[cfg(feature = "std")]
     struct Threads(usize);
@@ -599,29 +754,38 @@ mod tests {
         let reps = if cfg!(miri) { 2 } else { 50 };
         for w in [2usize, 3, 4] {
             for rep in 0..reps {
-                let mut a = [0.0f32; 300];
-                let mut b = [0.0f32; 7];
-                let mut c = [0.0f32; 129];
+                // One token (runs taken whole) and two (in pieces).
+                for n in [1usize, 2] {
+                    let mut a = [0.0f32; 600];
+                    let mut b = [0.0f32; 14];
+                    let mut c = [0.0f32; 258];
+                    let mut scratch = [0.0f32; 4];
+                    assert!(for_rows_multi(
+                        &Threads(w),
+                        [&mut a, &mut b, &mut c],
+                        rows,
+                        n,
+                        2,
+                        &mut scratch,
+                        1,
+                        &|_, p, s| {
+                            // Slower workers, a different one each repetition.
+                            if (s.as_ptr() as usize / 4 + rep).is_multiple_of(3) {
+                                std::thread::yield_now();
+                            }
+                            for t in 0..p.tokens() {
+                                for v in p.token(t).iter_mut() {
+                                    *v += 1.0;
+                                }
+                            }
+                        }
+                    ));
+                    let all = a[..n * 300].iter().chain(&b[..n * 7]).chain(&c[..n * 129]);
+                    assert!(all.clone().all(|&v| v == 1.0), "w {w} n {n}");
+                    let rest = a[n * 300..].iter().chain(&b[n * 7..]).chain(&c[n * 129..]);
+                    assert!(rest.clone().all(|&v| v == 0.0), "w {w} n {n}");
+                }
                 let mut scratch = [0.0f32; 4];
-                assert!(for_rows_multi(
-                    &Threads(w),
-                    [&mut a, &mut b, &mut c],
-                    rows,
-                    1,
-                    2,
-                    &mut scratch,
-                    1,
-                    &|_, p, s| {
-                        // Slower workers, a different one each repetition.
-                        if (s.as_ptr() as usize / 4 + rep).is_multiple_of(3) {
-                            std::thread::yield_now();
-                        }
-                        for v in p.token(0).iter_mut() {
-                            *v += 1.0;
-                        }
-                    }
-                ));
-                assert!(a.iter().chain(&b).chain(&c).all(|&v| v == 1.0), "w {w}");
                 let mut out = [0.0f32; 45];
                 assert!(for_tasks(
                     &Threads(w),

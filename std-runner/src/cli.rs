@@ -142,11 +142,13 @@ pub struct ExecArgs {
     /// of a copy in huge pages (faster decode, one read of the file at start).
     #[arg(long)]
     pub mmap: bool,
-    /// Multiply by the file's Q8_0 and Q4_1 rows as stored instead of an
-    /// interleaved copy (saves the copy's memory, the size of those weights).
-    /// Q8_0 decode gives the same bits either way and its prefill goes back
-    /// to f32 tiles; Q4_1 decode from the file's rows sums each row in two
-    /// chains (within rounding of the copy's reference order).
+    /// Multiply by the file's rows as stored: no interleaved copy of Q8_0
+    /// and Q4_1 matrices, and with several threads no copy of the layers'
+    /// matrices laid out by worker (saves the copy's memory: the size of
+    /// those weights; F16 and F32 layers are copied only with several
+    /// threads). Q8_0 decode gives the same bits either way and its prefill
+    /// goes back to f32 tiles; Q4_1 decode from the file's rows sums each
+    /// row in two chains (within rounding of the copy's reference order).
     #[arg(long)]
     pub no_repack: bool,
 }
@@ -161,14 +163,15 @@ impl ExecArgs {
         crate::pool::thread_count(self.threads)
     }
 
-    /// Interleaved copies of `model`'s Q8_0 and Q4_1 matrices for `kernels`, unless
-    /// `--no-repack` (then none).
+    /// Interleaved copies of `model`'s Q8_0 and Q4_1 matrices for `kernels`,
+    /// and with several threads the layers' matrices laid out by worker,
+    /// unless `--no-repack` (then none).
     pub fn packs(
         &self,
         model: &ember_core::model::Llama,
         kernels: &Kernels,
     ) -> Result<crate::pack::Packs> {
-        crate::pack::Packs::build(model, kernels, !self.no_repack)
+        crate::pack::Packs::build(model, kernels, !self.no_repack, self.threads()?)
     }
 
     /// The model file's bytes.

@@ -541,7 +541,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of packed weights)",
+            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights)",
             shared.model_id,
             a.parallel,
             ctx,

@@ -115,9 +115,9 @@ fn score(ty: GgmlType, file: &str, decode: bool) -> Score {
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
-    // Decode as `ember` runs it: Q8_0 rows interleaved for the packed kernel
-    // where the table has one.
-    let packs = ember_runner::pack::Packs::build(&model, &Kernels::detect(), true).unwrap();
+    // Decode as `ember` runs it on one thread: Q8_0 and Q4_1 rows
+    // interleaved for the packed kernels where the table has them.
+    let packs = ember_runner::pack::Packs::build(&model, &Kernels::detect(), true, 1).unwrap();
     let model = packs.apply(model).unwrap();
     let mut total = Score::default();
     for case in g["cases"].as_array().unwrap() {
@@ -318,10 +318,13 @@ fn detected_kernels_agree_with_scalar() {
 }
 
 /// Splitting a step over several workers changes nothing, bit for bit:
-/// each worker computes whole rows and whole heads in the same order.
+/// each worker computes whole rows and whole heads in the same order. With
+/// several workers `ember` lays the layers' matrices out by worker; those
+/// pieces hold the same numbers, and a model laid out for one number of
+/// workers runs right on another.
 #[test]
 fn workers_give_bitwise_the_same_logits() {
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
         workers_agree(ty);
     }
 }
@@ -332,11 +335,12 @@ fn workers_agree(ty: GgmlType) {
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
-    // Q8_0 decodes through the packed rows, as `ember` runs it.
-    let packs = ember_runner::pack::Packs::build(&model, &Kernels::detect(), true).unwrap();
-    let model = packs.apply(model).unwrap();
     let ids = [6403u32, 1980, 253, 655, 28, 281, 253, 1165, 30, 198];
-    let run = |threads: usize| -> Vec<Vec<f32>> {
+    // Laid out for `layout` workers (packed as `ember` packs), run on `threads`.
+    let run = |layout: usize, threads: usize| -> Vec<Vec<f32>> {
+        let packs =
+            ember_runner::pack::Packs::build(&model, &Kernels::detect(), true, layout).unwrap();
+        let model = packs.apply(model.clone()).unwrap();
         let pool = ember_runner::pool::Pool::new(threads).unwrap();
         let plan =
             MemoryPlan::with_threads(&model.config, KvOptions::dense(32), 8, threads).unwrap();
@@ -351,13 +355,13 @@ fn workers_agree(ty: GgmlType) {
         }
         out
     };
-    let one = run(1);
-    for threads in [2, 3] {
-        let many = run(threads);
+    let one = run(1, 1);
+    for (layout, threads) in [(2, 2), (3, 3), (2, 3), (3, 2), (2, 1)] {
+        let many = run(layout, threads);
         for (t, (a, b)) in one.iter().zip(&many).enumerate() {
             assert!(
                 a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{threads} workers differ at token {t}"
+                "{ty:?} laid out for {layout}, {threads} workers: differs at token {t}"
             );
         }
     }
@@ -379,7 +383,7 @@ fn plan_without_packed_prefill_is_smaller_and_prefills_plain() {
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let plain = Llama::from_gguf(&gguf).unwrap();
-    let packs = ember_runner::pack::Packs::build(&plain, &Kernels::detect(), true).unwrap();
+    let packs = ember_runner::pack::Packs::build(&plain, &Kernels::detect(), true, 2).unwrap();
     let packed = packs.apply(plain.clone()).unwrap();
     let c = &plain.config;
     let full = MemoryPlan::with_threads(c, KvOptions::dense(32), 8, 2).unwrap();

@@ -845,6 +845,7 @@ pub(crate) fn check_q8_0x4(k: &Kernels) {
             cols: nb * 32,
             data: RowData::Q8_0(w),
             packed: Packed::None,
+            pieces: crate::kernels::Pieces::NONE,
         };
         let packed = m.with_packed4(p).unwrap();
         let mut scratch = [0.0f32; Kernels::scratch_len_for(18 * 32, 1, 1)];
@@ -917,6 +918,7 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
         cols: COLS,
         data,
         packed: Packed::None,
+        pieces: crate::kernels::Pieces::NONE,
     };
     let packed = plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap();
     if k.packed_q8_0(&packed) {
@@ -1059,6 +1061,7 @@ fn batched_matmul_matches_one_token_at_a_time() {
                 cols,
                 data,
                 packed: Packed::None,
+                pieces: crate::kernels::Pieces::NONE,
             };
             let mut all = [0.0f32; 5 * 37];
             k.matmul(&m, &x, n, &mut all, &mut scratch).unwrap();
@@ -1127,6 +1130,7 @@ fn int8_activation_matmul_is_the_reference_dot() {
         cols,
         data: RowData::Q8_0(&w),
         packed: Packed::None,
+        pieces: crate::kernels::Pieces::NONE,
     };
     let mut out = [0.0f32; 3 * 7];
     let mut row = [0.0f32; 96];
@@ -1494,6 +1498,7 @@ fn transposed_batches_equal_in_any_chunks() {
             cols,
             data,
             packed: Packed::None,
+            pieces: crate::kernels::Pieces::NONE,
         };
         let mut xt = [0.0f32; 48 * 96];
         k.transpose(&x, n, cols, &mut xt);
@@ -1511,6 +1516,154 @@ fn transposed_batches_equal_in_any_chunks() {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), w.to_bits(), "chunk {chunk}, element {i}");
             }
+        }
+    }
+}
+
+/// A matrix read through [`Pieces`](crate::kernels::Pieces) (its rows cut
+/// into pieces and laid out in another order, packed or as stored) gives
+/// every row bit for bit as the matrix itself does, for every storage type
+/// and packed form, one token or several, over ranges that cross pieces;
+/// and pieces that do not cover the rows exactly, or fall outside their
+/// buffer or its alignment, are refused.
+#[test]
+fn pieces_give_the_same_rows() {
+    use crate::kernels::{Arith, Matrix, Piece, RowData};
+    use crate::quant::{BlockQ4_1x8, BlockQ8_0x8};
+    let (rows, cols, n) = (40usize, 64usize, 3usize);
+    let nb = cols / 32;
+    let mut rng = Rng::new(11);
+    let wf: [f32; 40 * 64] = core::array::from_fn(|_| rng.f32());
+    let x: [f32; 3 * 64] = core::array::from_fn(|_| rng.f32());
+    let mut h = [f16::ZERO; 40 * 64];
+    quant::f16::quantize_row(&wf, &mut h);
+    let mut b8 = [BlockQ8_0::ZERO; 40 * 2];
+    quant::q8_0::quantize_row(&wf, &mut b8);
+    let mut b40 = [BlockQ4_0::ZERO; 40 * 2];
+    quant::q4_0::quantize_row(&wf, &mut b40);
+    let mut b41 = [BlockQ4_1::ZERO; 40 * 2];
+    quant::q4_1::quantize_row(&wf, &mut b41);
+    let mut p8 = [BlockQ8_0x8::ZERO; 5 * 2];
+    quant::q8_0::pack_rows_x8(&b8, nb, &mut p8);
+    let mut p41 = [BlockQ4_1x8::ZERO; 5 * 2];
+    quant::q4_1::pack_rows_x8(&b41, nb, &mut p41);
+    let plain = |data| Matrix {
+        rows,
+        cols,
+        data,
+        packed: Packed::None,
+        pieces: crate::kernels::Pieces::NONE,
+    };
+    // (matrix as a whole, whether its pieces are packed)
+    let cases = [
+        (plain(RowData::F32(&wf)), false),
+        (plain(RowData::F16(&h)), false),
+        (plain(RowData::Q8_0(&b8)), false),
+        (plain(RowData::Q4_0(&b40)), false),
+        (plain(RowData::Q4_1(&b41)), false),
+        (plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap(), true),
+        (
+            plain(RowData::Q4_1(&b41)).with_packed_q4_1(&p41).unwrap(),
+            true,
+        ),
+    ];
+    // Rows 0..16, 16..32 and 32..40, laid out last piece first, each on
+    // its own 64 bytes.
+    let cuts = [(0usize, 16usize), (16, 32), (32, 40)];
+    let mut store = [0.0f32; 40 * 64 + 256];
+    let mut scratch = [0.0f32; Kernels::scratch_len(64, 3)];
+    for (m, packed) in cases {
+        let bytes = quant::as_bytes_mut(&mut store);
+        let mut list = [Piece {
+            lo: 0,
+            rows: 0,
+            at: 0,
+            packed,
+        }; 3];
+        let mut at = 0usize;
+        for (k, &(lo, hi)) in cuts.iter().enumerate().rev() {
+            let src: &[u8] = match (m.data, packed) {
+                (RowData::F32(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
+                (RowData::F16(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
+                (RowData::Q8_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                (RowData::Q4_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                (RowData::Q4_1(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                (RowData::Q8_0(_), true) => quant::as_bytes(&p8[lo / 8 * nb..hi / 8 * nb]),
+                (RowData::Q4_1(_), true) => quant::as_bytes(&p41[lo / 8 * nb..hi / 8 * nb]),
+                _ => unreachable!(),
+            };
+            bytes[at..at + src.len()].copy_from_slice(src);
+            list[k] = Piece {
+                lo,
+                rows: hi - lo,
+                at,
+                packed,
+            };
+            at = (at + src.len()).next_multiple_of(64);
+        }
+        let bytes = &*bytes;
+        let cut = m.with_pieces(bytes, &list).unwrap();
+        for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
+            for arith in [Arith::Decode, Arith::Batch] {
+                for (r0, r1) in [(0, rows), (3, 37), (16, 32), (20, 24)] {
+                    let mut want = [f32::NAN; 3 * 40];
+                    let mut got = [f32::NAN; 3 * 40];
+                    for (mm, out) in [(&m, &mut want), (&cut, &mut got)] {
+                        let mut part =
+                            crate::parallel::TokenRows::new(out, n, rows, r0, r1).unwrap();
+                        k.matmul_part_as(mm, &x, &mut part, &mut scratch, arith)
+                            .unwrap();
+                    }
+                    for i in 0..n * rows {
+                        assert_eq!(
+                            got[i].to_bits(),
+                            want[i].to_bits(),
+                            "{} {:?} packed {packed} {arith:?} rows {r0}..{r1} at {i}",
+                            k.name,
+                            m.ty()
+                        );
+                    }
+                }
+            }
+        }
+        // What the kernels' choices see: the pieces' form.
+        assert_eq!(cut.form().packed8().is_some(), m.packed8().is_some());
+        // Pieces that do not cover the rows in order, or do not fit.
+        let mut bad = list;
+        bad[1].lo = 17;
+        assert!(m.with_pieces(bytes, &bad).is_err(), "gap");
+        let mut bad = list;
+        bad[2].rows = 7;
+        assert!(m.with_pieces(bytes, &bad).is_err(), "short");
+        let mut bad = list;
+        bad[2].rows = 9;
+        assert!(m.with_pieces(bytes, &bad).is_err(), "long");
+        assert!(m.with_pieces(bytes, &list[..2]).is_err(), "missing");
+        assert!(m.with_pieces(bytes, &[]).is_err(), "none");
+        let mut bad = list;
+        bad[0].at = bytes.len() - 8;
+        assert!(m.with_pieces(bytes, &bad).is_err(), "past the buffer");
+        bad[0].at = usize::MAX - 4;
+        assert!(m.with_pieces(bytes, &bad).is_err(), "overflow");
+        if matches!(m.data, RowData::F32(_) | RowData::F16(_)) {
+            // (The block formats are byte arrays: any byte is aligned.)
+            let mut bad = list;
+            bad[0].at += 1;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "misaligned");
+        }
+        let mut bad = list;
+        bad[0].rows = 0;
+        assert!(m.with_pieces(bytes, &bad).is_err(), "empty piece");
+        if packed {
+            let mut odd = [list[0]; 4];
+            odd[0].rows = 4;
+            odd[1] = Piece {
+                lo: 4,
+                rows: 12,
+                ..list[0]
+            };
+            odd[2..].copy_from_slice(&list[1..]);
+            assert!(m.with_pieces(bytes, &odd).is_err(), "packed off a group");
         }
     }
 }

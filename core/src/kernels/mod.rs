@@ -60,6 +60,51 @@ pub struct Matrix<'a> {
     /// A second copy of a Q8_0 matrix's rows, interleaved for a packed
     /// kernel, where one was built ([`Packed`]).
     pub packed: Packed<'a>,
+    /// Another copy of the rows, cut into pieces laid out where a host
+    /// wants them ([`Pieces`]); the kernels read the pieces when there are
+    /// any.
+    pub pieces: Pieces<'a>,
+}
+
+/// A copy of a matrix's rows cut into pieces of consecutive rows, each
+/// anywhere in one buffer: a host with several workers lays each worker's
+/// rows of consecutive decode steps next to each other, so that what a
+/// worker reads stays one stream from step to step. Every piece holds the
+/// same numbers as the rows it copies, so results do not change.
+#[derive(Debug, Clone, Copy)]
+pub struct Pieces<'a> {
+    bytes: &'a [u8],
+    list: &'a [Piece],
+}
+
+/// Rows `lo..lo + rows` of a matrix at byte `at` of a [`Pieces`] buffer:
+/// in the matrix's own format, or (`packed`, Q8_0 and Q4_1 only) as the
+/// piece's whole groups of eight rows interleaved ([`BlockQ8_0x8`],
+/// [`BlockQ4_1x8`]), the rows past the last whole group then read from the
+/// file's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub lo: usize,
+    pub rows: usize,
+    pub at: usize,
+    pub packed: bool,
+}
+
+impl Pieces<'_> {
+    /// No pieces: the kernels read the matrix's own rows.
+    pub const NONE: Pieces<'static> = Pieces {
+        bytes: &[],
+        list: &[],
+    };
+
+    /// The pieces in row order.
+    pub fn list(&self) -> &[Piece] {
+        self.list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
 }
 
 /// A Q8_0 matrix's whole groups of rows, interleaved for a kernel table's
@@ -101,7 +146,141 @@ impl<'a> Matrix<'a> {
             cols,
             data,
             packed: Packed::None,
+            pieces: Pieces::NONE,
         })
+    }
+
+    /// This matrix reading its rows from `list`'s pieces of `bytes`, if the
+    /// pieces cover rows `0..rows` in order, each within `bytes` and
+    /// aligned for its format, packed pieces (Q8_0 and Q4_1 only) starting
+    /// on a group of eight. The matrix keeps its own rows too (the
+    /// embedding lookup and the packed pieces' last rows read them).
+    pub fn with_pieces(self, bytes: &'a [u8], list: &'a [Piece]) -> Result<Matrix<'a>> {
+        let mut next = 0usize;
+        let bad = |found: usize| Error::LengthMismatch {
+            expected: self.rows as u64,
+            found: found as u64,
+        };
+        for p in list {
+            if p.lo != next || p.rows == 0 || (p.packed && p.lo % 8 != 0) {
+                return Err(bad(p.lo));
+            }
+            next = p.lo.checked_add(p.rows).ok_or(bad(usize::MAX))?;
+            if next > self.rows {
+                return Err(bad(next));
+            }
+        }
+        if next != self.rows || list.is_empty() {
+            return Err(bad(next));
+        }
+        let m = Matrix {
+            pieces: Pieces { bytes, list },
+            packed: Packed::None,
+            ..self
+        };
+        for p in list {
+            m.piece(p)?;
+        }
+        Ok(m)
+    }
+
+    /// Piece `p`'s rows as a matrix of its own (`p.rows` rows, no pieces).
+    pub fn piece(&self, p: &Piece) -> Result<Matrix<'a>> {
+        let nb = self.cols / quant::QK;
+        let (lo, hi) = (p.lo, p.lo.saturating_add(p.rows));
+        let short = Error::LengthMismatch {
+            expected: hi as u64,
+            found: self.rows as u64,
+        };
+        fn rows<T>(d: &[T], per: usize, lo: usize, hi: usize) -> Option<&[T]> {
+            d.get(lo.checked_mul(per)?..hi.checked_mul(per)?)
+        }
+        let data = match self.data {
+            RowData::F32(d) => RowData::F32(rows(d, self.cols, lo, hi).ok_or(short)?),
+            RowData::F16(d) => RowData::F16(rows(d, self.cols, lo, hi).ok_or(short)?),
+            RowData::Q8_0(d) => RowData::Q8_0(rows(d, nb, lo, hi).ok_or(short)?),
+            RowData::Q4_0(d) => RowData::Q4_0(rows(d, nb, lo, hi).ok_or(short)?),
+            RowData::Q4_1(d) => RowData::Q4_1(rows(d, nb, lo, hi).ok_or(short)?),
+        };
+        let own = Matrix {
+            rows: p.rows,
+            cols: self.cols,
+            data,
+            packed: Packed::None,
+            pieces: Pieces::NONE,
+        };
+        let span = |len: usize| -> Result<&'a [u8]> {
+            let bytes = self.pieces.bytes;
+            p.at.checked_add(len)
+                .and_then(|end| bytes.get(p.at..end))
+                .ok_or(Error::LengthMismatch {
+                    expected: len as u64,
+                    found: bytes.len().saturating_sub(p.at) as u64,
+                })
+        };
+        if p.packed {
+            let groups = p.rows / 8 * nb;
+            return match data {
+                RowData::Q8_0(_) => {
+                    let len = groups * core::mem::size_of::<BlockQ8_0x8>();
+                    own.with_packed(cast_slice(span(len)?)?)
+                }
+                RowData::Q4_1(_) => {
+                    let len = groups * core::mem::size_of::<BlockQ4_1x8>();
+                    own.with_packed_q4_1(cast_slice(span(len)?)?)
+                }
+                _ => Err(Error::LengthMismatch {
+                    expected: 0,
+                    found: p.rows as u64,
+                }),
+            };
+        }
+        let len = own.n_bytes();
+        let b = span(len)?;
+        let data = match data {
+            RowData::F32(_) => RowData::F32(cast_slice(b)?),
+            RowData::F16(_) => RowData::F16(cast_slice(b)?),
+            RowData::Q8_0(_) => RowData::Q8_0(cast_slice(b)?),
+            RowData::Q4_0(_) => RowData::Q4_0(cast_slice(b)?),
+            RowData::Q4_1(_) => RowData::Q4_1(cast_slice(b)?),
+        };
+        Ok(Matrix { data, ..own })
+    }
+
+    /// The matrix in the form the kernels read it: its first piece's, when
+    /// it has pieces (all of a matrix's pieces have one form).
+    pub fn form(&self) -> Matrix<'a> {
+        match self.pieces.list.first() {
+            Some(p) => self.piece(p).unwrap_or(*self),
+            None => *self,
+        }
+    }
+
+    /// `f(matrix, part)` for each piece that `part`'s rows fall in, with
+    /// the piece as a matrix and the part's rows counted from the piece's
+    /// first; once with `self` and `part` when there are no pieces.
+    fn by_piece(
+        &self,
+        part: &mut TokenRows<'_>,
+        mut f: impl FnMut(&Matrix<'a>, &mut TokenRows<'_>) -> Result<()>,
+    ) -> Result<()> {
+        if self.pieces.is_empty() {
+            return f(self, part);
+        }
+        let (r0, r1) = part.range();
+        for p in self.pieces.list {
+            let (a, b) = (r0.max(p.lo), r1.min(p.lo + p.rows));
+            if a >= b {
+                continue;
+            }
+            let m = self.piece(p)?;
+            let mut sub = part.rebased(a, b, p.lo).ok_or(Error::LengthMismatch {
+                expected: r1 as u64,
+                found: b as u64,
+            })?;
+            f(&m, &mut sub)?;
+        }
+        Ok(())
     }
 
     /// This Q8_0 matrix with its rows also interleaved in groups of eight:
@@ -782,6 +961,9 @@ impl Kernels {
         scratch: &mut [f32],
         arith: Arith,
     ) -> Result<()> {
+        if !w.pieces.is_empty() {
+            return w.by_piece(part, |m, p| self.matmul_part_as(m, x, p, scratch, arith));
+        }
         let (rows, cols) = (w.rows, w.cols);
         let n = part.tokens();
         let (r0, r1) = part.range();
@@ -955,6 +1137,9 @@ impl Kernels {
         scratch: &mut [f32],
     ) -> Result<()> {
         let n = part.tokens();
+        if !w.pieces.is_empty() {
+            return w.by_piece(part, |m, p| self.matmul_part_xt(m, xt, p, scratch));
+        }
         self.part_xt(w, xt, xt_ld(n), (0, n), part, scratch)
     }
 
@@ -1031,6 +1216,9 @@ impl Kernels {
         xq: &[BlockQ8_0],
         part: &mut TokenRows<'_>,
     ) -> Result<()> {
+        if !w.pieces.is_empty() {
+            return w.by_piece(part, |m, p| self.matmul_part_q8(m, xq, p));
+        }
         let nb = w.cols / quant::QK;
         let n = part.tokens();
         let (r0, r1) = part.range();
@@ -1097,6 +1285,7 @@ impl Kernels {
     /// sixteen products per instruction against eight), and every token of
     /// a prompt gets the bits it would get decoded alone.
     pub fn packed_q8_0(&self, w: &Matrix) -> bool {
+        let w = &w.form();
         w.packed8().is_some()
             && matches!(w.data, RowData::Q8_0(_))
             && self.decodes_q16(w)
@@ -1136,6 +1325,9 @@ impl Kernels {
         part: &mut TokenRows<'_>,
         scratch: &mut [f32],
     ) -> Result<()> {
+        if !w.pieces.is_empty() {
+            return w.by_piece(part, |m, p| self.matmul_part_q16(m, xq, p, scratch));
+        }
         if !self.decodes_q16(w) {
             return Err(Error::LengthMismatch {
                 expected: 0,

@@ -382,7 +382,9 @@ impl<'s, 'w> Batch<'s, 'w> {
                 );
             }
 
-            // Q, K, V projections for the whole step.
+            // Q, K, V projections for the whole step. (This function's
+            // hand-offs of a layer's matrices are `weights::LAYER_STEPS`,
+            // by which a host lays out each worker's rows.)
             let qkv = [&lw.attn_q, &lw.attn_k, &lw.attn_v];
             let outs = [&mut *s.q, &mut *s.k, &mut *s.v];
             mm.split(qkv, s.xb, outs, s.row, s.xq, (g, n))?;
@@ -935,6 +937,7 @@ impl Mm<'_> {
                 // matrices prefill through their plain rows.
                 let plain: [Matrix; K] = ws.map(|w| Matrix {
                     packed: crate::kernels::Packed::None,
+                    pieces: crate::kernels::Pieces::NONE,
                     ..*w
                 });
                 let plain: [&Matrix; K] = core::array::from_fn(|j| &plain[j]);

@@ -25,6 +25,12 @@ pub struct LayerWeights<'a> {
     pub ffn_down: Matrix<'a>,    // (dim, ffn_dim)
 }
 
+/// A layer's matrices as a forward step multiplies them, one hand-off to
+/// the workers per group, in order: Q, K and V; the output projection; gate
+/// and up; down. Numbers are positions among the layer's seven in
+/// [`Weights::visit_matrices`] order.
+pub const LAYER_STEPS: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4, 5], &[6]];
+
 /// All of a model's tensors.
 #[derive(Debug, Clone)]
 pub struct Weights<'a> {
@@ -109,6 +115,7 @@ impl<'a> Weights<'a> {
             cols: 0,
             data: crate::kernels::RowData::F32(&[]),
             packed: Packed::None,
+            pieces: crate::kernels::Pieces::NONE,
         };
         Weights {
             token_embd: none,
@@ -154,7 +161,8 @@ impl<'a> Weights<'a> {
 
     /// Calls `f` on every matrix decode multiplies, in a fixed order (the
     /// classifier, then each layer's seven): where packed copies are built
-    /// and then attached, both passes see the same sequence.
+    /// and then attached, both passes see the same sequence. A layer's
+    /// matrices are multiplied in the groups of [`LAYER_STEPS`].
     pub fn visit_matrices<E>(
         &mut self,
         mut f: impl FnMut(&mut Matrix<'a>) -> core::result::Result<(), E>,
