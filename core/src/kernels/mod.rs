@@ -219,14 +219,16 @@ impl<'a> Matrix<'a> {
                 })
         };
         if p.packed {
+            // Within the rows' own size (checked above) times a constant.
             let groups = p.rows / 8 * nb;
+            let len = |block: usize| groups.checked_mul(block).ok_or(short);
             return match data {
                 RowData::Q8_0(_) => {
-                    let len = groups * core::mem::size_of::<BlockQ8_0x8>();
+                    let len = len(core::mem::size_of::<BlockQ8_0x8>())?;
                     own.with_packed(cast_slice(span(len)?)?)
                 }
                 RowData::Q4_1(_) => {
-                    let len = groups * core::mem::size_of::<BlockQ4_1x8>();
+                    let len = len(core::mem::size_of::<BlockQ4_1x8>())?;
                     own.with_packed_q4_1(cast_slice(span(len)?)?)
                 }
                 _ => Err(Error::LengthMismatch {
