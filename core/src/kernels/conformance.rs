@@ -1530,7 +1530,7 @@ fn transposed_batches_equal_in_any_chunks() {
 fn pieces_give_the_same_rows() {
     use crate::kernels::{Arith, Matrix, Piece, RowData};
     use crate::quant::{BlockQ4_1x8, BlockQ8_0x8};
-    let (rows, cols, n) = (40usize, 64usize, 3usize);
+    let (cols, n) = (64usize, 3usize);
     let nb = cols / 32;
     let mut rng = Rng::new(11);
     let wf: [f32; 40 * 64] = core::array::from_fn(|_| rng.f32());
@@ -1543,127 +1543,136 @@ fn pieces_give_the_same_rows() {
     quant::q4_0::quantize_row(&wf, &mut b40);
     let mut b41 = [BlockQ4_1::ZERO; 40 * 2];
     quant::q4_1::quantize_row(&wf, &mut b41);
-    let mut p8 = [BlockQ8_0x8::ZERO; 5 * 2];
-    quant::q8_0::pack_rows_x8(&b8, nb, &mut p8);
-    let mut p41 = [BlockQ4_1x8::ZERO; 5 * 2];
-    quant::q4_1::pack_rows_x8(&b41, nb, &mut p41);
-    let plain = |data| Matrix {
-        rows,
-        cols,
-        data,
-        packed: Packed::None,
-        pieces: crate::kernels::Pieces::NONE,
-    };
-    // (matrix as a whole, whether its pieces are packed)
-    let cases = [
-        (plain(RowData::F32(&wf)), false),
-        (plain(RowData::F16(&h)), false),
-        (plain(RowData::Q8_0(&b8)), false),
-        (plain(RowData::Q4_0(&b40)), false),
-        (plain(RowData::Q4_1(&b41)), false),
-        (plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap(), true),
-        (
-            plain(RowData::Q4_1(&b41)).with_packed_q4_1(&p41).unwrap(),
-            true,
-        ),
-    ];
-    // Rows 0..16, 16..32 and 32..40, laid out last piece first, each on
-    // its own 64 bytes.
-    let cuts = [(0usize, 16usize), (16, 32), (32, 40)];
-    let mut store = [0.0f32; 40 * 64 + 256];
-    let mut scratch = [0.0f32; Kernels::scratch_len(64, 3)];
-    for (m, packed) in cases {
-        let bytes = quant::as_bytes_mut(&mut store);
-        let mut list = [Piece {
-            lo: 0,
-            rows: 0,
-            at: 0,
-            packed,
-        }; 3];
-        let mut at = 0usize;
-        for (k, &(lo, hi)) in cuts.iter().enumerate().rev() {
-            let src: &[u8] = match (m.data, packed) {
-                (RowData::F32(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
-                (RowData::F16(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
-                (RowData::Q8_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
-                (RowData::Q4_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
-                (RowData::Q4_1(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
-                (RowData::Q8_0(_), true) => quant::as_bytes(&p8[lo / 8 * nb..hi / 8 * nb]),
-                (RowData::Q4_1(_), true) => quant::as_bytes(&p41[lo / 8 * nb..hi / 8 * nb]),
-                _ => unreachable!(),
-            };
-            bytes[at..at + src.len()].copy_from_slice(src);
-            list[k] = Piece {
-                lo,
-                rows: hi - lo,
-                at,
+    // 40 rows, and 37: the last piece's rows past its whole groups of
+    // eight (here all of them) come from the file's rows.
+    for rows in [40usize, 37] {
+        let (wf, h) = (&wf[..rows * cols], &h[..rows * cols]);
+        let (b8, b40, b41) = (&b8[..rows * nb], &b40[..rows * nb], &b41[..rows * nb]);
+        let mut p8 = [BlockQ8_0x8::ZERO; 5 * 2];
+        let p8 = &mut p8[..rows / 8 * nb];
+        quant::q8_0::pack_rows_x8(b8, nb, p8);
+        let mut p41 = [BlockQ4_1x8::ZERO; 5 * 2];
+        let p41 = &mut p41[..rows / 8 * nb];
+        quant::q4_1::pack_rows_x8(b41, nb, p41);
+        let (p8, p41) = (&*p8, &*p41);
+        let plain = |data| Matrix {
+            rows,
+            cols,
+            data,
+            packed: Packed::None,
+            pieces: crate::kernels::Pieces::NONE,
+        };
+        // (matrix as a whole, whether its pieces are packed)
+        let cases = [
+            (plain(RowData::F32(wf)), false),
+            (plain(RowData::F16(h)), false),
+            (plain(RowData::Q8_0(b8)), false),
+            (plain(RowData::Q4_0(b40)), false),
+            (plain(RowData::Q4_1(b41)), false),
+            (plain(RowData::Q8_0(b8)).with_packed(p8).unwrap(), true),
+            (
+                plain(RowData::Q4_1(b41)).with_packed_q4_1(p41).unwrap(),
+                true,
+            ),
+        ];
+        // Rows 0..16, 16..32 and 32..rows, laid out last piece first, each on
+        // its own 64 bytes.
+        let cuts = [(0usize, 16usize), (16, 32), (32, rows)];
+        let mut store = [0.0f32; 40 * 64 + 256];
+        let mut scratch = [0.0f32; Kernels::scratch_len(64, 3)];
+        for (m, packed) in cases {
+            let bytes = quant::as_bytes_mut(&mut store);
+            let mut list = [Piece {
+                lo: 0,
+                rows: 0,
+                at: 0,
                 packed,
-            };
-            at = (at + src.len()).next_multiple_of(64);
-        }
-        let bytes = &*bytes;
-        let cut = m.with_pieces(bytes, &list).unwrap();
-        for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
-            for arith in [Arith::Decode, Arith::Batch] {
-                for (r0, r1) in [(0, rows), (3, 37), (16, 32), (20, 24)] {
-                    let mut want = [f32::NAN; 3 * 40];
-                    let mut got = [f32::NAN; 3 * 40];
-                    for (mm, out) in [(&m, &mut want), (&cut, &mut got)] {
-                        let mut part =
-                            crate::parallel::TokenRows::new(out, n, rows, r0, r1).unwrap();
-                        k.matmul_part_as(mm, &x, &mut part, &mut scratch, arith)
-                            .unwrap();
-                    }
-                    for i in 0..n * rows {
-                        assert_eq!(
-                            got[i].to_bits(),
-                            want[i].to_bits(),
-                            "{} {:?} packed {packed} {arith:?} rows {r0}..{r1} at {i}",
-                            k.name,
-                            m.ty()
-                        );
+            }; 3];
+            let mut at = 0usize;
+            for (k, &(lo, hi)) in cuts.iter().enumerate().rev() {
+                let src: &[u8] = match (m.data, packed) {
+                    (RowData::F32(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
+                    (RowData::F16(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
+                    (RowData::Q8_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                    (RowData::Q4_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                    (RowData::Q4_1(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                    (RowData::Q8_0(_), true) => quant::as_bytes(&p8[lo / 8 * nb..hi / 8 * nb]),
+                    (RowData::Q4_1(_), true) => quant::as_bytes(&p41[lo / 8 * nb..hi / 8 * nb]),
+                    _ => unreachable!(),
+                };
+                bytes[at..at + src.len()].copy_from_slice(src);
+                list[k] = Piece {
+                    lo,
+                    rows: hi - lo,
+                    at,
+                    packed,
+                };
+                at = (at + src.len()).next_multiple_of(64);
+            }
+            let bytes = &*bytes;
+            let cut = m.with_pieces(bytes, &list).unwrap();
+            for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
+                for arith in [Arith::Decode, Arith::Batch] {
+                    for (r0, r1) in [(0, rows), (3, 35), (16, 32), (20, 24)] {
+                        let mut want = [f32::NAN; 3 * 40];
+                        let mut got = [f32::NAN; 3 * 40];
+                        for (mm, out) in [(&m, &mut want), (&cut, &mut got)] {
+                            let mut part =
+                                crate::parallel::TokenRows::new(out, n, rows, r0, r1).unwrap();
+                            k.matmul_part_as(mm, &x, &mut part, &mut scratch, arith)
+                                .unwrap();
+                        }
+                        for i in 0..n * rows {
+                            assert_eq!(
+                                got[i].to_bits(),
+                                want[i].to_bits(),
+                                "{} {:?} packed {packed} {arith:?} rows {r0}..{r1} at {i}",
+                                k.name,
+                                m.ty()
+                            );
+                        }
                     }
                 }
             }
-        }
-        // What the kernels' choices see: the pieces' form.
-        assert_eq!(cut.form().packed8().is_some(), m.packed8().is_some());
-        // Pieces that do not cover the rows in order, or do not fit.
-        let mut bad = list;
-        bad[1].lo = 17;
-        assert!(m.with_pieces(bytes, &bad).is_err(), "gap");
-        let mut bad = list;
-        bad[2].rows = 7;
-        assert!(m.with_pieces(bytes, &bad).is_err(), "short");
-        let mut bad = list;
-        bad[2].rows = 9;
-        assert!(m.with_pieces(bytes, &bad).is_err(), "long");
-        assert!(m.with_pieces(bytes, &list[..2]).is_err(), "missing");
-        assert!(m.with_pieces(bytes, &[]).is_err(), "none");
-        let mut bad = list;
-        bad[0].at = bytes.len() - 8;
-        assert!(m.with_pieces(bytes, &bad).is_err(), "past the buffer");
-        bad[0].at = usize::MAX - 4;
-        assert!(m.with_pieces(bytes, &bad).is_err(), "overflow");
-        if matches!(m.data, RowData::F32(_) | RowData::F16(_)) {
-            // (The block formats are byte arrays: any byte is aligned.)
+            // What the kernels' choices see: the pieces' form.
+            assert_eq!(cut.form().packed8().is_some(), m.packed8().is_some());
+            // Pieces that do not cover the rows in order, or do not fit.
             let mut bad = list;
-            bad[0].at += 1;
-            assert!(m.with_pieces(bytes, &bad).is_err(), "misaligned");
-        }
-        let mut bad = list;
-        bad[0].rows = 0;
-        assert!(m.with_pieces(bytes, &bad).is_err(), "empty piece");
-        if packed {
-            let mut odd = [list[0]; 4];
-            odd[0].rows = 4;
-            odd[1] = Piece {
-                lo: 4,
-                rows: 12,
-                ..list[0]
-            };
-            odd[2..].copy_from_slice(&list[1..]);
-            assert!(m.with_pieces(bytes, &odd).is_err(), "packed off a group");
+            bad[1].lo = 17;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "gap");
+            let mut bad = list;
+            bad[2].rows = 7;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "short");
+            let mut bad = list;
+            bad[2].rows = 9;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "long");
+            assert!(m.with_pieces(bytes, &list[..2]).is_err(), "missing");
+            assert!(m.with_pieces(bytes, &[]).is_err(), "none");
+            let mut bad = list;
+            bad[0].at = bytes.len() - 8;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "past the buffer");
+            bad[0].at = usize::MAX - 4;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "overflow");
+            if matches!(m.data, RowData::F32(_) | RowData::F16(_)) {
+                // (The block formats are byte arrays: any byte is aligned.)
+                let mut bad = list;
+                bad[0].at += 1;
+                assert!(m.with_pieces(bytes, &bad).is_err(), "misaligned");
+            }
+            let mut bad = list;
+            bad[0].rows = 0;
+            assert!(m.with_pieces(bytes, &bad).is_err(), "empty piece");
+            if packed {
+                let mut odd = [list[0]; 4];
+                odd[0].rows = 4;
+                odd[1] = Piece {
+                    lo: 4,
+                    rows: 12,
+                    ..list[0]
+                };
+                odd[2..].copy_from_slice(&list[1..]);
+                assert!(m.with_pieces(bytes, &odd).is_err(), "packed off a group");
+            }
         }
     }
 }
