@@ -22,9 +22,7 @@ use ember_core::kernels::{Kernels, Matrix, Piece, RowData};
 use ember_core::model::weights::LAYER_STEPS;
 use ember_core::model::Llama;
 use ember_core::parallel;
-use ember_core::quant::{
-    as_bytes, cast_slice, cast_slice_mut, q4_1, q8_0, BlockQ4_1x8, BlockQ8_0x8, QK,
-};
+use ember_core::quant::{cast_slice, cast_slice_mut, q4_1, q8_0, BlockQ4_1x8, BlockQ8_0x8, QK};
 use memmap2::MmapMut;
 
 use crate::mmap::HUGE;
@@ -91,18 +89,6 @@ fn piece_bytes(m: &Matrix, kind: Option<Kind>, lo: usize, hi: usize) -> usize {
         Some(k) => (hi - lo) / 8 * (m.cols / QK) * k.block(),
         None => m.n_bytes() / m.rows.max(1) * (hi - lo),
     }
-}
-
-/// Rows `lo..hi` of `m` as stored.
-fn row_bytes<'a>(m: &Matrix<'a>, lo: usize, hi: usize) -> Option<&'a [u8]> {
-    let (c, b) = (m.cols, m.cols / QK);
-    Some(match m.data {
-        RowData::F32(d) => as_bytes(d.get(lo * c..hi * c)?),
-        RowData::F16(d) => as_bytes(d.get(lo * c..hi * c)?),
-        RowData::Q8_0(d) => as_bytes(d.get(lo * b..hi * b)?),
-        RowData::Q4_0(d) => as_bytes(d.get(lo * b..hi * b)?),
-        RowData::Q4_1(d) => as_bytes(d.get(lo * b..hi * b)?),
-    })
 }
 
 /// `f(worker, output, lo, hi)` for the rows each of `w` workers owns when a
@@ -297,8 +283,10 @@ impl Packs {
 fn fill(m: &Matrix, p: &Piece, out: &mut [u8], nb: usize) -> Result<()> {
     let (lo, hi) = (p.lo, p.lo + p.rows);
     if !p.packed {
-        let src = row_bytes(m, lo, hi).context("a piece past the matrix's rows")?;
-        out.copy_from_slice(src);
+        let src = m
+            .rows_data(lo, hi)
+            .context("a piece past the matrix's rows")?;
+        out.copy_from_slice(src.bytes());
         return Ok(());
     }
     let past = || anyhow::anyhow!("a piece past the matrix's rows");

@@ -1591,11 +1591,7 @@ fn pieces_give_the_same_rows() {
             let mut at = 0usize;
             for (k, &(lo, hi)) in cuts.iter().enumerate().rev() {
                 let src: &[u8] = match (m.data, packed) {
-                    (RowData::F32(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
-                    (RowData::F16(d), false) => quant::as_bytes(&d[lo * cols..hi * cols]),
-                    (RowData::Q8_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
-                    (RowData::Q4_0(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
-                    (RowData::Q4_1(d), false) => quant::as_bytes(&d[lo * nb..hi * nb]),
+                    (_, false) => m.rows_data(lo, hi).unwrap().bytes(),
                     (RowData::Q8_0(_), true) => quant::as_bytes(&p8[lo / 8 * nb..hi / 8 * nb]),
                     (RowData::Q4_1(_), true) => quant::as_bytes(&p41[lo / 8 * nb..hi / 8 * nb]),
                     _ => unreachable!(),

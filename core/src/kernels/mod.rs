@@ -51,6 +51,19 @@ pub enum RowData<'a> {
     Q4_1(&'a [BlockQ4_1]),
 }
 
+impl<'a> RowData<'a> {
+    /// The stored bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        match *self {
+            RowData::F32(d) => quant::as_bytes(d),
+            RowData::F16(d) => quant::as_bytes(d),
+            RowData::Q8_0(d) => quant::as_bytes(d),
+            RowData::Q4_0(d) => quant::as_bytes(d),
+            RowData::Q4_1(d) => quant::as_bytes(d),
+        }
+    }
+}
+
 /// A row-major weight matrix (`rows` outputs, each `cols` inputs long).
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix<'a> {
@@ -96,11 +109,6 @@ impl Pieces<'_> {
         bytes: &[],
         list: &[],
     };
-
-    /// The pieces in row order.
-    pub fn list(&self) -> &[Piece] {
-        self.list
-    }
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
@@ -184,6 +192,21 @@ impl<'a> Matrix<'a> {
         Ok(m)
     }
 
+    /// Rows `lo..hi` as stored (`None` past the last row).
+    pub fn rows_data(&self, lo: usize, hi: usize) -> Option<RowData<'a>> {
+        fn rows<T>(d: &[T], per: usize, lo: usize, hi: usize) -> Option<&[T]> {
+            d.get(lo.checked_mul(per)?..hi.checked_mul(per)?)
+        }
+        let (c, nb) = (self.cols, self.cols / quant::QK);
+        Some(match self.data {
+            RowData::F32(d) => RowData::F32(rows(d, c, lo, hi)?),
+            RowData::F16(d) => RowData::F16(rows(d, c, lo, hi)?),
+            RowData::Q8_0(d) => RowData::Q8_0(rows(d, nb, lo, hi)?),
+            RowData::Q4_0(d) => RowData::Q4_0(rows(d, nb, lo, hi)?),
+            RowData::Q4_1(d) => RowData::Q4_1(rows(d, nb, lo, hi)?),
+        })
+    }
+
     /// Piece `p`'s rows as a matrix of its own (`p.rows` rows, no pieces).
     pub fn piece(&self, p: &Piece) -> Result<Matrix<'a>> {
         let nb = self.cols / quant::QK;
@@ -192,16 +215,7 @@ impl<'a> Matrix<'a> {
             expected: hi as u64,
             found: self.rows as u64,
         };
-        fn rows<T>(d: &[T], per: usize, lo: usize, hi: usize) -> Option<&[T]> {
-            d.get(lo.checked_mul(per)?..hi.checked_mul(per)?)
-        }
-        let data = match self.data {
-            RowData::F32(d) => RowData::F32(rows(d, self.cols, lo, hi).ok_or(short)?),
-            RowData::F16(d) => RowData::F16(rows(d, self.cols, lo, hi).ok_or(short)?),
-            RowData::Q8_0(d) => RowData::Q8_0(rows(d, nb, lo, hi).ok_or(short)?),
-            RowData::Q4_0(d) => RowData::Q4_0(rows(d, nb, lo, hi).ok_or(short)?),
-            RowData::Q4_1(d) => RowData::Q4_1(rows(d, nb, lo, hi).ok_or(short)?),
-        };
+        let data = self.rows_data(lo, hi).ok_or(short)?;
         let own = Matrix {
             rows: p.rows,
             cols: self.cols,
@@ -371,13 +385,7 @@ impl<'a> Matrix<'a> {
 
     /// Bytes of weights (what one full matmul reads).
     pub fn n_bytes(&self) -> usize {
-        match self.data {
-            RowData::F32(d) => core::mem::size_of_val(d),
-            RowData::F16(d) => core::mem::size_of_val(d),
-            RowData::Q8_0(d) => core::mem::size_of_val(d),
-            RowData::Q4_0(d) => core::mem::size_of_val(d),
-            RowData::Q4_1(d) => core::mem::size_of_val(d),
-        }
+        self.data.bytes().len()
     }
 
     /// Writes row `r` as f32 into `out` (`cols` long). Errors on a bad index
