@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ember_core::kernels::{Kernels, Matrix, Packed, RowData};
-use ember_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use ember_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 
 const ROWS: usize = 1536;
 const COLS: usize = 576;
@@ -36,11 +36,11 @@ fn bench(c: &mut Criterion) {
     let mut h = vec![half::f16::ZERO; ROWS * COLS];
     quant::f16::quantize_row(&w, &mut h);
     let mats = [
-        ("f32", RowData::F32(&w)),
-        ("f16", RowData::F16(&h)),
-        ("q8_0", RowData::Q8_0(&q8)),
-        ("q4_0", RowData::Q4_0(&q40)),
-        ("q4_1", RowData::Q4_1(&q41)),
+        ("f32", RowData::f32(&w)),
+        ("f16", RowData::f16(&h)),
+        ("q8_0", RowData::blocks(GgmlType::Q8_0, &q8)),
+        ("q4_0", RowData::blocks(GgmlType::Q4_0, &q40)),
+        ("q4_1", RowData::blocks(GgmlType::Q4_1, &q41)),
     ];
     const BATCH: usize = 16;
     let xs: Vec<f32> = (0..BATCH).flat_map(|_| x.iter().copied()).collect();

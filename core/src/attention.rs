@@ -5,7 +5,10 @@
 
 use crate::kernels::Kernels;
 use crate::kv_cache::KvRows;
-use crate::quant::{f16_bits_to_f32, QK};
+use crate::quant::q8_0::QK;
+use crate::quant::{f16_bits_to_f32, GgmlType};
+
+pub use crate::math::{softmax, sum_lanes};
 
 /// Where this head's vectors sit in the cached rows.
 #[derive(Debug, Clone, Copy)]
@@ -88,10 +91,11 @@ pub fn attend_heads(
         KvRows::Q8_0(k) => {
             let (b0, nb) = (at(0) / QK, hd / QK);
             let bpr = head.row / QK;
+            let dot = kern.format(GgmlType::Q8_0).dot;
             for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
                 for (p, s) in row.iter_mut().enumerate() {
                     let b = p * bpr + b0;
-                    *s = (kern.dot_q8_0)(&k[b..b + nb], query(j, p)) * scale;
+                    *s = dot(crate::quant::as_bytes(&k[b..b + nb]), query(j, p)) * scale;
                 }
             }
         }
@@ -153,30 +157,6 @@ fn warm(rows: KvRows<'_>, head: HeadView, hd: usize, n: usize, kern: &Kernels) {
             }
         }
     }
-}
-
-/// In-place softmax, shifted by the maximum for range safety.
-///
-/// The exponentials are summed in eight lanes (element `i` into lane
-/// `i % 8`), then [`sum_lanes`] adds the lanes: the order an eight-lane
-/// SIMD twin keeps, so that twin gives these values bit for bit.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut lanes = [0.0f32; 8];
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = crate::math::exp(*v - max);
-        lanes[i % 8] += *v;
-    }
-    let inv = 1.0 / sum_lanes(&lanes);
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
-/// The eight lane sums of [`softmax`] added pairwise, in a fixed order.
-#[inline]
-pub fn sum_lanes(l: &[f32; 8]) -> f32 {
-    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 #[cfg(test)]

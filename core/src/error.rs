@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::quant::GgmlType;
+use crate::ggml_type::GgmlType;
 
 /// Everything that can go wrong in the core.
 #[non_exhaustive]

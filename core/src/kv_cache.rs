@@ -33,7 +33,8 @@
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::quant::{self, cast_slice, cast_slice_mut, BlockQ8_0, QK};
+use crate::quant::q8_0::QK;
+use crate::quant::{self, cast_slice, cast_slice_mut, BlockQ8_0};
 
 /// Element type of cached keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,11 +55,13 @@ extern crate std;
 
 pub mod attention;
 pub mod error;
+pub mod ggml_type;
 pub mod gguf;
 #[cfg(feature = "alloc")]
 pub mod gguf_writer;
 pub mod kernels;
 pub mod kv_cache;
+pub mod limits;
 pub mod math;
 pub mod model;
 pub mod parallel;

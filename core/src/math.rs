@@ -247,6 +247,30 @@ pub fn sum_squares(x: &[f32]) -> f64 {
     f64::from_bits(biased << 52 | (m & ((1 << 52) - 1)))
 }
 
+/// In-place softmax, shifted by the maximum for range safety.
+///
+/// The exponentials are summed in eight lanes (element `i` into lane
+/// `i % 8`), then [`sum_lanes`] adds the lanes: the order an eight-lane
+/// SIMD twin keeps, so that twin gives these values bit for bit.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut lanes = [0.0f32; 8];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = exp(*v - max);
+        lanes[i % 8] += *v;
+    }
+    let inv = 1.0 / sum_lanes(&lanes);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// The eight lane sums of [`softmax`] added pairwise, in a fixed order.
+#[inline]
+pub fn sum_lanes(l: &[f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,7 +117,7 @@ pub fn pack<'a>(l: &mut Loaded<'a>, kernels: &Kernels, mem: &mut Carver<'a>) -> 
         .weights
         .visit_matrices(|m| {
             let n = m.packed4_len();
-            if let (RowData::Q8_0(d), true) = (m.data, n > 0) {
+            if let (RowData::blocks(GgmlType::Q8_0, d), true) = (m.data, n > 0) {
                 let p = mem.take::<BlockQ8_0x4>(n).or_exit("the packed weights");
                 pack_rows_x4(d, m.cols / QK, p);
                 *m = m.with_packed4(p)?;

@@ -21,6 +21,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use ember_core::kernels::Kernels;
 use ember_core::parallel::{self, Parallel};
+use ember_core::quant::{as_bytes, GgmlType};
 use half::f16;
 
 const COLS: usize = 576;
@@ -36,6 +37,10 @@ fn main() -> Result<()> {
     let w: &[f16] = ember_core::quant::cast_slice(body).context("model bytes as f16")?;
     let rows = w.len() / COLS;
     let kern = Kernels::detect();
+    let mv_f16 = kern
+        .format(GgmlType::F16)
+        .mv
+        .context("the table has an f16 matvec")?;
     let pool = ember_runner::pool::Pool::new(threads)?;
     let x = vec![1.0f32; COLS];
     let mut out = vec![0.0f32; rows];
@@ -62,7 +67,7 @@ fn main() -> Result<()> {
                     1,
                     &|part, _| {
                         let (r0, r1) = part.range();
-                        (kern.mv_f16)(&ws[r0 * COLS..r1 * COLS], &x, part.token(0));
+                        mv_f16(as_bytes(&ws[r0 * COLS..r1 * COLS]), &x, part.token(0));
                     },
                 );
                 r += n;
@@ -90,7 +95,7 @@ fn main() -> Result<()> {
                 pool.run(&|i| {
                     let at = i * per + r;
                     let mut o = outs[i].lock().unwrap_or_else(|e| e.into_inner());
-                    (kern.mv_f16)(&w[at * COLS..(at + n) * COLS], &x, &mut o[..n]);
+                    mv_f16(as_bytes(&w[at * COLS..(at + n) * COLS]), &x, &mut o[..n]);
                 });
                 r += n;
             }

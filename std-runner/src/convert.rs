@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use ember_core::gguf::{Gguf, TensorInfo};
 use ember_core::gguf_writer::GgufWriter;
 use ember_core::kernels::Matrix;
-use ember_core::quant::{self, as_bytes, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+use ember_core::quant::GgmlType;
 
 /// llama.cpp's `llama_ftype` for a file whose matrices are mostly `ty`.
 pub fn file_type_code(ty: GgmlType) -> u32 {
@@ -76,13 +76,14 @@ pub fn convert(g: &Gguf, ty: GgmlType) -> Result<Vec<u8>> {
     let tied = g.tensor("output.weight").is_none();
     for t in g.tensors() {
         let classifier = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
-        let target = if t.n_dims < 2 || t.dims[0] % quant::QK as u64 != 0 && ty != GgmlType::F16 {
-            t.ty
-        } else if classifier && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
-            GgmlType::Q8_0
-        } else {
-            ty
-        };
+        let target =
+            if t.n_dims < 2 || t.dims[0] % ty.block_len() as u64 != 0 && ty != GgmlType::F16 {
+                t.ty
+            } else if classifier && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
+                GgmlType::Q8_0
+            } else {
+                ty
+            };
         let dims = &t.dims[..t.n_dims as usize];
         let data = if target == t.ty {
             t.data.to_vec()
@@ -110,32 +111,13 @@ pub fn quantize_rows(data: &[f32], cols: usize, ty: GgmlType) -> Result<Vec<u8>>
         .row_bytes(cols as u64)
         .context("row is not a whole number of blocks")? as usize;
     let n_rows = data.len() / cols.max(1);
-    let mut out = Vec::with_capacity(row_bytes * n_rows);
-    let nb = cols / quant::QK;
-    let mut b8 = vec![BlockQ8_0::ZERO; nb];
-    let mut b40 = vec![BlockQ4_0::ZERO; nb];
-    let mut b41 = vec![BlockQ4_1::ZERO; nb];
-    let mut h = vec![half::f16::ZERO; cols];
-    for row in data.chunks(cols.max(1)) {
-        match ty {
-            GgmlType::F32 => out.extend_from_slice(as_bytes(row)),
-            GgmlType::F16 => {
-                quant::f16::quantize_row(row, &mut h);
-                out.extend_from_slice(as_bytes(&h));
-            }
-            GgmlType::Q8_0 => {
-                quant::q8_0::quantize_row(row, &mut b8);
-                out.extend_from_slice(as_bytes(&b8));
-            }
-            GgmlType::Q4_0 => {
-                quant::q4_0::quantize_row(row, &mut b40);
-                out.extend_from_slice(as_bytes(&b40));
-            }
-            GgmlType::Q4_1 => {
-                quant::q4_1::quantize_row(row, &mut b41);
-                out.extend_from_slice(as_bytes(&b41));
-            }
-        }
+    let mut out = vec![0u8; row_bytes * n_rows];
+    let quantize = ty.format().quantize;
+    for (row, o) in data
+        .chunks(cols.max(1))
+        .zip(out.chunks_exact_mut(row_bytes.max(1)))
+    {
+        quantize(row, o);
     }
     Ok(out)
 }

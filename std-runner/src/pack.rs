@@ -18,11 +18,14 @@
 //! F16, Q8_0 and Q4_1 alike (`examples/layout_ab`).
 
 use anyhow::{bail, Context, Result};
-use ember_core::kernels::{Kernels, Matrix, Piece, RowData};
+use ember_core::kernels::{Kernels, Matrix, Piece};
 use ember_core::model::weights::LAYER_STEPS;
 use ember_core::model::Llama;
 use ember_core::parallel;
-use ember_core::quant::{cast_slice, cast_slice_mut, q4_1, q8_0, BlockQ4_1x8, BlockQ8_0x8, QK};
+use ember_core::quant::{
+    cast_slice, cast_slice_mut, q4_1, q8_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8,
+    GgmlType,
+};
 use memmap2::MmapMut;
 
 use crate::mmap::HUGE;
@@ -86,7 +89,7 @@ impl Kind {
 /// or the rows as stored.
 fn piece_bytes(m: &Matrix, kind: Option<Kind>, lo: usize, hi: usize) -> usize {
     match kind {
-        Some(k) => (hi - lo) / 8 * (m.cols / QK) * k.block(),
+        Some(k) => (hi - lo) / 8 * m.row_blocks() * k.block(),
         None => m.n_bytes() / m.rows.max(1) * (hi - lo),
     }
 }
@@ -117,9 +120,9 @@ impl Packs {
             Some(q) => (q.q8_0x8.is_some(), q.q4_1x8.is_some()),
             None => (false, false),
         };
-        let kind_of = |m: &Matrix| match m.data {
-            RowData::Q8_0(_) if q8 => Some(Kind::Q8_0),
-            RowData::Q4_1(_) if q41 => Some(Kind::Q4_1),
+        let kind_of = |m: &Matrix| match m.ty() {
+            GgmlType::Q8_0 if q8 => Some(Kind::Q8_0),
+            GgmlType::Q4_1 if q41 => Some(Kind::Q4_1),
             _ => None,
         };
         let mut w = model.weights.clone();
@@ -144,7 +147,7 @@ impl Packs {
                 continue;
             }
             if let Some(kind) = kind_of(m) {
-                let blocks = m.rows / 8 * (m.cols / QK);
+                let blocks = m.rows / 8 * m.row_blocks();
                 let len = blocks
                     .checked_mul(kind.block())
                     .context("packed weights overflow")?;
@@ -209,7 +212,7 @@ impl Packs {
         }
         let base = buf.as_ptr().align_offset(HUGE).min(HUGE);
         for (m, span) in ms.iter().zip(&packs.spans) {
-            let nb = m.cols / QK;
+            let nb = m.row_blocks();
             let (d, pieces) = match span {
                 Span::None => continue,
                 Span::Whole { at, blocks, kind } => {
@@ -290,12 +293,16 @@ fn fill(m: &Matrix, p: &Piece, out: &mut [u8], nb: usize) -> Result<()> {
         return Ok(());
     }
     let past = || anyhow::anyhow!("a piece past the matrix's rows");
-    let groups = match m.data {
-        RowData::Q8_0(d) => {
+    let (q8, q41) = (
+        m.data.as_blocks::<BlockQ8_0>(GgmlType::Q8_0),
+        m.data.as_blocks::<BlockQ4_1>(GgmlType::Q4_1),
+    );
+    let groups = match (q8, q41) {
+        (Some(d), _) => {
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q8_0::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ8_0x8>(out)?)
         }
-        RowData::Q4_1(d) => {
+        (_, Some(d)) => {
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q4_1::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4_1x8>(out)?)
         }

@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Result};
 use ember_core::gguf_writer::GgufWriter;
-use ember_core::quant::{GgmlType, QK};
+use ember_core::quant::GgmlType;
 use ember_core::sampling::Pcg32;
 
 use crate::convert::quantize_rows;
@@ -191,7 +191,7 @@ pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
     let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| -> Result<()> {
         let a = 1.0 / (cols as f32).sqrt();
         let data: Vec<f32> = (0..cols * rows).map(|_| rng.uniform(a)).collect();
-        let ty = if !cols.is_multiple_of(QK) && c.ty != GgmlType::F32 {
+        let ty = if !cols.is_multiple_of(c.ty.block_len()) && c.ty != GgmlType::F32 {
             GgmlType::F16
         } else {
             c.ty

@@ -49,6 +49,8 @@ fn neon_kernels_under_qemu_aarch64() {
             "--features",
             "std",
             "--lib",
+            "--test",
+            "end_to_end",
             "--target",
             TARGET,
         ])
@@ -67,7 +69,7 @@ fn neon_kernels_under_qemu_aarch64() {
     for t in [
         "kernels::aarch64_neon::tests::conforms_to_scalar ... ok",
         "kernels::conformance::detected_table_matches_reference ... ok",
-        "kernels::conformance::end_to_end::detected_matches_scalar_end_to_end ... ok",
+        "test detected_matches_scalar_end_to_end ... ok",
     ] {
         assert!(text.contains(t), "'{t}' missing from:\n{text}");
     }

@@ -313,7 +313,7 @@ fn tensor_data(t: &TensorSpec) -> Vec<u8> {
             }
         })
         .collect();
-    let blocks = vals.len() / quant::QK;
+    let blocks = vals.len() / GgmlType::from_id(t.ty).map_or(1, |ty| ty.block_len());
     match t.ty {
         F32 => quant::as_bytes(&vals).to_vec(),
         F16 => vals

@@ -18,41 +18,74 @@ use core::arch::asm;
 use half::f16;
 
 use super::scalar::rows;
-use super::{Heads, Kernels};
+use super::{erase, FormatKernels, Heads, Kernels, RowDotFn, RowMatvecFn};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::q16::QK;
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 
 /// The NEON table, if this CPU runs it.
 pub fn table() -> Option<Kernels> {
     if !supported() {
         return None;
     }
-    Some(Kernels {
+    let k = Kernels {
         name: "neon",
         dot_f32,
         dot_f16,
-        dot_q8_0,
-        dot_q4_0,
-        dot_q4_1,
-        mv_f32,
-        mv_f16,
-        mv_q8_0,
-        mv_q4_0,
-        mv_q4_1,
         gemm_f32,
-        gemm_xt: None,
         axpy_f16,
-        widen_f16: crate::quant::f16::dequantize_row,
-        widen_q8_0: crate::quant::q8_0::dequantize_row,
         prefetch,
-        swiglu: crate::math::swiglu,
-        softmax: crate::attention::softmax,
         key_dots_f16,
         value_sum_f16,
-        q16: None,
-        q8_0_q8_0: None,
-        q8_0x4_q8_0: None,
-    })
+        ..Kernels::scalar()
+    };
+    let with = |ty: GgmlType, dot: RowDotFn, mv: RowMatvecFn| FormatKernels {
+        dot,
+        mv: Some(mv),
+        ..*k.format(ty)
+    };
+    Some(
+        k.with_format(
+            GgmlType::F32,
+            with(
+                GgmlType::F32,
+                erase!(dot f32, dot_f32),
+                erase!(mv f32, mv_f32),
+            ),
+        )
+        .with_format(
+            GgmlType::F16,
+            with(
+                GgmlType::F16,
+                erase!(dot f16, dot_f16),
+                erase!(mv f16, mv_f16),
+            ),
+        )
+        .with_format(
+            GgmlType::Q8_0,
+            with(
+                GgmlType::Q8_0,
+                erase!(dot BlockQ8_0, dot_q8_0),
+                erase!(mv BlockQ8_0, mv_q8_0),
+            ),
+        )
+        .with_format(
+            GgmlType::Q4_0,
+            with(
+                GgmlType::Q4_0,
+                erase!(dot BlockQ4_0, dot_q4_0),
+                erase!(mv BlockQ4_0, mv_q4_0),
+            ),
+        )
+        .with_format(
+            GgmlType::Q4_1,
+            with(
+                GgmlType::Q4_1,
+                erase!(dot BlockQ4_1, dot_q4_1),
+                erase!(mv BlockQ4_1, mv_q4_1),
+            ),
+        ),
+    )
 }
 
 #[cfg(feature = "std")]

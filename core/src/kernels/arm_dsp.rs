@@ -28,7 +28,8 @@ use core::mem::MaybeUninit;
 use half::f16;
 
 use super::{scalar, Kernels};
-use crate::quant::{BlockQ8_0, BlockQ8_0x4, QK};
+use crate::quant::q8_0::QK;
+use crate::quant::{BlockQ8_0, BlockQ8_0x4};
 
 /// The scalar table with the DSP int8 matvec and the VCVTB/VCVTT f16
 /// attention kernels plugged in.

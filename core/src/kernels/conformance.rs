@@ -8,7 +8,7 @@
 use half::f16;
 
 use crate::kernels::{Kernels, Packed};
-use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 
 const TOL: f32 = 1e-5;
 
@@ -62,6 +62,36 @@ fn abs_scale(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| (a * b).abs()).sum()
 }
 
+/// `w` quantized by format `f` into a row of bytes (the first `.1` bytes).
+fn quantized(f: &quant::Format, w: &[f32]) -> ([u8; 4 * 9 * 576], usize) {
+    let mut row = [0u8; 4 * 9 * 576];
+    let len = w.len() / f.block_len * f.block_bytes;
+    (f.quantize)(w, &mut row[..len]);
+    (row, len)
+}
+
+/// The error scale of a dot of format `f`'s `row` with `x`: per block, the
+/// largest weight's magnitude times the sum of |x| over the block, three
+/// times over (formats with a minimum, such as Q4_1, sum a scaled part and
+/// a minimum part that cancel; each is at most that bound, and their sum
+/// is what the kernels round). Float formats: the sum of |products|.
+fn block_scale(f: &quant::Format, row: &[u8], x: &[f32]) -> f32 {
+    let mut deq = [0.0f32; 2048];
+    let n = row.len() / f.block_bytes * f.block_len;
+    (f.dequantize)(row, &mut deq[..n]);
+    if f.block_len == 1 {
+        return abs_scale(&deq[..n], x);
+    }
+    deq[..n]
+        .chunks(f.block_len)
+        .zip(x.chunks(f.block_len))
+        .map(|(d, xs)| {
+            let big = d.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            3.0 * big * xs.iter().map(|v| v.abs()).sum::<f32>()
+        })
+        .sum()
+}
+
 pub(crate) fn check_table(k: &Kernels) {
     let mut rng = Rng::new(0x5eed);
     // Odd lengths exercise the tails of the float kernels; block kernels take
@@ -91,53 +121,25 @@ pub(crate) fn check_table(k: &Kernels) {
             case,
         );
 
-        let nb = [1, 2, 3, 18, 32][case % 5];
-        let n = nb * 32;
+        // Every format's row kernel: odd lengths for the float formats,
+        // 1 to 32 whole blocks for the others.
         let (w, x) = inputs(&mut rng, 1024, case);
-        let (w, x) = (&w[..n], &x[..n]);
-        let mut deq = [0.0f32; 1024];
-
-        let mut b8 = [BlockQ8_0::ZERO; 32];
-        quant::q8_0::quantize_row(w, &mut b8[..nb]);
-        quant::q8_0::dequantize_row(&b8[..nb], &mut deq[..n]);
-        close(
-            (k.dot_q8_0)(&b8[..nb], x),
-            quant::q8_0::dot_f32(&b8[..nb], x),
-            abs_scale(&deq[..n], x),
-            "dot_q8_0",
-            case,
-        );
-
-        let mut b40 = [BlockQ4_0::ZERO; 32];
-        quant::q4_0::quantize_row(w, &mut b40[..nb]);
-        quant::q4_0::dequantize_row(&b40[..nb], &mut deq[..n]);
-        close(
-            (k.dot_q4_0)(&b40[..nb], x),
-            quant::q4_0::dot_f32(&b40[..nb], x),
-            abs_scale(&deq[..n], x),
-            "dot_q4_0",
-            case,
-        );
-
-        let mut b41 = [BlockQ4_1::ZERO; 32];
-        quant::q4_1::quantize_row(w, &mut b41[..nb]);
-        quant::q4_1::dequantize_row(&b41[..nb], &mut deq[..n]);
-        // Q4_1 splits each block into d*q*x and m*x sums, which cancel; the
-        // error scale counts both parts.
-        let split: f32 = b41[..nb]
-            .iter()
-            .zip(x.chunks(32))
-            .map(|(b, xs)| {
-                xs.iter().map(|v| v.abs()).sum::<f32>() * (b.m().abs() + 15.0 * b.d().abs())
-            })
-            .sum();
-        close(
-            (k.dot_q4_1)(&b41[..nb], x),
-            quant::q4_1::dot_f32(&b41[..nb], x),
-            split,
-            "dot_q4_1",
-            case,
-        );
+        for f in &quant::FORMATS {
+            let n = if f.block_len == 1 {
+                n_float
+            } else {
+                [1, 2, 3, 18, 32][case % 5] * f.block_len
+            };
+            let row = quantized(f, &w[..n]);
+            let row = &row.0[..row.1];
+            close(
+                (k.format(f.ty).dot)(row, &x[..n]),
+                (f.dot)(row, &x[..n]),
+                block_scale(f, row, &x[..n]),
+                f.ty.name(),
+                case,
+            );
+        }
     }
     check_attention_f16(k);
     check_widen(k);
@@ -145,7 +147,7 @@ pub(crate) fn check_table(k: &Kernels) {
     check_softmax(k);
 }
 
-/// `softmax` gives [`crate::attention::softmax`]'s values bit for bit (NaN
+/// `softmax` gives [`crate::math::softmax`]'s values bit for bit (NaN
 /// for NaN): odd lengths, one element, huge spreads, infinities and NaN.
 pub(crate) fn check_softmax(k: &Kernels) {
     let mut rng = Rng::new(0x50f7_3a00);
@@ -164,7 +166,7 @@ pub(crate) fn check_softmax(k: &Kernels) {
             };
         }
         let mut want = x;
-        crate::attention::softmax(&mut want[..n]);
+        crate::math::softmax(&mut want[..n]);
         (k.softmax)(&mut x[..n]);
         for i in 0..n {
             let same = x[i].to_bits() == want[i].to_bits() || (x[i].is_nan() && want[i].is_nan());
@@ -178,43 +180,35 @@ pub(crate) fn check_softmax(k: &Kernels) {
 pub(crate) fn check_widen(k: &Kernels) {
     let mut rng = Rng::new(0x0d0e_0a11);
     for case in 0..16 {
-        let nb = [1, 2, 3, 18][case % 4];
-        let n = nb * 32 + [0, 5][case % 2];
-        let mut h = [f16::ZERO; 600];
-        for (i, v) in h[..n].iter_mut().enumerate() {
-            *v = match i % 11 {
-                0 => f16::from_bits(rng.next_u32() as u16), // any bits: NaN, inf, subnormal
-                _ => f16::from_f32(rng.f32() * 1e3),
-            };
-        }
-        let (mut got, mut want) = ([0.0f32; 600], [0.0f32; 600]);
-        (k.widen_f16)(&h[..n], &mut got[..n]);
-        quant::f16::dequantize_row(&h[..n], &mut want[..n]);
-        for i in 0..n {
-            // A signalling NaN comes back quiet from F16C: still a NaN.
-            let same =
-                got[i].to_bits() == want[i].to_bits() || (got[i].is_nan() && want[i].is_nan());
-            assert!(
-                same,
-                "widen_f16 case {case} i {i}: {} vs {}",
-                got[i], want[i]
-            );
-        }
-        let mut b = [BlockQ8_0::ZERO; 18];
-        for blk in b[..nb].iter_mut() {
-            blk.d = (rng.next_u32() as u16).to_le_bytes();
-            for q in blk.qs.iter_mut() {
-                *q = rng.next_u32() as i8;
+        for f in &quant::FORMATS {
+            // Any bytes: NaN, infinite and subnormal scales and halves too.
+            let n = [1, 2, 3, 18][case % 4] * 32
+                + if f.block_len == 1 {
+                    [0, 5][case % 2]
+                } else {
+                    0
+                };
+            let mut row = [0u8; 4 * 600];
+            let len = n / f.block_len * f.block_bytes;
+            for b in row[..len].iter_mut() {
+                *b = rng.next_u32() as u8;
             }
-        }
-        (k.widen_q8_0)(&b[..nb], &mut got[..nb * 32]);
-        quant::q8_0::dequantize_row(&b[..nb], &mut want[..nb * 32]);
-        for i in 0..nb * 32 {
-            assert_eq!(
-                got[i].to_bits(),
-                want[i].to_bits(),
-                "widen_q8_0 case {case} i {i}"
-            );
+            let (mut got, mut want) = ([0.0f32; 600], [0.0f32; 600]);
+            (k.format(f.ty).widen)(&row[..len], &mut got[..n]);
+            (f.dequantize)(&row[..len], &mut want[..n]);
+            for i in 0..n {
+                // A signalling NaN comes back quiet from F16C: still a NaN.
+                let same =
+                    got[i].to_bits() == want[i].to_bits() || (got[i].is_nan() && want[i].is_nan());
+                assert!(
+                    same,
+                    "{} widen {} case {case} i {i}: {} vs {}",
+                    k.name,
+                    f.ty.name(),
+                    got[i],
+                    want[i]
+                );
+            }
         }
     }
 }
@@ -408,20 +402,25 @@ pub(crate) fn check_rows(k: &Kernels) {
         let wf = &wf[..rows * cols];
         let x = &x[..cols];
         let mut out = [0.0f32; 9];
-        let mut deq = [0.0f32; 9 * 576];
 
-        let mut h = [f16::ZERO; 9 * 576];
-        quant::f16::quantize_row(wf, &mut h[..rows * cols]);
-        quant::f16::dequantize_row(&h[..rows * cols], &mut deq[..rows * cols]);
-        (k.mv_f16)(&h[..rows * cols], x, &mut out[..rows]);
-        for r in 0..rows {
-            let d = &deq[r * cols..(r + 1) * cols];
-            close(out[r], reference_f32(d, x), abs_scale(d, x), "mv_f16", case);
-        }
-        (k.mv_f32)(wf, x, &mut out[..rows]);
-        for r in 0..rows {
-            let d = &wf[r * cols..(r + 1) * cols];
-            close(out[r], reference_f32(d, x), abs_scale(d, x), "mv_f32", case);
+        // Every format's rows against f32 activations (through the
+        // table's several-row kernel, or its dot row by row).
+        for f in &quant::FORMATS {
+            let all = quantized(f, wf);
+            let rb = cols / f.block_len * f.block_bytes;
+            let fk = k.format(f.ty);
+            let matrix = &all.0[..rows * rb];
+            match fk.mv {
+                Some(mv) => mv(matrix, x, &mut out[..rows]),
+                None => {
+                    for (o, row) in out.iter_mut().zip(matrix.chunks_exact(rb)) {
+                        *o = (fk.dot)(row, x);
+                    }
+                }
+            }
+            for (o, row) in out.iter().zip(matrix.chunks_exact(rb)) {
+                close(*o, (f.dot)(row, x), block_scale(f, row, x), f.ty.name(), case);
+            }
         }
         // Odd f32 lengths: tails.
         let odd = cols - 3;
@@ -429,7 +428,15 @@ pub(crate) fn check_rows(k: &Kernels) {
         for r in 0..rows {
             wo[r * odd..(r + 1) * odd].copy_from_slice(&wf[r * cols..r * cols + odd]);
         }
-        (k.mv_f32)(&wo[..rows * odd], &x[..odd], &mut out[..rows]);
+        let mv_f32 = k
+            .format(GgmlType::F32)
+            .mv
+            .expect("every table has an f32 matvec");
+        mv_f32(
+            quant::as_bytes(&wo[..rows * odd]),
+            &x[..odd],
+            &mut out[..rows],
+        );
         for r in 0..rows {
             let d = &wo[r * odd..(r + 1) * odd];
             let xo = &x[..odd];
@@ -440,52 +447,6 @@ pub(crate) fn check_rows(k: &Kernels) {
                 "mv_f32 tail",
                 case,
             );
-        }
-
-        let mut b8 = [BlockQ8_0::ZERO; 9 * 18];
-        let b8 = &mut b8[..rows * nb];
-        quant::q8_0::quantize_row(wf, b8);
-        (k.mv_q8_0)(b8, x, &mut out[..rows]);
-        for r in 0..rows {
-            let b = &b8[r * nb..(r + 1) * nb];
-            quant::q8_0::dequantize_row(b, &mut deq[..cols]);
-            close(
-                out[r],
-                quant::q8_0::dot_f32(b, x),
-                abs_scale(&deq[..cols], x),
-                "mv_q8_0",
-                case,
-            );
-        }
-        let mut b40 = [BlockQ4_0::ZERO; 9 * 18];
-        let b40 = &mut b40[..rows * nb];
-        quant::q4_0::quantize_row(wf, b40);
-        (k.mv_q4_0)(b40, x, &mut out[..rows]);
-        for r in 0..rows {
-            let b = &b40[r * nb..(r + 1) * nb];
-            quant::q4_0::dequantize_row(b, &mut deq[..cols]);
-            close(
-                out[r],
-                quant::q4_0::dot_f32(b, x),
-                abs_scale(&deq[..cols], x),
-                "mv_q4_0",
-                case,
-            );
-        }
-        let mut b41 = [BlockQ4_1::ZERO; 9 * 18];
-        let b41 = &mut b41[..rows * nb];
-        quant::q4_1::quantize_row(wf, b41);
-        (k.mv_q4_1)(b41, x, &mut out[..rows]);
-        for r in 0..rows {
-            let b = &b41[r * nb..(r + 1) * nb];
-            let split: f32 = b
-                .iter()
-                .zip(x.chunks(32))
-                .map(|(b, xs)| {
-                    xs.iter().map(|v| v.abs()).sum::<f32>() * (b.m().abs() + 15.0 * b.d().abs())
-                })
-                .sum();
-            close(out[r], quant::q4_1::dot_f32(b, x), split, "mv_q4_1", case);
         }
 
         // The f32 product: up to 9 rows by up to 7 tokens, odd lengths too.
@@ -555,7 +516,6 @@ pub(crate) fn check_rows(k: &Kernels) {
 pub(crate) fn check_q16(k: &Kernels) {
     use crate::quant::q16::{self, BlockQ16};
     let Some(fast) = k.q16 else { return };
-    let reference = Kernels::scalar_q16().q16.unwrap();
     let mut rng = Rng::new(0x0016);
     // The quantizer matches the reference bit for bit, edge values included.
     for case in 0..40 {
@@ -605,42 +565,32 @@ pub(crate) fn check_q16(k: &Kernels) {
         let mut xq = [BlockQ16::ZERO; 18];
         q16::quantize_row(&x[..cols], &mut xq[..nb]);
         let xq = &xq[..nb];
-        // Error scale: the sum of |scaled products| per row, plus Q4_1's minimum term.
-        let scale = |d: &dyn Fn(usize) -> f32, m: &dyn Fn(usize) -> f32, r: usize| -> f32 {
-            (0..nb)
-                .map(|b| {
-                    let qs: f32 = xq[b].qs.iter().map(|&q| (q as f32).abs()).sum();
-                    d(r * nb + b).abs() * xq[b].d * 127.0 * qs + (m(r * nb + b) * xq[b].sum).abs()
-                })
-                .sum()
-        };
-        let (mut got, mut want) = ([0.0f32; 9], [0.0f32; 9]);
-        let mut b8 = [BlockQ8_0::ZERO; 9 * 18];
-        let b8 = &mut b8[..rows * nb];
-        quant::q8_0::quantize_row(wf, b8);
-        (fast.q8_0)(b8, xq, 1, &mut got[..rows]);
-        (reference.q8_0)(b8, xq, 1, &mut want[..rows]);
-        for r in 0..rows {
-            let s = scale(&|i| b8[i].d(), &|_| 0.0, r);
-            close(got[r], want[r], s, "q16 q8_0", case);
+        // Every format with a 16-bit kernel on this table, against the
+        // scalar one's: the error scale is the dot's with the activations as
+        // quantized (each within half a step of its float).
+        let mut xs = [0.0f32; 18 * 32];
+        for (b, o) in xq.iter().zip(xs.chunks_exact_mut(32)) {
+            for (q, v) in b.qs.iter().zip(o) {
+                *v = *q as f32 * b.d;
+            }
         }
-        let mut b40 = [BlockQ4_0::ZERO; 9 * 18];
-        let b40 = &mut b40[..rows * nb];
-        quant::q4_0::quantize_row(wf, b40);
-        (fast.q4_0)(b40, xq, 1, &mut got[..rows]);
-        (reference.q4_0)(b40, xq, 1, &mut want[..rows]);
-        for r in 0..rows {
-            let s = scale(&|i| b40[i].d(), &|_| 0.0, r);
-            close(got[r], want[r], s, "q16 q4_0", case);
-        }
-        let mut b41 = [BlockQ4_1::ZERO; 9 * 18];
-        let b41 = &mut b41[..rows * nb];
-        quant::q4_1::quantize_row(wf, b41);
-        (fast.q4_1)(b41, xq, 1, &mut got[..rows]);
-        (reference.q4_1)(b41, xq, 1, &mut want[..rows]);
-        for r in 0..rows {
-            let s = scale(&|i| b41[i].d(), &|i| b41[i].m(), r);
-            close(got[r], want[r], s, "q16 q4_1", case);
+        let xs = &xs[..cols];
+        for f in &quant::FORMATS {
+            let (Some(got_k), Some(want_k)) =
+                (k.format(f.ty).q16, Kernels::scalar_q16().format(f.ty).q16)
+            else {
+                continue;
+            };
+            let all = quantized(f, wf);
+            let rb = cols / f.block_len * f.block_bytes;
+            let (mut got, mut want) = ([0.0f32; 9], [0.0f32; 9]);
+            got_k(&all.0[..rows * rb], xq, 1, &mut got[..rows]);
+            want_k(&all.0[..rows * rb], xq, 1, &mut want[..rows]);
+            for r in 0..rows {
+                let row = &all.0[r * rb..(r + 1) * rb];
+                let what = f.ty.name();
+                close(got[r], want[r], block_scale(f, row, xs), what, case);
+            }
         }
     }
 }
@@ -843,7 +793,7 @@ pub(crate) fn check_q8_0x4(k: &Kernels) {
         let m = Matrix {
             rows: ROWS,
             cols: nb * 32,
-            data: RowData::Q8_0(w),
+            data: RowData::blocks(GgmlType::Q8_0, w),
             packed: Packed::None,
             pieces: crate::kernels::Pieces::NONE,
         };
@@ -902,11 +852,11 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
     let mut b41 = [BlockQ4_1::ZERO; ROWS * 3];
     quant::q4_1::quantize_row(&wf, &mut b41);
     let datas = [
-        RowData::F32(&wf),
-        RowData::F16(&h),
-        RowData::Q8_0(&b8),
-        RowData::Q4_0(&b40),
-        RowData::Q4_1(&b41),
+        RowData::f32(&wf),
+        RowData::f16(&h),
+        RowData::blocks(GgmlType::Q8_0, &b8),
+        RowData::blocks(GgmlType::Q4_0, &b40),
+        RowData::blocks(GgmlType::Q4_1, &b41),
     ];
     let mut scratch = [0.0f32; Kernels::scratch_len_for(COLS, N, N)];
     // The Q8_0 rows again, interleaved in eights (9 groups and 5 rows
@@ -920,7 +870,9 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
         packed: Packed::None,
         pieces: crate::kernels::Pieces::NONE,
     };
-    let packed = plain(RowData::Q8_0(&b8)).with_packed(&p8).unwrap();
+    let packed = plain(RowData::blocks(GgmlType::Q8_0, &b8))
+        .with_packed(&p8)
+        .unwrap();
     if k.packed_q8_0(&packed) {
         // A packed Q8_0 matrix takes the decode arithmetic for batches too.
         let (mut a, mut b) = ([0.0f32; N * ROWS], [0.0f32; N * ROWS]);
@@ -1048,11 +1000,11 @@ fn batched_matmul_matches_one_token_at_a_time() {
         let mut b41 = [BlockQ4_1::ZERO; 37 * 2];
         quant::q4_1::quantize_row(&wf, &mut b41);
         let datas = [
-            RowData::F32(&wf),
-            RowData::F16(&h),
-            RowData::Q8_0(&b8),
-            RowData::Q4_0(&b40),
-            RowData::Q4_1(&b41),
+            RowData::f32(&wf),
+            RowData::f16(&h),
+            RowData::blocks(GgmlType::Q8_0, &b8),
+            RowData::blocks(GgmlType::Q4_0, &b40),
+            RowData::blocks(GgmlType::Q4_1, &b41),
         ];
         let mut scratch = [0.0f32; Kernels::scratch_len(64, 5)];
         for data in datas {
@@ -1128,7 +1080,7 @@ fn int8_activation_matmul_is_the_reference_dot() {
     let m = Matrix {
         rows,
         cols,
-        data: RowData::Q8_0(&w),
+        data: RowData::blocks(GgmlType::Q8_0, &w),
         packed: Packed::None,
         pieces: crate::kernels::Pieces::NONE,
     };
@@ -1162,289 +1114,6 @@ fn int8_activation_matmul_is_the_reference_dot() {
             } else {
                 assert!(v.is_nan());
             }
-        }
-    }
-}
-
-/// Whole forward passes: the detected kernels (AVX2 on x86_64, NEON on
-/// AArch64, where CI runs this under qemu-aarch64) against the scalar
-/// reference of the same arithmetic on small random llamas of every weight type, prefill and decode.
-/// With `EMBER_E2E_MODEL` set to a GGUF path, that model is checked too.
-#[cfg(feature = "std")]
-mod end_to_end {
-    extern crate std;
-    use std::vec::Vec;
-
-    use super::Rng;
-    use crate::gguf::Gguf;
-    use crate::gguf_writer::GgufWriter;
-    use crate::kernels::Kernels;
-    use crate::model::{Llama, MemoryPlan, Session};
-    use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
-    use half::f16;
-
-    fn quantize(data: &[f32], cols: usize, ty: GgmlType) -> Vec<u8> {
-        let mut out = Vec::new();
-        for row in data.chunks(cols) {
-            let nb = cols / 32;
-            match ty {
-                GgmlType::F32 => out.extend_from_slice(quant::as_bytes(row)),
-                GgmlType::F16 => {
-                    let mut h = std::vec![f16::ZERO; cols];
-                    quant::f16::quantize_row(row, &mut h);
-                    out.extend_from_slice(quant::as_bytes(&h));
-                }
-                GgmlType::Q8_0 => {
-                    let mut b = std::vec![BlockQ8_0::ZERO; nb];
-                    quant::q8_0::quantize_row(row, &mut b);
-                    out.extend_from_slice(quant::as_bytes(&b));
-                }
-                GgmlType::Q4_0 => {
-                    let mut b = std::vec![BlockQ4_0::ZERO; nb];
-                    quant::q4_0::quantize_row(row, &mut b);
-                    out.extend_from_slice(quant::as_bytes(&b));
-                }
-                GgmlType::Q4_1 => {
-                    let mut b = std::vec![BlockQ4_1::ZERO; nb];
-                    quant::q4_1::quantize_row(row, &mut b);
-                    out.extend_from_slice(quant::as_bytes(&b));
-                }
-            }
-        }
-        out
-    }
-
-    /// A random llama: dim 128, 2 layers, 4 query and 2 KV heads, FFN 256,
-    /// vocabulary 320, weights uniform in ±1/√fan-in.
-    fn tiny(ty: GgmlType) -> Vec<u8> {
-        let (dim, layers, heads, kv_heads, ffn, vocab) = (128usize, 2, 4, 2, 256usize, 320usize);
-        let kv_dim = dim / heads * kv_heads;
-        let mut rng = Rng::new(0x7e57 + ty as u32);
-        let mut w = GgufWriter::new();
-        w.add_str("general.architecture", "llama")
-            .add_u32("llama.context_length", 64)
-            .add_u32("llama.embedding_length", dim as u32)
-            .add_u32("llama.block_count", layers as u32)
-            .add_u32("llama.feed_forward_length", ffn as u32)
-            .add_u32("llama.attention.head_count", heads as u32)
-            .add_u32("llama.attention.head_count_kv", kv_heads as u32)
-            .add_u32("llama.rope.dimension_count", (dim / heads) as u32)
-            .add_f32("llama.rope.freq_base", 10_000.0)
-            .add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-            .add_u32("llama.vocab_size", vocab as u32);
-        let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
-            let a = 1.0 / (cols as f32).sqrt();
-            let data: Vec<f32> = (0..cols * rows).map(|_| rng.f32() * a).collect();
-            w.add_tensor(
-                name,
-                &[cols as u64, rows as u64],
-                ty,
-                quantize(&data, cols, ty),
-            );
-        };
-        matrix(&mut w, "token_embd.weight", dim, vocab);
-        for l in 0..layers {
-            let p = |t: &str| std::format!("blk.{l}.{t}.weight");
-            matrix(&mut w, &p("attn_q"), dim, dim);
-            matrix(&mut w, &p("attn_k"), dim, kv_dim);
-            matrix(&mut w, &p("attn_v"), dim, kv_dim);
-            matrix(&mut w, &p("attn_output"), dim, dim);
-            matrix(&mut w, &p("ffn_gate"), dim, ffn);
-            matrix(&mut w, &p("ffn_up"), dim, ffn);
-            matrix(&mut w, &p("ffn_down"), ffn, dim);
-        }
-        let ones: Vec<u8> = (0..dim).flat_map(|_| 1.0f32.to_le_bytes()).collect();
-        for l in 0..layers {
-            for n in ["attn_norm", "ffn_norm"] {
-                w.add_tensor(
-                    &std::format!("blk.{l}.{n}.weight"),
-                    &[dim as u64],
-                    GgmlType::F32,
-                    ones.clone(),
-                );
-            }
-        }
-        w.add_tensor("output_norm.weight", &[dim as u64], GgmlType::F32, ones);
-        w.to_bytes()
-    }
-
-    /// Logits after each of 8 prompt tokens (one batched call) and 4 decode steps.
-    fn logits(model: &Llama, k: Kernels, ids: &[u32]) -> Vec<Vec<f32>> {
-        let plan = MemoryPlan::new(&model.config, 16, 8).unwrap();
-        let mut arena = plan.alloc();
-        let mut s = Session::new(model, k, plan, &mut arena).unwrap();
-        let mut out = Vec::new();
-        s.forward_all(&ids[..8], &mut |_, l| out.push(l.to_vec()))
-            .unwrap();
-        for &id in &ids[8..12] {
-            out.push(s.forward(&[id]).unwrap().to_vec());
-        }
-        out
-    }
-
-    fn agree(bytes: &[u8], what: &str) {
-        let g = Gguf::parse(bytes).unwrap();
-        let model = Llama::from_gguf(&g).unwrap();
-        let v = model.config.vocab_size as u32;
-        let ids: Vec<u32> = (0..12u32).map(|i| (i * 7919 + 11) % v).collect();
-        let detected = Kernels::detect();
-        let a = logits(&model, detected.reference(), &ids);
-        let b = logits(&model, detected, &ids);
-        for (t, (x, y)) in a.iter().zip(&b).enumerate() {
-            let scale = x.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let max = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                max <= 1e-4 * scale,
-                "{what}, {} kernels vs {}, token {t}: max |dlogit| {max} (scale {scale})",
-                detected.name,
-                detected.reference().name
-            );
-        }
-    }
-
-    /// Greedy continuation of each prompt, fed through one [`Batch`] that
-    /// advances all sequences together (joining at different steps, prompts
-    /// in chunks of up to 4, a streaming cache of 12 that evicts), gives bit
-    /// for bit the logits of each sequence run alone in a [`Session`].
-    fn batch_agrees(model: &Llama, k: Kernels, what: &str) {
-        use crate::kv_cache::KvOptions;
-        use crate::model::{Batch, Seq};
-        let c = &model.config;
-        let v = c.vocab_size as u32;
-        let kv = KvOptions::streaming(2, 10);
-        let prompts: Vec<Vec<u32>> = [9usize, 1, 5, 13, 3]
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                (0..n as u32)
-                    .map(|j| (j * 7919 + 31 * i as u32 + 5) % v)
-                    .collect()
-            })
-            .collect();
-        let gen = 6;
-        let argmax = |l: &[f32]| -> u32 {
-            let mut b = 0;
-            for (i, &x) in l.iter().enumerate() {
-                if x > l[b] {
-                    b = i;
-                }
-            }
-            b as u32
-        };
-        // Alone.
-        let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
-        for p in &prompts {
-            let plan = MemoryPlan::with_kv(c, kv, 4).unwrap();
-            let mut arena = plan.alloc();
-            let mut s = Session::new(model, k, plan, &mut arena).unwrap();
-            let mut got = std::vec![s.forward(p).unwrap().to_vec()];
-            for _ in 0..gen {
-                let next = argmax(s.logits());
-                got.push(s.forward(&[next]).unwrap().to_vec());
-            }
-            alone.push(got);
-        }
-        // Together.
-        let n = prompts.len();
-        let plan = MemoryPlan::batched(c, kv, 4 * n, 1, n).unwrap();
-        let mut scratch = std::vec![0.0f32; plan.scratch_len];
-        let mut b = Batch::new(model, k, plan, &mut scratch).unwrap();
-        let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..n)
-            .map(|_| (std::vec![0.0; plan.kv_len], std::vec![0.0; plan.kv_len]))
-            .collect();
-        let mut caches: Vec<_> = mem
-            .iter_mut()
-            .map(|(kk, vv)| plan.cache(c, kk, vv).unwrap())
-            .collect();
-        let mut fed = std::vec![0usize; n];
-        let mut next = std::vec![0u32; n];
-        let mut got: Vec<Vec<Vec<f32>>> = std::vec![Vec::new(); n];
-        let mut step = 0;
-        while got.iter().any(|g| g.len() < gen + 1) {
-            let mut work: Vec<(usize, Vec<u32>)> = Vec::new();
-            for i in 0..n.min(step + 1) {
-                if got[i].len() == gen + 1 {
-                    continue;
-                }
-                let p = &prompts[i];
-                if fed[i] < p.len() {
-                    let take = 4.min(caches[i].chunk_room()).min(p.len() - fed[i]);
-                    work.push((i, p[fed[i]..fed[i] + take].to_vec()));
-                } else {
-                    work.push((i, std::vec![next[i]]));
-                }
-            }
-            // Sequences in reverse order of index, so rows and slots differ.
-            work.reverse();
-            let mut refs: Vec<&mut crate::kv_cache::KvCache> = caches.iter_mut().collect();
-            let mut seqs: Vec<Seq> = Vec::new();
-            let mut order = Vec::new();
-            for (i, r) in refs.drain(..).enumerate().rev() {
-                if let Some((_, t)) = work.iter().find(|(j, _)| *j == i) {
-                    seqs.push(Seq {
-                        cache: r,
-                        tokens: t,
-                    });
-                    order.push(i);
-                }
-            }
-            b.step(&mut seqs).unwrap();
-            for (slot, &i) in order.iter().enumerate() {
-                let t = &work.iter().find(|(j, _)| *j == i).unwrap().1;
-                if fed[i] < prompts[i].len() {
-                    fed[i] += t.len();
-                    if fed[i] < prompts[i].len() {
-                        continue;
-                    }
-                }
-                let l = b.logits(slot).to_vec();
-                next[i] = argmax(&l);
-                got[i].push(l);
-            }
-            step += 1;
-        }
-        for i in 0..n {
-            for (t, (x, y)) in alone[i].iter().zip(&got[i]).enumerate() {
-                let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-                assert!(
-                    same,
-                    "{what} {}: sequence {i} output {t} differs batched",
-                    k.name
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn batched_sequences_match_sessions() {
-        for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1] {
-            let bytes = tiny(ty);
-            let g = Gguf::parse(&bytes).unwrap();
-            let model = Llama::from_gguf(&g).unwrap();
-            for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
-                batch_agrees(&model, k, ty.name());
-            }
-        }
-    }
-
-    #[test]
-    fn detected_matches_scalar_end_to_end() {
-        for ty in [
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::Q8_0,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-        ] {
-            agree(&tiny(ty), ty.name());
-        }
-        if let Some(path) = std::env::var_os("EMBER_E2E_MODEL") {
-            let bytes = std::fs::read(&path).expect("EMBER_E2E_MODEL");
-            agree(&bytes, &path.to_string_lossy());
         }
     }
 }
@@ -1492,7 +1161,7 @@ fn transposed_batches_equal_in_any_chunks() {
     let x: [f32; 21 * 96] = core::array::from_fn(|_| rng.f32());
     let mut h = [f16::ZERO; 37 * 96];
     quant::f16::quantize_row(&wf, &mut h);
-    for data in [RowData::F32(&wf), RowData::F16(&h)] {
+    for data in [RowData::f32(&wf), RowData::f16(&h)] {
         let m = Matrix {
             rows,
             cols,
@@ -1564,14 +1233,21 @@ fn pieces_give_the_same_rows() {
         };
         // (matrix as a whole, whether its pieces are packed)
         let cases = [
-            (plain(RowData::F32(wf)), false),
-            (plain(RowData::F16(h)), false),
-            (plain(RowData::Q8_0(b8)), false),
-            (plain(RowData::Q4_0(b40)), false),
-            (plain(RowData::Q4_1(b41)), false),
-            (plain(RowData::Q8_0(b8)).with_packed(p8).unwrap(), true),
+            (plain(RowData::f32(wf)), false),
+            (plain(RowData::f16(h)), false),
+            (plain(RowData::blocks(GgmlType::Q8_0, b8)), false),
+            (plain(RowData::blocks(GgmlType::Q4_0, b40)), false),
+            (plain(RowData::blocks(GgmlType::Q4_1, b41)), false),
             (
-                plain(RowData::Q4_1(b41)).with_packed_q4_1(p41).unwrap(),
+                plain(RowData::blocks(GgmlType::Q8_0, b8))
+                    .with_packed(p8)
+                    .unwrap(),
+                true,
+            ),
+            (
+                plain(RowData::blocks(GgmlType::Q4_1, b41))
+                    .with_packed_q4_1(p41)
+                    .unwrap(),
                 true,
             ),
         ];
@@ -1590,10 +1266,10 @@ fn pieces_give_the_same_rows() {
             }; 3];
             let mut at = 0usize;
             for (k, &(lo, hi)) in cuts.iter().enumerate().rev() {
-                let src: &[u8] = match (m.data, packed) {
+                let src: &[u8] = match (m.ty(), packed) {
                     (_, false) => m.rows_data(lo, hi).unwrap().bytes(),
-                    (RowData::Q8_0(_), true) => quant::as_bytes(&p8[lo / 8 * nb..hi / 8 * nb]),
-                    (RowData::Q4_1(_), true) => quant::as_bytes(&p41[lo / 8 * nb..hi / 8 * nb]),
+                    (GgmlType::Q8_0, true) => quant::as_bytes(&p8[lo / 8 * nb..hi / 8 * nb]),
+                    (GgmlType::Q4_1, true) => quant::as_bytes(&p41[lo / 8 * nb..hi / 8 * nb]),
                     _ => unreachable!(),
                 };
                 bytes[at..at + src.len()].copy_from_slice(src);
@@ -1649,7 +1325,7 @@ fn pieces_give_the_same_rows() {
             assert!(m.with_pieces(bytes, &bad).is_err(), "past the buffer");
             bad[0].at = usize::MAX - 4;
             assert!(m.with_pieces(bytes, &bad).is_err(), "overflow");
-            if matches!(m.data, RowData::F32(_) | RowData::F16(_)) {
+            if matches!(m.ty(), GgmlType::F32 | GgmlType::F16) {
                 // (The block formats are byte arrays: any byte is aligned.)
                 let mut bad = list;
                 bad[0].at += 1;

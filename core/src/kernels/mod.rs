@@ -37,29 +37,83 @@ use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
-    self, cast_slice, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x4,
-    BlockQ8_0x8, GgmlType,
+    self, cast_slice, BlockQ16, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8,
+    GgmlType,
 };
 
-/// A matrix's rows, typed by storage format, borrowed from the weights file.
+/// A matrix's rows as stored in the weights file: whole blocks of one
+/// format, borrowed (aligned for the format's elements: [`Matrix`] checks).
 #[derive(Debug, Clone, Copy)]
-pub enum RowData<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-    Q8_0(&'a [BlockQ8_0]),
-    Q4_0(&'a [BlockQ4_0]),
-    Q4_1(&'a [BlockQ4_1]),
+pub struct RowData<'a> {
+    pub ty: GgmlType,
+    bytes: &'a [u8],
 }
 
 impl<'a> RowData<'a> {
+    /// No rows.
+    pub const EMPTY: RowData<'static> = RowData {
+        ty: GgmlType::F32,
+        bytes: &[],
+    };
+
+    /// `bytes` as rows of `ty`, if they are aligned for its elements (f16
+    /// and f32 rows are read as such) and a whole number of blocks.
+    pub fn new(ty: GgmlType, bytes: &'a [u8]) -> Result<RowData<'a>> {
+        match ty {
+            GgmlType::F32 => cast_slice::<f32>(bytes).map(|_| ())?,
+            GgmlType::F16 => cast_slice::<f16>(bytes).map(|_| ())?,
+            _ => {}
+        }
+        let bb = ty.block_bytes();
+        if !bytes.len().is_multiple_of(bb) {
+            return Err(Error::LengthMismatch {
+                expected: (bytes.len() / bb * bb) as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        Ok(RowData { ty, bytes })
+    }
+
+    /// Rows of f32 (no check can fail: f32 slices are aligned).
+    pub fn f32(rows: &'a [f32]) -> RowData<'a> {
+        RowData {
+            ty: GgmlType::F32,
+            bytes: quant::as_bytes(rows),
+        }
+    }
+
+    /// Rows of f16.
+    pub fn f16(rows: &'a [f16]) -> RowData<'a> {
+        RowData {
+            ty: GgmlType::F16,
+            bytes: quant::as_bytes(rows),
+        }
+    }
+
+    /// Rows of blocks of a block format `B` (of type `ty`).
+    pub fn blocks<B: quant::Block>(ty: GgmlType, rows: &'a [B]) -> RowData<'a> {
+        RowData {
+            ty,
+            bytes: quant::as_bytes(rows),
+        }
+    }
+
     /// The stored bytes.
     pub fn bytes(&self) -> &'a [u8] {
-        match *self {
-            RowData::F32(d) => quant::as_bytes(d),
-            RowData::F16(d) => quant::as_bytes(d),
-            RowData::Q8_0(d) => quant::as_bytes(d),
-            RowData::Q4_0(d) => quant::as_bytes(d),
-            RowData::Q4_1(d) => quant::as_bytes(d),
+        self.bytes
+    }
+
+    /// The rows as blocks of `B`, if they are of type `ty` (format-specific
+    /// kernels: the packed layouts and the int8 path).
+    pub fn as_blocks<B: quant::Block>(&self, ty: GgmlType) -> Option<&'a [B]> {
+        (self.ty == ty).then(|| quant::blocks(self.bytes))
+    }
+
+    /// The rows as f32, if they are F32.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        match self.ty {
+            GgmlType::F32 => cast_slice(self.bytes).ok(),
+            _ => None,
         }
     }
 }
@@ -142,13 +196,7 @@ impl<'a> Matrix<'a> {
             usize::try_from(t.dims[0]).map_err(|_| Error::DimensionOverflow { tensor: t.index })?;
         let rows = usize::try_from(t.n_rows())
             .map_err(|_| Error::DimensionOverflow { tensor: t.index })?;
-        let data = match t.ty {
-            GgmlType::F32 => RowData::F32(cast_slice(t.data)?),
-            GgmlType::F16 => RowData::F16(cast_slice(t.data)?),
-            GgmlType::Q8_0 => RowData::Q8_0(cast_slice(t.data)?),
-            GgmlType::Q4_0 => RowData::Q4_0(cast_slice(t.data)?),
-            GgmlType::Q4_1 => RowData::Q4_1(cast_slice(t.data)?),
-        };
+        let data = RowData::new(t.ty, t.data)?;
         Ok(Matrix {
             rows,
             cols,
@@ -192,24 +240,29 @@ impl<'a> Matrix<'a> {
         Ok(m)
     }
 
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty().block_len() * self.ty().block_bytes()
+    }
+
+    /// Blocks in one row.
+    pub fn row_blocks(&self) -> usize {
+        self.cols / self.ty().block_len()
+    }
+
     /// Rows `lo..hi` as stored (`None` past the last row).
     pub fn rows_data(&self, lo: usize, hi: usize) -> Option<RowData<'a>> {
-        fn rows<T>(d: &[T], per: usize, lo: usize, hi: usize) -> Option<&[T]> {
-            d.get(lo.checked_mul(per)?..hi.checked_mul(per)?)
-        }
-        let (c, nb) = (self.cols, self.cols / quant::QK);
-        Some(match self.data {
-            RowData::F32(d) => RowData::F32(rows(d, c, lo, hi)?),
-            RowData::F16(d) => RowData::F16(rows(d, c, lo, hi)?),
-            RowData::Q8_0(d) => RowData::Q8_0(rows(d, nb, lo, hi)?),
-            RowData::Q4_0(d) => RowData::Q4_0(rows(d, nb, lo, hi)?),
-            RowData::Q4_1(d) => RowData::Q4_1(rows(d, nb, lo, hi)?),
-        })
+        let rb = self.row_bytes();
+        let bytes = self
+            .data
+            .bytes
+            .get(lo.checked_mul(rb)?..hi.checked_mul(rb)?)?;
+        Some(RowData { bytes, ..self.data })
     }
 
     /// Piece `p`'s rows as a matrix of its own (`p.rows` rows, no pieces).
     pub fn piece(&self, p: &Piece) -> Result<Matrix<'a>> {
-        let nb = self.cols / quant::QK;
+        let nb = self.row_blocks();
         let (lo, hi) = (p.lo, p.lo.saturating_add(p.rows));
         let short = Error::LengthMismatch {
             expected: hi as u64,
@@ -236,12 +289,12 @@ impl<'a> Matrix<'a> {
             // Within the rows' own size (checked above) times a constant.
             let groups = p.rows / 8 * nb;
             let len = |block: usize| groups.checked_mul(block).ok_or(short);
-            return match data {
-                RowData::Q8_0(_) => {
+            return match data.ty {
+                GgmlType::Q8_0 => {
                     let len = len(core::mem::size_of::<BlockQ8_0x8>())?;
                     own.with_packed(cast_slice(span(len)?)?)
                 }
-                RowData::Q4_1(_) => {
+                GgmlType::Q4_1 => {
                     let len = len(core::mem::size_of::<BlockQ4_1x8>())?;
                     own.with_packed_q4_1(cast_slice(span(len)?)?)
                 }
@@ -253,13 +306,7 @@ impl<'a> Matrix<'a> {
         }
         let len = own.n_bytes();
         let b = span(len)?;
-        let data = match data {
-            RowData::F32(_) => RowData::F32(cast_slice(b)?),
-            RowData::F16(_) => RowData::F16(cast_slice(b)?),
-            RowData::Q8_0(_) => RowData::Q8_0(cast_slice(b)?),
-            RowData::Q4_0(_) => RowData::Q4_0(cast_slice(b)?),
-            RowData::Q4_1(_) => RowData::Q4_1(cast_slice(b)?),
-        };
+        let data = RowData::new(data.ty, b)?;
         Ok(Matrix { data, ..own })
     }
 
@@ -326,10 +373,10 @@ impl<'a> Matrix<'a> {
     /// blocks), if the pack is of the matrix's type and is one pack block
     /// per whole group and block column.
     fn attach(self, rows_per_group: usize, len: usize, packed: Packed<'a>) -> Result<Matrix<'a>> {
-        let need = self.rows / rows_per_group * (self.cols / quant::QK);
+        let need = self.rows / rows_per_group * self.row_blocks();
         let same_type = match packed {
-            Packed::Q4_1x8(_) => matches!(self.data, RowData::Q4_1(_)),
-            _ => matches!(self.data, RowData::Q8_0(_)),
+            Packed::Q4_1x8(_) => self.ty() == GgmlType::Q4_1,
+            _ => self.ty() == GgmlType::Q8_0,
         };
         if !same_type || len != need {
             return Err(Error::LengthMismatch {
@@ -343,8 +390,8 @@ impl<'a> Matrix<'a> {
     /// Blocks of [`BlockQ8_0x4`] that [`Matrix::with_packed4`] takes for
     /// this matrix (0 unless it is Q8_0 with at least four rows).
     pub fn packed4_len(&self) -> usize {
-        match self.data {
-            RowData::Q8_0(_) => self.rows / 4 * (self.cols / quant::QK),
+        match self.ty() {
+            GgmlType::Q8_0 => self.rows / 4 * self.row_blocks(),
             _ => 0,
         }
     }
@@ -374,13 +421,7 @@ impl<'a> Matrix<'a> {
     }
 
     pub fn ty(&self) -> GgmlType {
-        match self.data {
-            RowData::F32(_) => GgmlType::F32,
-            RowData::F16(_) => GgmlType::F16,
-            RowData::Q8_0(_) => GgmlType::Q8_0,
-            RowData::Q4_0(_) => GgmlType::Q4_0,
-            RowData::Q4_1(_) => GgmlType::Q4_1,
-        }
+        self.data.ty
     }
 
     /// Bytes of weights (what one full matmul reads).
@@ -396,18 +437,11 @@ impl<'a> Matrix<'a> {
 
     /// Hints `k`'s caches that row `r` is read soon (nothing past the last row).
     pub fn prefetch_row(&self, r: usize, k: &Kernels) {
-        fn span<T>(d: &[T], len: usize, r: usize) -> Option<(*const u8, usize)> {
-            let row = d.get(r * len..(r + 1) * len)?;
-            Some((row.as_ptr().cast(), core::mem::size_of_val(row)))
-        }
-        let b = self.cols / quant::QK;
-        let row = match self.data {
-            RowData::F32(d) => span(d, self.cols, r),
-            RowData::F16(d) => span(d, self.cols, r),
-            RowData::Q8_0(d) => span(d, b, r),
-            RowData::Q4_0(d) => span(d, b, r),
-            RowData::Q4_1(d) => span(d, b, r),
-        };
+        let rb = self.row_bytes();
+        let row = r
+            .checked_mul(rb)
+            .and_then(|at| self.data.bytes.get(at..at + rb))
+            .map(|row| (row.as_ptr(), rb));
         if let Some((p, len)) = row {
             (k.prefetch)(p, len);
         }
@@ -428,14 +462,8 @@ impl<'a> Matrix<'a> {
             needed: self.cols as u64,
             found,
         })?;
-        let b = self.cols / quant::QK;
-        match self.data {
-            RowData::F32(d) => out.copy_from_slice(&d[r * self.cols..(r + 1) * self.cols]),
-            RowData::F16(d) => (k.widen_f16)(&d[r * self.cols..(r + 1) * self.cols], out),
-            RowData::Q8_0(d) => (k.widen_q8_0)(&d[r * b..(r + 1) * b], out),
-            RowData::Q4_0(d) => quant::q4_0::dequantize_row(&d[r * b..(r + 1) * b], out),
-            RowData::Q4_1(d) => quant::q4_1::dequantize_row(&d[r * b..(r + 1) * b], out),
-        }
+        let rb = self.row_bytes();
+        (k.format(self.ty()).widen)(&self.data.bytes[r * rb..(r + 1) * rb], out);
         Ok(())
     }
 }
@@ -547,13 +575,12 @@ pub type QuantizeQ16Fn = fn(&[f32], &mut [BlockQ16]);
 /// reference does.
 pub type MatvecQ16x8Fn = fn(&[BlockQ8_0x8], &[BlockQ16], usize, &mut [f32], usize);
 
-/// Decode kernels over 16-bit activation blocks ([`crate::quant::q16`]).
+/// Decode kernels over 16-bit activation blocks ([`crate::quant::q16`]) that
+/// are not one format's: the quantizer and the packed layouts (each
+/// format's own 16-bit kernel is its [`FormatKernels::q16`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Q16Kernels {
     pub quantize: QuantizeQ16Fn,
-    pub q8_0: MatvecQ16Fn<BlockQ8_0>,
-    pub q4_0: MatvecQ16Fn<BlockQ4_0>,
-    pub q4_1: MatvecQ16Fn<BlockQ4_1>,
     /// Q8_0 rows interleaved in eights ([`Matrix::packed`]); with `None`
     /// the host builds no packs.
     pub q8_0x8: Option<MatvecQ16x8Fn>,
@@ -680,22 +707,102 @@ pub enum Arith {
     Batch,
 }
 
+/// One row's dot with f32 activations, the row given as its stored bytes.
+pub type RowDotFn = fn(&[u8], &[f32]) -> f32;
+
+/// `out[i] = W[i] · x` for `out.len()` consecutive rows given as their
+/// stored bytes, each as long as `x`.
+pub type RowMatvecFn = fn(&[u8], &[f32], &mut [f32]);
+
+/// Stored rows as f32 (`out` as long as the rows).
+pub type RowWidenFn = fn(&[u8], &mut [f32]);
+
+/// [`MatvecQ16Fn`] over rows given as their stored bytes.
+pub type RowQ16Fn = fn(&[u8], &[BlockQ16], usize, &mut [f32]);
+
+/// One weight format's row of a kernel table: what every matmul of a
+/// matrix of that format calls, on rows given as their stored bytes (whole
+/// blocks, aligned for the format: [`RowData`]). A table's fast kernels
+/// take typed rows; [`erase!`](crate::kernels::erase) makes the entry.
+#[derive(Debug, Clone, Copy)]
+pub struct FormatKernels {
+    /// One row's dot with f32 activations.
+    pub dot: RowDotFn,
+    /// Several rows against f32 activations (decode without 16-bit
+    /// blocks); with `None`, row by row through `dot`.
+    pub mv: Option<RowMatvecFn>,
+    /// Rows as f32, element for element what the format's `dequantize`
+    /// gives (NaN payloads aside): batched tiles and the embedding lookup.
+    pub widen: RowWidenFn,
+    /// With `Some` (on a table with [`Kernels::q16`]), decode multiplies
+    /// these rows by the activations in 16-bit blocks; with `None` by the
+    /// f32 activations.
+    pub q16: Option<RowQ16Fn>,
+}
+
+impl FormatKernels {
+    /// The format's own scalar reference ([`quant::Format`]): what a table
+    /// runs for a format it has no kernels for.
+    pub const fn reference(f: &quant::Format) -> FormatKernels {
+        FormatKernels {
+            dot: f.dot,
+            mv: None,
+            widen: f.dequantize,
+            q16: None,
+        }
+    }
+}
+
+/// A [`FormatKernels`] entry from a kernel over typed rows: `erase!(dot T,
+/// f)`, `erase!(mv T, f)`, `erase!(widen T, f)` or `erase!(q16 T, f)`,
+/// where `T` is `f32`, `f16` or a block type. The rows' bytes are viewed as
+/// `T` without copying ([`rows_as`]).
+macro_rules! erase {
+    (dot $t:ty, $f:path) => {{
+        fn f(w: &[u8], x: &[f32]) -> f32 {
+            $f($crate::kernels::rows_as::<$t>(w), x)
+        }
+        f as $crate::kernels::RowDotFn
+    }};
+    (mv $t:ty, $f:path) => {{
+        fn f(w: &[u8], x: &[f32], out: &mut [f32]) {
+            $f($crate::kernels::rows_as::<$t>(w), x, out)
+        }
+        f as $crate::kernels::RowMatvecFn
+    }};
+    (widen $t:ty, $f:path) => {{
+        fn f(w: &[u8], out: &mut [f32]) {
+            $f($crate::kernels::rows_as::<$t>(w), out)
+        }
+        f as $crate::kernels::RowWidenFn
+    }};
+    (q16 $t:ty, $f:path) => {{
+        fn f(w: &[u8], x: &[$crate::quant::BlockQ16], n: usize, out: &mut [f32]) {
+            $f($crate::kernels::rows_as::<$t>(w), x, n, out)
+        }
+        f as $crate::kernels::RowQ16Fn
+    }};
+}
+pub(crate) use erase;
+
+/// Stored rows' bytes as `T` (f32, f16 or a block type). [`RowData`]
+/// checked the alignment and the whole blocks, and a row boundary keeps
+/// both, so this never comes up short; if it did, the view would be empty.
+#[inline(always)]
+pub fn rows_as<T: quant::Pod>(bytes: &[u8]) -> &[T] {
+    cast_slice(bytes).unwrap_or(&[])
+}
+
 /// The kernel table.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
     /// Which set this is, for logs and `--kernels`.
     pub name: &'static str,
+    /// Each weight format's kernels, keyed by [`GgmlType::index`].
+    pub formats: [FormatKernels; GgmlType::COUNT],
+    /// Vector dots for attention over f32 and f16 caches.
     pub dot_f32: DotFn<f32>,
     pub dot_f16: DotFn<f16>,
-    pub dot_q8_0: DotFn<BlockQ8_0>,
-    pub dot_q4_0: DotFn<BlockQ4_0>,
-    pub dot_q4_1: DotFn<BlockQ4_1>,
-    /// Several rows at once (decode): the same sums as the dots, row by row.
-    pub mv_f32: MatvecFn<f32>,
-    pub mv_f16: MatvecFn<f16>,
-    pub mv_q8_0: MatvecFn<BlockQ8_0>,
-    pub mv_q4_0: MatvecFn<BlockQ4_0>,
-    pub mv_q4_1: MatvecFn<BlockQ4_1>,
     /// f32 rows times several tokens (batched prefill over dequantized tiles).
     pub gemm_f32: GemmFn,
     /// With `Some`, batched prefill transposes the tokens' activations once
@@ -704,10 +811,6 @@ pub struct Kernels {
     pub gemm_xt: Option<GemmXtFn>,
     /// `y += a * x` over f16 `x`.
     pub axpy_f16: AxpyF16Fn,
-    /// f16 weights as f32 (exact), for batched tiles.
-    pub widen_f16: WidenFn<f16>,
-    /// Q8_0 blocks as f32 (`q * d`, exact per weight), for batched tiles.
-    pub widen_q8_0: WidenFn<BlockQ8_0>,
     /// Asks the caches for bytes read soon (the batched loop's next tile
     /// while this one multiplies, attention's cached rows before the
     /// kernels read them); a no-op in the scalar tables.
@@ -715,7 +818,7 @@ pub struct Kernels {
     /// SwiGLU's gate in place, `g = silu(g) * u`: [`crate::math::swiglu`]'s
     /// values (NaN for NaN).
     pub swiglu: fn(&mut [f32], &[f32]),
-    /// Attention's softmax in place: [`crate::attention::softmax`]'s values
+    /// Attention's softmax in place: [`crate::math::softmax`]'s values
     /// bit for bit.
     pub softmax: fn(&mut [f32]),
     /// Attention's scores over an f16 cache, all positions and all query
@@ -743,24 +846,15 @@ impl Kernels {
     pub const fn scalar() -> Kernels {
         Kernels {
             name: "scalar",
+            formats: scalar::formats(),
             dot_f32: scalar::dot_f32,
             dot_f16: scalar::dot_f16,
-            dot_q8_0: scalar::dot_q8_0,
-            dot_q4_0: scalar::dot_q4_0,
-            dot_q4_1: scalar::dot_q4_1,
-            mv_f32: scalar::mv_f32,
-            mv_f16: scalar::mv_f16,
-            mv_q8_0: scalar::mv_q8_0,
-            mv_q4_0: scalar::mv_q4_0,
-            mv_q4_1: scalar::mv_q4_1,
             gemm_f32: scalar::gemm_f32,
             gemm_xt: None,
             axpy_f16: scalar::axpy_f16,
-            widen_f16: quant::f16::dequantize_row,
-            widen_q8_0: quant::q8_0::dequantize_row,
             prefetch: scalar::prefetch,
             swiglu: crate::math::swiglu,
-            softmax: crate::attention::softmax,
+            softmax: crate::math::softmax,
             key_dots_f16: scalar::key_dots_f16,
             value_sum_f16: scalar::value_sum_f16,
             q16: None,
@@ -774,11 +868,9 @@ impl Kernels {
     pub const fn scalar_q16() -> Kernels {
         Kernels {
             name: "scalar-q16",
+            formats: scalar::formats_q16(),
             q16: Some(Q16Kernels {
                 quantize: quant::q16::quantize_row,
-                q8_0: scalar::mv_q8_0_q16,
-                q4_0: scalar::mv_q4_0_q16,
-                q4_1: scalar::mv_q4_1_q16,
                 q8_0x8: None,
                 q4_1x8: None,
             }),
@@ -795,6 +887,19 @@ impl Kernels {
             q8_0x4_q8_0: Some(scalar::matvec_q8_0x4_q8_0),
             ..Self::scalar()
         }
+    }
+
+    /// The kernels for matrices of type `ty`.
+    #[inline(always)]
+    pub fn format(&self, ty: GgmlType) -> &FormatKernels {
+        &self.formats[ty.index()]
+    }
+
+    /// This table with `ty`'s kernels replaced (how an architecture's table
+    /// plugs its kernels into the scalar one).
+    pub const fn with_format(mut self, ty: GgmlType, k: FormatKernels) -> Kernels {
+        self.formats[ty.index()] = k;
+        self
     }
 
     /// The scalar table that computes what this one does (the same
@@ -1001,7 +1106,7 @@ impl Kernels {
             needed: needed as u64,
             found: have,
         };
-        let nb = cols / quant::QK;
+        let nb = w.row_blocks();
         if self.takes_q8_0(w) {
             // Each token's activations are quantized once into the scratch.
             let xq: &mut [BlockQ8_0] = blocks_in(scratch, nb)?;
@@ -1053,7 +1158,7 @@ impl Kernels {
             let b = (a + TILE_ROWS).min(r1);
             let tr = b - a;
             // f32 rows need no room to widen into.
-            let (tw, to) = if let RowData::F32(_) = w.data {
+            let (tw, to) = if w.ty() == GgmlType::F32 {
                 let to = scratch.get_mut(..tile_out).ok_or(small(tile_out))?;
                 (&mut [][..], to)
             } else {
@@ -1090,7 +1195,7 @@ impl Kernels {
                 w.prefetch_row(r + TILE_ROWS, self);
             }
         };
-        if let RowData::F32(d) = w.data {
+        if let Some(d) = w.data.as_f32() {
             (a..b).for_each(next);
             return Ok(&d[a * cols..b * cols]);
         }
@@ -1213,7 +1318,7 @@ impl Kernels {
     /// table (then the caller may quantize once for several matrices:
     /// [`Kernels::matmul_part_q8`]).
     pub fn takes_q8_0(&self, w: &Matrix) -> bool {
-        self.q8_0_q8_0.is_some() && matches!(w.data, RowData::Q8_0(_))
+        self.q8_0_q8_0.is_some() && w.ty() == GgmlType::Q8_0
     }
 
     /// [`Kernels::matmul_part_as`] for a matrix this table multiplies by
@@ -1229,7 +1334,7 @@ impl Kernels {
         if !w.pieces.is_empty() {
             return w.by_piece(part, |m, p| self.matmul_part_q8(m, xq, p));
         }
-        let nb = w.cols / quant::QK;
+        let nb = w.row_blocks();
         let n = part.tokens();
         let (r0, r1) = part.range();
         if !self.takes_q8_0(w) || xq.len() < n * nb || r1 > w.rows || r0 > r1 {
@@ -1246,7 +1351,7 @@ impl Kernels {
 
     /// Rows `r0..r1` of a Q8_0 matrix against one token's Q8_0 blocks.
     fn q8_token(&self, w: &Matrix, xq: &[BlockQ8_0], r0: usize, r1: usize, out: &mut [f32]) {
-        let (Some(matvec), RowData::Q8_0(d)) = (self.q8_0_q8_0, w.data) else {
+        let (Some(matvec), Some(d)) = (self.q8_0_q8_0, w.data.as_blocks(GgmlType::Q8_0)) else {
             return;
         };
         let nb = xq.len();
@@ -1272,7 +1377,7 @@ impl Kernels {
         if self.decodes_q16(w) {
             // The activations are quantized once into the scratch; several
             // tokens' results go to a tile after them, then to their rows.
-            let blocks = n * (w.cols / quant::QK);
+            let blocks = n * w.row_blocks();
             let block_floats = (blocks * core::mem::size_of::<BlockQ16>()).div_ceil(4);
             if scratch.len() < block_floats {
                 return Err(Error::BufferTooSmall {
@@ -1297,7 +1402,7 @@ impl Kernels {
     pub fn packed_q8_0(&self, w: &Matrix) -> bool {
         let w = &w.form();
         w.packed8().is_some()
-            && matches!(w.data, RowData::Q8_0(_))
+            && w.ty() == GgmlType::Q8_0
             && self.decodes_q16(w)
             && self.q16.is_some_and(|q| q.q8_0x8.is_some())
     }
@@ -1306,15 +1411,13 @@ impl Kernels {
     /// caller may quantize once for all workers: [`Kernels::quantize_q16`]
     /// and [`Kernels::matmul_part_q16`]).
     pub fn decodes_q16(&self, w: &Matrix) -> bool {
-        self.q16.is_some()
-            && self.q8_0_q8_0.is_none()
-            && !matches!(w.data, RowData::F32(_) | RowData::F16(_))
+        self.q16.is_some() && self.q8_0_q8_0.is_none() && self.format(w.ty()).q16.is_some()
     }
 
     /// Quantizes `n` tokens of `cols` activations into `out` (`n * cols / 32`
     /// blocks); false if this table has no 16-bit decode or `out` is short.
     pub fn quantize_q16(&self, x: &[f32], n: usize, cols: usize, out: &mut [BlockQ16]) -> bool {
-        let nb = cols / quant::QK;
+        let nb = cols / quant::q16::QK;
         let (Some(q16), true, true) = (self.q16, out.len() >= n * nb, x.len() >= n * cols) else {
             return false;
         };
@@ -1356,7 +1459,7 @@ impl Kernels {
     ) -> Result<()> {
         let n = part.tokens();
         let (r0, r1) = part.range();
-        let nb = w.cols / quant::QK;
+        let nb = w.row_blocks();
         let Some(q16) = self.q16 else {
             return Ok(());
         };
@@ -1371,25 +1474,32 @@ impl Kernels {
         }
         let xq = &xq[..n * nb];
         {
-            let run = |a: usize, b: usize, o: &mut [f32]| match (w.data, w.packed, q16) {
+            let rb = w.row_bytes();
+            let own = self.format(w.ty()).q16;
+            let run = |a: usize, b: usize, o: &mut [f32]| match (w.packed, q16) {
                 (
-                    RowData::Q8_0(d),
                     Packed::X8(p),
                     Q16Kernels {
                         q8_0x8: Some(k), ..
                     },
-                ) => packed_rows(d, p, k, quant::q16::dot_q8_0_q16, xq, n, (a, b), o),
+                ) => {
+                    let d = quant::blocks::<BlockQ8_0>(w.data.bytes());
+                    packed_rows(d, p, k, quant::q16::dot_q8_0_q16, xq, n, (a, b), o)
+                }
                 (
-                    RowData::Q4_1(d),
                     Packed::Q4_1x8(p),
                     Q16Kernels {
                         q4_1x8: Some(k), ..
                     },
-                ) => packed_rows(d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o),
-                (RowData::Q8_0(d), _, _) => (q16.q8_0)(&d[a * nb..b * nb], xq, n, o),
-                (RowData::Q4_0(d), _, _) => (q16.q4_0)(&d[a * nb..b * nb], xq, n, o),
-                (RowData::Q4_1(d), _, _) => (q16.q4_1)(&d[a * nb..b * nb], xq, n, o),
-                (RowData::F32(_) | RowData::F16(_), _, _) => {}
+                ) => {
+                    let d = quant::blocks::<BlockQ4_1>(w.data.bytes());
+                    packed_rows(d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o)
+                }
+                _ => {
+                    if let Some(k) = own {
+                        k(&w.data.bytes()[a * rb..b * rb], xq, n, o)
+                    }
+                }
             };
             if n == 1 {
                 run(r0, r1, part.token(0));
@@ -1418,9 +1528,10 @@ impl Kernels {
     /// Decode of `part`'s tokens against the f32 activations, row by row.
     fn f32_decode_part(&self, w: &Matrix, x: &[f32], part: &mut TokenRows<'_>) -> Result<()> {
         let cols = w.cols;
+        let rb = w.row_bytes();
+        let fk = self.format(w.ty());
         let n = part.tokens();
         let (r0, r1) = part.range();
-        let nb = cols / quant::QK;
         let mut a = r0;
         while a < r1 {
             let b = if n == 1 {
@@ -1431,12 +1542,14 @@ impl Kernels {
             for t in 0..n {
                 let xt = &x[t * cols..(t + 1) * cols];
                 let o = &mut part.token(t)[a - r0..b - r0];
-                match w.data {
-                    RowData::F32(d) => (self.mv_f32)(&d[a * cols..b * cols], xt, o),
-                    RowData::F16(d) => (self.mv_f16)(&d[a * cols..b * cols], xt, o),
-                    RowData::Q8_0(d) => (self.mv_q8_0)(&d[a * nb..b * nb], xt, o),
-                    RowData::Q4_0(d) => (self.mv_q4_0)(&d[a * nb..b * nb], xt, o),
-                    RowData::Q4_1(d) => (self.mv_q4_1)(&d[a * nb..b * nb], xt, o),
+                let rows = &w.data.bytes()[a * rb..b * rb];
+                match fk.mv {
+                    Some(mv) => mv(rows, xt, o),
+                    None => {
+                        for (o, row) in o.iter_mut().zip(rows.chunks_exact(rb.max(1))) {
+                            *o = (fk.dot)(row, xt);
+                        }
+                    }
                 }
             }
             a = b;

@@ -12,9 +12,71 @@
 
 use half::f16;
 
-use super::{AxpyF16Fn, DotFn};
+use super::{erase, AxpyF16Fn, DotFn, FormatKernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, QK};
+use crate::quant::q16::QK;
+use crate::quant::{
+    self, q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, GgmlType,
+};
+
+/// The scalar table's formats: each format's own reference
+/// ([`FormatKernels::reference`]), with this file's eight-lane kernels for
+/// the formats that have them.
+pub const fn formats() -> [FormatKernels; GgmlType::COUNT] {
+    let mut f = [FormatKernels::reference(&quant::FORMATS[0]); GgmlType::COUNT];
+    let mut i = 1;
+    while i < GgmlType::COUNT {
+        f[i] = FormatKernels::reference(&quant::FORMATS[i]);
+        i += 1;
+    }
+    f[GgmlType::F32.index()] = FormatKernels {
+        dot: erase!(dot f32, dot_f32),
+        mv: Some(erase!(mv f32, mv_f32)),
+        widen: erase!(widen f32, copy_f32),
+        q16: None,
+    };
+    f[GgmlType::F16.index()] = FormatKernels {
+        dot: erase!(dot f16, dot_f16),
+        mv: Some(erase!(mv f16, mv_f16)),
+        widen: erase!(widen f16, quant::f16::dequantize_row),
+        q16: None,
+    };
+    f[GgmlType::Q8_0.index()] = FormatKernels {
+        dot: erase!(dot BlockQ8_0, dot_q8_0),
+        mv: Some(erase!(mv BlockQ8_0, mv_q8_0)),
+        widen: erase!(widen BlockQ8_0, quant::q8_0::dequantize_row),
+        q16: None,
+    };
+    f[GgmlType::Q4_0.index()] = FormatKernels {
+        dot: erase!(dot BlockQ4_0, dot_q4_0),
+        mv: Some(erase!(mv BlockQ4_0, mv_q4_0)),
+        widen: erase!(widen BlockQ4_0, quant::q4_0::dequantize_row),
+        q16: None,
+    };
+    f[GgmlType::Q4_1.index()] = FormatKernels {
+        dot: erase!(dot BlockQ4_1, dot_q4_1),
+        mv: Some(erase!(mv BlockQ4_1, mv_q4_1)),
+        widen: erase!(widen BlockQ4_1, quant::q4_1::dequantize_row),
+        q16: None,
+    };
+    f
+}
+
+/// [`formats`] with 16-bit activation blocks in decode for the block
+/// formats: the arithmetic of the fast decode kernels, written plainly.
+pub const fn formats_q16() -> [FormatKernels; GgmlType::COUNT] {
+    let mut f = formats();
+    f[GgmlType::Q8_0.index()].q16 = Some(erase!(q16 BlockQ8_0, mv_q8_0_q16));
+    f[GgmlType::Q4_0.index()].q16 = Some(erase!(q16 BlockQ4_0, mv_q4_0_q16));
+    f[GgmlType::Q4_1.index()].q16 = Some(erase!(q16 BlockQ4_1, mv_q4_1_q16));
+    f
+}
+
+/// F32 rows as they are.
+fn copy_f32(w: &[f32], out: &mut [f32]) {
+    let n = w.len().min(out.len());
+    out[..n].copy_from_slice(&w[..n]);
+}
 
 const L: usize = 8;
 const H: usize = QK / 2;

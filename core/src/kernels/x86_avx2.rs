@@ -18,9 +18,10 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
-use super::{Kernels, Q16Kernels};
+use super::{erase, FormatKernels, Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8, QK};
+use crate::quant::q16::QK;
+use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8, GgmlType};
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
 /// compile time without).
@@ -28,23 +29,12 @@ pub fn table() -> Option<Kernels> {
     if !supported() {
         return None;
     }
-    Some(Kernels {
+    let k = Kernels {
         name: "avx2",
         dot_f32,
         dot_f16,
-        dot_q8_0,
-        dot_q4_0,
-        dot_q4_1,
-        mv_f32,
-        mv_f16,
-        mv_q8_0,
-        mv_q4_0,
-        mv_q4_1,
         gemm_f32,
-        gemm_xt: None,
         axpy_f16,
-        widen_f16,
-        widen_q8_0,
         prefetch,
         swiglu,
         softmax,
@@ -52,15 +42,58 @@ pub fn table() -> Option<Kernels> {
         value_sum_f16,
         q16: Some(Q16Kernels {
             quantize: quantize_q16,
-            q8_0: mv_q8_0_q16,
-            q4_0: mv_q4_0_q16,
-            q4_1: mv_q4_1_q16,
             q8_0x8: Some(mv_q8_0x8_q16),
             q4_1x8: Some(mv_q4_1x8_q16),
         }),
-        q8_0_q8_0: None,
-        q8_0x4_q8_0: None,
-    })
+        ..Kernels::scalar()
+    };
+    let reference = k.formats;
+    Some(
+        k.with_format(
+            GgmlType::F32,
+            FormatKernels {
+                dot: erase!(dot f32, dot_f32),
+                mv: Some(erase!(mv f32, mv_f32)),
+                ..reference[GgmlType::F32.index()]
+            },
+        )
+        .with_format(
+            GgmlType::F16,
+            FormatKernels {
+                dot: erase!(dot f16, dot_f16),
+                mv: Some(erase!(mv f16, mv_f16)),
+                widen: erase!(widen f16, widen_f16),
+                q16: None,
+            },
+        )
+        .with_format(
+            GgmlType::Q8_0,
+            FormatKernels {
+                dot: erase!(dot BlockQ8_0, dot_q8_0),
+                mv: Some(erase!(mv BlockQ8_0, mv_q8_0)),
+                widen: erase!(widen BlockQ8_0, widen_q8_0),
+                q16: Some(erase!(q16 BlockQ8_0, mv_q8_0_q16)),
+            },
+        )
+        .with_format(
+            GgmlType::Q4_0,
+            FormatKernels {
+                dot: erase!(dot BlockQ4_0, dot_q4_0),
+                mv: Some(erase!(mv BlockQ4_0, mv_q4_0)),
+                q16: Some(erase!(q16 BlockQ4_0, mv_q4_0_q16)),
+                ..reference[GgmlType::Q4_0.index()]
+            },
+        )
+        .with_format(
+            GgmlType::Q4_1,
+            FormatKernels {
+                dot: erase!(dot BlockQ4_1, dot_q4_1),
+                mv: Some(erase!(mv BlockQ4_1, mv_q4_1)),
+                q16: Some(erase!(q16 BlockQ4_1, mv_q4_1_q16)),
+                ..reference[GgmlType::Q4_1.index()]
+            },
+        ),
+    )
 }
 
 #[cfg(feature = "std")]
@@ -1226,7 +1259,7 @@ pub(super) mod imp {
         crate::math::swiglu(tg, tu);
     }
 
-    /// [`crate::attention::softmax`] eight lanes at a time, bit for bit: the
+    /// [`crate::math::softmax`] eight lanes at a time, bit for bit: the
     /// maximum is exact in any order (NaN skipped, as the fold skips it), the
     /// exponentials are [`exp8`]'s, and lane `j` sums elements `i % 8 == j`
     /// in order, as the reference's lanes do.
@@ -1262,7 +1295,7 @@ pub(super) mod imp {
             *v = crate::math::exp(*v - max);
             lanes[j] += *v;
         }
-        let inv = 1.0 / crate::attention::sum_lanes(&lanes);
+        let inv = 1.0 / crate::math::sum_lanes(&lanes);
         let iv = _mm256_set1_ps(inv);
         for v in cx.iter_mut() {
             // SAFETY: eight writable floats at `v`; storeu is unaligned.

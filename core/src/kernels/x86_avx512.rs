@@ -31,7 +31,8 @@ use half::f16;
 
 use super::x86_avx2::imp as avx2;
 use super::x86_avx2::{q16_shape, x8_shape};
-use super::{Kernels, Q16Kernels, XtShape};
+use super::{erase, FormatKernels, Kernels, Q16Kernels, RowQ16Fn, XtShape};
+use crate::quant::GgmlType;
 use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8};
 
 /// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
@@ -40,28 +41,44 @@ pub fn table() -> Option<Kernels> {
     if !supported() {
         return None;
     }
-    let q16 = if vnni() {
-        base.q16.map(|b| Q16Kernels {
-            q8_0: mv_q8_0_q16,
-            q4_0: mv_q4_0_q16,
-            q4_1: mv_q4_1_q16,
-            q8_0x8: Some(mv_q8_0x8_q16),
-            q4_1x8: Some(mv_q4_1x8_q16),
-            ..b
-        })
-    } else {
-        base.q16
-    };
-    Some(Kernels {
+    let k = Kernels {
         name: "avx512",
         gemm_f32,
         gemm_xt: Some(gemm_xt),
         key_dots_f16,
         value_sum_f16,
         softmax,
-        q16,
         ..base
-    })
+    };
+    if !vnni() {
+        return Some(k);
+    }
+    let q16 = |ty: GgmlType, f: RowQ16Fn| FormatKernels {
+        q16: Some(f),
+        ..*k.format(ty)
+    };
+    Some(
+        Kernels {
+            q16: base.q16.map(|b| Q16Kernels {
+                q8_0x8: Some(mv_q8_0x8_q16),
+                q4_1x8: Some(mv_q4_1x8_q16),
+                ..b
+            }),
+            ..k
+        }
+        .with_format(
+            GgmlType::Q8_0,
+            q16(GgmlType::Q8_0, erase!(q16 BlockQ8_0, mv_q8_0_q16)),
+        )
+        .with_format(
+            GgmlType::Q4_0,
+            q16(GgmlType::Q4_0, erase!(q16 BlockQ4_0, mv_q4_0_q16)),
+        )
+        .with_format(
+            GgmlType::Q4_1,
+            q16(GgmlType::Q4_1, erase!(q16 BlockQ4_1, mv_q4_1_q16)),
+        ),
+    )
 }
 
 #[cfg(feature = "std")]
@@ -180,7 +197,7 @@ mod imp {
         chains: 16
     );
 
-    /// [`crate::attention::softmax`] sixteen lanes at a time, bit for bit:
+    /// [`crate::math::softmax`] sixteen lanes at a time, bit for bit:
     /// [`exp16`] is the reference exponential's operations in sixteen
     /// lanes, and each exponential still goes into sum lane `i % 8` in order
     /// (the low eight of a register, then the high eight), as there.
@@ -220,7 +237,7 @@ mod imp {
             *v = crate::math::exp(*v - max);
             sums[j % 8] += *v;
         }
-        let inv = 1.0 / crate::attention::sum_lanes(&sums);
+        let inv = 1.0 / crate::math::sum_lanes(&sums);
         let iv = _mm512_set1_ps(inv);
         for v in cx.iter_mut() {
             // SAFETY: sixteen floats at `v`, read then written; loadu and
@@ -751,12 +768,12 @@ mod tests {
         extern crate std;
         use crate::kernels::conformance::Rng;
         use crate::kernels::Kernels;
-        use crate::quant::{self, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+        use crate::quant::{self, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
         use std::vec;
         let (Some(a), Some(b)) = (Kernels::avx512(), Kernels::avx2()) else {
             return;
         };
-        let (Some(qa), Some(qb)) = (a.q16, b.q16) else {
+        let (Some(_), Some(qb)) = (a.q16, b.q16) else {
             return;
         };
         let mut rng = Rng::new(0x7a11);
@@ -781,15 +798,16 @@ mod tests {
                 (qb.quantize)(&x[t * cols..(t + 1) * cols], &mut xq[t * nb..(t + 1) * nb]);
             }
             let (mut oa, mut ob) = (vec![0.0f32; n * rows], vec![0.0f32; n * rows]);
-            (qa.q8_0)(&w8, &xq, n, &mut oa);
-            (qb.q8_0)(&w8, &xq, n, &mut ob);
-            assert_eq!(bits(&oa), bits(&ob), "q8_0, {n} tokens");
-            (qa.q4_0)(&w40, &xq, n, &mut oa);
-            (qb.q4_0)(&w40, &xq, n, &mut ob);
-            assert_eq!(bits(&oa), bits(&ob), "q4_0, {n} tokens");
-            (qa.q4_1)(&w41, &xq, n, &mut oa);
-            (qb.q4_1)(&w41, &xq, n, &mut ob);
-            assert_eq!(bits(&oa), bits(&ob), "q4_1, {n} tokens");
+            for (ty, w) in [
+                (GgmlType::Q8_0, quant::as_bytes(&w8)),
+                (GgmlType::Q4_0, quant::as_bytes(&w40)),
+                (GgmlType::Q4_1, quant::as_bytes(&w41)),
+            ] {
+                let (ka, kb) = (a.format(ty).q16.unwrap(), b.format(ty).q16.unwrap());
+                ka(w, &xq, n, &mut oa);
+                kb(w, &xq, n, &mut ob);
+                assert_eq!(bits(&oa), bits(&ob), "{}, {n} tokens", ty.name());
+            }
         }
 
         fn bits(v: &[f32]) -> vec::Vec<u32> {

@@ -5,14 +5,7 @@
 use crate::error::{Cap, Error, MetaKey, Result};
 use crate::gguf::Gguf;
 
-/// Caps on model shape; a file over them is refused before anything is sized.
-pub mod limits {
-    pub const MAX_LAYERS: usize = 128;
-    pub const MAX_HEADS: usize = 1024;
-    pub const MAX_DIM: usize = 1 << 16;
-    pub const MAX_FFN: usize = 1 << 18;
-    pub const MAX_VOCAB: usize = 1 << 21;
-}
+pub use crate::limits;
 
 /// A llama-family decoder's shape.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -832,7 +832,7 @@ impl Mm<'_> {
         // Tables with int8 activations (Cortex-M DSP) quantize the input
         // once here for all the matrices too, when the blocks fit.
         let q8 = !q16 && ws.iter().all(|w| w.cols == cols && kern.takes_q8_0(w));
-        let nb = cols / crate::quant::QK;
+        let nb = cols / crate::quant::q16::QK;
         // Batched tiles on tables that take the tokens transposed: the input
         // transposed once here for all the matrices and workers.
         let xt = !q16

@@ -113,7 +113,7 @@ impl ScratchSizes {
             // (whichever is larger: a step uses one) a batch of activations
             // transposed once for all workers (`Kernels::transpose`).
             xq: decode
-                .checked_mul(cols.div_ceil(crate::quant::QK))?
+                .checked_mul(cols.div_ceil(crate::quant::q16::QK))?
                 .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?
                 .max(if packed_prefill && b > 1 {
                     cols.checked_mul(crate::kernels::xt_ld(b))?

@@ -113,7 +113,7 @@ impl<'a> Weights<'a> {
         let none = Matrix {
             rows: 0,
             cols: 0,
-            data: crate::kernels::RowData::F32(&[]),
+            data: crate::kernels::RowData::EMPTY,
             packed: Packed::None,
             pieces: crate::kernels::Pieces::NONE,
         };

@@ -3,6 +3,33 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::{Format, GgmlType};
+
+/// F16 in the format table: halves read from their little-endian bytes, so
+/// the reference takes a row at any byte offset.
+pub const FORMAT: Format = Format {
+    ty: GgmlType::F16,
+    block_len: 1,
+    block_bytes: 2,
+    dequantize: |w, y| {
+        for (o, b) in y.iter_mut().zip(w.chunks_exact(2)) {
+            *o = f16_bits_to_f32_fast(u16::from_le_bytes([b[0], b[1]]));
+        }
+    },
+    dot: |w, x| {
+        let mut sum = 0.0f32;
+        for (b, v) in w.chunks_exact(2).zip(x) {
+            sum += f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() * v;
+        }
+        sum
+    },
+    quantize: |x, y| {
+        for (o, v) in y.chunks_exact_mut(2).zip(x) {
+            o.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+        }
+    },
+};
+
 pub fn dequantize_row(x: &[f16], y: &mut [f32]) {
     // The branch-free conversion vectorizes; it is exact, as `to_f32` is.
     for (o, v) in y.iter_mut().zip(x) {

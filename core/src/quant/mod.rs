@@ -8,11 +8,13 @@
 //! like ggml's `quantize_row_*_ref`) and dot products.
 
 pub mod f16;
+pub mod f32;
 pub mod q16;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
 
+pub use crate::ggml_type::GgmlType;
 pub use q16::BlockQ16;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::{BlockQ4_1, BlockQ4_1x8, BlockQ8_1};
@@ -20,73 +22,94 @@ pub use q8_0::{BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8};
 
 use crate::error::{Error, Result};
 
-/// Weights per block in every block-quantized type here.
-pub const QK: usize = 32;
-
-/// A ggml tensor type this core reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[allow(non_camel_case_types)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
+/// One weight format: ggml's block layout and the scalar reference over it,
+/// on rows given as their stored bytes (whole blocks). Each format's file
+/// defines its row (`FORMAT`); [`FORMATS`] registers them, keyed by
+/// [`GgmlType::index`], and the kernel tables take their reference entries
+/// from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Format {
+    pub ty: GgmlType,
+    /// Elements per block: 1 for the float types, 32 for the legacy blocks
+    /// (256 for K-quant super-blocks).
+    pub block_len: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// `dequantize(row, y)`: whole blocks as f32 (`y` as long as they are).
+    pub dequantize: fn(&[u8], &mut [f32]),
+    /// `dot(row, x)`: `Σ dequantize(row) · x`, the reference for every
+    /// kernel that multiplies this format by f32 activations.
+    pub dot: fn(&[u8], &[f32]) -> f32,
+    /// `quantize(x, row)`: whole blocks from f32, rounding as ggml's
+    /// `quantize_row_*_ref` (a tail shorter than a block is left).
+    pub quantize: fn(&[f32], &mut [u8]),
 }
 
+/// Every format, in [`GgmlType::ALL`]'s order: adding a format is its file
+/// plus its row here (and its id in [`GgmlType`]).
+pub static FORMATS: [Format; GgmlType::COUNT] = [
+    f32::FORMAT,
+    f16::FORMAT,
+    q4_0::FORMAT,
+    q4_1::FORMAT,
+    q8_0::FORMAT,
+];
+
+const _: () = {
+    let mut i = 0;
+    while i < GgmlType::COUNT {
+        assert!(
+            FORMATS[i].ty as usize == i,
+            "FORMATS is keyed by GgmlType::index"
+        );
+        i += 1;
+    }
+};
+
+/// A [`Format`] row for a block type from its typed scalar references.
+macro_rules! block_format {
+    ($ty:expr, $block:ty, $len:expr, $dequantize:path, $dot:path, $quantize:path) => {
+        $crate::quant::Format {
+            ty: $ty,
+            block_len: $len,
+            block_bytes: core::mem::size_of::<$block>(),
+            dequantize: {
+                fn f(w: &[u8], y: &mut [f32]) {
+                    $dequantize($crate::quant::blocks::<$block>(w), y)
+                }
+                f
+            },
+            dot: {
+                fn f(w: &[u8], x: &[f32]) -> f32 {
+                    $dot($crate::quant::blocks::<$block>(w), x)
+                }
+                f
+            },
+            quantize: {
+                fn f(x: &[f32], y: &mut [u8]) {
+                    $quantize(x, $crate::quant::blocks_mut::<$block>(y))
+                }
+                f
+            },
+        }
+    };
+}
+pub(crate) use block_format;
+
 impl GgmlType {
-    /// From ggml's `enum ggml_type` id.
-    pub const fn from_id(id: u32) -> Option<GgmlType> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            _ => return None,
-        })
-    }
-
-    /// ggml's `enum ggml_type` id.
-    pub const fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q8_0 => 8,
-        }
-    }
-
-    /// ggml's lowercase name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "f32",
-            GgmlType::F16 => "f16",
-            GgmlType::Q4_0 => "q4_0",
-            GgmlType::Q4_1 => "q4_1",
-            GgmlType::Q8_0 => "q8_0",
-        }
+    /// This type's row of [`FORMATS`].
+    pub const fn format(self) -> &'static Format {
+        &FORMATS[self.index()]
     }
 
     /// Elements per block (1 for the float types).
     pub const fn block_len(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => QK,
-        }
+        self.format().block_len
     }
 
     /// Bytes per block.
     pub const fn block_bytes(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 => 2,
-            GgmlType::Q4_0 => core::mem::size_of::<BlockQ4_0>(),
-            GgmlType::Q4_1 => core::mem::size_of::<BlockQ4_1>(),
-            GgmlType::Q8_0 => core::mem::size_of::<BlockQ8_0>(),
-        }
+        self.format().block_bytes
     }
 
     /// Bytes of a row of `n` elements, or `None` if `n` is not a whole number
@@ -99,6 +122,32 @@ impl GgmlType {
         (n / bl).checked_mul(self.block_bytes() as u64)
     }
 }
+
+/// The whole blocks of `bytes` (a partial last block left out). Blocks have
+/// alignment 1, so any bytes view as blocks.
+pub fn blocks<B: Block>(bytes: &[u8]) -> &[B] {
+    let () = B::ALIGN_ONE;
+    let whole = bytes.len() / core::mem::size_of::<B>() * core::mem::size_of::<B>();
+    cast_slice(&bytes[..whole]).unwrap_or(&[])
+}
+
+/// [`blocks`] for writing.
+pub fn blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
+    let () = B::ALIGN_ONE;
+    let whole = bytes.len() / core::mem::size_of::<B>() * core::mem::size_of::<B>();
+    cast_slice_mut(&mut bytes[..whole]).unwrap_or(&mut [])
+}
+
+/// Block types: [`Pod`] with alignment 1, so a block slice views any byte
+/// offset of a file (checked at compile time for each implementor).
+pub trait Block: Pod {
+    /// Fails to compile where the alignment is not 1.
+    const ALIGN_ONE: () = assert!(core::mem::align_of::<Self>() == 1);
+}
+
+impl Block for BlockQ8_0 {}
+impl Block for BlockQ4_0 {}
+impl Block for BlockQ4_1 {}
 
 /// Interleaves whole groups of `per` rows of `nb` blocks each: for group
 /// `g`'s block column `b`, `put(out[g * nb + b], j, row j's block)` for each

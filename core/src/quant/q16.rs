@@ -8,7 +8,13 @@
 //! activations to 8 bits for the same reason; 16 bits keep the error 256
 //! times smaller, far below the weights' own quantization error.
 
-use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+
+/// Activations per block: one block of each 32-element weight format (eight
+/// of a 256-element super-block).
+pub const QK: usize = 32;
+
+const _: () = assert!(super::q8_0::QK == QK && super::q4_0::QK == QK && super::q4_1::QK == QK);
 
 /// 32 activations at 16 bits, with their scale and sums.
 #[repr(C)]

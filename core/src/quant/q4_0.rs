@@ -3,7 +3,20 @@
 //! Byte `j` holds element `j` in its low nibble and element `j + 16` in its
 //! high nibble, as ggml's `block_q4_0`. Rounding follows `quantize_row_q4_0_ref`.
 
-use super::{f16_bits_to_f32, f32_to_f16_bits, BlockQ8_0, QK};
+use super::{f16_bits_to_f32, f32_to_f16_bits, BlockQ8_0};
+
+/// Elements per block.
+pub const QK: usize = 32;
+
+/// Q4_0 in the format table.
+pub const FORMAT: super::Format = super::block_format!(
+    super::GgmlType::Q4_0,
+    BlockQ4_0,
+    QK,
+    dequantize_row,
+    dot_f32,
+    quantize_row
+);
 
 /// ggml's `block_q4_0`: 18 bytes.
 #[repr(C)]

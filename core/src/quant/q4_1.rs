@@ -5,7 +5,20 @@
 //! `block_q8_1` and `ggml_vec_dot_q4_1_q8_1`.
 
 use super::q4_0::nibble;
-use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away_i8, QK};
+use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away_i8};
+
+/// Elements per block.
+pub const QK: usize = 32;
+
+/// Q4_1 in the format table.
+pub const FORMAT: super::Format = super::block_format!(
+    super::GgmlType::Q4_1,
+    BlockQ4_1,
+    QK,
+    dequantize_row,
+    dot_f32,
+    quantize_row
+);
 
 /// ggml's `block_q4_1`: 20 bytes.
 #[repr(C)]

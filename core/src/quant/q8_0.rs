@@ -3,7 +3,20 @@
 //! Mirrors ggml's `block_q8_0`, `quantize_row_q8_0_ref`, `dequantize_row_q8_0`
 //! and `ggml_vec_dot_q8_0_q8_0` (generic version).
 
-use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away_i8, QK};
+use super::{f16_bits_to_f32, f32_to_f16_bits, round_half_away_i8};
+
+/// Elements per block.
+pub const QK: usize = 32;
+
+/// Q8_0 in the format table.
+pub const FORMAT: super::Format = super::block_format!(
+    super::GgmlType::Q8_0,
+    BlockQ8_0,
+    QK,
+    dequantize_row,
+    dot_f32,
+    quantize_row
+);
 
 /// ggml's `block_q8_0`: 34 bytes.
 #[repr(C)]

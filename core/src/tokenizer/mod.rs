@@ -43,7 +43,7 @@ use bpe::{Merger, NONE};
 /// Caps on what a vocabulary may hold.
 pub mod limits {
     /// Tokens in a vocabulary (the model's cap too).
-    pub const MAX_VOCAB: usize = crate::model::config::limits::MAX_VOCAB;
+    pub const MAX_VOCAB: usize = crate::limits::MAX_VOCAB;
     /// BPE merges (real vocabularies have under 300k).
     pub const MAX_MERGES: usize = 1 << 21;
     /// Bytes of all token texts together (offsets are stored as `u32`).

@@ -1,0 +1,301 @@
+//! Whole forward passes: the detected kernels (AVX2 on x86_64, NEON on
+//! AArch64, where CI runs this under qemu-aarch64) against the scalar
+//! reference of the same arithmetic on small random llamas of every weight type, prefill and decode.
+//! With `EMBER_E2E_MODEL` set to a GGUF path, that model is checked too.
+//!
+//! An end-to-end check of the kernel tables through the model; the tables'
+//! own conformance (every kernel against its scalar reference) lives beside
+//! them in `kernels::conformance`.
+
+use ember_core::gguf::Gguf;
+use ember_core::gguf_writer::GgufWriter;
+use ember_core::kernels::Kernels;
+use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+use half::f16;
+
+/// xorshift32: a tiny deterministic generator for test inputs.
+struct Rng(u32);
+
+impl Rng {
+    fn new(seed: u32) -> Self {
+        Rng(seed.max(1))
+    }
+    fn next_u32(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x
+    }
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+}
+
+fn quantize(data: &[f32], cols: usize, ty: GgmlType) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in data.chunks(cols) {
+        let nb = cols / 32;
+        match ty {
+            GgmlType::F32 => out.extend_from_slice(quant::as_bytes(row)),
+            GgmlType::F16 => {
+                let mut h = vec![f16::ZERO; cols];
+                quant::f16::quantize_row(row, &mut h);
+                out.extend_from_slice(quant::as_bytes(&h));
+            }
+            GgmlType::Q8_0 => {
+                let mut b = vec![BlockQ8_0::ZERO; nb];
+                quant::q8_0::quantize_row(row, &mut b);
+                out.extend_from_slice(quant::as_bytes(&b));
+            }
+            GgmlType::Q4_0 => {
+                let mut b = vec![BlockQ4_0::ZERO; nb];
+                quant::q4_0::quantize_row(row, &mut b);
+                out.extend_from_slice(quant::as_bytes(&b));
+            }
+            GgmlType::Q4_1 => {
+                let mut b = vec![BlockQ4_1::ZERO; nb];
+                quant::q4_1::quantize_row(row, &mut b);
+                out.extend_from_slice(quant::as_bytes(&b));
+            }
+        }
+    }
+    out
+}
+
+/// A random llama: dim 128, 2 layers, 4 query and 2 KV heads, FFN 256,
+/// vocabulary 320, weights uniform in ±1/√fan-in.
+fn tiny(ty: GgmlType) -> Vec<u8> {
+    let (dim, layers, heads, kv_heads, ffn, vocab) = (128usize, 2, 4, 2, 256usize, 320usize);
+    let kv_dim = dim / heads * kv_heads;
+    let mut rng = Rng::new(0x7e57 + ty as u32);
+    let mut w = GgufWriter::new();
+    w.add_str("general.architecture", "llama")
+        .add_u32("llama.context_length", 64)
+        .add_u32("llama.embedding_length", dim as u32)
+        .add_u32("llama.block_count", layers as u32)
+        .add_u32("llama.feed_forward_length", ffn as u32)
+        .add_u32("llama.attention.head_count", heads as u32)
+        .add_u32("llama.attention.head_count_kv", kv_heads as u32)
+        .add_u32("llama.rope.dimension_count", (dim / heads) as u32)
+        .add_f32("llama.rope.freq_base", 10_000.0)
+        .add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        .add_u32("llama.vocab_size", vocab as u32);
+    let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
+        let a = 1.0 / (cols as f32).sqrt();
+        let data: Vec<f32> = (0..cols * rows).map(|_| rng.f32() * a).collect();
+        w.add_tensor(
+            name,
+            &[cols as u64, rows as u64],
+            ty,
+            quantize(&data, cols, ty),
+        );
+    };
+    matrix(&mut w, "token_embd.weight", dim, vocab);
+    for l in 0..layers {
+        let p = |t: &str| std::format!("blk.{l}.{t}.weight");
+        matrix(&mut w, &p("attn_q"), dim, dim);
+        matrix(&mut w, &p("attn_k"), dim, kv_dim);
+        matrix(&mut w, &p("attn_v"), dim, kv_dim);
+        matrix(&mut w, &p("attn_output"), dim, dim);
+        matrix(&mut w, &p("ffn_gate"), dim, ffn);
+        matrix(&mut w, &p("ffn_up"), dim, ffn);
+        matrix(&mut w, &p("ffn_down"), ffn, dim);
+    }
+    let ones: Vec<u8> = (0..dim).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+    for l in 0..layers {
+        for n in ["attn_norm", "ffn_norm"] {
+            w.add_tensor(
+                &std::format!("blk.{l}.{n}.weight"),
+                &[dim as u64],
+                GgmlType::F32,
+                ones.clone(),
+            );
+        }
+    }
+    w.add_tensor("output_norm.weight", &[dim as u64], GgmlType::F32, ones);
+    w.to_bytes()
+}
+
+/// Logits after each of 8 prompt tokens (one batched call) and 4 decode steps.
+fn logits(model: &Llama, k: Kernels, ids: &[u32]) -> Vec<Vec<f32>> {
+    let plan = MemoryPlan::new(&model.config, 16, 8).unwrap();
+    let mut arena = plan.alloc();
+    let mut s = Session::new(model, k, plan, &mut arena).unwrap();
+    let mut out = Vec::new();
+    s.forward_all(&ids[..8], &mut |_, l| out.push(l.to_vec()))
+        .unwrap();
+    for &id in &ids[8..12] {
+        out.push(s.forward(&[id]).unwrap().to_vec());
+    }
+    out
+}
+
+fn agree(bytes: &[u8], what: &str) {
+    let g = Gguf::parse(bytes).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let v = model.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..12u32).map(|i| (i * 7919 + 11) % v).collect();
+    let detected = Kernels::detect();
+    let a = logits(&model, detected.reference(), &ids);
+    let b = logits(&model, detected, &ids);
+    for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+        let scale = x.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let max = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            max <= 1e-4 * scale,
+            "{what}, {} kernels vs {}, token {t}: max |dlogit| {max} (scale {scale})",
+            detected.name,
+            detected.reference().name
+        );
+    }
+}
+
+/// Greedy continuation of each prompt, fed through one [`Batch`] that
+/// advances all sequences together (joining at different steps, prompts
+/// in chunks of up to 4, a streaming cache of 12 that evicts), gives bit
+/// for bit the logits of each sequence run alone in a [`Session`].
+fn batch_agrees(model: &Llama, k: Kernels, what: &str) {
+    use ember_core::kv_cache::KvOptions;
+    use ember_core::model::{Batch, Seq};
+    let c = &model.config;
+    let v = c.vocab_size as u32;
+    let kv = KvOptions::streaming(2, 10);
+    let prompts: Vec<Vec<u32>> = [9usize, 1, 5, 13, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n as u32)
+                .map(|j| (j * 7919 + 31 * i as u32 + 5) % v)
+                .collect()
+        })
+        .collect();
+    let gen = 6;
+    let argmax = |l: &[f32]| -> u32 {
+        let mut b = 0;
+        for (i, &x) in l.iter().enumerate() {
+            if x > l[b] {
+                b = i;
+            }
+        }
+        b as u32
+    };
+    // Alone.
+    let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+    for p in &prompts {
+        let plan = MemoryPlan::with_kv(c, kv, 4).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(model, k, plan, &mut arena).unwrap();
+        let mut got = vec![s.forward(p).unwrap().to_vec()];
+        for _ in 0..gen {
+            let next = argmax(s.logits());
+            got.push(s.forward(&[next]).unwrap().to_vec());
+        }
+        alone.push(got);
+    }
+    // Together.
+    let n = prompts.len();
+    let plan = MemoryPlan::batched(c, kv, 4 * n, 1, n).unwrap();
+    let mut scratch = vec![0.0f32; plan.scratch_len];
+    let mut b = Batch::new(model, k, plan, &mut scratch).unwrap();
+    let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..n)
+        .map(|_| (vec![0.0; plan.kv_len], vec![0.0; plan.kv_len]))
+        .collect();
+    let mut caches: Vec<_> = mem
+        .iter_mut()
+        .map(|(kk, vv)| plan.cache(c, kk, vv).unwrap())
+        .collect();
+    let mut fed = vec![0usize; n];
+    let mut next = vec![0u32; n];
+    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
+    let mut step = 0;
+    while got.iter().any(|g| g.len() < gen + 1) {
+        let mut work: Vec<(usize, Vec<u32>)> = Vec::new();
+        for i in 0..n.min(step + 1) {
+            if got[i].len() == gen + 1 {
+                continue;
+            }
+            let p = &prompts[i];
+            if fed[i] < p.len() {
+                let take = 4.min(caches[i].chunk_room()).min(p.len() - fed[i]);
+                work.push((i, p[fed[i]..fed[i] + take].to_vec()));
+            } else {
+                work.push((i, vec![next[i]]));
+            }
+        }
+        // Sequences in reverse order of index, so rows and slots differ.
+        work.reverse();
+        let mut refs: Vec<&mut ember_core::kv_cache::KvCache> = caches.iter_mut().collect();
+        let mut seqs: Vec<Seq> = Vec::new();
+        let mut order = Vec::new();
+        for (i, r) in refs.drain(..).enumerate().rev() {
+            if let Some((_, t)) = work.iter().find(|(j, _)| *j == i) {
+                seqs.push(Seq {
+                    cache: r,
+                    tokens: t,
+                });
+                order.push(i);
+            }
+        }
+        b.step(&mut seqs).unwrap();
+        for (slot, &i) in order.iter().enumerate() {
+            let t = &work.iter().find(|(j, _)| *j == i).unwrap().1;
+            if fed[i] < prompts[i].len() {
+                fed[i] += t.len();
+                if fed[i] < prompts[i].len() {
+                    continue;
+                }
+            }
+            let l = b.logits(slot).to_vec();
+            next[i] = argmax(&l);
+            got[i].push(l);
+        }
+        step += 1;
+    }
+    for i in 0..n {
+        for (t, (x, y)) in alone[i].iter().zip(&got[i]).enumerate() {
+            let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(
+                same,
+                "{what} {}: sequence {i} output {t} differs batched",
+                k.name
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_sequences_match_sessions() {
+    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1] {
+        let bytes = tiny(ty);
+        let g = Gguf::parse(&bytes).unwrap();
+        let model = Llama::from_gguf(&g).unwrap();
+        for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
+            batch_agrees(&model, k, ty.name());
+        }
+    }
+}
+
+#[test]
+fn detected_matches_scalar_end_to_end() {
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+    ] {
+        agree(&tiny(ty), ty.name());
+    }
+    if let Some(path) = std::env::var_os("EMBER_E2E_MODEL") {
+        let bytes = std::fs::read(&path).expect("EMBER_E2E_MODEL");
+        agree(&bytes, &path.to_string_lossy());
+    }
+}
