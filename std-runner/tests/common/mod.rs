@@ -1,9 +1,12 @@
-//! Helpers shared by the tests that drive outside tools (QEMU, cross builds).
+//! Helpers shared by the tests that drive outside tools (QEMU, cross builds)
+//! and by the streaming tests and the slow suite (the English text).
 
 // Each test crate compiles its own copy; not every one uses every helper on every host.
 #![allow(dead_code)]
 
 use std::process::Command;
+
+use ember_core::tokenizer::{EncodeOptions, Tokenizer};
 
 /// Whether `cmd` is on the PATH.
 pub fn have(cmd: &str) -> bool {
@@ -42,4 +45,25 @@ pub fn need_commands(cmds: &[&str], packages: &str, what: &str) {
         ]),
         &format!("apt-get install {packages}"),
     );
+}
+
+/// The text: licence texts of Debian's base-files, concatenated (no two of
+/// them near-duplicates): GPL-3, GFDL-1.3, LGPL-2.1, MPL-2.0, Apache-2.0, Artistic.
+pub fn english_tokens(tok: &Tokenizer) -> Vec<u32> {
+    let dir = std::path::Path::new("/usr/share/common-licenses");
+    let mut text = String::new();
+    for name in [
+        "GPL-3",
+        "GFDL-1.3",
+        "LGPL-2.1",
+        "MPL-2.0",
+        "Apache-2.0",
+        "Artistic",
+    ] {
+        let p = dir.join(name);
+        text.push_str(
+            &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        );
+    }
+    tok.encode(&text, EncodeOptions::default()).unwrap()
 }
