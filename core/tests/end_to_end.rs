@@ -11,8 +11,7 @@ use ember_core::gguf::Gguf;
 use ember_core::gguf_writer::GgufWriter;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
-use ember_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
-use half::f16;
+use ember_core::quant::GgmlType;
 
 /// xorshift32: a tiny deterministic generator for test inputs.
 struct Rng(u32);
@@ -35,33 +34,12 @@ impl Rng {
     }
 }
 
+/// Rows of `cols` floats in format `ty` (its reference quantizer).
 fn quantize(data: &[f32], cols: usize, ty: GgmlType) -> Vec<u8> {
-    let mut out = Vec::new();
-    for row in data.chunks(cols) {
-        let nb = cols / 32;
-        match ty {
-            GgmlType::F32 => out.extend_from_slice(quant::as_bytes(row)),
-            GgmlType::F16 => {
-                let mut h = vec![f16::ZERO; cols];
-                quant::f16::quantize_row(row, &mut h);
-                out.extend_from_slice(quant::as_bytes(&h));
-            }
-            GgmlType::Q8_0 => {
-                let mut b = vec![BlockQ8_0::ZERO; nb];
-                quant::q8_0::quantize_row(row, &mut b);
-                out.extend_from_slice(quant::as_bytes(&b));
-            }
-            GgmlType::Q4_0 => {
-                let mut b = vec![BlockQ4_0::ZERO; nb];
-                quant::q4_0::quantize_row(row, &mut b);
-                out.extend_from_slice(quant::as_bytes(&b));
-            }
-            GgmlType::Q4_1 => {
-                let mut b = vec![BlockQ4_1::ZERO; nb];
-                quant::q4_1::quantize_row(row, &mut b);
-                out.extend_from_slice(quant::as_bytes(&b));
-            }
-        }
+    let rb = ty.row_bytes(cols as u64).expect("whole blocks") as usize;
+    let mut out = vec![0u8; data.len() / cols * rb];
+    for (row, o) in data.chunks(cols).zip(out.chunks_exact_mut(rb)) {
+        (ty.format().quantize)(row, o);
     }
     out
 }
@@ -285,13 +263,7 @@ fn batched_sequences_match_sessions() {
 
 #[test]
 fn detected_matches_scalar_end_to_end() {
-    for ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-    ] {
+    for ty in GgmlType::ALL {
         agree(&tiny(ty), ty.name());
     }
     if let Some(path) = std::env::var_os("EMBER_E2E_MODEL") {

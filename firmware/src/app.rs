@@ -3,9 +3,9 @@
 use core::fmt::Write as _;
 
 use ember_core::gguf::Gguf;
-use ember_core::kernels::{Kernels, RowData};
+use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
-use ember_core::quant::{q8_0::pack_rows_x4, BlockQ8_0x4, QK};
+use ember_core::quant::{q8_0::pack_rows_x4, BlockQ8_0, BlockQ8_0x4, GgmlType};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
 use ember_core::{Error, KvOptions};
@@ -117,9 +117,9 @@ pub fn pack<'a>(l: &mut Loaded<'a>, kernels: &Kernels, mem: &mut Carver<'a>) -> 
         .weights
         .visit_matrices(|m| {
             let n = m.packed4_len();
-            if let (RowData::blocks(GgmlType::Q8_0, d), true) = (m.data, n > 0) {
+            if let (Some(d), true) = (m.data.as_blocks::<BlockQ8_0>(GgmlType::Q8_0), n > 0) {
                 let p = mem.take::<BlockQ8_0x4>(n).or_exit("the packed weights");
-                pack_rows_x4(d, m.cols / QK, p);
+                pack_rows_x4(d, m.row_blocks(), p);
                 *m = m.with_packed4(p)?;
             }
             Ok::<(), Error>(())

@@ -12,7 +12,8 @@
 
 use ember_core::kernels::{scalar, Kernels, MatvecQ8Fn, MatvecQ8x4Fn};
 use ember_core::quant::q8_0::pack_rows_x4;
-use ember_core::quant::{BlockQ8_0, BlockQ8_0x4, QK};
+use ember_core::quant::q8_0::QK;
+use ember_core::quant::{BlockQ8_0, BlockQ8_0x4};
 use ember_firmware::arena::Arena;
 use ember_firmware::{self as fw, OrExit};
 use half::f16;
