@@ -11,13 +11,34 @@
 //! - `general.file_type` is set to llama.cpp's code for the target.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use ember_core::gguf::{Gguf, TensorInfo};
 use ember_core::gguf_writer::GgufWriter;
 use ember_core::kernels::Matrix;
 use ember_core::quant::{self, as_bytes, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Input GGUF.
+    pub input: PathBuf,
+    /// Output GGUF.
+    pub output: PathBuf,
+    /// Target type: q8_0, f16, q4_0 or q4_1 (also f32).
+    #[arg(long = "type", short = 't')]
+    pub ty: String,
+}
+
+/// `ember convert IN OUT --type T`.
+pub fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    let ty = parse_type(&a.ty)?;
+    convert_file(&a.input, &a.output, ty)
+        .with_context(|| format!("converting {}", a.input.display()))?;
+    eprintln!("ember: wrote {} ({})", a.output.display(), ty.name());
+    Ok(())
+}
 
 /// llama.cpp's `llama_ftype` for a file whose matrices are mostly `ty`.
 pub fn file_type_code(ty: GgmlType) -> u32 {

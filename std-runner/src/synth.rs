@@ -11,12 +11,65 @@
 //! byte-level tokenizer: `<|endoftext|>`, the 256 byte tokens, then merges
 //! learnt from a paragraph of English until the vocabulary is full.
 
-use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
 use ember_core::gguf_writer::GgufWriter;
 use ember_core::quant::{GgmlType, QK};
 use ember_core::sampling::Pcg32;
 
 use crate::convert::quantize_rows;
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output GGUF.
+    pub output: PathBuf,
+    #[arg(long)]
+    pub dim: usize,
+    #[arg(long)]
+    pub layers: usize,
+    #[arg(long)]
+    pub heads: usize,
+    #[arg(long)]
+    pub kv_heads: usize,
+    #[arg(long)]
+    pub ffn: usize,
+    #[arg(long)]
+    pub vocab: usize,
+    /// Context length written to the metadata.
+    #[arg(long, default_value_t = 256)]
+    pub ctx: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Weight type: q8_0, f16, q4_0, q4_1 or f32.
+    #[arg(long = "type", short = 't', default_value = "q8_0")]
+    pub ty: String,
+}
+
+/// `ember synth OUT.gguf --dim D ...`.
+pub fn cmd_synth(a: SynthArgs) -> Result<()> {
+    let cfg = SynthConfig {
+        dim: a.dim,
+        layers: a.layers,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        ffn: a.ffn,
+        vocab: a.vocab,
+        ctx: a.ctx,
+        seed: a.seed,
+        ty: crate::convert::parse_type(&a.ty)?,
+    };
+    let bytes = synth(&cfg)?;
+    std::fs::write(&a.output, &bytes)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    eprintln!(
+        "ember: wrote {} ({} bytes)",
+        a.output.display(),
+        bytes.len()
+    );
+    Ok(())
+}
 
 /// The shape and type of a synthetic model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
