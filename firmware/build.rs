@@ -10,7 +10,7 @@
 
 use std::{env, fs, path::PathBuf};
 
-use ember_runner::synth::{synth, SynthConfig};
+use ember_core::synth::{synth, SynthConfig};
 
 /// The tiny model's shape: llama2.c's smallest (dim 64, 5 layers, 8 heads,
 /// 4 KV heads, vocabulary 512), int8 weights; FFN 192 rather than llama2.c's 172,

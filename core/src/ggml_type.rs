@@ -60,6 +60,18 @@ impl GgmlType {
         }
     }
 
+    /// llama.cpp's `llama_ftype` (`general.file_type`) for a file whose
+    /// matrices are mostly this type.
+    pub const fn file_type(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 7,
+        }
+    }
+
     /// ggml's lowercase name.
     pub const fn name(self) -> &'static str {
         match self {

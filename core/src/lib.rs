@@ -22,6 +22,7 @@
 //! | [`parallel`] | splitting a forward step over caller-supplied workers |
 //! | [`kv_cache`] | fixed-capacity KV cache in caller memory |
 //! | [`attention`] | causal attention for one head |
+//! | [`synth`] | deterministic random-weights llama GGUF of any shape (`alloc`) |
 //! | [`error`] | the one `Copy` error enum |
 //!
 //! A minimal run, with no allocator:
@@ -67,6 +68,8 @@ pub mod model;
 pub mod parallel;
 pub mod quant;
 pub mod sampling;
+#[cfg(feature = "alloc")]
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -11,7 +11,8 @@
 //! `BeamHypotheses` with `early_stopping=False`.
 //!
 //! A beam that forks takes over a session whose beam died, copying its
-//! parent's cache first, so memory stays at `N` sessions.
+//! parent's cache first, so memory stays at `N` sessions; the search
+//! refuses to start when the system says `N` sessions do not fit.
 
 use anyhow::{bail, Result};
 use ember_core::kernels::Kernels;
@@ -106,6 +107,30 @@ struct Beam {
     session: usize,
 }
 
+/// Refuses `beams` sessions of `plan` that the system says it cannot hold.
+fn check_memory(plan: &MemoryPlan, beams: usize) -> Result<()> {
+    let need = (plan.bytes() as u64).saturating_mul(beams as u64);
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            bail!(
+                "--beams {beams} needs {:.1} GiB ({:.1} MiB per beam) but {:.1} GiB is available; use fewer beams or a smaller --ctx",
+                need as f64 / (1u64 << 30) as f64,
+                plan.bytes() as f64 / (1u64 << 20) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of memory the system says are available (Linux), if it says.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Runs beam search after `prompt`; hypotheses come back best first.
 pub fn beam_search(
     model: &Llama,
@@ -118,6 +143,7 @@ pub fn beam_search(
         bail!("--beams must be at least 1");
     }
     let plan = MemoryPlan::with_kv(&model.config, opt.kv, opt.batch)?;
+    check_memory(&plan, n)?;
     let mut arenas: Vec<Vec<f32>> = (0..n)
         .map(|_| crate::arena::zeroed(plan.f32_len(), "a beam's session"))
         .collect::<Result<_>>()?;

@@ -17,15 +17,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use ember_core::gguf::Gguf;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::parallel::{self, Parallel};
 use ember_core::KvOptions;
 use serde_json::json;
 
-use crate::cli::{model_path, ExecArgs, KvTypeArg};
+use crate::args::{ExecArgs, KvTypeArg};
+use crate::load::load_model;
 use crate::pool::Pool;
 
 #[derive(Debug, Args)]
@@ -228,12 +228,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
-    let path = model_path(&a.model)?;
-    let bytes = a.exec.load(&path)?;
-    let g = Gguf::parse(&bytes).with_context(|| format!("{}", path.display()))?;
-    let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
-    let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
-    let model = packs.apply(model)?;
+    let mut file = load_model(&a.model, &a.exec)?;
+    let m = file.parse(&a.exec)?;
+    let (path, bytes, model) = (m.path, m.bytes, &m.model);
     let c = &model.config;
     let cap = a.depth + a.p.max(a.n).max(1);
     let kv = KvOptions::dense(cap).with_type(a.kv_type.into());
@@ -241,7 +238,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let longest = a.p.max(a.depth).max(1);
     let plan = MemoryPlan::with_threads(c, kv, a.batch.min(longest), threads)?;
     let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(&model, kernels, plan, &mut arena)?;
+    let mut s = Session::new(model, kernels, plan, &mut arena)?;
     s.set_parallel(&pool)?;
     let vocab = c.vocab_size as u64;
     let ids = |n: usize| -> Vec<u32> {
@@ -262,7 +259,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         Ok(())
     };
 
-    let per_token = bytes_per_token(&model);
+    let per_token = bytes_per_token(model);
     let floor_at = |bw: f64| bw / per_token.max(1) as f64;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
@@ -282,7 +279,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         if a.n > 0 {
             start(&mut s)?;
             let before = if rep > 0 {
-                read_bandwidth(&bytes, &pool, 1)
+                read_bandwidth(bytes, &pool, 1)
             } else {
                 0.0
             };
@@ -293,7 +290,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             if rep > 0 {
                 tg.push(a.n as f64 / secs.max(1e-9));
-                floors.push(floor_at(before.max(read_bandwidth(&bytes, &pool, 1))));
+                floors.push(floor_at(before.max(read_bandwidth(bytes, &pool, 1))));
             }
         }
     }
@@ -301,7 +298,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.seqs > 1 && a.n > 0 {
         let (ctx, gen) = (&context[..], &gen[..]);
         tgb = batched_decode(
-            &model,
+            model,
             kernels,
             &pool,
             kv,
@@ -314,7 +311,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let tgb_runs = tgb.clone();
     let tgb_med = median(&mut tgb);
     if floors.is_empty() {
-        floors.push(floor_at(read_bandwidth(&bytes, &pool, 3)));
+        floors.push(floor_at(read_bandwidth(bytes, &pool, 3)));
     }
     // Each repetition's share of its own floor; the median of those.
     let mut shares: Vec<f64> = tg

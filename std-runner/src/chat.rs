@@ -11,14 +11,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ember_core::gguf::Gguf;
-use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::model::{MemoryPlan, Session};
+use ember_core::sampling::{Candidate, Sampler};
 use ember_core::tokenizer::StreamDecoder;
 
-use crate::cli::{model_path, ExecArgs, KvArgs, SamplingArgs};
+use crate::args::{ExecArgs, KvArgs, SamplingArgs};
+use crate::load::load_model;
 use crate::run::continue_sampling;
 use crate::text::{prompt_text, ChatTemplate, Message, StopText};
-use ember_core::sampling::{Candidate, Sampler};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -94,22 +94,18 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         bail!("-n must be at least 1");
     }
     let cfg = a.sampling.config()?;
-    let path = model_path(&a.model)?;
-    let map = a.exec.load(&path)?;
-    let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
-    let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
-    let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
-    let model = packs.apply(model)?;
-    let mut index = Vec::new();
-    let tok = crate::text::tokenizer(&g, &mut index)?;
-    let template = ChatTemplate::from_gguf(&g, &tok)?;
-    let kv = a.kv.options(&model, true)?;
+    let mut file = load_model(&a.model, &a.exec)?;
+    let m = file.parse(&a.exec)?;
+    let model = &m.model;
+    let tok = m.tokenizer?;
+    let template = ChatTemplate::from_gguf(&m.gguf, &tok)?;
+    let kv = a.kv.options(model, true)?;
     let ctx = kv.capacity;
     let threads = a.exec.threads()?;
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
     let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(&model, a.exec.kernels()?, plan, &mut arena)?;
+    let mut s = Session::new(model, m.kernels, plan, &mut arena)?;
     s.set_parallel(&pool)?;
     let mut sampler = Sampler::new(cfg)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];

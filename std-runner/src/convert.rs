@@ -11,23 +11,33 @@
 //! - `general.file_type` is set to llama.cpp's code for the target.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use ember_core::gguf::{Gguf, TensorInfo};
 use ember_core::gguf_writer::GgufWriter;
 use ember_core::kernels::Matrix;
-use ember_core::quant::GgmlType;
+use ember_core::quant::{self, GgmlType};
 
-/// llama.cpp's `llama_ftype` for a file whose matrices are mostly `ty`.
-pub fn file_type_code(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-    }
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Input GGUF.
+    pub input: PathBuf,
+    /// Output GGUF.
+    pub output: PathBuf,
+    /// Target type: q8_0, f16, q4_0 or q4_1 (also f32).
+    #[arg(long = "type", short = 't')]
+    pub ty: String,
+}
+
+/// `ember convert IN OUT --type T`.
+pub fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    let ty = parse_type(&a.ty)?;
+    convert_file(&a.input, &a.output, ty)
+        .with_context(|| format!("converting {}", a.input.display()))?;
+    eprintln!("ember: wrote {} ({})", a.output.display(), ty.name());
+    Ok(())
 }
 
 /// Parses `q8_0|f16|q4_0|q4_1|f32`.
@@ -64,14 +74,14 @@ pub fn convert(g: &Gguf, ty: GgmlType) -> Result<Vec<u8>> {
     let mut wrote_ftype = false;
     for (key, _, raw) in g.metadata_raw() {
         if key == "general.file_type" {
-            w.add_u32(key, file_type_code(ty));
+            w.add_u32(key, ty.file_type());
             wrote_ftype = true;
         } else {
             w.add_raw(raw);
         }
     }
     if !wrote_ftype {
-        w.add_u32("general.file_type", file_type_code(ty));
+        w.add_u32("general.file_type", ty.file_type());
     }
     let tied = g.tensor("output.weight").is_none();
     for t in g.tensors() {
@@ -107,17 +117,5 @@ fn requantize(t: &TensorInfo, ty: GgmlType) -> Result<Vec<u8>> {
 
 /// Quantizes `data` (rows of `cols` floats) to `ty` with ggml's reference rounding.
 pub fn quantize_rows(data: &[f32], cols: usize, ty: GgmlType) -> Result<Vec<u8>> {
-    let row_bytes = ty
-        .row_bytes(cols as u64)
-        .context("row is not a whole number of blocks")? as usize;
-    let n_rows = data.len() / cols.max(1);
-    let mut out = vec![0u8; row_bytes * n_rows];
-    let quantize = ty.format().quantize;
-    for (row, o) in data
-        .chunks(cols.max(1))
-        .zip(out.chunks_exact_mut(row_bytes.max(1)))
-    {
-        quantize(row, o);
-    }
-    Ok(out)
+    quant::quantize_rows(data, cols, ty).context("row is not a whole number of blocks")
 }

@@ -1,13 +1,25 @@
 //! `ember-runner`: the host side of Ember. It composes `ember-core` with what
 //! a full machine offers: memory-mapped files, the default-model cache, the
 //! `ember` command line.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`cli`] | the top-level parser and the dispatch to each command |
+//! | [`args`] | flags several commands share (kernels, threads, KV cache, sampling) and their defaults |
+//! | [`load`] | the one model-loading sequence: bytes, parse, weights, packs, tokenizer |
+//! | [`run`], [`chat`], [`tokenize`], [`perplexity`], [`bench`](mod@bench), [`serve`], [`convert`], [`synth`] | one command each (`run` also holds the generation loop `chat` shares) |
+//! | [`beam`] | beam search (`run --beams`) |
+//! | [`text`] | the tokenizer over a file, chat templates, prompts from arguments or stdin |
+//! | [`mmap`], [`pack`], [`arena`], [`pool`], [`model_store`] | model bytes, packed weights, session memory, worker threads, the default-model cache |
 
 pub mod arena;
+pub mod args;
 pub mod beam;
 pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod convert;
+pub mod load;
 pub mod mmap;
 pub mod model_store;
 pub mod pack;
@@ -17,3 +29,4 @@ pub mod run;
 pub mod serve;
 pub mod synth;
 pub mod text;
+pub mod tokenize;

@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ember_core::gguf::Gguf;
-use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::model::{MemoryPlan, Session};
 use ember_core::tokenizer::EncodeOptions;
 use serde_json::json;
 
-use crate::cli::{model_path, ExecArgs, KvArgs};
+use crate::args::{ExecArgs, KvArgs};
+use crate::load::load_model;
 
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
@@ -154,14 +154,10 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    let path = model_path(&a.model)?;
-    let map = a.exec.load(&path)?;
-    let g = Gguf::parse(&map).with_context(|| format!("{}", path.display()))?;
-    let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
-    let packs = a.exec.packs(&model, &a.exec.kernels()?)?;
-    let model = packs.apply(model)?;
-    let mut index = Vec::new();
-    let tok = crate::text::tokenizer(&g, &mut index)?;
+    let mut file = load_model(&a.model, &a.exec)?;
+    let m = file.parse(&a.exec)?;
+    let model = &m.model;
+    let tok = m.tokenizer?;
     let mut tokens = tok
         .encode(&text, EncodeOptions::default())
         .context("tokenizing the text")?;
@@ -172,7 +168,7 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     if streaming_mode && a.second_half {
         bail!("--second-half is for dense mode (no --window)");
     }
-    let kv = a.kv.options(&model, streaming_mode)?;
+    let kv = a.kv.options(model, streaming_mode)?;
     if !streaming_mode && tokens.len() < kv.capacity {
         bail!(
             "the text has {} tokens, fewer than one --ctx {} chunk",
@@ -187,7 +183,7 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
     let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(&model, a.exec.kernels()?, plan, &mut arena)?;
+    let mut s = Session::new(model, m.kernels, plan, &mut arena)?;
     s.set_parallel(&pool)?;
     let t0 = Instant::now();
     let total = if streaming_mode {

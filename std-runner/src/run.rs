@@ -1,11 +1,332 @@
-//! Generation (sampled or greedy) and teacher-forced scoring over a memory-mapped model.
+//! `ember run`: generation from a prompt (sampled, greedy, or beam search
+//! with `--beams`), streaming text to stdout; and the generation loop itself
+//! (sampled or greedy, with teacher-forced logits), which `chat` shares.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
+use ember_core::tokenizer::{StreamDecoder, Tokenizer};
+use ember_core::KvOptions;
+use serde_json::json;
+
+use crate::args::{ExecArgs, KvArgs, SamplingArgs};
+use crate::load::load_model;
+use crate::text::{encode_prompt, prompt_text, ChatTemplate, Message, StopText};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Prompt text ('-' reads stdin). With --chat, the user's message.
+    pub prompt: Option<String>,
+    /// Wrap the prompt as a user message in the file's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Recognise control tokens written in the prompt (e.g. <|im_end|>).
+    #[arg(long)]
+    pub special: bool,
+    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Prompt as comma-separated token ids, e.g. 1,2,3.
+    #[arg(long, value_name = "IDS")]
+    pub prompt_ids: Option<String>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
+    pub n: usize,
+    /// Report the K largest logits after the last prompt token.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_logits: usize,
+    /// With --top-logits: report them after every prompt token (teacher forcing).
+    #[arg(long)]
+    pub logits_all: bool,
+    /// Print one JSON object on stdout at the end; human text goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
+    /// Prompt tokens per forward chunk.
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch: usize,
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Beam search with N beams (each with its own KV cache) instead of sampling.
+    #[arg(long, value_name = "N")]
+    pub beams: Option<usize>,
+    /// With --beams: rank hypotheses by logprob / length^A.
+    #[arg(
+        long,
+        value_name = "A",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub length_penalty: f64,
+}
+
+/// Parses `1,2,3` (spaces allowed).
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .with_context(|| format!("--prompt-ids: '{p}' is not a token id"))
+        })
+        .collect()
+}
+
+/// Ids that end generation: the tokenizer's end-of-generation set, else the
+/// metadata's EOS/EOT ids for a file with no tokenizer.
+fn stop_ids(g: &Gguf, tok: Option<&Tokenizer>) -> Vec<u32> {
+    match tok {
+        Some(t) => t.end_of_generation().to_vec(),
+        None => ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+            .iter()
+            .filter_map(|k| g.get(k).and_then(|v| v.as_u32()))
+            .collect(),
+    }
+}
+
+pub fn cmd_run(a: RunArgs) -> Result<()> {
+    if a.logits_all && a.top_logits == 0 {
+        bail!("--logits-all needs --top-logits K with K >= 1");
+    }
+    if a.chat && a.prompt.is_none() {
+        bail!("--chat needs the user's message as the prompt");
+    }
+    if a.system.is_some() && !a.chat {
+        bail!("--system needs --chat");
+    }
+    if a.prompt_ids.is_some() && (a.prompt.is_some() || a.chat) {
+        bail!("give either a text prompt or --prompt-ids, not both");
+    }
+    let sampling = a.sampling.config()?;
+    if a.beams == Some(0) {
+        bail!("--beams must be at least 1");
+    }
+    if !a.length_penalty.is_finite() {
+        bail!("--length-penalty must be finite");
+    }
+    let prompt = a.prompt.as_deref().map(prompt_text).transpose()?;
+    let mut file = load_model(&a.model, &a.exec)?;
+    let m = file.parse(&a.exec)?;
+    let (g, model) = (&m.gguf, &m.model);
+    let tok = match &prompt {
+        // Text in needs the tokenizer; ids in only use it for output text.
+        Some(_) => Some(m.tokenizer?),
+        None => m.tokenizer.ok(),
+    };
+    let prompt_ids = match (&a.prompt_ids, &prompt, &tok) {
+        (Some(ids), _, _) => {
+            let ids = parse_ids(ids)?;
+            if ids.is_empty() {
+                bail!("--prompt-ids: the prompt is empty");
+            }
+            ids
+        }
+        (None, Some(text), Some(t)) if a.chat => {
+            let mut msgs = Vec::new();
+            if let Some(sys) = &a.system {
+                msgs.push(Message::new("system", &prompt_text(sys)?));
+            }
+            msgs.push(Message::new("user", text));
+            ChatTemplate::from_gguf(g, t)?.encode(t, &msgs, true)?
+        }
+        (None, Some(text), Some(t)) => encode_prompt(t, text, a.special)?,
+        _ => bail!("no prompt: give a text prompt or --prompt-ids 1,2,3"),
+    };
+    let kernels = m.kernels;
+    let threads = a.exec.threads()?;
+    if let Some(beams) = a.beams {
+        return run_beams(&a, model, kernels, tok.as_ref(), g, prompt_ids, beams);
+    }
+    let kv = a.kv.options(model, true)?;
+    if prompt_ids.len() > kv.capacity {
+        bail!(
+            "the prompt is {} tokens but the context holds {}; raise --ctx or shorten the prompt",
+            prompt_ids.len(),
+            kv.capacity
+        );
+    }
+    let opt = RunOptions {
+        prompt_ids,
+        n_predict: a.n,
+        top_logits: a.top_logits,
+        logits_all: a.logits_all,
+        kv,
+        batch: a.batch,
+        ignore_eos: a.ignore_eos,
+        eos: stop_ids(g, tok.as_ref()),
+        sampling,
+        threads,
+    };
+
+    // Stream text to stdout as it is generated (human mode); end-of-generation
+    // tokens print nothing; a stop string ends the run and is not printed.
+    let stream = !a.json;
+    let mut text = String::new();
+    let mut stops = StopText::new(&a.sampling.stop);
+    let mut dec = tok.as_ref().map(|t| StreamDecoder::new(t, false, false));
+    let emit = |s: &str, text: &mut String| {
+        text.push_str(s);
+        if stream {
+            let mut so = std::io::stdout().lock();
+            let _ = so.write_all(s.as_bytes());
+            let _ = so.flush();
+        }
+    };
+    let out = generate(model, kernels, &opt, |id| {
+        if let (Some(t), Some(d)) = (&tok, &mut dec) {
+            if t.is_eog(id) && !a.ignore_eos {
+                return true;
+            }
+            let _ = d.push(t, id, &mut |s| {
+                let ok = stops.push(s);
+                emit(&ok, &mut text);
+            });
+        }
+        !stops.stopped()
+    })?;
+    if let Some(d) = &mut dec {
+        d.finish(&mut |s| {
+            let ok = stops.push(s);
+            emit(&ok, &mut text);
+        });
+    }
+    let rest = stops.finish();
+    emit(&rest, &mut text);
+    if stream {
+        emit("\n", &mut String::new());
+    }
+    eprintln!(
+        "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; seed {} ({} kernels, {:.1} MiB session)",
+        opt.prompt_ids.len(),
+        out.ids.len(),
+        out.prefill_tok_s,
+        out.decode_tok_s,
+        sampling.seed,
+        kernels.name,
+        out.arena_bytes as f64 / (1 << 20) as f64
+    );
+    if a.json {
+        let pairs = |v: &[(u32, f32)]| v.iter().map(|&(i, l)| json!([i, l])).collect::<Vec<_>>();
+        let mut j = json!({
+            "prompt_ids": opt.prompt_ids,
+            "ids": out.ids,
+            "text": text,
+            "prompt_tokens": opt.prompt_ids.len(),
+            "generated_tokens": out.ids.len(),
+            "prefill_tok_s": out.prefill_tok_s,
+            "decode_tok_s": out.decode_tok_s,
+            "top_logits": pairs(&out.top_logits),
+            "kernels": kernels.name,
+            "threads": threads,
+            "seed": sampling.seed,
+            "kv": {"capacity": opt.kv.capacity, "sinks": opt.kv.sinks, "type": opt.kv.ty.name()},
+            "decode_tok_s_per_500": out.decode_tok_s_per_500,
+        });
+        if let Some(all) = &out.top_logits_all {
+            j["top_logits_all"] = all.iter().map(|v| pairs(v)).collect::<Vec<_>>().into();
+        }
+        println!("{j}");
+    }
+    Ok(())
+}
+
+/// `ember run --beams N`: beam search from the prompt, the best hypothesis
+/// printed (with `--json`, every hypothesis).
+fn run_beams(
+    a: &RunArgs,
+    model: &Llama,
+    kernels: Kernels,
+    tok: Option<&Tokenizer>,
+    g: &Gguf,
+    prompt_ids: Vec<u32>,
+    beams: usize,
+) -> Result<()> {
+    // Each beam's cache holds the prompt and the reply, no more (unless --ctx says).
+    if a.kv.window.is_some() {
+        bail!("--beams keeps whole sequences: it takes --ctx, not --window");
+    }
+    let ctx = a.kv.ctx.unwrap_or(prompt_ids.len() + a.n);
+    let kv = KvOptions::dense(ctx).with_type(a.kv.kv_type.into());
+    let opt = crate::beam::BeamOptions {
+        beams,
+        n_predict: a.n,
+        length_penalty: a.length_penalty,
+        eos: if a.ignore_eos {
+            Vec::new()
+        } else {
+            stop_ids(g, tok)
+        },
+        kv,
+        batch: a.batch,
+    };
+    let t0 = std::time::Instant::now();
+    let hyps = crate::beam::beam_search(model, kernels, &prompt_ids, &opt)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let best = hyps.first().context("beam search produced nothing")?;
+    let text_of = |ids: &[u32]| -> String {
+        match tok {
+            Some(t) => {
+                let body: Vec<u32> = ids.iter().copied().filter(|&i| !t.is_eog(i)).collect();
+                let mut s = String::new();
+                let mut d = StreamDecoder::new(t, false, false);
+                for id in body {
+                    let _ = d.push(t, id, &mut |x| s.push_str(x));
+                }
+                d.finish(&mut |x| s.push_str(x));
+                s
+            }
+            None => String::new(),
+        }
+    };
+    let text = text_of(&best.ids);
+    if !a.json {
+        println!("{text}");
+    }
+    eprintln!(
+        "ember: {} prompt tokens, {} generated; beam search with {beams} beams in {secs:.2} s; best logprob {:.3}, score {:.3}",
+        prompt_ids.len(),
+        best.ids.len(),
+        best.logprob,
+        best.score
+    );
+    if a.json {
+        let all: Vec<_> = hyps
+            .iter()
+            .map(|h| {
+                json!({"ids": h.ids, "text": text_of(&h.ids), "logprob": h.logprob, "score": h.score, "finished": h.finished})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "prompt_ids": prompt_ids,
+                "ids": best.ids,
+                "text": text,
+                "prompt_tokens": prompt_ids.len(),
+                "generated_tokens": best.ids.len(),
+                "beams": all,
+                "length_penalty": a.length_penalty,
+            })
+        );
+    }
+    Ok(())
+}
 
 /// What one `ember run` does.
 #[derive(Debug, Clone)]

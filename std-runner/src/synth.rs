@@ -1,302 +1,180 @@
 //! `ember synth`: a deterministic random-weights llama GGUF of any shape.
 //!
-//! It exists for three jobs: sizing a board before a model is trained, tests
-//! that need a model small enough to search exhaustively, and firmware images
-//! that must fit in a microcontroller's flash. Weights come from PCG32 (the
-//! sampler's PRNG), uniform in ±1/√fan-in, so activations keep their scale
-//! through the layers; norms are 1 plus a little noise. The same arguments
-//! always give the same bytes.
-//!
-//! With a vocabulary of at least 257 tokens the file also carries a GPT-2
-//! byte-level tokenizer: `<|endoftext|>`, the 256 byte tokens, then merges
-//! learnt from a paragraph of English until the vocabulary is full.
+//! The writer is [`ember_core::synth`] (re-exported here), so the firmware's
+//! build script makes the same bytes without this crate; this module is the
+//! command: its flags, and errors that name them.
 
-use anyhow::{bail, Result};
-use ember_core::gguf_writer::GgufWriter;
-use ember_core::quant::GgmlType;
-use ember_core::sampling::Pcg32;
+use std::path::PathBuf;
 
-use crate::convert::quantize_rows;
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use ember_core::error::{Cap, MetaKey};
+use ember_core::Error as CoreError;
 
-/// The shape and type of a synthetic model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SynthConfig {
+pub use ember_core::synth::*;
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output GGUF.
+    pub output: PathBuf,
+    #[arg(long)]
     pub dim: usize,
+    #[arg(long)]
     pub layers: usize,
+    #[arg(long)]
     pub heads: usize,
+    #[arg(long)]
     pub kv_heads: usize,
+    #[arg(long)]
     pub ffn: usize,
+    #[arg(long)]
     pub vocab: usize,
+    /// Context length written to the metadata.
+    #[arg(long, default_value_t = 256)]
     pub ctx: usize,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Type of the weight matrices. Matrices whose rows are not a whole number
-    /// of 32-element blocks fall back to F16; norms are F32.
-    pub ty: GgmlType,
+    /// Weight type: q8_0, f16, q4_0, q4_1 or f32.
+    #[arg(long = "type", short = 't', default_value = "q8_0")]
+    pub ty: String,
 }
 
-impl SynthConfig {
-    fn check(&self) -> Result<()> {
-        let c = self;
-        for (v, name, max) in [
-            (c.dim, "--dim", 1 << 14),
-            (c.layers, "--layers", 128),
-            (c.heads, "--heads", 256),
-            (c.kv_heads, "--kv-heads", 256),
-            (c.ffn, "--ffn", 1 << 16),
-            (c.vocab, "--vocab", 1 << 18),
-            (c.ctx, "--ctx", 1 << 20),
-        ] {
-            if v == 0 || v > max {
-                bail!("{name} must be between 1 and {max} (got {v})");
-            }
-        }
-        if !c.dim.is_multiple_of(c.heads) {
-            bail!("--dim {} is not a multiple of --heads {}", c.dim, c.heads);
-        }
-        if !c.heads.is_multiple_of(c.kv_heads) {
-            bail!(
-                "--heads {} is not a multiple of --kv-heads {}",
-                c.heads,
-                c.kv_heads
-            );
-        }
-        if !(c.dim / c.heads).is_multiple_of(2) {
-            bail!("the head size --dim/--heads must be even for RoPE");
-        }
-        let params = c.vocab * c.dim
-            + c.layers
-                * (2 * c.dim * c.dim
-                    + 2 * c.dim * c.dim / c.heads * c.kv_heads
-                    + 3 * c.dim * c.ffn);
-        if params > 1 << 31 {
-            bail!("{params} parameters is more than synth makes (2^31)");
-        }
-        Ok(())
+/// `ember synth OUT.gguf --dim D ...`.
+pub fn cmd_synth(a: SynthArgs) -> Result<()> {
+    let cfg = SynthConfig {
+        dim: a.dim,
+        layers: a.layers,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        ffn: a.ffn,
+        vocab: a.vocab,
+        ctx: a.ctx,
+        seed: a.seed,
+        ty: crate::convert::parse_type(&a.ty)?,
+    };
+    let bytes = synth(&cfg).map_err(|e| explain(e, &cfg))?;
+    std::fs::write(&a.output, &bytes)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    eprintln!(
+        "ember: wrote {} ({} bytes)",
+        a.output.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// The flag that sets the size written to `key`.
+fn flag(key: MetaKey) -> &'static str {
+    match key {
+        MetaKey::EmbeddingLength => "--dim",
+        MetaKey::BlockCount => "--layers",
+        MetaKey::HeadCount => "--heads",
+        MetaKey::HeadCountKv => "--kv-heads",
+        MetaKey::FeedForwardLength => "--ffn",
+        MetaKey::VocabSize => "--vocab",
+        MetaKey::ContextLength => "--ctx",
+        _ => key.as_str(),
     }
 }
 
-struct Rng(Pcg32);
-
-impl Rng {
-    /// Uniform in [-a, a).
-    fn uniform(&mut self, a: f32) -> f32 {
-        (self.0.next_f32() * 2.0 - 1.0) * a
-    }
-}
-
-/// The GPT-2 character for each byte (as in the tokenizer).
-fn gpt2_char(b: u8) -> char {
-    let printable = |x: u32| matches!(x, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(b as u32) {
-        return b as char;
-    }
-    let n = (0..b as u32).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(256 + n).unwrap_or('?')
-}
-
-const TEXT: &str = "The quick brown fox jumps over the lazy dog. Once upon a time there was a \
-little robot who lived in a small house at the edge of the forest. Every morning the robot \
-watered the flowers, read the news and counted the birds that sang in the trees. In the \
-evening it charged its battery and dreamt of the stars, the sea and the mountains far away.";
-
-/// Tokens, types and merges of a byte-level vocabulary of `vocab` tokens.
-fn vocabulary(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
-    let mut tokens = vec!["<|endoftext|>".to_string()];
-    let mut types = vec![3];
-    for b in 0..=255u8 {
-        tokens.push(gpt2_char(b).to_string());
-        types.push(1);
-    }
-    // Words as GPT-2 spells them (a leading space joins the word).
-    let mut words: Vec<Vec<String>> = Vec::new();
-    for (i, w) in TEXT.split(' ').enumerate() {
-        let w = if i == 0 {
-            w.to_string()
-        } else {
-            format!(" {w}")
-        };
-        words.push(w.bytes().map(|b| gpt2_char(b).to_string()).collect());
-    }
-    let mut merges = Vec::new();
-    let mut known: std::collections::HashSet<String> = tokens.iter().cloned().collect();
-    while tokens.len() < vocab {
-        let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
-        for w in &words {
-            for p in w.windows(2) {
-                *counts.entry((p[0].clone(), p[1].clone())).or_default() += 1;
-            }
-        }
-        let best = counts
-            .iter()
-            .filter(|((a, b), _)| !known.contains(&format!("{a}{b}")))
-            .max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0)))
-            .map(|(k, _)| k.clone());
-        let Some((a, b)) = best else { break };
-        let ab = format!("{a}{b}");
-        for w in &mut words {
-            let mut i = 0;
-            while i + 1 < w.len() {
-                if w[i] == a && w[i + 1] == b {
-                    w[i] = ab.clone();
-                    w.remove(i + 1);
+/// A shape error of [`SynthConfig::check`], told in flags.
+fn explain(e: CoreError, c: &SynthConfig) -> anyhow::Error {
+    match e {
+        CoreError::BadMetadata { key } => {
+            let out_of_range = c
+                .sizes()
+                .into_iter()
+                .find(|&(k, v, max)| k == key && (v == 0 || v > max));
+            match (out_of_range, key) {
+                (Some((_, v, max)), _) => {
+                    anyhow!("{} must be between 1 and {max} (got {v})", flag(key))
                 }
-                i += 1;
+                (None, MetaKey::HeadCount) => {
+                    anyhow!("--dim {} is not a multiple of --heads {}", c.dim, c.heads)
+                }
+                (None, MetaKey::HeadCountKv) => anyhow!(
+                    "--heads {} is not a multiple of --kv-heads {}",
+                    c.heads,
+                    c.kv_heads
+                ),
+                (None, MetaKey::RopeDimensionCount) => {
+                    anyhow!("the head size --dim/--heads must be even for RoPE")
+                }
+                _ => e.into(),
             }
         }
-        merges.push(format!("{a} {b}"));
-        known.insert(ab.clone());
-        tokens.push(ab);
-        types.push(1);
+        CoreError::CapExceeded {
+            what: Cap::TensorElements,
+            found,
+            ..
+        } => anyhow!("{found} parameters is more than synth makes (2^31)"),
+        e => e.into(),
     }
-    while tokens.len() < vocab {
-        tokens.push(format!("<unused{}>", tokens.len()));
-        types.push(5);
-    }
-    (tokens, types, merges)
-}
-
-/// The GGUF bytes of the synthetic model.
-pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
-    c.check()?;
-    let mut rng = Rng(Pcg32::new(c.seed, 0x05ee_d0fe_3be7));
-    let head_dim = c.dim / c.heads;
-    let kv_dim = head_dim * c.kv_heads;
-    let mut w = GgufWriter::new();
-    w.add_str("general.architecture", "llama")
-        .add_str("general.name", "ember synth")
-        .add_u32("general.file_type", crate::convert::file_type_code(c.ty))
-        .add_u32("llama.context_length", c.ctx as u32)
-        .add_u32("llama.embedding_length", c.dim as u32)
-        .add_u32("llama.block_count", c.layers as u32)
-        .add_u32("llama.feed_forward_length", c.ffn as u32)
-        .add_u32("llama.attention.head_count", c.heads as u32)
-        .add_u32("llama.attention.head_count_kv", c.kv_heads as u32)
-        .add_u32("llama.rope.dimension_count", head_dim as u32)
-        .add_f32("llama.rope.freq_base", 10_000.0)
-        .add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        .add_u32("llama.vocab_size", c.vocab as u32);
-    if c.vocab > 256 {
-        let (tokens, types, merges) = vocabulary(c.vocab);
-        let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
-        let m: Vec<&str> = merges.iter().map(String::as_str).collect();
-        w.add_str("tokenizer.ggml.model", "gpt2")
-            .add_str("tokenizer.ggml.pre", "gpt2")
-            .add_str_array("tokenizer.ggml.tokens", &t)
-            .add_i32_array("tokenizer.ggml.token_type", &types)
-            .add_str_array("tokenizer.ggml.merges", &m)
-            .add_u32("tokenizer.ggml.bos_token_id", 0)
-            .add_u32("tokenizer.ggml.eos_token_id", 0)
-            .add_bool("tokenizer.ggml.add_bos_token", false);
-    }
-    let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| -> Result<()> {
-        let a = 1.0 / (cols as f32).sqrt();
-        let data: Vec<f32> = (0..cols * rows).map(|_| rng.uniform(a)).collect();
-        let ty = if !cols.is_multiple_of(c.ty.block_len()) && c.ty != GgmlType::F32 {
-            GgmlType::F16
-        } else {
-            c.ty
-        };
-        w.add_tensor(
-            name,
-            &[cols as u64, rows as u64],
-            ty,
-            quantize_rows(&data, cols, ty)?,
-        );
-        Ok(())
-    };
-    let norm = |w: &mut GgufWriter, name: &str, n: usize, rng: &mut Rng| {
-        let data: Vec<f32> = (0..n).map(|_| 1.0 + rng.uniform(0.1)).collect();
-        let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.add_tensor(name, &[n as u64], GgmlType::F32, bytes);
-    };
-    matrix(&mut w, "token_embd.weight", c.dim, c.vocab)?;
-    for l in 0..c.layers {
-        let p = |t: &str| format!("blk.{l}.{t}.weight");
-        matrix(&mut w, &p("attn_q"), c.dim, c.dim)?;
-        matrix(&mut w, &p("attn_k"), c.dim, kv_dim)?;
-        matrix(&mut w, &p("attn_v"), c.dim, kv_dim)?;
-        matrix(&mut w, &p("attn_output"), c.dim, c.dim)?;
-        matrix(&mut w, &p("ffn_gate"), c.dim, c.ffn)?;
-        matrix(&mut w, &p("ffn_up"), c.dim, c.ffn)?;
-        matrix(&mut w, &p("ffn_down"), c.ffn, c.dim)?;
-    }
-    let mut nrng = Rng(Pcg32::new(c.seed, 0x0e77_5eed));
-    for l in 0..c.layers {
-        norm(
-            &mut w,
-            &format!("blk.{l}.attn_norm.weight"),
-            c.dim,
-            &mut nrng,
-        );
-        norm(
-            &mut w,
-            &format!("blk.{l}.ffn_norm.weight"),
-            c.dim,
-            &mut nrng,
-        );
-    }
-    norm(&mut w, "output_norm.weight", c.dim, &mut nrng);
-    Ok(w.to_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ember_core::gguf::Gguf;
-    use ember_core::model::Llama;
+    use ember_core::quant::GgmlType;
 
-    fn tiny(vocab: usize, ty: GgmlType) -> SynthConfig {
+    fn tiny() -> SynthConfig {
         SynthConfig {
             dim: 64,
             layers: 2,
             heads: 8,
             kv_heads: 4,
             ffn: 172,
-            vocab,
+            vocab: 8,
             ctx: 128,
             seed: 1,
-            ty,
+            ty: GgmlType::F32,
         }
-    }
-
-    #[test]
-    fn deterministic_and_loadable() {
-        for ty in [GgmlType::Q8_0, GgmlType::F32, GgmlType::Q4_1] {
-            let a = synth(&tiny(512, ty)).unwrap();
-            assert_eq!(a, synth(&tiny(512, ty)).unwrap());
-            let g = Gguf::parse(&a).unwrap();
-            let m = Llama::from_gguf(&g).unwrap();
-            assert_eq!(m.config.vocab_size, 512);
-            let mut index = Vec::new();
-            let tok = crate::text::tokenizer(&g, &mut index).unwrap();
-            let ids = tok.encode("the robot", Default::default()).unwrap();
-            assert!(ids.len() < 9, "{ids:?}");
-            assert_eq!(tok.decode(&ids, false).unwrap(), "the robot");
-        }
-        let small = synth(&tiny(8, GgmlType::Q8_0)).unwrap();
-        assert!(Gguf::parse(&small)
-            .unwrap()
-            .get("tokenizer.ggml.model")
-            .is_none());
     }
 
     #[test]
     fn bad_shapes_name_the_flag() {
-        let e = |c: SynthConfig| synth(&c).unwrap_err().to_string();
-        assert!(e(SynthConfig {
-            dim: 0,
-            ..tiny(8, GgmlType::F32)
-        })
-        .contains("--dim"));
-        assert!(e(SynthConfig {
-            heads: 7,
-            ..tiny(8, GgmlType::F32)
-        })
-        .contains("--heads"));
-        assert!(e(SynthConfig {
-            kv_heads: 3,
-            ..tiny(8, GgmlType::F32)
-        })
-        .contains("--kv-heads"));
+        let e = |c: SynthConfig| explain(synth(&c).unwrap_err(), &c).to_string();
+        assert_eq!(
+            e(SynthConfig { dim: 0, ..tiny() }),
+            "--dim must be between 1 and 16384 (got 0)"
+        );
+        assert_eq!(
+            e(SynthConfig {
+                ctx: 1 << 21,
+                ..tiny()
+            }),
+            "--ctx must be between 1 and 1048576 (got 2097152)"
+        );
+        assert_eq!(
+            e(SynthConfig { heads: 7, ..tiny() }),
+            "--dim 64 is not a multiple of --heads 7"
+        );
+        assert_eq!(
+            e(SynthConfig {
+                kv_heads: 3,
+                ..tiny()
+            }),
+            "--heads 8 is not a multiple of --kv-heads 3"
+        );
+        assert_eq!(
+            e(SynthConfig {
+                heads: 64,
+                kv_heads: 64,
+                ..tiny()
+            }),
+            "the head size --dim/--heads must be even for RoPE"
+        );
+        let huge = SynthConfig {
+            dim: 1 << 14,
+            layers: 128,
+            ..tiny()
+        };
+        assert_eq!(
+            e(huge),
+            format!(
+                "{} parameters is more than synth makes (2^31)",
+                huge.params()
+            )
+        );
     }
 }

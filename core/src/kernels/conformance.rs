@@ -419,7 +419,13 @@ pub(crate) fn check_rows(k: &Kernels) {
                 }
             }
             for (o, row) in out.iter().zip(matrix.chunks_exact(rb)) {
-                close(*o, (f.dot)(row, x), block_scale(f, row, x), f.ty.name(), case);
+                close(
+                    *o,
+                    (f.dot)(row, x),
+                    block_scale(f, row, x),
+                    f.ty.name(),
+                    case,
+                );
             }
         }
         // Odd f32 lengths: tails.

@@ -123,6 +123,23 @@ impl GgmlType {
     }
 }
 
+/// Rows of `cols` floats quantized to `ty` with its reference rounding
+/// (ggml's `quantize_row_*_ref`), or `None` if `cols` is not a whole number
+/// of `ty`'s blocks.
+#[cfg(feature = "alloc")]
+pub fn quantize_rows(data: &[f32], cols: usize, ty: GgmlType) -> Option<alloc::vec::Vec<u8>> {
+    let rb = usize::try_from(ty.row_bytes(cols as u64)?).ok()?;
+    let rows = data.len() / cols.max(1);
+    let mut out = alloc::vec![0u8; rows.checked_mul(rb)?];
+    for (row, o) in data
+        .chunks(cols.max(1))
+        .zip(out.chunks_exact_mut(rb.max(1)))
+    {
+        (ty.format().quantize)(row, o);
+    }
+    Some(out)
+}
+
 /// The whole blocks of `bytes` (a partial last block left out). Blocks have
 /// alignment 1, so any bytes view as blocks.
 pub fn blocks<B: Block>(bytes: &[u8]) -> &[B] {

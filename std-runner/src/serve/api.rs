@@ -1,0 +1,347 @@
+//! OpenAI's API as `ember serve` speaks it: the request body, parsed and
+//! checked field by field; the error answer; the parts every response repeats.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ember_core::sampling::{SamplerConfig, MAX_PENALTY_WINDOW};
+use serde_json::{json, Value};
+
+use crate::text::Message;
+
+/// An OpenAI-style error answer.
+pub(super) struct ApiError {
+    pub(super) status: StatusCode,
+    pub(super) message: String,
+    pub(super) kind: &'static str,
+    pub(super) param: Option<&'static str>,
+    pub(super) code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub(super) fn bad(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+pub(super) type ApiResult = std::result::Result<Response, ApiError>;
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Chat,
+    Completion,
+}
+
+/// The parts of a request body the server uses, checked.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub messages: Vec<Message>,
+    pub prompt: Prompt,
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplerConfig,
+    pub stops: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Keep generating past end-of-generation tokens (llama.cpp's server
+    /// field; benchmarks use it).
+    pub ignore_eos: bool,
+}
+
+/// A completion prompt: text or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    None,
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Most stop strings a request may give.
+const MAX_STOPS: usize = 16;
+/// Most chat messages a request may give.
+const MAX_MESSAGES: usize = 4096;
+
+/// Parses and checks a request body (chat when `chat`, else completion).
+/// Every problem is a message naming the field; unknown fields are ignored,
+/// as OpenAI clients send more than a server needs.
+pub fn parse_request(
+    body: &[u8],
+    chat: bool,
+    seed: u64,
+) -> std::result::Result<Request, (String, Option<&'static str>)> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| (format!("the body is not valid JSON: {e}"), None))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| ("the body must be a JSON object".to_string(), None))?;
+    let bad = |p: &'static str, m: &str| (format!("'{p}' {m}"), Some(p));
+    let num = |p: &'static str| -> std::result::Result<Option<f64>, _> {
+        match o.get(p) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(_) => Err(bad(p, "must be a number")),
+        }
+    };
+    let int = |p: &'static str| -> std::result::Result<Option<i64>, _> {
+        match o.get(p) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Ok(Some(i)),
+                None => match n.as_u64() {
+                    Some(u) => Ok(Some(u.min(i64::MAX as u64) as i64)),
+                    None => Err(bad(p, "must be an integer")),
+                },
+            },
+            Some(_) => Err(bad(p, "must be an integer")),
+        }
+    };
+    if let Some(m) = o.get("model") {
+        if !m.is_string() && !m.is_null() {
+            return Err(bad("model", "must be a string"));
+        }
+    }
+    if let Some(n) = int("n")? {
+        if n != 1 {
+            return Err(bad("n", "must be 1 (one choice per request)"));
+        }
+    }
+    let mut messages = Vec::new();
+    let mut prompt = Prompt::None;
+    if chat {
+        let list = match o.get("messages") {
+            Some(Value::Array(a)) => a,
+            None | Some(Value::Null) => return Err(bad("messages", "is required")),
+            Some(_) => return Err(bad("messages", "must be an array")),
+        };
+        if list.is_empty() {
+            return Err(bad("messages", "must not be empty"));
+        }
+        if list.len() > MAX_MESSAGES {
+            return Err(bad(
+                "messages",
+                &format!("may hold at most {MAX_MESSAGES} messages"),
+            ));
+        }
+        for m in list {
+            let role = m
+                .get("role")
+                .and_then(|r| r.as_str())
+                .ok_or_else(|| bad("messages", "needs a string 'role' in every message"))?;
+            let content = match m.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut s = String::new();
+                    for p in parts {
+                        match (p.get("type").and_then(|t| t.as_str()), p.get("text")) {
+                            (Some("text"), Some(Value::String(t))) => s.push_str(t),
+                            _ => {
+                                return Err(bad(
+                                    "messages",
+                                    "content parts must be {\"type\": \"text\", \"text\": ...}",
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+                Some(_) => return Err(bad("messages", "content must be a string or text parts")),
+            };
+            messages.push(Message::new(role, &content));
+        }
+    } else {
+        prompt = match o.get("prompt") {
+            None | Some(Value::Null) => return Err(bad("prompt", "is required")),
+            Some(Value::String(s)) => Prompt::Text(s.clone()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Prompt::Text(a[0].as_str().unwrap_or_default().to_string())
+            }
+            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => {
+                let ids: Option<Vec<u32>> = a
+                    .iter()
+                    .map(|x| x.as_u64().and_then(|u| u32::try_from(u).ok()))
+                    .collect();
+                Prompt::Ids(ids.ok_or_else(|| bad("prompt", "token ids must fit in 32 bits"))?)
+            }
+            Some(_) => {
+                return Err(bad(
+                    "prompt",
+                    "must be a string, or an array of token ids (one prompt per request)",
+                ))
+            }
+        };
+    }
+    let max_tokens = match (int("max_tokens")?, int("max_completion_tokens")?) {
+        (Some(m), _) | (None, Some(m)) => {
+            if m < 1 {
+                return Err(bad("max_tokens", "must be at least 1"));
+            }
+            Some(m as usize)
+        }
+        (None, None) => None,
+    };
+    let mut s = SamplerConfig {
+        seed,
+        ..SamplerConfig::default()
+    };
+    if let Some(t) = num("temperature")? {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(bad("temperature", "must be a finite number >= 0"));
+        }
+        s.temperature = t as f32;
+    }
+    if let Some(p) = num("top_p")? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(bad("top_p", "must be in (0, 1]"));
+        }
+        s.top_p = p as f32;
+    }
+    if let Some(k) = int("top_k")? {
+        if k < 0 {
+            return Err(bad("top_k", "must be >= 0 (0 keeps every token)"));
+        }
+        s.top_k = u32::try_from(k).unwrap_or(u32::MAX);
+    }
+    if let Some(m) = num("min_p")? {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(bad("min_p", "must be in [0, 1]"));
+        }
+        s.min_p = m as f32;
+    }
+    if let Some(r) = num("repeat_penalty")? {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(bad("repeat_penalty", "must be a finite number > 0"));
+        }
+        s.repeat_penalty = r as f32;
+    }
+    if let Some(p) = num("presence_penalty")? {
+        if !(-2.0..=2.0).contains(&p) {
+            return Err(bad("presence_penalty", "must be in [-2, 2]"));
+        }
+        s.presence_penalty = p as f32;
+    }
+    if let Some(p) = num("frequency_penalty")? {
+        if !(-2.0..=2.0).contains(&p) {
+            return Err(bad("frequency_penalty", "must be in [-2, 2]"));
+        }
+        s.frequency_penalty = p as f32;
+    }
+    if let Some(n) = int("repeat_last_n")? {
+        if n < 0 || n as usize > MAX_PENALTY_WINDOW {
+            return Err(bad("repeat_last_n", "must be in [0, 256]"));
+        }
+        s.repeat_last_n = n as usize;
+    }
+    if let Some(v) = o.get("seed") {
+        match v {
+            Value::Null => {}
+            Value::Number(n) if n.is_i64() || n.is_u64() => {
+                s.seed = n.as_u64().unwrap_or_else(|| n.as_i64().unwrap_or(0) as u64);
+            }
+            _ => return Err(bad("seed", "must be an integer")),
+        }
+    }
+    if s.validate().is_err() {
+        return Err(("the sampling parameters are out of range".to_string(), None));
+    }
+    let stops = match o.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(x)) => vec![x.clone()],
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_STOPS {
+                return Err(bad(
+                    "stop",
+                    &format!("may hold at most {MAX_STOPS} strings"),
+                ));
+            }
+            a.iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("stop", "must be a string or an array of strings"))?
+        }
+        Some(_) => return Err(bad("stop", "must be a string or an array of strings")),
+    };
+    let stream = match o.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("stream", "must be true or false")),
+    };
+    let include_usage = match o.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(so)) => match so.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("stream_options", "include_usage must be true or false")),
+        },
+        Some(_) => return Err(bad("stream_options", "must be an object")),
+    };
+    let ignore_eos = match o.get("ignore_eos") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("ignore_eos", "must be true or false")),
+    };
+    Ok(Request {
+        ignore_eos,
+        messages,
+        prompt,
+        max_tokens,
+        sampling: s,
+        stops,
+        stream,
+        include_usage,
+    })
+}
+
+pub(super) fn busy(msg: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: msg.into(),
+        kind: "server_error",
+        param: None,
+        code: Some("server_busy"),
+    }
+}
+
+/// What every response of a request repeats.
+pub(super) struct Meta {
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) model: String,
+    pub(super) kind: Kind,
+}
+
+pub(super) fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+pub(super) fn engine_failed(msg: String) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: msg,
+        kind: "server_error",
+        param: None,
+        code: None,
+    }
+}

@@ -1,0 +1,233 @@
+//! `ember serve`: an OpenAI-compatible HTTP server with continuous batching.
+//!
+//! HTTP runs on tokio + axum; the model runs on one engine thread (with the
+//! worker pool under it). Handlers parse and check a request, tokenize it and
+//! queue it; the engine advances every active request in one batched forward
+//! pass per step.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | this one | the flags, start-up (model, memory, engine thread, listener), shutdown |
+//! | `api` | OpenAI's request and response types, request parsing and checks |
+//! | `http` | axum routes, the request handler, whole and streamed (SSE) answers |
+//! | `engine` | the continuous batching engine: slots, steps, sampling |
+
+mod api;
+mod engine;
+mod http;
+
+pub use api::{parse_request, Prompt, Request};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ember_core::model::{Llama, MemoryPlan};
+use ember_core::tokenizer::Tokenizer;
+use ember_core::KvOptions;
+
+use crate::args::{context, ExecArgs, KvTypeArg, MAX_DEFAULT_SERVE_CTX};
+use crate::load::{load_model, ModelFile};
+use crate::text::ChatTemplate;
+use engine::{engine_main, EngineConfig, Job};
+use http::{router, Shared};
+
+/// `ember serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once].
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests generated at once (slots, each with its own KV cache).
+    #[arg(long, short = 'p', default_value_t = 4)]
+    pub parallel: usize,
+    /// KV cache capacity of each slot, in tokens (prompt plus reply)
+    /// [default: the model's context length, at most 2048].
+    #[arg(long, short = 'c')]
+    pub ctx: Option<usize>,
+    /// Prompt tokens a slot reads per step (longer prompts take several
+    /// steps, so other streams keep flowing).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub batch: usize,
+    /// Requests that may wait for a slot; beyond them the server answers 503.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Element type of cached keys and values.
+    #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
+    pub kv_type: KvTypeArg,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// Starts the server and serves until SIGTERM or Ctrl-C.
+pub fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if a.parallel == 0 || a.parallel > 256 {
+        bail!("--parallel must be in 1..=256 (got {})", a.parallel);
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if a.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    if a.max_body < 64 {
+        bail!("--max-body must be at least 64 bytes");
+    }
+    let kernels = a.exec.kernels()?;
+    let threads = a.exec.threads()?;
+    // The model lives as long as the process: its file, tokenizer and
+    // weights are leaked so that every thread may borrow them.
+    let file: &'static mut ModelFile = Box::leak(Box::new(load_model(&a.model, &a.exec)?));
+    let m = file.parse(&a.exec)?;
+    let (path, packs) = (m.path, m.packs);
+    let tok: &'static Tokenizer<'static> = Box::leak(Box::new(
+        m.tokenizer
+            .context("the server needs the model's tokenizer")?,
+    ));
+    let template = ChatTemplate::from_gguf(&m.gguf, tok)?;
+    let model: &'static Llama<'static> = Box::leak(Box::new(m.model));
+    let ctx = context(a.ctx, model, MAX_DEFAULT_SERVE_CTX);
+    if ctx < 2 {
+        bail!("--ctx must be at least 2");
+    }
+    let kv = KvOptions::dense(ctx).with_type(a.kv_type.into());
+    // Each step: one token per generating slot plus one prompt chunk.
+    let max_batch = a.batch + a.parallel;
+    let plan = MemoryPlan::batched(&model.config, kv, max_batch, threads, a.parallel)?;
+    let model_id = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ember".into());
+
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let stop_engine = Arc::new(AtomicBool::new(false));
+    let engine = {
+        let waiting = waiting.clone();
+        let busy = busy.clone();
+        let stop = stop_engine.clone();
+        let cfg = EngineConfig {
+            plan,
+            kernels,
+            threads,
+            chunk: a.batch,
+            waiting,
+            busy,
+            stop,
+        };
+        std::thread::Builder::new()
+            .name("ember-engine".into())
+            .spawn(move || engine_main(model, tok, cfg, jobs_rx, ready_tx))
+            .context("cannot start the engine thread")?
+    };
+    // The slots' memory is allocated before the server listens: a size the
+    // machine cannot give is an error at start.
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => {
+            return match engine.join() {
+                Ok(Err(e)) => Err(e),
+                _ => bail!("the engine thread stopped at start"),
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        tok,
+        template,
+        model_id,
+        ctx,
+        max_tokens: a.max_tokens,
+        max_body: a.max_body,
+        queue: a.queue,
+        jobs: Mutex::new(jobs_tx),
+        waiting,
+        busy,
+        slots: a.parallel,
+        accepting: AtomicBool::new(true),
+        next_id: AtomicU64::new(1),
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let addr = format!("{}:{}", a.host, a.port);
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local: SocketAddr = listener.local_addr()?;
+        eprintln!(
+            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights)",
+            shared.model_id,
+            a.parallel,
+            ctx,
+            kernels.name,
+            threads,
+            (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64,
+            packs.bytes() as f64 / (1 << 20) as f64
+        );
+        let app = router(shared.clone());
+        let sh = shared.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                sh.accepting.store(false, Ordering::SeqCst);
+                eprintln!("ember: shutting down: finishing requests in flight");
+            })
+            .await
+            .context("the server failed")
+    });
+    stop_engine.store(true, Ordering::SeqCst);
+    drop(shared);
+    match engine.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => bail!("the engine thread panicked"),
+    }
+    result?;
+    eprintln!("ember: stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
