@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measures the firmware images under QEMU and prints the README's table.
+"""Measures the firmware images under QEMU and prints the table in docs/FIRMWARE.md.
 
 For each image: flash (text + rodata + the loaded data's initial values) and
 static RAM (data + bss; the `.bigram` section apart, in PSRAM/DDR) from the ELF,

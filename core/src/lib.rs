@@ -16,12 +16,15 @@
 //! | --- | --- |
 //! | [`gguf`] | zero-copy GGUF v2/v3 reader, every count checked against caps |
 //! | [`gguf_writer`] | GGUF writer (`alloc`) |
-//! | [`quant`] | F16, Q8_0, Q4_0, Q4_1 blocks; scalar reference kernels |
-//! | [`kernels`] | the kernel table and matmul |
+//! | [`ggml_type`] | ggml's tensor type ids (a leaf) |
+//! | [`quant`] | one file per format (F32, F16, Q8_0, Q4_0, Q4_1) registered in [`quant::FORMATS`] |
+//! | [`kernels`] | the kernel table (a [`kernels::FormatKernels`] row per format) and matmul |
 //! | [`model`] | `Config`, `Weights`, `Llama`, `Session`, `MemoryPlan` |
 //! | [`parallel`] | splitting a forward step over caller-supplied workers |
 //! | [`kv_cache`] | fixed-capacity KV cache in caller memory |
 //! | [`attention`] | causal attention for one head |
+//! | [`math`] | exp, SwiGLU, softmax, sums for the per-token path |
+//! | [`limits`] | caps on model shape (a leaf) |
 //! | [`synth`] | deterministic random-weights llama GGUF of any shape (`alloc`) |
 //! | [`error`] | the one `Copy` error enum |
 //!

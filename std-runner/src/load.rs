@@ -8,7 +8,7 @@
 //! so [`ModelFile`] owns all three and [`ModelFile::parse`] lends them out
 //! for as long as the file is borrowed:
 //!
-//! ```ignore
+//! ```text
 //! let mut file = load_model(&a.model, &a.exec)?;
 //! let m = file.parse(&a.exec)?;
 //! ```

@@ -5,7 +5,7 @@
 //! streams to the core. A file map is built of 4 KiB page-cache pages: one TLB
 //! entry per 4 KiB and page walks all along the stream. The same bytes copied
 //! into 2 MiB pages stream about 1.7 times faster on the machines measured
-//! (README, "Host speed"); the copy costs one read of the file at start.
+//! (docs/PERFORMANCE.md); the copy costs one read of the file at start.
 
 use std::fs::File;
 use std::io::Read;

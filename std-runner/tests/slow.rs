@@ -10,17 +10,11 @@
 use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
-use ember_core::quant::GgmlType;
 use ember_core::KvOptions;
 use ember_runner::perplexity::streaming_each;
 
 mod common;
-use common::english_tokens;
-
-fn smollm() -> Vec<u8> {
-    let path = ember_runner::model_store::converted(GgmlType::Q8_0).unwrap();
-    std::fs::read(path).unwrap()
-}
+use common::{english_tokens, smollm_q8_0 as smollm};
 
 #[test]
 fn streaming_perplexity_is_stable_over_20k_tokens() {

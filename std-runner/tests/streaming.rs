@@ -12,7 +12,7 @@ use ember_core::{KvOptions, KvType};
 use ember_runner::synth::{synth, SynthConfig};
 
 mod common;
-use common::english_tokens;
+use common::{english_tokens, smollm_q8_0 as smollm};
 
 fn logits_each(model: &Llama, kv: KvOptions, tokens: &[u32], batch: usize) -> Vec<Vec<f32>> {
     let plan = MemoryPlan::with_kv(&model.config, kv, batch).unwrap();
@@ -22,11 +22,6 @@ fn logits_each(model: &Llama, kv: KvOptions, tokens: &[u32], batch: usize) -> Ve
     s.forward_all(tokens, &mut |_, l| out.push(l.to_vec()))
         .unwrap();
     out
-}
-
-fn smollm() -> Vec<u8> {
-    let path = ember_runner::model_store::converted(GgmlType::Q8_0).unwrap();
-    std::fs::read(path).unwrap()
 }
 
 #[test]

@@ -723,7 +723,7 @@ pub type RowQ16Fn = fn(&[u8], &[BlockQ16], usize, &mut [f32]);
 /// One weight format's row of a kernel table: what every matmul of a
 /// matrix of that format calls, on rows given as their stored bytes (whole
 /// blocks, aligned for the format: [`RowData`]). A table's fast kernels
-/// take typed rows; [`erase!`](crate::kernels::erase) makes the entry.
+/// take typed rows; the `erase!` macro in this module makes the entry.
 #[derive(Debug, Clone, Copy)]
 pub struct FormatKernels {
     /// One row's dot with f32 activations.

@@ -67,3 +67,9 @@ pub fn english_tokens(tok: &Tokenizer) -> Vec<u32> {
     }
     tok.encode(&text, EncodeOptions::default()).unwrap()
 }
+
+/// The default model converted to Q8_0 (fetched and converted on first use).
+pub fn smollm_q8_0() -> Vec<u8> {
+    let path = ember_runner::model_store::converted(ember_core::quant::GgmlType::Q8_0).unwrap();
+    std::fs::read(path).unwrap()
+}
