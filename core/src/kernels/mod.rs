@@ -756,42 +756,34 @@ impl FormatKernels {
 /// A [`FormatKernels`] entry from a kernel over typed rows: `erase!(dot T,
 /// f)`, `erase!(mv T, f)`, `erase!(widen T, f)` or `erase!(q16 T, f)`,
 /// where `T` is `f32`, `f16` or a block type. The rows' bytes are viewed as
-/// `T` without copying ([`rows_as`]).
+/// `T` without copying ([`quant::view`]).
 macro_rules! erase {
     (dot $t:ty, $f:path) => {{
         fn f(w: &[u8], x: &[f32]) -> f32 {
-            $f($crate::kernels::rows_as::<$t>(w), x)
+            $f($crate::quant::view::<$t>(w), x)
         }
         f as $crate::kernels::RowDotFn
     }};
     (mv $t:ty, $f:path) => {{
         fn f(w: &[u8], x: &[f32], out: &mut [f32]) {
-            $f($crate::kernels::rows_as::<$t>(w), x, out)
+            $f($crate::quant::view::<$t>(w), x, out)
         }
         f as $crate::kernels::RowMatvecFn
     }};
     (widen $t:ty, $f:path) => {{
         fn f(w: &[u8], out: &mut [f32]) {
-            $f($crate::kernels::rows_as::<$t>(w), out)
+            $f($crate::quant::view::<$t>(w), out)
         }
         f as $crate::kernels::RowWidenFn
     }};
     (q16 $t:ty, $f:path) => {{
         fn f(w: &[u8], x: &[$crate::quant::BlockQ16], n: usize, out: &mut [f32]) {
-            $f($crate::kernels::rows_as::<$t>(w), x, n, out)
+            $f($crate::quant::view::<$t>(w), x, n, out)
         }
         f as $crate::kernels::RowQ16Fn
     }};
 }
 pub(crate) use erase;
-
-/// Stored rows' bytes as `T` (f32, f16 or a block type). [`RowData`]
-/// checked the alignment and the whole blocks, and a row boundary keeps
-/// both, so this never comes up short; if it did, the view would be empty.
-#[inline(always)]
-pub fn rows_as<T: quant::Pod>(bytes: &[u8]) -> &[T] {
-    cast_slice(bytes).unwrap_or(&[])
-}
 
 /// The kernel table.
 #[derive(Debug, Clone, Copy)]

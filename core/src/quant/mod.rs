@@ -140,12 +140,20 @@ pub fn quantize_rows(data: &[f32], cols: usize, ty: GgmlType) -> Option<alloc::v
     Some(out)
 }
 
+/// The whole elements of `bytes` as `T` (a partial last one left out), or
+/// nothing if `bytes` is not aligned for `T`. [`crate::kernels::RowData`]
+/// checks stored rows' alignment once, so views of them never come up empty.
+#[inline(always)]
+pub fn view<T: Pod>(bytes: &[u8]) -> &[T] {
+    let whole = bytes.len() / core::mem::size_of::<T>() * core::mem::size_of::<T>();
+    cast_slice(&bytes[..whole]).unwrap_or(&[])
+}
+
 /// The whole blocks of `bytes` (a partial last block left out). Blocks have
 /// alignment 1, so any bytes view as blocks.
 pub fn blocks<B: Block>(bytes: &[u8]) -> &[B] {
     let () = B::ALIGN_ONE;
-    let whole = bytes.len() / core::mem::size_of::<B>() * core::mem::size_of::<B>();
-    cast_slice(&bytes[..whole]).unwrap_or(&[])
+    view(bytes)
 }
 
 /// [`blocks`] for writing.
