@@ -23,6 +23,7 @@ mod aarch64_neon;
 #[cfg(all(feature = "dsp", target_arch = "arm"))]
 pub mod arm_dsp;
 pub mod scalar;
+mod step;
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod x86_avx2;
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
@@ -30,6 +31,8 @@ mod x86_avx512;
 
 #[cfg(test)]
 mod conformance;
+
+pub use step::{Multiplier, StepRows, StepScratch};
 
 use half::f16;
 

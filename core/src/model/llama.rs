@@ -15,12 +15,12 @@
 use crate::attention::{attend_heads, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kernels::{Arith, Kernels, Matrix};
+use crate::kernels::{Kernels, Matrix, Multiplier, StepRows};
 use crate::kv_cache::KvCache;
-use crate::model::{Config, MemoryPlan, ScratchSizes, Weights};
+use crate::model::scratch::{take, Dims, Scratch, ScratchSizes};
+use crate::model::weights::{ATTN_OUT, DOWN, GATE_UP, QKV};
+use crate::model::{Config, MemoryPlan, Weights};
 use crate::parallel::{self, Parallel, Serial};
-use crate::quant::{BlockQ16, BlockQ8_0};
-use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A loaded model: config plus weights borrowed from the file bytes.
 #[derive(Debug, Clone)]
@@ -68,37 +68,6 @@ impl<'w> Llama<'w> {
             }
         }
     }
-}
-
-/// Run-time buffers carved from the arena.
-struct Scratch<'a> {
-    x: &'a mut [f32],
-    xb: &'a mut [f32],
-    q: &'a mut [f32],
-    k: &'a mut [f32],
-    v: &'a mut [f32],
-    att: &'a mut [f32],
-    hb: &'a mut [f32],
-    hb2: &'a mut [f32],
-    scores: &'a mut [f32],
-    rope: &'a mut [f32],
-    q_sink: &'a mut [f32],
-    rope_sink: &'a mut [f32],
-    /// Each rotated pair's frequency as f64 bits (low word first), computed
-    /// once ([`rope_freqs`]).
-    rope_freq: &'a mut [f32],
-    logits: &'a mut [f32],
-    row: &'a mut [f32],
-    xq: &'a mut [f32],
-}
-
-/// Takes the next `n` floats of the arena (fewer only if the arena is short,
-/// which the constructors have ruled out).
-fn carve<'a>(buf: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
-    let rest = core::mem::take(buf);
-    let (head, tail) = rest.split_at_mut(n.min(rest.len()));
-    *buf = tail;
-    head
 }
 
 /// One sequence's part of a batched step: its cache and the tokens it
@@ -185,36 +154,22 @@ impl<'s, 'w> Batch<'s, 'w> {
         model: &'s Llama<'w>,
         kernels: Kernels,
         plan: MemoryPlan,
-        mut rest: &'s mut [f32],
+        rest: &'s mut [f32],
     ) -> Result<Self> {
         let c = &model.config;
-        let sizes = ScratchSizes::new(
+        let dims = Dims::new(
             c,
             plan.kv.capacity,
             plan.max_batch,
             plan.threads,
             plan.seqs,
             plan.packed_prefill,
-        )
-        .ok_or(Error::BatchZero)?;
-        let s = Scratch {
-            x: carve(&mut rest, sizes.x),
-            xb: carve(&mut rest, sizes.xb),
-            q: carve(&mut rest, sizes.q),
-            k: carve(&mut rest, sizes.k),
-            v: carve(&mut rest, sizes.v),
-            att: carve(&mut rest, sizes.att),
-            hb: carve(&mut rest, sizes.hb),
-            hb2: carve(&mut rest, sizes.hb2),
-            scores: carve(&mut rest, sizes.scores),
-            rope: carve(&mut rest, sizes.rope),
-            q_sink: carve(&mut rest, sizes.q_sink),
-            rope_sink: carve(&mut rest, sizes.rope_sink),
-            rope_freq: carve(&mut rest, sizes.rope_freq),
-            logits: carve(&mut rest, sizes.logits),
-            row: carve(&mut rest, sizes.row),
-            xq: carve(&mut rest, sizes.xq),
-        };
+        );
+        let sizes = dims
+            .as_ref()
+            .and_then(ScratchSizes::new)
+            .ok_or(Error::BatchZero)?;
+        let s = sizes.carve(rest);
         rope_freqs(s.rope_freq, c.rope_base, c.rope_dim);
         Ok(Batch {
             model,
@@ -325,10 +280,11 @@ impl<'s, 'w> Batch<'s, 'w> {
         Ok(())
     }
 
-    /// The forward pass over checked `seqs`. Rows of the step's activations
-    /// hold the sequences of several tokens first (batched arithmetic), then
-    /// those of one token (decode arithmetic). `which` says for which tokens
-    /// the classifier runs; `emit(seq, token, logits)` sees each.
+    /// The forward pass over checked `seqs`: the layer's maths, top to
+    /// bottom. Rows of the step's activations hold the sequences of several
+    /// tokens first (batched arithmetic), then those of one token (decode
+    /// arithmetic). `which` says for which tokens the classifier runs;
+    /// `emit(seq, token, logits)` sees each.
     fn forward_step(
         &mut self,
         seqs: &mut [Seq<'_, '_>],
@@ -336,235 +292,54 @@ impl<'s, 'w> Batch<'s, 'w> {
         emit: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let m = self.model;
-        let c = &m.config;
-        let w = &m.weights;
-        let kern = &self.kernels;
-        let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
-        // Rows 0..g take the batched arithmetic.
-        let g: usize = seqs.iter().map(|q| q.tokens.len()).filter(|&l| l > 1).sum();
-        let (dim, qd, kvd, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
-        let group = c.n_heads / c.n_kv_heads;
-        let par = self.par;
+        let (c, w) = (&m.config, &m.weights);
         let threads = self.plan.threads.max(1);
-        let s = &mut self.s;
-        let per_worker = s.row.len() / threads;
-        let per_scores = s.scores.len() / threads;
-        let mm = Mm {
-            par,
-            kern,
-            per_worker,
-            packed_prefill: self.plan.packed_prefill,
+        let st = Stage {
+            c,
+            kern: &self.kernels,
+            par: self.par,
+            threads,
+            mm: Multiplier::new(
+                &self.kernels,
+                self.par,
+                self.s.work.len() / threads,
+                self.plan.packed_prefill,
+            ),
+            rows: step_rows(seqs),
         };
-        // Embedding rows and RoPE angles, once for all layers.
-        for (i, q) in seqs.iter().enumerate() {
-            let r0 = first_row(seqs, i);
-            let p0 = q.cache.pos();
-            for (j, &tok) in q.tokens.iter().enumerate() {
-                let r = r0 + j;
-                w.token_embd
-                    .dequantize_row(tok as usize, &mut s.x[r * dim..(r + 1) * dim])?;
-                rope_table(
-                    &mut s.rope[r * c.rope_dim..(r + 1) * c.rope_dim],
-                    p0 + j,
-                    s.rope_freq,
-                );
-            }
-        }
+        let s = &mut self.s;
+        let n = st.rows.all;
+        let (dim, ffn, eps) = (c.dim, c.ffn_dim, c.rms_eps);
 
+        // x = the tokens' embedding rows; each token's RoPE angles.
+        st.embed(w, seqs, s)?;
         for (l, lw) in w.layers.iter().enumerate() {
-            // Attention RMSNorm.
-            for t in 0..n {
-                rmsnorm(
-                    &mut s.xb[t * dim..(t + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    lw.attn_norm,
-                    c.rms_eps,
-                );
-            }
-
-            // Q, K, V projections for the whole step. (This function's
-            // hand-offs of a layer's matrices are `weights::LAYER_STEPS`,
-            // by which a host lays out each worker's rows.)
-            let qkv = [&lw.attn_q, &lw.attn_k, &lw.attn_v];
-            let outs = [&mut *s.q, &mut *s.k, &mut *s.v];
-            mm.split(qkv, s.xb, outs, s.row, s.xq, (g, n))?;
-
-            // Rotate queries and keys at their absolute positions, then append
-            // K and V to the cache. Past the first eviction a sequence has one
-            // token, whose query is also rotated at its in-cache position for
-            // the sink keys (see kv_cache).
-            for i in 0..seqs.len() {
-                let r0 = first_row(seqs, i);
-                let sq = &mut seqs[i];
-                let p0 = sq.cache.pos();
-                for j in 0..sq.tokens.len() {
-                    let t = r0 + j;
-                    let table = &s.rope[t * c.rope_dim..(t + 1) * c.rope_dim];
-                    let q = &mut s.q[t * qd..(t + 1) * qd];
-                    let sink = sq.cache.sinks_for(p0 + j) > 0;
-                    if sink {
-                        s.q_sink[i * qd..(i + 1) * qd].copy_from_slice(q);
-                    }
-                    for h in q.chunks_exact_mut(hd) {
-                        rope(h, table);
-                    }
-                    for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                        rope(h, table);
-                    }
-                    sq.cache.store(
-                        l,
-                        p0 + j,
-                        &s.k[t * kvd..(t + 1) * kvd],
-                        &s.v[t * kvd..(t + 1) * kvd],
-                    )?;
-                    if sink {
-                        let rs = &mut s.rope_sink[i * c.rope_dim..(i + 1) * c.rope_dim];
-                        rope_table(rs, sq.cache.query_cache_pos(p0 + j), s.rope_freq);
-                        for h in s.q_sink[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
-                            rope(h, rs);
-                        }
-                    }
-                }
-            }
-
-            // Grouped-query causal attention: token t sees the slots of its
-            // sequence's cache that hold the sinks and the latest tokens up
-            // to itself; query heads h * group.. (h + 1) * group read KV head
-            // h together, one task, so each cached row is widened once.
-            let seqs_ro: &[Seq<'_, '_>] = seqs;
-            let (q, q_sink) = (&*s.q, &*s.q_sink);
-            let n_kv = c.n_kv_heads;
-            let gd = group * hd;
-            let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
-                let (t, h) = (task / n_kv, task % n_kv);
-                let Some((i, j)) = seq_of_row(seqs_ro, t) else {
-                    return;
-                };
-                let kv = &*seqs_ro[i].cache;
-                let Ok((keys, values)) = kv.layer(l) else {
-                    return;
-                };
-                let pos = kv.pos() + j;
-                attend_heads(
-                    &q[t * qd + h * gd..t * qd + (h + 1) * gd],
-                    &q_sink[i * qd + h * gd..i * qd + (h + 1) * gd],
-                    group,
-                    kv.sinks_for(pos),
-                    keys,
-                    values,
-                    kv.visible(pos),
-                    HeadView {
-                        row: kvd,
-                        offset: h * hd,
-                        warm: j == 0,
-                    },
-                    scores,
-                    out,
-                    kern,
-                );
-            };
-            let att = &mut s.att[..n * qd];
-            // Column by column: a worker's tokens share a KV head, whose
-            // rows stay in its caches from one token to the next.
-            let grid = (n, n_kv);
-            if !parallel::for_task_grid(par, grid, att, gd, s.scores, per_scores, &heads) {
-                return Err(Error::BufferTooSmall {
-                    needed: (threads * per_scores) as u64,
-                    found: s.scores.len() as u64,
-                });
-            }
-
-            // Output projection and residual.
-            mm.split([&lw.attn_output], s.att, [&mut *s.xb], s.row, s.xq, (g, n))?;
+            // x += Wo · attention(rope(Wq h), rope(Wk h), Wv h), h = norm(x).
+            rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], lw.attn_norm, eps);
+            let qkv = [&mut *s.q, &mut *s.k, &mut *s.v];
+            st.matmul(lw.group(QKV), s.xb, qkv, s.work, s.shared)?;
+            st.rope_and_cache(l, seqs, s)?;
+            st.attend(l, seqs, s)?;
+            st.matmul(lw.group(ATTN_OUT), s.att, [&mut *s.xb], s.work, s.shared)?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
-            // FFN RMSNorm, SwiGLU, down projection and residual.
-            for t in 0..n {
-                rmsnorm(
-                    &mut s.xb[t * dim..(t + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    lw.ffn_norm,
-                    c.rms_eps,
-                );
-            }
-            let gate_up = [&lw.ffn_gate, &lw.ffn_up];
-            let outs = [&mut *s.hb, &mut *s.hb2];
-            mm.split(gate_up, s.xb, outs, s.row, s.xq, (g, n))?;
-            (kern.swiglu)(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
-            mm.split([&lw.ffn_down], s.hb, [&mut *s.xb], s.row, s.xq, (g, n))?;
+            // x += Wdown · (silu(Wgate h) ⊙ Wup h), h = norm(x).
+            rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], lw.ffn_norm, eps);
+            let gate_up = [&mut *s.gate, &mut *s.up];
+            st.matmul(lw.group(GATE_UP), s.xb, gate_up, s.work, s.shared)?;
+            (st.kern.swiglu)(&mut s.gate[..n * ffn], &s.up[..n * ffn]);
+            st.matmul(lw.group(DOWN), s.gate, [&mut *s.xb], s.work, s.shared)?;
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
         for q in seqs.iter_mut() {
             q.cache.advance(q.tokens.len());
         }
 
-        // Final RMSNorm and classifier, in groups of as many rows as the
-        // logits buffer holds, always with the decode arithmetic.
-        let vocab = c.vocab_size;
-        let room = (s.logits.len() / vocab.max(1)).max(1);
-        // Logits rows fill the buffer in emission order (a batch's sequence
-        // i, which emits once, lands in row i) and wrap when it is full.
-        let mut pending = 0usize;
-        let mut base = 0usize;
-        let mut ids = [(0usize, 0usize); 64];
-        let cap = room.min(ids.len());
-        let mut flush = |pending: &mut usize,
-                         base: &mut usize,
-                         ids: &[(usize, usize)],
-                         s: &mut Scratch<'_>|
-         -> Result<()> {
-            let k = *pending;
-            if k == 0 {
-                return Ok(());
-            }
-            if *base + k > room {
-                *base = 0;
-            }
-            let out = &mut s.logits[*base * vocab..(*base + k) * vocab];
-            mm.multi(
-                [&w.output],
-                &s.xb[..k * dim],
-                k,
-                [out],
-                s.row,
-                s.xq,
-                Arith::Decode,
-            )?;
-            for (r, &(i, j)) in ids[..k].iter().enumerate() {
-                let at = *base + r;
-                emit(i, j, &s.logits[at * vocab..(at + 1) * vocab]);
-            }
-            *base += k;
-            *pending = 0;
-            Ok(())
-        };
-        for (i, q) in seqs.iter().enumerate() {
-            let len = q.tokens.len();
-            let r0 = first_row(seqs, i);
-            let first = match which {
-                Emit::None => len,
-                Emit::Last => len - 1,
-                Emit::From(k) => k.min(len),
-            };
-            for j in first..len {
-                let t = r0 + j;
-                rmsnorm(
-                    &mut s.xb[pending * dim..(pending + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    w.output_norm,
-                    c.rms_eps,
-                );
-                ids[pending] = (i, j);
-                pending += 1;
-                if pending == cap {
-                    flush(&mut pending, &mut base, &ids, s)?;
-                }
-            }
-        }
-        flush(&mut pending, &mut base, &ids, s)?;
-        Ok(())
+        // logits = Wout · norm(x), for the tokens `which` asks for.
+        st.classify(w, seqs, which, s, emit)
     }
 }
+
 impl<'s, 'w> Session<'s, 'w> {
     /// A session over `arena`, which must hold at least `plan.f32_len()` floats.
     pub fn new(
@@ -582,8 +357,8 @@ impl<'s, 'w> Session<'s, 'w> {
             });
         }
         let mut rest = arena;
-        let k = carve(&mut rest, check.kv_len);
-        let v = carve(&mut rest, check.kv_len);
+        let k = take(&mut rest, check.kv_len);
+        let v = take(&mut rest, check.kv_len);
         let kv = KvCache::new(
             crate::quant::as_bytes_mut(k),
             crate::quant::as_bytes_mut(v),
@@ -785,170 +560,252 @@ fn seq_of_row(seqs: &[Seq<'_, '_>], t: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// What every matmul of a step shares: the workers, the kernels and each
-/// worker's share of the row scratch.
-#[derive(Clone, Copy)]
-struct Mm<'a> {
-    par: &'a dyn Parallel,
-    kern: &'a Kernels,
-    per_worker: usize,
-    /// The plan's [`MemoryPlan::packed_prefill`].
-    packed_prefill: bool,
+/// The rows of a step's activations: sequences of several tokens first
+/// (the batched arithmetic), then those of one (decode).
+fn step_rows(seqs: &[Seq<'_, '_>]) -> StepRows {
+    let len = |q: &Seq<'_, '_>| q.tokens.len();
+    StepRows {
+        batched: seqs.iter().map(len).filter(|&l| l > 1).sum(),
+        all: seqs.iter().map(len).sum(),
+    }
 }
 
-impl Mm<'_> {
-    /// `outs[j] = ws[j] x` for `n` tokens (`x` is (n, cols), each output
-    /// (n, rows)), every matrix's rows split over the workers in one
-    /// hand-off. For decode with 16-bit activation blocks the input is
-    /// quantized once, into `xq`, for all workers and matrices.
-    #[allow(clippy::too_many_arguments)]
-    fn multi<const K: usize>(
+/// Most tokens the classifier multiplies in one hand-off.
+const CLASSIFY_ROWS: usize = 64;
+
+/// What every stage of one forward step reads: the model's shape, the
+/// kernels, the workers and the step's rows.
+struct Stage<'a> {
+    c: &'a Config,
+    kern: &'a Kernels,
+    par: &'a dyn Parallel,
+    threads: usize,
+    mm: Multiplier<'a>,
+    rows: StepRows,
+}
+
+impl Stage<'_> {
+    /// `outs[j] = ws[j] · x` for the step's rows ([`Multiplier::matmul`]),
+    /// in the step's multiplication scratch (`work`, `shared`).
+    fn matmul<const K: usize>(
         &self,
         ws: [&Matrix; K],
         x: &[f32],
-        n: usize,
         outs: [&mut [f32]; K],
-        scratch: &mut [f32],
-        xq: &mut [f32],
-        arith: Arith,
+        work: &mut [f32],
+        shared: &mut [f32],
     ) -> Result<()> {
-        let Mm {
-            par,
-            kern,
-            per_worker,
-            ..
-        } = *self;
-        let rows: [usize; K] = core::array::from_fn(|j| ws[j].rows);
-        let cols = ws[0].cols;
-        let mut outs = outs;
-        let failed = AtomicBool::new(false);
-        // The decode arithmetic (which packed Q8_0 matrices take for batches
-        // too) quantizes the input once here for all workers.
-        let q16 = ws.iter().all(|w| w.cols == cols)
-            && match arith {
-                Arith::Decode => ws.iter().all(|w| kern.decodes_q16(w)),
-                Arith::Batch => ws.iter().all(|w| kern.packed_q8_0(w)),
-            };
-        // Tables with int8 activations (Cortex-M DSP) quantize the input
-        // once here for all the matrices too, when the blocks fit.
-        let q8 = !q16 && ws.iter().all(|w| w.cols == cols && kern.takes_q8_0(w));
-        let nb = cols / crate::quant::q16::QK;
-        // Batched tiles on tables that take the tokens transposed: the input
-        // transposed once here for all the matrices and workers.
-        let xt = !q16
-            && !q8
-            && arith == Arith::Batch
-            && kern.takes_transposed()
-            && ws.iter().all(|w| w.cols == cols && !kern.packed_q8_0(w));
-        let (blocks, q8, xt) = if q16 {
-            match crate::kernels::blocks_in::<BlockQ16>(xq, n * nb) {
-                Ok(b) => (kern.quantize_q16(x, n, cols, b).then_some(&*b), None, None),
-                Err(_) => (None, None, None),
+        self.mm.matmul(ws, x, outs, work, shared, self.rows)
+    }
+
+    /// `x` = each token's embedding row, and its RoPE angles at its
+    /// absolute position (once for all layers).
+    fn embed(&self, w: &Weights, seqs: &[Seq<'_, '_>], s: &mut Scratch<'_>) -> Result<()> {
+        let (dim, rd) = (self.c.dim, self.c.rope_dim);
+        for (i, q) in seqs.iter().enumerate() {
+            let r0 = first_row(seqs, i);
+            let p0 = q.cache.pos();
+            for (j, &tok) in q.tokens.iter().enumerate() {
+                let r = r0 + j;
+                w.token_embd
+                    .dequantize_row(tok as usize, &mut s.x[r * dim..(r + 1) * dim])?;
+                rope_table(&mut s.rope[r * rd..(r + 1) * rd], p0 + j, s.rope_freq);
             }
-        } else if q8 {
-            match crate::kernels::blocks_in::<BlockQ8_0>(xq, n * nb) {
-                Ok(b) => {
-                    for (t, bt) in b.chunks_exact_mut(nb.max(1)).enumerate().take(n) {
-                        crate::quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], bt);
-                    }
-                    (None, Some(&*b), None)
+        }
+        Ok(())
+    }
+
+    /// Rotates queries and keys at their absolute positions, then appends
+    /// K and V to layer `l` of each sequence's cache. Past the first
+    /// eviction a sequence has one token, whose query is also rotated at
+    /// its in-cache position for the sink keys (see kv_cache).
+    fn rope_and_cache(
+        &self,
+        l: usize,
+        seqs: &mut [Seq<'_, '_>],
+        s: &mut Scratch<'_>,
+    ) -> Result<()> {
+        let c = self.c;
+        let (qd, kvd, hd, rd) = (c.q_dim(), c.kv_dim(), c.head_dim, c.rope_dim);
+        for i in 0..seqs.len() {
+            let r0 = first_row(seqs, i);
+            let sq = &mut seqs[i];
+            let p0 = sq.cache.pos();
+            for j in 0..sq.tokens.len() {
+                let t = r0 + j;
+                let table = &s.rope[t * rd..(t + 1) * rd];
+                let q = &mut s.q[t * qd..(t + 1) * qd];
+                let sink = sq.cache.sinks_for(p0 + j) > 0;
+                if sink {
+                    s.q_sink[i * qd..(i + 1) * qd].copy_from_slice(q);
                 }
-                Err(_) => (None, None, None),
-            }
-        } else if xt {
-            match (xq.get_mut(..Kernels::xt_len(n, cols)), x.get(..n * cols)) {
-                (Some(xt), Some(x)) => {
-                    kern.transpose(x, n, cols, xt);
-                    (None, None, Some(&*xt))
+                for h in q.chunks_exact_mut(hd) {
+                    rope(h, table);
                 }
-                _ => (None, None, None),
-            }
-        } else {
-            (None, None, None)
-        };
-        let ran = {
-            let views: [&mut [f32]; K] = outs.each_mut().map(|o| &mut **o);
-            parallel::for_rows_multi(
-                par,
-                views,
-                rows,
-                n,
-                16,
-                scratch,
-                per_worker,
-                &|j, part, s| {
-                    let r = match (blocks, q8, xt) {
-                        (Some(b), _, _) => kern.matmul_part_q16(ws[j], b, part, s),
-                        (None, Some(b), _) => kern.matmul_part_q8(ws[j], b, part),
-                        (None, None, Some(xt)) => kern.matmul_part_xt(ws[j], xt, part, s),
-                        (None, None, None) => kern.matmul_part_as(ws[j], x, part, s, arith),
-                    };
-                    if r.is_err() {
-                        failed.store(true, Ordering::Relaxed);
+                let k = &mut s.k[t * kvd..(t + 1) * kvd];
+                for h in k.chunks_exact_mut(hd) {
+                    rope(h, table);
+                }
+                sq.cache.store(l, p0 + j, k, &s.v[t * kvd..(t + 1) * kvd])?;
+                if sink {
+                    let rs = &mut s.rope_sink[i * rd..(i + 1) * rd];
+                    rope_table(rs, sq.cache.query_cache_pos(p0 + j), s.rope_freq);
+                    for h in s.q_sink[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
+                        rope(h, rs);
                     }
-                },
-            )
-        };
-        if !ran || failed.load(Ordering::Relaxed) {
-            // Said again one matrix at a time on one thread, which reports
-            // what is wrong.
-            let s = scratch.get_mut(..per_worker).unwrap_or(&mut []);
-            for (w, out) in ws.into_iter().zip(outs) {
-                let found = out.len() as u64;
-                let mut part = crate::parallel::TokenRows::new(out, n, w.rows, 0, w.rows).ok_or(
-                    Error::BufferTooSmall {
-                        needed: n.saturating_mul(w.rows) as u64,
-                        found,
-                    },
-                )?;
-                match xt {
-                    Some(xt) => kern.matmul_part_xt(w, xt, &mut part, s)?,
-                    None => kern.matmul_part_as(w, x, &mut part, s, arith)?,
                 }
             }
         }
         Ok(())
     }
 
-    /// [`Mm::multi`] over rows `0..g` in the batched arithmetic and `g..n`
-    /// in the decode arithmetic.
-    fn split<const K: usize>(
-        &self,
-        ws: [&Matrix; K],
-        x: &[f32],
-        outs: [&mut [f32]; K],
-        scratch: &mut [f32],
-        xq: &mut [f32],
-        (g, n): (usize, usize),
-    ) -> Result<()> {
-        let mut heads: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
-        let mut tails: [&mut [f32]; K] = core::array::from_fn(|_| &mut [][..]);
-        for (j, o) in outs.into_iter().enumerate() {
-            let at = (g * ws[j].rows).min(o.len());
-            let (h, t) = o.split_at_mut(at);
-            heads[j] = h;
-            tails[j] = t;
-        }
-        if g > 0 {
-            if self.packed_prefill {
-                self.multi(ws, x, g, heads, scratch, xq, Arith::Batch)?;
-            } else {
-                // The plan holds no batch of activation blocks: packed
-                // matrices prefill through their plain rows.
-                let plain: [Matrix; K] = ws.map(|w| Matrix {
-                    packed: crate::kernels::Packed::None,
-                    pieces: crate::kernels::Pieces::NONE,
-                    ..*w
-                });
-                let plain: [&Matrix; K] = core::array::from_fn(|j| &plain[j]);
-                self.multi(plain, x, g, heads, scratch, xq, Arith::Batch)?;
-            }
-        }
-        if n > g {
-            let x = x.get(g * ws[0].cols..).unwrap_or(&[]);
-            self.multi(ws, x, n - g, tails, scratch, xq, Arith::Decode)?;
+    /// `att` = grouped-query causal attention over layer `l`'s caches:
+    /// token t sees the slots of its sequence's cache that hold the sinks
+    /// and the latest tokens up to itself. The query heads of KV head h
+    /// (`h * group..(h + 1) * group`) read it together, one task, so each
+    /// cached row is widened once; a worker takes its tokens column by
+    /// column, so the KV head's rows stay in its caches from one token to
+    /// the next.
+    fn attend(&self, l: usize, seqs: &[Seq<'_, '_>], s: &mut Scratch<'_>) -> Result<()> {
+        let c = self.c;
+        let (qd, kvd, hd, n_kv) = (c.q_dim(), c.kv_dim(), c.head_dim, c.n_kv_heads);
+        let group = c.n_heads / n_kv;
+        let gd = group * hd;
+        let kern = self.kern;
+        let (q, q_sink) = (&*s.q, &*s.q_sink);
+        let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
+            let (t, h) = (task / n_kv, task % n_kv);
+            let Some((i, j)) = seq_of_row(seqs, t) else {
+                return;
+            };
+            let kv = &*seqs[i].cache;
+            let Ok((keys, values)) = kv.layer(l) else {
+                return;
+            };
+            let pos = kv.pos() + j;
+            attend_heads(
+                &q[t * qd + h * gd..t * qd + (h + 1) * gd],
+                &q_sink[i * qd + h * gd..i * qd + (h + 1) * gd],
+                group,
+                kv.sinks_for(pos),
+                keys,
+                values,
+                kv.visible(pos),
+                HeadView {
+                    row: kvd,
+                    offset: h * hd,
+                    warm: j == 0,
+                },
+                scores,
+                out,
+                kern,
+            );
+        };
+        let n = self.rows.all;
+        let per_scores = s.scores.len() / self.threads;
+        let att = &mut s.att[..n * qd];
+        if !parallel::for_task_grid(self.par, (n, n_kv), att, gd, s.scores, per_scores, &heads) {
+            return Err(Error::BufferTooSmall {
+                needed: (self.threads * per_scores) as u64,
+                found: s.scores.len() as u64,
+            });
         }
         Ok(())
+    }
+
+    /// The final RMSNorm and the classifier for the tokens `which` asks
+    /// for, always in the decode arithmetic, in groups of as many rows as
+    /// the logits buffer holds; `emit(seq, token, logits)` sees each.
+    fn classify(
+        &self,
+        w: &Weights,
+        seqs: &[Seq<'_, '_>],
+        which: Emit,
+        s: &mut Scratch<'_>,
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let (dim, vocab) = (self.c.dim, self.c.vocab_size);
+        let room = (s.logits.len() / vocab.max(1)).max(1);
+        let mut out = Logits {
+            room,
+            next: 0,
+            ids: [(0, 0); CLASSIFY_ROWS],
+            pending: 0,
+        };
+        let cap = room.min(CLASSIFY_ROWS);
+        for (i, q) in seqs.iter().enumerate() {
+            let len = q.tokens.len();
+            let r0 = first_row(seqs, i);
+            let first = match which {
+                Emit::None => len,
+                Emit::Last => len - 1,
+                Emit::From(k) => k.min(len),
+            };
+            for j in first..len {
+                let (t, p) = (r0 + j, out.pending);
+                rmsnorm(
+                    &mut s.xb[p * dim..(p + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    w.output_norm,
+                    self.c.rms_eps,
+                );
+                out.ids[p] = (i, j);
+                out.pending += 1;
+                if out.pending == cap {
+                    self.logits(&w.output, &mut out, s, emit)?;
+                }
+            }
+        }
+        self.logits(&w.output, &mut out, s, emit)
+    }
+
+    /// The classifier over the pending normed rows of `xb`, into the next
+    /// rows of the logits buffer (from its start again when it is full:
+    /// a batch's sequence i, which emits once, lands in row i).
+    fn logits(
+        &self,
+        output: &Matrix,
+        out: &mut Logits,
+        s: &mut Scratch<'_>,
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let (k, dim, vocab) = (out.pending, self.c.dim, self.c.vocab_size);
+        if k == 0 {
+            return Ok(());
+        }
+        if out.next + k > out.room {
+            out.next = 0;
+        }
+        let rows = &mut s.logits[out.next * vocab..(out.next + k) * vocab];
+        let x = &s.xb[..k * dim];
+        self.mm
+            .matmul([output], x, [rows], s.work, s.shared, StepRows::decode(k))?;
+        for (r, &(i, j)) in out.ids[..k].iter().enumerate() {
+            let at = out.next + r;
+            emit(i, j, &s.logits[at * vocab..(at + 1) * vocab]);
+        }
+        out.next += k;
+        out.pending = 0;
+        Ok(())
+    }
+}
+
+/// The classifier's progress through the logits buffer.
+struct Logits {
+    /// Rows the buffer holds.
+    room: usize,
+    /// The next row to fill.
+    next: usize,
+    /// (sequence, token) of each pending row of `xb`.
+    ids: [(usize, usize); CLASSIFY_ROWS],
+    pending: usize,
+}
+
+/// [`rmsnorm`] of each `weight.len()`-wide row of `x` into `out`.
+fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let d = weight.len().max(1);
+    for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        rmsnorm(o, r, weight, eps);
     }
 }
 

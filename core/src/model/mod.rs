@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod llama;
+mod scratch;
 pub mod weights;
 
 pub use config::Config;
@@ -11,7 +12,6 @@ pub use llama::{Batch, Llama, Seq, Session};
 pub use weights::{LayerWeights, Weights};
 
 use crate::error::{Cap, Error, Result};
-use crate::kernels::Kernels;
 use crate::kv_cache::{KvCache, KvOptions};
 
 /// Largest KV capacity a plan accepts (positions).
@@ -45,106 +45,14 @@ pub struct MemoryPlan {
     /// f32 elements of scratch.
     pub scratch_len: usize,
     /// Whether prompt batches may take the decode arithmetic on packed Q8_0
-    /// matrices ([`Kernels::packed_q8_0`]), which needs activation blocks
+    /// matrices ([`crate::kernels::Kernels::packed_q8_0`]), which needs activation blocks
     /// and matmul scratch for a whole batch, and the batch's activations
     /// transposed once for all workers on tables that take them so
-    /// ([`Kernels::takes_transposed`]). True from every constructor;
+    /// ([`crate::kernels::Kernels::takes_transposed`]). True from every constructor;
     /// [`MemoryPlan::without_packed_prefill`] turns it off for targets that
     /// never pack (firmware), whose plan then shrinks, and packed matrices
     /// then prefill through their plain rows.
     pub packed_prefill: bool,
-}
-
-/// Scratch sizes in f32 elements, in arena order.
-pub(crate) struct ScratchSizes {
-    pub x: usize,         // (batch, dim) residual stream
-    pub xb: usize,        // (batch, dim) normed input / projection output
-    pub q: usize,         // (batch, q_dim)
-    pub k: usize,         // (batch, kv_dim)
-    pub v: usize,         // (batch, kv_dim)
-    pub att: usize,       // (batch, q_dim) attention output
-    pub hb: usize,        // (batch, ffn_dim) gate
-    pub hb2: usize,       // (batch, ffn_dim) up
-    pub scores: usize,    // (threads, group, kv_capacity) one per worker
-    pub rope: usize,      // (batch, rope_dim) cos/sin pairs
-    pub q_sink: usize,    // (seqs, q_dim) queries rotated at their in-cache position
-    pub rope_sink: usize, // (seqs, rope_dim)
-    pub rope_freq: usize, // (rope_dim) each pair's frequency, f64 bits in two words
-    pub logits: usize,    // (seqs, vocab)
-    pub row: usize,       // (threads, Kernels::scratch_len) matmul scratch per worker
-    pub xq: usize, // (max(seqs, batch), cols / 32) 16-bit blocks, 20 floats each; or (cols, xt_ld(batch))
-}
-
-impl ScratchSizes {
-    pub(crate) fn new(
-        c: &Config,
-        kv_capacity: usize,
-        b: usize,
-        threads: usize,
-        seqs: usize,
-        packed_prefill: bool,
-    ) -> Option<ScratchSizes> {
-        let cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
-        // Decode arithmetic takes at most one token per sequence, or a whole
-        // batch on packed matrices.
-        seqs.checked_mul(cols.checked_add(crate::kernels::DECODE_TILE)?)?;
-        let decode = if packed_prefill { seqs.max(b) } else { seqs };
-        let per_worker = Kernels::scratch_len_split(cols, b, decode);
-        per_worker.checked_mul(b.max(1))?;
-        Some(ScratchSizes {
-            x: b.checked_mul(c.dim)?,
-            xb: b.checked_mul(c.dim)?,
-            q: b.checked_mul(c.q_dim())?,
-            k: b.checked_mul(c.kv_dim())?,
-            v: b.checked_mul(c.kv_dim())?,
-            att: b.checked_mul(c.q_dim())?,
-            hb: b.checked_mul(c.ffn_dim)?,
-            hb2: b.checked_mul(c.ffn_dim)?,
-            scores: threads
-                .checked_mul(kv_capacity)?
-                .checked_mul(c.n_heads / c.n_kv_heads.max(1))?,
-            rope: b.checked_mul(c.rope_dim)?,
-            q_sink: seqs.checked_mul(c.q_dim())?,
-            rope_sink: seqs.checked_mul(c.rope_dim)?,
-            rope_freq: c.rope_dim,
-            logits: seqs.checked_mul(c.vocab_size)?,
-            row: threads.checked_mul(per_worker)?,
-            // Decode tokens, or a batch for packed Q8_0 matrices; or instead
-            // (whichever is larger: a step uses one) a batch of activations
-            // transposed once for all workers (`Kernels::transpose`).
-            xq: decode
-                .checked_mul(cols.div_ceil(crate::quant::q16::QK))?
-                .checked_mul(core::mem::size_of::<crate::quant::BlockQ16>() / 4)?
-                .max(if packed_prefill && b > 1 {
-                    cols.checked_mul(crate::kernels::xt_ld(b))?
-                } else {
-                    0
-                }),
-        })
-    }
-
-    pub(crate) fn total(&self) -> Option<usize> {
-        [
-            self.x,
-            self.xb,
-            self.q,
-            self.k,
-            self.v,
-            self.att,
-            self.hb,
-            self.hb2,
-            self.scores,
-            self.rope,
-            self.q_sink,
-            self.rope_sink,
-            self.rope_freq,
-            self.logits,
-            self.row,
-            self.xq,
-        ]
-        .iter()
-        .try_fold(0usize, |a, &b| a.checked_add(b))
-    }
 }
 
 impl MemoryPlan {
@@ -268,7 +176,7 @@ impl MemoryPlan {
         };
         let kv_bytes = KvCache::bytes(&kv, config.n_layers, config.kv_dim()).ok_or(overflow)?;
         let kv_len = kv_bytes.div_ceil(4);
-        let scratch_len = ScratchSizes::new(
+        let scratch_len = scratch::Dims::new(
             config,
             kv_capacity,
             max_batch,
@@ -276,6 +184,7 @@ impl MemoryPlan {
             seqs,
             packed_prefill,
         )
+        .and_then(|d| scratch::ScratchSizes::new(&d))
         .and_then(|s| s.total())
         .ok_or(overflow)?;
         // The arena must be addressable in bytes too.

@@ -25,11 +25,56 @@ pub struct LayerWeights<'a> {
     pub ffn_down: Matrix<'a>,    // (dim, ffn_dim)
 }
 
-/// A layer's matrices as a forward step multiplies them, one hand-off to
-/// the workers per group, in order: Q, K and V; the output projection; gate
-/// and up; down. Numbers are positions among the layer's seven in
-/// [`Weights::visit_matrices`] order.
-pub const LAYER_STEPS: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4, 5], &[6]];
+/// The Q, K and V projections: the first hand-off of a layer's matrices
+/// to the workers. Each group is positions in [`LayerWeights::matrices`];
+/// the forward step multiplies the groups in [`LAYER_STEPS`] order, and a
+/// host that lays out each worker's rows ahead of time follows the same
+/// constant.
+pub const QKV: [usize; 3] = [0, 1, 2];
+/// The attention output projection.
+pub const ATTN_OUT: [usize; 1] = [3];
+/// The FFN gate and up projections.
+pub const GATE_UP: [usize; 2] = [4, 5];
+/// The FFN down projection.
+pub const DOWN: [usize; 1] = [6];
+/// A layer's hand-offs, in the order a forward step makes them.
+pub const LAYER_STEPS: [&[usize]; 4] = [&QKV, &ATTN_OUT, &GATE_UP, &DOWN];
+
+impl<'a> LayerWeights<'a> {
+    /// The layer's seven matrices, in the order [`Weights::visit_matrices`]
+    /// sees them.
+    pub fn matrices(&self) -> [&Matrix<'a>; 7] {
+        [
+            &self.attn_q,
+            &self.attn_k,
+            &self.attn_v,
+            &self.attn_output,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
+        ]
+    }
+
+    /// The layer's seven matrices, mutable, in the same order.
+    pub fn matrices_mut(&mut self) -> [&mut Matrix<'a>; 7] {
+        [
+            &mut self.attn_q,
+            &mut self.attn_k,
+            &mut self.attn_v,
+            &mut self.attn_output,
+            &mut self.ffn_gate,
+            &mut self.ffn_up,
+            &mut self.ffn_down,
+        ]
+    }
+
+    /// The matrices of one hand-off ([`QKV`], [`ATTN_OUT`], [`GATE_UP`],
+    /// [`DOWN`]).
+    pub fn group<const K: usize>(&self, ids: [usize; K]) -> [&Matrix<'a>; K] {
+        let all = self.matrices();
+        ids.map(|i| all[i])
+    }
+}
 
 /// All of a model's tensors.
 #[derive(Debug, Clone)]
@@ -169,15 +214,7 @@ impl<'a> Weights<'a> {
     ) -> core::result::Result<(), E> {
         f(&mut self.output)?;
         for l in self.layers.iter_mut() {
-            for m in [
-                &mut l.attn_q,
-                &mut l.attn_k,
-                &mut l.attn_v,
-                &mut l.attn_output,
-                &mut l.ffn_gate,
-                &mut l.ffn_up,
-                &mut l.ffn_down,
-            ] {
+            for m in l.matrices_mut() {
                 f(m)?;
             }
         }
