@@ -44,12 +44,14 @@ fn quantize(data: &[f32], cols: usize, ty: GgmlType) -> Vec<u8> {
     out
 }
 
-/// A random llama: dim 128, 2 layers, 4 query and 2 KV heads, FFN 256,
-/// vocabulary 320, weights uniform in ±1/√fan-in.
+/// A random llama: dim 128 (256 for the 256-element super-block formats),
+/// 2 layers, 4 query and 2 KV heads, FFN twice the width, vocabulary 320,
+/// weights uniform in ±1/√fan-in.
 fn tiny(ty: GgmlType) -> Vec<u8> {
-    let (dim, layers, heads, kv_heads, ffn, vocab) = (128usize, 2, 4, 2, 256usize, 320usize);
+    let dim = if ty.block_len() > 128 { 256usize } else { 128 };
+    let (layers, heads, kv_heads, ffn, vocab) = (2, 4, 2, 2 * dim, 320usize);
     let kv_dim = dim / heads * kv_heads;
-    let mut rng = Rng::new(0x7e57 + ty as u32);
+    let mut rng = Rng::new(0x7e57 + ty.id());
     let mut w = GgufWriter::new();
     w.add_str("general.architecture", "llama")
         .add_u32("llama.context_length", 64)
@@ -269,5 +271,69 @@ fn detected_matches_scalar_end_to_end() {
     if let Some(path) = std::env::var_os("EMBER_E2E_MODEL") {
         let bytes = std::fs::read(&path).expect("EMBER_E2E_MODEL");
         agree(&bytes, &path.to_string_lossy());
+    }
+}
+
+/// Bad K-quant input is one clear error or a finite run, never a panic or
+/// a read out of bounds: rows that are not a multiple of 256, a tensor cut
+/// short, and NaN and infinite super-block scales.
+#[test]
+fn bad_k_quant_input_is_an_error_never_a_panic() {
+    use ember_core::error::Error;
+    for ty in [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        // Rows of 576: not a whole number of super-blocks.
+        let mut w = GgufWriter::new();
+        w.add_tensor_raw("t.weight", &[576, 2], ty.id(), vec![0u8; 4096]);
+        assert!(
+            matches!(
+                Gguf::parse(&w.to_bytes()),
+                Err(Error::BadTensorShape { tensor: 0 })
+            ),
+            "{}",
+            ty.name()
+        );
+
+        // A model whose last tensor is cut short.
+        let good = tiny(ty);
+        assert!(
+            Gguf::parse(&good[..good.len() - 1]).is_err(),
+            "{}",
+            ty.name()
+        );
+
+        // Every super-block scale NaN, then infinite: the forward pass runs
+        // and returns (its logits are what such weights give).
+        let g = Gguf::parse(&good).unwrap();
+        for bits in [0x7e00u16, 0x7c00] {
+            let mut bad = good.clone();
+            let base = g.data().as_ptr() as usize - good.as_ptr() as usize;
+            let bb = ty.block_bytes();
+            // Where each block type keeps its f16 `d` (ggml's layouts).
+            let d_at = match ty {
+                GgmlType::Q2_K => 80,
+                GgmlType::Q3_K => 108,
+                GgmlType::Q6_K => 208,
+                _ => 0,
+            };
+            for t in g.tensors().filter(|t| t.ty == ty) {
+                let start = base + (t.data.as_ptr() as usize - g.data().as_ptr() as usize);
+                for b in (start..start + t.data.len()).step_by(bb) {
+                    bad[b + d_at..b + d_at + 2].copy_from_slice(&bits.to_le_bytes());
+                }
+            }
+            let g = Gguf::parse(&bad).unwrap();
+            let model = Llama::from_gguf(&g).unwrap();
+            let plan = MemoryPlan::new(&model.config, 8, 4).unwrap();
+            let mut arena = plan.alloc();
+            let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+            let l = s.forward(&[1, 2, 3]).unwrap();
+            assert_eq!(l.len(), model.config.vocab_size);
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod chat;
 pub mod cli;
 pub mod convert;
 pub mod load;
+pub mod mix;
 pub mod mmap;
 pub mod model_store;
 pub mod pack;

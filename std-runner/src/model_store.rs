@@ -145,6 +145,23 @@ fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The default model converted to one of llama.cpp's file types (`q4_k_m`,
+/// `q5_0`, …: [`crate::mix`]) from its F16 conversion, as llama.cpp's
+/// quantizer would make it from that file (made on first use).
+pub fn converted_mix(ty: crate::mix::FileType) -> Result<PathBuf> {
+    let src = converted(GgmlType::F16)?;
+    let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = ember_home()?.join(format!(
+        "SmolLM2-135M-Instruct.{}.gguf",
+        ty.name().to_uppercase()
+    ));
+    if !path.is_file() {
+        eprintln!("ember: converting the default model to {} ...", ty.name());
+        crate::convert::convert_file(&src, &path, ty)?;
+    }
+    Ok(path)
+}
+
 /// The default model converted to `ty` (made with `ember convert` on first use).
 pub fn converted(ty: GgmlType) -> Result<PathBuf> {
     let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,7 +175,7 @@ pub fn converted(ty: GgmlType) -> Result<PathBuf> {
     ));
     if !path.is_file() {
         eprintln!("ember: converting the default model to {} ...", ty.name());
-        crate::convert::convert_file(&src, &path, ty)?;
+        crate::convert::convert_file(&src, &path, crate::mix::FileType::Pure(ty))?;
     }
     Ok(path)
 }

@@ -34,7 +34,8 @@ pub struct SynthArgs {
     pub ctx: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Weight type: q8_0, f16, q4_0, q4_1 or f32.
+    /// Weight type of every matrix: any ggml type Ember reads (f32, f16,
+    /// bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K).
     #[arg(long = "type", short = 't', default_value = "q8_0")]
     pub ty: String,
 }

@@ -13,6 +13,7 @@ use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
+use ember_runner::mix::{FileType, Mix};
 use serde_json::Value;
 
 fn golden(name: &str) -> Value {
@@ -32,8 +33,18 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn model_file(ty: GgmlType) -> PathBuf {
-    ember_runner::model_store::converted(ty)
-        .unwrap_or_else(|e| panic!("model for {}: {e:#}", ty.name()))
+    file_of(FileType::Pure(ty))
+}
+
+/// The default model in `ty`: converted from the shipped Q4_1 file, or for
+/// llama.cpp's mixes from its F16 conversion (byte for byte what llama.cpp's
+/// quantizer writes from that file: docs/CLI.md#convert).
+fn file_of(ty: FileType) -> PathBuf {
+    match ty {
+        FileType::Pure(t) => ember_runner::model_store::converted(t),
+        FileType::Mix(_) => ember_runner::model_store::converted_mix(ty),
+    }
+    .unwrap_or_else(|e| panic!("model for {}: {e:#}", ty.name()))
 }
 
 /// Logits after every token of `path` (teacher forcing), from one forward call.
@@ -109,9 +120,9 @@ struct Score {
 
 /// Scores ember against the exact reference for every case of one file type,
 /// through batched prefill or (`decode`) one token per call.
-fn score(ty: GgmlType, file: &str, decode: bool) -> Score {
+fn score(ty: FileType, file: &str, decode: bool) -> Score {
     let g = golden(file);
-    let path = model_file(ty);
+    let path = file_of(ty);
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
@@ -194,7 +205,7 @@ fn score(ty: GgmlType, file: &str, decode: bool) -> Score {
 
 #[test]
 fn f16_matches_exact_reference() {
-    let s = score(GgmlType::F16, "tf_f16.json", false);
+    let s = score(FileType::Pure(GgmlType::F16), "tf_f16.json", false);
     // Top-1 equal wherever exact's margin is over 0.02; every top-10 logit within 0.05.
     assert_eq!(s.top1_agree, s.qualifying, "{s:?}");
     assert!(
@@ -204,7 +215,8 @@ fn f16_matches_exact_reference() {
     );
 }
 
-fn quantized_bar(ty: GgmlType, file: &str, decode: bool) {
+fn quantized_bar(ty: impl Into<FileType>, file: &str, decode: bool) {
+    let ty = ty.into();
     let s = score(ty, file, decode);
     let kl = s.kl_sum / s.positions as f64;
     let llama_kl = s.llama_kl_sum / s.positions as f64;
@@ -244,11 +256,62 @@ fn q4_1_decode_at_least_as_close_as_llama_cpp() {
     quantized_bar(GgmlType::Q4_1, "tf_q4_1.json", true);
 }
 
+/// llama.cpp's mixes of the file llama.cpp's quantizer makes from the F16
+/// file: top-1 at least llama.cpp's and mean KL from the exact function at
+/// most a tenth of llama.cpp's, through batched prefill and through decode.
+fn mix_bar(m: Mix, file: &str) {
+    for decode in [false, true] {
+        let s = score(m.into(), file, decode);
+        let kl = s.kl_sum / s.positions as f64;
+        let llama_kl = s.llama_kl_sum / s.positions as f64;
+        eprintln!(
+            "{} {} total: top-1 {}/{} (llama.cpp {}), mean KL {kl:.3e} (llama.cpp {llama_kl:.3e})",
+            FileType::from(m).name(),
+            if decode { "decode" } else { "batch" },
+            s.top1_agree,
+            s.qualifying,
+            s.llama_top1_agree
+        );
+        assert!(s.top1_agree >= s.llama_top1_agree, "{s:?}");
+        assert!(kl <= 0.1 * llama_kl, "mean KL {kl} vs llama.cpp {llama_kl}");
+    }
+}
+
+#[test]
+fn q4_k_m_ten_times_closer_than_llama_cpp() {
+    mix_bar(Mix::Q4_K_M, "tf_q4_k_m.json");
+}
+
+#[test]
+fn q5_k_m_ten_times_closer_than_llama_cpp() {
+    mix_bar(Mix::Q5_K_M, "tf_q5_k_m.json");
+}
+
+#[test]
+fn q6_k_ten_times_closer_than_llama_cpp() {
+    mix_bar(Mix::Q6_K, "tf_q6_k.json");
+}
+
+#[test]
+fn q3_k_m_ten_times_closer_than_llama_cpp() {
+    mix_bar(Mix::Q3_K_M, "tf_q3_k_m.json");
+}
+
+#[test]
+fn q2_k_ten_times_closer_than_llama_cpp() {
+    mix_bar(Mix::Q2_K, "tf_q2_k.json");
+}
+
+#[test]
+fn q5_0_ten_times_closer_than_llama_cpp() {
+    mix_bar(Mix::Q5_0, "tf_q5_0.json");
+}
+
 /// F16 decode (f32 activations on every table) matches the exact reference
 /// as batched prefill does.
 #[test]
 fn f16_decode_matches_exact_reference() {
-    let s = score(GgmlType::F16, "tf_f16.json", true);
+    let s = score(FileType::Pure(GgmlType::F16), "tf_f16.json", true);
     assert_eq!(s.top1_agree, s.qualifying, "{s:?}");
     assert!(
         s.max_dlogit <= 0.05,

@@ -126,6 +126,11 @@ const F16: u32 = 1;
 const Q4_0: u32 = 2;
 const Q4_1: u32 = 3;
 const Q8_0: u32 = 8;
+const Q5_0: u32 = 6;
+const Q5_1: u32 = 7;
+const Q2_K: u32 = 10;
+const Q4_K: u32 = 12;
+const Q6_K: u32 = 14;
 
 #[derive(Debug, Clone)]
 enum MetaVal {
@@ -1045,7 +1050,18 @@ fn dimension_overflow() {
 
 #[test]
 fn row_not_whole_blocks() {
-    for (ty, cols) in [(Q8_0, 33u64), (Q8_0, 16), (Q4_0, 48), (Q4_1, 1)] {
+    for (ty, cols) in [
+        (Q8_0, 33u64),
+        (Q8_0, 16),
+        (Q4_0, 48),
+        (Q4_1, 1),
+        (Q5_0, 40),
+        (Q5_1, 16),
+        // K-quants take rows of whole 256-element super-blocks.
+        (Q4_K, 576),
+        (Q6_K, 128),
+        (Q2_K, 32),
+    ] {
         assert_err!(
             second_tensor(&[cols, 2], ty, 32).parse(),
             Error::BadTensorShape { tensor: 1 }
@@ -1067,8 +1083,9 @@ fn row_not_whole_blocks() {
 
 #[test]
 fn unknown_tensor_types() {
-    // 4 and 5 were Q4_2/Q4_3 (removed); 6 is Q5_0, which this core does not read.
-    for ty in [4u32, 5, 6, 99, u32::MAX] {
+    // 4 and 5 were Q4_2/Q4_3 (removed); 9 is Q8_1 and 16 IQ2_XXS, which
+    // this core does not read.
+    for ty in [4u32, 5, 9, 16, 99, u32::MAX] {
         assert_err!(
             second_tensor(&[32], ty, 32).parse(),
             Error::UnknownTensorType { tensor: 1, found } if found == ty

@@ -41,9 +41,9 @@ fn close(got: f32, want: f32, scale: f32, what: &str, case: usize) {
     );
 }
 
-fn inputs(rng: &mut Rng, n: usize, case: usize) -> ([f32; 1024], [f32; 1024]) {
-    let mut w = [0.0f32; 1024];
-    let mut x = [0.0f32; 1024];
+fn inputs(rng: &mut Rng, n: usize, case: usize) -> ([f32; 2048], [f32; 2048]) {
+    let mut w = [0.0f32; 2048];
+    let mut x = [0.0f32; 2048];
     for i in 0..n {
         (w[i], x[i]) = match case % 4 {
             0 => (rng.f32(), rng.f32()),
@@ -122,13 +122,13 @@ pub(crate) fn check_table(k: &Kernels) {
         );
 
         // Every format's row kernel: odd lengths for the float formats,
-        // 1 to 32 whole blocks for the others.
-        let (w, x) = inputs(&mut rng, 1024, case);
+        // 1 to 32 whole blocks of 32, 1 to 8 super-blocks of 256.
+        let (w, x) = inputs(&mut rng, 2048, case);
         for f in &quant::FORMATS {
-            let n = if f.block_len == 1 {
-                n_float
-            } else {
-                [1, 2, 3, 18, 32][case % 5] * f.block_len
+            let n = match f.block_len {
+                1 => n_float,
+                32 => [1, 2, 3, 18, 32][case % 5] * 32,
+                bl => [1, 2, 3, 5, 8][case % 5] * bl,
             };
             let row = quantized(f, &w[..n]);
             let row = &row.0[..row.1];
@@ -182,18 +182,17 @@ pub(crate) fn check_widen(k: &Kernels) {
     for case in 0..16 {
         for f in &quant::FORMATS {
             // Any bytes: NaN, infinite and subnormal scales and halves too.
-            let n = [1, 2, 3, 18][case % 4] * 32
-                + if f.block_len == 1 {
-                    [0, 5][case % 2]
-                } else {
-                    0
-                };
-            let mut row = [0u8; 4 * 600];
+            let n = match f.block_len {
+                1 => [1, 2, 3, 18][case % 4] * 32 + [0, 5][case % 2],
+                32 => [1, 2, 3, 18][case % 4] * 32,
+                bl => [1, 2, 3, 4][case % 4] * bl,
+            };
+            let mut row = [0u8; 4 * 1100];
             let len = n / f.block_len * f.block_bytes;
             for b in row[..len].iter_mut() {
                 *b = rng.next_u32() as u8;
             }
-            let (mut got, mut want) = ([0.0f32; 600], [0.0f32; 600]);
+            let (mut got, mut want) = ([0.0f32; 1100], [0.0f32; 1100]);
             (k.format(f.ty).widen)(&row[..len], &mut got[..n]);
             (f.dequantize)(&row[..len], &mut want[..n]);
             for i in 0..n {
@@ -392,7 +391,8 @@ pub(crate) fn check_rows(k: &Kernels) {
     let mut rng = Rng::new(0xbeef);
     for case in 0..24 {
         let rows = [1, 2, 3, 4, 5, 7, 8, 9][case % 8];
-        let nb = [1, 2, 3, 18][case % 4];
+        // Whole super-blocks of 256 in cases 4 and 5 of every 6.
+        let nb = [1, 2, 3, 18, 8, 16][case % 6];
         let cols = nb * 32;
         let mut wf = [0.0f32; 9 * 576];
         let (_, x) = inputs(&mut rng, 1024, case);
@@ -405,7 +405,7 @@ pub(crate) fn check_rows(k: &Kernels) {
 
         // Every format's rows against f32 activations (through the
         // table's several-row kernel, or its dot row by row).
-        for f in &quant::FORMATS {
+        for f in quant::FORMATS.iter().filter(|f| cols % f.block_len == 0) {
             let all = quantized(f, wf);
             let rb = cols / f.block_len * f.block_bytes;
             let fk = k.format(f.ty);
@@ -554,7 +554,8 @@ pub(crate) fn check_q16(k: &Kernels) {
     }
     for case in 0..24 {
         let rows = [1, 2, 3, 4, 5, 7, 8, 9][case % 8];
-        let nb = [1, 2, 3, 18][case % 4];
+        // Whole super-blocks of 256 in cases 4 and 5 of every 6.
+        let nb = [1, 2, 3, 18, 8, 16][case % 6];
         let cols = nb * 32;
         let mut wf = [0.0f32; 9 * 576];
         for v in wf.iter_mut() {
@@ -581,7 +582,7 @@ pub(crate) fn check_q16(k: &Kernels) {
             }
         }
         let xs = &xs[..cols];
-        for f in &quant::FORMATS {
+        for f in quant::FORMATS.iter().filter(|f| cols % f.block_len == 0) {
             let (Some(got_k), Some(want_k)) =
                 (k.format(f.ty).q16, Kernels::scalar_q16().format(f.ty).q16)
             else {
@@ -1352,5 +1353,44 @@ fn pieces_give_the_same_rows() {
                 assert!(m.with_pieces(bytes, &odd).is_err(), "packed off a group");
             }
         }
+    }
+}
+
+/// Each format's 16-bit dot is its f32 reference dot with the
+/// activations as quantized: within float rounding of it.
+#[test]
+fn scalar_q16_dots_match_the_f32_reference() {
+    use crate::quant::q16::{quantize_row, BlockQ16, QK};
+    use crate::quant::FORMATS;
+    let n = 512;
+    let w: [f32; 512] = core::array::from_fn(|i| ((i * 73 % 101) as f32 - 50.0) * 0.013);
+    let x: [f32; 512] = core::array::from_fn(|i| ((i * 37 % 89) as f32 - 44.0) * 0.021);
+    let mut xq = [BlockQ16::ZERO; 16];
+    quantize_row(&x, &mut xq);
+    let mut xs = [0.0f32; 512];
+    for (b, o) in xq.iter().zip(xs.chunks_exact_mut(QK)) {
+        for (q, v) in b.qs.iter().zip(o) {
+            *v = *q as f32 * b.d;
+        }
+    }
+    let table = Kernels::scalar_q16();
+    for f in FORMATS.iter() {
+        let Some(mv) = table.format(f.ty).q16 else {
+            continue;
+        };
+        let mut row = [0u8; 2 * 512];
+        let len = n / f.block_len * f.block_bytes;
+        (f.quantize)(&w, &mut row[..len]);
+        let want = (f.dot)(&row[..len], &xs);
+        let mut got = [0.0f32];
+        mv(&row[..len], &xq, 1, &mut got);
+        let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+        assert!(
+            (got[0] - want).abs() <= 1e-5 * scale,
+            "{}: {} vs {}",
+            f.ty.name(),
+            got[0],
+            want
+        );
     }
 }

@@ -1372,7 +1372,8 @@ impl Kernels {
         if self.decodes_q16(w) {
             // The activations are quantized once into the scratch; several
             // tokens' results go to a tile after them, then to their rows.
-            let blocks = n * w.row_blocks();
+            // Activation blocks of 32, whatever the weights' block length.
+            let blocks = n * (w.cols / quant::q16::QK);
             let block_floats = (blocks * core::mem::size_of::<BlockQ16>()).div_ceil(4);
             if scratch.len() < block_floats {
                 return Err(Error::BufferTooSmall {
@@ -1454,7 +1455,8 @@ impl Kernels {
     ) -> Result<()> {
         let n = part.tokens();
         let (r0, r1) = part.range();
-        let nb = w.row_blocks();
+        // Activation blocks per token (a 256-element weight block takes eight).
+        let nb = w.cols / quant::q16::QK;
         let Some(q16) = self.q16 else {
             return Ok(());
         };

@@ -16,7 +16,8 @@ use super::{erase, AxpyF16Fn, DotFn, FormatKernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::q16::QK;
 use crate::quant::{
-    self, q16, q8_0, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, GgmlType,
+    self, q16, q8_0, BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, BlockQ8_0x4, GgmlType,
 };
 
 /// The scalar table's formats: each format's own reference
@@ -69,6 +70,12 @@ pub const fn formats_q16() -> [FormatKernels; GgmlType::COUNT] {
     f[GgmlType::Q8_0.index()].q16 = Some(erase!(q16 BlockQ8_0, mv_q8_0_q16));
     f[GgmlType::Q4_0.index()].q16 = Some(erase!(q16 BlockQ4_0, mv_q4_0_q16));
     f[GgmlType::Q4_1.index()].q16 = Some(erase!(q16 BlockQ4_1, mv_q4_1_q16));
+    f[GgmlType::Q5_0.index()].q16 = Some(erase!(q16 BlockQ5_0, mv_q5_0_q16));
+    f[GgmlType::Q5_1.index()].q16 = Some(erase!(q16 BlockQ5_1, mv_q5_1_q16));
+    f[GgmlType::Q3_K.index()].q16 = Some(erase!(q16 BlockQ3K, mv_q3_k_q16));
+    f[GgmlType::Q4_K.index()].q16 = Some(erase!(q16 BlockQ4K, mv_q4_k_q16));
+    f[GgmlType::Q5_K.index()].q16 = Some(erase!(q16 BlockQ5K, mv_q5_k_q16));
+    f[GgmlType::Q6_K.index()].q16 = Some(erase!(q16 BlockQ6K, mv_q6_k_q16));
     f
 }
 
@@ -292,38 +299,67 @@ pub fn gemm_xt(w: &[f32], xt: &[f32], s: super::XtShape, out: &mut [f32]) {
 }
 
 /// One [`q16`] dot per row and token: `x` is `n` tokens of blocks, `out` is
-/// (n, rows); each row is as long as one token's blocks.
+/// (n, rows); each row is as long as one token's blocks, `PER` activation
+/// blocks to a weight block (8 for the 256-element super-blocks).
 #[inline(always)]
-fn rows_q16<T>(
+fn rows_q16<T, const PER: usize>(
     w: &[T],
     x: &[BlockQ16],
     n: usize,
     out: &mut [f32],
     dot: fn(&[T], &[BlockQ16]) -> f32,
 ) {
-    let nb = x.len() / n.max(1);
+    let nb = x.len() / n.max(1) / PER * PER;
     let rows = out.len() / n.max(1);
     if nb == 0 {
         out.fill(0.0);
         return;
     }
-    for (xt, ot) in x.chunks_exact(nb).zip(out.chunks_exact_mut(rows)).take(n) {
-        for (o, row) in ot.iter_mut().zip(w.chunks_exact(nb)) {
-            *o = dot(row, xt);
+    for (xt, ot) in x
+        .chunks_exact(x.len() / n.max(1))
+        .zip(out.chunks_exact_mut(rows))
+        .take(n)
+    {
+        for (o, row) in ot.iter_mut().zip(w.chunks_exact(nb / PER)) {
+            *o = dot(row, &xt[..nb]);
         }
     }
 }
 
 pub fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    rows_q16(w, x, n, out, q16::dot_q8_0_q16)
+    rows_q16::<_, 1>(w, x, n, out, q16::dot_q8_0_q16)
 }
 
 pub fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    rows_q16(w, x, n, out, q16::dot_q4_0_q16)
+    rows_q16::<_, 1>(w, x, n, out, q16::dot_q4_0_q16)
 }
 
 pub fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    rows_q16(w, x, n, out, q16::dot_q4_1_q16)
+    rows_q16::<_, 1>(w, x, n, out, q16::dot_q4_1_q16)
+}
+
+pub fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16::<_, 1>(w, x, n, out, q16::dot_q5_0_q16)
+}
+
+pub fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16::<_, 1>(w, x, n, out, q16::dot_q5_1_q16)
+}
+
+pub fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_q3_k_q16)
+}
+
+pub fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_q4_k_q16)
+}
+
+pub fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_q5_k_q16)
+}
+
+pub fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_q6_k_q16)
 }
 
 /// `y += a * x`, element by element.

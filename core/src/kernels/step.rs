@@ -130,7 +130,7 @@ impl<'a> Multiplier<'a> {
     }
 
     /// `outs[j] = ws[j] · x` for the step's rows: `x` is (rows.all, cols),
-    /// each output (rows.all, ws[j].rows). Every matrix of the group has
+    /// each output `(rows.all, ws[j].rows)`. Every matrix of the group has
     /// its rows split over the workers in one hand-off. `work` holds the
     /// workers' scratch, `shared` the prepared activations
     /// ([`StepScratch`]).

@@ -20,8 +20,12 @@ use half::f16;
 
 use super::{erase, FormatKernels, Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
+use crate::quant::k_quants::scale_min_k4;
 use crate::quant::q16::QK;
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8, GgmlType};
+use crate::quant::{
+    BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, BlockQ8_0x8, GgmlType,
+};
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
 /// compile time without).
@@ -48,6 +52,11 @@ pub fn table() -> Option<Kernels> {
         ..Kernels::scalar()
     };
     let reference = k.formats;
+    // The format's reference row with this table's 16-bit decode.
+    let q16_row = |ty: GgmlType, f: super::RowQ16Fn| FormatKernels {
+        q16: Some(f),
+        ..reference[ty.index()]
+    };
     Some(
         k.with_format(
             GgmlType::F32,
@@ -92,6 +101,30 @@ pub fn table() -> Option<Kernels> {
                 q16: Some(erase!(q16 BlockQ4_1, mv_q4_1_q16)),
                 ..reference[GgmlType::Q4_1.index()]
             },
+        )
+        .with_format(
+            GgmlType::Q5_0,
+            q16_row(GgmlType::Q5_0, erase!(q16 BlockQ5_0, mv_q5_0_q16)),
+        )
+        .with_format(
+            GgmlType::Q5_1,
+            q16_row(GgmlType::Q5_1, erase!(q16 BlockQ5_1, mv_q5_1_q16)),
+        )
+        .with_format(
+            GgmlType::Q3_K,
+            q16_row(GgmlType::Q3_K, erase!(q16 BlockQ3K, mv_q3_k_q16)),
+        )
+        .with_format(
+            GgmlType::Q4_K,
+            q16_row(GgmlType::Q4_K, erase!(q16 BlockQ4K, mv_q4_k_q16)),
+        )
+        .with_format(
+            GgmlType::Q5_K,
+            q16_row(GgmlType::Q5_K, erase!(q16 BlockQ5K, mv_q5_k_q16)),
+        )
+        .with_format(
+            GgmlType::Q6_K,
+            q16_row(GgmlType::Q6_K, erase!(q16 BlockQ6K, mv_q6_k_q16)),
         ),
     )
 }
@@ -173,6 +206,46 @@ fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     let (x, out, need) = q16_shape(x, n, out);
     // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
     unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
+}
+fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q5_0_q16(&w[..need], x, n, out) }
+}
+fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q5_1_q16(&w[..need], x, n, out) }
+}
+fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q4_k_q16(&w[..need], x, n, out) }
+}
+fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q5_k_q16(&w[..need], x, n, out) }
+}
+fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q3_k_q16(&w[..need], x, n, out) }
+}
+fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
+    unsafe { imp::mv_q6_k_q16(&w[..need], x, n, out) }
+}
+/// [`q16_shape`] for 256-element super-blocks: `n` tokens' blocks, the
+/// (n, rows) outputs, and the super-blocks those rows take.
+pub(super) fn k16_shape<'a, 'b>(
+    x: &'a [BlockQ16],
+    n: usize,
+    out: &'b mut [f32],
+) -> (&'a [BlockQ16], &'b mut [f32], usize) {
+    let (x, out, need) = q16_shape(x, n, out);
+    (x, out, need / 8)
 }
 fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
     let (x, w, out) = x8_shape(x, n, w, out, ld);
@@ -598,6 +671,178 @@ macro_rules! q16_kernels {
                 true,
                 |a, b, c, d| $dot(a, b, c, d),
             )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            let sixteen = _mm256_set1_epi16(16);
+            mv_q16::<_, { $g40 }>(
+                w,
+                x,
+                n,
+                out,
+                |b| q5_widen(&b.qs, b.qh, sixteen),
+                |b| half(b.d),
+                |_| 0.0,
+                false,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            let zero = _mm256_setzero_si256();
+            mv_q16::<_, { $g41 }>(
+                w,
+                x,
+                n,
+                out,
+                |b| q5_widen(&b.qs, b.qh, zero),
+                |b| half(b.d),
+                |b| half(b.m),
+                true,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            mv_k16(
+                w,
+                x,
+                n,
+                out,
+                |b, g| {
+                    let (wa, wc) = q4_k_group(b, g);
+                    let (sc, m) = scale_min_k4(g, &b.scales);
+                    (wa, wc, half(b.d) * sc as f32, -(half(b.dmin) * m as f32))
+                },
+                true,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            mv_k16(
+                w,
+                x,
+                n,
+                out,
+                |b, g| {
+                    let (wa, wc) = q5_k_group(b, g);
+                    let (sc, m) = scale_min_k4(g, &b.scales);
+                    (wa, wc, half(b.d) * sc as f32, -(half(b.dmin) * m as f32))
+                },
+                true,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            mv_k16(
+                w,
+                x,
+                n,
+                out,
+                |b, g| {
+                    let (wa, wc) = q3_k_group(b, g);
+                    (wa, wc, half(b.d), 0.0)
+                },
+                false,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// # Safety
+        /// As [`mv_q8_0_q16`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            mv_k16(
+                w,
+                x,
+                n,
+                out,
+                |b, g| {
+                    let (wa, wc) = q6_k_group(b, g);
+                    (wa, wc, half(b.d), 0.0)
+                },
+                false,
+                |a, b, c, d| $dot(a, b, c, d),
+            )
+        }
+
+        /// Rows of K-quant super-blocks times `n` tokens of 16-bit
+        /// activation blocks, eight to a super-block: `group(b, g)` gives
+        /// the quants of the super-block's `g`-th 32 elements as 2 x 16 i16
+        /// lanes (any per-16 scales folded in), their f32 scale and their
+        /// offset term's factor (multiplied by the activations' float sum
+        /// when `with_min`: minus the minimum, `x = d·sc·q − dmin·m`). Rows outer, tokens inner: a row is read from memory
+        /// once for all the tokens.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub(in crate::kernels) fn mv_k16<B>(
+            w: &[B],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            group: impl Fn(&B, usize) -> (__m256i, __m256i, f32, f32),
+            with_min: bool,
+            dot: impl Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
+        ) {
+            let n = n.max(1);
+            let stride = x.len() / n;
+            let ns = stride / 8;
+            let rows = out.len() / n;
+            if ns == 0 {
+                out.fill(0.0);
+                return;
+            }
+            for r in 0..rows {
+                let row = &w[r * ns..(r + 1) * ns];
+                for t in 0..n {
+                    let xt = &x[t * stride..t * stride + 8 * ns];
+                    // Two chains of the vector sum and of the minimum term.
+                    let mut a0 = _mm256_setzero_ps();
+                    let mut a1 = _mm256_setzero_ps();
+                    let (mut m0, mut m1) = (0.0f32, 0.0f32);
+                    for (blk, xs) in row.iter().zip(xt.chunks_exact(8)) {
+                        // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            (blk as *const B).cast::<i8>().wrapping_add(PREFETCH),
+                        );
+                        let mut g = 0;
+                        while g < 8 {
+                            let (wa, wc, sc, mn) = group(blk, g);
+                            let (xa, xc) = quants(&xs[g]);
+                            let p = _mm256_cvtepi32_ps(dot(wa, xa, wc, xc));
+                            a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc * xs[g].d), p, a0);
+                            let (wa, wc, sc1, mn1) = group(blk, g + 1);
+                            let (xa, xc) = quants(&xs[g + 1]);
+                            let p = _mm256_cvtepi32_ps(dot(wa, xa, wc, xc));
+                            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc1 * xs[g + 1].d), p, a1);
+                            if with_min {
+                                m0 += mn * xs[g].sum;
+                                m1 += mn1 * xs[g + 1].sum;
+                            }
+                            g += 2;
+                        }
+                    }
+                    out[t * rows + r] = hsum(_mm256_add_ps(a0, a1)) + (m0 + m1);
+                }
+            }
         }
 
         /// One token's activations times rows of weight blocks (the decode step;
@@ -1725,6 +1970,149 @@ pub(super) mod imp {
         )
     }
 
+    /// A Q5 block's quants (its nibbles and the fifth bits in `qh`) minus
+    /// `off`, as 2 x 16 i16 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q5_widen(
+        qs: &[u8; 16],
+        qh: [u8; 4],
+        off: __m256i,
+    ) -> (__m256i, __m256i) {
+        let (lo, hi) = q4_widen(qs, _mm256_setzero_si256());
+        let h = u32::from_le_bytes(qh);
+        let bits = _mm256_setr_epi16(
+            1,
+            2,
+            4,
+            8,
+            16,
+            32,
+            64,
+            128,
+            256,
+            512,
+            1024,
+            2048,
+            4096,
+            8192,
+            16384,
+            i16::MIN,
+        );
+        let sixteen = _mm256_set1_epi16(16);
+        // 16 in each lane whose element's bit is set.
+        let fifth = |v: u32| {
+            let b = _mm256_and_si256(_mm256_set1_epi16(v as u16 as i16), bits);
+            _mm256_and_si256(_mm256_cmpeq_epi16(b, bits), sixteen)
+        };
+        (
+            _mm256_sub_epi16(_mm256_add_epi16(lo, fifth(h)), off),
+            _mm256_sub_epi16(_mm256_add_epi16(hi, fifth(h >> 16)), off),
+        )
+    }
+
+    /// Thirty-two bytes at `p`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn bytes32(p: &[u8; 32]) -> __m256i {
+        // SAFETY: thirty-two readable bytes; loadu is unaligned.
+        unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+    }
+
+    /// Thirty-two bytes (each below 128) as 2 x 16 i16 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn widen_u8(v: __m256i) -> (__m256i, __m256i) {
+        (
+            _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)),
+            _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v)),
+        )
+    }
+
+    /// The 32 nibbles of group `g` of a Q4_K/Q5_K block's `qs` as bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn k_nibbles(qs: &[u8; 128], g: usize) -> __m256i {
+        let q = bytes32(&qs.as_chunks::<32>().0[(g / 2) & 3]);
+        let q = if g.is_multiple_of(2) {
+            q
+        } else {
+            _mm256_srli_epi16::<4>(q)
+        };
+        _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
+    }
+
+    /// Group `g` (of 32) of a Q4_K block as 2 x 16 i16 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q4_k_group(b: &BlockQ4K, g: usize) -> (__m256i, __m256i) {
+        widen_u8(k_nibbles(&b.qs, g))
+    }
+
+    /// Group `g` (of 32) of a Q5_K block as 2 x 16 i16 lanes: the nibbles
+    /// plus 16 where bit `g` of the element's `qh` byte is set.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q5_k_group(b: &BlockQ5K, g: usize) -> (__m256i, __m256i) {
+        let h = _mm256_srl_epi16(bytes32(&b.qh), _mm_cvtsi32_si128((g & 7) as i32));
+        let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
+        widen_u8(_mm256_or_si256(
+            k_nibbles(&b.qs, g),
+            _mm256_slli_epi16::<4>(h),
+        ))
+    }
+
+    /// Group `g` (of 32) of a Q3_K block as 2 x 16 i16 lanes, each half
+    /// times its group-of-16 scale: `(sc − 32) · (q − 4)`, at most 128 in size.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q3_k_group(b: &BlockQ3K, g: usize) -> (__m256i, __m256i) {
+        let (h, k) = ((g / 4) & 1, g % 4);
+        let lo = _mm256_srl_epi16(
+            bytes32(&b.qs.as_chunks::<32>().0[h]),
+            _mm_cvtsi32_si128(2 * k as i32),
+        );
+        let lo = _mm256_and_si256(lo, _mm256_set1_epi8(3));
+        let hi = _mm256_srl_epi16(bytes32(&b.hmask), _mm_cvtsi32_si128((4 * h + k) as i32));
+        let hi = _mm256_and_si256(hi, _mm256_set1_epi8(1));
+        let (a, c) = widen_u8(_mm256_or_si256(lo, _mm256_slli_epi16::<2>(hi)));
+        let four = _mm256_set1_epi16(4);
+        let sa = _mm256_set1_epi16((b.scale((2 * g) & 15) - 32) as i16);
+        let sc = _mm256_set1_epi16((b.scale((2 * g + 1) & 15) - 32) as i16);
+        (
+            _mm256_mullo_epi16(_mm256_sub_epi16(a, four), sa),
+            _mm256_mullo_epi16(_mm256_sub_epi16(c, four), sc),
+        )
+    }
+
+    /// Group `g` (of 32) of a Q6_K block as 2 x 16 i16 lanes, each half
+    /// times its group-of-16 scale: `sc · (q − 32)`, at most 4096 in size.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q6_k_group(b: &BlockQ6K, g: usize) -> (__m256i, __m256i) {
+        let (h, k) = ((g / 4) & 1, g % 4);
+        let ql = bytes32(&b.ql.as_chunks::<32>().0[2 * h + k % 2]);
+        let lo = if k < 2 {
+            ql
+        } else {
+            _mm256_srli_epi16::<4>(ql)
+        };
+        let lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0f));
+        let qh = _mm256_srl_epi16(
+            bytes32(&b.qh.as_chunks::<32>().0[h]),
+            _mm_cvtsi32_si128(2 * k as i32),
+        );
+        let hi = _mm256_and_si256(qh, _mm256_set1_epi8(3));
+        let (a, c) = widen_u8(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)));
+        let off = _mm256_set1_epi16(32);
+        let sa = _mm256_set1_epi16(b.scales[(2 * g) & 15] as i16);
+        let sc = _mm256_set1_epi16(b.scales[(2 * g + 1) & 15] as i16);
+        (
+            _mm256_mullo_epi16(_mm256_sub_epi16(a, off), sa),
+            _mm256_mullo_epi16(_mm256_sub_epi16(c, off), sc),
+        )
+    }
+
     /// A register tile: rows `R` of `w` times tokens `T` of `x`, all `cols`
     /// long, into `out[t * ld + r]`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1817,7 +2205,11 @@ mod tests {
     #[test]
     fn conforms_to_scalar() {
         match super::table() {
-            Some(k) => crate::kernels::conformance::check_table(&k),
+            Some(k) => {
+                crate::kernels::conformance::check_table(&k);
+                crate::kernels::conformance::check_rows(&k);
+                crate::kernels::conformance::check_q16(&k);
+            }
             None => std::eprintln!("skip: this CPU lacks AVX2/FMA/F16C"),
         }
     }

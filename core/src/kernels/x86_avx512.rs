@@ -30,10 +30,13 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::x86_avx2::imp as avx2;
-use super::x86_avx2::{q16_shape, x8_shape};
+use super::x86_avx2::{k16_shape, q16_shape, x8_shape};
 use super::{erase, FormatKernels, Kernels, Q16Kernels, RowQ16Fn, XtShape};
 use crate::quant::GgmlType;
-use crate::quant::{BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8};
+use crate::quant::{
+    BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, BlockQ8_0x8,
+};
 
 /// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
 pub fn table() -> Option<Kernels> {
@@ -77,6 +80,30 @@ pub fn table() -> Option<Kernels> {
         .with_format(
             GgmlType::Q4_1,
             q16(GgmlType::Q4_1, erase!(q16 BlockQ4_1, mv_q4_1_q16)),
+        )
+        .with_format(
+            GgmlType::Q5_0,
+            q16(GgmlType::Q5_0, erase!(q16 BlockQ5_0, mv_q5_0_q16)),
+        )
+        .with_format(
+            GgmlType::Q5_1,
+            q16(GgmlType::Q5_1, erase!(q16 BlockQ5_1, mv_q5_1_q16)),
+        )
+        .with_format(
+            GgmlType::Q3_K,
+            q16(GgmlType::Q3_K, erase!(q16 BlockQ3K, mv_q3_k_q16)),
+        )
+        .with_format(
+            GgmlType::Q4_K,
+            q16(GgmlType::Q4_K, erase!(q16 BlockQ4K, mv_q4_k_q16)),
+        )
+        .with_format(
+            GgmlType::Q5_K,
+            q16(GgmlType::Q5_K, erase!(q16 BlockQ5K, mv_q5_k_q16)),
+        )
+        .with_format(
+            GgmlType::Q6_K,
+            q16(GgmlType::Q6_K, erase!(q16 BlockQ6K, mv_q6_k_q16)),
         ),
     )
 }
@@ -120,6 +147,36 @@ fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     let (x, out, need) = q16_shape(x, n, out);
     // SAFETY: as above.
     unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
+}
+fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above.
+    unsafe { imp::mv_q5_0_q16(&w[..need], x, n, out) }
+}
+fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = q16_shape(x, n, out);
+    // SAFETY: as above.
+    unsafe { imp::mv_q5_1_q16(&w[..need], x, n, out) }
+}
+fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_k_q16(&w[..need], x, n, out) }
+}
+fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above.
+    unsafe { imp::mv_q5_k_q16(&w[..need], x, n, out) }
+}
+fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above.
+    unsafe { imp::mv_q3_k_q16(&w[..need], x, n, out) }
+}
+fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    let (x, out, need) = k16_shape(x, n, out);
+    // SAFETY: as above.
+    unsafe { imp::mv_q6_k_q16(&w[..need], x, n, out) }
 }
 
 #[cfg(feature = "std")]
@@ -186,7 +243,11 @@ fn gemm_xt(w: &[f32], xt: &[f32], s: XtShape, out: &mut [f32]) {
 
 mod imp {
     use super::*;
-    use avx2::{bytes16, half, hsum, q4_widen, q8_0_widen, quants, PREFETCH, X8_PREFETCH};
+    use crate::quant::k_quants::scale_min_k4;
+    use avx2::{
+        bytes16, half, hsum, q3_k_group, q4_k_group, q4_widen, q5_k_group, q5_widen, q6_k_group,
+        q8_0_widen, quants, PREFETCH, X8_PREFETCH,
+    };
 
     // Q8_0 and Q4_0 in groups of eight tokens, Q4_1 in groups of four.
     super::super::x86_avx2::q16_kernels!(
@@ -762,13 +823,14 @@ mod tests {
     }
 
     /// The VNNI 16-bit decode (groups of eight) gives the AVX2 kernels'
-    /// results bit for bit, for every weight type and 1 to 17 tokens.
+    /// results bit for bit, for every weight type both decode in 16 bits
+    /// and 1 to 17 tokens.
     #[test]
     fn vnni_decode_equals_avx2_bit_for_bit() {
         extern crate std;
         use crate::kernels::conformance::Rng;
         use crate::kernels::Kernels;
-        use crate::quant::{self, BlockQ16, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+        use crate::quant::{self, BlockQ16};
         use std::vec;
         let (Some(a), Some(b)) = (Kernels::avx512(), Kernels::avx2()) else {
             return;
@@ -777,20 +839,12 @@ mod tests {
             return;
         };
         let mut rng = Rng::new(0x7a11);
-        let (rows, nb) = (13, 6);
+        // Two 256-element super-blocks per row: every format's whole blocks.
+        let (rows, nb) = (13, 16);
         let cols = nb * 32;
         let w: vec::Vec<f32> = (0..rows * cols)
             .map(|i| rng.f32() * if i % 97 == 0 { 50.0 } else { 1.0 })
             .collect();
-        let mut w8 = vec![BlockQ8_0::ZERO; rows * nb];
-        let mut w40 = vec![BlockQ4_0::ZERO; rows * nb];
-        let mut w41 = vec![BlockQ4_1::ZERO; rows * nb];
-        for r in 0..rows {
-            let row = &w[r * cols..(r + 1) * cols];
-            quant::q8_0::quantize_row(row, &mut w8[r * nb..(r + 1) * nb]);
-            quant::q4_0::quantize_row(row, &mut w40[r * nb..(r + 1) * nb]);
-            quant::q4_1::quantize_row(row, &mut w41[r * nb..(r + 1) * nb]);
-        }
         for n in 1..=17 {
             let x: vec::Vec<f32> = (0..n * cols).map(|_| rng.f32() * 3.0).collect();
             let mut xq = vec![BlockQ16::ZERO; n * nb];
@@ -798,15 +852,14 @@ mod tests {
                 (qb.quantize)(&x[t * cols..(t + 1) * cols], &mut xq[t * nb..(t + 1) * nb]);
             }
             let (mut oa, mut ob) = (vec![0.0f32; n * rows], vec![0.0f32; n * rows]);
-            for (ty, w) in [
-                (GgmlType::Q8_0, quant::as_bytes(&w8)),
-                (GgmlType::Q4_0, quant::as_bytes(&w40)),
-                (GgmlType::Q4_1, quant::as_bytes(&w41)),
-            ] {
-                let (ka, kb) = (a.format(ty).q16.unwrap(), b.format(ty).q16.unwrap());
-                ka(w, &xq, n, &mut oa);
-                kb(w, &xq, n, &mut ob);
-                assert_eq!(bits(&oa), bits(&ob), "{}, {n} tokens", ty.name());
+            for f in quant::FORMATS.iter() {
+                let (Some(ka), Some(kb)) = (a.format(f.ty).q16, b.format(f.ty).q16) else {
+                    continue;
+                };
+                let w = quant::quantize_rows(&w, cols, f.ty).unwrap();
+                ka(&w, &xq, n, &mut oa);
+                kb(&w, &xq, n, &mut ob);
+                assert_eq!(bits(&oa), bits(&ob), "{}, {n} tokens", f.ty.name());
             }
         }
 

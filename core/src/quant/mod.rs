@@ -7,17 +7,33 @@
 //! Each type's module holds its scalar reference: dequantize, quantize (rounding
 //! like ggml's `quantize_row_*_ref`) and dot products.
 
+pub mod bf16;
 pub mod f16;
 pub mod f32;
+pub mod k_quants;
 pub mod q16;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
 pub mod q8_0;
 
 pub use crate::ggml_type::GgmlType;
 pub use q16::BlockQ16;
+pub use q2_k::BlockQ2K;
+pub use q3_k::BlockQ3K;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::{BlockQ4_1, BlockQ4_1x8, BlockQ8_1};
+pub use q4_k::BlockQ4K;
+pub use q5_0::BlockQ5_0;
+pub use q5_1::BlockQ5_1;
+pub use q5_k::BlockQ5K;
+pub use q6_k::BlockQ6K;
 pub use q8_0::{BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8};
 
 use crate::error::{Error, Result};
@@ -52,7 +68,15 @@ pub static FORMATS: [Format; GgmlType::COUNT] = [
     f16::FORMAT,
     q4_0::FORMAT,
     q4_1::FORMAT,
+    q5_0::FORMAT,
+    q5_1::FORMAT,
     q8_0::FORMAT,
+    q2_k::FORMAT,
+    q3_k::FORMAT,
+    q4_k::FORMAT,
+    q5_k::FORMAT,
+    q6_k::FORMAT,
+    bf16::FORMAT,
 ];
 
 const _: () = {

@@ -8,7 +8,9 @@
 //! activations to 8 bits for the same reason; 16 bits keep the error 256
 //! times smaller, far below the weights' own quantization error.
 
-use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use super::{
+    BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+};
 
 /// Activations per block: one block of each 32-element weight format (eight
 /// of a 256-element super-block).
@@ -100,6 +102,94 @@ pub fn dot_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16]) -> f32 {
     let mut s = 0.0f32;
     for (b, xb) in w.iter().zip(x) {
         s += b.d() * xb.d * nibble_dot(&b.qs, xb, 0) as f32 + b.m() * xb.sum;
+    }
+    s
+}
+
+/// Q5_0 row · 16-bit activations: `d Σ (q − 16)·x` per block.
+pub fn dot_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xb) in w.iter().zip(x) {
+        let i: i32 = (0..QK)
+            .map(|j| (b.q(j) as i32 - 16) * xb.qs[j] as i32)
+            .sum();
+        s += b.d() * xb.d * i as f32;
+    }
+    s
+}
+
+/// Q5_1 row · 16-bit activations: `d Σ q·x + m Σ x` per block.
+pub fn dot_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xb) in w.iter().zip(x) {
+        let i: i32 = (0..QK).map(|j| b.q(j) as i32 * xb.qs[j] as i32).sum();
+        s += super::f16_bits_to_f32(b.d) * xb.d * i as f32 + super::f16_bits_to_f32(b.m) * xb.sum;
+    }
+    s
+}
+
+/// Activation blocks per K-quant super-block.
+pub const PER_SUPER: usize = super::k_quants::QK_K / QK;
+
+/// Q4_K row · 16-bit activations: per group of 32 (one activation block),
+/// `d·sc Σ q·x − dmin·m Σ x`.
+pub fn dot_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
+        for (g, xb) in xs.iter().enumerate() {
+            let (d, m) = b.group(g);
+            let i: i32 = (0..QK).map(|l| b.q(g, l) as i32 * xb.qs[l] as i32).sum();
+            s += d * xb.d * i as f32 - m * xb.sum;
+        }
+    }
+    s
+}
+
+/// Q5_K row · 16-bit activations, as Q4_K's.
+pub fn dot_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
+        for (g, xb) in xs.iter().enumerate() {
+            let (d, m) = b.group(g);
+            let i: i32 = (0..QK).map(|l| b.q(g, l) as i32 * xb.qs[l] as i32).sum();
+            s += d * xb.d * i as f32 - m * xb.sum;
+        }
+    }
+    s
+}
+
+/// Q6_K row · 16-bit activations: per activation block its two groups of
+/// 16, `Σ sc·(q − 32)·x` exactly in integers, times `d` and the block's
+/// scale.
+pub fn dot_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
+        for (k, xb) in xs.iter().enumerate() {
+            let i: i32 = (0..QK)
+                .map(|l| {
+                    let e = QK * k + l;
+                    b.scales[e / 16] as i32 * (b.q(e) as i32 - 32) * xb.qs[l] as i32
+                })
+                .sum();
+            s += super::f16_bits_to_f32(b.d) * xb.d * i as f32;
+        }
+    }
+    s
+}
+
+/// Q3_K row · 16-bit activations, as Q6_K's with scales `sc − 32`.
+pub fn dot_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
+        for (k, xb) in xs.iter().enumerate() {
+            let i: i32 = (0..QK)
+                .map(|l| {
+                    let e = QK * k + l;
+                    (b.scale(e / 16) - 32) * b.q(e) * xb.qs[l] as i32
+                })
+                .sum();
+            s += super::f16_bits_to_f32(b.d) * xb.d * i as f32;
+        }
     }
     s
 }

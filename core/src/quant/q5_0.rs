@@ -1,0 +1,144 @@
+//! Q5_0: blocks of 32 5-bit weights with one f16 scale; `x = d * (q - 16)`.
+//!
+//! Mirrors ggml's `block_q5_0` (`qs` holds the low four bits as Q4_0 does,
+//! `qh` the fifth bit of element `j` at bit `j`), `quantize_row_q5_0_ref`
+//! and `dequantize_row_q5_0`.
+
+use super::{f16_bits_to_f32, f32_to_f16_bits};
+
+/// Elements per block.
+pub const QK: usize = 32;
+
+/// Q5_0 in the format table.
+pub const FORMAT: super::Format = super::block_format!(
+    super::GgmlType::Q5_0,
+    BlockQ5_0,
+    QK,
+    dequantize_row,
+    dot_f32,
+    quantize_row
+);
+
+/// ggml's `block_q5_0`: 22 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ5_0 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// The fifth bits, little-endian: element `j`'s at bit `j`.
+    pub qh: [u8; 4],
+    /// Low nibbles: element `j`, high nibbles: element `j + 16`.
+    pub qs: [u8; QK / 2],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(core::mem::align_of::<BlockQ5_0>() == 1);
+
+// SAFETY: repr(C), fields [u8; 2], [u8; 4] and [u8; 16]: no padding (size
+// asserted), any bit pattern valid.
+unsafe impl super::Pod for BlockQ5_0 {}
+impl super::Block for BlockQ5_0 {}
+
+impl BlockQ5_0 {
+    /// Element `j`'s quant, `0..32` (the value is `q − 16`).
+    #[inline(always)]
+    pub fn q(&self, j: usize) -> u32 {
+        q(self, j) as u32
+    }
+
+    #[inline(always)]
+    pub fn d(&self) -> f32 {
+        f16_bits_to_f32(self.d)
+    }
+
+    pub const ZERO: BlockQ5_0 = BlockQ5_0 {
+        d: [0; 2],
+        qh: [0; 4],
+        qs: [0; QK / 2],
+    };
+}
+
+/// Element `j`'s quant, `0..32`.
+#[inline(always)]
+fn q(b: &BlockQ5_0, j: usize) -> i32 {
+    let qh = u32::from_le_bytes(b.qh);
+    let lo = if j < QK / 2 {
+        b.qs[j] & 0x0f
+    } else {
+        b.qs[j - QK / 2] >> 4
+    };
+    (lo as u32 | ((qh >> j) & 1) << 4) as i32
+}
+
+pub fn dequantize_row(x: &[BlockQ5_0], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_bits_to_f32(b.d);
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = (q(b, j) - 16) as f32 * d;
+        }
+    }
+}
+
+/// Like `quantize_row_q5_0_ref`: `d = max / -16` where `max` is the signed
+/// value of largest magnitude; `q = min(31, (int8)(x / d + 16.5))`.
+pub fn quantize_row(x: &[f32], y: &mut [BlockQ5_0]) {
+    for (xs, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xs {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f32_to_f16_bits(d);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let q0 = ((xs[j] * id + 16.5) as i8).clamp(0, 31) as u8;
+            let q1 = ((xs[j + QK / 2] * id + 16.5) as i8).clamp(0, 31) as u8;
+            b.qs[j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+            qh |= ((q0 as u32 >> 4) << j) | ((q1 as u32 >> 4) << (j + QK / 2));
+        }
+        b.qh = qh.to_le_bytes();
+    }
+}
+
+/// Reference `Σ dequant(w) · x` over whole blocks with f32 activations.
+pub fn dot_f32(w: &[BlockQ5_0], x: &[f32]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
+        let mut acc = 0.0f32;
+        for (j, &v) in xs.iter().enumerate() {
+            acc += (q(b, j) - 16) as f32 * v;
+        }
+        sum += f16_bits_to_f32(b.d) * acc;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_within_a_step() {
+        let x: [f32; 64] = core::array::from_fn(|i| (i as f32 * 0.37).sin() * 3.0);
+        let mut b = [BlockQ5_0 {
+            d: [0; 2],
+            qh: [0; 4],
+            qs: [0; 16],
+        }; 2];
+        quantize_row(&x, &mut b);
+        let mut y = [0.0f32; 64];
+        dequantize_row(&b, &mut y);
+        for (blk, (xs, ys)) in b.iter().zip(x.chunks(32).zip(y.chunks(32))) {
+            let d = f16_bits_to_f32(blk.d).abs();
+            for (a, c) in xs.iter().zip(ys) {
+                // Half a step, or a whole one where ggml's MIN(31, ..) clamps
+                // values of the other sign from the block's extreme.
+                assert!((a - c).abs() <= d + 1e-6, "{a} vs {c}, d {d}");
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Q6_K: super-blocks of 256 6-bit weights in sixteen groups of 16, each
+//! with a signed 8-bit scale, scaled by the super-block's f16 `d`:
+//! `x = d·sc·(q − 32)`.
+//!
+//! Mirrors ggml's `block_q6_K`, `quantize_row_q6_K_ref` and
+//! `dequantize_row_q6_K`.
+
+// The quantizer follows ggml's reference loop for loop, indices and all.
+#![allow(clippy::needless_range_loop)]
+
+use super::k_quants::{make_qx_quants, nearest_int, QK_K};
+use super::{f16_bits_to_f32, f32_to_f16_bits};
+
+/// Elements per block.
+pub const QK: usize = QK_K;
+
+/// Q6_K in the format table.
+pub const FORMAT: super::Format = super::block_format!(
+    super::GgmlType::Q6_K,
+    BlockQ6K,
+    QK,
+    dequantize_row,
+    dot_f32,
+    quantize_row
+);
+
+/// ggml's `block_q6_K`: 210 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ6K {
+    /// Low four bits: per 128 elements, 64 bytes; byte `l` (`l < 32`)
+    /// holds elements `l` (low nibble) and `l + 64` (high), byte `l + 32`
+    /// elements `l + 32` and `l + 96`.
+    pub ql: [u8; QK / 2],
+    /// High two bits: per 128 elements, 32 bytes; byte `l` holds elements
+    /// `l`, `l + 32`, `l + 64`, `l + 96` from its low bits up.
+    pub qh: [u8; QK / 4],
+    /// Each group of 16's scale.
+    pub scales: [i8; QK / 16],
+    /// Super-block scale, f16 little-endian.
+    pub d: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ6K>() == 210);
+
+// SAFETY: repr(C), byte arrays only: no padding (size asserted), any bit
+// pattern valid.
+unsafe impl super::Pod for BlockQ6K {}
+impl super::Block for BlockQ6K {}
+
+impl BlockQ6K {
+    pub const ZERO: BlockQ6K = BlockQ6K {
+        ql: [0; QK / 2],
+        qh: [0; QK / 4],
+        scales: [0; QK / 16],
+        d: [0; 2],
+    };
+
+    /// Element `e`'s quant, `0..64` (the value is `q − 32`).
+    #[inline(always)]
+    pub fn q(&self, e: usize) -> u8 {
+        let (h, k, l) = (e / 128, e % 128 / 32, e % 32);
+        let b = self.ql[64 * h + 32 * (k % 2) + l];
+        let lo = if k < 2 { b & 0x0f } else { b >> 4 };
+        lo | (((self.qh[32 * h + l] >> (2 * k)) & 3) << 4)
+    }
+
+    /// Group `g`'s (of 16) scale as f32: `d·sc`.
+    #[inline(always)]
+    pub fn group(&self, g: usize) -> f32 {
+        f16_bits_to_f32(self.d) * self.scales[g] as f32
+    }
+}
+
+pub fn dequantize_row(x: &[BlockQ6K], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        for (g, o) in out.chunks_exact_mut(16).enumerate() {
+            let d = b.group(g);
+            for (l, v) in o.iter_mut().enumerate() {
+                *v = d * (b.q(16 * g + l) as i32 - 32) as f32;
+            }
+        }
+    }
+}
+
+/// Reference `Σ dequant(w) · x` with f32 activations: per group of 16,
+/// `d·sc Σ (q − 32) x`.
+pub fn dot_f32(w: &[BlockQ6K], x: &[f32]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
+        for (g, xg) in xs.chunks_exact(16).enumerate() {
+            let mut qx = 0.0f32;
+            for (l, &v) in xg.iter().enumerate() {
+                qx += (b.q(16 * g + l) as i32 - 32) as f32 * v;
+            }
+            sum += b.group(g) * qx;
+        }
+    }
+    sum
+}
+
+/// Like `quantize_row_q6_K_ref`: each group's scale by
+/// [`make_qx_quants`], the scales to eight bits against the largest, then
+/// the elements requantized with the stored scales.
+pub fn quantize_row(x: &[f32], y: &mut [BlockQ6K]) {
+    for (xs, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let mut l = [0i8; QK];
+        let mut scales = [0.0f32; QK / 16];
+        let (mut max_scale, mut max_abs) = (0.0f32, 0.0f32);
+        for g in 0..QK / 16 {
+            let s = make_qx_quants(32, &xs[16 * g..16 * g + 16], &mut l[16 * g..16 * g + 16]);
+            scales[g] = s;
+            if s.abs() > max_abs {
+                max_abs = s.abs();
+                max_scale = s;
+            }
+        }
+        *b = BlockQ6K::ZERO;
+        if max_abs < 1e-15 {
+            continue;
+        }
+        let iscale = -128.0 / max_scale;
+        b.d = f32_to_f16_bits(1.0 / iscale);
+        for g in 0..QK / 16 {
+            b.scales[g] = nearest_int(iscale * scales[g]).min(127) as i8;
+        }
+        for g in 0..QK / 16 {
+            let d = b.group(g);
+            if d == 0.0 {
+                continue;
+            }
+            for i in 16 * g..16 * g + 16 {
+                l[i] = (nearest_int(xs[i] / d).clamp(-32, 31) + 32) as i8;
+            }
+        }
+        for h in 0..2 {
+            for i in 0..32 {
+                let q: [u8; 4] = core::array::from_fn(|k| l[128 * h + 32 * k + i] as u8);
+                b.ql[64 * h + i] = (q[0] & 0x0f) | ((q[2] & 0x0f) << 4);
+                b.ql[64 * h + i + 32] = (q[1] & 0x0f) | ((q[3] & 0x0f) << 4);
+                b.qh[32 * h + i] =
+                    (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_within_a_step() {
+        let x: [f32; 512] =
+            core::array::from_fn(|i| (i as f32 * 0.37).sin() * (1.0 + (i / 16) as f32));
+        let mut b = [BlockQ6K::ZERO; 2];
+        quantize_row(&x, &mut b);
+        let mut y = [0.0f32; 512];
+        dequantize_row(&b, &mut y);
+        for (i, (a, c)) in x.iter().zip(&y).enumerate() {
+            let d = b[i / 256].group(i % 256 / 16).abs();
+            assert!((a - c).abs() <= d.max(1e-3), "{i}: {a} vs {c}, step {d}");
+        }
+        let dot = dot_f32(&b, &x);
+        let exact: f32 = y.iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!(
+            (dot - exact).abs() < 1e-3 * exact.abs().max(1.0),
+            "{dot} {exact}"
+        );
+    }
+}
