@@ -20,8 +20,11 @@ use half::f16;
 use super::scalar::rows;
 use super::{erase, FormatKernels, Heads, Kernels, RowDotFn, RowMatvecFn};
 use crate::quant::f16::f16_bits_to_f32_fast;
+use crate::quant::k_quants::QK_K;
 use crate::quant::q16::QK;
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+use crate::quant::{
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType,
+};
 
 /// The NEON table, if this CPU runs it.
 pub fn table() -> Option<Kernels> {
@@ -84,6 +87,38 @@ pub fn table() -> Option<Kernels> {
                 erase!(dot BlockQ4_1, dot_q4_1),
                 erase!(mv BlockQ4_1, mv_q4_1),
             ),
+        )
+        .with_format(
+            GgmlType::Q5_0,
+            with(
+                GgmlType::Q5_0,
+                erase!(dot BlockQ5_0, dot_q5_0),
+                erase!(mv BlockQ5_0, mv_q5_0),
+            ),
+        )
+        .with_format(
+            GgmlType::Q4_K,
+            with(
+                GgmlType::Q4_K,
+                erase!(dot BlockQ4K, dot_q4_k),
+                erase!(mv BlockQ4K, mv_q4_k),
+            ),
+        )
+        .with_format(
+            GgmlType::Q5_K,
+            with(
+                GgmlType::Q5_K,
+                erase!(dot BlockQ5K, dot_q5_k),
+                erase!(mv BlockQ5K, mv_q5_k),
+            ),
+        )
+        .with_format(
+            GgmlType::Q6_K,
+            with(
+                GgmlType::Q6_K,
+                erase!(dot BlockQ6K, dot_q6_k),
+                erase!(mv BlockQ6K, mv_q6_k),
+            ),
         ),
     )
 }
@@ -120,6 +155,34 @@ fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
     unsafe { imp::dot_q4_1(w, x) }
 }
 
+fn dot_q5_0(w: &[BlockQ5_0], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q5_0(w, x) }
+}
+fn dot_q4_k(w: &[BlockQ4K], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q4_k(w, x) }
+}
+fn dot_q5_k(w: &[BlockQ5K], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q5_k(w, x) }
+}
+fn dot_q6_k(w: &[BlockQ6K], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q6_k(w, x) }
+}
+fn mv_q5_0(w: &[BlockQ5_0], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q5_0)
+}
+fn mv_q4_k(w: &[BlockQ4K], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK_K, x, out, dot_q4_k)
+}
+fn mv_q5_k(w: &[BlockQ5K], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK_K, x, out, dot_q5_k)
+}
+fn mv_q6_k(w: &[BlockQ6K], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK_K, x, out, dot_q6_k)
+}
 fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
     rows(w, x.len(), x, out, dot_f32)
 }
@@ -368,6 +431,182 @@ mod imp {
             acc[i & 1] = vfmaq_n_f32(a, sx, m);
         }
         vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+    }
+
+    /// Sixteen signed quants times sixteen floats (`x`: four vectors), in
+    /// four lanes.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn dot16_s8(q: int8x16_t, x: &[float32x4_t]) -> float32x4_t {
+        let lo = vmovl_s8(vget_low_s8(q));
+        let hi = vmovl_s8(vget_high_s8(q));
+        let w = [
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
+            vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo))),
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))),
+            vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi))),
+        ];
+        let a = vfmaq_f32(vmulq_f32(w[0], x[0]), w[1], x[1]);
+        let b = vfmaq_f32(vmulq_f32(w[2], x[2]), w[3], x[3]);
+        vaddq_f32(a, b)
+    }
+
+    /// The sum of a block's 32 floats, in four lanes.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn xsum(xv: &[float32x4_t; 8]) -> float32x4_t {
+        let a = vaddq_f32(vaddq_f32(xv[0], xv[1]), vaddq_f32(xv[2], xv[3]));
+        vaddq_f32(
+            a,
+            vaddq_f32(vaddq_f32(xv[4], xv[5]), vaddq_f32(xv[6], xv[7])),
+        )
+    }
+
+    /// 16 in each byte lane whose bit of `bits` (lane i: bit i) is set.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn bits16(bits: u16) -> uint8x16_t {
+        const MASK: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        let [b0, b1] = bits.to_le_bytes();
+        let v = vcombine_u8(vdup_n_u8(b0), vdup_n_u8(b1));
+        // SAFETY: MASK is sixteen readable bytes.
+        let m = unsafe { vld1q_u8(MASK.as_ptr()) };
+        vandq_u8(vtstq_u8(v, m), vdupq_n_u8(16))
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q5_0(w: &[BlockQ5_0], x: &[f32]) -> f32 {
+        let step = |b: &BlockQ5_0, xs: &[f32; QK], a: float32x4_t| {
+            let h = u32::from_le_bytes(b.qh);
+            // SAFETY: 16 readable bytes.
+            let q = unsafe { vld1q_u8(b.qs.as_ptr()) };
+            let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), bits16(h as u16));
+            let hi = vorrq_u8(vshrq_n_u8::<4>(q), bits16((h >> 16) as u16));
+            let o = vdupq_n_s8(16);
+            let lo = vsubq_s8(vreinterpretq_s8_u8(lo), o);
+            let hi = vsubq_s8(vreinterpretq_s8_u8(hi), o);
+            let s = block_dot_s8(lo, hi, &xblock(xs));
+            vfmaq_n_f32(a, s, f16_bits_to_f32_fast(u16::from_le_bytes(b.d)))
+        };
+        pairs(w, x, step)
+    }
+
+    /// `Σ` over K-quant super-blocks of their eight groups of 32: `group(b,
+    /// g)` gives group g's quants as 2 x 16 bytes, its scale and its
+    /// minimum (`x = scale·q − min`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn k_groups<B>(
+        w: &[B],
+        x: &[f32],
+        group: impl Fn(&B, usize) -> (uint8x16_t, uint8x16_t, f32, f32),
+    ) -> f32 {
+        let mut a0 = vdupq_n_f32(0.0);
+        let mut a1 = vdupq_n_f32(0.0);
+        for (b, xs) in w.iter().zip(x.as_chunks::<256>().0) {
+            for (g, xg) in xs.as_chunks::<QK>().0.iter().enumerate() {
+                let (lo, hi, sc, mn) = group(b, g);
+                let xv = xblock(xg);
+                let s = block_dot_s8(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), &xv);
+                if g.is_multiple_of(2) {
+                    a0 = vfmaq_n_f32(vfmaq_n_f32(a0, s, sc), xsum(&xv), -mn);
+                } else {
+                    a1 = vfmaq_n_f32(vfmaq_n_f32(a1, s, sc), xsum(&xv), -mn);
+                }
+            }
+        }
+        vaddvq_f32(vaddq_f32(a0, a1))
+    }
+
+    /// Group `g`'s 32 nibbles of a Q4_K/Q5_K `qs` as 2 x 16 bytes.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn k_nibbles(qs: &[u8; 128], g: usize) -> (uint8x16_t, uint8x16_t) {
+        let c = &qs.as_chunks::<32>().0[(g / 2) & 3];
+        // SAFETY: 32 readable bytes.
+        let (a, b) = unsafe { (vld1q_u8(c.as_ptr()), vld1q_u8(c.as_ptr().add(16))) };
+        if g.is_multiple_of(2) {
+            let m = vdupq_n_u8(0x0f);
+            (vandq_u8(a, m), vandq_u8(b, m))
+        } else {
+            (vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b))
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q4_k(w: &[BlockQ4K], x: &[f32]) -> f32 {
+        k_groups(w, x, |b, g| {
+            let (lo, hi) = k_nibbles(&b.qs, g);
+            let (d, m) = b.group(g);
+            (lo, hi, d, m)
+        })
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q5_k(w: &[BlockQ5K], x: &[f32]) -> f32 {
+        k_groups(w, x, |b, g| {
+            let (lo, hi) = k_nibbles(&b.qs, g);
+            // SAFETY: 32 readable bytes.
+            let (ha, hb) = unsafe { (vld1q_u8(b.qh.as_ptr()), vld1q_u8(b.qh.as_ptr().add(16))) };
+            let sh = vdupq_n_s8(-((g & 7) as i8));
+            let one = vdupq_n_u8(1);
+            let ha = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(ha, sh), one));
+            let hb = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(hb, sh), one));
+            let (d, m) = b.group(g);
+            (vorrq_u8(lo, ha), vorrq_u8(hi, hb), d, m)
+        })
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q6_k(w: &[BlockQ6K], x: &[f32]) -> f32 {
+        let mut a0 = vdupq_n_f32(0.0);
+        let mut a1 = vdupq_n_f32(0.0);
+        for (b, xs) in w.iter().zip(x.as_chunks::<256>().0) {
+            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
+            for (g, xg) in xs.as_chunks::<QK>().0.iter().enumerate() {
+                let (h, k) = ((g / 4) & 1, g % 4);
+                let ql = &b.ql.as_chunks::<32>().0[2 * h + k % 2];
+                let qh = &b.qh.as_chunks::<32>().0[h];
+                // SAFETY: 32 readable bytes each.
+                let (la, lb, ha, hb) = unsafe {
+                    (
+                        vld1q_u8(ql.as_ptr()),
+                        vld1q_u8(ql.as_ptr().add(16)),
+                        vld1q_u8(qh.as_ptr()),
+                        vld1q_u8(qh.as_ptr().add(16)),
+                    )
+                };
+                let (la, lb) = if k < 2 {
+                    let m = vdupq_n_u8(0x0f);
+                    (vandq_u8(la, m), vandq_u8(lb, m))
+                } else {
+                    (vshrq_n_u8::<4>(la), vshrq_n_u8::<4>(lb))
+                };
+                let sh = vdupq_n_s8(-(2 * k as i8));
+                let three = vdupq_n_u8(3);
+                let ha = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(ha, sh), three));
+                let hb = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(hb, sh), three));
+                let o = vdupq_n_s8(32);
+                let qa = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(la, ha)), o);
+                let qb = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lb, hb)), o);
+                let xv = xblock(xg);
+                let sa = dot16_s8(qa, &xv[..4]);
+                let sb = dot16_s8(qb, &xv[4..]);
+                let ga = d * b.scales[(2 * g) & 15] as f32;
+                let gb = d * b.scales[(2 * g + 1) & 15] as f32;
+                a0 = vfmaq_n_f32(a0, sa, ga);
+                a1 = vfmaq_n_f32(a1, sb, gb);
+            }
+        }
+        vaddvq_f32(vaddq_f32(a0, a1))
     }
 
     /// # Safety
