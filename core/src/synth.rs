@@ -219,7 +219,7 @@ pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
         let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
         let m: Vec<&str> = merges.iter().map(String::as_str).collect();
         w.add_str("tokenizer.ggml.model", "gpt2")
-            .add_str("tokenizer.ggml.pre", "gpt2")
+            .add_str("tokenizer.ggml.pre", "gpt-2")
             .add_str_array("tokenizer.ggml.tokens", &t)
             .add_i32_array("tokenizer.ggml.token_type", &types)
             .add_str_array("tokenizer.ggml.merges", &m)

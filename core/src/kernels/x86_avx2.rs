@@ -20,7 +20,7 @@ use half::f16;
 
 use super::{erase, FormatKernels, Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::k_quants::scale_min_k4;
+use crate::quant::k_quants::unpack_scale_min_k4;
 use crate::quant::q16::QK;
 use crate::quant::{
     BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
@@ -104,7 +104,10 @@ pub fn table() -> Option<Kernels> {
         )
         .with_format(
             GgmlType::Q5_0,
-            q16_row(GgmlType::Q5_0, erase!(q16 BlockQ5_0, mv_q5_0_q16)),
+            FormatKernels {
+                widen: erase!(widen BlockQ5_0, widen_q5_0),
+                ..q16_row(GgmlType::Q5_0, erase!(q16 BlockQ5_0, mv_q5_0_q16))
+            },
         )
         .with_format(
             GgmlType::Q5_1,
@@ -116,15 +119,24 @@ pub fn table() -> Option<Kernels> {
         )
         .with_format(
             GgmlType::Q4_K,
-            q16_row(GgmlType::Q4_K, erase!(q16 BlockQ4K, mv_q4_k_q16)),
+            FormatKernels {
+                widen: erase!(widen BlockQ4K, widen_q4_k),
+                ..q16_row(GgmlType::Q4_K, erase!(q16 BlockQ4K, mv_q4_k_q16))
+            },
         )
         .with_format(
             GgmlType::Q5_K,
-            q16_row(GgmlType::Q5_K, erase!(q16 BlockQ5K, mv_q5_k_q16)),
+            FormatKernels {
+                widen: erase!(widen BlockQ5K, widen_q5_k),
+                ..q16_row(GgmlType::Q5_K, erase!(q16 BlockQ5K, mv_q5_k_q16))
+            },
         )
         .with_format(
             GgmlType::Q6_K,
-            q16_row(GgmlType::Q6_K, erase!(q16 BlockQ6K, mv_q6_k_q16)),
+            FormatKernels {
+                widen: erase!(widen BlockQ6K, widen_q6_k),
+                ..q16_row(GgmlType::Q6_K, erase!(q16 BlockQ6K, mv_q6_k_q16))
+            },
         ),
     )
 }
@@ -306,6 +318,22 @@ fn widen_f16(x: &[f16], out: &mut [f32]) {
 fn widen_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     // SAFETY: as above.
     unsafe { imp::widen_q8_0(x, out) }
+}
+fn widen_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_q5_0(x, out) }
+}
+fn widen_q4_k(x: &[BlockQ4K], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_q4_k(x, out) }
+}
+fn widen_q5_k(x: &[BlockQ5K], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_q5_k(x, out) }
+}
+fn widen_q6_k(x: &[BlockQ6K], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_q6_k(x, out) }
 }
 fn key_dots_f16(q: &[f32], g: usize, k: &[f16], stride: usize, out: &mut [f32], ld: usize) {
     let h = imp::Heads::keys(q, g, k, stride, out, ld);
@@ -718,11 +746,16 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b, g| {
-                    let (wa, wc) = q4_k_group(b, g);
-                    let (sc, m) = scale_min_k4(g, &b.scales);
-                    (wa, wc, half(b.d) * sc as f32, -(half(b.dmin) * m as f32))
+                |b| {
+                    let (sc, m) = unpack_scale_min_k4(&b.scales);
+                    KBlock {
+                        d: half(b.d),
+                        dmin: half(b.dmin),
+                        sc,
+                        m,
+                    }
                 },
+                |b, k, g| q4_k_group(b, g, k.sc[g]),
                 true,
                 |a, b, c, d| $dot(a, b, c, d),
             )
@@ -737,11 +770,16 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b, g| {
-                    let (wa, wc) = q5_k_group(b, g);
-                    let (sc, m) = scale_min_k4(g, &b.scales);
-                    (wa, wc, half(b.d) * sc as f32, -(half(b.dmin) * m as f32))
+                |b| {
+                    let (sc, m) = unpack_scale_min_k4(&b.scales);
+                    KBlock {
+                        d: half(b.d),
+                        dmin: half(b.dmin),
+                        sc,
+                        m,
+                    }
                 },
+                |b, k, g| q5_k_group(b, g, k.sc[g]),
                 true,
                 |a, b, c, d| $dot(a, b, c, d),
             )
@@ -756,10 +794,13 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b, g| {
-                    let (wa, wc) = q3_k_group(b, g);
-                    (wa, wc, half(b.d), 0.0)
+                |b| KBlock {
+                    d: half(b.d),
+                    dmin: 0.0,
+                    sc: [0; 8],
+                    m: [0; 8],
                 },
+                |b, _, g| q3_k_group(b, g),
                 false,
                 |a, b, c, d| $dot(a, b, c, d),
             )
@@ -774,22 +815,27 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b, g| {
-                    let (wa, wc) = q6_k_group(b, g);
-                    (wa, wc, half(b.d), 0.0)
+                |b| KBlock {
+                    d: half(b.d),
+                    dmin: 0.0,
+                    sc: [0; 8],
+                    m: [0; 8],
                 },
+                |b, _, g| q6_k_group(b, g),
                 false,
                 |a, b, c, d| $dot(a, b, c, d),
             )
         }
 
         /// Rows of K-quant super-blocks times `n` tokens of 16-bit
-        /// activation blocks, eight to a super-block: `group(b, g)` gives
-        /// the quants of the super-block's `g`-th 32 elements as 2 x 16 i16
-        /// lanes (any per-16 scales folded in), their f32 scale and their
-        /// offset term's factor (multiplied by the activations' float sum
-        /// when `with_min`: minus the minimum, `x = d·sc·q − dmin·m`). Rows outer, tokens inner: a row is read from memory
-        /// once for all the tokens.
+        /// activation blocks, eight to a super-block. `prep(b)` reads a
+        /// super-block's scales once; `group(b, k, g)` gives the quants of
+        /// its `g`-th 32 elements as 2 x 16 i16 lanes with their integer
+        /// scale folded in. Each group's exact integer dot is scaled by its
+        /// activation block's `d` into the super-block's sum, which takes
+        /// the super-block's `d` once; with `with_min`, `dmin · Σ m·x` is
+        /// subtracted (`x = d·sc·q − dmin·m`), eight groups to a vector.
+        /// Rows outer, tokens inner: a row is read from memory once.
         #[target_feature(enable = $feat)]
         #[inline]
         #[allow(clippy::too_many_arguments)]
@@ -798,7 +844,8 @@ macro_rules! q16_kernels {
             x: &[BlockQ16],
             n: usize,
             out: &mut [f32],
-            group: impl Fn(&B, usize) -> (__m256i, __m256i, f32, f32),
+            prep: impl Fn(&B) -> KBlock,
+            group: impl Fn(&B, &KBlock, usize) -> (__m256i, __m256i),
             with_min: bool,
             dot: impl Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
         ) {
@@ -810,37 +857,66 @@ macro_rules! q16_kernels {
                 out.fill(0.0);
                 return;
             }
+            // Offsets (in floats) of the eight activation blocks' sums.
+            let sums = _mm256_setr_epi32(1, 21, 41, 61, 81, 101, 121, 141);
+            const _: () = assert!(core::mem::size_of::<BlockQ16>() == 80);
+            // Each super-block's eight activation sums, gathered once for
+            // all rows where they fit here (a gather per super-block and
+            // row otherwise).
+            const PRE: usize = 128;
+            let gather = |xs: &[BlockQ16; 8]| {
+                // SAFETY: `xs` is eight whole blocks; each offset is a
+                // block's `sum` within them.
+                unsafe { _mm256_i32gather_ps::<4>(xs.as_ptr().cast::<f32>(), sums) }
+            };
+            let mut pre = [_mm256_setzero_ps(); PRE];
+            let pre_ok = with_min && n * ns <= PRE;
+            if pre_ok {
+                for t in 0..n {
+                    let xt = &x[t * stride..t * stride + 8 * ns];
+                    for (s, xs) in xt.as_chunks::<8>().0.iter().enumerate() {
+                        pre[t * ns + s] = gather(xs);
+                    }
+                }
+            }
             for r in 0..rows {
                 let row = &w[r * ns..(r + 1) * ns];
                 for t in 0..n {
                     let xt = &x[t * stride..t * stride + 8 * ns];
-                    // Two chains of the vector sum and of the minimum term.
-                    let mut a0 = _mm256_setzero_ps();
-                    let mut a1 = _mm256_setzero_ps();
-                    let (mut m0, mut m1) = (0.0f32, 0.0f32);
-                    for (blk, xs) in row.iter().zip(xt.chunks_exact(8)) {
+                    let mut acc = _mm256_setzero_ps();
+                    let mut macc = _mm256_setzero_ps();
+                    for (s, (blk, xs)) in row.iter().zip(xt.as_chunks::<8>().0).enumerate() {
                         // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
                         _mm_prefetch::<_MM_HINT_T0>(
                             (blk as *const B).cast::<i8>().wrapping_add(PREFETCH),
                         );
+                        let k = prep(blk);
+                        // Two chains of the super-block's sum.
+                        let mut b0 = _mm256_setzero_ps();
+                        let mut b1 = _mm256_setzero_ps();
                         let mut g = 0;
                         while g < 8 {
-                            let (wa, wc, sc, mn) = group(blk, g);
+                            let (wa, wc) = group(blk, &k, g);
                             let (xa, xc) = quants(&xs[g]);
                             let p = _mm256_cvtepi32_ps(dot(wa, xa, wc, xc));
-                            a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc * xs[g].d), p, a0);
-                            let (wa, wc, sc1, mn1) = group(blk, g + 1);
+                            b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&xs[g].d), p, b0);
+                            let (wa, wc) = group(blk, &k, g + 1);
                             let (xa, xc) = quants(&xs[g + 1]);
                             let p = _mm256_cvtepi32_ps(dot(wa, xa, wc, xc));
-                            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc1 * xs[g + 1].d), p, a1);
-                            if with_min {
-                                m0 += mn * xs[g].sum;
-                                m1 += mn1 * xs[g + 1].sum;
-                            }
+                            b1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&xs[g + 1].d), p, b1);
                             g += 2;
                         }
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(k.d), _mm256_add_ps(b0, b1), acc);
+                        if with_min {
+                            let s = if pre_ok { pre[t * ns + s] } else { gather(xs) };
+                            let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set1_epi64x(
+                                u64::from_le_bytes(k.m) as i64,
+                            )));
+                            let dm = _mm256_mul_ps(_mm256_set1_ps(k.dmin), m);
+                            macc = _mm256_fmadd_ps(dm, s, macc);
+                        }
                     }
-                    out[t * rows + r] = hsum(_mm256_add_ps(a0, a1)) + (m0 + m1);
+                    out[t * rows + r] = hsum(acc) - hsum(macc);
                 }
             }
         }
@@ -1624,6 +1700,123 @@ pub(super) mod imp {
         }
     }
 
+    /// 32 bytes of quants to f32, `d · (q − off) − m` (no `− m` without
+    /// `sub_m`), in the reference's two roundings.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn widen32(v: __m256i, off: i32, d: f32, m: Option<f32>, out: &mut [f32; 32]) {
+        let lo = _mm256_castsi256_si128(v);
+        let hi = _mm256_extracti128_si256::<1>(v);
+        let (dv, offv) = (_mm256_set1_ps(d), _mm256_set1_epi32(off));
+        for (o, src) in out.as_chunks_mut::<8>().0.iter_mut().zip([
+            lo,
+            _mm_srli_si128::<8>(lo),
+            hi,
+            _mm_srli_si128::<8>(hi),
+        ]) {
+            let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(src), offv));
+            let mut r = _mm256_mul_ps(dv, q);
+            if let Some(m) = m {
+                r = _mm256_sub_ps(r, _mm256_set1_ps(m));
+            }
+            // SAFETY: eight writable floats at `o`; storeu is unaligned.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), r) };
+        }
+    }
+
+    /// Q5_0 blocks to f32, bit for bit as the reference.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
+        for (b, o) in x.iter().zip(out.as_chunks_mut::<QK>().0) {
+            let q = bytes16(&b.qs);
+            let m = _mm_set1_epi8(0x0f);
+            let h = u32::from_le_bytes(b.qh);
+            let lo = _mm_or_si128(_mm_and_si128(q, m), bits16(h as u16));
+            let hi = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16::<4>(q), m),
+                bits16((h >> 16) as u16),
+            );
+            widen32(_mm256_set_m128i(hi, lo), 16, half(b.d), None, o);
+        }
+    }
+
+    /// 16 in each byte lane whose bit of `bits` (lane i: bit i) is set.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn bits16(bits: u16) -> __m128i {
+        let sel = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+        let [b0, b1] = bits.to_le_bytes();
+        let v = _mm_unpacklo_epi64(_mm_set1_epi8(b0 as i8), _mm_set1_epi8(b1 as i8));
+        let set = _mm_cmpeq_epi8(_mm_and_si128(v, sel), sel);
+        _mm_and_si128(set, _mm_set1_epi8(16))
+    }
+
+    /// Q4_K blocks to f32, bit for bit as the reference.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_q4_k(x: &[BlockQ4K], out: &mut [f32]) {
+        for (b, o) in x.iter().zip(out.as_chunks_mut::<256>().0) {
+            for (g, og) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+                let (d, m) = b.group(g);
+                widen32(k_nibbles(&b.qs, g), 0, d, Some(m), og);
+            }
+        }
+    }
+
+    /// Q5_K blocks to f32, bit for bit as the reference.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_q5_k(x: &[BlockQ5K], out: &mut [f32]) {
+        for (b, o) in x.iter().zip(out.as_chunks_mut::<256>().0) {
+            for (g, og) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+                let (d, m) = b.group(g);
+                let h = _mm256_srl_epi16(bytes32(&b.qh), _mm_cvtsi32_si128((g & 7) as i32));
+                let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
+                let q = _mm256_or_si256(k_nibbles(&b.qs, g), _mm256_slli_epi16::<4>(h));
+                widen32(q, 0, d, Some(m), og);
+            }
+        }
+    }
+
+    /// Q6_K blocks to f32, bit for bit as the reference.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_q6_k(x: &[BlockQ6K], out: &mut [f32]) {
+        for (b, o) in x.iter().zip(out.as_chunks_mut::<256>().0) {
+            for (g, og) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+                let (h, k) = ((g / 4) & 1, g % 4);
+                let ql = bytes32(&b.ql.as_chunks::<32>().0[2 * h + k % 2]);
+                let lo = if k < 2 {
+                    ql
+                } else {
+                    _mm256_srli_epi16::<4>(ql)
+                };
+                let lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0f));
+                let qh = _mm256_srl_epi16(
+                    bytes32(&b.qh.as_chunks::<32>().0[h]),
+                    _mm_cvtsi32_si128(2 * k as i32),
+                );
+                let hi = _mm256_and_si256(qh, _mm256_set1_epi8(3));
+                let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                // Two groups of 16, each with its own scale.
+                let mut tmp = [0.0f32; 32];
+                widen32(q, 32, b.group(2 * g), None, &mut tmp);
+                og[..16].copy_from_slice(&tmp[..16]);
+                widen32(q, 32, b.group(2 * g + 1), None, &mut tmp);
+                og[16..].copy_from_slice(&tmp[16..]);
+            }
+        }
+    }
+
     pub(crate) use super::super::Heads;
 
     /// How many of the `left` query heads still to go one pass takes: three
@@ -2042,24 +2235,45 @@ pub(super) mod imp {
         _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
     }
 
-    /// Group `g` (of 32) of a Q4_K block as 2 x 16 i16 lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    pub(in crate::kernels) fn q4_k_group(b: &BlockQ4K, g: usize) -> (__m256i, __m256i) {
-        widen_u8(k_nibbles(&b.qs, g))
+    /// A K-quant super-block's scales, read once ([`unpack_scale_min_k4`]).
+    pub(in crate::kernels) struct KBlock {
+        pub d: f32,
+        pub dmin: f32,
+        /// Each group's 6-bit scale.
+        pub sc: [u8; 8],
+        /// Each group's 6-bit minimum.
+        pub m: [u8; 8],
     }
 
-    /// Group `g` (of 32) of a Q5_K block as 2 x 16 i16 lanes: the nibbles
-    /// plus 16 where bit `g` of the element's `qh` byte is set.
+    /// Both halves times the integer scale `sc` (products below 2^11).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    pub(in crate::kernels) fn q5_k_group(b: &BlockQ5K, g: usize) -> (__m256i, __m256i) {
+    fn scaled((a, c): (__m256i, __m256i), sc: u8) -> (__m256i, __m256i) {
+        let s = _mm256_set1_epi16(sc as i16);
+        (_mm256_mullo_epi16(a, s), _mm256_mullo_epi16(c, s))
+    }
+
+    /// Group `g` (of 32) of a Q4_K block times its scale `sc`, as 2 x 16
+    /// i16 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q4_k_group(b: &BlockQ4K, g: usize, sc: u8) -> (__m256i, __m256i) {
+        scaled(widen_u8(k_nibbles(&b.qs, g)), sc)
+    }
+
+    /// Group `g` (of 32) of a Q5_K block times its scale `sc`, as 2 x 16
+    /// i16 lanes: the nibbles plus 16 where bit `g` of the element's `qh`
+    /// byte is set.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels) fn q5_k_group(b: &BlockQ5K, g: usize, sc: u8) -> (__m256i, __m256i) {
         let h = _mm256_srl_epi16(bytes32(&b.qh), _mm_cvtsi32_si128((g & 7) as i32));
         let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
-        widen_u8(_mm256_or_si256(
+        let q = widen_u8(_mm256_or_si256(
             k_nibbles(&b.qs, g),
             _mm256_slli_epi16::<4>(h),
-        ))
+        ));
+        scaled(q, sc)
     }
 
     /// Group `g` (of 32) of a Q3_K block as 2 x 16 i16 lanes, each half
