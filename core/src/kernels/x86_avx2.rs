@@ -705,13 +705,12 @@ macro_rules! q16_kernels {
         /// As [`mv_q8_0_q16`].
         #[target_feature(enable = $feat)]
         pub unsafe fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-            let sixteen = _mm256_set1_epi16(16);
             mv_q16::<_, { $g40 }>(
                 w,
                 x,
                 n,
                 out,
-                |b| q5_widen(&b.qs, b.qh, sixteen),
+                |b| q5_widen(&b.qs, b.qh, 16),
                 |b| half(b.d),
                 |_| 0.0,
                 false,
@@ -723,13 +722,12 @@ macro_rules! q16_kernels {
         /// As [`mv_q8_0_q16`].
         #[target_feature(enable = $feat)]
         pub unsafe fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-            let zero = _mm256_setzero_si256();
             mv_q16::<_, { $g41 }>(
                 w,
                 x,
                 n,
                 out,
-                |b| q5_widen(&b.qs, b.qh, zero),
+                |b| q5_widen(&b.qs, b.qh, 0),
                 |b| half(b.d),
                 |b| half(b.m),
                 true,
@@ -2164,43 +2162,32 @@ pub(super) mod imp {
     }
 
     /// A Q5 block's quants (its nibbles and the fifth bits in `qh`) minus
-    /// `off`, as 2 x 16 i16 lanes.
+    /// `off`, as 2 x 16 i16 lanes. The 32 quants are put together as bytes
+    /// (the fifth bits spread with one byte shuffle and compare) and
+    /// widened once.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    pub(in crate::kernels) fn q5_widen(
-        qs: &[u8; 16],
-        qh: [u8; 4],
-        off: __m256i,
-    ) -> (__m256i, __m256i) {
-        let (lo, hi) = q4_widen(qs, _mm256_setzero_si256());
-        let h = u32::from_le_bytes(qh);
-        let bits = _mm256_setr_epi16(
-            1,
-            2,
-            4,
-            8,
-            16,
-            32,
-            64,
-            128,
-            256,
-            512,
-            1024,
-            2048,
-            4096,
-            8192,
-            16384,
-            i16::MIN,
+    pub(in crate::kernels) fn q5_widen(qs: &[u8; 16], qh: [u8; 4], off: i8) -> (__m256i, __m256i) {
+        let q = bytes16(qs);
+        let m = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(q, m);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
+        // Byte j of each lane takes qh byte j / 8 of that lane's half.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
         );
-        let sixteen = _mm256_set1_epi16(16);
-        // 16 in each lane whose element's bit is set.
-        let fifth = |v: u32| {
-            let b = _mm256_and_si256(_mm256_set1_epi16(v as u16 as i16), bits);
-            _mm256_and_si256(_mm256_cmpeq_epi16(b, bits), sixteen)
-        };
+        let h = _mm256_shuffle_epi8(_mm256_set1_epi32(u32::from_le_bytes(qh) as i32), spread);
+        let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let fifth = _mm256_and_si256(
+            _mm256_cmpeq_epi8(_mm256_and_si256(h, sel), sel),
+            _mm256_set1_epi8(16),
+        );
+        let q = _mm256_or_si256(_mm256_set_m128i(hi, lo), fifth);
+        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(off));
         (
-            _mm256_sub_epi16(_mm256_add_epi16(lo, fifth(h)), off),
-            _mm256_sub_epi16(_mm256_add_epi16(hi, fifth(h >> 16)), off),
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(q)),
         )
     }
 
