@@ -15,7 +15,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::scalar::rows;
 use super::{erase, FormatKernels, Heads, Kernels, RowDotFn, RowMatvecFn};
@@ -86,6 +86,14 @@ pub fn table() -> Option<Kernels> {
                 GgmlType::Q4_1,
                 erase!(dot BlockQ4_1, dot_q4_1),
                 erase!(mv BlockQ4_1, mv_q4_1),
+            ),
+        )
+        .with_format(
+            GgmlType::BF16,
+            with(
+                GgmlType::BF16,
+                erase!(dot bf16, dot_bf16),
+                erase!(mv bf16, mv_bf16),
             ),
         )
         .with_format(
@@ -188,6 +196,13 @@ fn mv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
 }
 fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
     rows(w, x.len(), x, out, dot_f16)
+}
+fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_bf16(a, b) }
+}
+fn mv_bf16(w: &[bf16], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len(), x, out, dot_bf16)
 }
 fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q8_0)
@@ -346,6 +361,19 @@ mod imp {
     #[target_feature(enable = "neon")]
     pub unsafe fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
         dot_plain(a, b, |c| half4(c), |h| f16_bits_to_f32_fast(h.to_bits()))
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
+        let load = |c: &[bf16; 4]| {
+            // SAFETY: `c` is exactly four readable bf16 (8 bytes).
+            let bits = unsafe { vld1_u16(c.as_ptr().cast()) };
+            // bf16 is the upper half of an f32: shift each up by 16.
+            vreinterpretq_f32_u32(vshll_n_u16::<16>(bits))
+        };
+        dot_plain(a, b, load, |h| h.to_f32())
     }
 
     /// Blocks of `w` against `x`, two per step into two accumulators held

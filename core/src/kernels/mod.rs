@@ -65,6 +65,7 @@ impl<'a> RowData<'a> {
         match ty {
             GgmlType::F32 => cast_slice::<f32>(bytes).map(|_| ())?,
             GgmlType::F16 => cast_slice::<f16>(bytes).map(|_| ())?,
+            GgmlType::BF16 => cast_slice::<half::bf16>(bytes).map(|_| ())?,
             _ => {}
         }
         let bb = ty.block_bytes();

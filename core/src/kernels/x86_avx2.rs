@@ -16,7 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::{erase, FormatKernels, Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
@@ -100,6 +100,15 @@ pub fn table() -> Option<Kernels> {
                 mv: Some(erase!(mv BlockQ4_1, mv_q4_1)),
                 q16: Some(erase!(q16 BlockQ4_1, mv_q4_1_q16)),
                 ..reference[GgmlType::Q4_1.index()]
+            },
+        )
+        .with_format(
+            GgmlType::BF16,
+            FormatKernels {
+                dot: erase!(dot bf16, dot_bf16),
+                mv: Some(erase!(mv bf16, mv_bf16)),
+                widen: erase!(widen bf16, widen_bf16),
+                q16: None,
             },
         )
         .with_format(
@@ -188,6 +197,19 @@ fn mv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
     let need = x.len() * out.len();
     // SAFETY: as above.
     unsafe { imp::mv_f16(&w[..need], x, out) }
+}
+fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_bf16(a, b) }
+}
+fn mv_bf16(w: &[bf16], x: &[f32], out: &mut [f32]) {
+    let need = x.len() * out.len();
+    // SAFETY: as above.
+    unsafe { imp::mv_bf16(&w[..need], x, out) }
+}
+fn widen_bf16(x: &[bf16], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_bf16(x, out) }
 }
 fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
     let need = x.len() / QK * out.len();
@@ -1398,6 +1420,63 @@ pub(super) mod imp {
             },
             |h| f16_bits_to_f32_fast(h.to_bits()),
         )
+    }
+
+    /// Eight bf16 at `h` as f32 (exact: the bits shifted up).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn bf16x8(h: &[bf16]) -> __m256 {
+        assert!(h.len() >= 8);
+        // SAFETY: eight bf16 (16 bytes) readable at `h` (asserted); loadu is unaligned.
+        let v = unsafe { _mm_loadu_si128(h.as_ptr().cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ca, ta) = a[..n].as_chunks::<8>();
+        let (cb, tb) = b[..n].as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for (h, y) in ca.iter().zip(cb) {
+            acc = _mm256_fmadd_ps(bf16x8(h), load8(y), acc);
+        }
+        let mut s = hsum(acc);
+        for (h, y) in ta.iter().zip(tb) {
+            s += h.to_f32() * y;
+        }
+        s
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mv_bf16(w: &[bf16], x: &[f32], out: &mut [f32]) {
+        mv_plain(
+            w,
+            x,
+            out,
+            |wr, i| bf16x8(&wr[8 * i..8 * i + 8]),
+            |h| h.to_f32(),
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_bf16(x: &[bf16], out: &mut [f32]) {
+        let n = x.len().min(out.len());
+        let (cx, tx) = x[..n].as_chunks::<8>();
+        let (co, to) = out[..n].as_chunks_mut::<8>();
+        for (h, o) in cx.iter().zip(co) {
+            // SAFETY: eight writable floats at `o`; storeu is unaligned.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), bf16x8(h)) };
+        }
+        for (h, o) in tx.iter().zip(to) {
+            *o = h.to_f32();
+        }
     }
 
     /// Block rows times `x`, one row at a time: `block(b, xs)` returns the

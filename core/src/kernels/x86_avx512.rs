@@ -863,8 +863,8 @@ mod tests {
                     (f.quantize)(&w[r * cols..(r + 1) * cols], o);
                 }
                 let w = &wq;
-                ka(&w, &xq, n, &mut oa);
-                kb(&w, &xq, n, &mut ob);
+                ka(w, &xq, n, &mut oa);
+                kb(w, &xq, n, &mut ob);
                 assert_eq!(bits(&oa), bits(&ob), "{}, {n} tokens", f.ty.name());
             }
         }

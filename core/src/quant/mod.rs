@@ -243,6 +243,8 @@ pub unsafe trait Pod: Copy + 'static {}
 unsafe impl Pod for f32 {}
 // SAFETY: `half::f16` is `repr(transparent)` over u16.
 unsafe impl Pod for half::f16 {}
+// SAFETY: `half::bf16` is `repr(transparent)` over u16.
+unsafe impl Pod for half::bf16 {}
 // SAFETY: repr(C), fields [u8; 2] and [i8; 32], no padding (size asserted).
 unsafe impl Pod for BlockQ8_0 {}
 // SAFETY: repr(C), fields [[u8; 2]; 8] and [i8; 256], no padding (size asserted).
