@@ -351,11 +351,11 @@ pub fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
 }
 
 pub fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_q4_k_q16)
+    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_scale_min_q16)
 }
 
 pub fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_q5_k_q16)
+    rows_q16::<_, { q16::PER_SUPER }>(w, x, n, out, q16::dot_scale_min_q16)
 }
 
 pub fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {

@@ -273,6 +273,125 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     }
 }
 
+/// A super-block of eight groups of 32, each with a 6-bit scale and
+/// minimum packed as [`scale_min_k4`] reads them, both scaled by the
+/// super-block's f16 `d` and `dmin`: `x = d·sc·q − dmin·m` (Q4_K, Q5_K).
+pub trait ScaleMinBlock {
+    /// The packed scales and minimums.
+    fn scales(&self) -> &[u8; K_SCALE_SIZE];
+    /// `d` and `dmin`, f16 little-endian.
+    fn d_dmin(&self) -> ([u8; 2], [u8; 2]);
+    /// Element `32 g + l`'s quant.
+    fn q(&self, g: usize, l: usize) -> u8;
+
+    /// Group `g`'s (scale, minimum) as f32: `d·sc`, `dmin·m`.
+    #[inline(always)]
+    fn group(&self, g: usize) -> (f32, f32) {
+        let (sc, m) = scale_min_k4(g, self.scales());
+        let (d, dmin) = self.d_dmin();
+        (
+            super::f16_bits_to_f32(d) * sc as f32,
+            super::f16_bits_to_f32(dmin) * m as f32,
+        )
+    }
+}
+
+/// Whole super-blocks as f32: `d·sc·q − dmin·m`, ggml's
+/// `dequantize_row_q4_K`/`_q5_K`.
+pub fn dequantize_scale_min<B: ScaleMinBlock>(x: &[B], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
+        for (g, o) in out.chunks_exact_mut(32).enumerate() {
+            let (d, m) = b.group(g);
+            for (l, v) in o.iter_mut().enumerate() {
+                *v = d * b.q(g, l) as f32 - m;
+            }
+        }
+    }
+}
+
+/// Reference `Σ dequant(w) · x` with f32 activations: per group of 32,
+/// `d·sc Σ q x − dmin·m Σ x`.
+pub fn dot_scale_min<B: ScaleMinBlock>(w: &[B], x: &[f32]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(QK_K)) {
+        for (g, xg) in xs.chunks_exact(32).enumerate() {
+            let (d, m) = b.group(g);
+            let (mut qx, mut sx) = (0.0f32, 0.0f32);
+            for (l, &v) in xg.iter().enumerate() {
+                qx += b.q(g, l) as f32 * v;
+                sx += v;
+            }
+            sum += d * qx - m * sx;
+        }
+    }
+    sum
+}
+
+/// What Q4_K's and Q5_K's reference quantizers (`quantize_row_q4_K_ref`,
+/// `_q5_K_ref`) choose for one super-block of `xs`: each group's scale and
+/// minimum searched by [`make_qkx2_quants`] (levels `0..=nmax`, the search
+/// from `rmin` in `nstep` steps of 0.1), both quantized to six bits
+/// against the block's largest, then every element requantized with the
+/// stored scales. Returns `d`, `dmin`, the packed scales and the levels.
+pub fn quantize_scale_min(
+    xs: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+) -> ([u8; 2], [u8; 2], [u8; K_SCALE_SIZE], [u8; QK_K]) {
+    let mut l = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for g in 0..8 {
+        let xg: &[f32; 32] = xs
+            .get(32 * g..32 * g + 32)
+            .and_then(|s| s.try_into().ok())
+            .unwrap_or(&[0.0; 32]);
+        let w = rms_weights(xg);
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xg,
+            &w,
+            &mut l[32 * g..32 * g + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        scales[g] = s;
+        mins[g] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let ls: [u8; 8] = core::array::from_fn(|g| (nearest_int(inv_scale * scales[g]) as u8).min(63));
+    let lm: [u8; 8] = core::array::from_fn(|g| (nearest_int(inv_min * mins[g]) as u8).min(63));
+    let packed = pack_scale_min_k4(&ls, &lm);
+    let d = super::f32_to_f16_bits(max_scale / 63.0);
+    let dmin = super::f32_to_f16_bits(max_min / 63.0);
+    for g in 0..8 {
+        let (sc, m) = scale_min_k4(g, &packed);
+        let gd = super::f16_bits_to_f32(d) * sc as f32;
+        if gd == 0.0 {
+            continue;
+        }
+        let gm = super::f16_bits_to_f32(dmin) * m as f32;
+        for i in 32 * g..(32 * g + 32).min(xs.len()) {
+            l[i] = nearest_int((xs[i] + gm) / gd).clamp(0, nmax) as u8;
+        }
+    }
+    (d, dmin, packed, l)
+}
+
 /// The weights Q4_K's and Q5_K's reference quantizers search with: the
 /// group's RMS plus each element's magnitude.
 pub fn rms_weights(x: &[f32; 32]) -> [f32; 32] {

@@ -8,9 +8,7 @@
 //! activations to 8 bits for the same reason; 16 bits keep the error 256
 //! times smaller, far below the weights' own quantization error.
 
-use super::{
-    BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
-};
+use super::{BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
 
 /// Activations per block: one block of each 32-element weight format (eight
 /// of a 256-element super-block).
@@ -131,22 +129,9 @@ pub fn dot_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16]) -> f32 {
 /// Activation blocks per K-quant super-block.
 pub const PER_SUPER: usize = super::k_quants::QK_K / QK;
 
-/// Q4_K row · 16-bit activations: per group of 32 (one activation block),
-/// `d·sc Σ q·x − dmin·m Σ x`.
-pub fn dot_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16]) -> f32 {
-    let mut s = 0.0f32;
-    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
-        for (g, xb) in xs.iter().enumerate() {
-            let (d, m) = b.group(g);
-            let i: i32 = (0..QK).map(|l| b.q(g, l) as i32 * xb.qs[l] as i32).sum();
-            s += d * xb.d * i as f32 - m * xb.sum;
-        }
-    }
-    s
-}
-
-/// Q5_K row · 16-bit activations, as Q4_K's.
-pub fn dot_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16]) -> f32 {
+/// Q4_K or Q5_K row · 16-bit activations: per group of 32 (one activation
+/// block), `d·sc Σ q·x − dmin·m Σ x`.
+pub fn dot_scale_min_q16<B: super::k_quants::ScaleMinBlock>(w: &[B], x: &[BlockQ16]) -> f32 {
     let mut s = 0.0f32;
     for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
         for (g, xb) in xs.iter().enumerate() {

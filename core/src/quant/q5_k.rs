@@ -4,13 +4,9 @@
 //! Mirrors ggml's `block_q5_K`, `quantize_row_q5_K_ref` and
 //! `dequantize_row_q5_K`.
 
-// The quantizer follows ggml's reference loop for loop, indices and all.
-#![allow(clippy::needless_range_loop)]
-
 use super::k_quants::{
-    make_qkx2_quants, nearest_int, pack_scale_min_k4, rms_weights, scale_min_k4, K_SCALE_SIZE, QK_K,
+    dequantize_scale_min, dot_scale_min, quantize_scale_min, ScaleMinBlock, K_SCALE_SIZE, QK_K,
 };
-use super::{f16_bits_to_f32, f32_to_f16_bits};
 
 /// Elements per block.
 pub const QK: usize = QK_K;
@@ -60,16 +56,24 @@ impl BlockQ5K {
     /// Group `g`'s (scale, minimum) as f32: `d·sc`, `dmin·m`.
     #[inline(always)]
     pub fn group(&self, g: usize) -> (f32, f32) {
-        let (sc, m) = scale_min_k4(g, &self.scales);
-        (
-            f16_bits_to_f32(self.d) * sc as f32,
-            f16_bits_to_f32(self.dmin) * m as f32,
-        )
+        ScaleMinBlock::group(self, g)
+    }
+}
+
+impl ScaleMinBlock for BlockQ5K {
+    #[inline(always)]
+    fn scales(&self) -> &[u8; K_SCALE_SIZE] {
+        &self.scales
+    }
+
+    #[inline(always)]
+    fn d_dmin(&self) -> ([u8; 2], [u8; 2]) {
+        (self.d, self.dmin)
     }
 
     /// Element `32 g + l`'s quant, `0..32`.
     #[inline(always)]
-    pub fn q(&self, g: usize, l: usize) -> u8 {
+    fn q(&self, g: usize, l: usize) -> u8 {
         let b = self.qs[32 * (g / 2) + l];
         let lo = if g.is_multiple_of(2) {
             b & 0x0f
@@ -81,83 +85,21 @@ impl BlockQ5K {
 }
 
 pub fn dequantize_row(x: &[BlockQ5K], y: &mut [f32]) {
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
-        for (g, o) in out.chunks_exact_mut(32).enumerate() {
-            let (d, m) = b.group(g);
-            for (l, v) in o.iter_mut().enumerate() {
-                *v = d * b.q(g, l) as f32 - m;
-            }
-        }
-    }
+    dequantize_scale_min(x, y)
 }
 
-/// Reference `Σ dequant(w) · x` with f32 activations: per group of 32,
-/// `d·sc Σ q x − dmin·m Σ x`.
+/// Reference `Σ dequant(w) · x` with f32 activations ([`dot_scale_min`]).
 pub fn dot_f32(w: &[BlockQ5K], x: &[f32]) -> f32 {
-    let mut sum = 0.0f32;
-    for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
-        for (g, xg) in xs.chunks_exact(32).enumerate() {
-            let (d, m) = b.group(g);
-            let (mut qx, mut sx) = (0.0f32, 0.0f32);
-            for (l, &v) in xg.iter().enumerate() {
-                qx += b.q(g, l) as f32 * v;
-                sx += v;
-            }
-            sum += d * qx - m * sx;
-        }
-    }
-    sum
+    dot_scale_min(w, x)
 }
 
-/// Like `quantize_row_q5_K_ref` (Q4_K's search with 31 levels).
+/// Like `quantize_row_q5_K_ref` ([`quantize_scale_min`] with 31 levels,
+/// the search from −0.5 in 15 steps), then the low four bits packed two to
+/// a byte and the fifth bits in `qh`.
 pub fn quantize_row(x: &[f32], y: &mut [BlockQ5K]) {
     for (xs, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
-        let mut l = [0u8; QK];
-        let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
-        let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
-        for g in 0..8 {
-            let xg: &[f32; 32] = xs[32 * g..32 * g + 32].try_into().unwrap_or(&[0.0; 32]);
-            let w = rms_weights(xg);
-            let (s, m) = make_qkx2_quants(
-                31,
-                xg,
-                &w,
-                &mut l[32 * g..32 * g + 32],
-                -0.5,
-                0.1,
-                15,
-                false,
-            );
-            scales[g] = s;
-            mins[g] = m;
-            if s > max_scale {
-                max_scale = s;
-            }
-            if m > max_min {
-                max_min = m;
-            }
-        }
-        let inv_scale = if max_scale > 0.0 {
-            63.0 / max_scale
-        } else {
-            0.0
-        };
-        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-        let ls: [u8; 8] =
-            core::array::from_fn(|g| (nearest_int(inv_scale * scales[g]) as u8).min(63));
-        let lm: [u8; 8] = core::array::from_fn(|g| (nearest_int(inv_min * mins[g]) as u8).min(63));
-        b.scales = pack_scale_min_k4(&ls, &lm);
-        b.d = f32_to_f16_bits(max_scale / 63.0);
-        b.dmin = f32_to_f16_bits(max_min / 63.0);
-        for g in 0..8 {
-            let (d, dm) = b.group(g);
-            if d == 0.0 {
-                continue;
-            }
-            for i in 32 * g..32 * g + 32 {
-                l[i] = nearest_int((xs[i] + dm) / d).clamp(0, 31) as u8;
-            }
-        }
+        let (d, dmin, scales, l) = quantize_scale_min(xs, 31, -0.5, 15);
+        (b.d, b.dmin, b.scales) = (d, dmin, scales);
         b.qh = [0; QK / 8];
         for (j, q) in b.qs.chunks_exact_mut(32).enumerate() {
             for (i, o) in q.iter_mut().enumerate() {
