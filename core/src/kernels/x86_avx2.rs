@@ -20,7 +20,7 @@ use half::{bf16, f16};
 
 use super::{erase, FormatKernels, Kernels, Q16Kernels};
 use crate::quant::f16::f16_bits_to_f32_fast;
-use crate::quant::k_quants::unpack_scale_min_k4;
+use crate::quant::k_quants::{unpack_scale_min_k4, ScaleMinBlock};
 use crate::quant::q16::QK;
 use crate::quant::{
     BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
@@ -766,15 +766,7 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b| {
-                    let (sc, m) = unpack_scale_min_k4(&b.scales);
-                    KBlock {
-                        d: half(b.d),
-                        dmin: half(b.dmin),
-                        sc,
-                        m,
-                    }
-                },
+                |b| KBlock::scale_min(b),
                 |b, k, g| q4_k_group(b, g, k.sc[g]),
                 true,
                 |a, b, c, d| $dot(a, b, c, d),
@@ -790,15 +782,7 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b| {
-                    let (sc, m) = unpack_scale_min_k4(&b.scales);
-                    KBlock {
-                        d: half(b.d),
-                        dmin: half(b.dmin),
-                        sc,
-                        m,
-                    }
-                },
+                |b| KBlock::scale_min(b),
                 |b, k, g| q5_k_group(b, g, k.sc[g]),
                 true,
                 |a, b, c, d| $dot(a, b, c, d),
@@ -2309,6 +2293,22 @@ pub(super) mod imp {
         pub sc: [u8; 8],
         /// Each group's 6-bit minimum.
         pub m: [u8; 8],
+    }
+
+    impl KBlock {
+        /// A Q4_K or Q5_K super-block's scales.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        pub(in crate::kernels) fn scale_min<B: ScaleMinBlock>(b: &B) -> KBlock {
+            let (sc, m) = unpack_scale_min_k4(b.scales());
+            let (d, dmin) = b.d_dmin();
+            KBlock {
+                d: half(d),
+                dmin: half(dmin),
+                sc,
+                m,
+            }
+        }
     }
 
     /// Both halves times the integer scale `sc` (products below 2^11).

@@ -243,7 +243,6 @@ fn gemm_xt(w: &[f32], xt: &[f32], s: XtShape, out: &mut [f32]) {
 
 mod imp {
     use super::*;
-    use crate::quant::k_quants::unpack_scale_min_k4;
     use avx2::KBlock;
     use avx2::{
         bytes16, half, hsum, q3_k_group, q4_k_group, q4_widen, q5_k_group, q5_widen, q6_k_group,
