@@ -23,6 +23,7 @@ pub const FORMAT: Format = Format {
         }
         sum
     },
+    #[cfg(any(feature = "alloc", test))]
     quantize: |x, y| {
         for (o, v) in y.chunks_exact_mut(2).zip(x) {
             o.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());

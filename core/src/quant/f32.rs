@@ -10,6 +10,7 @@ pub const FORMAT: Format = Format {
     block_bytes: 4,
     dequantize,
     dot,
+    #[cfg(any(feature = "alloc", test))]
     quantize,
 };
 
@@ -32,6 +33,7 @@ fn dot(w: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
+#[cfg(any(feature = "alloc", test))]
 fn quantize(x: &[f32], y: &mut [u8]) {
     for (o, v) in y.chunks_exact_mut(4).zip(x) {
         o.copy_from_slice(&v.to_le_bytes());

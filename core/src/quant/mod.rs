@@ -57,7 +57,11 @@ pub struct Format {
     /// kernel that multiplies this format by f32 activations.
     pub dot: fn(&[u8], &[f32]) -> f32,
     /// `quantize(x, row)`: whole blocks from f32, rounding as ggml's
-    /// `quantize_row_*_ref` (a tail shorter than a block is left).
+    /// `quantize_row_*_ref` (a tail shorter than a block is left). With
+    /// `alloc` (and in tests) only: inference never quantizes weights, and
+    /// leaving the quantizers out keeps them out of firmware images (the
+    /// K-quants' scale searches are about 60 KB of Cortex-M code).
+    #[cfg(any(feature = "alloc", test))]
     pub quantize: fn(&[f32], &mut [u8]),
 }
 
@@ -109,6 +113,7 @@ macro_rules! block_format {
                 }
                 f
             },
+            #[cfg(any(feature = "alloc", test))]
             quantize: {
                 fn f(x: &[f32], y: &mut [u8]) {
                     $quantize(x, $crate::quant::blocks_mut::<$block>(y))
