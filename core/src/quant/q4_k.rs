@@ -30,7 +30,7 @@ pub struct BlockQ4K {
     pub d: [u8; 2],
     /// Super-block scale of the minimums, f16 little-endian.
     pub dmin: [u8; 2],
-    /// Eight 6-bit scales and minimums ([`scale_min_k4`]).
+    /// Eight 6-bit scales and minimums ([`super::k_quants::scale_min_k4`]).
     pub scales: [u8; K_SCALE_SIZE],
     /// Per 64 elements, 32 bytes: low nibbles the first group of 32, high
     /// nibbles the second.

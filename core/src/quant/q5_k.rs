@@ -29,7 +29,7 @@ pub struct BlockQ5K {
     pub d: [u8; 2],
     /// Super-block scale of the minimums, f16 little-endian.
     pub dmin: [u8; 2],
-    /// Eight 6-bit scales and minimums ([`scale_min_k4`]).
+    /// Eight 6-bit scales and minimums ([`super::k_quants::scale_min_k4`]).
     pub scales: [u8; K_SCALE_SIZE],
     /// Fifth bits: element `32 g + l`'s at bit `g` of byte `l`.
     pub qh: [u8; QK / 8],
