@@ -23,7 +23,8 @@ use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::k_quants::QK_K;
 use crate::quant::q16::QK;
 use crate::quant::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
 };
 
 /// The NEON table, if this CPU runs it.
@@ -105,6 +106,30 @@ pub fn table() -> Option<Kernels> {
             ),
         )
         .with_format(
+            GgmlType::Q5_1,
+            with(
+                GgmlType::Q5_1,
+                erase!(dot BlockQ5_1, dot_q5_1),
+                erase!(mv BlockQ5_1, mv_q5_1),
+            ),
+        )
+        .with_format(
+            GgmlType::Q2_K,
+            with(
+                GgmlType::Q2_K,
+                erase!(dot BlockQ2K, dot_q2_k),
+                erase!(mv BlockQ2K, mv_q2_k),
+            ),
+        )
+        .with_format(
+            GgmlType::Q3_K,
+            with(
+                GgmlType::Q3_K,
+                erase!(dot BlockQ3K, dot_q3_k),
+                erase!(mv BlockQ3K, mv_q3_k),
+            ),
+        )
+        .with_format(
             GgmlType::Q4_K,
             with(
                 GgmlType::Q4_K,
@@ -166,6 +191,27 @@ fn dot_q4_1(w: &[BlockQ4_1], x: &[f32]) -> f32 {
 fn dot_q5_0(w: &[BlockQ5_0], x: &[f32]) -> f32 {
     // SAFETY: as above.
     unsafe { imp::dot_q5_0(w, x) }
+}
+fn dot_q5_1(w: &[BlockQ5_1], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q5_1(w, x) }
+}
+fn dot_q2_k(w: &[BlockQ2K], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q2_k(w, x) }
+}
+fn dot_q3_k(w: &[BlockQ3K], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q3_k(w, x) }
+}
+fn mv_q5_1(w: &[BlockQ5_1], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK, x, out, dot_q5_1)
+}
+fn mv_q2_k(w: &[BlockQ2K], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK_K, x, out, dot_q2_k)
+}
+fn mv_q3_k(w: &[BlockQ3K], x: &[f32], out: &mut [f32]) {
+    rows(w, x.len() / QK_K, x, out, dot_q3_k)
 }
 fn dot_q4_k(w: &[BlockQ4K], x: &[f32]) -> f32 {
     // SAFETY: as above.
@@ -519,6 +565,112 @@ mod imp {
             vfmaq_n_f32(a, s, f16_bits_to_f32_fast(u16::from_le_bytes(b.d)))
         };
         pairs(w, x, step)
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q5_1(w: &[BlockQ5_1], x: &[f32]) -> f32 {
+        let step = |b: &BlockQ5_1, xs: &[f32; QK], a: float32x4_t| {
+            let h = u32::from_le_bytes(b.qh);
+            // SAFETY: 16 readable bytes.
+            let q = unsafe { vld1q_u8(b.qs.as_ptr()) };
+            let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), bits16(h as u16));
+            let hi = vorrq_u8(vshrq_n_u8::<4>(q), bits16((h >> 16) as u16));
+            let xv = xblock(xs);
+            let s = block_dot_s8(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), &xv);
+            let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));
+            let m = f16_bits_to_f32_fast(u16::from_le_bytes(b.m));
+            vfmaq_n_f32(vfmaq_n_f32(a, s, d), xsum(&xv), m)
+        };
+        pairs(w, x, step)
+    }
+
+    /// Sixteen-element groups of a K-quant super-block (Q2_K, Q3_K):
+    /// `group(b, k)` gives activation block `k`'s 32 quants as 2 x 16
+    /// signed bytes and the two halves' scales and minimums (`x = scale·q
+    /// − min`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn k16_groups<B>(
+        w: &[B],
+        x: &[f32],
+        group: impl Fn(&B, usize) -> (int8x16_t, int8x16_t, [f32; 2], [f32; 2]),
+    ) -> f32 {
+        let mut a0 = vdupq_n_f32(0.0);
+        let mut a1 = vdupq_n_f32(0.0);
+        for (b, xs) in w.iter().zip(x.as_chunks::<256>().0) {
+            for (k, xg) in xs.as_chunks::<QK>().0.iter().enumerate() {
+                let (qa, qb, sc, mn) = group(b, k);
+                let xv = xblock(xg);
+                let sa = dot16_s8(qa, &xv[..4]);
+                let sb = dot16_s8(qb, &xv[4..]);
+                let xa = vaddq_f32(vaddq_f32(xv[0], xv[1]), vaddq_f32(xv[2], xv[3]));
+                let xb = vaddq_f32(vaddq_f32(xv[4], xv[5]), vaddq_f32(xv[6], xv[7]));
+                a0 = vfmaq_n_f32(vfmaq_n_f32(a0, sa, sc[0]), xa, -mn[0]);
+                a1 = vfmaq_n_f32(vfmaq_n_f32(a1, sb, sc[1]), xb, -mn[1]);
+            }
+        }
+        vaddvq_f32(vaddq_f32(a0, a1))
+    }
+
+    /// Activation block `k`'s 32 two-bit quants of a Q2_K/Q3_K `qs` as 2 x
+    /// 16 bytes.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn k2_bits(qs: &[u8; 64], k: usize) -> (uint8x16_t, uint8x16_t) {
+        let c = &qs.as_chunks::<32>().0[(k / 4) & 1];
+        // SAFETY: 32 readable bytes.
+        let (a, b) = unsafe { (vld1q_u8(c.as_ptr()), vld1q_u8(c.as_ptr().add(16))) };
+        let sh = vdupq_n_s8(-(2 * (k % 4) as i8));
+        let three = vdupq_n_u8(3);
+        (
+            vandq_u8(vshlq_u8(a, sh), three),
+            vandq_u8(vshlq_u8(b, sh), three),
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q2_k(w: &[BlockQ2K], x: &[f32]) -> f32 {
+        k16_groups(w, x, |b, k| {
+            let (qa, qb) = k2_bits(&b.qs, k);
+            let (da, ma) = b.group(2 * k);
+            let (db, mb) = b.group(2 * k + 1);
+            (
+                vreinterpretq_s8_u8(qa),
+                vreinterpretq_s8_u8(qb),
+                [da, db],
+                [ma, mb],
+            )
+        })
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_q3_k(w: &[BlockQ3K], x: &[f32]) -> f32 {
+        k16_groups(w, x, |b, k| {
+            let (qa, qb) = k2_bits(&b.qs, k);
+            // SAFETY: 32 readable bytes.
+            let (ha, hb) = unsafe {
+                (
+                    vld1q_u8(b.hmask.as_ptr()),
+                    vld1q_u8(b.hmask.as_ptr().add(16)),
+                )
+            };
+            let sh = vdupq_n_s8(-((k & 7) as i8));
+            let one = vdupq_n_u8(1);
+            // A set third bit keeps the two-bit value, a clear one takes 4
+            // from it: q + 4·bit − 4.
+            let ha = vshlq_n_u8::<2>(vandq_u8(vshlq_u8(ha, sh), one));
+            let hb = vshlq_n_u8::<2>(vandq_u8(vshlq_u8(hb, sh), one));
+            let four = vdupq_n_s8(4);
+            let qa = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(qa, ha)), four);
+            let qb = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(qb, hb)), four);
+            (qa, qb, [b.group(2 * k), b.group(2 * k + 1)], [0.0, 0.0])
+        })
     }
 
     /// `Σ` over K-quant super-blocks of their eight groups of 32: `group(b,
