@@ -23,7 +23,7 @@ use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::k_quants::{unpack_scale_min_k4, ScaleMinBlock};
 use crate::quant::q16::QK;
 use crate::quant::{
-    BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
+    BlockQ16, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
     BlockQ5_1, BlockQ6K, BlockQ8_0, BlockQ8_0x8, GgmlType,
 };
 
@@ -121,6 +121,15 @@ pub fn table() -> Option<Kernels> {
         .with_format(
             GgmlType::Q5_1,
             q16_row(GgmlType::Q5_1, erase!(q16 BlockQ5_1, mv_q5_1_q16)),
+        )
+        .with_format(
+            GgmlType::Q2_K,
+            FormatKernels {
+                dot: erase!(dot BlockQ2K, dot_q2_k),
+                mv: Some(erase!(mv BlockQ2K, mv_q2_k)),
+                widen: erase!(widen BlockQ2K, widen_q2_k),
+                q16: None,
+            },
         )
         .with_format(
             GgmlType::Q3_K,
@@ -340,6 +349,17 @@ fn widen_f16(x: &[f16], out: &mut [f32]) {
 fn widen_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     // SAFETY: as above.
     unsafe { imp::widen_q8_0(x, out) }
+}
+fn dot_q2_k(w: &[BlockQ2K], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { imp::dot_q2_k(w, x) }
+}
+fn mv_q2_k(w: &[BlockQ2K], x: &[f32], out: &mut [f32]) {
+    super::scalar::rows(w, x.len() / 256, x, out, dot_q2_k)
+}
+fn widen_q2_k(x: &[BlockQ2K], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::widen_q2_k(x, out) }
 }
 fn widen_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
     // SAFETY: as above.
@@ -1873,6 +1893,66 @@ pub(super) mod imp {
                 widen32(q, 32, b.group(2 * g), None, &mut tmp);
                 og[..16].copy_from_slice(&tmp[..16]);
                 widen32(q, 32, b.group(2 * g + 1), None, &mut tmp);
+                og[16..].copy_from_slice(&tmp[16..]);
+            }
+        }
+    }
+
+    /// Activation block `k`'s 32 two-bit quants of a Q2_K block as bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn q2_k_bits(b: &BlockQ2K, k: usize) -> __m256i {
+        let q = bytes32(&b.qs.as_chunks::<32>().0[(k / 4) & 1]);
+        let q = _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * (k % 4) as i32));
+        _mm256_and_si256(q, _mm256_set1_epi8(3))
+    }
+
+    /// Q2_K rows against f32 activations: per group of 16, `d·sc Σ q·x −
+    /// dmin·m Σ x`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q2_k(w: &[BlockQ2K], x: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut macc = _mm256_setzero_ps();
+        let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        for (b, xs) in w.iter().zip(x.as_chunks::<256>().0) {
+            for (k, xg) in xs.as_chunks::<32>().0.iter().enumerate() {
+                let q = q2_k_bits(b, k);
+                let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+                let x8 = xg.as_chunks::<8>().0;
+                let (x0, x1) = (load8(&x8[0]), load8(&x8[1]));
+                let (x2, x3) = (load8(&x8[2]), load8(&x8[3]));
+                let sa = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(lo)), x1, _mm256_mul_ps(f(lo), x0));
+                let sb = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(hi)), x3, _mm256_mul_ps(f(hi), x2));
+                let (da, ma) = b.group(2 * k);
+                let (db, mb) = b.group(2 * k + 1);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(da), sa, acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(db), sb, acc);
+                macc = _mm256_fmadd_ps(_mm256_set1_ps(ma), _mm256_add_ps(x0, x1), macc);
+                macc = _mm256_fmadd_ps(_mm256_set1_ps(mb), _mm256_add_ps(x2, x3), macc);
+            }
+        }
+        hsum(acc) - hsum(macc)
+    }
+
+    /// Q2_K blocks to f32, bit for bit as the reference.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_q2_k(x: &[BlockQ2K], out: &mut [f32]) {
+        for (b, o) in x.iter().zip(out.as_chunks_mut::<256>().0) {
+            for (k, og) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+                let q = q2_k_bits(b, k);
+                // Two groups of 16, each with its own scale and minimum.
+                let mut tmp = [0.0f32; 32];
+                let (da, ma) = b.group(2 * k);
+                widen32(q, 0, da, Some(ma), &mut tmp);
+                og[..16].copy_from_slice(&tmp[..16]);
+                let (db, mb) = b.group(2 * k + 1);
+                widen32(q, 0, db, Some(mb), &mut tmp);
                 og[16..].copy_from_slice(&tmp[16..]);
             }
         }
