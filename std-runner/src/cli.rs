@@ -26,7 +26,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate from a prompt (greedy decoding), streaming text to stdout.
+    /// Generate from a prompt with llama.cpp's sampler chain and defaults (`--temp 0` is
+    /// greedy), streaming text to stdout.
     Run(RunArgs),
     /// Talk to the model: an interactive multi-turn chat using the file's chat template.
     Chat(ChatArgs),
