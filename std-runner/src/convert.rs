@@ -92,15 +92,20 @@ pub fn convert(g: &Gguf, ty: FileType) -> Result<Vec<u8>> {
         w.add_u32("general.file_type", ty.llama_ftype());
     }
     let tied = g.tensor("output.weight").is_none();
-    let mix = match ty {
-        FileType::Mix(m) => Some(MixState::new(m, g)),
-        FileType::Pure(_) => None,
+    /// How each tensor's type is chosen.
+    enum Rule {
+        Pure(GgmlType),
+        Mix(MixState),
+    }
+    let rule = match ty {
+        FileType::Mix(m) => Rule::Mix(MixState::new(m, g)),
+        FileType::Pure(t) => Rule::Pure(t),
     };
     for t in g.tensors() {
         let classifier = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
-        let target = match (ty, &mix) {
-            (_, Some(mix)) => mix.type_of(&t),
-            (FileType::Pure(ty), None) => {
+        let target = match &rule {
+            Rule::Mix(mix) => mix.type_of(&t),
+            &Rule::Pure(ty) => {
                 if t.n_dims < 2 || t.dims[0] % ty.block_len() as u64 != 0 && ty != GgmlType::F16 {
                     t.ty
                 } else if classifier && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
@@ -109,7 +114,6 @@ pub fn convert(g: &Gguf, ty: FileType) -> Result<Vec<u8>> {
                     ty
                 }
             }
-            (FileType::Mix(_), None) => unreachable!("a mix has its state"),
         };
         let dims = &t.dims[..t.n_dims as usize];
         let data = if target == t.ty {

@@ -151,15 +151,7 @@ fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
 pub fn converted_mix(ty: crate::mix::FileType) -> Result<PathBuf> {
     let src = converted(GgmlType::F16)?;
     let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let path = ember_home()?.join(format!(
-        "SmolLM2-135M-Instruct.{}.gguf",
-        ty.name().to_uppercase()
-    ));
-    if !path.is_file() {
-        eprintln!("ember: converting the default model to {} ...", ty.name());
-        crate::convert::convert_file(&src, &path, ty)?;
-    }
-    Ok(path)
+    convert_once(&src, ty)
 }
 
 /// The default model converted to `ty` (made with `ember convert` on first use).
@@ -169,13 +161,19 @@ pub fn converted(ty: GgmlType) -> Result<PathBuf> {
     if ty == GgmlType::Q4_1 {
         return Ok(src);
     }
+    convert_once(&src, crate::mix::FileType::Pure(ty))
+}
+
+/// `src` converted to `ty` beside it in `$EMBER_HOME`, named by the type,
+/// unless it is there already. The caller holds the store lock.
+fn convert_once(src: &Path, ty: crate::mix::FileType) -> Result<PathBuf> {
     let path = ember_home()?.join(format!(
         "SmolLM2-135M-Instruct.{}.gguf",
         ty.name().to_uppercase()
     ));
     if !path.is_file() {
         eprintln!("ember: converting the default model to {} ...", ty.name());
-        crate::convert::convert_file(&src, &path, crate::mix::FileType::Pure(ty))?;
+        crate::convert::convert_file(src, &path, ty)?;
     }
     Ok(path)
 }

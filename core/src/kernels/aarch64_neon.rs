@@ -548,16 +548,26 @@ mod imp {
         vandq_u8(vtstq_u8(v, m), vdupq_n_u8(16))
     }
 
+    /// A Q5 block's 32 quants (`0..32`) as 2 x 16 bytes in element order:
+    /// its nibbles, and 16 where the element's bit of `qh` is set.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn q5_bytes(qs: &[u8; 16], qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+        let h = u32::from_le_bytes(qh);
+        // SAFETY: 16 readable bytes.
+        let q = unsafe { vld1q_u8(qs.as_ptr()) };
+        (
+            vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), bits16(h as u16)),
+            vorrq_u8(vshrq_n_u8::<4>(q), bits16((h >> 16) as u16)),
+        )
+    }
+
     /// # Safety
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
     pub unsafe fn dot_q5_0(w: &[BlockQ5_0], x: &[f32]) -> f32 {
         let step = |b: &BlockQ5_0, xs: &[f32; QK], a: float32x4_t| {
-            let h = u32::from_le_bytes(b.qh);
-            // SAFETY: 16 readable bytes.
-            let q = unsafe { vld1q_u8(b.qs.as_ptr()) };
-            let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), bits16(h as u16));
-            let hi = vorrq_u8(vshrq_n_u8::<4>(q), bits16((h >> 16) as u16));
+            let (lo, hi) = q5_bytes(&b.qs, b.qh);
             let o = vdupq_n_s8(16);
             let lo = vsubq_s8(vreinterpretq_s8_u8(lo), o);
             let hi = vsubq_s8(vreinterpretq_s8_u8(hi), o);
@@ -572,11 +582,7 @@ mod imp {
     #[target_feature(enable = "neon")]
     pub unsafe fn dot_q5_1(w: &[BlockQ5_1], x: &[f32]) -> f32 {
         let step = |b: &BlockQ5_1, xs: &[f32; QK], a: float32x4_t| {
-            let h = u32::from_le_bytes(b.qh);
-            // SAFETY: 16 readable bytes.
-            let q = unsafe { vld1q_u8(b.qs.as_ptr()) };
-            let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), bits16(h as u16));
-            let hi = vorrq_u8(vshrq_n_u8::<4>(q), bits16((h >> 16) as u16));
+            let (lo, hi) = q5_bytes(&b.qs, b.qh);
             let xv = xblock(xs);
             let s = block_dot_s8(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), &xv);
             let d = f16_bits_to_f32_fast(u16::from_le_bytes(b.d));

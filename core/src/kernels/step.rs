@@ -54,7 +54,6 @@ impl StepScratch {
         seqs: usize,
         packed_prefill: bool,
     ) -> Option<StepScratch> {
-        seqs.checked_mul(cols.checked_add(DECODE_TILE)?)?;
         let decode = if packed_prefill {
             seqs.max(batch)
         } else {

@@ -235,51 +235,34 @@ fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
     // SAFETY: as above.
     unsafe { imp::mv_q4_1(&w[..need], x, out) }
 }
-fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q8_0_q16(&w[..need], x, n, out) }
+/// The safe entry points of the 16-bit decode kernels that `q16_kernels!`
+/// stamps out in a table's `imp`: each slices `w` to the rows its outputs
+/// take (`q16_shape` for 32-element blocks, `k16_shape` for super-blocks).
+macro_rules! q16_entries {
+    ($($name:ident: $block:ty, $shape:ident;)*) => {$(
+        fn $name(w: &[$block], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            let (x, out, need) = $shape(x, n, out);
+            // SAFETY: reachable only through this file's `table`, which
+            // checked the CPU features `imp` is compiled for; `w` holds the
+            // rows the kernel reads (sliced here).
+            unsafe { imp::$name(&w[..need], x, n, out) }
+        }
+    )*};
 }
-fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q4_0_q16(&w[..need], x, n, out) }
+pub(super) use q16_entries;
+
+q16_entries! {
+    mv_q8_0_q16: BlockQ8_0, q16_shape;
+    mv_q4_0_q16: BlockQ4_0, q16_shape;
+    mv_q4_1_q16: BlockQ4_1, q16_shape;
+    mv_q5_0_q16: BlockQ5_0, q16_shape;
+    mv_q5_1_q16: BlockQ5_1, q16_shape;
+    mv_q3_k_q16: BlockQ3K, k16_shape;
+    mv_q4_k_q16: BlockQ4K, k16_shape;
+    mv_q5_k_q16: BlockQ5K, k16_shape;
+    mv_q6_k_q16: BlockQ6K, k16_shape;
 }
-fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
-}
-fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q5_0_q16(&w[..need], x, n, out) }
-}
-fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q5_1_q16(&w[..need], x, n, out) }
-}
-fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q4_k_q16(&w[..need], x, n, out) }
-}
-fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q5_k_q16(&w[..need], x, n, out) }
-}
-fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q3_k_q16(&w[..need], x, n, out) }
-}
-fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above; `w` holds the rows the kernel reads (sliced here).
-    unsafe { imp::mv_q6_k_q16(&w[..need], x, n, out) }
-}
+
 /// [`q16_shape`] for 256-element super-blocks: `n` tokens' blocks, the
 /// (n, rows) outputs, and the super-blocks those rows take.
 pub(super) fn k16_shape<'a, 'b>(
@@ -292,7 +275,8 @@ pub(super) fn k16_shape<'a, 'b>(
 }
 fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
     let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
+    // SAFETY: reachable only through `table`, which checked AVX2, FMA and
+    // F16C; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
 }
 fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
@@ -818,12 +802,7 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b| KBlock {
-                    d: half(b.d),
-                    dmin: 0.0,
-                    sc: [0; 8],
-                    m: [0; 8],
-                },
+                |b| KBlock::d_only(half(b.d)),
                 |b, _, g| q3_k_group(b, g),
                 false,
                 |a, b, c, d| $dot(a, b, c, d),
@@ -839,12 +818,7 @@ macro_rules! q16_kernels {
                 x,
                 n,
                 out,
-                |b| KBlock {
-                    d: half(b.d),
-                    dmin: 0.0,
-                    sc: [0; 8],
-                    m: [0; 8],
-                },
+                |b| KBlock::d_only(half(b.d)),
                 |b, _, g| q6_k_group(b, g),
                 false,
                 |a, b, c, d| $dot(a, b, c, d),
@@ -884,32 +858,18 @@ macro_rules! q16_kernels {
             // Offsets (in floats) of the eight activation blocks' sums.
             let sums = _mm256_setr_epi32(1, 21, 41, 61, 81, 101, 121, 141);
             const _: () = assert!(core::mem::size_of::<BlockQ16>() == 80);
-            // Each super-block's eight activation sums, gathered once for
-            // all rows where they fit here (a gather per super-block and
-            // row otherwise).
-            const PRE: usize = 128;
             let gather = |xs: &[BlockQ16; 8]| {
                 // SAFETY: `xs` is eight whole blocks; each offset is a
                 // block's `sum` within them.
                 unsafe { _mm256_i32gather_ps::<4>(xs.as_ptr().cast::<f32>(), sums) }
             };
-            let mut pre = [_mm256_setzero_ps(); PRE];
-            let pre_ok = with_min && n * ns <= PRE;
-            if pre_ok {
-                for t in 0..n {
-                    let xt = &x[t * stride..t * stride + 8 * ns];
-                    for (s, xs) in xt.as_chunks::<8>().0.iter().enumerate() {
-                        pre[t * ns + s] = gather(xs);
-                    }
-                }
-            }
             for r in 0..rows {
                 let row = &w[r * ns..(r + 1) * ns];
                 for t in 0..n {
                     let xt = &x[t * stride..t * stride + 8 * ns];
                     let mut acc = _mm256_setzero_ps();
                     let mut macc = _mm256_setzero_ps();
-                    for (s, (blk, xs)) in row.iter().zip(xt.as_chunks::<8>().0).enumerate() {
+                    for (blk, xs) in row.iter().zip(xt.as_chunks::<8>().0) {
                         // Ask for the weights PREFETCH bytes ahead (prefetch never faults).
                         _mm_prefetch::<_MM_HINT_T0>(
                             (blk as *const B).cast::<i8>().wrapping_add(PREFETCH),
@@ -932,7 +892,7 @@ macro_rules! q16_kernels {
                         }
                         acc = _mm256_fmadd_ps(_mm256_set1_ps(k.d), _mm256_add_ps(b0, b1), acc);
                         if with_min {
-                            let s = if pre_ok { pre[t * ns + s] } else { gather(xs) };
+                            let s = gather(xs);
                             let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set1_epi64x(
                                 u64::from_le_bytes(k.m) as i64,
                             )));
@@ -1812,27 +1772,8 @@ pub(super) mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
         for (b, o) in x.iter().zip(out.as_chunks_mut::<QK>().0) {
-            let q = bytes16(&b.qs);
-            let m = _mm_set1_epi8(0x0f);
-            let h = u32::from_le_bytes(b.qh);
-            let lo = _mm_or_si128(_mm_and_si128(q, m), bits16(h as u16));
-            let hi = _mm_or_si128(
-                _mm_and_si128(_mm_srli_epi16::<4>(q), m),
-                bits16((h >> 16) as u16),
-            );
-            widen32(_mm256_set_m128i(hi, lo), 16, half(b.d), None, o);
+            widen32(q5_bytes(&b.qs, b.qh), 16, half(b.d), None, o);
         }
-    }
-
-    /// 16 in each byte lane whose bit of `bits` (lane i: bit i) is set.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn bits16(bits: u16) -> __m128i {
-        let sel = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
-        let [b0, b1] = bits.to_le_bytes();
-        let v = _mm_unpacklo_epi64(_mm_set1_epi8(b0 as i8), _mm_set1_epi8(b1 as i8));
-        let set = _mm_cmpeq_epi8(_mm_and_si128(v, sel), sel);
-        _mm_and_si128(set, _mm_set1_epi8(16))
     }
 
     /// Q4_K blocks to f32, bit for bit as the reference.
@@ -2311,6 +2252,19 @@ pub(super) mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     pub(in crate::kernels) fn q5_widen(qs: &[u8; 16], qh: [u8; 4], off: i8) -> (__m256i, __m256i) {
+        let q = _mm256_sub_epi8(q5_bytes(qs, qh), _mm256_set1_epi8(off));
+        (
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(q)),
+        )
+    }
+
+    /// A Q5 block's 32 quants (`0..32`) as bytes in element order: its
+    /// nibbles, and 16 where the element's bit of `qh` is set (spread with
+    /// one byte shuffle and compare).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn q5_bytes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
         let q = bytes16(qs);
         let m = _mm_set1_epi8(0x0f);
         let lo = _mm_and_si128(q, m);
@@ -2326,12 +2280,7 @@ pub(super) mod imp {
             _mm256_cmpeq_epi8(_mm256_and_si256(h, sel), sel),
             _mm256_set1_epi8(16),
         );
-        let q = _mm256_or_si256(_mm256_set_m128i(hi, lo), fifth);
-        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(off));
-        (
-            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)),
-            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(q)),
-        )
+        _mm256_or_si256(_mm256_set_m128i(hi, lo), fifth)
     }
 
     /// Thirty-two bytes at `p`.
@@ -2376,6 +2325,17 @@ pub(super) mod imp {
     }
 
     impl KBlock {
+        /// A super-block whose group scales its quants carry (Q3_K, Q6_K):
+        /// its `d` alone.
+        pub(in crate::kernels) fn d_only(d: f32) -> KBlock {
+            KBlock {
+                d,
+                dmin: 0.0,
+                sc: [0; 8],
+                m: [0; 8],
+            }
+        }
+
         /// A Q4_K or Q5_K super-block's scales.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]

@@ -30,7 +30,7 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::x86_avx2::imp as avx2;
-use super::x86_avx2::{k16_shape, q16_shape, x8_shape};
+use super::x86_avx2::{k16_shape, q16_entries, q16_shape, x8_shape};
 use super::{erase, FormatKernels, Kernels, Q16Kernels, RowQ16Fn, XtShape};
 use crate::quant::GgmlType;
 use crate::quant::{
@@ -121,62 +121,29 @@ fn vnni() -> bool {
     ))
 }
 
-fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: reachable only through `table`, which checked AVX-512F, VL and
-    // VNNI (and, through the AVX2 table, AVX2, FMA and F16C); `w` holds the
-    // rows the kernel reads (sliced here).
-    unsafe { imp::mv_q8_0_q16(&w[..need], x, n, out) }
+q16_entries! {
+    mv_q8_0_q16: BlockQ8_0, q16_shape;
+    mv_q4_0_q16: BlockQ4_0, q16_shape;
+    mv_q4_1_q16: BlockQ4_1, q16_shape;
+    mv_q5_0_q16: BlockQ5_0, q16_shape;
+    mv_q5_1_q16: BlockQ5_1, q16_shape;
+    mv_q3_k_q16: BlockQ3K, k16_shape;
+    mv_q4_k_q16: BlockQ4K, k16_shape;
+    mv_q5_k_q16: BlockQ5K, k16_shape;
+    mv_q6_k_q16: BlockQ6K, k16_shape;
 }
+
 fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
     let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
+    // SAFETY: reachable only through `table`, which checked AVX-512F, VL and
+    // VNNI (and, through the AVX2 table, AVX2, FMA and F16C); the kernel
+    // asserts its slices' lengths.
     unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
 }
 fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
     let (x, w, out) = x8_shape(x, n, w, out, ld);
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
-}
-fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_0_q16(&w[..need], x, n, out) }
-}
-fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_1_q16(&w[..need], x, n, out) }
-}
-fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q5_0_q16(&w[..need], x, n, out) }
-}
-fn mv_q5_1_q16(w: &[BlockQ5_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = q16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q5_1_q16(&w[..need], x, n, out) }
-}
-fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_k_q16(&w[..need], x, n, out) }
-}
-fn mv_q5_k_q16(w: &[BlockQ5K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q5_k_q16(&w[..need], x, n, out) }
-}
-fn mv_q3_k_q16(w: &[BlockQ3K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q3_k_q16(&w[..need], x, n, out) }
-}
-fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    let (x, out, need) = k16_shape(x, n, out);
-    // SAFETY: as above.
-    unsafe { imp::mv_q6_k_q16(&w[..need], x, n, out) }
 }
 
 #[cfg(feature = "std")]

@@ -43,7 +43,7 @@ impl BlockQ5_0 {
     /// Element `j`'s quant, `0..32` (the value is `q − 16`).
     #[inline(always)]
     pub fn q(&self, j: usize) -> u32 {
-        q(self, j) as u32
+        q5(&self.qs, self.qh, j)
     }
 
     #[inline(always)]
@@ -58,16 +58,22 @@ impl BlockQ5_0 {
     };
 }
 
+/// Element `j`'s 5-bit quant of a Q5_0 or Q5_1 block: its nibble in `qs`
+/// (low nibbles elements `0..16`, high `16..32`) and bit `j` of `qh`.
+#[inline(always)]
+pub(super) fn q5(qs: &[u8; QK / 2], qh: [u8; 4], j: usize) -> u32 {
+    let lo = if j < QK / 2 {
+        qs[j] & 0x0f
+    } else {
+        qs[j - QK / 2] >> 4
+    };
+    lo as u32 | ((u32::from_le_bytes(qh) >> j) & 1) << 4
+}
+
 /// Element `j`'s quant, `0..32`.
 #[inline(always)]
 fn q(b: &BlockQ5_0, j: usize) -> i32 {
-    let qh = u32::from_le_bytes(b.qh);
-    let lo = if j < QK / 2 {
-        b.qs[j] & 0x0f
-    } else {
-        b.qs[j - QK / 2] >> 4
-    };
-    (lo as u32 | ((qh >> j) & 1) << 4) as i32
+    q5(&b.qs, b.qh, j) as i32
 }
 
 pub fn dequantize_row(x: &[BlockQ5_0], y: &mut [f32]) {

@@ -51,13 +51,7 @@ impl BlockQ5_1 {
     /// Element `j`'s quant, `0..32`.
     #[inline(always)]
     pub fn q(&self, j: usize) -> u32 {
-        let qh = u32::from_le_bytes(self.qh);
-        let lo = if j < QK / 2 {
-            self.qs[j] & 0x0f
-        } else {
-            self.qs[j - QK / 2] >> 4
-        };
-        lo as u32 | ((qh >> j) & 1) << 4
+        super::q5_0::q5(&self.qs, self.qh, j)
     }
 }
 
