@@ -35,41 +35,60 @@ def meta(r, key, default=None):
 
 
 class Exact:
-    """The float64 llama forward pass of a GGUF file's dequantized weights."""
+    """The float64 forward pass of a GGUF file's dequantized weights, for
+    every family Ember runs (llama, qwen2, qwen3, phi3, gemma3)."""
 
     def __init__(self, path):
         import gguf
         from gguf import quants
         r = gguf.GGUFReader(path)
-        arch = "llama"
+        arch = r.fields["general.architecture"].contents()
+        self.arch = arch
         self.n_layer = meta(r, f"{arch}.block_count")
         self.dim = meta(r, f"{arch}.embedding_length")
         self.n_head = meta(r, f"{arch}.attention.head_count")
         self.n_kv = meta(r, f"{arch}.attention.head_count_kv", self.n_head)
         self.eps = meta(r, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
         self.base = meta(r, f"{arch}.rope.freq_base", 10000.0)
-        self.hd = self.dim // self.n_head
+        self.hd = meta(r, f"{arch}.attention.key_length", self.dim // self.n_head)
         self.rope_dim = meta(r, f"{arch}.rope.dimension_count", self.hd)
+        self.neox = arch != "llama"
+        self.window = meta(r, f"{arch}.attention.sliding_window", 0) if arch == "gemma3" else 0
+        self.base_swa = meta(r, f"{arch}.rope.freq_base_swa", 10000.0)
+        self.softcap = meta(r, f"{arch}.final_logit_softcapping", 0.0)
         self.w = {}
         for t in r.tensors:
             a = quants.dequantize(t.data, t.tensor_type).astype(np.float64)
             shape = [int(d) for d in reversed(t.shape)]
             self.w[t.name] = a.reshape(shape)
         self.out = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.factors = self.w.get("rope_freqs.weight", self.w.get("rope_factors_short.weight"))
 
     def norm(self, x, g):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * g
 
-    def rope(self, v, pos):
-        # v: (T, heads, hd); rotate adjacent pairs (2i, 2i+1) of the first rope_dim.
-        i = np.arange(self.rope_dim // 2)
-        freq = self.base ** (-2.0 * i / self.rope_dim)
+    def windowed(self, l):
+        return self.window > 0 and l % 6 < 5
+
+    def rope(self, v, pos, base, factors):
+        # v: (T, heads, hd); rotate pairs of the first rope_dim dimensions:
+        # adjacent (2i, 2i+1) for llama (ggml NORM), halves (i, i+d/2) else.
+        d = self.rope_dim
+        i = np.arange(d // 2)
+        freq = base ** (-2.0 * i / d)
+        if factors is not None:
+            freq = freq / factors
         ang = np.asarray(pos)[:, None] * freq[None, :]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         out = v.copy()
-        a, b = v[..., 0:self.rope_dim:2], v[..., 1:self.rope_dim:2]
-        out[..., 0:self.rope_dim:2] = a * c - b * s
-        out[..., 1:self.rope_dim:2] = a * s + b * c
+        if self.neox:
+            a, b = v[..., : d // 2], v[..., d // 2 : d]
+            out[..., : d // 2] = a * c - b * s
+            out[..., d // 2 : d] = a * s + b * c
+        else:
+            a, b = v[..., 0:d:2], v[..., 1:d:2]
+            out[..., 0:d:2] = a * c - b * s
+            out[..., 1:d:2] = a * s + b * c
         return out
 
     def logits(self, ids):
@@ -77,15 +96,33 @@ class Exact:
         T = len(ids)
         pos = np.arange(T)
         x = self.w["token_embd.weight"][ids]
+        if self.arch == "gemma3":
+            x = x * np.sqrt(self.dim)
         group = self.n_head // self.n_kv
-        mask = np.triu(np.full((T, T), -np.inf), 1)
+        causal = np.triu(np.full((T, T), -np.inf), 1)
+        i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+        windowed = np.where(j <= i - self.window, -np.inf, 0.0) + causal if self.window else causal
+        qd, kvd = self.n_head * self.hd, self.n_kv * self.hd
         for l in range(self.n_layer):
-            p = lambda n: self.w[f"blk.{l}.{n}.weight"]
-            h = self.norm(x, p("attn_norm"))
-            q = (h @ p("attn_q").T).reshape(T, self.n_head, self.hd)
-            k = (h @ p("attn_k").T).reshape(T, self.n_kv, self.hd)
-            v = (h @ p("attn_v").T).reshape(T, self.n_kv, self.hd)
-            q, k = self.rope(q, pos), self.rope(k, pos)
+            w = lambda n, kind="weight": self.w.get(f"blk.{l}.{n}.{kind}")
+            h = self.norm(x, w("attn_norm"))
+            if w("attn_qkv") is not None:
+                qkv = h @ w("attn_qkv").T
+                q, k, v = qkv[:, :qd], qkv[:, qd:qd + kvd], qkv[:, qd + kvd:]
+            else:
+                q, k, v = h @ w("attn_q").T, h @ w("attn_k").T, h @ w("attn_v").T
+            for t, name in ((q, "attn_q"), (k, "attn_k"), (v, "attn_v")):
+                if w(name, "bias") is not None:
+                    t += w(name, "bias")
+            q = q.reshape(T, self.n_head, self.hd)
+            k = k.reshape(T, self.n_kv, self.hd)
+            v = v.reshape(T, self.n_kv, self.hd)
+            if w("attn_q_norm") is not None:
+                q, k = self.norm(q, w("attn_q_norm")), self.norm(k, w("attn_k_norm"))
+            swa = self.windowed(l)
+            base, factors = (self.base_swa, None) if swa else (self.base, self.factors)
+            q, k = self.rope(q, pos, base, factors), self.rope(k, pos, base, factors)
+            mask = windowed if swa else causal
             att = np.empty((T, self.n_head, self.hd))
             for hh in range(self.n_head):
                 kv = hh // group
@@ -93,11 +130,28 @@ class Exact:
                 s = np.exp(s - s.max(axis=1, keepdims=True))
                 s /= s.sum(axis=1, keepdims=True)
                 att[:, hh, :] = s @ v[:, kv, :]
-            x = x + att.reshape(T, -1) @ p("attn_output").T
-            h = self.norm(x, p("ffn_norm"))
-            g, u = h @ p("ffn_gate").T, h @ p("ffn_up").T
-            x = x + (g / (1 + np.exp(-g)) * u) @ p("ffn_down").T
-        return self.norm(x, self.w["output_norm.weight"]) @ self.out.T
+            o = att.reshape(T, -1) @ w("attn_output").T
+            if w("post_attention_norm") is not None:
+                o = self.norm(o, w("post_attention_norm"))
+            x = x + o
+            h = self.norm(x, w("ffn_norm"))
+            if w("ffn_gate") is not None:
+                g, u = h @ w("ffn_gate").T, h @ w("ffn_up").T
+            else:
+                gu = h @ w("ffn_up").T
+                g, u = gu[:, : gu.shape[1] // 2], gu[:, gu.shape[1] // 2:]
+            if self.arch == "gemma3":
+                act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+            else:
+                act = g / (1 + np.exp(-g))
+            o = (act * u) @ w("ffn_down").T
+            if w("post_ffw_norm") is not None:
+                o = self.norm(o, w("post_ffw_norm"))
+            x = x + o
+        out = self.norm(x, self.w["output_norm.weight"]) @ self.out.T
+        if self.softcap:
+            out = self.softcap * np.tanh(out / self.softcap)
+        return out
 
 
 def log_softmax(l):
@@ -116,7 +170,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--name", required=True, help="weights label, e.g. q4_k_m")
-    ap.add_argument("--prompts", required=True, help="a tf_*.json whose cases give the prompts")
+    ap.add_argument("--prompts", help="a tf_*.json whose cases give the prompts")
+    ap.add_argument("--texts", help="a JSON list of prompt texts, tokenized by llama.cpp (BOS added)")
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--out", required=True)
@@ -126,7 +181,12 @@ def main():
     from llama_cpp import Llama
     llm = Llama(model_path=a.model, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=2,
                 n_threads_batch=2, logits_all=True, verbose=False)
-    src = json.load(open(a.prompts))["cases"][: a.cases]
+    if a.texts:
+        texts = json.load(open(a.texts))
+        src = [{"name": f"text{i}", "prompt_ids": llm.tokenize(t.encode(), add_bos=True)}
+               for i, t in enumerate(texts)][: a.cases]
+    else:
+        src = json.load(open(a.prompts))["cases"][: a.cases]
     cases = []
     for c in src:
         prompt = list(c["prompt_ids"])
@@ -180,7 +240,7 @@ def main():
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "script": "scripts/make_tf_golden.py", "weights": a.name,
             "model_file": os.path.basename(a.model), "model_sha256": sha,
-            "path_source": f"prompt_ids from {os.path.basename(a.prompts)}, then the exact "
+            "path_source": f"prompt_ids from {os.path.basename(a.prompts or a.texts)}, then the exact "
                            f"reference's {a.gen} greedy ids",
             "exact": "numpy float64 forward over the weights dequantized with gguf-py",
             "llama": "llama.cpp via llama-cpp-python 0.3.36, logits_all, whole path in one eval",

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::kernels::Kernels;
-use crate::kv_cache::KvRows;
+use crate::kv_cache::{KvRows, SlotMask};
 use crate::quant::q8_0::QK;
 use crate::quant::{f16_bits_to_f32, GgmlType};
 
@@ -22,6 +22,11 @@ pub struct HeadView {
     /// rows have been evicted by the weights streamed since they were last
     /// read; the later tokens of the step find them in the caches.
     pub warm: bool,
+    /// What scores are multiplied by (`1/sqrt(head_dim)` in most families).
+    pub scale: f32,
+    /// The slots a windowed layer's query may not see (`None`: it sees all
+    /// of `0..n`).
+    pub mask: Option<SlotMask>,
 }
 
 /// `out = softmax(q·K / sqrt(d)) V` for the `g` query heads that read one
@@ -50,7 +55,7 @@ pub fn attend_heads(
 ) {
     let g = g.max(1);
     let hd = q.len() / g;
-    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let scale = head.scale;
     let scores = &mut scores[..g * n];
     let at = |p: usize| p * head.row + head.offset;
     let cut = sinks.min(n);
@@ -96,6 +101,15 @@ pub fn attend_heads(
                 for (p, s) in row.iter_mut().enumerate() {
                     let b = p * bpr + b0;
                     *s = dot(crate::quant::as_bytes(&k[b..b + nb]), query(j, p)) * scale;
+                }
+            }
+        }
+    }
+    if let Some(m) = head.mask {
+        for row in scores.chunks_exact_mut(n.max(1)) {
+            for (p, s) in row.iter_mut().enumerate() {
+                if !m.keeps(p) {
+                    *s = f32::NEG_INFINITY;
                 }
             }
         }
@@ -182,6 +196,8 @@ mod tests {
                 row: 2,
                 offset: 0,
                 warm: true,
+                scale: 1.0 / libm::sqrtf(2.0),
+                mask: None,
             },
             &mut s,
             &mut out,

@@ -8,6 +8,7 @@
 
 use core::fmt;
 
+use crate::arch::Arch;
 use crate::ggml_type::GgmlType;
 
 /// Everything that can go wrong in the core.
@@ -52,6 +53,11 @@ pub enum Error {
     MissingMetadata { key: MetaKey },
     /// A metadata key holds a value of the wrong type or out of range.
     BadMetadata { key: MetaKey },
+    /// A family's required hyper-parameter (`{arch}.{key}`) is missing.
+    MissingHyperparameter { arch: Arch, key: MetaKey },
+    /// A family's hyper-parameter (`{arch}.{key}`) has a wrong type, is out
+    /// of range or contradicts another.
+    BadHyperparameter { arch: Arch, key: MetaKey },
     /// `general.architecture` names a model family this core does not run.
     UnsupportedArchitecture,
     /// A required tensor is absent.
@@ -200,6 +206,13 @@ pub enum MetaKey {
     RopeDimensionCount,
     RmsEpsilon,
     VocabSize,
+    ValueLength,
+    SlidingWindow,
+    SlidingWindowPattern,
+    RopeFreqBaseSwa,
+    RopeScalingType,
+    RopeScalingFactor,
+    FinalLogitSoftcapping,
     TokenizerModel,
     TokenizerPre,
     TokenizerTokens,
@@ -217,9 +230,51 @@ pub enum MetaKey {
 }
 
 impl MetaKey {
-    /// The GGUF key (for `llama.*` keys the architecture prefix is `llama`).
+    /// A family's key after its `{arch}.` prefix (`None`: a key of its own,
+    /// such as `general.*` or `tokenizer.*`).
+    pub const fn suffix(self) -> Option<&'static str> {
+        Some(match self {
+            MetaKey::BlockCount => "block_count",
+            MetaKey::EmbeddingLength => "embedding_length",
+            MetaKey::FeedForwardLength => "feed_forward_length",
+            MetaKey::HeadCount => "attention.head_count",
+            MetaKey::HeadCountKv => "attention.head_count_kv",
+            MetaKey::KeyLength => "attention.key_length",
+            MetaKey::ValueLength => "attention.value_length",
+            MetaKey::ContextLength => "context_length",
+            MetaKey::RopeFreqBase => "rope.freq_base",
+            MetaKey::RopeDimensionCount => "rope.dimension_count",
+            MetaKey::RmsEpsilon => "attention.layer_norm_rms_epsilon",
+            MetaKey::VocabSize => "vocab_size",
+            MetaKey::SlidingWindow => "attention.sliding_window",
+            MetaKey::SlidingWindowPattern => "attention.sliding_window_pattern",
+            MetaKey::RopeFreqBaseSwa => "rope.freq_base_swa",
+            MetaKey::RopeScalingType => "rope.scaling.type",
+            MetaKey::RopeScalingFactor => "rope.scaling.factor",
+            MetaKey::FinalLogitSoftcapping => "final_logit_softcapping",
+            _ => return None,
+        })
+    }
+
+    /// The key as family `arch` spells it: `{arch}.{suffix}`, or the key
+    /// itself when it has no prefix.
+    pub fn key(self, arch: Arch) -> heapless::String<64> {
+        let mut s = heapless::String::new();
+        // Names are short: the buffer always holds them.
+        let _ = fmt::Write::write_fmt(&mut s, format_args!("{}", KeyName(arch, self)));
+        s
+    }
+
+    /// The GGUF key (a family's key spelled as `llama` spells it).
     pub const fn as_str(self) -> &'static str {
         match self {
+            MetaKey::ValueLength => "llama.attention.value_length",
+            MetaKey::SlidingWindow => "llama.attention.sliding_window",
+            MetaKey::SlidingWindowPattern => "llama.attention.sliding_window_pattern",
+            MetaKey::RopeFreqBaseSwa => "llama.rope.freq_base_swa",
+            MetaKey::RopeScalingType => "llama.rope.scaling.type",
+            MetaKey::RopeScalingFactor => "llama.rope.scaling.factor",
+            MetaKey::FinalLogitSoftcapping => "llama.final_logit_softcapping",
             MetaKey::Architecture => "general.architecture",
             MetaKey::Alignment => "general.alignment",
             MetaKey::BlockCount => "llama.block_count",
@@ -251,6 +306,18 @@ impl MetaKey {
     }
 }
 
+/// `{arch}.{suffix}`, or the key itself when it has no family prefix.
+struct KeyName(Arch, MetaKey);
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1.suffix() {
+            Some(s) => write!(f, "{}.{s}", self.0.name()),
+            None => f.write_str(self.1.as_str()),
+        }
+    }
+}
+
 /// The role of a weight tensor in the llama graph; names follow GGUF.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +335,20 @@ pub enum TensorKind {
     FfnGate,
     FfnUp,
     FfnDown,
+    AttnQNorm,
+    AttnKNorm,
+    AttnPostNorm,
+    FfnPostNorm,
+    /// Q, K and V in one matrix (Phi-3).
+    AttnQkv,
+    AttnQBias,
+    AttnKBias,
+    AttnVBias,
+    AttnQkvBias,
+    /// Llama 3's per-pair RoPE frequency divisors.
+    RopeFreqs,
+    /// Phi-3's RoPE frequency divisors for the trained context.
+    RopeFactorsShort,
 }
 
 impl TensorKind {
@@ -286,6 +367,27 @@ impl TensorKind {
             TensorKind::FfnGate => "ffn_gate",
             TensorKind::FfnUp => "ffn_up",
             TensorKind::FfnDown => "ffn_down",
+            TensorKind::AttnQNorm => "attn_q_norm",
+            TensorKind::AttnKNorm => "attn_k_norm",
+            TensorKind::AttnPostNorm => "post_attention_norm",
+            TensorKind::FfnPostNorm => "post_ffw_norm",
+            TensorKind::AttnQkv | TensorKind::AttnQkvBias => "attn_qkv",
+            TensorKind::AttnQBias => "attn_q",
+            TensorKind::AttnKBias => "attn_k",
+            TensorKind::AttnVBias => "attn_v",
+            TensorKind::RopeFreqs => "rope_freqs",
+            TensorKind::RopeFactorsShort => "rope_factors_short",
+        }
+    }
+
+    /// `weight` or `bias`: the name's last part.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            TensorKind::AttnQBias
+            | TensorKind::AttnKBias
+            | TensorKind::AttnVBias
+            | TensorKind::AttnQkvBias => "bias",
+            _ => "weight",
         }
     }
 
@@ -293,7 +395,11 @@ impl TensorKind {
     pub const fn per_layer(self) -> bool {
         !matches!(
             self,
-            TensorKind::TokenEmbd | TensorKind::OutputNorm | TensorKind::Output
+            TensorKind::TokenEmbd
+                | TensorKind::OutputNorm
+                | TensorKind::Output
+                | TensorKind::RopeFreqs
+                | TensorKind::RopeFactorsShort
         )
     }
 }
@@ -303,10 +409,11 @@ struct TensorName(TensorKind, u16);
 
 impl fmt::Display for TensorName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, suffix) = (self.0.as_str(), self.0.suffix());
         if self.0.per_layer() {
-            write!(f, "blk.{}.{}.weight", self.1, self.0.as_str())
+            write!(f, "blk.{}.{name}.{suffix}", self.1)
         } else {
-            write!(f, "{}.weight", self.0.as_str())
+            write!(f, "{name}.{suffix}")
         }
     }
 }
@@ -361,9 +468,18 @@ impl fmt::Display for Error {
             Error::BadMetadata { key } => {
                 write!(f, "metadata key {} has a wrong type or value", key.as_str())
             }
-            Error::UnsupportedArchitecture => {
-                write!(f, "unsupported architecture (only llama-family models run)")
+            Error::MissingHyperparameter { arch, key } => {
+                write!(f, "missing metadata key {}", KeyName(arch, key))
             }
+            Error::BadHyperparameter { arch, key } => write!(
+                f,
+                "metadata key {} has a wrong type or value, or contradicts another",
+                KeyName(arch, key)
+            ),
+            Error::UnsupportedArchitecture => write!(
+                f,
+                "unsupported general.architecture (these run: llama, qwen2, qwen3, phi3, gemma3)"
+            ),
             Error::MissingTensor { kind, layer } => {
                 write!(f, "missing tensor {}", TensorName(kind, layer))
             }

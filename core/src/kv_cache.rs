@@ -124,6 +124,111 @@ impl KvOptions {
     }
 }
 
+/// Layers that attend within a sliding window, and how their keys are
+/// kept. A windowed layer's query at position `t` sees positions
+/// `t + 1 - window ..= t`; its keys live in a ring of [`Windows::ring`]
+/// slots (the window, plus room for the other tokens of a chunk, whose keys
+/// are stored before any of them attends), so its memory does not grow
+/// with the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Windows {
+    /// Bit `l`: layer `l` is windowed.
+    pub layers: u128,
+    /// Positions a windowed layer's query sees, itself included.
+    pub window: usize,
+    /// Slots of each windowed layer's ring; 0 when a dense cache is no
+    /// longer than the ring would be, and the windowed layers keep every
+    /// position as the others do (and mask the old ones).
+    pub ring: usize,
+}
+
+impl Windows {
+    /// No windowed layer.
+    pub const NONE: Windows = Windows {
+        layers: 0,
+        window: 0,
+        ring: 0,
+    };
+
+    /// Windowed `layers` (bit per layer) of `window` positions, for a cache
+    /// of shape `opt` taking chunks of up to `max_batch` tokens.
+    pub fn new(layers: u128, window: usize, max_batch: usize, opt: &KvOptions) -> Windows {
+        if layers == 0 || window == 0 {
+            return Windows::NONE;
+        }
+        let ring = window.saturating_add(max_batch.max(1) - 1);
+        let ring = if opt.streaming || ring < opt.capacity {
+            ring
+        } else {
+            0
+        };
+        Windows {
+            layers,
+            window,
+            ring,
+        }
+    }
+
+    /// Whether layer `l` attends within the window.
+    #[inline(always)]
+    pub fn windowed(&self, l: usize) -> bool {
+        l < 128 && (self.layers >> l) & 1 == 1
+    }
+
+    /// Whether layer `l` keeps its keys in a ring.
+    #[inline(always)]
+    fn ringed(&self, l: usize) -> bool {
+        self.ring > 0 && self.windowed(l)
+    }
+
+    /// Ringed layers below `l`.
+    fn ringed_below(&self, l: usize) -> usize {
+        if self.ring == 0 {
+            return 0;
+        }
+        let below = if l >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << l) - 1
+        };
+        (self.layers & below).count_ones() as usize
+    }
+}
+
+/// Which slots of a windowed layer a query sees: those whose position is in
+/// `lo..=hi`. A ring's slot `s` holds the latest position `<= newest` that
+/// is `s` modulo `ring` (`ring` 0: slot and position are one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotMask {
+    pub lo: usize,
+    pub hi: usize,
+    pub newest: usize,
+    pub ring: usize,
+}
+
+impl SlotMask {
+    /// Whether the query sees slot `s` (`s <= newest`).
+    #[inline(always)]
+    pub fn keeps(&self, s: usize) -> bool {
+        let pos = if self.ring == 0 {
+            s
+        } else {
+            self.newest - (self.newest - s) % self.ring
+        };
+        pos >= self.lo && pos <= self.hi
+    }
+}
+
+/// What a query at one position reads of one layer: slots `0..n`, the first
+/// `sinks` of them scored with the sink query, those outside `mask` not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerView {
+    pub n: usize,
+    pub sinks: usize,
+    pub mask: Option<SlotMask>,
+}
+
 /// One layer's cached rows, typed.
 #[derive(Debug, Clone, Copy)]
 pub enum KvRows<'a> {
@@ -134,9 +239,10 @@ pub enum KvRows<'a> {
 
 #[derive(Debug)]
 pub struct KvCache<'a> {
-    k: &'a mut [u8], // (n_layers, capacity, row_bytes)
+    k: &'a mut [u8], // per layer (capacity or ring, row_bytes)
     v: &'a mut [u8],
     opt: KvOptions,
+    win: Windows,
     n_layers: usize,
     kv_dim: usize,
     row_bytes: usize,
@@ -147,9 +253,21 @@ pub struct KvCache<'a> {
 impl<'a> KvCache<'a> {
     /// Bytes of one of K or V.
     pub fn bytes(opt: &KvOptions, n_layers: usize, kv_dim: usize) -> Option<usize> {
-        n_layers
+        Self::bytes_windowed(opt, n_layers, kv_dim, &Windows::NONE)
+    }
+
+    /// Bytes of one of K or V when the layers of `win` keep rings.
+    pub fn bytes_windowed(
+        opt: &KvOptions,
+        n_layers: usize,
+        kv_dim: usize,
+        win: &Windows,
+    ) -> Option<usize> {
+        let ringed = win.ringed_below(n_layers).min(n_layers);
+        let slots = (n_layers - ringed)
             .checked_mul(opt.capacity)?
-            .checked_mul(opt.ty.row_bytes(kv_dim)?)
+            .checked_add(ringed.checked_mul(win.ring)?)?;
+        slots.checked_mul(opt.ty.row_bytes(kv_dim)?)
     }
 
     /// A cache over `k` and `v`, each at least [`KvCache::bytes`] long and
@@ -161,6 +279,19 @@ impl<'a> KvCache<'a> {
         n_layers: usize,
         kv_dim: usize,
     ) -> Result<Self> {
+        Self::windowed(k, v, opt, n_layers, kv_dim, Windows::NONE)
+    }
+
+    /// A cache whose layers in `win` attend within a window, each over at
+    /// least [`KvCache::bytes_windowed`] bytes.
+    pub fn windowed(
+        k: &'a mut [u8],
+        v: &'a mut [u8],
+        opt: KvOptions,
+        n_layers: usize,
+        kv_dim: usize,
+        win: Windows,
+    ) -> Result<Self> {
         if opt.capacity == 0 {
             return Err(Error::KvCapacityZero);
         }
@@ -170,10 +301,11 @@ impl<'a> KvCache<'a> {
         let row_bytes = opt.ty.row_bytes(kv_dim).ok_or(Error::KvTypeUnsupported {
             kv_dim: kv_dim as u32,
         })?;
-        let need = Self::bytes(&opt, n_layers, kv_dim).ok_or(Error::BufferTooSmall {
-            needed: u64::MAX,
-            found: k.len() as u64,
-        })?;
+        let need =
+            Self::bytes_windowed(&opt, n_layers, kv_dim, &win).ok_or(Error::BufferTooSmall {
+                needed: u64::MAX,
+                found: k.len() as u64,
+            })?;
         let found = k.len().min(v.len());
         if found < need {
             return Err(Error::BufferTooSmall {
@@ -185,6 +317,7 @@ impl<'a> KvCache<'a> {
             k: &mut k[..need],
             v: &mut v[..need],
             opt,
+            win,
             n_layers,
             kv_dim,
             row_bytes,
@@ -194,6 +327,11 @@ impl<'a> KvCache<'a> {
 
     pub fn options(&self) -> &KvOptions {
         &self.opt
+    }
+
+    /// The windowed layers and their rings.
+    pub fn windows(&self) -> &Windows {
+        &self.win
     }
 
     pub fn capacity(&self) -> usize {
@@ -227,16 +365,24 @@ impl<'a> KvCache<'a> {
     /// Makes this cache hold what `other` holds (beam search forks sequences).
     /// Both must have the same shape.
     pub fn copy_from(&mut self, other: &KvCache<'_>) -> Result<()> {
-        if other.opt != self.opt || other.n_layers != self.n_layers || other.kv_dim != self.kv_dim {
+        if other.opt != self.opt
+            || other.win != self.win
+            || other.n_layers != self.n_layers
+            || other.kv_dim != self.kv_dim
+        {
             return Err(Error::LengthMismatch {
                 expected: self.k.len() as u64,
                 found: other.k.len() as u64,
             });
         }
-        let n = other.len() * self.row_bytes;
-        let stride = self.opt.capacity * self.row_bytes;
         for l in 0..self.n_layers {
-            let r = l * stride..l * stride + n;
+            let held = if self.win.ringed(l) {
+                other.pos.min(self.win.ring)
+            } else {
+                other.len()
+            };
+            let r = self.layer_bytes(l);
+            let r = r.start..r.start + held * self.row_bytes;
             self.k[r.clone()].copy_from_slice(&other.k[r.clone()]);
             self.v[r.clone()].copy_from_slice(&other.v[r]);
         }
@@ -247,7 +393,12 @@ impl<'a> KvCache<'a> {
     /// Forgets positions from `n` on. Tokens that were evicted cannot come
     /// back, so after an eviction only `n >= pos` (no change) is possible.
     pub fn truncate(&mut self, n: usize) -> Result<()> {
-        if n < self.pos && self.evicted() {
+        // A ring keeps the window and a chunk's room: going back further
+        // would need keys it has overwritten.
+        let ring_lost = self.win.ring > 0
+            && self.pos > self.win.ring
+            && self.pos - n > self.win.ring - self.win.window;
+        if n < self.pos && (self.evicted() || ring_lost) {
             return Err(Error::KvCacheFull {
                 capacity: self.opt.capacity as u32,
                 needed: self.pos as u64,
@@ -322,14 +473,64 @@ impl<'a> KvCache<'a> {
         }
     }
 
+    /// The slot of the token at absolute position `t` in `layer`.
+    #[inline(always)]
+    pub fn slot_in(&self, layer: usize, t: usize) -> usize {
+        if self.win.ringed(layer) {
+            t % self.win.ring
+        } else {
+            self.slot(t)
+        }
+    }
+
+    /// What the query at absolute position `t` reads of `layer`, once the
+    /// tokens of its chunk up to `newest` are stored.
+    #[inline]
+    pub fn view(&self, layer: usize, t: usize, newest: usize) -> LayerView {
+        if !self.win.windowed(layer) {
+            return LayerView {
+                n: self.visible(t),
+                sinks: self.sinks_for(t),
+                mask: None,
+            };
+        }
+        let (n, ring) = if self.win.ring > 0 {
+            ((newest + 1).min(self.win.ring), self.win.ring)
+        } else {
+            (self.visible(t), 0)
+        };
+        LayerView {
+            n,
+            sinks: 0,
+            mask: Some(SlotMask {
+                lo: (t + 1).saturating_sub(self.win.window),
+                hi: t,
+                newest,
+                ring,
+            }),
+        }
+    }
+
     fn layer_bytes(&self, layer: usize) -> core::ops::Range<usize> {
-        let stride = self.opt.capacity * self.row_bytes;
-        layer * stride..(layer + 1) * stride
+        let ringed = self.win.ringed_below(layer);
+        let start = (layer - ringed) * self.opt.capacity + ringed * self.win.ring;
+        let len = if self.win.ringed(layer) {
+            self.win.ring
+        } else {
+            self.opt.capacity
+        };
+        start * self.row_bytes..(start + len) * self.row_bytes
     }
 
     /// Writes the key and value of absolute position `t` in `layer`.
     pub fn store(&mut self, layer: usize, t: usize, k: &[f32], v: &[f32]) -> Result<()> {
-        let slot = self.slot(t);
+        if layer >= self.n_layers {
+            return Err(Error::LengthMismatch {
+                expected: self.n_layers as u64,
+                found: layer as u64,
+            });
+        }
+        let slot = self.slot_in(layer, t);
         let off = self.layer_bytes(layer).start + slot * self.row_bytes;
         let (rb, kd, ty) = (self.row_bytes, self.kv_dim, self.opt.ty);
         for (dst, src) in [(&mut *self.k, k), (&mut *self.v, v)] {
@@ -349,6 +550,12 @@ impl<'a> KvCache<'a> {
 
     /// Keys and values of `layer`, every slot, typed.
     pub fn layer(&self, layer: usize) -> Result<(KvRows<'_>, KvRows<'_>)> {
+        if layer >= self.n_layers {
+            return Err(Error::LengthMismatch {
+                expected: self.n_layers as u64,
+                found: layer as u64,
+            });
+        }
         let r = self.layer_bytes(layer);
         let (k, v) = (&self.k[r.clone()], &self.v[r]);
         Ok(match self.opt.ty {

@@ -57,6 +57,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod arch;
 pub mod attention;
 pub mod error;
 pub mod ggml_type;

@@ -1,6 +1,8 @@
-//! A deterministic random-weights llama GGUF of any shape (with the `alloc`
-//! feature): what `ember synth` writes, and what the firmware's build script
-//! embeds.
+//! A deterministic random-weights GGUF of any shape and family (with the
+//! `alloc` feature): what `ember synth` writes, and what the firmware's
+//! build script embeds. [`synth`] writes a llama file; [`synth_family`]
+//! any family the core runs ([`Family`]), so each is tested at small and
+//! realistic shapes.
 //!
 //! It exists for three jobs: sizing a board before a model is trained, tests
 //! that need a model small enough to search exhaustively, and firmware images
@@ -22,6 +24,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
+use crate::arch::Arch;
 use crate::error::{Cap, MetaKey};
 use crate::gguf_writer::GgufWriter;
 use crate::quant::{self, GgmlType};
@@ -195,25 +198,165 @@ fn vocabulary(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
 }
 
 /// The GGUF bytes of the synthetic model (after [`SynthConfig::check`]).
+/// The families [`synth_family`] writes: each [`Arch`], and Llama 3 (a
+/// `llama` file with Llama 3's RoPE frequency factors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Llama3,
+    Qwen2,
+    Qwen3,
+    Phi3,
+    Gemma3,
+}
+
+impl Family {
+    pub const ALL: [Family; 6] = [
+        Family::Llama,
+        Family::Llama3,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Phi3,
+        Family::Gemma3,
+    ];
+
+    /// `llama`, `llama3`, `qwen2`, `qwen3`, `phi3` or `gemma3`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Llama3 => "llama3",
+            f => f.arch().name(),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The architecture the file declares.
+    pub const fn arch(self) -> Arch {
+        match self {
+            Family::Llama | Family::Llama3 => Arch::Llama,
+            Family::Qwen2 => Arch::Qwen2,
+            Family::Qwen3 => Arch::Qwen3,
+            Family::Phi3 => Arch::Phi3,
+            Family::Gemma3 => Arch::Gemma3,
+        }
+    }
+
+    /// The RoPE base the family's models use.
+    const fn rope_base(self) -> f32 {
+        match self {
+            Family::Llama | Family::Phi3 => 10_000.0,
+            Family::Llama3 => 500_000.0,
+            Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => 1_000_000.0,
+        }
+    }
+}
+
+/// What a family's file has besides a llama file's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyOptions {
+    pub family: Family,
+    /// Per-head width (0: `dim / heads`), written as `key_length`.
+    pub head_dim: usize,
+    /// Gemma 3's sliding window (positions).
+    pub window: usize,
+}
+
+impl FamilyOptions {
+    /// A family with `dim / heads` heads and, for Gemma 3, a window of 512.
+    pub const fn of(family: Family) -> FamilyOptions {
+        FamilyOptions {
+            family,
+            head_dim: 0,
+            window: 512,
+        }
+    }
+}
+
+/// Llama 3's frequency factors for `rope_dim` rotated dimensions at
+/// `base`: factor 8 for wavelengths past the original context of 8192
+/// divided by the low-frequency factor 1, 1 below it divided by the
+/// high-frequency factor 4, and a smooth blend between (as the reference
+/// converter writes `rope_freqs`).
+pub fn llama3_rope_factors(base: f32, rope_dim: usize) -> Vec<f32> {
+    let (factor, low, high, orig) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    let (low_wavelen, high_wavelen) = (orig / low, orig / high);
+    (0..rope_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / libm::pow(base as f64, (2 * i) as f64 / rope_dim as f64);
+            let wavelen = 2.0 * core::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (orig / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
+}
+
+/// A llama file (see the module text).
 pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
+    synth_family(c, &FamilyOptions::of(Family::Llama))
+}
+
+/// A file of `f`'s family. A llama file is exactly what [`synth`] writes;
+/// the others add their own tensors from a PRNG stream of their own.
+pub fn synth_family(c: &SynthConfig, f: &FamilyOptions) -> Result<Vec<u8>> {
     c.check()?;
+    let family = f.family;
+    let head_dim = if f.head_dim == 0 {
+        c.dim / c.heads
+    } else {
+        f.head_dim
+    };
+    let bad = |key| Error::BadHyperparameter {
+        arch: family.arch(),
+        key,
+    };
+    if head_dim % 2 != 0 || head_dim > 1 << 12 {
+        return Err(bad(MetaKey::KeyLength));
+    }
+    if family == Family::Phi3 && head_dim * c.heads != c.dim {
+        // Phi-3's output projection is square.
+        return Err(bad(MetaKey::KeyLength));
+    }
+    if family == Family::Gemma3 && (f.window == 0 || f.window > c.ctx) {
+        return Err(bad(MetaKey::SlidingWindow));
+    }
     let mut rng = Rng(Pcg32::new(c.seed, 0x05ee_d0fe_3be7));
-    let head_dim = c.dim / c.heads;
+    let q_dim = head_dim * c.heads;
     let kv_dim = head_dim * c.kv_heads;
+    let arch = family.arch();
+    let key = |k: MetaKey| k.key(arch);
     let mut w = GgufWriter::new();
-    w.add_str("general.architecture", "llama")
+    w.add_str("general.architecture", arch.name())
         .add_str("general.name", "ember synth")
         .add_u32("general.file_type", c.ty.file_type())
-        .add_u32("llama.context_length", c.ctx as u32)
-        .add_u32("llama.embedding_length", c.dim as u32)
-        .add_u32("llama.block_count", c.layers as u32)
-        .add_u32("llama.feed_forward_length", c.ffn as u32)
-        .add_u32("llama.attention.head_count", c.heads as u32)
-        .add_u32("llama.attention.head_count_kv", c.kv_heads as u32)
-        .add_u32("llama.rope.dimension_count", head_dim as u32)
-        .add_f32("llama.rope.freq_base", 10_000.0)
-        .add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        .add_u32("llama.vocab_size", c.vocab as u32);
+        .add_u32(&key(MetaKey::ContextLength), c.ctx as u32)
+        .add_u32(&key(MetaKey::EmbeddingLength), c.dim as u32)
+        .add_u32(&key(MetaKey::BlockCount), c.layers as u32)
+        .add_u32(&key(MetaKey::FeedForwardLength), c.ffn as u32)
+        .add_u32(&key(MetaKey::HeadCount), c.heads as u32)
+        .add_u32(&key(MetaKey::HeadCountKv), c.kv_heads as u32)
+        .add_u32(&key(MetaKey::RopeDimensionCount), head_dim as u32)
+        .add_f32(&key(MetaKey::RopeFreqBase), family.rope_base())
+        .add_f32(
+            &key(MetaKey::RmsEpsilon),
+            if family == Family::Gemma3 { 1e-6 } else { 1e-5 },
+        )
+        .add_u32(&key(MetaKey::VocabSize), c.vocab as u32);
+    if family != Family::Llama {
+        w.add_u32(&key(MetaKey::KeyLength), head_dim as u32)
+            .add_u32(&key(MetaKey::ValueLength), head_dim as u32);
+    }
+    if family == Family::Gemma3 {
+        w.add_u32(&key(MetaKey::SlidingWindow), f.window as u32);
+    }
     if c.vocab > 256 {
         let (tokens, types, merges) = vocabulary(c.vocab);
         let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
@@ -251,12 +394,20 @@ pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
     matrix(&mut w, "token_embd.weight", c.dim, c.vocab);
     for l in 0..c.layers {
         let p = |t: &str| format!("blk.{l}.{t}.weight");
-        matrix(&mut w, &p("attn_q"), c.dim, c.dim);
-        matrix(&mut w, &p("attn_k"), c.dim, kv_dim);
-        matrix(&mut w, &p("attn_v"), c.dim, kv_dim);
-        matrix(&mut w, &p("attn_output"), c.dim, c.dim);
-        matrix(&mut w, &p("ffn_gate"), c.dim, c.ffn);
-        matrix(&mut w, &p("ffn_up"), c.dim, c.ffn);
+        if family == Family::Phi3 {
+            matrix(&mut w, &p("attn_qkv"), c.dim, q_dim + 2 * kv_dim);
+        } else {
+            matrix(&mut w, &p("attn_q"), c.dim, q_dim);
+            matrix(&mut w, &p("attn_k"), c.dim, kv_dim);
+            matrix(&mut w, &p("attn_v"), c.dim, kv_dim);
+        }
+        matrix(&mut w, &p("attn_output"), q_dim, c.dim);
+        if family == Family::Phi3 {
+            matrix(&mut w, &p("ffn_up"), c.dim, 2 * c.ffn);
+        } else {
+            matrix(&mut w, &p("ffn_gate"), c.dim, c.ffn);
+            matrix(&mut w, &p("ffn_up"), c.dim, c.ffn);
+        }
         matrix(&mut w, &p("ffn_down"), c.ffn, c.dim);
     }
     let mut nrng = Rng(Pcg32::new(c.seed, 0x0e77_5eed));
@@ -275,6 +426,39 @@ pub fn synth(c: &SynthConfig) -> Result<Vec<u8>> {
         );
     }
     norm(&mut w, "output_norm.weight", c.dim, &mut nrng);
+
+    // What the other families add, from a stream of their own.
+    let mut frng = Rng(Pcg32::new(c.seed, 0x0fa3_11e5));
+    let vector = |w: &mut GgufWriter, name: &str, data: &[f32]| {
+        let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor(name, &[data.len() as u64], GgmlType::F32, bytes);
+    };
+    for l in 0..c.layers {
+        let p = |t: &str| format!("blk.{l}.{t}");
+        match family {
+            Family::Qwen2 => {
+                for (t, n) in [("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)] {
+                    let b: Vec<f32> = (0..n).map(|_| frng.uniform(0.5)).collect();
+                    vector(&mut w, &format!("{}.bias", p(t)), &b);
+                }
+            }
+            Family::Qwen3 | Family::Gemma3 => {
+                for t in ["attn_q_norm", "attn_k_norm"] {
+                    norm(&mut w, &format!("{}.weight", p(t)), head_dim, &mut frng);
+                }
+                if family == Family::Gemma3 {
+                    for t in ["post_attention_norm", "post_ffw_norm"] {
+                        norm(&mut w, &format!("{}.weight", p(t)), c.dim, &mut frng);
+                    }
+                }
+            }
+            Family::Llama | Family::Llama3 | Family::Phi3 => {}
+        }
+    }
+    if family == Family::Llama3 {
+        let factors = llama3_rope_factors(family.rope_base(), head_dim);
+        vector(&mut w, "rope_freqs.weight", &factors);
+    }
     Ok(w.to_bytes())
 }
 

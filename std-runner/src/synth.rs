@@ -1,4 +1,5 @@
-//! `ember synth`: a deterministic random-weights llama GGUF of any shape.
+//! `ember synth`: a deterministic random-weights GGUF of any shape and
+//! family (`--arch llama|llama3|qwen2|qwen3|phi3|gemma3`).
 //!
 //! The writer is [`ember_core::synth`] (re-exported here), so the firmware's
 //! build script makes the same bytes without this crate; this module is the
@@ -38,6 +39,18 @@ pub struct SynthArgs {
     /// bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K).
     #[arg(long = "type", short = 't', default_value = "q8_0")]
     pub ty: String,
+    /// Family: llama, llama3 (Llama 3's RoPE frequency factors), qwen2
+    /// (QKV biases), qwen3 (QK-norm), phi3 (fused QKV and gate-up), gemma3
+    /// (sliding-window layers, QK-norm, post-norms, GeGLU).
+    #[arg(long, default_value = "llama")]
+    pub arch: String,
+    /// Per-head width (default --dim / --heads); Qwen3 and Gemma 3 models
+    /// have heads wider than that.
+    #[arg(long, default_value_t = 0)]
+    pub head_dim: usize,
+    /// Gemma 3's sliding window, in positions.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
 }
 
 /// `ember synth OUT.gguf --dim D ...`.
@@ -53,7 +66,16 @@ pub fn cmd_synth(a: SynthArgs) -> Result<()> {
         seed: a.seed,
         ty: crate::convert::parse_type(&a.ty)?,
     };
-    let bytes = synth(&cfg).map_err(|e| explain(e, &cfg))?;
+    let family = Family::from_name(&a.arch).ok_or_else(|| {
+        let names: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
+        anyhow!("unknown --arch {} (one of: {})", a.arch, names.join(", "))
+    })?;
+    let opts = FamilyOptions {
+        family,
+        head_dim: a.head_dim,
+        window: a.window,
+    };
+    let bytes = synth_family(&cfg, &opts).map_err(|e| explain(e, &cfg))?;
     std::fs::write(&a.output, &bytes)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     eprintln!(
@@ -109,6 +131,17 @@ fn explain(e: CoreError, c: &SynthConfig) -> anyhow::Error {
             found,
             ..
         } => anyhow!("{found} parameters is more than synth makes (2^31)"),
+        CoreError::BadHyperparameter {
+            key: MetaKey::KeyLength,
+            arch,
+        } => anyhow!(
+            "--head-dim must be even (and, for {}, equal --dim / --heads)",
+            arch.name()
+        ),
+        CoreError::BadHyperparameter {
+            key: MetaKey::SlidingWindow,
+            ..
+        } => anyhow!("--window must be between 1 and --ctx {}", c.ctx),
         e => e.into(),
     }
 }

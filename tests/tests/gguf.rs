@@ -10,6 +10,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use ember_core::arch::Arch;
 use ember_core::error::{Cap, Error, MetaKey, TensorKind};
 use ember_core::gguf::{limits, Gguf, Value};
 use ember_core::gguf_writer::GgufWriter;
@@ -1403,7 +1404,7 @@ fn missing_metadata() {
         s.remove(k);
         assert_err!(
             load_result(&s),
-            Error::MissingMetadata { key: found } if found == key
+            Error::MissingHyperparameter { arch: Arch::Llama, key: found } if found == key
         );
     }
 }
@@ -1474,7 +1475,7 @@ fn bad_metadata() {
         s.set(k, v.clone());
         assert_err!(
             load_result(&s),
-            Error::BadMetadata { key: found } if found == key
+            Error::BadHyperparameter { arch: Arch::Llama, key: found } if found == key
         );
     }
     // head_count 3 does not divide dim 64 (and no key_length says otherwise).
@@ -1483,7 +1484,8 @@ fn bad_metadata() {
         .remove("llama.attention.head_count_kv");
     assert_err!(
         load_result(&s),
-        Error::BadMetadata {
+        Error::BadHyperparameter {
+            arch: Arch::Llama,
             key: MetaKey::HeadCount
         }
     );
@@ -1834,4 +1836,164 @@ fn mutations_never_panic() {
         "{reached:?}"
     );
     assert_eq!(reached.iter().sum::<u32>(), ITERS);
+}
+
+/// The tiny model as a file of family `arch`: its keys carry the family's
+/// prefix, and it has the family's own tensors (QK-norms, post-norms and a
+/// window for Gemma 3, biases for Qwen2, fused matrices for Phi-3).
+fn family(arch: Arch) -> Spec {
+    let mut s = Spec::tiny();
+    let name = arch.name();
+    for (k, _) in s.meta.iter_mut() {
+        if let Some(rest) = k.strip_prefix("llama.") {
+            *k = format!("{name}.{rest}");
+        }
+    }
+    s.set("general.architecture", MetaVal::Str(name.into()));
+    for l in 0..N_LAYERS {
+        let p = |t: &str| format!("blk.{l}.{t}");
+        match arch {
+            Arch::Qwen2 => {
+                s.add(&p("attn_q.bias"), &[DIM], F32);
+                s.add(&p("attn_k.bias"), &[KV_DIM], F32);
+                s.add(&p("attn_v.bias"), &[KV_DIM], F32);
+            }
+            Arch::Qwen3 | Arch::Gemma3 => {
+                s.add(&p("attn_q_norm.weight"), &[HEAD_DIM], F32);
+                s.add(&p("attn_k_norm.weight"), &[HEAD_DIM], F32);
+                if arch == Arch::Gemma3 {
+                    s.add(&p("post_attention_norm.weight"), &[DIM], F32);
+                    s.add(&p("post_ffw_norm.weight"), &[DIM], F32);
+                }
+            }
+            Arch::Phi3 => {
+                for t in ["attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"] {
+                    s.remove_tensor(&p(&format!("{t}.weight")));
+                }
+                s.add(&p("attn_qkv.weight"), &[DIM, DIM + 2 * KV_DIM], Q8_0);
+                s.add(&p("ffn_up.weight"), &[DIM, 2 * FFN], Q8_0);
+            }
+            _ => {}
+        }
+    }
+    if arch == Arch::Gemma3 {
+        s.set("gemma3.attention.sliding_window", MetaVal::U32(16));
+    }
+    s
+}
+
+/// Every family loads and runs; its bad hyper-parameters and tensors are
+/// one error naming the key or tensor, never a panic.
+#[test]
+fn families_load_and_refuse_bad_input() {
+    for arch in Arch::ALL {
+        let s = family(arch);
+        let bytes = s.aligned();
+        let g = Gguf::parse(bytes.bytes()).unwrap();
+        let m = Llama::from_gguf(&g).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
+        assert_eq!(m.config.arch, arch);
+        let plan = MemoryPlan::new(&m.config, 32, 4).unwrap();
+        let mut arena = plan.alloc();
+        let mut sess = Session::new(&m, Kernels::detect(), plan, &mut arena).unwrap();
+        for t in 0..20u32 {
+            let l = sess.forward(&[t % VOCAB as u32]).unwrap();
+            assert!(l.iter().all(|v| v.is_finite()), "{}", arch.name());
+        }
+    }
+    let bad = |arch: Arch, key: MetaKey| move |e: &Error| matches!(*e, Error::BadHyperparameter { arch: a, key: k } if a == arch && k == key);
+    // Head counts that do not divide, under the family's own prefix.
+    let mut s = family(Arch::Qwen3);
+    s.set("qwen3.attention.head_count_kv", MetaVal::U32(3));
+    let e = load_result(&s).unwrap_err();
+    assert!(bad(Arch::Qwen3, MetaKey::HeadCountKv)(&e), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "metadata key qwen3.attention.head_count_kv has a wrong type or value, or contradicts another"
+    );
+    // A key the family needs, missing; a llama key in a gemma3 file does not stand in.
+    let mut s = family(Arch::Gemma3);
+    s.remove("gemma3.block_count")
+        .set("llama.block_count", MetaVal::U32(2));
+    let e = load_result(&s).unwrap_err();
+    assert_eq!(
+        e,
+        Error::MissingHyperparameter {
+            arch: Arch::Gemma3,
+            key: MetaKey::BlockCount
+        }
+    );
+    assert_eq!(e.to_string(), "missing metadata key gemma3.block_count");
+    // A window larger than the context.
+    let mut s = family(Arch::Gemma3);
+    s.set("gemma3.attention.sliding_window", MetaVal::U32(129));
+    let e = load_result(&s).unwrap_err();
+    assert!(bad(Arch::Gemma3, MetaKey::SlidingWindow)(&e), "{e:?}");
+    // Value heads of another width than key heads; an unknown RoPE scaling.
+    let mut s = family(Arch::Qwen2);
+    s.set(
+        "qwen2.attention.value_length",
+        MetaVal::U32(HEAD_DIM as u32 * 2),
+    );
+    assert!(bad(Arch::Qwen2, MetaKey::ValueLength)(
+        &load_result(&s).unwrap_err()
+    ));
+    let mut s = family(Arch::Llama);
+    s.set("llama.rope.scaling.type", MetaVal::Str("yarn".into()));
+    assert!(bad(Arch::Llama, MetaKey::RopeScalingType)(
+        &load_result(&s).unwrap_err()
+    ));
+    // A window pattern of the wrong length.
+    let mut s = family(Arch::Gemma3);
+    s.set(
+        "gemma3.attention.sliding_window_pattern",
+        MetaVal::I32Arr(vec![1; 3]),
+    );
+    assert!(bad(Arch::Gemma3, MetaKey::SlidingWindowPattern)(
+        &load_result(&s).unwrap_err()
+    ));
+    // A fused tensor of the wrong size.
+    let mut s = family(Arch::Phi3);
+    s.tensor("blk.1.attn_qkv.weight").dims = vec![DIM, DIM + KV_DIM];
+    assert_err!(
+        load_result(&s),
+        Error::WrongShape {
+            kind: TensorKind::AttnQkv,
+            layer: 1,
+            ..
+        }
+    );
+    let mut s = family(Arch::Phi3);
+    s.tensor("blk.0.ffn_up.weight").dims = vec![DIM, FFN];
+    assert_err!(
+        load_result(&s),
+        Error::WrongShape {
+            kind: TensorKind::FfnUp,
+            layer: 0,
+            ..
+        }
+    );
+    // A family's required tensor missing, or of the wrong length.
+    let mut s = family(Arch::Gemma3);
+    s.remove_tensor("blk.1.post_ffw_norm.weight");
+    assert_err!(
+        load_result(&s),
+        Error::MissingTensor {
+            kind: TensorKind::FfnPostNorm,
+            layer: 1
+        }
+    );
+    assert_eq!(
+        load_result(&s).unwrap_err().to_string(),
+        "missing tensor blk.1.post_ffw_norm.weight"
+    );
+    let mut s = family(Arch::Qwen2);
+    s.tensor("blk.0.attn_k.bias").dims = vec![KV_DIM + 1];
+    assert_err!(
+        load_result(&s),
+        Error::WrongShape {
+            kind: TensorKind::AttnKBias,
+            layer: 0,
+            ..
+        }
+    );
 }

@@ -1,9 +1,15 @@
-//! The llama forward pass, whole, in the spirit of llama2.c's `run.c`.
+//! The decoder forward pass, whole, in the spirit of llama2.c's `run.c`, for
+//! every family the core runs ([`crate::arch`]): what sets a family apart is
+//! read from its [`Config`], never a copy of the pass.
 //!
-//! Per token: embedding row; then per layer RMSNorm, Q/K/V projections, RoPE
-//! (adjacent-pair rotation, GGML_ROPE_TYPE_NORM), grouped-query causal attention
-//! over the KV cache, output projection and residual; RMSNorm, SwiGLU FFN and
-//! residual; finally RMSNorm and the classifier.
+//! Per token: embedding row (scaled, for Gemma); then per layer RMSNorm,
+//! Q/K/V projections (with biases, Qwen2; RMSNorm per head, Qwen3 and Gemma
+//! 3), RoPE (adjacent pairs or halves; the windowed layers with a base of
+//! their own), grouped-query causal attention over the KV cache (within the
+//! window, for windowed layers), output projection (normed again, Gemma 3)
+//! and residual; RMSNorm, SwiGLU or GeGLU FFN (normed again, Gemma 3) and
+//! residual; finally RMSNorm and the classifier (soft-capped where the file
+//! says so).
 //!
 //! A forward call takes any number of tokens. They are processed in chunks of
 //! the plan's `max_batch`: every matmul of a chunk reads each weight row once
@@ -12,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::arch::{Activation, RopeOrder};
 use crate::attention::{attend_heads, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -19,7 +26,7 @@ use crate::kernels::{Kernels, Matrix, Multiplier, StepRows};
 use crate::kv_cache::KvCache;
 use crate::model::scratch::{take, Dims, Scratch, ScratchSizes};
 use crate::model::weights::{ATTN_OUT, DOWN, GATE_UP, QKV};
-use crate::model::{Config, MemoryPlan, Weights};
+use crate::model::{Config, LayerWeights, MemoryPlan, Weights};
 use crate::parallel::{self, Parallel, Serial};
 
 /// A loaded model: config plus weights borrowed from the file bytes.
@@ -159,7 +166,7 @@ impl<'s, 'w> Batch<'s, 'w> {
         let c = &model.config;
         let dims = Dims::new(
             c,
-            plan.kv.capacity,
+            plan.score_slots(c),
             plan.max_batch,
             plan.threads,
             plan.seqs,
@@ -170,7 +177,11 @@ impl<'s, 'w> Batch<'s, 'w> {
             .and_then(ScratchSizes::new)
             .ok_or(Error::BatchZero)?;
         let s = sizes.carve(rest);
-        rope_freqs(s.rope_freq, c.rope_base, c.rope_dim);
+        // The global layers' frequencies, then the windowed layers' own.
+        let (global, window) = s.rope_freq.split_at_mut(c.rope_dim);
+        let factors = model.weights.rope_factors;
+        rope_freqs(global, c.rope_base, c.rope_scale, factors, c.rope_dim);
+        rope_freqs(window, c.rope_base_window, 1.0, &[], c.rope_dim);
         Ok(Batch {
             model,
             kernels,
@@ -255,6 +266,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             if kv.n_layers() != c.n_layers
                 || kv.kv_dim() != c.kv_dim()
                 || kv.capacity() > self.plan.kv.capacity
+                || *kv.windows() != self.plan.windows(c)
             {
                 return Err(Error::LengthMismatch {
                     expected: self.plan.kv.capacity as u64,
@@ -314,21 +326,28 @@ impl<'s, 'w> Batch<'s, 'w> {
         // x = the tokens' embedding rows; each token's RoPE angles.
         st.embed(w, seqs, s)?;
         for (l, lw) in w.layers.iter().enumerate() {
-            // x += Wo · attention(rope(Wq h), rope(Wk h), Wv h), h = norm(x).
+            // x += post(Wo · attention(rope(q), rope(k), v)), h = norm(x),
+            // q = qnorm(Wq h + bq), k = knorm(Wk h + bk), v = Wv h + bv.
             rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], lw.attn_norm, eps);
             let qkv = [&mut *s.q, &mut *s.k, &mut *s.v];
             st.matmul(lw.group(QKV), s.xb, qkv, s.work, s.shared)?;
-            st.rope_and_cache(l, seqs, s)?;
+            st.rope_and_cache(l, lw, seqs, s)?;
             st.attend(l, seqs, s)?;
             st.matmul(lw.group(ATTN_OUT), s.att, [&mut *s.xb], s.work, s.shared)?;
+            rmsnorm_rows_in_place(&mut s.xb[..n * dim], lw.attn_post_norm, eps);
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
-            // x += Wdown · (silu(Wgate h) ⊙ Wup h), h = norm(x).
+            // x += post(Wdown · (act(Wgate h) ⊙ Wup h)), h = norm(x).
             rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], lw.ffn_norm, eps);
             let gate_up = [&mut *s.gate, &mut *s.up];
             st.matmul(lw.group(GATE_UP), s.xb, gate_up, s.work, s.shared)?;
-            (st.kern.swiglu)(&mut s.gate[..n * ffn], &s.up[..n * ffn]);
+            let (gate, up) = (&mut s.gate[..n * ffn], &s.up[..n * ffn]);
+            match c.layout.act {
+                Activation::Silu => (st.kern.swiglu)(gate, up),
+                Activation::GeluTanh => geglu(gate, up),
+            }
             st.matmul(lw.group(DOWN), s.gate, [&mut *s.xb], s.work, s.shared)?;
+            rmsnorm_rows_in_place(&mut s.xb[..n * dim], lw.ffn_post_norm, eps);
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
         for q in seqs.iter_mut() {
@@ -359,13 +378,7 @@ impl<'s, 'w> Session<'s, 'w> {
         let mut rest = arena;
         let k = take(&mut rest, check.kv_len);
         let v = take(&mut rest, check.kv_len);
-        let kv = KvCache::new(
-            crate::quant::as_bytes_mut(k),
-            crate::quant::as_bytes_mut(v),
-            check.kv,
-            c.n_layers,
-            c.kv_dim(),
-        )?;
+        let kv = check.cache(c, k, v)?;
         let b = Batch::over(model, kernels, check, rest)?;
         Ok(Session { kv, b })
     }
@@ -601,57 +614,82 @@ impl Stage<'_> {
     /// `x` = each token's embedding row, and its RoPE angles at its
     /// absolute position (once for all layers).
     fn embed(&self, w: &Weights, seqs: &[Seq<'_, '_>], s: &mut Scratch<'_>) -> Result<()> {
-        let (dim, rd) = (self.c.dim, self.c.rope_dim);
+        let (dim, rd, sets) = (self.c.dim, self.c.rope_dim, self.c.rope_sets());
+        let scale = self.c.embed_scale;
         for (i, q) in seqs.iter().enumerate() {
             let r0 = first_row(seqs, i);
             let p0 = q.cache.pos();
             for (j, &tok) in q.tokens.iter().enumerate() {
                 let r = r0 + j;
-                w.token_embd
-                    .dequantize_row(tok as usize, &mut s.x[r * dim..(r + 1) * dim])?;
-                rope_table(&mut s.rope[r * rd..(r + 1) * rd], p0 + j, s.rope_freq);
+                let x = &mut s.x[r * dim..(r + 1) * dim];
+                w.token_embd.dequantize_row(tok as usize, x)?;
+                if scale != 1.0 {
+                    x.iter_mut().for_each(|v| *v *= scale);
+                }
+                for set in 0..sets {
+                    let at = (r * sets + set) * rd;
+                    let freq = &s.rope_freq[set * rd..(set + 1) * rd];
+                    rope_table(&mut s.rope[at..at + rd], p0 + j, freq);
+                }
             }
         }
         Ok(())
     }
 
-    /// Rotates queries and keys at their absolute positions, then appends
-    /// K and V to layer `l` of each sequence's cache. Past the first
-    /// eviction a sequence has one token, whose query is also rotated at
-    /// its in-cache position for the sink keys (see kv_cache).
+    /// Finishes the step's queries, keys and values of layer `l` (biases,
+    /// then RMSNorm per head where the family has them), rotates queries
+    /// and keys at their absolute positions, then appends K and V to each
+    /// sequence's cache. Past the first eviction a sequence has one token,
+    /// whose query is also rotated at its in-cache position for the sink
+    /// keys (see kv_cache).
     fn rope_and_cache(
         &self,
         l: usize,
+        lw: &LayerWeights,
         seqs: &mut [Seq<'_, '_>],
         s: &mut Scratch<'_>,
     ) -> Result<()> {
         let c = self.c;
         let (qd, kvd, hd, rd) = (c.q_dim(), c.kv_dim(), c.head_dim, c.rope_dim);
+        let (sets, eps, order) = (c.rope_sets(), c.rms_eps, c.layout.rope);
+        // The windowed layers' angles are the second set.
+        let set = if sets == 2 && c.windowed(l) { 1 } else { 0 };
+        let freq = &s.rope_freq[set * rd..(set + 1) * rd];
         for i in 0..seqs.len() {
             let r0 = first_row(seqs, i);
             let sq = &mut seqs[i];
             let p0 = sq.cache.pos();
             for j in 0..sq.tokens.len() {
                 let t = r0 + j;
-                let table = &s.rope[t * rd..(t + 1) * rd];
+                let table = &s.rope[(t * sets + set) * rd..(t * sets + set + 1) * rd];
                 let q = &mut s.q[t * qd..(t + 1) * qd];
+                let k = &mut s.k[t * kvd..(t + 1) * kvd];
+                let v = &mut s.v[t * kvd..(t + 1) * kvd];
+                add(q, lw.attn_q_bias);
+                add(k, lw.attn_k_bias);
+                add(v, lw.attn_v_bias);
+                for h in q.chunks_exact_mut(hd) {
+                    rmsnorm_in_place(h, lw.attn_q_norm, eps);
+                }
+                for h in k.chunks_exact_mut(hd) {
+                    rmsnorm_in_place(h, lw.attn_k_norm, eps);
+                }
                 let sink = sq.cache.sinks_for(p0 + j) > 0;
                 if sink {
                     s.q_sink[i * qd..(i + 1) * qd].copy_from_slice(q);
                 }
                 for h in q.chunks_exact_mut(hd) {
-                    rope(h, table);
+                    rope(h, table, order);
                 }
-                let k = &mut s.k[t * kvd..(t + 1) * kvd];
                 for h in k.chunks_exact_mut(hd) {
-                    rope(h, table);
+                    rope(h, table, order);
                 }
-                sq.cache.store(l, p0 + j, k, &s.v[t * kvd..(t + 1) * kvd])?;
+                sq.cache.store(l, p0 + j, k, v)?;
                 if sink {
                     let rs = &mut s.rope_sink[i * rd..(i + 1) * rd];
-                    rope_table(rs, sq.cache.query_cache_pos(p0 + j), s.rope_freq);
+                    rope_table(rs, sq.cache.query_cache_pos(p0 + j), freq);
                     for h in s.q_sink[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
-                        rope(h, rs);
+                        rope(h, rs, order);
                     }
                 }
             }
@@ -671,7 +709,7 @@ impl Stage<'_> {
         let (qd, kvd, hd, n_kv) = (c.q_dim(), c.kv_dim(), c.head_dim, c.n_kv_heads);
         let group = c.n_heads / n_kv;
         let gd = group * hd;
-        let kern = self.kern;
+        let (kern, scale) = (self.kern, c.attn_scale);
         let (q, q_sink) = (&*s.q, &*s.q_sink);
         let heads = |task: usize, out: &mut [f32], scores: &mut [f32]| {
             let (t, h) = (task / n_kv, task % n_kv);
@@ -683,18 +721,21 @@ impl Stage<'_> {
                 return;
             };
             let pos = kv.pos() + j;
+            let view = kv.view(l, pos, kv.pos() + seqs[i].tokens.len() - 1);
             attend_heads(
                 &q[t * qd + h * gd..t * qd + (h + 1) * gd],
                 &q_sink[i * qd + h * gd..i * qd + (h + 1) * gd],
                 group,
-                kv.sinks_for(pos),
+                view.sinks,
                 keys,
                 values,
-                kv.visible(pos),
+                view.n,
                 HeadView {
                     row: kvd,
                     offset: h * hd,
                     warm: j == 0,
+                    scale,
+                    mask: view.mask,
                 },
                 scores,
                 out,
@@ -778,8 +819,15 @@ impl Stage<'_> {
         }
         let rows = &mut s.logits[out.next * vocab..(out.next + k) * vocab];
         let x = &s.xb[..k * dim];
-        self.mm
-            .matmul([output], x, [rows], s.work, s.shared, StepRows::decode(k))?;
+        self.mm.matmul(
+            [output],
+            x,
+            [&mut *rows],
+            s.work,
+            s.shared,
+            StepRows::decode(k),
+        )?;
+        softcap(rows, self.c.logit_softcap);
         for (r, &(i, j)) in out.ids[..k].iter().enumerate() {
             let at = out.next + r;
             emit(i, j, &s.logits[at * vocab..(at + 1) * vocab]);
@@ -809,6 +857,49 @@ fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// [`rmsnorm_in_place`] of each `weight.len()`-wide row of `x`; nothing
+/// when `weight` is empty (a family without the norm).
+fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    if weight.is_empty() {
+        return;
+    }
+    for r in x.chunks_exact_mut(weight.len()) {
+        rmsnorm_in_place(r, weight, eps);
+    }
+}
+
+/// `x = x / rms(x) * weight`, as [`rmsnorm`]; nothing when `weight` is empty.
+pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    if weight.is_empty() {
+        return;
+    }
+    let ss: f64 = crate::math::sum_squares(x) / x.len() as f64;
+    let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
+    for (v, &g) in x.iter_mut().zip(weight) {
+        *v = *v * scale * g;
+    }
+}
+
+/// `gate = gelu(gate) * up`, GELU in its tanh form (GeGLU), evaluated in
+/// f64 and rounded once.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g as f64;
+        let gelu = 0.5 * x * (1.0 + libm::tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)));
+        *g = (gelu * u as f64) as f32;
+    }
+}
+
+/// `x = cap * tanh(x / cap)` (0: no cap).
+fn softcap(x: &mut [f32], cap: f32) {
+    if cap > 0.0 {
+        for v in x.iter_mut() {
+            *v = (cap as f64 * libm::tanh(*v as f64 / cap as f64)) as f32;
+        }
+    }
+}
+
 /// A caller's per-token logits callback: `(index in the input, logits)`.
 type LogitsFn<'f> = &'f mut dyn FnMut(usize, &[f32]);
 
@@ -831,13 +922,16 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Each rotated pair's frequency `base^(-2i/rope_dim)` in f64, stored as
-/// its bits in two f32 words (low word first), for [`rope_table`]: computed
-/// once per session, since `pow` in software f64 (an FPU without doubles)
-/// costs more than the rest of a token's table.
-pub fn rope_freqs(out: &mut [f32], base: f32, rope_dim: usize) {
+/// Each rotated pair's frequency `scale * base^(-2i/rope_dim) / factors[i]`
+/// (no factors: 1) in f64, stored as its bits in two f32 words (low word
+/// first), for [`rope_table`]: computed once per session, since `pow` in
+/// software f64 (an FPU without doubles) costs more than the rest of a
+/// token's table.
+pub fn rope_freqs(out: &mut [f32], base: f32, scale: f32, factors: &[f32], rope_dim: usize) {
     for (i, w) in out.chunks_exact_mut(2).enumerate() {
-        let freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dim as f64);
+        let factor = factors.get(i).map_or(1.0, |&f| f as f64);
+        let freq =
+            scale as f64 * libm::pow(base as f64, -((2 * i) as f64) / rope_dim as f64) / factor;
         let bits = freq.to_bits();
         w[0] = f32::from_bits(bits as u32);
         w[1] = f32::from_bits((bits >> 32) as u32);
@@ -899,16 +993,32 @@ fn cos_sin(t: f64) -> (f64, f64) {
     }
 }
 
-/// Rotates adjacent pairs `(x[2i], x[2i+1])` of one head by the table's angles;
-/// dimensions past the table (partial rotary) are left as they are.
-pub fn rope(x: &mut [f32], table: &[f32]) {
-    for (pair, cs) in x.chunks_exact_mut(2).zip(table.chunks_exact(2)) {
-        let (a, b) = (pair[0], pair[1]);
-        pair[0] = a * cs[0] - b * cs[1];
-        pair[1] = a * cs[1] + b * cs[0];
+/// Rotates pair i of one head by the table's angle i: adjacent pairs
+/// `(x[2i], x[2i+1])` ([`RopeOrder::Normal`]) or halves `(x[i], x[i + d/2])`
+/// of the rotated `d` dimensions ([`RopeOrder::Neox`]); dimensions past the
+/// table (partial rotary) are left as they are.
+pub fn rope(x: &mut [f32], table: &[f32], order: RopeOrder) {
+    match order {
+        RopeOrder::Normal => {
+            for (pair, cs) in x.chunks_exact_mut(2).zip(table.chunks_exact(2)) {
+                let (a, b) = (pair[0], pair[1]);
+                pair[0] = a * cs[0] - b * cs[1];
+                pair[1] = a * cs[1] + b * cs[0];
+            }
+        }
+        RopeOrder::Neox => {
+            let half = table.len() / 2;
+            let (lo, hi) = x[..2 * half].split_at_mut(half);
+            for ((a, b), cs) in lo.iter_mut().zip(hi).zip(table.chunks_exact(2)) {
+                let (x0, x1) = (*a, *b);
+                *a = x0 * cs[0] - x1 * cs[1];
+                *b = x0 * cs[1] + x1 * cs[0];
+            }
+        }
     }
 }
 
+/// `x += y` (nothing when `y` is empty).
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
@@ -946,7 +1056,7 @@ mod tests {
     fn rope_table_angles() {
         let (d, base) = (64, 10_000.0f32);
         let mut freqs = [0.0f32; 64];
-        rope_freqs(&mut freqs, base, d);
+        rope_freqs(&mut freqs, base, 1.0, &[], d);
         let mut table = [0.0f32; 64];
         for pos in [0usize, 1, 17, 8191, 1 << 20, 3 << 20] {
             rope_table(&mut table, pos, &freqs);

@@ -1,4 +1,5 @@
-//! The llama-family model: config, weights, memory plan and the forward pass.
+//! The decoder model of every family the core runs: config, weights, memory
+//! plan and the forward pass.
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +13,7 @@ pub use llama::{Batch, Llama, Seq, Session};
 pub use weights::{LayerWeights, Weights};
 
 use crate::error::{Cap, Error, Result};
-use crate::kv_cache::{KvCache, KvOptions};
+use crate::kv_cache::{KvCache, KvOptions, Windows};
 
 /// Largest KV capacity a plan accepts (positions).
 pub const MAX_KV_CAPACITY: usize = 1 << 24;
@@ -174,11 +175,13 @@ impl MemoryPlan {
             found: kv_capacity as u64,
             cap: MAX_KV_CAPACITY as u64,
         };
-        let kv_bytes = KvCache::bytes(&kv, config.n_layers, config.kv_dim()).ok_or(overflow)?;
+        let win = Windows::new(config.window_layers, config.window, max_batch, &kv);
+        let kv_bytes =
+            KvCache::bytes_windowed(&kv, config.n_layers, config.kv_dim(), &win).ok_or(overflow)?;
         let kv_len = kv_bytes.div_ceil(4);
         let scratch_len = scratch::Dims::new(
             config,
-            kv_capacity,
+            kv_capacity.max(win.ring),
             max_batch,
             threads,
             seqs,
@@ -212,13 +215,37 @@ impl MemoryPlan {
         k: &'a mut [f32],
         v: &'a mut [f32],
     ) -> Result<KvCache<'a>> {
-        KvCache::new(
+        KvCache::windowed(
             crate::quant::as_bytes_mut(k),
             crate::quant::as_bytes_mut(v),
             self.kv,
             config.n_layers,
             config.kv_dim(),
+            self.windows(config),
         )
+    }
+
+    /// The windowed layers of `config` and their rings under this plan.
+    pub fn windows(&self, config: &Config) -> Windows {
+        Windows::new(
+            config.window_layers,
+            config.window,
+            self.max_batch,
+            &self.kv,
+        )
+    }
+
+    /// Most cache slots one query of `config` scores.
+    pub(crate) fn score_slots(&self, config: &Config) -> usize {
+        self.kv.capacity.max(self.windows(config).ring)
+    }
+
+    /// Bytes the KV cache would take if every layer kept every position
+    /// (what the windowed layers' rings save is this minus
+    /// [`MemoryPlan::kv_bytes`]).
+    pub fn kv_bytes_unwindowed(&self, config: &Config) -> usize {
+        KvCache::bytes(&self.kv, config.n_layers, config.kv_dim())
+            .map_or(usize::MAX, |b| 2 * b.div_ceil(4) * 4)
     }
 
     /// Positions the KV cache holds.

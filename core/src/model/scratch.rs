@@ -18,9 +18,14 @@ pub(crate) struct Dims {
     kv_dim: usize,
     ffn: usize,
     rope_dim: usize,
+    /// RoPE tables per token: 2 when windowed layers rotate with a base of
+    /// their own.
+    rope_sets: usize,
     vocab: usize,
     /// Query heads per KV head.
     group: usize,
+    /// Most cache slots one query scores (the capacity, or a windowed
+    /// layer's ring where that is longer).
     kv_capacity: usize,
     /// The multiplications' scratch ([`StepScratch`]).
     mm: StepScratch,
@@ -45,6 +50,7 @@ impl Dims {
             kv_dim: c.kv_dim(),
             ffn: c.ffn_dim,
             rope_dim: c.rope_dim,
+            rope_sets: c.rope_sets(),
             vocab: c.vocab_size,
             group: c.n_heads / c.n_kv_heads.max(1),
             kv_capacity,
@@ -111,8 +117,8 @@ buffers!(|d| {
     /// Attention scores, one row of positions per query head of a group,
     /// per worker.
     scores: [d.threads, d.group, d.kv_capacity],
-    /// Each token's RoPE cos/sin pairs.
-    rope: [d.batch, d.rope_dim],
+    /// Each token's RoPE cos/sin pairs (per set of frequencies).
+    rope: [d.batch, d.rope_sets, d.rope_dim],
     /// Per sequence: the query rotated at its in-cache position, for the
     /// attention sinks (see kv_cache).
     q_sink: [d.seqs, d.q_dim],
@@ -120,7 +126,7 @@ buffers!(|d| {
     rope_sink: [d.seqs, d.rope_dim],
     /// Each rotated pair's frequency as f64 bits in two words, computed
     /// once ([`crate::model::llama::rope_freqs`]).
-    rope_freq: [d.rope_dim],
+    rope_freq: [d.rope_sets, d.rope_dim],
     /// Per sequence: the logits after its last token.
     logits: [d.seqs, d.vocab],
     /// Per worker: the multiplications' own scratch.

@@ -11,18 +11,27 @@ use crate::kernels::{Matrix, Packed};
 use crate::model::config::{limits::MAX_LAYERS, Config};
 use crate::quant::{cast_slice, GgmlType};
 
-/// One decoder block's tensors (GGUF names).
+/// One decoder block's tensors (GGUF names). A family's optional vectors
+/// are empty where it has none; fused matrices (Phi-3's `attn_qkv` and
+/// gate-up `ffn_up`) are seen as the row ranges they stand for.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerWeights<'a> {
-    pub attn_norm: &'a [f32],    // (dim)
-    pub attn_q: Matrix<'a>,      // (q_dim, dim)
-    pub attn_k: Matrix<'a>,      // (kv_dim, dim)
-    pub attn_v: Matrix<'a>,      // (kv_dim, dim)
-    pub attn_output: Matrix<'a>, // (dim, q_dim)
-    pub ffn_norm: &'a [f32],     // (dim)
-    pub ffn_gate: Matrix<'a>,    // (ffn_dim, dim)
-    pub ffn_up: Matrix<'a>,      // (ffn_dim, dim)
-    pub ffn_down: Matrix<'a>,    // (dim, ffn_dim)
+    pub attn_norm: &'a [f32],      // (dim)
+    pub attn_q: Matrix<'a>,        // (q_dim, dim)
+    pub attn_k: Matrix<'a>,        // (kv_dim, dim)
+    pub attn_v: Matrix<'a>,        // (kv_dim, dim)
+    pub attn_output: Matrix<'a>,   // (dim, q_dim)
+    pub ffn_norm: &'a [f32],       // (dim)
+    pub ffn_gate: Matrix<'a>,      // (ffn_dim, dim)
+    pub ffn_up: Matrix<'a>,        // (ffn_dim, dim)
+    pub ffn_down: Matrix<'a>,      // (dim, ffn_dim)
+    pub attn_q_bias: &'a [f32],    // (q_dim) or empty
+    pub attn_k_bias: &'a [f32],    // (kv_dim) or empty
+    pub attn_v_bias: &'a [f32],    // (kv_dim) or empty
+    pub attn_q_norm: &'a [f32],    // (head_dim) or empty
+    pub attn_k_norm: &'a [f32],    // (head_dim) or empty
+    pub attn_post_norm: &'a [f32], // (dim) or empty
+    pub ffn_post_norm: &'a [f32],  // (dim) or empty
 }
 
 /// The Q, K and V projections: the first hand-off of a layer's matrices
@@ -83,6 +92,9 @@ pub struct Weights<'a> {
     pub output_norm: &'a [f32], // (dim)
     /// The classifier; `token_embd` itself when the file ties them.
     pub output: Matrix<'a>, // (vocab, dim)
+    /// What each RoPE pair's frequency of the global layers is divided by
+    /// (Llama 3's `rope_freqs`, Phi-3's `rope_factors_short`), or empty.
+    pub rope_factors: &'a [f32], // (rope_dim / 2)
     pub layers: heapless::Vec<LayerWeights<'a>, MAX_LAYERS>,
 }
 
@@ -93,10 +105,11 @@ struct Finder<'g, 'a> {
 impl<'a> Finder<'_, 'a> {
     fn find(&self, kind: TensorKind, layer: u16) -> Result<Option<crate::gguf::TensorInfo<'a>>> {
         let mut name: heapless::String<64> = heapless::String::new();
+        let (k, suffix) = (kind.as_str(), kind.suffix());
         let ok = if kind.per_layer() {
-            write!(name, "blk.{}.{}.weight", layer, kind.as_str())
+            write!(name, "blk.{layer}.{k}.{suffix}")
         } else {
-            write!(name, "{}.weight", kind.as_str())
+            write!(name, "{k}.{suffix}")
         };
         // Names are short and layers capped, so the buffer always suffices.
         ok.map_err(|_| Error::MissingTensor { kind, layer })?;
@@ -143,6 +156,46 @@ impl<'a> Finder<'_, 'a> {
         }
         cast_slice(t.data)
     }
+
+    /// [`Finder::vector`] if the file has the tensor, else empty.
+    fn optional(&self, kind: TensorKind, layer: u16, len: usize) -> Result<&'a [f32]> {
+        match self.find(kind, layer)? {
+            Some(_) => self.vector(kind, layer, len),
+            None => Ok(&[]),
+        }
+    }
+
+    /// [`Finder::vector`] if `want`, else empty.
+    fn vector_if(&self, want: bool, kind: TensorKind, layer: u16, len: usize) -> Result<&'a [f32]> {
+        if want {
+            self.vector(kind, layer, len)
+        } else {
+            Ok(&[])
+        }
+    }
+}
+
+/// Rows `lo..hi` of `m` as a matrix of their own.
+fn rows_of<'a>(
+    m: &Matrix<'a>,
+    lo: usize,
+    hi: usize,
+    kind: TensorKind,
+    layer: u16,
+) -> Result<Matrix<'a>> {
+    let data = m.rows_data(lo, hi).ok_or(Error::WrongShape {
+        kind,
+        layer,
+        expected: [m.cols as u64, hi as u64],
+        found: [m.cols as u64, m.rows as u64],
+    })?;
+    Ok(Matrix {
+        rows: hi - lo,
+        cols: m.cols,
+        data,
+        packed: Packed::None,
+        pieces: crate::kernels::Pieces::NONE,
+    })
 }
 
 impl<'a> Weights<'a> {
@@ -166,6 +219,7 @@ impl<'a> Weights<'a> {
             token_embd: none,
             output_norm: &[],
             output: none,
+            rope_factors: &[],
             layers: heapless::Vec::new(),
         }
     }
@@ -182,18 +236,92 @@ impl<'a> Weights<'a> {
             Some(_) => f.matrix(TensorKind::Output, 0, c.vocab_size, c.dim)?,
             None => self.token_embd,
         };
+        let half = c.rope_dim / 2;
+        self.rope_factors = match f.find(TensorKind::RopeFreqs, 0)? {
+            Some(_) => f.vector(TensorKind::RopeFreqs, 0, half)?,
+            None => f.optional(TensorKind::RopeFactorsShort, 0, half)?,
+        };
+        if self
+            .rope_factors
+            .iter()
+            .any(|&x| !(x.is_finite() && x > 0.0))
+        {
+            return Err(Error::WrongShape {
+                kind: TensorKind::RopeFreqs,
+                layer: 0,
+                expected: [half as u64, 1],
+                found: [half as u64, 1],
+            });
+        }
+        let lay = c.layout;
+        let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
         for l in 0..c.n_layers {
             let l16 = l as u16;
+            let attn_norm = f.vector(TensorKind::AttnNorm, l16, c.dim)?;
+            let fused_qkv = lay.fused && f.find(TensorKind::AttnQkv, l16)?.is_some();
+            let (attn_q, attn_k, attn_v, qkv_bias) = if fused_qkv {
+                let m = f.matrix(TensorKind::AttnQkv, l16, qd + 2 * kvd, c.dim)?;
+                let b = f.optional(TensorKind::AttnQkvBias, l16, qd + 2 * kvd)?;
+                let at = |lo, hi| rows_of(&m, lo, hi, TensorKind::AttnQkv, l16);
+                (
+                    at(0, qd)?,
+                    at(qd, qd + kvd)?,
+                    at(qd + kvd, qd + 2 * kvd)?,
+                    b,
+                )
+            } else {
+                (
+                    f.matrix(TensorKind::AttnQ, l16, qd, c.dim)?,
+                    f.matrix(TensorKind::AttnK, l16, kvd, c.dim)?,
+                    f.matrix(TensorKind::AttnV, l16, kvd, c.dim)?,
+                    &[][..],
+                )
+            };
+            let (ffn_gate, ffn_up) = if lay.fused {
+                let m = f.matrix(TensorKind::FfnUp, l16, 2 * c.ffn_dim, c.dim)?;
+                let at = |lo, hi| rows_of(&m, lo, hi, TensorKind::FfnUp, l16);
+                (at(0, c.ffn_dim)?, at(c.ffn_dim, 2 * c.ffn_dim)?)
+            } else {
+                (
+                    f.matrix(TensorKind::FfnGate, l16, c.ffn_dim, c.dim)?,
+                    f.matrix(TensorKind::FfnUp, l16, c.ffn_dim, c.dim)?,
+                )
+            };
+            let (attn_q_bias, attn_k_bias, attn_v_bias) = if qkv_bias.is_empty() {
+                (
+                    f.optional(TensorKind::AttnQBias, l16, qd)?,
+                    f.optional(TensorKind::AttnKBias, l16, kvd)?,
+                    f.optional(TensorKind::AttnVBias, l16, kvd)?,
+                )
+            } else {
+                (
+                    &qkv_bias[..qd],
+                    &qkv_bias[qd..qd + kvd],
+                    &qkv_bias[qd + kvd..],
+                )
+            };
             let lw = LayerWeights {
-                attn_norm: f.vector(TensorKind::AttnNorm, l16, c.dim)?,
-                attn_q: f.matrix(TensorKind::AttnQ, l16, c.q_dim(), c.dim)?,
-                attn_k: f.matrix(TensorKind::AttnK, l16, c.kv_dim(), c.dim)?,
-                attn_v: f.matrix(TensorKind::AttnV, l16, c.kv_dim(), c.dim)?,
-                attn_output: f.matrix(TensorKind::AttnOutput, l16, c.dim, c.q_dim())?,
+                attn_norm,
+                attn_q,
+                attn_k,
+                attn_v,
+                attn_output: f.matrix(TensorKind::AttnOutput, l16, c.dim, qd)?,
                 ffn_norm: f.vector(TensorKind::FfnNorm, l16, c.dim)?,
-                ffn_gate: f.matrix(TensorKind::FfnGate, l16, c.ffn_dim, c.dim)?,
-                ffn_up: f.matrix(TensorKind::FfnUp, l16, c.ffn_dim, c.dim)?,
+                ffn_gate,
+                ffn_up,
                 ffn_down: f.matrix(TensorKind::FfnDown, l16, c.dim, c.ffn_dim)?,
+                attn_q_bias,
+                attn_k_bias,
+                attn_v_bias,
+                attn_q_norm: f.vector_if(lay.qk_norm, TensorKind::AttnQNorm, l16, hd)?,
+                attn_k_norm: f.vector_if(lay.qk_norm, TensorKind::AttnKNorm, l16, hd)?,
+                attn_post_norm: f.vector_if(
+                    lay.post_norms,
+                    TensorKind::AttnPostNorm,
+                    l16,
+                    c.dim,
+                )?,
+                ffn_post_norm: f.vector_if(lay.post_norms, TensorKind::FfnPostNorm, l16, c.dim)?,
             };
             self.layers.push(lw).map_err(|_| Error::CapExceeded {
                 what: Cap::Layers,
@@ -232,6 +360,9 @@ impl<'a> Weights<'a> {
                 + l.attn_output.n_bytes();
             n += l.ffn_gate.n_bytes() + l.ffn_up.n_bytes() + l.ffn_down.n_bytes();
             n += norms(l.attn_norm) + norms(l.ffn_norm);
+            n += norms(l.attn_q_norm) + norms(l.attn_k_norm);
+            n += norms(l.attn_post_norm) + norms(l.ffn_post_norm);
+            n += norms(l.attn_q_bias) + norms(l.attn_k_bias) + norms(l.attn_v_bias);
         }
         n
     }
