@@ -300,11 +300,17 @@ pub(crate) fn random_seed() -> u64 {
     h.finish() % 1_000_000_000
 }
 
-/// `--model`, else the default model (fetched once into the cache).
+/// `--model` (a file, or a stored model's name), else the default model (fetched once into the cache).
 pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
+    use crate::model_store::{by_name, default_model, stored};
     match arg {
+        // A name Ember fetches itself (`gemma3-270m`), unless a file has it.
+        Some(p) if !p.exists() => match p.to_str().and_then(by_name) {
+            Some(m) => stored(m),
+            None => Ok(p.clone()),
+        },
         Some(p) => Ok(p.clone()),
-        None => crate::model_store::default_model(),
+        None => default_model(),
     }
 }
 

@@ -30,7 +30,7 @@ use crate::pool::Pool;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    /// GGUF model file, or a model fetched once into $EMBER_HOME by name (smollm2-135m, gemma3-270m) [default: smollm2-135m]
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
     /// Prompt tokens of the prefill test (0 skips it).

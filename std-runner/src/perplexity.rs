@@ -29,7 +29,7 @@ pub struct PerplexityArgs {
     /// UTF-8 text file to score.
     #[arg(long, short = 'f')]
     pub file: PathBuf,
-    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    /// GGUF model file, or a model fetched once into $EMBER_HOME by name (smollm2-135m, gemma3-270m) [default: smollm2-135m]
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
     #[command(flatten)]

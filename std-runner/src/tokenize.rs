@@ -15,7 +15,7 @@ use crate::text::prompt_text;
 pub struct TokenizeArgs {
     /// Text to tokenize ('-' reads stdin).
     pub text: String,
-    /// GGUF model file [default: SmolLM2-135M-Instruct, fetched once into $EMBER_HOME]
+    /// GGUF model file, or a model fetched once into $EMBER_HOME by name (smollm2-135m, gemma3-270m) [default: smollm2-135m]
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
     /// Recognise control tokens written in the text (e.g. <|im_start|>).
