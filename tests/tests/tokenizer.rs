@@ -279,11 +279,20 @@ mod props {
 fn pre_tokenizers_split_like_their_published_expressions() {
     use ember_core::tokenizer::PreTokenizer;
     let g = golden("pretokenizer_cases.json");
+    let names: Vec<&String> = g["cases"].as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 9, "{names:?}");
     for (name, pre) in [
         ("gpt2", PreTokenizer::Gpt2),
         ("smollm", PreTokenizer::Smollm),
         ("llama3", PreTokenizer::Llama3),
+        ("qwen2", PreTokenizer::Qwen2),
+        ("qwen35", PreTokenizer::Qwen35),
+        ("deepseek-llm", PreTokenizer::DeepseekLlm),
+        ("deepseek-coder", PreTokenizer::DeepseekCoder),
+        ("deepseek-v3", PreTokenizer::DeepseekV3),
+        ("falcon", PreTokenizer::Falcon),
     ] {
+        assert_eq!(PreTokenizer::from_name(name), Some(pre));
         let cases = g["cases"][name].as_array().unwrap();
         assert!(cases.len() > 300);
         for c in cases {
