@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes core/src/tokenizer/unicode_tables.rs: sorted code point ranges of the
-general categories the pre-tokenizers ask about (\\p{L}, \\p{N}, \\p{P}), taken
-from Python's unicodedata. Run from the repository root; commit the output."""
+general categories the pre-tokenizers ask about (\\p{L}, \\p{N}, \\p{P},
+\\p{M}, \\p{S}), taken from Python's unicodedata. Run from the repository root; commit the output."""
 import sys
 import unicodedata
 
@@ -9,6 +9,8 @@ GROUPS = {
     "LETTER": ("Lu", "Ll", "Lt", "Lm", "Lo"),
     "NUMBER": ("Nd", "Nl", "No"),
     "PUNCTUATION": ("Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po"),
+    "MARK": ("Mn", "Mc", "Me"),
+    "SYMBOL": ("Sm", "Sc", "Sk", "So"),
 }
 
 

@@ -279,11 +279,20 @@ mod props {
 fn pre_tokenizers_split_like_their_published_expressions() {
     use ember_core::tokenizer::PreTokenizer;
     let g = golden("pretokenizer_cases.json");
+    let names: Vec<&String> = g["cases"].as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 9, "{names:?}");
     for (name, pre) in [
         ("gpt2", PreTokenizer::Gpt2),
         ("smollm", PreTokenizer::Smollm),
         ("llama3", PreTokenizer::Llama3),
+        ("qwen2", PreTokenizer::Qwen2),
+        ("qwen35", PreTokenizer::Qwen35),
+        ("deepseek-llm", PreTokenizer::DeepseekLlm),
+        ("deepseek-coder", PreTokenizer::DeepseekCoder),
+        ("deepseek-v3", PreTokenizer::DeepseekV3),
+        ("falcon", PreTokenizer::Falcon),
     ] {
+        assert_eq!(PreTokenizer::from_name(name), Some(pre));
         let cases = g["cases"][name].as_array().unwrap();
         assert!(cases.len() > 300);
         for c in cases {
@@ -449,4 +458,86 @@ fn bad_tokenizer_metadata_is_an_error() {
         Tokenizer::new(&g, &mut small),
         Err(Error::BufferTooSmall { .. })
     ));
+}
+
+/// A Gemma-3-shaped SentencePiece vocabulary (262,144 tokens, no space
+/// prefix, user-defined and control tokens, byte fallback) builds within the
+/// index limits and encodes as llama.cpp does. The ids below are what
+/// llama.cpp (llama-cpp-python 0.3.36, `vocab_only`, `tokenize(text, add_bos,
+/// special)`) gave for the file `cargo run -p ember-tests --example spm_gguf -- OUT gemma` writes.
+#[test]
+fn gemma_shaped_sentencepiece_matches_llama_cpp() {
+    let bytes = ember_tests::gemma_spm_gguf();
+    let g = Gguf::parse(&bytes).unwrap();
+    let words = Tokenizer::index_words(&g).unwrap();
+    // Offsets, a hash table of 2^19 slots, 256 byte ids and the specials: about 3.2 MB.
+    assert!(words < 900_000, "{words}");
+    let mut index = vec![0u32; words];
+    let t = Tokenizer::new(&g, &mut index).unwrap();
+    assert_eq!(t.vocab_size() as usize, ember_tests::GEMMA_VOCAB);
+    assert_eq!((t.bos(), t.eos(), t.add_bos()), (Some(2), Some(1), true));
+    // (text, ids with parse_special false, ids with parse_special true); no BOS.
+    let turn: &[u32] = &[
+        67, 275, 123, 104, 272, 123, 102, 270, 109, 102, 123, 274, 272, 117, 69, 290, 265, 267,
+        276, 67, 268, 117, 273, 102, 270, 109, 102, 123, 274, 272, 117, 69, 266,
+    ];
+    let cases: &[(&str, &[u32], &[u32])] = &[
+        ("Hello world", &[280, 287], &[280, 287]),
+        (" Hello", &[281], &[281]),
+        ("  Hello world", &[264, 280, 287], &[264, 280, 287]),
+        (
+            "Hello<table>world</table>",
+            &[280, 291, 286, 292],
+            &[280, 291, 286, 292],
+        ),
+        (
+            "<start_of_turn>user\nHi<end_of_turn>\n\n",
+            turn,
+            &[5, 290, 265, 267, 276, 6, 266],
+        ),
+        (
+            "héllo wörld",
+            &[111, 202, 176, 279, 282, 202, 189, 272, 284],
+            &[111, 202, 176, 279, 282, 202, 189, 272, 284],
+        ),
+        (
+            "<unused42>Hello <unused5999>",
+            &[335, 280, 263, 6292],
+            &[335, 280, 263, 6292],
+        ),
+        ("", &[], &[]),
+        ("\n\n\nHello", &[266, 265, 280], &[266, 265, 280]),
+    ];
+    for &(text, plain, special) in cases {
+        for bos in [false, true] {
+            for (parse_special, want) in [(false, plain), (true, special)] {
+                let got = t
+                    .encode(
+                        text,
+                        EncodeOptions {
+                            add_special: bos,
+                            parse_special,
+                        },
+                    )
+                    .unwrap();
+                let want: Vec<u32> = bos
+                    .then_some(2)
+                    .into_iter()
+                    .chain(want.iter().copied())
+                    .collect();
+                assert_eq!(got, want, "{text:?} bos={bos} special={parse_special}");
+            }
+        }
+        // No space is stripped or added on the way back.
+        let ids = t
+            .encode(
+                text,
+                EncodeOptions {
+                    add_special: false,
+                    parse_special: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(t.decode(&ids, true).unwrap(), text);
+    }
 }

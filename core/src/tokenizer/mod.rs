@@ -953,7 +953,7 @@ impl<'a> Tokenizer<'a> {
             return Ok(());
         }
         // Llama 3 takes a whole word that is itself a token without merging.
-        if pre == PreTokenizer::Llama3 {
+        if pre.ignore_merges() {
             if let Some(id) = self.find_spelled(Spelling::Gpt2, &[word]) {
                 return emit(id);
             }

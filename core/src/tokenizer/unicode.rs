@@ -1,14 +1,15 @@
 //! The code point classes the pre-tokenizers split on.
 //!
-//! `\p{L}`, `\p{N}` and `\p{P}` come from generated range tables
+//! `\p{L}`, `\p{N}`, `\p{P}`, `\p{M}` and `\p{S}` come from generated range tables
 //! ([`super::unicode_tables`]); `\s` is Unicode `White_Space`, which is what
 //! `char::is_whitespace` tests. ASCII takes a fast path.
 
 use core::cmp::Ordering;
 
-use super::unicode_tables::{LETTER, NUMBER, PUNCTUATION};
+use super::unicode_tables::{LETTER, MARK, NUMBER, PUNCTUATION, SYMBOL};
 
-fn in_table(table: &[(u32, u32)], c: char) -> bool {
+/// Whether `c` lies in one of the sorted, disjoint inclusive ranges of `table`.
+pub(super) fn in_table(table: &[(u32, u32)], c: char) -> bool {
     let c = c as u32;
     table
         .binary_search_by(|&(lo, hi)| {
@@ -49,6 +50,18 @@ pub fn is_punctuation(c: char) -> bool {
     in_table(&PUNCTUATION, c)
 }
 
+/// `\p{M}`: general categories Mn, Mc, Me (combining marks).
+#[inline]
+pub fn is_mark(c: char) -> bool {
+    !c.is_ascii() && in_table(&MARK, c)
+}
+
+/// `\p{S}`: general categories Sm, Sc, Sk, So.
+#[inline]
+pub fn is_symbol(c: char) -> bool {
+    in_table(&SYMBOL, c)
+}
+
 /// `\s`: the `White_Space` property.
 #[inline]
 pub fn is_space(c: char) -> bool {
@@ -86,11 +99,24 @@ mod tests {
             assert!(is_other(c), "{c:?}");
             assert!(!is_punctuation(c));
         }
+        for c in ['\u{301}', '\u{94d}', '\u{fe0f}', '\u{20dd}'] {
+            assert!(is_mark(c) && !is_letter(c), "{c:?}");
+        }
+        for c in ['$', '+', '^', '`', '€', '©', '😀'] {
+            assert!(is_symbol(c) && !is_punctuation(c), "{c:?}");
+        }
+        assert!(!is_mark('a') && !is_symbol('a') && !is_symbol('!'));
     }
 
     #[test]
     fn tables_are_sorted_and_disjoint() {
-        for t in [&LETTER[..], &NUMBER[..], &PUNCTUATION[..]] {
+        for t in [
+            &LETTER[..],
+            &NUMBER[..],
+            &PUNCTUATION[..],
+            &MARK[..],
+            &SYMBOL[..],
+        ] {
             for w in t.windows(2) {
                 assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0);
             }
