@@ -203,3 +203,33 @@ fn phi3_matches_llama_cpp() {
 fn gemma3_matches_llama_cpp() {
     check(Family::Gemma3);
 }
+
+/// Gemma 3 270M's memory plan: fifteen of its eighteen layers see 512
+/// positions, and keep their keys and values in rings of 512 + 511 slots
+/// (the window, and room for the rest of a 512-token prompt chunk), so at
+/// its trained context of 32,768 positions the f16 cache takes 111 MiB
+/// instead of the 576 MiB every layer would take keeping every position.
+#[test]
+fn gemma3_windowed_layers_shrink_the_kv_cache() {
+    use ember_core::kv_cache::KvType;
+    let path = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let map = ember_runner::mmap::map(&path).unwrap();
+    let gguf = Gguf::parse(&map).unwrap();
+    let c = Llama::from_gguf(&gguf).unwrap().config;
+    assert_eq!((c.window, c.window_layers.count_ones(), c.n_layers), (512, 15, 18));
+    let slot = 2 * c.kv_dim() * 2; // K and V of one position, f16
+    for (ctx, batch) in [(32768, 512), (8192, 512), (4096, 64)] {
+        let kv = KvOptions::dense(ctx).with_type(KvType::F16);
+        let plan = MemoryPlan::with_kv(&c, kv, batch).unwrap();
+        let ring = 512 + batch - 1;
+        assert_eq!(plan.windows(&c).ring, ring);
+        assert_eq!(plan.kv_bytes(), (3 * ctx + 15 * ring) * slot);
+        assert_eq!(plan.kv_bytes_unwindowed(&c), 18 * ctx * slot);
+        eprintln!(
+            "gemma3 270M, {ctx} positions, chunks of {batch}: KV {:.1} MiB (every layer dense: {:.1} MiB)",
+            plan.kv_bytes() as f64 / (1 << 20) as f64,
+            plan.kv_bytes_unwindowed(&c) as f64 / (1 << 20) as f64
+        );
+    }
+}
