@@ -116,7 +116,7 @@ def cases():
            "{{ data | tojson }}|{{ data | tojson(indent=2) }}|{{ data | tojson(sort_keys=true) }}"
            "|{{ messages[0] | tojson }}",
            "messages": [msg("user", "naïve \"quotes\" <tag> & \\ \n\t")], "add_generation_prompt": False,
-           "kwargs": {"data": {"z": [1, 2.5, True, None], "a": "é<>&'", "m": {}, "l": []}}}
+           "kwargs": {"data": {"z": [1, 2.5, 2.0, -3, True, None], "a": "é<>&'", "m": {}, "l": []}}}
     # Loop controls and namespace, which HF templates use.
     yield {"name": "inline/loop-controls-namespace", "source":
            "{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index0 == 1 %}{% continue %}"

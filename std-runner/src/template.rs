@@ -485,8 +485,9 @@ impl Dump {
             ValueKind::Undefined | ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
             ValueKind::Number => {
-                if let Ok(i) = i128::try_from(v.clone()) {
-                    out.push_str(&i.to_string());
+                // 2.0 stays 2.0, as in Python.
+                if v.is_integer() {
+                    out.push_str(&v.to_string());
                 } else {
                     let f = f64::try_from(v.clone())?;
                     if f.is_nan() {
