@@ -1,6 +1,7 @@
 //! `ember chat`: an interactive multi-turn conversation.
 //!
-//! Each turn renders the whole conversation with the file's chat template and
+//! Each turn renders the whole conversation with the chat template (the
+//! file's, its family's built-in one, or `--chat-template`) and
 //! feeds only the tokens past what the KV cache already holds (the common
 //! prefix of the new rendering and the tokens fed so far), so earlier turns are
 //! not recomputed. On a terminal the line editor keeps history; piped input is
@@ -18,7 +19,8 @@ use ember_core::tokenizer::StreamDecoder;
 use crate::args::{ExecArgs, KvArgs, SamplingArgs};
 use crate::load::load_model;
 use crate::run::continue_sampling;
-use crate::text::{prompt_text, ChatTemplate, Message, StopText};
+use crate::template::TemplateArgs;
+use crate::text::{prompt_text, Message, StopText};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -28,9 +30,12 @@ pub struct ChatArgs {
     /// A system message that opens every conversation.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
-    /// Most tokens per reply.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
-    pub n: usize,
+    /// Most tokens per reply [default: until an end-of-generation token, at
+    /// most the context (--ctx)].
+    #[arg(short = 'n', long = "n-predict", value_name = "N")]
+    pub n: Option<usize>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[command(flatten)]
     pub kv: KvArgs,
     /// Prompt tokens per forward chunk.
@@ -90,7 +95,7 @@ impl Input {
 }
 
 pub fn cmd_chat(a: ChatArgs) -> Result<()> {
-    if a.n == 0 {
+    if a.n == Some(0) {
         bail!("-n must be at least 1");
     }
     let cfg = a.sampling.config()?;
@@ -98,9 +103,10 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let m = file.parse(&a.exec)?;
     let model = &m.model;
     let tok = m.tokenizer?;
-    let template = ChatTemplate::from_gguf(&m.gguf, &tok)?;
+    let template = a.template.load(&m.gguf, &tok)?;
     let kv = a.kv.options(model, true)?;
     let ctx = kv.capacity;
+    let n_reply = a.n.unwrap_or(ctx);
     let threads = a.exec.threads()?;
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
@@ -111,8 +117,11 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let system = a.system.as_deref().map(prompt_text).transpose()?;
     let opening = || -> Vec<Message> { system.iter().map(|t| Message::new("system", t)).collect() };
-    // Check the template renders before the first question.
-    template.render(&opening(), true)?;
+    // Check the template renders a first question before one is asked
+    // (templates such as Gemma's read messages[0], so not an empty list).
+    let mut probe = opening();
+    probe.push(Message::new("user", "Hello"));
+    template.render(&probe, true)?;
 
     let mut history = opening();
     let mut fed: Vec<u32> = Vec::new();
@@ -120,8 +129,9 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let interactive = matches!(input, Input::Editor(_));
     if interactive {
         eprintln!(
-            "ember chat: {ctx}-token context, seed {}. /reset starts over, Ctrl-D quits.",
-            cfg.seed
+            "ember chat: {ctx}-token context, seed {}, chat template: {}. /reset starts over, Ctrl-D quits.",
+            cfg.seed,
+            template.origin()
         );
     }
     loop {
@@ -200,7 +210,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
             &mut s,
             &mut sampler,
             &mut scratch,
-            a.n,
+            n_reply,
             tok.end_of_generation(),
             false,
             &mut |id| {

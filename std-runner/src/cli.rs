@@ -27,9 +27,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate from a prompt with llama.cpp's sampler chain and defaults (`--temp 0` is
-    /// greedy), streaming text to stdout.
+    /// greedy), streaming text to stdout until the model ends its turn (an end-of-generation
+    /// token) or the prompt and reply fill the context (--ctx); -n caps the reply.
     Run(RunArgs),
-    /// Talk to the model: an interactive multi-turn chat using the file's chat template.
+    /// Talk to the model: an interactive multi-turn chat in the file's chat template (else
+    /// its family's built-in one; --chat-template overrides).
     Chat(ChatArgs),
     /// Print the token ids of a text.
     Tokenize(TokenizeArgs),

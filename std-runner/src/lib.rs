@@ -9,7 +9,8 @@
 //! | [`load`] | the one model-loading sequence: bytes, parse, weights, packs, tokenizer |
 //! | [`run`], [`chat`], [`tokenize`], [`perplexity`], [`bench`](mod@bench), [`serve`], [`convert`], [`synth`] | one command each (`run` also holds the generation loop `chat` shares) |
 //! | [`beam`] | beam search (`run --beams`) |
-//! | [`text`] | the tokenizer over a file, chat templates, prompts from arguments or stdin |
+//! | [`text`] | the tokenizer over a file, prompts from arguments or stdin, stop strings |
+//! | [`template`] | chat templates: the file's, `--chat-template`, or the family's built-in one, rendered as Hugging Face does |
 //! | [`mmap`], [`pack`], [`arena`], [`pool`], [`model_store`] | model bytes, packed weights, session memory, worker threads, the default-model cache |
 
 pub mod arena;
@@ -29,5 +30,6 @@ pub mod pool;
 pub mod run;
 pub mod serve;
 pub mod synth;
+pub mod template;
 pub mod text;
 pub mod tokenize;

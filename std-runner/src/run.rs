@@ -1,6 +1,10 @@
 //! `ember run`: generation from a prompt (sampled, greedy, or beam search
 //! with `--beams`), streaming text to stdout; and the generation loop itself
 //! (sampled or greedy, with teacher-forced logits), which `chat` shares.
+//!
+//! As llama.cpp's CLI, a run goes on until the model ends its turn (an
+//! end-of-generation token) or the prompt and reply fill the context
+//! (`--ctx`); `-n` caps it sooner.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,13 +22,15 @@ use serde_json::json;
 
 use crate::args::{ExecArgs, KvArgs, SamplingArgs};
 use crate::load::load_model;
-use crate::text::{encode_prompt, prompt_text, ChatTemplate, Message, StopText};
+use crate::template::TemplateArgs;
+use crate::text::{encode_prompt, prompt_text, Message, StopText};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Prompt text ('-' reads stdin). With --chat, the user's message.
     pub prompt: Option<String>,
-    /// Wrap the prompt as a user message in the file's chat template.
+    /// Wrap the prompt as a user message in the chat template (the file's, its
+    /// family's built-in one, or --chat-template).
     #[arg(long)]
     pub chat: bool,
     /// With --chat: a system message.
@@ -39,9 +45,10 @@ pub struct RunArgs {
     /// Prompt as comma-separated token ids, e.g. 1,2,3.
     #[arg(long, value_name = "IDS")]
     pub prompt_ids: Option<String>,
-    /// Tokens to generate.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
-    pub n: usize,
+    /// Most tokens to generate [default: until an end-of-generation token, or
+    /// until the prompt and reply fill the context (--ctx)].
+    #[arg(short = 'n', long = "n-predict", value_name = "N")]
+    pub n: Option<usize>,
     /// Report the K largest logits after the last prompt token.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub top_logits: usize,
@@ -51,6 +58,12 @@ pub struct RunArgs {
     /// Print one JSON object on stdout at the end; human text goes to stderr.
     #[arg(long)]
     pub json: bool,
+    /// Print the prompt as the model reads it (after the chat template) and its
+    /// token count on stderr before generating.
+    #[arg(long)]
+    pub verbose_prompt: bool,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
     #[command(flatten)]
@@ -113,6 +126,10 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     if a.prompt_ids.is_some() && (a.prompt.is_some() || a.chat) {
         bail!("give either a text prompt or --prompt-ids, not both");
     }
+    if !a.chat && (a.template.chat_template.is_some() || a.template.chat_template_kwargs.is_some())
+    {
+        bail!("--chat-template and --chat-template-kwargs need --chat");
+    }
     let sampling = a.sampling.config()?;
     if a.beams == Some(0) {
         bail!("--beams must be at least 1");
@@ -129,6 +146,8 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         Some(_) => Some(m.tokenizer?),
         None => m.tokenizer.ok(),
     };
+    // The text the model reads (after the chat template), when text came in.
+    let mut rendered: Option<String> = None;
     let prompt_ids = match (&a.prompt_ids, &prompt, &tok) {
         (Some(ids), _, _) => {
             let ids = parse_ids(ids)?;
@@ -143,11 +162,28 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
                 msgs.push(Message::new("system", &prompt_text(sys)?));
             }
             msgs.push(Message::new("user", text));
-            ChatTemplate::from_gguf(g, t)?.encode(t, &msgs, true)?
+            let template = a.template.load(g, t)?;
+            let chat = template.render(&msgs, true)?;
+            if a.verbose_prompt {
+                eprintln!("ember: chat template: {}", template.origin());
+            }
+            let ids = template.encode_text(t, &chat)?;
+            rendered = Some(chat);
+            ids
         }
-        (None, Some(text), Some(t)) => encode_prompt(t, text, a.special)?,
+        (None, Some(text), Some(t)) => {
+            rendered = Some(text.clone());
+            encode_prompt(t, text, a.special)?
+        }
         _ => bail!("no prompt: give a text prompt or --prompt-ids 1,2,3"),
     };
+    if a.verbose_prompt {
+        eprintln!("ember: prompt ({} tokens):", prompt_ids.len());
+        match &rendered {
+            Some(text) => eprintln!("{text}"),
+            None => eprintln!("{prompt_ids:?}"),
+        }
+    }
     let kernels = m.kernels;
     let threads = a.exec.threads()?;
     if let Some(beams) = a.beams {
@@ -161,9 +197,10 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
             kv.capacity
         );
     }
+    let n_predict = a.n.unwrap_or(until_full(kv.capacity, prompt_ids.len()));
     let opt = RunOptions {
         prompt_ids,
-        n_predict: a.n,
+        n_predict,
         top_logits: a.top_logits,
         logits_all: a.logits_all,
         kv,
@@ -225,6 +262,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         let pairs = |v: &[(u32, f32)]| v.iter().map(|&(i, l)| json!([i, l])).collect::<Vec<_>>();
         let mut j = json!({
             "prompt_ids": opt.prompt_ids,
+            "prompt": rendered,
             "ids": out.ids,
             "text": text,
             "prompt_tokens": opt.prompt_ids.len(),
@@ -261,11 +299,24 @@ fn run_beams(
     if a.kv.window.is_some() {
         bail!("--beams keeps whole sequences: it takes --ctx, not --window");
     }
-    let ctx = a.kv.ctx.unwrap_or(prompt_ids.len() + a.n);
+    // Without -n: until every beam ends, or the context is full.
+    let (ctx, n) = match a.n {
+        Some(n) => (a.kv.ctx.unwrap_or(prompt_ids.len() + n), n),
+        None => {
+            let ctx = crate::args::context(a.kv.ctx, model, crate::args::MAX_DEFAULT_CTX);
+            if prompt_ids.len() > ctx {
+                bail!(
+                    "the prompt is {} tokens but the context holds {ctx}; raise --ctx or shorten the prompt",
+                    prompt_ids.len()
+                );
+            }
+            (ctx, until_full(ctx, prompt_ids.len()))
+        }
+    };
     let kv = KvOptions::dense(ctx).with_type(a.kv.kv_type.into());
     let opt = crate::beam::BeamOptions {
         beams,
-        n_predict: a.n,
+        n_predict: n,
         length_penalty: a.length_penalty,
         eos: if a.ignore_eos {
             Vec::new()
@@ -326,6 +377,12 @@ fn run_beams(
         );
     }
     Ok(())
+}
+
+/// The default length of a run: what the context holds after the prompt
+/// (at least one token).
+pub fn until_full(capacity: usize, prompt: usize) -> usize {
+    capacity.saturating_sub(prompt).max(1)
 }
 
 /// What one `ember run` does.

@@ -1,6 +1,6 @@
-//! Text on the host: the core tokenizer over a mapped file, chat templates
-//! (`tokenizer.chat_template`, Jinja, rendered with minijinja), and reading
-//! prompts from arguments or stdin.
+//! Text on the host: the core tokenizer over a mapped file, reading prompts
+//! from arguments or stdin, and stop strings. Chat templates are in
+//! [`crate::template`] (re-exported here).
 
 use std::io::Read;
 
@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use ember_core::gguf::Gguf;
 use ember_core::tokenizer::{EncodeOptions, Tokenizer};
 use ember_core::Error as CoreError;
-use serde::Serialize;
+
+pub use crate::template::{ChatTemplate, Message, CHATML};
 
 /// Builds the file's tokenizer, its index in `index`.
 pub fn tokenizer<'m>(g: &Gguf<'m>, index: &'m mut Vec<u32>) -> Result<Tokenizer<'m>> {
@@ -72,157 +73,6 @@ pub fn prompt_text(arg: &str) -> Result<String> {
             e.utf8_error().valid_up_to()
         )
     })
-}
-
-/// One chat message.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
-
-/// ChatML, for files that carry no template.
-pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-/// A compiled chat template and the special-token texts it may use.
-pub struct ChatTemplate {
-    env: minijinja::Environment<'static>,
-    bos: String,
-    eos: String,
-}
-
-impl std::fmt::Debug for ChatTemplate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").finish_non_exhaustive()
-    }
-}
-
-impl ChatTemplate {
-    /// The file's template (`tokenizer.chat_template`), else ChatML.
-    pub fn from_gguf(g: &Gguf, tok: &Tokenizer) -> Result<ChatTemplate> {
-        let source = match g.get("tokenizer.chat_template") {
-            None => CHATML.to_string(),
-            Some(v) => v
-                .as_str()
-                .context("tokenizer.chat_template is not a string")?
-                .to_string(),
-        };
-        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-        ChatTemplate::new(&source, text(tok.bos()), text(tok.eos()))
-    }
-
-    /// Compiles `source` the way Hugging Face renders chat templates
-    /// (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`).
-    pub fn new(source: &str, bos: String, eos: String) -> Result<ChatTemplate> {
-        let mut env = minijinja::Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| anyhow::anyhow!("the chat template does not compile: {}", one_line(&e)))?;
-        Ok(ChatTemplate { env, bos, eos })
-    }
-
-    /// Renders `messages`, ending with the assistant's header when `add_generation_prompt`.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let t = self
-            .env
-            .get_template("chat")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        t.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos,
-            eos_token => self.eos,
-        })
-        .map_err(|e| anyhow::anyhow!("the chat template failed: {}", one_line(&e)))
-    }
-
-    /// Tokens of the rendered conversation. Control tokens in the rendering
-    /// are parsed; BOS is added when the vocabulary asks and the template has
-    /// not already written it.
-    pub fn encode(
-        &self,
-        tok: &Tokenizer,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<Vec<u32>> {
-        let text = self.render(messages, add_generation_prompt)?;
-        let has_bos = !self.bos.is_empty() && text.starts_with(&self.bos);
-        let ids = tok
-            .encode(
-                &text,
-                EncodeOptions {
-                    add_special: !has_bos,
-                    parse_special: true,
-                },
-            )
-            .context("tokenizing the chat")?;
-        if ids.is_empty() {
-            bail!("the chat template rendered nothing");
-        }
-        Ok(ids)
-    }
-}
-
-fn one_line(e: &minijinja::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(line) = e.line() {
-        s.push_str(&format!(" (template line {line})"));
-    }
-    s.replace('\n', " ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chatml_renders_with_generation_prompt() {
-        let t = ChatTemplate::new(CHATML, String::new(), String::new()).unwrap();
-        let s = t.render(&[Message::new("user", "Hi")], true).unwrap();
-        assert_eq!(s, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
-    }
-
-    #[test]
-    fn python_methods_and_raise_exception() {
-        let src = "{% for m in messages %}{{ m.content.strip() | upper }}{% endfor %}{% if messages|length > 1 %}{{ raise_exception('one only') }}{% endif %}";
-        let t = ChatTemplate::new(src, String::new(), String::new()).unwrap();
-        assert_eq!(
-            t.render(&[Message::new("user", "  hi ")], false).unwrap(),
-            "HI"
-        );
-        let two = [Message::new("user", "a"), Message::new("user", "b")];
-        let e = t.render(&two, false).unwrap_err().to_string();
-        assert!(e.contains("one only"), "{e}");
-    }
-
-    #[test]
-    fn broken_template_is_an_error() {
-        let e = ChatTemplate::new("{% for m in messages %}", String::new(), String::new())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("does not compile"), "{e}");
-        assert!(!e.contains('\n'));
-    }
 }
 
 /// Holds back streamed text that might be the start of a stop string, and

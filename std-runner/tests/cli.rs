@@ -890,3 +890,225 @@ fn bad_threads_and_kernels_are_one_line_errors() {
         &format!("--kernels {missing}"),
     );
 }
+
+/// The id of a control token in the file's vocabulary.
+fn special_id(m: &str, text: &str) -> u64 {
+    let ids = json_out(&ember(&["tokenize", "-m", m, text, "--special", "--json"]))["ids"].clone();
+    let ids = ids.as_array().unwrap();
+    assert_eq!(ids.len(), 1, "{text} is one token");
+    ids[0].as_u64().unwrap()
+}
+
+#[test]
+fn run_goes_on_until_the_end_of_generation_by_default() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let im_end = special_id(m, "<|im_end|>");
+    // No -n: the reply ends with the model's own end of turn, well inside
+    // the context, and the text is whole.
+    let j = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "--chat",
+        "What is the capital of France?",
+        "--temp",
+        "0",
+        "--json",
+    ]));
+    let ids = j["ids"].as_array().unwrap();
+    let ctx = j["kv"]["capacity"].as_u64().unwrap() as usize;
+    assert!(ids.len() > 1 && ids.len() < ctx, "{j}");
+    assert_eq!(ids.last().unwrap().as_u64(), Some(im_end), "{j}");
+    let text = j["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(text.trim_end().ends_with('.'), "{text}");
+    assert!(!text.contains("<|im_end|>"), "{text}");
+
+    // -n caps it.
+    let j = json_out(&ember(&[
+        "run",
+        "-m",
+        m,
+        "--chat",
+        "What is the capital of France?",
+        "--temp",
+        "0",
+        "-n",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(j["generated_tokens"], 3, "{j}");
+    assert_eq!(j["ids"].as_array().unwrap().len(), 3, "{j}");
+
+    // Without an end (--ignore-eos), the context bounds it: prompt + reply
+    // fill --ctx.
+    for extra in [&[][..], &["--beams", "2"][..]] {
+        let mut args = vec![
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "1,9038,2,1169,5",
+            "--ctx",
+            "16",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let j = json_out(&ember(&args));
+        if extra.is_empty() {
+            assert_eq!(j["generated_tokens"], 11, "{j}");
+        } else {
+            // A beam may still end early at an end-of-generation token.
+            let n = j["generated_tokens"].as_u64().unwrap();
+            assert!((1..=11).contains(&n), "{j}");
+        }
+    }
+}
+
+#[test]
+fn chat_template_flag_overrides_the_files() {
+    let dir = std::env::temp_dir().join(format!("ember-tpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let prompt_of = |extra: &[&str]| -> (String, Value) {
+        let mut args = vec![
+            "run", "-m", m, "--chat", "Hi", "-n", "1", "--temp", "0", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let j = json_out(&ember(&args));
+        (
+            j["prompt"].as_str().unwrap().to_string(),
+            j["prompt_ids"].clone(),
+        )
+    };
+    // The file's own template writes SmolLM's default system message.
+    let (own, own_ids) = prompt_of(&[]);
+    assert!(own.contains("named SmolLM"), "{own}");
+
+    let file = dir.join("plain.jinja");
+    std::fs::write(
+        &file,
+        "{% for m in messages %}[{{ m.role | upper }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[ASSISTANT]{% endif %}",
+    )
+    .unwrap();
+    let (p, ids) = prompt_of(&["--chat-template", file.to_str().unwrap()]);
+    assert_eq!(p, "[USER] Hi\n[ASSISTANT]");
+    assert_ne!(ids, own_ids);
+    // --system goes through it too.
+    let (p, _) = prompt_of(&[
+        "--system",
+        "Be brief.",
+        "--chat-template",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(p, "[SYSTEM] Be brief.\n[USER] Hi\n[ASSISTANT]");
+
+    // A built-in template by name; variables through --chat-template-kwargs.
+    let (p, _) = prompt_of(&["--chat-template", "chatml"]);
+    assert_eq!(p, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    let (p, _) = prompt_of(&[
+        "--chat-template",
+        "qwen3",
+        "--chat-template-kwargs",
+        r#"{"enable_thinking": false}"#,
+    ]);
+    assert_eq!(
+        p,
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    );
+
+    // --verbose-prompt shows the rendering and where the template came from.
+    let o = ember(&[
+        "run",
+        "-m",
+        m,
+        "--chat",
+        "Hi",
+        "-n",
+        "1",
+        "--verbose-prompt",
+        "--chat-template",
+        file.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("plain.jinja") && err.contains("[USER] Hi\n[ASSISTANT]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_chat_template_is_one_line_and_nonzero() {
+    let dir = std::env::temp_dir().join(format!("ember-badtpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let write = |name: &str, text: &[u8]| -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let unclosed = write("unclosed.jinja", b"{% for m in messages %}{{ m.content }}");
+    let raising = write(
+        "raising.jinja",
+        b"{{ raise_exception('no chatting today') }}",
+    );
+    let broken = write("broken.jinja", b"{{ messages[0].content + 1 }}");
+    let binary = write("binary.jinja", b"\xff\xfe{{ x }}");
+    let missing = dir.join("missing.jinja");
+    let missing = missing.to_str().unwrap();
+    let cases = [
+        (unclosed.as_str(), "does not compile"),
+        (raising.as_str(), "no chatting today"),
+        (broken.as_str(), "chat template failed"),
+        (binary.as_str(), "not UTF-8"),
+        (missing, "no such file"),
+    ];
+    for (tpl, needle) in cases {
+        assert_one_line_error(
+            &ember(&["run", "-m", m, "--chat", "hi", "--chat-template", tpl]),
+            needle,
+        );
+        assert_one_line_error(
+            &ember_stdin(&["chat", "-m", m, "--chat-template", tpl], b"hi\n"),
+            needle,
+        );
+    }
+    // Serve fails at start on one that does not compile.
+    assert_one_line_error(
+        &ember(&[
+            "serve",
+            "-m",
+            m,
+            "--port",
+            "0",
+            "--chat-template",
+            &unclosed,
+        ]),
+        "does not compile",
+    );
+    assert_one_line_error(
+        &ember(&["run", "-m", m, "hi", "--chat-template", &raising]),
+        "need --chat",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "-m",
+            m,
+            "--chat",
+            "hi",
+            "--chat-template-kwargs",
+            "[1]",
+        ]),
+        "JSON object",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

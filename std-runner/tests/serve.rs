@@ -642,3 +642,45 @@ fn sigterm_finishes_streams_in_flight_then_exits_zero() {
     let code = s.child.wait().unwrap();
     assert_eq!(code.code(), Some(0), "exit status after SIGTERM");
 }
+
+#[test]
+fn chat_template_flag_and_its_errors() {
+    let dir = std::env::temp_dir().join(format!("ember-serve-tpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Refuses two messages (raise_exception: the client's fault), breaks on
+    // "break" (the template's fault), and otherwise is plain ChatML.
+    let tpl = dir.join("t.jinja");
+    std::fs::write(
+        &tpl,
+        "{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}\
+         {% if messages[0].content == 'break' %}{{ 1 + messages }}{% endif %}\
+         <|im_start|>user\n{{ messages[0].content }}<|im_end|>\n<|im_start|>assistant\n",
+    )
+    .unwrap();
+    let s = Server::start(&["--ctx", "64", "--chat-template", tpl.to_str().unwrap()]);
+    let chat = "/v1/chat/completions";
+    let ask = |msgs: Value| post(&s.addr, chat, &json!({"messages": msgs, "max_tokens": 2}));
+    let (st, r) = ask(json!([{"role": "user", "content": "hi"}]));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["usage"]["prompt_tokens"], 9, "{r}");
+    let (st, r) = ask(json!([
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": "again"}
+    ]));
+    assert_eq!(st, 400, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("one message only"),
+        "{r}"
+    );
+    let (st, r) = ask(json!([{"role": "user", "content": "break"}]));
+    assert_eq!(st, 500, "{r}");
+    assert_eq!(r["error"]["type"], "server_error", "{r}");
+    // Still serving.
+    let (st, _) = ask(json!([{"role": "user", "content": "hi"}]));
+    assert_eq!(st, 200);
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -21,7 +21,7 @@ use super::api::{
     busy, engine_failed, parse_request, usage, ApiError, ApiResult, Kind, Meta, Prompt,
 };
 use super::engine::{Ev, Job};
-use crate::text::ChatTemplate;
+use crate::template::{ChatTemplate, RenderError};
 
 /// State the handlers share.
 pub(super) struct Shared {
@@ -112,10 +112,16 @@ async fn handle(sh: Arc<Shared>, body: Body, kind: Kind) -> ApiResult {
         .map_err(|(m, p)| ApiError::bad(m, p))?;
     // Prompt tokens.
     let prompt = match kind {
+        // A template that refuses the conversation (raise_exception: roles
+        // that do not alternate, ...) is a bad request; one that breaks is
+        // the server's fault.
         Kind::Chat => sh
             .template
             .encode(sh.tok, &req.messages, true)
-            .map_err(|e| ApiError::bad(format!("{e:#}"), Some("messages")))?,
+            .map_err(|e| match e.downcast_ref::<RenderError>() {
+                Some(r) if !r.raised => engine_failed(r.message.clone()),
+                _ => ApiError::bad(format!("{e:#}"), Some("messages")),
+            })?,
         Kind::Completion => match &req.prompt {
             Prompt::Text(t) => {
                 let ids = crate::text::encode_prompt(sh.tok, t, false)

@@ -32,7 +32,7 @@ use ember_core::KvOptions;
 
 use crate::args::{context, ExecArgs, KvTypeArg, MAX_DEFAULT_SERVE_CTX};
 use crate::load::{load_model, ModelFile};
-use crate::text::ChatTemplate;
+use crate::template::TemplateArgs;
 use engine::{engine_main, EngineConfig, Job};
 use http::{router, Shared};
 
@@ -73,6 +73,8 @@ pub struct ServeArgs {
     pub kv_type: KvTypeArg,
     #[command(flatten)]
     pub exec: ExecArgs,
+    #[command(flatten)]
+    pub template: TemplateArgs,
 }
 
 /// Starts the server and serves until SIGTERM or Ctrl-C.
@@ -100,7 +102,8 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         m.tokenizer
             .context("the server needs the model's tokenizer")?,
     ));
-    let template = ChatTemplate::from_gguf(&m.gguf, tok)?;
+    let template = a.template.load(&m.gguf, tok)?;
+    eprintln!("ember: chat template: {}", template.origin());
     let model: &'static Llama<'static> = Box::leak(Box::new(m.model));
     let ctx = context(a.ctx, model, MAX_DEFAULT_SERVE_CTX);
     if ctx < 2 {
