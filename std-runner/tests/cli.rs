@@ -361,6 +361,43 @@ fn ember_stdin(args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Gemma 3 270M, fetched by name: the file is the pretrained checkpoint
+/// (no chat tuning), so the question is asked as a completion; it gets the
+/// Gemma template when asked as a chat (the file ships none).
+#[test]
+fn gemma3_270m_answers_the_capital_of_france() {
+    let o = ember(&[
+        "run",
+        "--model",
+        "gemma3-270m",
+        "Question: What is the capital of France?\nAnswer:",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.trim_start().starts_with("Paris"), "{out}");
+    let o = ember(&[
+        "run",
+        "--model",
+        "gemma3-270m",
+        "--chat",
+        "Hi",
+        "-n",
+        "1",
+        "--verbose-prompt",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the built-in gemma3")
+            && err.contains("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"),
+        "{err}"
+    );
+}
+
 #[test]
 fn chat_answers_the_capital_of_france() {
     let o = ember(&[

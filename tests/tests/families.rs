@@ -217,7 +217,10 @@ fn gemma3_windowed_layers_shrink_the_kv_cache() {
     let map = ember_runner::mmap::map(&path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let c = Llama::from_gguf(&gguf).unwrap().config;
-    assert_eq!((c.window, c.window_layers.count_ones(), c.n_layers), (512, 15, 18));
+    assert_eq!(
+        (c.window, c.window_layers.count_ones(), c.n_layers),
+        (512, 15, 18)
+    );
     let slot = 2 * c.kv_dim() * 2; // K and V of one position, f16
     for (ctx, batch) in [(32768, 512), (8192, 512), (4096, 64)] {
         let kv = KvOptions::dense(ctx).with_type(KvType::F16);
