@@ -264,45 +264,37 @@ fn q4_1_decode_at_least_as_close_as_llama_cpp() {
 /// file: top-1 at least llama.cpp's and mean KL from the exact function at
 /// most a tenth of llama.cpp's, through batched prefill and through decode.
 fn mix_bar(m: Mix, file: &str) {
+    let ty = FileType::from(m);
+    closer_bar(&file_of(ty), ty.name(), file, 0.1);
+}
+
+/// Top-1 at least llama.cpp's and mean KL from the exact function at most
+/// `ratio` times llama.cpp's, through batched prefill and through decode.
+fn closer_bar(path: &std::path::Path, label: &str, file: &str, ratio: f64) {
     for decode in [false, true] {
-        let s = score(m.into(), file, decode);
+        let s = score_file(path, label, file, decode);
         let kl = s.kl_sum / s.positions as f64;
         let llama_kl = s.llama_kl_sum / s.positions as f64;
         eprintln!(
-            "{} {} total: top-1 {}/{} (llama.cpp {}), mean KL {kl:.3e} (llama.cpp {llama_kl:.3e})",
-            FileType::from(m).name(),
+            "{label} {} total: top-1 {}/{} (llama.cpp {}), mean KL {kl:.3e} (llama.cpp {llama_kl:.3e})",
             if decode { "decode" } else { "batch" },
             s.top1_agree,
             s.qualifying,
             s.llama_top1_agree
         );
         assert!(s.top1_agree >= s.llama_top1_agree, "{s:?}");
-        assert!(kl <= 0.1 * llama_kl, "mean KL {kl} vs llama.cpp {llama_kl}");
+        assert!(
+            kl <= ratio * llama_kl,
+            "mean KL {kl} vs llama.cpp {llama_kl}"
+        );
     }
 }
 
-/// The real Gemma 3 270M Q4_K_M file (Q8_0, Q5_0, Q4_K and Q6_K tensors;
-/// sliding-window layers, QK-norm, GeGLU), fetched once with pip: top-1 at
-/// least llama.cpp's and mean KL from the exact function at most a fifth of
-/// llama.cpp's, through batched prefill and through decode.
 #[test]
 fn gemma3_270m_five_times_closer_than_llama_cpp() {
     let path = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    for decode in [false, true] {
-        let s = score_file(&path, "gemma3", "tf_gemma3_q4_k_m.json", decode);
-        let kl = s.kl_sum / s.positions as f64;
-        let llama_kl = s.llama_kl_sum / s.positions as f64;
-        eprintln!(
-            "gemma3 Q4_K_M {} total: top-1 {}/{} (llama.cpp {}), mean KL {kl:.3e} (llama.cpp {llama_kl:.3e})",
-            if decode { "decode" } else { "batch" },
-            s.top1_agree,
-            s.qualifying,
-            s.llama_top1_agree
-        );
-        assert!(s.top1_agree >= s.llama_top1_agree, "{s:?}");
-        assert!(kl <= 0.2 * llama_kl, "mean KL {kl} vs llama.cpp {llama_kl}");
-    }
+    closer_bar(&path, "gemma3 Q4_K_M", "tf_gemma3_q4_k_m.json", 0.2);
 }
 
 #[test]

@@ -321,24 +321,24 @@ impl<'s, 'w> Batch<'s, 'w> {
         };
         let s = &mut self.s;
         let n = st.rows.all;
-        let (dim, ffn, eps) = (c.dim, c.ffn_dim, c.rms_eps);
+        let (dim, ffn) = (c.dim, c.ffn_dim);
 
         // x = the tokens' embedding rows; each token's RoPE angles.
         st.embed(w, seqs, s)?;
         for (l, lw) in w.layers.iter().enumerate() {
             // x += post(Wo · attention(rope(q), rope(k), v)), h = norm(x),
             // q = qnorm(Wq h + bq), k = knorm(Wk h + bk), v = Wv h + bv.
-            rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], lw.attn_norm, eps);
+            st.norm_rows(&mut s.xb[..n * dim], Some(&s.x[..n * dim]), lw.attn_norm);
             let qkv = [&mut *s.q, &mut *s.k, &mut *s.v];
             st.matmul(lw.group(QKV), s.xb, qkv, s.work, s.shared)?;
             st.rope_and_cache(l, lw, seqs, s)?;
             st.attend(l, seqs, s)?;
             st.matmul(lw.group(ATTN_OUT), s.att, [&mut *s.xb], s.work, s.shared)?;
-            rmsnorm_rows_in_place(&mut s.xb[..n * dim], lw.attn_post_norm, eps);
+            st.norm_rows(&mut s.xb[..n * dim], None, lw.attn_post_norm);
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
             // x += post(Wdown · (act(Wgate h) ⊙ Wup h)), h = norm(x).
-            rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], lw.ffn_norm, eps);
+            st.norm_rows(&mut s.xb[..n * dim], Some(&s.x[..n * dim]), lw.ffn_norm);
             let gate_up = [&mut *s.gate, &mut *s.up];
             st.matmul(lw.group(GATE_UP), s.xb, gate_up, s.work, s.shared)?;
             let (gate, up) = (&mut s.gate[..n * ffn], &s.up[..n * ffn]);
@@ -347,7 +347,7 @@ impl<'s, 'w> Batch<'s, 'w> {
                 Activation::GeluTanh => geglu(gate, up),
             }
             st.matmul(lw.group(DOWN), s.gate, [&mut *s.xb], s.work, s.shared)?;
-            rmsnorm_rows_in_place(&mut s.xb[..n * dim], lw.ffn_post_norm, eps);
+            st.norm_rows(&mut s.xb[..n * dim], None, lw.ffn_post_norm);
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
         }
         for q in seqs.iter_mut() {
@@ -611,6 +611,31 @@ impl Stage<'_> {
         self.mm.matmul(ws, x, outs, work, shared, self.rows)
     }
 
+    /// RMSNorm of each `weight.len()`-wide row: of `x` into `out`, or of
+    /// `out` in place (`x` `None`; nothing when `weight` is empty, a family
+    /// without the norm). The rows of a prompt chunk are split over the
+    /// workers; each row's arithmetic is the same wherever it runs.
+    fn norm_rows(&self, out: &mut [f32], x: Option<&[f32]>, weight: &[f32]) {
+        let d = weight.len();
+        if d == 0 {
+            return;
+        }
+        let eps = self.c.rms_eps;
+        let row = |t: usize, o: &mut [f32], _: &mut [f32]| match x {
+            Some(x) => rmsnorm(o, &x[t * d..(t + 1) * d], weight, eps),
+            None => rmsnorm_in_place(o, weight, eps),
+        };
+        let rows = out.len() / d;
+        if rows < 2 || self.par.workers() < 2 {
+            for (t, o) in out.chunks_exact_mut(d).enumerate() {
+                row(t, o, &mut []);
+            }
+        } else {
+            // The buffers fit by construction (rows * d = out.len(), no scratch).
+            let _ = parallel::for_tasks(self.par, rows, out, d, &mut [], 0, &row);
+        }
+    }
+
     /// `x` = each token's embedding row, and its RoPE angles at its
     /// absolute position (once for all layers).
     fn embed(&self, w: &Weights, seqs: &[Seq<'_, '_>], s: &mut Scratch<'_>) -> Result<()> {
@@ -847,25 +872,6 @@ struct Logits {
     /// (sequence, token) of each pending row of `xb`.
     ids: [(usize, usize); CLASSIFY_ROWS],
     pending: usize,
-}
-
-/// [`rmsnorm`] of each `weight.len()`-wide row of `x` into `out`.
-fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let d = weight.len().max(1);
-    for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        rmsnorm(o, r, weight, eps);
-    }
-}
-
-/// [`rmsnorm_in_place`] of each `weight.len()`-wide row of `x`; nothing
-/// when `weight` is empty (a family without the norm).
-fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    if weight.is_empty() {
-        return;
-    }
-    for r in x.chunks_exact_mut(weight.len()) {
-        rmsnorm_in_place(r, weight, eps);
-    }
 }
 
 /// `x = x / rms(x) * weight`, as [`rmsnorm`]; nothing when `weight` is empty.

@@ -103,7 +103,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             .context("the server needs the model's tokenizer")?,
     ));
     let template = a.template.load(&m.gguf, tok)?;
-    eprintln!("ember: chat template: {}", template.origin());
+    let template_origin = template.origin().to_string();
     let model: &'static Llama<'static> = Box::leak(Box::new(m.model));
     let ctx = context(a.ctx, model, MAX_DEFAULT_SERVE_CTX);
     if ctx < 2 {
@@ -181,7 +181,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights)",
+            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights; chat template: {template_origin})",
             shared.model_id,
             a.parallel,
             ctx,
