@@ -127,7 +127,7 @@ fn score(ty: FileType, file: &str, decode: bool) -> Score {
 /// [`score`] for the model at `path` (`label` names it in the report).
 fn score_file(path: &std::path::Path, label: &str, file: &str, decode: bool) -> Score {
     let g = golden(file);
-    let map = ember_runner::mmap::map(&path).unwrap();
+    let map = ember_runner::mmap::map(path).unwrap();
     let gguf = Gguf::parse(&map).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
     // Decode as `ember` runs it on one thread: Q8_0 and Q4_1 rows

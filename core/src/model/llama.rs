@@ -890,7 +890,7 @@ pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 /// `0.5 x (1 + tanh(u)) = x / (1 + exp(-2u))`, `u = sqrt(2/pi) (x + 0.044715 x^3)`,
 /// in f32 with the core's `exp` (within 2 ulp of libm's).
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
-    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_1;
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_2;
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         let z = TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
