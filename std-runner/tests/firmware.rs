@@ -271,8 +271,12 @@ fn placed_model_matches_host(target: &str, model: &Path, env: &[(&str, &str)]) -
     env.push(("EMBER_FIRMWARE_MODEL", model.to_str().unwrap()));
     let o = qemu(target, "smollm", &env);
     let text = assert_exit(&o, 0);
+    let prompt_text = env
+        .iter()
+        .find(|(k, _)| *k == "EMBER_FIRMWARE_PROMPT")
+        .map_or("The capital of France is", |(_, v)| v);
     let tok = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["tokenize", "The capital of France is", "--json"])
+        .args(["tokenize", prompt_text, "--json"])
         .args(["--model", model.to_str().unwrap()])
         .output()
         .unwrap();
@@ -348,6 +352,76 @@ fn cortex_m4_packed_psram_model_matches_host() {
         &[("EMBER_FIRMWARE_RAM_LIMIT", "2000000")],
     );
     assert!(log.contains("weights not packed in fours: "), "{log}");
+}
+
+/// Every family on the Cortex-M4F (a synthetic Q8_0 file of each, in its
+/// PSRAM): the prompt tokenized on the device, the DSP int8 kernels, and
+/// 8 greedy ids and their text equal to the host's. Gemma 3's windowed
+/// layers see 8 positions and keep rings of 8 + 15 slots, which the
+/// 30-token prompt and the decode wrap.
+#[test]
+fn cortex_m4_runs_every_family_as_the_host_does() {
+    let dir = tempdir();
+    let prompt = "Once upon a time there was a little robot who lived in a small house at the edge of the forest, and every morning";
+    for family in ["llama3", "qwen2", "qwen3", "phi3", "gemma3"] {
+        let model = dir.join(format!("{family}.gguf"));
+        let head_dim = if matches!(family, "qwen3" | "gemma3") {
+            "48"
+        } else {
+            "0"
+        };
+        let st = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["synth", model.to_str().unwrap(), "--arch", family])
+            .args([
+                "--dim",
+                "128",
+                "--layers",
+                "6",
+                "--heads",
+                "4",
+                "--kv-heads",
+                "2",
+            ])
+            .args([
+                "--ffn", "384", "--vocab", "512", "--seed", "3", "--window", "8",
+            ])
+            .args(["--head-dim", head_dim])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let log = placed_model_matches_host(
+            "thumbv7em-none-eabihf",
+            &model,
+            &[("EMBER_FIRMWARE_PROMPT", prompt)],
+        );
+        assert!(log.contains("kernels=cortex-m-dsp"), "{family}: {log}");
+        let n_prompt = prompt_ids(&log).len();
+        assert!(
+            n_prompt > 23,
+            "{family}: the prompt should wrap the rings ({n_prompt} ids)"
+        );
+    }
+    // A board too small for the family's plan is told so up front, with
+    // the plan's numbers, before any token.
+    let model = dir.join("gemma3.gguf");
+    let o = qemu(
+        "thumbv7em-none-eabihf",
+        "smollm",
+        &[
+            ("EMBER_FIRMWARE_MODEL", model.to_str().unwrap()),
+            ("EMBER_FIRMWARE_RAM_LIMIT", "150000"),
+        ],
+    );
+    assert_device_error(&o, "the session arena: the static buffer is too small");
+    let text = log(&o);
+    assert!(
+        text.contains("memory plan: ") && !text.contains("run kernels="),
+        "{text}"
+    );
 }
 
 /// `ember synth` arguments of the Cortex-M4F PSRAM model (as in

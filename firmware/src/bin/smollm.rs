@@ -19,8 +19,10 @@ use ember_firmware::{self as fw, OrExit};
 /// for SmolLM2).
 #[link_section = ".bigram"]
 static RAM: Arena<ARENA> = Arena::new();
+// The arena and its header end below 0x2180_0000, where QEMU's loader
+// puts the model's header (memory/an386.x).
 #[cfg(board = "an386")]
-const ARENA: usize = 8 << 20;
+const ARENA: usize = (8 << 20) - 4096;
 #[cfg(board = "an547")]
 const ARENA: usize = 192 << 20;
 #[cfg(board = "virt")]
