@@ -603,6 +603,66 @@ mod tests {
         assert_eq!(c.sinks_for(6), 2);
     }
 
+    /// Layers 0 and 2 of three attend within 4 positions, in rings of
+    /// 4 + 3 slots (chunks of up to 4 tokens); layer 1 keeps 16.
+    #[test]
+    fn windowed_layers_ring_their_window() {
+        let opt = KvOptions::dense(16);
+        let win = Windows::new(0b101, 4, 4, &opt);
+        assert_eq!(win.ring, 7);
+        let bytes = KvCache::bytes_windowed(&opt, 3, 32, &win).unwrap();
+        assert_eq!(bytes, (7 + 16 + 7) * 32 * 4);
+        let k: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
+        let v: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
+        let mut c =
+            KvCache::windowed(quant::as_bytes_mut(k), quant::as_bytes_mut(v), opt, 3, 32, win)
+                .unwrap();
+        // Each position's key holds its position, in every layer.
+        for t in 0..12 {
+            for l in 0..3 {
+                c.store(l, t, &[t as f32; 32], &[0.0; 32]).unwrap();
+            }
+        }
+        c.advance(12);
+        let key = |c: &KvCache, l: usize, slot: usize| match c.layer(l).unwrap().0 {
+            KvRows::F32(r) => r[slot * 32],
+            _ => unreachable!(),
+        };
+        // The global layer sees every position; a windowed one the ring's
+        // slots whose positions are in its window.
+        let g = c.view(1, 11, 11);
+        assert_eq!((g.n, g.sinks, g.mask), (12, 0, None));
+        let w = c.view(2, 9, 11);
+        assert_eq!(w.n, 7);
+        let m = w.mask.unwrap();
+        let seen: std::vec::Vec<usize> = (0..w.n)
+            .filter(|&s| m.keeps(s))
+            .map(|s| key(&c, 2, s) as usize)
+            .collect();
+        assert_eq!(seen, [7, 8, 9, 6]);
+        assert_eq!(c.slot_in(0, 11), 4);
+        assert_eq!(key(&c, 0, 4), 11.0);
+        // Going back past what the ring still holds is refused; within it,
+        // allowed.
+        assert!(c.truncate(8).is_err());
+        assert!(c.truncate(9).is_ok() && c.pos() == 9);
+        // A copy holds the same keys in every layer.
+        let k2: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
+        let v2: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
+        let mut d =
+            KvCache::windowed(quant::as_bytes_mut(k2), quant::as_bytes_mut(v2), opt, 3, 32, win)
+                .unwrap();
+        d.copy_from(&c).unwrap();
+        for (l, slots) in [(0, 7), (1, 9), (2, 7)] {
+            for s in 0..slots {
+                assert_eq!(key(&d, l, s), key(&c, l, s), "layer {l} slot {s}");
+            }
+        }
+        // A dense cache no longer than the ring keeps every position.
+        assert_eq!(Windows::new(0b101, 4, 4, &KvOptions::dense(7)).ring, 0);
+        assert_eq!(Windows::new(0b101, 4, 4, &KvOptions::streaming(1, 3)).ring, 7);
+    }
+
     #[test]
     fn dense_refuses_and_streaming_goes_on() {
         let mut d = cache(4 * 32 * 4, KvOptions::dense(4));
