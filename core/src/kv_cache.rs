@@ -614,9 +614,15 @@ mod tests {
         assert_eq!(bytes, (7 + 16 + 7) * 32 * 4);
         let k: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
         let v: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
-        let mut c =
-            KvCache::windowed(quant::as_bytes_mut(k), quant::as_bytes_mut(v), opt, 3, 32, win)
-                .unwrap();
+        let mut c = KvCache::windowed(
+            quant::as_bytes_mut(k),
+            quant::as_bytes_mut(v),
+            opt,
+            3,
+            32,
+            win,
+        )
+        .unwrap();
         // Each position's key holds its position, in every layer.
         for t in 0..12 {
             for l in 0..3 {
@@ -649,9 +655,15 @@ mod tests {
         // A copy holds the same keys in every layer.
         let k2: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
         let v2: &'static mut [f32] = Box::leak(vec![0f32; bytes / 4].into_boxed_slice());
-        let mut d =
-            KvCache::windowed(quant::as_bytes_mut(k2), quant::as_bytes_mut(v2), opt, 3, 32, win)
-                .unwrap();
+        let mut d = KvCache::windowed(
+            quant::as_bytes_mut(k2),
+            quant::as_bytes_mut(v2),
+            opt,
+            3,
+            32,
+            win,
+        )
+        .unwrap();
         d.copy_from(&c).unwrap();
         for (l, slots) in [(0, 7), (1, 9), (2, 7)] {
             for s in 0..slots {
@@ -660,7 +672,10 @@ mod tests {
         }
         // A dense cache no longer than the ring keeps every position.
         assert_eq!(Windows::new(0b101, 4, 4, &KvOptions::dense(7)).ring, 0);
-        assert_eq!(Windows::new(0b101, 4, 4, &KvOptions::streaming(1, 3)).ring, 7);
+        assert_eq!(
+            Windows::new(0b101, 4, 4, &KvOptions::streaming(1, 3)).ring,
+            7
+        );
     }
 
     #[test]

@@ -43,6 +43,24 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// `2 sqrt(2/pi)`, GELU's tanh form as a sigmoid.
+pub const GELU_2C: f32 = 1.595_769_2;
+
+/// GELU in its tanh form, `0.5 x (1 + tanh(u))` with
+/// `u = sqrt(2/pi) (x + 0.044715 x^3)`, as `x / (1 + e^-2u)`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    let z = GELU_2C * (x + 0.044_715 * x * x * x);
+    x / (1.0 + exp(-z))
+}
+
+/// GeGLU's gate in place: `g[i] = gelu(g[i]) * u[i]`.
+pub fn geglu(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = gelu(*g) * u;
+    }
+}
+
 /// SwiGLU's gate in place: `g[i] = silu(g[i]) * u[i]`.
 pub fn swiglu(g: &mut [f32], u: &[f32]) {
     for (g, &u) in g.iter_mut().zip(u) {

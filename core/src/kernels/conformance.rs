@@ -144,6 +144,7 @@ pub(crate) fn check_table(k: &Kernels) {
     check_attention_f16(k);
     check_widen(k);
     check_swiglu(k);
+    check_geglu(k);
     check_softmax(k);
 }
 
@@ -236,6 +237,34 @@ pub(crate) fn check_swiglu(k: &Kernels) {
         for i in 0..n {
             let same = g[i].to_bits() == want[i].to_bits() || (g[i].is_nan() && want[i].is_nan());
             assert!(same, "swiglu case {case} i {i}: {} vs {}", g[i], want[i]);
+        }
+    }
+}
+
+/// `geglu` gives [`crate::math::geglu`]'s values bit for bit (NaN for
+/// NaN) across the whole range, both clamps and odd lengths.
+pub(crate) fn check_geglu(k: &Kernels) {
+    let mut rng = Rng::new(0x000e_e1e0);
+    for case in 0..64 {
+        let n = [1, 7, 8, 9, 64, 100][case % 6];
+        let mut g = [0.0f32; 100];
+        let mut u = [0.0f32; 100];
+        for i in 0..n {
+            g[i] = match (case + i) % 9 {
+                0 => f32::from_bits(rng.next_u32()), // any bits: NaN, inf, subnormal
+                1 => rng.f32() * 200.0,
+                2 => 10.0 + rng.f32(),
+                3 => -12.0 + rng.f32(),
+                _ => rng.f32() * 12.0,
+            };
+            u[i] = rng.f32() * 4.0;
+        }
+        let mut want = g;
+        crate::math::geglu(&mut want[..n], &u[..n]);
+        (k.geglu)(&mut g[..n], &u[..n]);
+        for i in 0..n {
+            let same = g[i].to_bits() == want[i].to_bits() || (g[i].is_nan() && want[i].is_nan());
+            assert!(same, "geglu case {case} i {i}: {} vs {}", g[i], want[i]);
         }
     }
 }

@@ -814,6 +814,9 @@ pub struct Kernels {
     /// SwiGLU's gate in place, `g = silu(g) * u`: [`crate::math::swiglu`]'s
     /// values (NaN for NaN).
     pub swiglu: fn(&mut [f32], &[f32]),
+    /// GeGLU's gate in place, `g = gelu(g) * u`: [`crate::math::geglu`]'s
+    /// values (NaN for NaN).
+    pub geglu: fn(&mut [f32], &[f32]),
     /// Attention's softmax in place: [`crate::math::softmax`]'s values
     /// bit for bit.
     pub softmax: fn(&mut [f32]),
@@ -850,6 +853,7 @@ impl Kernels {
             axpy_f16: scalar::axpy_f16,
             prefetch: scalar::prefetch,
             swiglu: crate::math::swiglu,
+            geglu: crate::math::geglu,
             softmax: crate::math::softmax,
             key_dots_f16: scalar::key_dots_f16,
             value_sum_f16: scalar::value_sum_f16,

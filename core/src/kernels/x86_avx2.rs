@@ -41,6 +41,7 @@ pub fn table() -> Option<Kernels> {
         axpy_f16,
         prefetch,
         swiglu,
+        geglu,
         softmax,
         key_dots_f16,
         value_sum_f16,
@@ -321,6 +322,10 @@ fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
 fn swiglu(g: &mut [f32], u: &[f32]) {
     // SAFETY: as above.
     unsafe { imp::swiglu(g, u) }
+}
+fn geglu(g: &mut [f32], u: &[f32]) {
+    // SAFETY: as above.
+    unsafe { imp::geglu(g, u) }
 }
 fn softmax(x: &mut [f32]) {
     // SAFETY: as above.
@@ -1619,6 +1624,37 @@ pub(super) mod imp {
             }
         }
         crate::math::swiglu(tg, tu);
+    }
+
+    /// [`crate::math::geglu`] eight lanes at a time, bit for bit: the same
+    /// operations in the same order (separate multiplies and adds, no FMA).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn geglu(g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len());
+        let (cg, tg) = g[..n].as_chunks_mut::<8>();
+        let (cu, tu) = u[..n].as_chunks::<8>();
+        let one = _mm256_set1_ps(1.0);
+        let c = _mm256_set1_ps(crate::math::GELU_2C);
+        let k = _mm256_set1_ps(0.044_715);
+        for (gv, uv) in cg.iter_mut().zip(cu) {
+            // SAFETY: eight floats readable and writable at `gv`, eight
+            // readable at `uv`; loadu/storeu are unaligned.
+            unsafe {
+                let x = _mm256_loadu_ps(gv.as_ptr());
+                let cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(k, x), x), x);
+                let z = _mm256_mul_ps(c, _mm256_add_ps(x, cube));
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), z));
+                let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(
+                    gv.as_mut_ptr(),
+                    _mm256_mul_ps(s, _mm256_loadu_ps(uv.as_ptr())),
+                );
+            }
+        }
+        crate::math::geglu(tg, tu);
     }
 
     /// [`crate::math::softmax`] eight lanes at a time, bit for bit: the

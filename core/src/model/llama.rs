@@ -26,7 +26,7 @@ use crate::kernels::{Kernels, Matrix, Multiplier, StepRows};
 use crate::kv_cache::KvCache;
 use crate::model::scratch::{take, Dims, Scratch, ScratchSizes};
 use crate::model::weights::{ATTN_OUT, DOWN, GATE_UP, QKV};
-use crate::model::{Config, LayerWeights, MemoryPlan, Weights};
+use crate::model::{Config, MemoryPlan, Weights};
 use crate::parallel::{self, Parallel, Serial};
 
 /// A loaded model: config plus weights borrowed from the file bytes.
@@ -331,7 +331,10 @@ impl<'s, 'w> Batch<'s, 'w> {
             st.norm_rows(&mut s.xb[..n * dim], Some(&s.x[..n * dim]), lw.attn_norm);
             let qkv = [&mut *s.q, &mut *s.k, &mut *s.v];
             st.matmul(lw.group(QKV), s.xb, qkv, s.work, s.shared)?;
-            st.rope_and_cache(l, lw, seqs, s)?;
+            st.heads(&mut s.q[..n * c.q_dim()], lw.attn_q_bias, lw.attn_q_norm);
+            st.heads(&mut s.k[..n * c.kv_dim()], lw.attn_k_bias, lw.attn_k_norm);
+            st.heads(&mut s.v[..n * c.kv_dim()], lw.attn_v_bias, &[]);
+            st.rope_and_cache(l, seqs, s)?;
             st.attend(l, seqs, s)?;
             st.matmul(lw.group(ATTN_OUT), s.att, [&mut *s.xb], s.work, s.shared)?;
             st.norm_rows(&mut s.xb[..n * dim], None, lw.attn_post_norm);
@@ -344,7 +347,7 @@ impl<'s, 'w> Batch<'s, 'w> {
             let (gate, up) = (&mut s.gate[..n * ffn], &s.up[..n * ffn]);
             match c.layout.act {
                 Activation::Silu => (st.kern.swiglu)(gate, up),
-                Activation::GeluTanh => geglu(gate, up),
+                Activation::GeluTanh => (st.kern.geglu)(gate, up),
             }
             st.matmul(lw.group(DOWN), s.gate, [&mut *s.xb], s.work, s.shared)?;
             st.norm_rows(&mut s.xb[..n * dim], None, lw.ffn_post_norm);
@@ -661,22 +664,46 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// Finishes the step's queries, keys and values of layer `l` (biases,
-    /// then RMSNorm per head where the family has them), rotates queries
-    /// and keys at their absolute positions, then appends K and V to each
-    /// sequence's cache. Past the first eviction a sequence has one token,
-    /// whose query is also rotated at its in-cache position for the sink
-    /// keys (see kv_cache).
+    /// Finishes each head of the step's queries, keys or values: `bias`
+    /// added, then RMSNorm with `norm` (each empty where the family has
+    /// none). A prompt chunk's heads are split over the workers; each head's
+    /// arithmetic is the same wherever it runs.
+    fn heads(&self, x: &mut [f32], bias: &[f32], norm: &[f32]) {
+        if bias.is_empty() && norm.is_empty() {
+            return;
+        }
+        let (hd, eps) = (self.c.head_dim, self.c.rms_eps);
+        let head = |r: usize, h: &mut [f32], _: &mut [f32]| {
+            if !bias.is_empty() {
+                let at = (r * hd) % bias.len();
+                add(h, &bias[at..at + hd]);
+            }
+            rmsnorm_in_place(h, norm, eps);
+        };
+        let rows = x.len() / hd;
+        if self.rows.all < 2 || self.par.workers() < 2 {
+            for (r, h) in x.chunks_exact_mut(hd).enumerate() {
+                head(r, h, &mut []);
+            }
+        } else {
+            // The buffers fit by construction (rows * hd = x.len(), no scratch).
+            let _ = parallel::for_tasks(self.par, rows, x, hd, &mut [], 0, &head);
+        }
+    }
+
+    /// Rotates the step's queries and keys of layer `l` at their absolute
+    /// positions, then appends K and V to each sequence's cache. Past the
+    /// first eviction a sequence has one token, whose query is also
+    /// rotated at its in-cache position for the sink keys (see kv_cache).
     fn rope_and_cache(
         &self,
         l: usize,
-        lw: &LayerWeights,
         seqs: &mut [Seq<'_, '_>],
         s: &mut Scratch<'_>,
     ) -> Result<()> {
         let c = self.c;
         let (qd, kvd, hd, rd) = (c.q_dim(), c.kv_dim(), c.head_dim, c.rope_dim);
-        let (sets, eps, order) = (c.rope_sets(), c.rms_eps, c.layout.rope);
+        let (sets, order) = (c.rope_sets(), c.layout.rope);
         // The windowed layers' angles are the second set.
         let set = if sets == 2 && c.windowed(l) { 1 } else { 0 };
         let freq = &s.rope_freq[set * rd..(set + 1) * rd];
@@ -689,16 +716,7 @@ impl Stage<'_> {
                 let table = &s.rope[(t * sets + set) * rd..(t * sets + set + 1) * rd];
                 let q = &mut s.q[t * qd..(t + 1) * qd];
                 let k = &mut s.k[t * kvd..(t + 1) * kvd];
-                let v = &mut s.v[t * kvd..(t + 1) * kvd];
-                add(q, lw.attn_q_bias);
-                add(k, lw.attn_k_bias);
-                add(v, lw.attn_v_bias);
-                for h in q.chunks_exact_mut(hd) {
-                    rmsnorm_in_place(h, lw.attn_q_norm, eps);
-                }
-                for h in k.chunks_exact_mut(hd) {
-                    rmsnorm_in_place(h, lw.attn_k_norm, eps);
-                }
+                let v = &s.v[t * kvd..(t + 1) * kvd];
                 let sink = sq.cache.sinks_for(p0 + j) > 0;
                 if sink {
                     s.q_sink[i * qd..(i + 1) * qd].copy_from_slice(q);
@@ -883,18 +901,6 @@ pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
     for (v, &g) in x.iter_mut().zip(weight) {
         *v = *v * scale * g;
-    }
-}
-
-/// `gate = gelu(gate) * up`, GELU in its tanh form (GeGLU):
-/// `0.5 x (1 + tanh(u)) = x / (1 + exp(-2u))`, `u = sqrt(2/pi) (x + 0.044715 x^3)`,
-/// in f32 with the core's `exp` (within 2 ulp of libm's).
-pub fn geglu(gate: &mut [f32], up: &[f32]) {
-    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_2;
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        let z = TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
-        *g = x / (1.0 + crate::math::exp(-z)) * u;
     }
 }
 
