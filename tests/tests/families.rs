@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
-use ember_core::kv_cache::KvOptions;
+use ember_core::kv_cache::{KvOptions, KvType};
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
 use ember_core::synth::{synth_family, Family, FamilyOptions, SynthConfig};
@@ -51,35 +51,15 @@ fn rows(v: &Value) -> Vec<Vec<f32>> {
 /// The golden's file, rewritten from its synth arguments (the same bytes
 /// llama.cpp read: the hash says so).
 fn file_of(g: &Value, family: Family) -> Vec<u8> {
-    let s = &g["synth"];
-    let c = SynthConfig {
-        dim: num(s, "dim"),
-        layers: num(s, "layers"),
-        heads: num(s, "heads"),
-        kv_heads: num(s, "kv_heads"),
-        ffn: num(s, "ffn"),
-        vocab: num(s, "vocab"),
-        ctx: num(s, "ctx"),
-        seed: num(s, "seed") as u64,
-        ty: GgmlType::F32,
-    };
-    let opts = FamilyOptions {
-        family,
-        head_dim: num(s, "head_dim"),
-        window: num(s, "window"),
-    };
-    let bytes = synth_family(&c, &opts).unwrap();
-    let sha: String = Sha256::digest(&bytes)
+    synth_of(g, family)
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(
-        sha,
-        g["sha256"].as_str().unwrap(),
-        "{}: synth bytes changed",
-        family.name()
-    );
-    bytes
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -144,6 +124,115 @@ fn run(
         next = argmax(l);
     }
     (worst_pre, worst_dec, got, want)
+}
+
+/// The file of a golden's synth arguments, checked against its hash.
+fn synth_of(g: &Value, family: Family) -> Vec<u8> {
+    let s = &g["synth"];
+    let c = SynthConfig {
+        dim: num(s, "dim"),
+        layers: num(s, "layers"),
+        heads: num(s, "heads"),
+        kv_heads: num(s, "kv_heads"),
+        ffn: num(s, "ffn"),
+        vocab: num(s, "vocab"),
+        ctx: num(s, "ctx"),
+        seed: num(s, "seed") as u64,
+        ty: GgmlType::F32,
+    };
+    let opts = FamilyOptions {
+        family,
+        head_dim: num(s, "head_dim"),
+        window: num(s, "window"),
+    };
+    let bytes = synth_family(&c, &opts).unwrap();
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        sha,
+        g["sha256"].as_str().unwrap(),
+        "{}: synth bytes changed",
+        family.name()
+    );
+    bytes
+}
+
+/// Every family at its real widths (Llama 3.2 1B, Qwen2.5-0.5B,
+/// Qwen3-0.6B, Phi-3-mini, Gemma 3 270M with its window of 512; fewer
+/// layers, the real vocabularies; F32) against llama.cpp
+/// (`tests/golden/oracle_real_*.json`): a 600-token prompt in pieces of 25
+/// (chunks of up to 64), past Gemma's window, then 24 greedy tokens; Ember's logits at llama.cpp's
+/// top 64 ids of every 25th prompt position and of every decode step within
+/// 2e-3 of the row's spread, and the same greedy ids. One family at a time:
+/// each file is up to 1.5 GB.
+#[test]
+fn real_widths_match_llama_cpp() {
+    for family in [
+        Family::Llama3,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Phi3,
+        Family::Gemma3,
+    ] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("golden")
+            .join(format!("oracle_real_{}.json", family.name()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let g: Value = serde_json::from_str(&text).unwrap();
+        let bytes = synth_of(&g, family);
+        let gguf = Gguf::parse(&bytes).unwrap();
+        let model = Llama::from_gguf(&gguf).unwrap();
+        let kv = KvOptions::dense(num(&g["synth"], "ctx")).with_type(KvType::F16);
+        let plan = MemoryPlan::with_kv(&model.config, kv, 64).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let top = g["top"].as_array().unwrap();
+        let diff = |l: &[f32], t: &Value| {
+            let want = t["logits"].as_array().unwrap();
+            let d = t["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(want)
+                .map(|(i, w)| (l[i.as_u64().unwrap() as usize] as f64 - w.as_f64().unwrap()).abs())
+                .fold(0f64, f64::max);
+            d / t["spread"].as_f64().unwrap()
+        };
+        let (mut pre, mut dec) = (0f64, 0f64);
+        let at_prefill: Vec<&Value> = top.iter().filter(|t| t["phase"] == "prefill").collect();
+        let prompt = ids_of(&g["prompt"]);
+        // The prompt in pieces that end at the recorded positions (the
+        // classifier runs for their last tokens only).
+        let mut from = 0;
+        for t in &at_prefill {
+            let at = num(t, "at");
+            pre = pre.max(diff(s.forward(&prompt[from..=at]).unwrap(), t));
+            from = at + 1;
+        }
+        if from < prompt.len() {
+            s.forward(&prompt[from..]).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut next = argmax(s.logits());
+        for t in top.iter().filter(|t| t["phase"] == "decode") {
+            got.push(next);
+            let l = s.forward(&[next]).unwrap();
+            dec = dec.max(diff(l, t));
+            next = argmax(l);
+        }
+        eprintln!(
+            "{} (dim {}, vocab {}, {} of {} layers windowed): prompt {pre:.2e}, decode {dec:.2e} of the logits' spread",
+            family.name(),
+            model.config.dim,
+            model.config.vocab_size,
+            model.config.window_layers.count_ones(),
+            model.config.n_layers,
+        );
+        assert!(pre < 2e-3 && dec < 2e-3, "{}: {pre} {dec}", family.name());
+        assert_eq!(got, ids_of(&g["greedy"]), "{}: greedy ids", family.name());
+    }
 }
 
 /// Logits within 2e-3 of their spread at every position, and the same
