@@ -26,8 +26,11 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let m = model();
-        let mut args = vec!["serve", "--model", &m, "--port", "0", "-t", "2"];
+        Server::start_model(&model(), extra)
+    }
+
+    fn start_model(m: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--model", m, "--port", "0", "-t", "2"];
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
             .args(&args)
@@ -272,18 +275,36 @@ fn endpoints_answer_as_openai_clients_expect() {
 
 #[test]
 fn a_greedy_completion_equals_ember_run() {
-    let s = Server::start(&["--parallel", "2", "--ctx", "512"]);
     let ids = [1u32, 504, 3458, 282, 2994, 314, 3067, 30, 378, 3458, 282];
+    served_as_run(&model(), &ids);
+}
+
+/// Gemma 3 270M (sliding-window layers, its own family's pass) is served
+/// as `ember run` generates.
+#[test]
+fn gemma3_is_served_as_ember_run_generates() {
+    let m = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // "Question: What is the capital of France?\nAnswer:" with BOS.
+    let ids = [
+        2u32, 14977, 236787, 2900, 563, 506, 5279, 529, 7001, 236881, 107, 7925, 236787,
+    ];
+    served_as_run(m.to_str().unwrap(), &ids);
+}
+
+/// A greedy completion of `ids` from a server over `m` equals `ember run`'s.
+fn served_as_run(m: &str, ids: &[u32]) {
+    let s = Server::start_model(m, &["--parallel", "2", "--ctx", "512"]);
     let req = json!({"prompt": ids, "max_tokens": 20, "temperature": 0, "ignore_eos": true});
     let (st, r) = post(&s.addr, "/v1/completions", &req);
     assert_eq!(st, 200, "{r}");
-    let ids_arg = ids.map(|i| i.to_string()).join(",");
-    let m = model();
+    let ids_arg: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let ids_arg = ids_arg.join(",");
     let o = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args([
             "run",
             "--model",
-            &m,
+            m,
             "--prompt-ids",
             &ids_arg,
             "-n",
