@@ -188,10 +188,16 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         }
         // Past an eviction the cache cannot go back: if the new rendering
         // differs from what was fed (a boundary tokenised differently), the
-        // tokens past what was fed follow what is cached.
+        // tokens past what was fed follow what is cached. A windowed layer's
+        // ring (Gemma 3) cannot go back further than a prompt chunk either;
+        // then the conversation is fed again from the start.
         let start = if s.truncate(common).is_ok() {
             fed.truncate(common);
             common
+        } else if !s.evicted() {
+            s.reset();
+            fed.clear();
+            0
         } else {
             fed.len().min(ids.len() - 1)
         };
