@@ -129,8 +129,8 @@ impl SamplerParam {
         match self {
             SamplerParam::Temperature => "temperature must be a finite number >= 0",
             SamplerParam::TopK => "top-k must be at least 1",
-            SamplerParam::TopP => "top-p must be in (0, 1]",
-            SamplerParam::MinP => "min-p must be in [0, 1]",
+            SamplerParam::TopP => "top-p must be in [0, 1]",
+            SamplerParam::MinP => "min-p must be a finite number >= 0",
             SamplerParam::RepeatPenalty => "repeat penalty must be a finite number > 0",
             SamplerParam::RepeatLastN => "the penalty window is longer than the sampler holds",
             SamplerParam::FrequencyPenalty => "frequency penalty must be finite",

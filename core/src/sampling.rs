@@ -144,10 +144,10 @@ impl SamplerConfig {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad(SamplerParam::Temperature);
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if !(0.0..=1.0).contains(&self.top_p) {
             return bad(SamplerParam::TopP);
         }
-        if !(0.0..=1.0).contains(&self.min_p) {
+        if !(self.min_p.is_finite() && self.min_p >= 0.0) {
             return bad(SamplerParam::MinP);
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
@@ -528,7 +528,15 @@ fn min_p(cand: &mut [Candidate], min_p: f32, sorted: bool) -> usize {
             m += 1;
         }
     }
-    m.max(1)
+    if m == 0 && !cand.is_empty() {
+        // min_p above 1 keeps no token by the rule; as llama.cpp, the most
+        // likely one stays (the first of equals).
+        let best =
+            (0..cand.len()).fold(0, |b, i| if cand[i].logit > cand[b].logit { i } else { b });
+        cand.swap(0, best);
+        return 1;
+    }
+    m
 }
 
 #[cfg(test)]
@@ -686,8 +694,15 @@ mod tests {
             },
             SamplerParam::Temperature,
         );
-        bad(SamplerConfig { top_p: 0.0, ..d }, SamplerParam::TopP);
+        bad(SamplerConfig { top_p: -0.1, ..d }, SamplerParam::TopP);
         bad(SamplerConfig { top_p: 1.5, ..d }, SamplerParam::TopP);
+        bad(
+            SamplerConfig {
+                min_p: f32::INFINITY,
+                ..d
+            },
+            SamplerParam::MinP,
+        );
         bad(SamplerConfig { min_p: -0.5, ..d }, SamplerParam::MinP);
         bad(
             SamplerConfig {

@@ -178,7 +178,7 @@ pub struct SamplingArgs {
         allow_negative_numbers = true
     )]
     pub top_k: i64,
-    /// Keep the most likely tokens whose probabilities add up to P (0 < P <= 1; 1 is off).
+    /// Keep the most likely tokens whose probabilities add up to P (0 <= P <= 1; 1 is off, 0 keeps the most likely token, as llama.cpp).
     #[arg(
         long,
         value_name = "P",
@@ -186,7 +186,7 @@ pub struct SamplingArgs {
         allow_negative_numbers = true
     )]
     pub top_p: f32,
-    /// Drop tokens less likely than P times the most likely one (0 <= P <= 1; 0 is off).
+    /// Drop tokens less likely than P times the most likely one (P >= 0; 0 is off, above 1 keeps the most likely token, as llama.cpp).
     #[arg(
         long,
         value_name = "P",
@@ -245,12 +245,12 @@ impl SamplingArgs {
             bail!("--top-k must be at least 1 (got {}); a K at or above the vocabulary size keeps every token", self.top_k);
         }
         let p = self.top_p;
-        if !(p > 0.0 && p <= 1.0) {
-            bail!("--top-p must be in (0, 1] (got {p})");
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--top-p must be in [0, 1] (got {p})");
         }
         let m = self.min_p;
-        if !(0.0..=1.0).contains(&m) {
-            bail!("--min-p must be in [0, 1] (got {m})");
+        if !(m.is_finite() && m >= 0.0) {
+            bail!("--min-p must be a finite number >= 0 (got {m})");
         }
         let r = self.repeat_penalty;
         if !(r.is_finite() && r > 0.0) {

@@ -740,12 +740,13 @@ fn bad_sampling_flags_name_the_flag() {
     for (flag, value) in [
         ("--temp", "-1"),
         ("--temp", "nan"),
-        ("--top-p", "0"),
+        ("--top-p", "-0.1"),
         ("--top-p", "1.01"),
         ("--top-p", "nan"),
         ("--top-k", "0"),
         ("--top-k", "-3"),
-        ("--min-p", "1.5"),
+        ("--min-p", "-0.5"),
+        ("--min-p", "inf"),
         ("--repeat-penalty", "0"),
         ("--repeat-last-n", "100000"),
         ("--beams", "0"),
@@ -761,6 +762,17 @@ fn bad_sampling_flags_name_the_flag() {
         "--beams 1000000 needs",
     );
     assert_one_line_error(&ember(&["chat", "-m", m, "--temp", "-2"]), "--temp");
+    // llama.cpp's edges are accepted and greedy: top-p 0 and min-p above 1
+    // keep the single most likely token.
+    let greedy = ember(&["run", "-m", m, "hi", "-n", "6", "--temp", "0", "--json"]);
+    for (flag, value) in [("--top-p", "0"), ("--min-p", "1.5")] {
+        let o = ember(&[
+            "run", "-m", m, "hi", "-n", "6", "--seed", "3", flag, value, "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ids = |o: &Output| serde_json::from_slice::<Value>(&o.stdout).unwrap()["ids"].clone();
+        assert_eq!(ids(&o), ids(&greedy), "{flag} {value}");
+    }
 }
 
 /// Threads split each step without changing a single bit of the result; the

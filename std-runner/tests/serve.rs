@@ -452,7 +452,7 @@ fn bad_requests_get_400_and_the_server_keeps_serving() {
         ),
         (
             chat,
-            json!({"messages": msgs, "top_p": 0}).to_string().into(),
+            json!({"messages": msgs, "top_p": -0.5}).to_string().into(),
             400,
             "top_p",
         ),
@@ -464,7 +464,7 @@ fn bad_requests_get_400_and_the_server_keeps_serving() {
         ),
         (
             chat,
-            json!({"messages": msgs, "min_p": 2}).to_string().into(),
+            json!({"messages": msgs, "min_p": -1}).to_string().into(),
             400,
             "min_p",
         ),

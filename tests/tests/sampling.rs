@@ -200,6 +200,39 @@ fn top_k_1_is_greedy() {
     }
 }
 
+/// As llama.cpp's sampler tests expect: top-p 0 keeps the single most
+/// likely token, and so does a min-p above 1 (which no token meets), so
+/// either is greedy whatever the temperature and seed.
+#[test]
+fn top_p_0_and_min_p_above_1_are_greedy() {
+    let mut scratch = vec![Candidate::default(); 1000];
+    for seed in 0..50u64 {
+        let l: Vec<f32> = (0..1000)
+            .map(|i| (((i as u64 * 2_654_435_761) ^ (seed * 97)) % 1000) as f32 / 37.0)
+            .collect();
+        let mut g = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let want = g.sample(&l, &mut scratch).unwrap();
+        for cfg in [
+            SamplerConfig {
+                top_p: 0.0,
+                ..plain(seed)
+            },
+            SamplerConfig {
+                min_p: 1.5,
+                ..plain(seed)
+            },
+            SamplerConfig {
+                min_p: 7.0,
+                top_k: 40,
+                ..plain(seed)
+            },
+        ] {
+            let mut s = Sampler::new(cfg).unwrap();
+            assert_eq!(s.sample(&l, &mut scratch).unwrap(), want, "{cfg:?}");
+        }
+    }
+}
+
 #[test]
 fn nan_and_infinities_are_handled() {
     let mut scratch = vec![Candidate::default(); 6];

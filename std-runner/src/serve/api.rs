@@ -213,8 +213,11 @@ pub fn parse_request(
         s.temperature = t as f32;
     }
     if let Some(p) = num("top_p")? {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(bad("top_p", "must be in (0, 1]"));
+        if !(0.0..=1.0).contains(&p) {
+            return Err(bad(
+                "top_p",
+                "must be in [0, 1] (0 keeps the most likely token)",
+            ));
         }
         s.top_p = p as f32;
     }
@@ -225,8 +228,11 @@ pub fn parse_request(
         s.top_k = u32::try_from(k).unwrap_or(u32::MAX);
     }
     if let Some(m) = num("min_p")? {
-        if !(0.0..=1.0).contains(&m) {
-            return Err(bad("min_p", "must be in [0, 1]"));
+        if !(m.is_finite() && m >= 0.0) {
+            return Err(bad(
+                "min_p",
+                "must be a finite number >= 0 (above 1 keeps the most likely token)",
+            ));
         }
         s.min_p = m as f32;
     }
