@@ -182,13 +182,18 @@ fn top_p_keeps_the_smallest_prefix_reaching_p() {
     assert_eq!(support(1.0), 4);
 }
 
+/// 1,000 logits in a seeded scrambled order.
+fn scrambled_logits(seed: u64) -> Vec<f32> {
+    (0..1000)
+        .map(|i| (((i as u64 * 2_654_435_761) ^ (seed * 97)) % 1000) as f32 / 37.0)
+        .collect()
+}
+
 #[test]
 fn top_k_1_is_greedy() {
     let mut scratch = vec![Candidate::default(); 1000];
     for seed in 0..50u64 {
-        let l: Vec<f32> = (0..1000)
-            .map(|i| (((i as u64 * 2_654_435_761) ^ (seed * 97)) % 1000) as f32 / 37.0)
-            .collect();
+        let l = scrambled_logits(seed);
         let mut g = Sampler::new(SamplerConfig::greedy()).unwrap();
         let mut k1 = Sampler::new(SamplerConfig {
             top_k: 1,
@@ -207,9 +212,7 @@ fn top_k_1_is_greedy() {
 fn top_p_0_and_min_p_above_1_are_greedy() {
     let mut scratch = vec![Candidate::default(); 1000];
     for seed in 0..50u64 {
-        let l: Vec<f32> = (0..1000)
-            .map(|i| (((i as u64 * 2_654_435_761) ^ (seed * 97)) % 1000) as f32 / 37.0)
-            .collect();
+        let l = scrambled_logits(seed);
         let mut g = Sampler::new(SamplerConfig::greedy()).unwrap();
         let want = g.sample(&l, &mut scratch).unwrap();
         for cfg in [

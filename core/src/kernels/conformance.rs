@@ -216,35 +216,37 @@ pub(crate) fn check_widen(k: &Kernels) {
 /// `swiglu` gives [`crate::math::swiglu`]'s values bit for bit (NaN for
 /// NaN) across the whole range, both clamps and odd lengths.
 pub(crate) fn check_swiglu(k: &Kernels) {
-    let mut rng = Rng::new(0x0005_1110);
-    for case in 0..64 {
-        let n = [1, 7, 8, 9, 64, 100][case % 6];
-        let mut g = [0.0f32; 100];
-        let mut u = [0.0f32; 100];
-        for i in 0..n {
-            g[i] = match (case + i) % 9 {
-                0 => f32::from_bits(rng.next_u32()), // any bits: NaN, inf, subnormal
-                1 => rng.f32() * 200.0,
-                2 => 87.3 + rng.f32(),
-                3 => -88.3 + rng.f32(),
-                _ => rng.f32() * 12.0,
-            };
-            u[i] = rng.f32() * 4.0;
-        }
-        let mut want = g;
-        crate::math::swiglu(&mut want[..n], &u[..n]);
-        (k.swiglu)(&mut g[..n], &u[..n]);
-        for i in 0..n {
-            let same = g[i].to_bits() == want[i].to_bits() || (g[i].is_nan() && want[i].is_nan());
-            assert!(same, "swiglu case {case} i {i}: {} vs {}", g[i], want[i]);
-        }
-    }
+    check_glu(
+        "swiglu",
+        k.swiglu,
+        crate::math::swiglu,
+        0x0005_1110,
+        (87.3, -88.3),
+    );
 }
 
-/// `geglu` gives [`crate::math::geglu`]'s values bit for bit (NaN for
-/// NaN) across the whole range, both clamps and odd lengths.
+/// `geglu` gives [`crate::math::geglu`]'s values the same way (its
+/// exponent reaches the clamps near ±10).
 pub(crate) fn check_geglu(k: &Kernels) {
-    let mut rng = Rng::new(0x000e_e1e0);
+    check_glu(
+        "geglu",
+        k.geglu,
+        crate::math::geglu,
+        0x000e_e1e0,
+        (10.0, -12.0),
+    );
+}
+
+/// A gated unit `f` against its `reference` over random, any-bits,
+/// large and clamp-edge gates (`edges`: near the exponent's clamps).
+fn check_glu(
+    name: &str,
+    f: fn(&mut [f32], &[f32]),
+    reference: fn(&mut [f32], &[f32]),
+    seed: u32,
+    (hi, lo): (f32, f32),
+) {
+    let mut rng = Rng::new(seed);
     for case in 0..64 {
         let n = [1, 7, 8, 9, 64, 100][case % 6];
         let mut g = [0.0f32; 100];
@@ -253,18 +255,18 @@ pub(crate) fn check_geglu(k: &Kernels) {
             g[i] = match (case + i) % 9 {
                 0 => f32::from_bits(rng.next_u32()), // any bits: NaN, inf, subnormal
                 1 => rng.f32() * 200.0,
-                2 => 10.0 + rng.f32(),
-                3 => -12.0 + rng.f32(),
+                2 => hi + rng.f32(),
+                3 => lo + rng.f32(),
                 _ => rng.f32() * 12.0,
             };
             u[i] = rng.f32() * 4.0;
         }
         let mut want = g;
-        crate::math::geglu(&mut want[..n], &u[..n]);
-        (k.geglu)(&mut g[..n], &u[..n]);
+        reference(&mut want[..n], &u[..n]);
+        f(&mut g[..n], &u[..n]);
         for i in 0..n {
             let same = g[i].to_bits() == want[i].to_bits() || (g[i].is_nan() && want[i].is_nan());
-            assert!(same, "geglu case {case} i {i}: {} vs {}", g[i], want[i]);
+            assert!(same, "{name} case {case} i {i}: {} vs {}", g[i], want[i]);
         }
     }
 }
