@@ -90,12 +90,7 @@ static STORE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The path of the default model, fetching it first if it is not cached.
 pub fn default_model() -> Result<PathBuf> {
-    let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    default_model_locked()
-}
-
-fn default_model_locked() -> Result<PathBuf> {
-    stored_locked(&SMOLLM2)
+    stored(&SMOLLM2)
 }
 
 /// The path of a stored model, fetching it first if it is not cached.
@@ -242,7 +237,7 @@ pub fn converted_mix(ty: crate::mix::FileType) -> Result<PathBuf> {
 /// The default model converted to `ty` (made with `ember convert` on first use).
 pub fn converted(ty: GgmlType) -> Result<PathBuf> {
     let _guard = STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let src = default_model_locked()?;
+    let src = stored_locked(&SMOLLM2)?;
     if ty == GgmlType::Q4_1 {
         return Ok(src);
     }

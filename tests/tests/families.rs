@@ -48,12 +48,6 @@ fn rows(v: &Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The golden's file, rewritten from its synth arguments (the same bytes
-/// llama.cpp read: the hash says so).
-fn file_of(g: &Value, family: Family) -> Vec<u8> {
-    synth_of(g, family)
-}
-
 fn ids_of(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -86,7 +80,7 @@ fn run(
     batch: usize,
 ) -> (f32, f32, Vec<u32>, Vec<u32>) {
     let g = golden(family.name());
-    let bytes = file_of(&g, family);
+    let bytes = synth_of(&g, family);
     let gguf = Gguf::parse(&bytes).unwrap();
     let model = Llama::from_gguf(&gguf).unwrap();
     assert_eq!(model.config.arch, family.arch());
@@ -126,7 +120,8 @@ fn run(
     (worst_pre, worst_dec, got, want)
 }
 
-/// The file of a golden's synth arguments, checked against its hash.
+/// The golden's file, rewritten from its synth arguments (the same bytes
+/// llama.cpp read: the hash says so).
 fn synth_of(g: &Value, family: Family) -> Vec<u8> {
     let s = &g["synth"];
     let c = SynthConfig {

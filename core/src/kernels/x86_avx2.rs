@@ -239,7 +239,21 @@ fn mv_q4_1(w: &[BlockQ4_1], x: &[f32], out: &mut [f32]) {
 /// The safe entry points of the 16-bit decode kernels that `q16_kernels!`
 /// stamps out in a table's `imp`: each slices `w` to the rows its outputs
 /// take (`q16_shape` for 32-element blocks, `k16_shape` for super-blocks).
+/// With no arguments: every format the 16-bit decode covers.
 macro_rules! q16_entries {
+    () => {
+        q16_entries! {
+            mv_q8_0_q16: BlockQ8_0, q16_shape;
+            mv_q4_0_q16: BlockQ4_0, q16_shape;
+            mv_q4_1_q16: BlockQ4_1, q16_shape;
+            mv_q5_0_q16: BlockQ5_0, q16_shape;
+            mv_q5_1_q16: BlockQ5_1, q16_shape;
+            mv_q3_k_q16: BlockQ3K, k16_shape;
+            mv_q4_k_q16: BlockQ4K, k16_shape;
+            mv_q5_k_q16: BlockQ5K, k16_shape;
+            mv_q6_k_q16: BlockQ6K, k16_shape;
+        }
+    };
     ($($name:ident: $block:ty, $shape:ident;)*) => {$(
         fn $name(w: &[$block], x: &[BlockQ16], n: usize, out: &mut [f32]) {
             let (x, out, need) = $shape(x, n, out);
@@ -252,17 +266,7 @@ macro_rules! q16_entries {
 }
 pub(super) use q16_entries;
 
-q16_entries! {
-    mv_q8_0_q16: BlockQ8_0, q16_shape;
-    mv_q4_0_q16: BlockQ4_0, q16_shape;
-    mv_q4_1_q16: BlockQ4_1, q16_shape;
-    mv_q5_0_q16: BlockQ5_0, q16_shape;
-    mv_q5_1_q16: BlockQ5_1, q16_shape;
-    mv_q3_k_q16: BlockQ3K, k16_shape;
-    mv_q4_k_q16: BlockQ4K, k16_shape;
-    mv_q5_k_q16: BlockQ5K, k16_shape;
-    mv_q6_k_q16: BlockQ6K, k16_shape;
-}
+q16_entries!();
 
 /// [`q16_shape`] for 256-element super-blocks: `n` tokens' blocks, the
 /// (n, rows) outputs, and the super-blocks those rows take.
@@ -1835,10 +1839,7 @@ pub(super) mod imp {
         for (b, o) in x.iter().zip(out.as_chunks_mut::<256>().0) {
             for (g, og) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
                 let (d, m) = b.group(g);
-                let h = _mm256_srl_epi16(bytes32(&b.qh), _mm_cvtsi32_si128((g & 7) as i32));
-                let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
-                let q = _mm256_or_si256(k_nibbles(&b.qs, g), _mm256_slli_epi16::<4>(h));
-                widen32(q, 0, d, Some(m), og);
+                widen32(q5_k_bytes(b, g), 0, d, Some(m), og);
             }
         }
     }
@@ -1851,20 +1852,7 @@ pub(super) mod imp {
     pub unsafe fn widen_q6_k(x: &[BlockQ6K], out: &mut [f32]) {
         for (b, o) in x.iter().zip(out.as_chunks_mut::<256>().0) {
             for (g, og) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
-                let (h, k) = ((g / 4) & 1, g % 4);
-                let ql = bytes32(&b.ql.as_chunks::<32>().0[2 * h + k % 2]);
-                let lo = if k < 2 {
-                    ql
-                } else {
-                    _mm256_srli_epi16::<4>(ql)
-                };
-                let lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0f));
-                let qh = _mm256_srl_epi16(
-                    bytes32(&b.qh.as_chunks::<32>().0[h]),
-                    _mm_cvtsi32_si128(2 * k as i32),
-                );
-                let hi = _mm256_and_si256(qh, _mm256_set1_epi8(3));
-                let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let q = q6_k_bytes(b, g);
                 // Two groups of 16, each with its own scale.
                 let mut tmp = [0.0f32; 32];
                 widen32(q, 32, b.group(2 * g), None, &mut tmp);
@@ -1873,6 +1861,28 @@ pub(super) mod imp {
                 og[16..].copy_from_slice(&tmp[16..]);
             }
         }
+    }
+
+    /// Group `g`'s 32 six-bit quants of a Q6_K block as unsigned bytes
+    /// (0..64, before the offset of 32): four low bits from `ql`, two high
+    /// from `qh`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn q6_k_bytes(b: &BlockQ6K, g: usize) -> __m256i {
+        let (h, k) = ((g / 4) & 1, g % 4);
+        let ql = bytes32(&b.ql.as_chunks::<32>().0[2 * h + k % 2]);
+        let lo = if k < 2 {
+            ql
+        } else {
+            _mm256_srli_epi16::<4>(ql)
+        };
+        let lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0f));
+        let qh = _mm256_srl_epi16(
+            bytes32(&b.qh.as_chunks::<32>().0[h]),
+            _mm_cvtsi32_si128(2 * k as i32),
+        );
+        let hi = _mm256_and_si256(qh, _mm256_set1_epi8(3));
+        _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi))
     }
 
     /// Activation block `k`'s 32 two-bit quants of a Q2_K block as bytes.
@@ -2404,18 +2414,21 @@ pub(super) mod imp {
     }
 
     /// Group `g` (of 32) of a Q5_K block times its scale `sc`, as 2 x 16
-    /// i16 lanes: the nibbles plus 16 where bit `g` of the element's `qh`
-    /// byte is set.
+    /// i16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     pub(in crate::kernels) fn q5_k_group(b: &BlockQ5K, g: usize, sc: u8) -> (__m256i, __m256i) {
+        scaled(widen_u8(q5_k_bytes(b, g)), sc)
+    }
+
+    /// Group `g`'s 32 five-bit quants of a Q5_K block as bytes: the
+    /// nibbles plus 16 where bit `g` of the element's `qh` byte is set.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn q5_k_bytes(b: &BlockQ5K, g: usize) -> __m256i {
         let h = _mm256_srl_epi16(bytes32(&b.qh), _mm_cvtsi32_si128((g & 7) as i32));
         let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
-        let q = widen_u8(_mm256_or_si256(
-            k_nibbles(&b.qs, g),
-            _mm256_slli_epi16::<4>(h),
-        ));
-        scaled(q, sc)
+        _mm256_or_si256(k_nibbles(&b.qs, g), _mm256_slli_epi16::<4>(h))
     }
 
     /// Group `g` (of 32) of a Q3_K block as 2 x 16 i16 lanes, each half
@@ -2446,20 +2459,7 @@ pub(super) mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     pub(in crate::kernels) fn q6_k_group(b: &BlockQ6K, g: usize) -> (__m256i, __m256i) {
-        let (h, k) = ((g / 4) & 1, g % 4);
-        let ql = bytes32(&b.ql.as_chunks::<32>().0[2 * h + k % 2]);
-        let lo = if k < 2 {
-            ql
-        } else {
-            _mm256_srli_epi16::<4>(ql)
-        };
-        let lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0f));
-        let qh = _mm256_srl_epi16(
-            bytes32(&b.qh.as_chunks::<32>().0[h]),
-            _mm_cvtsi32_si128(2 * k as i32),
-        );
-        let hi = _mm256_and_si256(qh, _mm256_set1_epi8(3));
-        let (a, c) = widen_u8(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)));
+        let (a, c) = widen_u8(q6_k_bytes(b, g));
         let off = _mm256_set1_epi16(32);
         let sa = _mm256_set1_epi16(b.scales[(2 * g) & 15] as i16);
         let sc = _mm256_set1_epi16(b.scales[(2 * g + 1) & 15] as i16);

@@ -121,17 +121,7 @@ fn vnni() -> bool {
     ))
 }
 
-q16_entries! {
-    mv_q8_0_q16: BlockQ8_0, q16_shape;
-    mv_q4_0_q16: BlockQ4_0, q16_shape;
-    mv_q4_1_q16: BlockQ4_1, q16_shape;
-    mv_q5_0_q16: BlockQ5_0, q16_shape;
-    mv_q5_1_q16: BlockQ5_1, q16_shape;
-    mv_q3_k_q16: BlockQ3K, k16_shape;
-    mv_q4_k_q16: BlockQ4K, k16_shape;
-    mv_q5_k_q16: BlockQ5K, k16_shape;
-    mv_q6_k_q16: BlockQ6K, k16_shape;
-}
+q16_entries!();
 
 fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
     let (x, w, out) = x8_shape(x, n, w, out, ld);

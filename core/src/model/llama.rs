@@ -624,18 +624,25 @@ impl Stage<'_> {
             return;
         }
         let eps = self.c.rms_eps;
-        let row = |t: usize, o: &mut [f32], _: &mut [f32]| match x {
+        self.each_row(out, d, &|t, o| match x {
             Some(x) => rmsnorm(o, &x[t * d..(t + 1) * d], weight, eps),
             None => rmsnorm_in_place(o, weight, eps),
-        };
-        let rows = out.len() / d;
-        if rows < 2 || self.par.workers() < 2 {
-            for (t, o) in out.chunks_exact_mut(d).enumerate() {
-                row(t, o, &mut []);
+        });
+    }
+
+    /// `f(r, row)` for each `width`-wide row of `x`: over the workers for a
+    /// step of several tokens, in turn for one (a hand-off would cost more
+    /// than the work). Each row's arithmetic is the same wherever it runs.
+    fn each_row(&self, x: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+        if self.rows.all < 2 || self.par.workers() < 2 {
+            for (r, row) in x.chunks_exact_mut(width).enumerate() {
+                f(r, row);
             }
         } else {
-            // The buffers fit by construction (rows * d = out.len(), no scratch).
-            let _ = parallel::for_tasks(self.par, rows, out, d, &mut [], 0, &row);
+            // The buffers fit by construction (whole rows of `x`, no scratch).
+            let rows = x.len() / width;
+            let task = |r: usize, row: &mut [f32], _: &mut [f32]| f(r, row);
+            let _ = parallel::for_tasks(self.par, rows, x, width, &mut [], 0, &task);
         }
     }
 
@@ -673,22 +680,13 @@ impl Stage<'_> {
             return;
         }
         let (hd, eps) = (self.c.head_dim, self.c.rms_eps);
-        let head = |r: usize, h: &mut [f32], _: &mut [f32]| {
+        self.each_row(x, hd, &|r, h| {
             if !bias.is_empty() {
                 let at = (r * hd) % bias.len();
                 add(h, &bias[at..at + hd]);
             }
             rmsnorm_in_place(h, norm, eps);
-        };
-        let rows = x.len() / hd;
-        if self.rows.all < 2 || self.par.workers() < 2 {
-            for (r, h) in x.chunks_exact_mut(hd).enumerate() {
-                head(r, h, &mut []);
-            }
-        } else {
-            // The buffers fit by construction (rows * hd = x.len(), no scratch).
-            let _ = parallel::for_tasks(self.par, rows, x, hd, &mut [], 0, &head);
-        }
+        });
     }
 
     /// Rotates the step's queries and keys of layer `l` at their absolute
@@ -897,8 +895,7 @@ pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     if weight.is_empty() {
         return;
     }
-    let ss: f64 = crate::math::sum_squares(x) / x.len() as f64;
-    let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
+    let scale = inv_rms(x, eps);
     for (v, &g) in x.iter_mut().zip(weight) {
         *v = *v * scale * g;
     }
@@ -928,11 +925,16 @@ enum Emit {
 /// `out = x / rms(x) * weight`; the sum of squares is exact, rounded once to
 /// f64 ([`crate::math::sum_squares`]).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let ss: f64 = crate::math::sum_squares(x) / x.len() as f64;
-    let scale = (1.0 / libm::sqrt(ss + eps as f64)) as f32;
+    let scale = inv_rms(x, eps);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * g;
     }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the sum of squares exact and the rest in f64.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f64 = crate::math::sum_squares(x) / x.len() as f64;
+    (1.0 / libm::sqrt(ss + eps as f64)) as f32
 }
 
 /// Each rotated pair's frequency `scale * base^(-2i/rope_dim) / factors[i]`
