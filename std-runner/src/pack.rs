@@ -1,12 +1,13 @@
-//! Interleaved copies of a model's Q8_0 and Q4_1 matrices for the packed
-//! decode kernels (`Q16Kernels::q8_0x8`, `q4_1x8`): eight rows per group,
+//! Interleaved copies of a model's Q8_0, Q4_1, Q4_K and Q6_K matrices for
+//! the packed decode kernels (`Q16Kernels::q8_0x8`, `q4_1x8`, `q4_kx8`,
+//! `q6_kx8`): eight rows per group,
 //! one SIMD lane per row, so a decode step adds no lane sums and shares each
 //! broadcast activation pair between eight rows. The file's bytes stay as
 //! they are (the embedding lookup reads them); the packs are a second copy
 //! of the matrices that decode reads. Every row's value is bit for bit the
 //! reference dot's in decode; Q8_0 prefill through the packs takes that
-//! arithmetic too (16-bit activation blocks instead of f32 tiles), Q4_1
-//! prefill keeps the f32 tiles over the file's rows.
+//! arithmetic too (16-bit activation blocks instead of f32 tiles); Q4_1,
+//! Q4_K and Q6_K prefill keeps the f32 tiles over the file's rows.
 //!
 //! With more than one worker the layers' matrices are laid out by worker
 //! instead ([`ember_core::kernels::Pieces`]): each worker's rows of one
@@ -18,13 +19,13 @@
 //! F16, Q8_0 and Q4_1 alike (`examples/layout_ab`).
 
 use anyhow::{bail, Context, Result};
-use ember_core::kernels::{Kernels, Matrix, Piece};
+use ember_core::kernels::{Kernels, Matrix, Packed, Piece};
 use ember_core::model::weights::LAYER_STEPS;
 use ember_core::model::Llama;
 use ember_core::parallel;
 use ember_core::quant::{
-    cast_slice, cast_slice_mut, q4_1, q8_0, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x8,
-    GgmlType,
+    cast_slice, cast_slice_mut, q4_1, q4_k, q6_k, q8_0, BlockQ4K, BlockQ4Kx8, BlockQ4_1,
+    BlockQ4_1x8, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, GgmlType,
 };
 use memmap2::MmapMut;
 
@@ -74,6 +75,10 @@ enum Kind {
     Q8_0,
     /// Q4_1 rows in eights ([`BlockQ4_1x8`]), for decode.
     Q4_1,
+    /// Q4_K rows in eights ([`BlockQ4Kx8`]), for decode.
+    Q4K,
+    /// Q6_K rows in eights ([`BlockQ6Kx8`]), for decode.
+    Q6K,
 }
 
 impl Kind {
@@ -81,6 +86,8 @@ impl Kind {
         match self {
             Kind::Q8_0 => core::mem::size_of::<BlockQ8_0x8>(),
             Kind::Q4_1 => core::mem::size_of::<BlockQ4_1x8>(),
+            Kind::Q4K => core::mem::size_of::<BlockQ4Kx8>(),
+            Kind::Q6K => core::mem::size_of::<BlockQ6Kx8>(),
         }
     }
 }
@@ -107,7 +114,7 @@ fn step_runs(rows: &[usize], w: usize, f: impl FnMut(usize, usize, usize, usize)
 }
 
 impl Packs {
-    /// Packs `model`'s Q8_0 and Q4_1 matrices for which `kernels` has a
+    /// Packs `model`'s Q8_0, Q4_1, Q4_K and Q6_K matrices for which `kernels` has a
     /// packed decode kernel, and with more than one of `threads` lays out
     /// each layer's matrices by worker (module docs), if `enabled`;
     /// otherwise nothing (and [`Packs::apply`] leaves the model as it is).
@@ -116,13 +123,15 @@ impl Packs {
         if !enabled {
             return Ok(packs);
         }
-        let (q8, q41) = match kernels.q16 {
-            Some(q) => (q.q8_0x8.is_some(), q.q4_1x8.is_some()),
-            None => (false, false),
-        };
+        let q = kernels.q16;
+        let has = |f: fn(&ember_core::kernels::Q16Kernels) -> bool| q.as_ref().is_some_and(f);
+        let (q8, q41) = (has(|q| q.q8_0x8.is_some()), has(|q| q.q4_1x8.is_some()));
+        let (q4k, q6k) = (has(|q| q.q4_kx8.is_some()), has(|q| q.q6_kx8.is_some()));
         let kind_of = |m: &Matrix| match m.ty() {
             GgmlType::Q8_0 if q8 => Some(Kind::Q8_0),
             GgmlType::Q4_1 if q41 => Some(Kind::Q4_1),
+            GgmlType::Q4_K if q4k => Some(Kind::Q4K),
+            GgmlType::Q6_K if q6k => Some(Kind::Q6K),
             _ => None,
         };
         let mut w = model.weights.clone();
@@ -267,6 +276,8 @@ impl Packs {
                     *m = match kind {
                         Kind::Q8_0 => m.with_packed(cast_slice(bytes)?)?,
                         Kind::Q4_1 => m.with_packed_q4_1(cast_slice(bytes)?)?,
+                        Kind::Q4K => m.with_packed_k(Packed::Q4Kx8(cast_slice(bytes)?))?,
+                        Kind::Q6K => m.with_packed_k(Packed::Q6Kx8(cast_slice(bytes)?))?,
                     };
                 }
                 Some(Span::Pieces(r)) => {
@@ -293,18 +304,27 @@ fn fill(m: &Matrix, p: &Piece, out: &mut [u8], nb: usize) -> Result<()> {
         return Ok(());
     }
     let past = || anyhow::anyhow!("a piece past the matrix's rows");
-    let (q8, q41) = (
-        m.data.as_blocks::<BlockQ8_0>(GgmlType::Q8_0),
-        m.data.as_blocks::<BlockQ4_1>(GgmlType::Q4_1),
-    );
-    let groups = match (q8, q41) {
-        (Some(d), _) => {
+    let data = &m.data;
+    let groups = match m.ty() {
+        GgmlType::Q8_0 => {
+            let d = data.as_blocks::<BlockQ8_0>(GgmlType::Q8_0).ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q8_0::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ8_0x8>(out)?)
         }
-        (_, Some(d)) => {
+        GgmlType::Q4_1 => {
+            let d = data.as_blocks::<BlockQ4_1>(GgmlType::Q4_1).ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q4_1::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4_1x8>(out)?)
+        }
+        GgmlType::Q4_K => {
+            let d = data.as_blocks::<BlockQ4K>(GgmlType::Q4_K).ok_or_else(past)?;
+            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
+            q4_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4Kx8>(out)?)
+        }
+        GgmlType::Q6_K => {
+            let d = data.as_blocks::<BlockQ6K>(GgmlType::Q6_K).ok_or_else(past)?;
+            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
+            q6_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ6Kx8>(out)?)
         }
         _ => bail!("packing a matrix that has no packed form"),
     };

@@ -645,6 +645,7 @@ pub(crate) fn check_q8_0x8(k: &Kernels) {
         k.name,
         "q8_0x8",
         0x0808,
+        1,
         (BlockQ8_0::ZERO, BlockQ8_0x8::ZERO),
         |rng, w, case| fill_q8_0_rows(rng, w, case % 4 == 1),
         (quant::q8_0::pack_rows_x8, BlockQ8_0x8::row),
@@ -679,11 +680,85 @@ pub(crate) fn check_q4_1x8(k: &Kernels) {
         k.name,
         "q4_1x8",
         0x0418,
+        1,
         (BlockQ4_1::ZERO, BlockQ4_1x8::ZERO),
         fill,
         (quant::q4_1::pack_rows_x8, BlockQ4_1x8::row),
         kernel,
         quant::q16::dot_q4_1_q16,
+    );
+}
+
+/// The packed Q4_K decode kernel gives the reference dot bit for bit (the
+/// packs round-trip to the file's blocks), on random super-blocks, extreme
+/// nibbles, scales and minimums, zero and infinite super-block scales.
+pub(crate) fn check_q4_kx8(k: &Kernels) {
+    use crate::quant::{BlockQ4K, BlockQ4Kx8};
+    let Some(kernel) = k.q16.and_then(|q| q.q4_kx8) else {
+        return;
+    };
+    let fill = |rng: &mut Rng, w: &mut [BlockQ4K], case: usize| {
+        for (i, b) in w.iter_mut().enumerate() {
+            b.d = f16::from_f32(rng.f32() * 0.01).to_le_bytes();
+            b.dmin = f16::from_f32(rng.f32() * 0.05).to_le_bytes();
+            b.scales = core::array::from_fn(|_| (rng.f32().to_bits() >> 7) as u8);
+            b.qs = core::array::from_fn(|_| (rng.f32().to_bits() >> 9) as u8);
+            match (case % 4, i % 5) {
+                (1, _) => (b.qs, b.scales) = ([0xff; 128], [0xff; 12]),
+                (2, 0) => b.d = [0; 2],
+                (2, 1) => b.dmin = f16::INFINITY.to_le_bytes(),
+                (3, 2) => b.d = f16::from_f32(6e-8).to_le_bytes(),
+                _ => {}
+            }
+        }
+    };
+    check_x8(
+        k.name,
+        "q4_kx8",
+        0x04c8,
+        8,
+        (BlockQ4K::ZERO, BlockQ4Kx8::ZERO),
+        fill,
+        (quant::q4_k::pack_rows_x8, BlockQ4Kx8::row),
+        kernel,
+        quant::q16::dot_scale_min_q16::<BlockQ4K>,
+    );
+}
+
+/// The packed Q6_K decode kernel gives the reference dot bit for bit (the
+/// packs round-trip to the file's blocks), on random super-blocks, extreme
+/// quants and scales, zero, subnormal and infinite super-block scales.
+pub(crate) fn check_q6_kx8(k: &Kernels) {
+    use crate::quant::{BlockQ6K, BlockQ6Kx8};
+    let Some(kernel) = k.q16.and_then(|q| q.q6_kx8) else {
+        return;
+    };
+    let fill = |rng: &mut Rng, w: &mut [BlockQ6K], case: usize| {
+        for (i, b) in w.iter_mut().enumerate() {
+            b.d = f16::from_f32(rng.f32() * 0.01).to_le_bytes();
+            b.scales = core::array::from_fn(|_| (rng.f32().to_bits() >> 5) as i8);
+            b.ql = core::array::from_fn(|_| (rng.f32().to_bits() >> 9) as u8);
+            b.qh = core::array::from_fn(|_| (rng.f32().to_bits() >> 11) as u8);
+            match (case % 4, i % 5) {
+                // Every quant 0 (−32 after the offset) and every scale −128.
+                (1, _) => (b.ql, b.qh, b.scales) = ([0; 128], [0; 64], [-128; 16]),
+                (2, 0) => b.d = [0; 2],
+                (2, 1) => b.d = f16::INFINITY.to_le_bytes(),
+                (3, 2) => b.d = f16::from_f32(6e-8).to_le_bytes(),
+                _ => {}
+            }
+        }
+    };
+    check_x8(
+        k.name,
+        "q6_kx8",
+        0x06c8,
+        8,
+        (BlockQ6K::ZERO, BlockQ6Kx8::ZERO),
+        fill,
+        (quant::q6_k::pack_rows_x8, BlockQ6Kx8::row),
+        kernel,
+        quant::q16::dot_q6_k_q16,
     );
 }
 
@@ -700,6 +775,7 @@ fn check_x8<B: Copy + PartialEq + core::fmt::Debug, P: Copy>(
     table: &str,
     what: &str,
     seed: u32,
+    per: usize,
     (zero, zero_pack): (B, P),
     fill: impl Fn(&mut Rng, &mut [B], usize),
     (pack, row): PackFns<B, P>,
@@ -710,7 +786,9 @@ fn check_x8<B: Copy + PartialEq + core::fmt::Debug, P: Copy>(
     let mut rng = Rng::new(seed);
     for case in 0..27 {
         let groups = [1, 2, 3][case % 3];
-        let nb = [1, 2, 18][case / 3 % 3];
+        // Weight blocks a row; each spans `per` activation blocks.
+        let nb = if per == 1 { [1, 2, 18] } else { [1, 2, 3] }[case / 3 % 3];
+        let nx = nb * per;
         let n = 1 + case % 9;
         let rows = 8 * groups;
         let ld = rows + (case % 4) * 3;
@@ -720,17 +798,17 @@ fn check_x8<B: Copy + PartialEq + core::fmt::Debug, P: Copy>(
         let mut p = [zero_pack; 3 * 18];
         let p = &mut p[..groups * nb];
         assert_eq!(pack(w, nb, p), groups);
-        let mut xq = [BlockQ16::ZERO; 9 * 18];
-        let xq = &mut xq[..n * nb];
-        for (t, xb) in xq.chunks_exact_mut(nb).enumerate() {
-            let mut x = [0.0f32; 576];
+        let mut xq = [BlockQ16::ZERO; 9 * 24];
+        let xq = &mut xq[..n * nx];
+        for (t, xb) in xq.chunks_exact_mut(nx).enumerate() {
+            let mut x = [0.0f32; 768];
             for v in x.iter_mut() {
                 *v = rng.f32() * (1 + t) as f32;
             }
             if t == 2 {
                 x[..32].fill(0.0);
             }
-            q16::quantize_row(&x[..nb * 32], xb);
+            q16::quantize_row(&x[..nx * 32], xb);
             if case % 4 == 1 && t == 1 {
                 for b in xb.iter_mut() {
                     b.qs = core::array::from_fn(|i| [-32767, 32767][i % 2]);
@@ -749,7 +827,7 @@ fn check_x8<B: Copy + PartialEq + core::fmt::Debug, P: Copy>(
                 );
             }
             for t in 0..n {
-                let want = dot(file_row, &xq[t * nb..(t + 1) * nb]);
+                let want = dot(file_row, &xq[t * nx..(t + 1) * nx]);
                 let got = out[t * ld + 8 * g + r];
                 assert!(
                     got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
@@ -967,9 +1045,13 @@ fn detected_table_matches_reference() {
     check_q16(&Kernels::detect());
     check_q8_0x8(&Kernels::detect());
     check_q4_1x8(&Kernels::detect());
+    check_q4_kx8(&Kernels::detect());
+    check_q6_kx8(&Kernels::detect());
     if let Some(k) = Kernels::avx2() {
         check_q8_0x8(&k);
         check_q4_1x8(&k);
+        check_q4_kx8(&k);
+        check_q6_kx8(&k);
     }
 }
 

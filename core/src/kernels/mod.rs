@@ -40,7 +40,8 @@ use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
-    self, cast_slice, BlockQ16, BlockQ4_1, BlockQ4_1x8, BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8,
+    self, cast_slice, BlockQ16, BlockQ4Kx8, BlockQ4_1, BlockQ4_1x8, BlockQ6Kx8, BlockQ8_0,
+    BlockQ8_0x4, BlockQ8_0x8,
     GgmlType,
 };
 
@@ -190,6 +191,14 @@ pub enum Packed<'a> {
     /// builds for a table with a packed Q4_1 decode kernel
     /// ([`Q16Kernels::q4_1x8`]); prefill keeps the f32 tiles.
     Q4_1x8(&'a [BlockQ4_1x8]),
+    /// A Q4_K matrix's super-blocks of eight rows ([`BlockQ4Kx8`]), for a
+    /// table with a packed Q4_K decode kernel ([`Q16Kernels::q4_kx8`]);
+    /// prefill keeps the f32 tiles.
+    Q4Kx8(&'a [BlockQ4Kx8]),
+    /// A Q6_K matrix's super-blocks of eight rows ([`BlockQ6Kx8`]), for a
+    /// table with a packed Q6_K decode kernel ([`Q16Kernels::q6_kx8`]);
+    /// prefill keeps the f32 tiles.
+    Q6Kx8(&'a [BlockQ6Kx8]),
 }
 
 impl<'a> Matrix<'a> {
@@ -302,6 +311,14 @@ impl<'a> Matrix<'a> {
                     let len = len(core::mem::size_of::<BlockQ4_1x8>())?;
                     own.with_packed_q4_1(cast_slice(span(len)?)?)
                 }
+                GgmlType::Q4_K => {
+                    let len = len(core::mem::size_of::<BlockQ4Kx8>())?;
+                    own.with_packed_k(Packed::Q4Kx8(cast_slice(span(len)?)?))
+                }
+                GgmlType::Q6_K => {
+                    let len = len(core::mem::size_of::<BlockQ6Kx8>())?;
+                    own.with_packed_k(Packed::Q6Kx8(cast_slice(span(len)?)?))
+                }
                 _ => Err(Error::LengthMismatch {
                     expected: 0,
                     found: p.rows as u64,
@@ -367,6 +384,20 @@ impl<'a> Matrix<'a> {
     }
 
     /// This Q8_0 matrix with its rows also interleaved in groups of four:
+    /// This matrix with its K-quant super-blocks of eight rows
+    /// ([`Packed::Q4Kx8`] or [`Packed::Q6Kx8`]), if they are of its type
+    /// and one per whole group of eight rows and super-block column: what
+    /// [`quant::q4_k::pack_rows_x8`] or [`quant::q6_k::pack_rows_x8`] wrote
+    /// from `data`.
+    pub fn with_packed_k(self, packed: Packed<'a>) -> Result<Matrix<'a>> {
+        let len = match packed {
+            Packed::Q4Kx8(p) => p.len(),
+            Packed::Q6Kx8(p) => p.len(),
+            _ => usize::MAX,
+        };
+        self.attach(8, len, packed)
+    }
+
     /// `packed` must be what [`quant::q8_0::pack_rows_x4`] wrote from `data`
     /// for every whole group (`rows / 4` groups of `cols / 32` blocks).
     pub fn with_packed4(self, packed: &'a [BlockQ8_0x4]) -> Result<Matrix<'a>> {
@@ -380,6 +411,8 @@ impl<'a> Matrix<'a> {
         let need = self.rows / rows_per_group * self.row_blocks();
         let same_type = match packed {
             Packed::Q4_1x8(_) => self.ty() == GgmlType::Q4_1,
+            Packed::Q4Kx8(_) => self.ty() == GgmlType::Q4_K,
+            Packed::Q6Kx8(_) => self.ty() == GgmlType::Q6_K,
             _ => self.ty() == GgmlType::Q8_0,
         };
         if !same_type || len != need {
@@ -591,12 +624,28 @@ pub struct Q16Kernels {
     /// Q4_1 rows interleaved in eights ([`Packed::Q4_1x8`]), in decode;
     /// with `None` the host builds no such packs.
     pub q4_1x8: Option<MatvecQ41x8Fn>,
+    /// Q4_K rows interleaved in eights ([`Packed::Q4Kx8`]), in decode;
+    /// with `None` the host builds no such packs.
+    pub q4_kx8: Option<MatvecQ4Kx8Fn>,
+    /// Q6_K rows interleaved in eights ([`Packed::Q6Kx8`]), in decode;
+    /// with `None` the host builds no such packs.
+    pub q6_kx8: Option<MatvecQ6Kx8Fn>,
 }
 
 /// Interleaved Q4_1 groups of eight rows times `n` tokens, as
 /// [`MatvecQ16x8Fn`] for Q8_0: each row's value bit for bit
 /// [`quant::q16::dot_q4_1_q16`].
 pub type MatvecQ41x8Fn = fn(&[BlockQ4_1x8], &[BlockQ16], usize, &mut [f32], usize);
+
+/// Interleaved Q4_K super-blocks of eight rows times `n` tokens (eight
+/// activation blocks to a super-block), as [`MatvecQ16x8Fn`] for Q8_0: each
+/// row's value bit for bit [`quant::q16::dot_scale_min_q16`].
+pub type MatvecQ4Kx8Fn = fn(&[BlockQ4Kx8], &[BlockQ16], usize, &mut [f32], usize);
+
+/// Interleaved Q6_K super-blocks of eight rows times `n` tokens, as
+/// [`MatvecQ4Kx8Fn`]: each row's value bit for bit
+/// [`quant::q16::dot_q6_k_q16`].
+pub type MatvecQ6Kx8Fn = fn(&[BlockQ6Kx8], &[BlockQ16], usize, &mut [f32], usize);
 
 /// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
@@ -873,6 +922,8 @@ impl Kernels {
                 quantize: quant::q16::quantize_row,
                 q8_0x8: None,
                 q4_1x8: None,
+                q4_kx8: None,
+                q6_kx8: None,
             }),
             ..Self::scalar()
         }
@@ -1486,7 +1537,7 @@ impl Kernels {
                     },
                 ) => {
                     let d = quant::blocks::<BlockQ8_0>(w.data.bytes());
-                    packed_rows(d, p, k, quant::q16::dot_q8_0_q16, xq, n, (a, b), o)
+                    packed_rows(1, d, p, k, quant::q16::dot_q8_0_q16, xq, n, (a, b), o)
                 }
                 (
                     Packed::Q4_1x8(p),
@@ -1495,7 +1546,26 @@ impl Kernels {
                     },
                 ) => {
                     let d = quant::blocks::<BlockQ4_1>(w.data.bytes());
-                    packed_rows(d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o)
+                    packed_rows(1, d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o)
+                }
+                (
+                    Packed::Q4Kx8(p),
+                    Q16Kernels {
+                        q4_kx8: Some(k), ..
+                    },
+                ) => {
+                    let d = quant::blocks::<quant::BlockQ4K>(w.data.bytes());
+                    let dot = quant::q16::dot_scale_min_q16::<quant::BlockQ4K>;
+                    packed_rows(8, d, p, k, dot, xq, n, (a, b), o)
+                }
+                (
+                    Packed::Q6Kx8(p),
+                    Q16Kernels {
+                        q6_kx8: Some(k), ..
+                    },
+                ) => {
+                    let d = quant::blocks::<quant::BlockQ6K>(w.data.bytes());
+                    packed_rows(8, d, p, k, quant::q16::dot_q6_k_q16, xq, n, (a, b), o)
                 }
                 _ => {
                     if let Some(k) = own {
@@ -1563,9 +1633,11 @@ impl Kernels {
 /// Rows `a..b` of a packed matrix for `n` tokens into `out` ((n, b - a)):
 /// whole groups of eight through the packed kernel `k`, rows outside them
 /// through the reference dot `dot` on the file's rows, which gives the same
-/// bits.
+/// bits. A weight block spans `per` activation blocks (8 for a K-quant
+/// super-block, otherwise 1).
 #[allow(clippy::too_many_arguments)]
 fn packed_rows<B, P>(
+    per: usize,
     d: &[B],
     p: &[P],
     k: fn(&[P], &[BlockQ16], usize, &mut [f32], usize),
@@ -1575,17 +1647,19 @@ fn packed_rows<B, P>(
     (a, b): (usize, usize),
     out: &mut [f32],
 ) {
+    // Activation blocks per token, and weight blocks per row.
     let nb = xq.len() / n.max(1);
+    let wb = nb / per;
     let ld = b - a;
-    if nb == 0 {
+    if wb == 0 {
         out.fill(0.0);
         return;
     }
     let g0 = a.div_ceil(8);
-    let g1 = (b / 8).min(p.len() / nb).max(g0);
+    let g1 = (b / 8).min(p.len() / wb).max(g0);
     let reference = |r: usize, out: &mut [f32]| {
         for t in 0..n {
-            out[t * ld + r - a] = dot(&d[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]);
+            out[t * ld + r - a] = dot(&d[r * wb..(r + 1) * wb], &xq[t * nb..(t + 1) * nb]);
         }
     };
     let (m0, m1) = ((8 * g0).min(b), 8 * g1);
@@ -1593,7 +1667,7 @@ fn packed_rows<B, P>(
         reference(r, out);
     }
     if g1 > g0 {
-        k(&p[g0 * nb..g1 * nb], xq, n, &mut out[m0 - a..], ld);
+        k(&p[g0 * wb..g1 * wb], xq, n, &mut out[m0 - a..], ld);
     }
 }
 

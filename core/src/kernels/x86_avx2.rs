@@ -23,8 +23,8 @@ use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::k_quants::{unpack_scale_min_k4, ScaleMinBlock};
 use crate::quant::q16::QK;
 use crate::quant::{
-    BlockQ16, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8_0, BlockQ8_0x8, GgmlType,
+    BlockQ16, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_1, BlockQ4_1x8,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, GgmlType,
 };
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
@@ -49,6 +49,8 @@ pub fn table() -> Option<Kernels> {
             quantize: quantize_q16,
             q8_0x8: Some(mv_q8_0x8_q16),
             q4_1x8: Some(mv_q4_1x8_q16),
+            q4_kx8: Some(mv_q4_kx8_q16),
+            q6_kx8: Some(mv_q6_kx8_q16),
         }),
         ..Kernels::scalar()
     };
@@ -289,6 +291,16 @@ fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], l
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
 }
+fn mv_q4_kx8_q16(w: &[BlockQ4Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q4_kx8_q16(w, x, n, out, ld) }
+}
+fn mv_q6_kx8_q16(w: &[BlockQ6Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q6_kx8_q16(w, x, n, out, ld) }
+}
 /// `n` tokens' whole blocks, the whole groups of eight rows whose outputs
 /// fit `out` at row stride `ld`, and `out`.
 pub(super) fn x8_shape<'a, 'b, 'c, W>(
@@ -298,11 +310,24 @@ pub(super) fn x8_shape<'a, 'b, 'c, W>(
     out: &'c mut [f32],
     ld: usize,
 ) -> (&'a [BlockQ16], &'b [W], &'c mut [f32]) {
+    x8_shape_per(x, n, w, out, ld, 1)
+}
+/// [`x8_shape`] for weight blocks that span `per` activation blocks each
+/// (8 for K-quant super-blocks): `n` tokens' whole weight blocks' worth.
+pub(super) fn x8_shape_per<'a, 'b, 'c, W>(
+    x: &'a [BlockQ16],
+    n: usize,
+    w: &'b [W],
+    out: &'c mut [f32],
+    ld: usize,
+    per: usize,
+) -> (&'a [BlockQ16], &'b [W], &'c mut [f32]) {
     let n = n.max(1);
-    let nb = x.len() / n;
+    let wb = x.len() / n / per.max(1);
+    let nb = wb * per;
     let fit = out.len().saturating_sub((n - 1) * ld) / 8;
-    let groups = w.len().checked_div(nb).unwrap_or(0).min(ld / 8).min(fit);
-    (&x[..n * nb], &w[..groups * nb], out)
+    let groups = w.len().checked_div(wb).unwrap_or(0).min(ld / 8).min(fit);
+    (&x[..n * nb], &w[..groups * wb], out)
 }
 /// `n` tokens' whole blocks and (n, rows) outputs, and the weight blocks
 /// those rows take.
@@ -418,13 +443,18 @@ macro_rules! q16_kernels {
         /// The interleaved kernels' walk over `n` tokens in register groups
         /// of up to `$gx`, each group through `$group::<T>`.
         macro_rules! x8_tokens {
-            ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr) => {{
+            ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr) => {
+                x8_tokens!($group, $w, $x, $n, $out, $ld, 1)
+            };
+            // `$per`: activation blocks per weight block (8 for a K-quant
+            // super-block).
+            ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr, $per:expr) => {{
                 let (w, x, n, out, ld) = ($w, $x, $n, $out, $ld);
                 let nb = x.len() / n.max(1);
-                if n == 0 || nb == 0 {
+                if n == 0 || nb < $per {
                     return;
                 }
-                let groups = w.len() / nb;
+                let groups = w.len() / (nb / $per);
                 let mut t = 0;
                 while t < n {
                     let tn = (n - t).min({ $gx }).clamp(1, 8);
@@ -681,6 +711,302 @@ macro_rules! q16_kernels {
                 (_mm256_cvtph_ps(bytes16(d)), _mm256_setzero_ps())
             };
             x8_walk::<_, T, 5, false>(w, x, nb, groups, out, ld, dots, scales);
+        }
+
+        /// Interleaved Q4_K super-blocks of eight rows times `n` tokens
+        /// ([`crate::kernels::MatvecQ4Kx8Fn`]): a lane per row, each adding
+        /// its row's groups of 32 in order as the reference does (`d·sc ·
+        /// xd · dot − dmin·m · sum`), so every row is bit for bit
+        /// [`crate::quant::q16::dot_scale_min_q16`].
+        ///
+        /// # Safety
+        /// The CPU must support the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q4_kx8_q16(
+            w: &[BlockQ4Kx8],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            x8_tokens!(xk4_group, w, x, n, out, ld, 8);
+        }
+
+        /// Interleaved Q6_K super-blocks of eight rows times `n` tokens
+        /// ([`crate::kernels::MatvecQ6Kx8Fn`]): a lane per row, each adding
+        /// its row's groups of 32 in order as the reference does (`d · xd ·
+        /// Σ sc·(q − 32)·x`), so every row is bit for bit
+        /// [`crate::quant::q16::dot_q6_k_q16`].
+        ///
+        /// # Safety
+        /// The CPU must support the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q6_kx8_q16(
+            w: &[BlockQ6Kx8],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            x8_tokens!(xk6_group, w, x, n, out, ld, 8);
+        }
+
+        /// The interleaved K-quant kernels' walk: `T` tokens against every
+        /// group of eight rows of `w`, super-block by super-block and in each
+        /// its eight groups of 32 (activation blocks) in order. `prep(block)`
+        /// reads what a super-block's groups share; `dots(block, g, tokens)`
+        /// gives each token's exact integer dot with group `g` (a lane per
+        /// row); `scales(block, g, prep)` the rows' float scale of group `g`
+        /// and, with `MIN` (Q4_K), their minimum. Each row's lane then adds
+        /// the reference's `(scale · xd) · dot` (minus `min · sum`) for the
+        /// group. Each group asks for `LINES` cache lines `X8_PREFETCH`
+        /// bytes ahead.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        fn k8_walk<B, P: Copy, const T: usize, const LINES: usize, const MIN: bool>(
+            w: &[B],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+            prep: impl Fn(&B) -> P,
+            dots: impl Fn(&B, usize, &[&BlockQ16; T]) -> [__m256i; T],
+            scales: impl Fn(&B, usize, P) -> (__m256, __m256),
+        ) {
+            let ns = nb / 8;
+            assert!(x.len() >= T * nb && w.len() >= groups * ns);
+            assert!(groups == 0 || (ld >= 8 * groups && out.len() >= (T - 1) * ld + 8 * groups));
+            let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
+            for gi in 0..groups {
+                let gp = w[gi * ns..].as_ptr();
+                let mut acc = [_mm256_setzero_ps(); T];
+                for b in 0..ns {
+                    // SAFETY: b < ns, and group gi has ns super-blocks (asserted).
+                    let blk = unsafe { &*gp.add(b) };
+                    let pre = prep(blk);
+                    let ahead = (blk as *const B).cast::<i8>().wrapping_add(X8_PREFETCH);
+                    for g in 0..8 {
+                        for line in 0..LINES {
+                            // A prefetch never faults.
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * (LINES * g + line)));
+                        }
+                        let xs: [&BlockQ16; T] = core::array::from_fn(|t| {
+                            // SAFETY: 8b + g < nb, and token t has nb blocks (asserted).
+                            unsafe { &*xp[t].add(8 * b + g) }
+                        });
+                        let i = dots(blk, g, &xs);
+                        let (dv, mv) = scales(blk, g, pre);
+                        for t in 0..T {
+                            let xb = xs[t];
+                            // The reference's (scale * xd) * dot (- min * sum), then the add.
+                            let sd = _mm256_mul_ps(dv, _mm256_set1_ps(xb.d));
+                            let mut term = _mm256_mul_ps(sd, _mm256_cvtepi32_ps(i[t]));
+                            if MIN {
+                                term = _mm256_sub_ps(term, _mm256_mul_ps(mv, _mm256_set1_ps(xb.sum)));
+                            }
+                            acc[t] = _mm256_add_ps(acc[t], term);
+                        }
+                    }
+                }
+                for t in 0..T {
+                    let o = &mut out[t * ld + 8 * gi..t * ld + 8 * gi + 8];
+                    // SAFETY: eight floats in `o`; storeu is unaligned.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+                }
+            }
+        }
+
+        /// `T` tokens against every interleaved Q4_K group of `w` (1,184-byte
+        /// super-blocks: 148 bytes, three lines, a group).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn xk4_group<const T: usize>(
+            w: &[BlockQ4Kx8],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let low = _mm256_set1_epi16(0x0f);
+            let chains = ({ $regs } / T).clamp(1, 8);
+            let prep = |blk: &BlockQ4Kx8| {
+                // SAFETY: the eight f16 `d` and `dmin` are sixteen bytes each.
+                let (d, m) = unsafe {
+                    (
+                        &*blk.d.as_ptr().cast::<[u8; 16]>(),
+                        &*blk.dmin.as_ptr().cast::<[u8; 16]>(),
+                    )
+                };
+                (_mm256_cvtph_ps(bytes16(d)), _mm256_cvtph_ps(bytes16(m)))
+            };
+            let dots = |blk: &BlockQ4Kx8, g: usize, xs: &[&BlockQ16; T]| {
+                let mut i = [[_mm256_setzero_si256(); 8]; T];
+                // SAFETY: g < 8: group g's 128 bytes are within `qs` (1,024).
+                let qs = unsafe { blk.qs.as_ptr().add(128 * (g & 7)) };
+                // Byte pair `k` of every row: low nibbles are pair `k` of
+                // the group's elements, high nibbles pair `k + 8`.
+                macro_rules! pair {
+                    ($k:literal) => {{
+                        // SAFETY: sixteen bytes of the group at 16 * k < 128.
+                        let q = unsafe { &*qs.add(16 * $k).cast::<[u8; 16]>() };
+                        let v = _mm256_cvtepu8_epi16(bytes16(q));
+                        let lo = _mm256_and_si256(v, low);
+                        let hi = _mm256_srli_epi16::<4>(v);
+                        for t in 0..T {
+                            // SAFETY: quants 2k, 2k + 1 and 2k + 16, 2k + 17
+                            // (k < 8) of a 32-quant block, each pair read as
+                            // one unaligned i32.
+                            let (pl, ph) = unsafe {
+                                let p = xs[t].qs.as_ptr();
+                                (
+                                    p.add(2 * $k).cast::<i32>().read_unaligned(),
+                                    p.add(2 * $k + 16).cast::<i32>().read_unaligned(),
+                                )
+                            };
+                            let c = (2 * $k) % chains;
+                            i[t][c] = $acc(i[t][c], lo, _mm256_set1_epi32(pl));
+                            let c = (2 * $k + 1) % chains;
+                            i[t][c] = $acc(i[t][c], hi, _mm256_set1_epi32(ph));
+                        }
+                    }};
+                }
+                pair!(0);
+                pair!(1);
+                pair!(2);
+                pair!(3);
+                pair!(4);
+                pair!(5);
+                pair!(6);
+                pair!(7);
+                core::array::from_fn(|t| {
+                    let [c0, c1, c2, c3, c4, c5, c6, c7] = i[t];
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                        _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)),
+                    )
+                })
+            };
+            let scales = |blk: &BlockQ4Kx8, g: usize, (d, dmin): (__m256, __m256)| {
+                // SAFETY: g < 8: the rows' eight scale and minimum bytes of
+                // group g are within `sc` and `m` (64 bytes each).
+                let (sc, m) = unsafe {
+                    (
+                        _mm_loadl_epi64(blk.sc.as_ptr().add(8 * (g & 7)).cast()),
+                        _mm_loadl_epi64(blk.m.as_ptr().add(8 * (g & 7)).cast()),
+                    )
+                };
+                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                // The reference's d·sc and dmin·m, each one f32 product.
+                (_mm256_mul_ps(d, f(sc)), _mm256_mul_ps(dmin, f(m)))
+            };
+            k8_walk::<_, _, T, 3, true>(w, x, nb, groups, out, ld, prep, dots, scales);
+        }
+
+        /// `T` tokens against every interleaved Q6_K group of `w` (1,680-byte
+        /// super-blocks: 210 bytes, four lines, a group). The quants are put
+        /// together as bytes (32 at a time, four rows' four elements in each
+        /// half), widened, and dotted with four activations at a time; each
+        /// half-group of 16 (one scale) sums in its own chains, and the
+        /// scales multiply the exact sums.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn xk6_group<const T: usize>(
+            w: &[BlockQ6Kx8],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let prep = |blk: &BlockQ6Kx8| {
+                // SAFETY: the eight f16 `d` are sixteen bytes.
+                let d = unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() };
+                _mm256_cvtph_ps(bytes16(d))
+            };
+            let dots = |blk: &BlockQ6Kx8, g: usize, xs: &[&BlockQ16; T]| -> [__m256i; T] {
+                let (m4, m30, b32) = (
+                    _mm256_set1_epi8(0x0f),
+                    _mm256_set1_epi8(0x30),
+                    _mm256_set1_epi8(32),
+                );
+                // Per token: low-half rows (slots 0..4, 4..8), high-half rows.
+                let mut acc = [[_mm256_setzero_si256(); 4]; T];
+                // SAFETY: g < 8: group g's 192 bytes are within `q` (1,536).
+                let base = unsafe { blk.q.as_ptr().add(192 * (g & 7)) };
+                // Low-bits vector `v` with its high bits: elements 4v..4v + 4
+                // and 16 + 4v.. of every row.
+                macro_rules! quad {
+                    ($v:literal) => {{
+                        // SAFETY: 32 bytes at 32v < 128 and at 128 + 32 (v / 2)
+                        // < 192, within the group; loadu is unaligned.
+                        let (ql, qh) = unsafe {
+                            (
+                                _mm256_loadu_si256(base.add(32 * $v).cast()),
+                                _mm256_loadu_si256(base.add(128 + 32 * ($v / 2)).cast()),
+                            )
+                        };
+                        let lo = _mm256_and_si256(ql, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4);
+                        let (hl, hh) = if $v % 2 == 0 {
+                            (_mm256_slli_epi16::<4>(qh), _mm256_slli_epi16::<2>(qh))
+                        } else {
+                            (qh, _mm256_srli_epi16::<2>(qh))
+                        };
+                        let lo = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_and_si256(hl, m30)), b32);
+                        let hi = _mm256_sub_epi8(_mm256_or_si256(hi, _mm256_and_si256(hh, m30)), b32);
+                        let la = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo));
+                        let lb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(lo));
+                        let ha = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi));
+                        let hb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(hi));
+                        for t in 0..T {
+                            // SAFETY: quants 4v..4v + 4 and 16 + 4v.. (v < 4)
+                            // of a 32-quant block, each four read as one
+                            // unaligned i64.
+                            let (pl, ph) = unsafe {
+                                let p = xs[t].qs.as_ptr();
+                                (
+                                    p.add(4 * $v).cast::<i64>().read_unaligned(),
+                                    p.add(16 + 4 * $v).cast::<i64>().read_unaligned(),
+                                )
+                            };
+                            let (xl, xh) = (_mm256_set1_epi64x(pl), _mm256_set1_epi64x(ph));
+                            let a = &mut acc[t];
+                            a[0] = $acc(a[0], la, xl);
+                            a[1] = $acc(a[1], lb, xl);
+                            a[2] = $acc(a[2], ha, xh);
+                            a[3] = $acc(a[3], hb, xh);
+                        }
+                    }};
+                }
+                quad!(0);
+                quad!(1);
+                quad!(2);
+                quad!(3);
+                // SAFETY: g < 8: the rows' scales of group g's two halves
+                // are eight bytes each at 16g and 16g + 8 < 128.
+                let (sl, sh) = unsafe {
+                    let p = blk.scales.as_ptr().add(16 * (g & 7));
+                    (
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())),
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8).cast())),
+                    )
+                };
+                core::array::from_fn(|t| {
+                    // Pairwise sums across the two halves' lanes give the
+                    // rows in order (`ROW_OF_SLOT`); each half's exact sum
+                    // times its scale, added (wrapping, as the reference's
+                    // i32 sum).
+                    let [la, lb, ha, hb] = acc[t];
+                    let lo = _mm256_hadd_epi32(la, lb);
+                    let hi = _mm256_hadd_epi32(ha, hb);
+                    _mm256_add_epi32(_mm256_mullo_epi32(lo, sl), _mm256_mullo_epi32(hi, sh))
+                })
+            };
+            let scales = |_: &BlockQ6Kx8, _: usize, d: __m256| (d, _mm256_setzero_ps());
+            k8_walk::<_, _, T, 4, false>(w, x, nb, groups, out, ld, prep, dots, scales);
         }
 
         /// # Safety

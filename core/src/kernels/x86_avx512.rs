@@ -30,12 +30,12 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::x86_avx2::imp as avx2;
-use super::x86_avx2::{k16_shape, q16_entries, q16_shape, x8_shape};
+use super::x86_avx2::{k16_shape, q16_entries, q16_shape, x8_shape, x8_shape_per};
 use super::{erase, FormatKernels, Kernels, Q16Kernels, RowQ16Fn, XtShape};
 use crate::quant::GgmlType;
 use crate::quant::{
-    BlockQ16, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8_0, BlockQ8_0x8,
+    BlockQ16, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8,
 };
 
 /// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
@@ -65,6 +65,8 @@ pub fn table() -> Option<Kernels> {
             q16: base.q16.map(|b| Q16Kernels {
                 q8_0x8: Some(mv_q8_0x8_q16),
                 q4_1x8: Some(mv_q4_1x8_q16),
+                q4_kx8: Some(mv_q4_kx8_q16),
+                q6_kx8: Some(mv_q6_kx8_q16),
                 ..b
             }),
             ..k
@@ -134,6 +136,16 @@ fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], l
     let (x, w, out) = x8_shape(x, n, w, out, ld);
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
+}
+fn mv_q4_kx8_q16(w: &[BlockQ4Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q4_kx8_q16(w, x, n, out, ld) }
+}
+fn mv_q6_kx8_q16(w: &[BlockQ6Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q6_kx8_q16(w, x, n, out, ld) }
 }
 
 #[cfg(feature = "std")]

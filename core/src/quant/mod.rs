@@ -29,11 +29,11 @@ pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::{BlockQ4_1, BlockQ4_1x8, BlockQ8_1};
-pub use q4_k::BlockQ4K;
+pub use q4_k::{BlockQ4K, BlockQ4Kx8};
 pub use q5_0::BlockQ5_0;
 pub use q5_1::BlockQ5_1;
 pub use q5_k::BlockQ5K;
-pub use q6_k::BlockQ6K;
+pub use q6_k::{BlockQ6K, BlockQ6Kx8};
 pub use q8_0::{BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8};
 
 use crate::error::{Error, Result};

@@ -145,7 +145,8 @@ pub fn dot_scale_min_q16<B: super::k_quants::ScaleMinBlock>(w: &[B], x: &[BlockQ
 
 /// Q6_K row · 16-bit activations: per activation block its two groups of
 /// 16, `Σ sc·(q − 32)·x` exactly in integers, times `d` and the block's
-/// scale.
+/// scale. Each product is below 2^28 in size, but 32 of them at their
+/// largest pass 2^31: the sum wraps, as the fast kernels' i32 lanes do.
 pub fn dot_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16]) -> f32 {
     let mut s = 0.0f32;
     for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
@@ -155,7 +156,7 @@ pub fn dot_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16]) -> f32 {
                     let e = QK * k + l;
                     b.scales[e / 16] as i32 * (b.q(e) as i32 - 32) * xb.qs[l] as i32
                 })
-                .sum();
+                .fold(0i32, i32::wrapping_add);
             s += super::f16_bits_to_f32(b.d) * xb.d * i as f32;
         }
     }

@@ -6,7 +6,8 @@
 //! `dequantize_row_q4_K`.
 
 use super::k_quants::{
-    dequantize_scale_min, dot_scale_min, quantize_scale_min, ScaleMinBlock, K_SCALE_SIZE, QK_K,
+    dequantize_scale_min, dot_scale_min, pack_scale_min_k4, quantize_scale_min,
+    unpack_scale_min_k4, ScaleMinBlock, K_SCALE_SIZE, QK_K,
 };
 
 /// Elements per block.
@@ -82,6 +83,83 @@ impl ScaleMinBlock for BlockQ4K {
     }
 }
 
+/// The same super-block of eight Q4_K rows, interleaved for the packed
+/// decode kernels (one SIMD lane per row): each row's `d` and `dmin`, its
+/// eight 6-bit scales and minimums unpacked to bytes (`sc[8 * g + j]` is row
+/// `j`'s scale of group `g`), and per group of 32 the rows' 16 quant bytes
+/// (low nibbles elements `0..16`, high `16..32`, as a Q4_1 block has them)
+/// in byte pairs: `qs[128 * g + 16 * k + 2 * j + i]` is row `j`'s byte
+/// `2k + i`. 1,184 bytes, 32 more than the eight file blocks. A host builds
+/// these from the file's rows ([`pack_rows_x8`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ4Kx8 {
+    /// The eight rows' `d`, f16 little-endian.
+    pub d: [[u8; 2]; 8],
+    /// The eight rows' `dmin`, f16 little-endian.
+    pub dmin: [[u8; 2]; 8],
+    pub sc: [u8; 64],
+    pub m: [u8; 64],
+    pub qs: [u8; 8 * QK / 2],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ4Kx8>() == 1184);
+
+// SAFETY: repr(C), byte arrays only: no padding (size asserted), any bit
+// pattern valid.
+unsafe impl super::Pod for BlockQ4Kx8 {}
+
+impl BlockQ4Kx8 {
+    pub const ZERO: BlockQ4Kx8 = BlockQ4Kx8 {
+        d: [[0; 2]; 8],
+        dmin: [[0; 2]; 8],
+        sc: [0; 64],
+        m: [0; 64],
+        qs: [0; 8 * QK / 2],
+    };
+
+    /// Row `j`'s super-block, as the file stores it.
+    pub fn row(&self, j: usize) -> BlockQ4K {
+        let j = j & 7;
+        let sc: [u8; 8] = core::array::from_fn(|g| self.sc[8 * g + j]);
+        let m: [u8; 8] = core::array::from_fn(|g| self.m[8 * g + j]);
+        let mut qs = [0u8; QK / 2];
+        for g in 0..8 {
+            for l in 0..32 {
+                let b = self.qs[128 * g + 16 * (l % 16 / 2) + 2 * j + l % 2];
+                let q = if l < 16 { b & 0x0f } else { b >> 4 };
+                qs[32 * (g / 2) + l] |= if g % 2 == 0 { q } else { q << 4 };
+            }
+        }
+        BlockQ4K {
+            d: self.d[j],
+            dmin: self.dmin[j],
+            scales: pack_scale_min_k4(&sc, &m),
+            qs,
+        }
+    }
+}
+
+/// Interleaves whole groups of eight rows of `nb` super-blocks each: group
+/// `g`'s super-block `b` goes to `out[g * nb + b]`. Returns the groups
+/// written (rows beyond the last whole group, and groups `out` has no room
+/// for, are left).
+pub fn pack_rows_x8(rows: &[BlockQ4K], nb: usize, out: &mut [BlockQ4Kx8]) -> usize {
+    super::pack_groups(rows, nb, 8, out, |o, j, src| {
+        o.d[j] = src.d;
+        o.dmin[j] = src.dmin;
+        let (sc, m) = unpack_scale_min_k4(&src.scales);
+        for g in 0..8 {
+            o.sc[8 * g + j] = sc[g];
+            o.m[8 * g + j] = m[g];
+            // Group g's 32 quants as a Q4_1 block's 16 bytes.
+            let q = |l: usize| src.q(g, l);
+            let bytes: [u8; 16] = core::array::from_fn(|i| q(i) | (q(i + 16) << 4));
+            super::interleave_pairs(&mut o.qs[128 * g..128 * (g + 1)], j, &bytes);
+        }
+    })
+}
+
 pub fn dequantize_row(x: &[BlockQ4K], y: &mut [f32]) {
     dequantize_scale_min(x, y)
 }
@@ -108,6 +186,19 @@ pub fn quantize_row(x: &[f32], y: &mut [BlockQ4K]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packs_round_trip() {
+        let x: [f32; 2048] = core::array::from_fn(|i| ((i * 7919 % 1000) as f32 - 480.0) * 1e-3);
+        let mut rows = [BlockQ4K::ZERO; 8];
+        quantize_row(&x, &mut rows);
+        rows[3].scales = core::array::from_fn(|i| (i as u8).wrapping_mul(97));
+        let mut p = [BlockQ4Kx8::ZERO; 1];
+        assert_eq!(pack_rows_x8(&rows, 1, &mut p), 1);
+        for (j, r) in rows.iter().enumerate() {
+            assert_eq!(p[0].row(j), *r);
+        }
+    }
 
     #[test]
     fn round_trips_within_a_step() {

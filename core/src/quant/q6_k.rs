@@ -65,11 +65,120 @@ impl BlockQ6K {
         lo | (((self.qh[32 * h + l] >> (2 * k)) & 3) << 4)
     }
 
+    /// Sets element `e`'s quant to `q` (`0..64`).
+    pub fn set_q(&mut self, e: usize, q: u8) {
+        let (h, k, l) = (e / 128, e % 128 / 32, e % 32);
+        let b = &mut self.ql[64 * h + 32 * (k % 2) + l];
+        *b = if k < 2 {
+            (*b & 0xf0) | (q & 0x0f)
+        } else {
+            (*b & 0x0f) | (q << 4)
+        };
+        let h2 = &mut self.qh[32 * h + l];
+        *h2 = (*h2 & !(3 << (2 * k))) | (((q >> 4) & 3) << (2 * k));
+    }
+
     /// Group `g`'s (of 16) scale as f32: `d·sc`.
     #[inline(always)]
     pub fn group(&self, g: usize) -> f32 {
         f16_bits_to_f32(self.d) * self.scales[g] as f32
     }
+}
+
+/// Where each row's bytes sit in a [`BlockQ6Kx8`] quant vector: slot `s`
+/// (bytes `4s..4s + 4`) holds row `ROW_OF_SLOT[s]`. Widening each 16-byte
+/// half and adding neighbouring lanes pairwise (`vphaddd`) across them then
+/// leaves the rows in order.
+pub const ROW_OF_SLOT: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// The same super-block of eight Q6_K rows, interleaved for the packed
+/// decode kernels (one SIMD lane per row). Per group of 32 elements `g`,
+/// 192 bytes at `q[192 * g..]`: four 32-byte vectors of low bits, then two
+/// of high bits. In each vector row `ROW_OF_SLOT[s]` has bytes `4s..4s + 4`,
+/// byte `e` of them holding, in low-bits vector `v`, the low four bits of
+/// elements `4v + e` (low nibble) and `16 + 4v + e` (high); in high-bits
+/// vector `h`, the top two bits of elements `8h + e`, `16 + 8h + e`,
+/// `8h + 4 + e` and `20 + 8h + e`, from its low bits up. 1,680 bytes, as the
+/// eight file blocks are. A host builds these from the file's rows
+/// ([`pack_rows_x8`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ6Kx8 {
+    /// The eight rows' `d`, f16 little-endian, in row order.
+    pub d: [[u8; 2]; 8],
+    /// `scales[16 * g + 8 * h + j]`: row `j`'s scale of elements
+    /// `32 g + 16 h..32 g + 16 h + 16`.
+    pub scales: [i8; 128],
+    pub q: [u8; 8 * 192],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ6Kx8>() == 8 * 210);
+
+// SAFETY: repr(C), byte arrays only: no padding (size asserted), any bit
+// pattern valid.
+unsafe impl super::Pod for BlockQ6Kx8 {}
+
+/// Byte offset in [`BlockQ6Kx8::q`] of row `j`'s element `e` (of 256):
+/// (low-bits byte, high nibble?, high-bits byte, its shift).
+fn x8_place(j: usize, e: usize) -> (usize, bool, usize, u32) {
+    let (g, l) = (e / 32, e % 32);
+    let (half, v, k) = (l / 16, l % 16 / 4, l % 4);
+    let s = ROW_OF_SLOT.iter().position(|&r| r == j).unwrap_or(0);
+    let low = 192 * g + 32 * v + 4 * s + k;
+    let high = 192 * g + 128 + 32 * (v / 2) + 4 * s + k;
+    (low, half == 1, high, (4 * (v % 2) + 2 * half) as u32)
+}
+
+impl BlockQ6Kx8 {
+    pub const ZERO: BlockQ6Kx8 = BlockQ6Kx8 {
+        d: [[0; 2]; 8],
+        scales: [0; 128],
+        q: [0; 8 * 192],
+    };
+
+    /// Row `j`'s super-block, as the file stores it.
+    pub fn row(&self, j: usize) -> BlockQ6K {
+        let j = j & 7;
+        let mut b = BlockQ6K::ZERO;
+        b.d = self.d[j];
+        for i in 0..QK / 16 {
+            b.scales[i] = self.scales[8 * i + j];
+        }
+        for e in 0..QK {
+            let (low, hi_nibble, high, shift) = x8_place(j, e);
+            let lo = if hi_nibble {
+                self.q[low] >> 4
+            } else {
+                self.q[low] & 0x0f
+            };
+            b.set_q(e, lo | ((self.q[high] >> shift) & 3) << 4);
+        }
+        b
+    }
+}
+
+/// Interleaves whole groups of eight rows of `nb` super-blocks each: group
+/// `g`'s super-block `b` goes to `out[g * nb + b]`. Returns the groups
+/// written (rows beyond the last whole group, and groups `out` has no room
+/// for, are left).
+pub fn pack_rows_x8(rows: &[BlockQ6K], nb: usize, out: &mut [BlockQ6Kx8]) -> usize {
+    super::pack_groups(rows, nb, 8, out, |o, j, src| {
+        o.d[j] = src.d;
+        for i in 0..QK / 16 {
+            o.scales[8 * i + j] = src.scales[i];
+        }
+        for e in 0..QK {
+            let (low, hi_nibble, high, shift) = x8_place(j, e);
+            let q = src.q(e);
+            let nib = q & 0x0f;
+            o.q[low] = if hi_nibble {
+                (o.q[low] & 0x0f) | (nib << 4)
+            } else {
+                (o.q[low] & 0xf0) | nib
+            };
+            o.q[high] = (o.q[high] & !(3 << shift)) | ((q >> 4) << shift);
+        }
+    })
 }
 
 pub fn dequantize_row(x: &[BlockQ6K], y: &mut [f32]) {
@@ -148,6 +257,25 @@ pub fn quantize_row(x: &[f32], y: &mut [BlockQ6K]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packs_round_trip() {
+        let x: [f32; 2048] = core::array::from_fn(|i| ((i * 7919 % 1000) as f32 - 480.0) * 1e-3);
+        let mut rows = [BlockQ6K::ZERO; 8];
+        quantize_row(&x, &mut rows);
+        rows[5].ql = core::array::from_fn(|i| (i as u8).wrapping_mul(97));
+        rows[6].qh = core::array::from_fn(|i| (i as u8).wrapping_mul(31));
+        let mut p = [BlockQ6Kx8::ZERO; 1];
+        assert_eq!(pack_rows_x8(&rows, 1, &mut p), 1);
+        for (j, r) in rows.iter().enumerate() {
+            assert_eq!(p[0].row(j), *r);
+            for e in 0..QK {
+                let mut b = BlockQ6K::ZERO;
+                b.set_q(e, r.q(e));
+                assert_eq!(b.q(e), r.q(e));
+            }
+        }
+    }
 
     #[test]
     fn round_trips_within_a_step() {
