@@ -307,22 +307,30 @@ fn fill(m: &Matrix, p: &Piece, out: &mut [u8], nb: usize) -> Result<()> {
     let data = &m.data;
     let groups = match m.ty() {
         GgmlType::Q8_0 => {
-            let d = data.as_blocks::<BlockQ8_0>(GgmlType::Q8_0).ok_or_else(past)?;
+            let d = data
+                .as_blocks::<BlockQ8_0>(GgmlType::Q8_0)
+                .ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q8_0::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ8_0x8>(out)?)
         }
         GgmlType::Q4_1 => {
-            let d = data.as_blocks::<BlockQ4_1>(GgmlType::Q4_1).ok_or_else(past)?;
+            let d = data
+                .as_blocks::<BlockQ4_1>(GgmlType::Q4_1)
+                .ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q4_1::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4_1x8>(out)?)
         }
         GgmlType::Q4_K => {
-            let d = data.as_blocks::<BlockQ4K>(GgmlType::Q4_K).ok_or_else(past)?;
+            let d = data
+                .as_blocks::<BlockQ4K>(GgmlType::Q4_K)
+                .ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q4_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4Kx8>(out)?)
         }
         GgmlType::Q6_K => {
-            let d = data.as_blocks::<BlockQ6K>(GgmlType::Q6_K).ok_or_else(past)?;
+            let d = data
+                .as_blocks::<BlockQ6K>(GgmlType::Q6_K)
+                .ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q6_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ6Kx8>(out)?)
         }

@@ -989,7 +989,7 @@ pub(crate) fn check_batch_invariance(k: &Kernels) {
     let packed = plain(RowData::blocks(GgmlType::Q8_0, &b8))
         .with_packed(&p8)
         .unwrap();
-    if k.packed_q8_0(&packed) {
+    if k.batches_packed(&packed) {
         // A packed Q8_0 matrix takes the decode arithmetic for batches too.
         let (mut a, mut b) = ([0.0f32; N * ROWS], [0.0f32; N * ROWS]);
         for (out, arith) in [(&mut a, Arith::Decode), (&mut b, Arith::Batch)] {

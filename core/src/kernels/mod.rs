@@ -41,8 +41,7 @@ use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
     self, cast_slice, BlockQ16, BlockQ4Kx8, BlockQ4_1, BlockQ4_1x8, BlockQ6Kx8, BlockQ8_0,
-    BlockQ8_0x4, BlockQ8_0x8,
-    GgmlType,
+    BlockQ8_0x4, BlockQ8_0x8, GgmlType,
 };
 
 /// A matrix's rows as stored in the weights file: whole blocks of one
@@ -182,7 +181,7 @@ pub enum Packed<'a> {
     None,
     /// Groups of eight ([`BlockQ8_0x8`]), which a host builds for a table
     /// with a packed decode kernel ([`Q16Kernels::q8_0x8`]); prefill takes
-    /// the decode arithmetic on them too ([`Kernels::packed_q8_0`]).
+    /// the decode arithmetic on them too ([`Kernels::batches_packed`]).
     X8(&'a [BlockQ8_0x8]),
     /// Groups of four ([`BlockQ8_0x4`]), which a device builds for a table
     /// with a four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]).
@@ -193,11 +192,11 @@ pub enum Packed<'a> {
     Q4_1x8(&'a [BlockQ4_1x8]),
     /// A Q4_K matrix's super-blocks of eight rows ([`BlockQ4Kx8`]), for a
     /// table with a packed Q4_K decode kernel ([`Q16Kernels::q4_kx8`]);
-    /// prefill keeps the f32 tiles.
+    /// prefill takes the decode arithmetic on them too.
     Q4Kx8(&'a [BlockQ4Kx8]),
     /// A Q6_K matrix's super-blocks of eight rows ([`BlockQ6Kx8`]), for a
     /// table with a packed Q6_K decode kernel ([`Q16Kernels::q6_kx8`]);
-    /// prefill keeps the f32 tiles.
+    /// prefill takes the decode arithmetic on them too.
     Q6Kx8(&'a [BlockQ6Kx8]),
 }
 
@@ -755,7 +754,7 @@ pub enum Arith {
     /// fast tables): what one-token steps use.
     Decode,
     /// Rows dequantized in tiles and multiplied with f32 activations: what
-    /// prompt chunks use (packed Q8_0 matrices, [`Kernels::packed_q8_0`],
+    /// prompt chunks use (packed Q8_0 matrices, [`Kernels::batches_packed`],
     /// take the decode arithmetic here too).
     Batch,
 }
@@ -1167,7 +1166,7 @@ impl Kernels {
             }
             return Ok(());
         }
-        if arith == Arith::Decode || self.packed_q8_0(w) {
+        if arith == Arith::Decode || self.batches_packed(w) {
             return self.decode_part(w, x, part, scratch);
         }
         let x = &x[..need_x];
@@ -1293,7 +1292,7 @@ impl Kernels {
     /// the tokens, each tile's `(tile, n)` result copied into the tokens'
     /// rows. The same numbers as [`Kernels::matmul_part_as`] in
     /// [`Arith::Batch`], for matrices that take the batched arithmetic
-    /// (not those [`Kernels::packed_q8_0`] sends to the decode one: this
+    /// (not those [`Kernels::batches_packed`] sends to the decode one: this
     /// multiplies their plain rows).
     pub fn matmul_part_xt(
         &self,
@@ -1446,17 +1445,24 @@ impl Kernels {
         self.f32_decode_part(w, x, part)
     }
 
-    /// Whether `w` is a packed Q8_0 matrix this table multiplies with its
-    /// packed kernel: then batches take the decode arithmetic too, which on
-    /// these rows runs about twice as fast as f32 tiles (an integer dot of
-    /// sixteen products per instruction against eight), and every token of
-    /// a prompt gets the bits it would get decoded alone.
-    pub fn packed_q8_0(&self, w: &Matrix) -> bool {
+    /// Whether `w` is a packed matrix (Q8_0, Q4_K or Q6_K in eights) this
+    /// table multiplies with its packed kernel: then batches take the decode
+    /// arithmetic too, and every token of a prompt gets the bits it would
+    /// get decoded alone. On Q8_0 rows it runs about twice as fast as f32
+    /// tiles (an integer dot of sixteen products per instruction against
+    /// eight); on Q4_K and Q6_K it also saves widening every row to f32.
+    /// Q4_1 packs keep the f32 tiles, which measured faster for them.
+    pub fn batches_packed(&self, w: &Matrix) -> bool {
         let w = &w.form();
-        w.packed8().is_some()
-            && w.ty() == GgmlType::Q8_0
-            && self.decodes_q16(w)
-            && self.q16.is_some_and(|q| q.q8_0x8.is_some())
+        let Some(q) = self.q16.filter(|_| self.decodes_q16(w)) else {
+            return false;
+        };
+        match w.packed {
+            Packed::X8(_) => w.ty() == GgmlType::Q8_0 && q.q8_0x8.is_some(),
+            Packed::Q4Kx8(_) => w.ty() == GgmlType::Q4_K && q.q4_kx8.is_some(),
+            Packed::Q6Kx8(_) => w.ty() == GgmlType::Q6_K && q.q6_kx8.is_some(),
+            _ => false,
+        }
     }
 
     /// Whether decode multiplies `w` by 16-bit activation blocks (then the

@@ -248,7 +248,7 @@ impl<'a> Multiplier<'a> {
         let q16 = same_cols
             && match arith {
                 Arith::Decode => ws.iter().all(|w| kern.decodes_q16(w)),
-                Arith::Batch => ws.iter().all(|w| kern.packed_q8_0(w)),
+                Arith::Batch => ws.iter().all(|w| kern.batches_packed(w)),
             };
         if q16 {
             return match super::blocks_in::<BlockQ16>(shared, n * nb) {
@@ -273,7 +273,7 @@ impl<'a> Multiplier<'a> {
         let transposed = arith == Arith::Batch
             && kern.takes_transposed()
             && same_cols
-            && ws.iter().all(|w| !kern.packed_q8_0(w));
+            && ws.iter().all(|w| !kern.batches_packed(w));
         if transposed {
             if let (Some(xt), Some(x)) = (
                 shared.get_mut(..Kernels::xt_len(n, cols)),

@@ -439,16 +439,16 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 /// token groups (in that order); `q8_0_widen`, `q4_widen` and `half` must be
 /// in scope.
 macro_rules! q16_kernels {
-    ($feat:literal, $dot:ident, $acc:ident, groups: $g8:expr, $g40:expr, $g41:expr, $gx:expr, chains: $regs:expr) => {
+    ($feat:literal, $dot:ident, $acc:ident, groups: $g8:expr, $g40:expr, $g41:expr, $gx:expr, $gk6:expr, chains: $regs:expr) => {
         /// The interleaved kernels' walk over `n` tokens in register groups
         /// of up to `$gx`, each group through `$group::<T>`.
         macro_rules! x8_tokens {
             ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr) => {
-                x8_tokens!($group, $w, $x, $n, $out, $ld, 1)
+                x8_tokens!($group, $w, $x, $n, $out, $ld, 1, $gx)
             };
             // `$per`: activation blocks per weight block (8 for a K-quant
-            // super-block).
-            ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr, $per:expr) => {{
+            // super-block); `$most`: the largest token group.
+            ($group:ident, $w:expr, $x:expr, $n:expr, $out:expr, $ld:expr, $per:expr, $most:expr) => {{
                 let (w, x, n, out, ld) = ($w, $x, $n, $out, $ld);
                 let nb = x.len() / n.max(1);
                 if n == 0 || nb < $per {
@@ -457,7 +457,7 @@ macro_rules! q16_kernels {
                 let groups = w.len() / (nb / $per);
                 let mut t = 0;
                 while t < n {
-                    let tn = (n - t).min({ $gx }).clamp(1, 8);
+                    let tn = (n - t).min({ $most }).clamp(1, 8);
                     let xs = &x[t * nb..(t + tn) * nb];
                     let o = &mut out[t * ld..];
                     match tn {
@@ -729,7 +729,7 @@ macro_rules! q16_kernels {
             out: &mut [f32],
             ld: usize,
         ) {
-            x8_tokens!(xk4_group, w, x, n, out, ld, 8);
+            x8_tokens!(xk4_group, w, x, n, out, ld, 8, $gx);
         }
 
         /// Interleaved Q6_K super-blocks of eight rows times `n` tokens
@@ -748,7 +748,7 @@ macro_rules! q16_kernels {
             out: &mut [f32],
             ld: usize,
         ) {
-            x8_tokens!(xk6_group, w, x, n, out, ld, 8);
+            x8_tokens!(xk6_group, w, x, n, out, ld, 8, $gk6);
         }
 
         /// The interleaved K-quant kernels' walk: `T` tokens against every
@@ -2589,7 +2589,9 @@ pub(super) mod imp {
     /// against 4 KiB, and 2-4% more at two threads; 12 KiB was no better.
     pub(in crate::kernels) const X8_PREFETCH: usize = 8192;
 
-    q16_kernels!("avx2,fma,f16c", madd2, madd_acc, groups: 4, 4, 4, 4, chains: 8);
+    // Q6_K in token groups of two: its four accumulators a token fill the
+    // sixteen registers beside the unpacked quants at three.
+    q16_kernels!("avx2,fma,f16c", madd2, madd_acc, groups: 4, 4, 4, 4, 2, chains: 8);
 
     /// A Q8_0 block's quants as 2 x 16 i16 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -218,12 +218,14 @@ mod imp {
         q8_0_widen, quants, PREFETCH, X8_PREFETCH,
     };
 
-    // Q8_0 and Q4_0 in groups of eight tokens, Q4_1 in groups of four.
+    // Q8_0, Q4_0 and Q4_K in groups of eight tokens, Q4_1 and Q6_K in
+    // groups of four (Q6_K's four accumulators a token would not fit in
+    // the 32 registers at eight).
     super::super::x86_avx2::q16_kernels!(
         "avx512f,avx512vl,avx512vnni,avx2,fma,f16c",
         dpw2,
         dpw_acc,
-        groups: GROUP, GROUP, 4, GROUP,
+        groups: GROUP, GROUP, 4, GROUP, 4,
         chains: 16
     );
 

@@ -46,7 +46,7 @@ pub struct MemoryPlan {
     /// f32 elements of scratch.
     pub scratch_len: usize,
     /// Whether prompt batches may take the decode arithmetic on packed Q8_0
-    /// matrices ([`crate::kernels::Kernels::packed_q8_0`]), which needs activation blocks
+    /// matrices ([`crate::kernels::Kernels::batches_packed`]), which needs activation blocks
     /// and matmul scratch for a whole batch, and the batch's activations
     /// transposed once for all workers on tables that take them so
     /// ([`crate::kernels::Kernels::takes_transposed`]). True from every constructor;

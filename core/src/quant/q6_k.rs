@@ -91,6 +91,17 @@ impl BlockQ6K {
 /// leaves the rows in order.
 pub const ROW_OF_SLOT: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
 
+/// The inverse of [`ROW_OF_SLOT`]: row `j` sits in slot `SLOT_OF_ROW[j]`.
+const SLOT_OF_ROW: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+const _: () = {
+    let mut j = 0;
+    while j < 8 {
+        assert!(ROW_OF_SLOT[SLOT_OF_ROW[j]] == j);
+        j += 1;
+    }
+};
+
 /// The same super-block of eight Q6_K rows, interleaved for the packed
 /// decode kernels (one SIMD lane per row). Per group of 32 elements `g`,
 /// 192 bytes at `q[192 * g..]`: four 32-byte vectors of low bits, then two
@@ -123,7 +134,7 @@ unsafe impl super::Pod for BlockQ6Kx8 {}
 fn x8_place(j: usize, e: usize) -> (usize, bool, usize, u32) {
     let (g, l) = (e / 32, e % 32);
     let (half, v, k) = (l / 16, l % 16 / 4, l % 4);
-    let s = ROW_OF_SLOT.iter().position(|&r| r == j).unwrap_or(0);
+    let s = SLOT_OF_ROW[j];
     let low = 192 * g + 32 * v + 4 * s + k;
     let high = 192 * g + 128 + 32 * (v / 2) + 4 * s + k;
     (low, half == 1, high, (4 * (v % 2) + 2 * half) as u32)
@@ -167,16 +178,18 @@ pub fn pack_rows_x8(rows: &[BlockQ6K], nb: usize, out: &mut [BlockQ6Kx8]) -> usi
         for i in 0..QK / 16 {
             o.scales[8 * i + j] = src.scales[i];
         }
-        for e in 0..QK {
-            let (low, hi_nibble, high, shift) = x8_place(j, e);
-            let q = src.q(e);
-            let nib = q & 0x0f;
-            o.q[low] = if hi_nibble {
-                (o.q[low] & 0x0f) | (nib << 4)
-            } else {
-                (o.q[low] & 0xf0) | nib
-            };
-            o.q[high] = (o.q[high] & !(3 << shift)) | ((q >> 4) << shift);
+        let s = SLOT_OF_ROW[j];
+        for g in 0..8 {
+            let q = &mut o.q[192 * g..192 * (g + 1)];
+            for v in 0..4 {
+                for e in 0..4 {
+                    let (a, b) = (src.q(32 * g + 4 * v + e), src.q(32 * g + 16 + 4 * v + e));
+                    q[32 * v + 4 * s + e] = (a & 0x0f) | (b << 4);
+                    let bits = ((a >> 4) | ((b >> 4) << 2)) << (4 * (v % 2));
+                    let h = &mut q[128 + 32 * (v / 2) + 4 * s + e];
+                    *h = if v % 2 == 0 { bits } else { *h | bits };
+                }
+            }
         }
     })
 }
