@@ -1,13 +1,14 @@
-//! Interleaved copies of a model's Q8_0, Q4_1, Q4_K and Q6_K matrices for
-//! the packed decode kernels (`Q16Kernels::q8_0x8`, `q4_1x8`, `q4_kx8`,
-//! `q6_kx8`): eight rows per group,
+//! Interleaved copies of a model's Q8_0, Q4_1, Q4_K, Q6_K and Q5_0
+//! matrices for the packed decode kernels (`Q16Kernels::q8_0x8`, `q4_1x8`,
+//! `q4_kx8`, `q6_kx8`, `q5_0x8`): eight rows per group,
 //! one SIMD lane per row, so a decode step adds no lane sums and shares each
 //! broadcast activation pair between eight rows. The file's bytes stay as
 //! they are (the embedding lookup reads them); the packs are a second copy
 //! of the matrices that decode reads. Every row's value is bit for bit the
 //! reference dot's in decode; Q8_0 prefill through the packs takes that
-//! arithmetic too (16-bit activation blocks instead of f32 tiles); Q4_1,
-//! Q4_K and Q6_K prefill keeps the f32 tiles over the file's rows.
+//! arithmetic too (16-bit activation blocks instead of f32 tiles), and so
+//! does Q4_K and Q6_K prefill; Q4_1 and Q5_0 prefill keeps the f32 tiles
+//! over the file's rows.
 //!
 //! With more than one worker the layers' matrices are laid out by worker
 //! instead ([`ember_core::kernels::Pieces`]): each worker's rows of one
@@ -24,8 +25,8 @@ use ember_core::model::weights::LAYER_STEPS;
 use ember_core::model::Llama;
 use ember_core::parallel;
 use ember_core::quant::{
-    cast_slice, cast_slice_mut, q4_1, q4_k, q6_k, q8_0, BlockQ4K, BlockQ4Kx8, BlockQ4_1,
-    BlockQ4_1x8, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, GgmlType,
+    cast_slice, cast_slice_mut, q4_1, q4_k, q5_0, q6_k, q8_0, BlockQ4K, BlockQ4Kx8, BlockQ4_1,
+    BlockQ4_1x8, BlockQ5_0, BlockQ5_0x8, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, GgmlType,
 };
 use memmap2::MmapMut;
 
@@ -79,6 +80,8 @@ enum Kind {
     Q4K,
     /// Q6_K rows in eights ([`BlockQ6Kx8`]), for decode.
     Q6K,
+    /// Q5_0 rows in eights ([`BlockQ5_0x8`]), for decode.
+    Q5_0,
 }
 
 impl Kind {
@@ -88,6 +91,7 @@ impl Kind {
             Kind::Q4_1 => core::mem::size_of::<BlockQ4_1x8>(),
             Kind::Q4K => core::mem::size_of::<BlockQ4Kx8>(),
             Kind::Q6K => core::mem::size_of::<BlockQ6Kx8>(),
+            Kind::Q5_0 => core::mem::size_of::<BlockQ5_0x8>(),
         }
     }
 }
@@ -114,7 +118,7 @@ fn step_runs(rows: &[usize], w: usize, f: impl FnMut(usize, usize, usize, usize)
 }
 
 impl Packs {
-    /// Packs `model`'s Q8_0, Q4_1, Q4_K and Q6_K matrices for which `kernels` has a
+    /// Packs `model`'s Q8_0, Q4_1, Q4_K, Q6_K and Q5_0 matrices for which `kernels` has a
     /// packed decode kernel, and with more than one of `threads` lays out
     /// each layer's matrices by worker (module docs), if `enabled`;
     /// otherwise nothing (and [`Packs::apply`] leaves the model as it is).
@@ -127,11 +131,13 @@ impl Packs {
         let has = |f: fn(&ember_core::kernels::Q16Kernels) -> bool| q.as_ref().is_some_and(f);
         let (q8, q41) = (has(|q| q.q8_0x8.is_some()), has(|q| q.q4_1x8.is_some()));
         let (q4k, q6k) = (has(|q| q.q4_kx8.is_some()), has(|q| q.q6_kx8.is_some()));
+        let q50 = has(|q| q.q5_0x8.is_some());
         let kind_of = |m: &Matrix| match m.ty() {
             GgmlType::Q8_0 if q8 => Some(Kind::Q8_0),
             GgmlType::Q4_1 if q41 => Some(Kind::Q4_1),
             GgmlType::Q4_K if q4k => Some(Kind::Q4K),
             GgmlType::Q6_K if q6k => Some(Kind::Q6K),
+            GgmlType::Q5_0 if q50 => Some(Kind::Q5_0),
             _ => None,
         };
         let mut w = model.weights.clone();
@@ -278,6 +284,7 @@ impl Packs {
                         Kind::Q4_1 => m.with_packed_q4_1(cast_slice(bytes)?)?,
                         Kind::Q4K => m.with_packed_k(Packed::Q4Kx8(cast_slice(bytes)?))?,
                         Kind::Q6K => m.with_packed_k(Packed::Q6Kx8(cast_slice(bytes)?))?,
+                        Kind::Q5_0 => m.with_packed_k(Packed::Q5_0x8(cast_slice(bytes)?))?,
                     };
                 }
                 Some(Span::Pieces(r)) => {
@@ -333,6 +340,13 @@ fn fill(m: &Matrix, p: &Piece, out: &mut [u8], nb: usize) -> Result<()> {
                 .ok_or_else(past)?;
             let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
             q6_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ6Kx8>(out)?)
+        }
+        GgmlType::Q5_0 => {
+            let d = data
+                .as_blocks::<BlockQ5_0>(GgmlType::Q5_0)
+                .ok_or_else(past)?;
+            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
+            q5_0::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ5_0x8>(out)?)
         }
         _ => bail!("packing a matrix that has no packed form"),
     };

@@ -762,6 +762,42 @@ pub(crate) fn check_q6_kx8(k: &Kernels) {
     );
 }
 
+/// The packed Q5_0 decode kernel gives the reference dot bit for bit (the
+/// packs round-trip to the file's blocks), on random blocks, every quant at
+/// either end, zero, subnormal and infinite scales.
+pub(crate) fn check_q5_0x8(k: &Kernels) {
+    use crate::quant::{BlockQ5_0, BlockQ5_0x8};
+    let Some(kernel) = k.q16.and_then(|q| q.q5_0x8) else {
+        return;
+    };
+    let fill = |rng: &mut Rng, w: &mut [BlockQ5_0], case: usize| {
+        for (i, b) in w.iter_mut().enumerate() {
+            b.d = f16::from_f32(rng.f32() * 0.1).to_le_bytes();
+            b.qh = rng.f32().to_bits().to_le_bytes();
+            b.qs = core::array::from_fn(|_| (rng.f32().to_bits() >> 7) as u8);
+            match (case % 4, i % 5) {
+                (1, 3) => (b.qs, b.qh) = ([0; 16], [0; 4]),
+                (1, _) => (b.qs, b.qh) = ([0xff; 16], [0xff; 4]),
+                (2, 0) => b.d = [0; 2],
+                (2, 1) => b.d = f16::INFINITY.to_le_bytes(),
+                (3, 2) => b.d = f16::from_f32(6e-8).to_le_bytes(),
+                _ => {}
+            }
+        }
+    };
+    check_x8(
+        k.name,
+        "q5_0x8",
+        0x0508,
+        1,
+        (BlockQ5_0::ZERO, BlockQ5_0x8::ZERO),
+        fill,
+        (quant::q5_0::pack_rows_x8, BlockQ5_0x8::row),
+        kernel,
+        quant::q16::dot_q5_0_q16,
+    );
+}
+
 /// A pack writer (`pack_rows_x8`) and its round trip (`row`).
 type PackFns<B, P> = (fn(&[B], usize, &mut [P]) -> usize, fn(&P, usize) -> B);
 
@@ -1047,11 +1083,13 @@ fn detected_table_matches_reference() {
     check_q4_1x8(&Kernels::detect());
     check_q4_kx8(&Kernels::detect());
     check_q6_kx8(&Kernels::detect());
+    check_q5_0x8(&Kernels::detect());
     if let Some(k) = Kernels::avx2() {
         check_q8_0x8(&k);
         check_q4_1x8(&k);
         check_q4_kx8(&k);
         check_q6_kx8(&k);
+        check_q5_0x8(&k);
     }
 }
 

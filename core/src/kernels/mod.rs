@@ -40,8 +40,8 @@ use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
-    self, cast_slice, BlockQ16, BlockQ4Kx8, BlockQ4_1, BlockQ4_1x8, BlockQ6Kx8, BlockQ8_0,
-    BlockQ8_0x4, BlockQ8_0x8, GgmlType,
+    self, cast_slice, BlockQ16, BlockQ4Kx8, BlockQ4_1, BlockQ4_1x8, BlockQ5_0x8, BlockQ6Kx8,
+    BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8, GgmlType,
 };
 
 /// A matrix's rows as stored in the weights file: whole blocks of one
@@ -198,6 +198,10 @@ pub enum Packed<'a> {
     /// table with a packed Q6_K decode kernel ([`Q16Kernels::q6_kx8`]);
     /// prefill takes the decode arithmetic on them too.
     Q6Kx8(&'a [BlockQ6Kx8]),
+    /// A Q5_0 matrix's blocks of eight rows ([`BlockQ5_0x8`]), for a table
+    /// with a packed Q5_0 decode kernel ([`Q16Kernels::q5_0x8`]); prefill
+    /// keeps the f32 tiles.
+    Q5_0x8(&'a [BlockQ5_0x8]),
 }
 
 impl<'a> Matrix<'a> {
@@ -318,6 +322,10 @@ impl<'a> Matrix<'a> {
                     let len = len(core::mem::size_of::<BlockQ6Kx8>())?;
                     own.with_packed_k(Packed::Q6Kx8(cast_slice(span(len)?)?))
                 }
+                GgmlType::Q5_0 => {
+                    let len = len(core::mem::size_of::<BlockQ5_0x8>())?;
+                    own.with_packed_k(Packed::Q5_0x8(cast_slice(span(len)?)?))
+                }
                 _ => Err(Error::LengthMismatch {
                     expected: 0,
                     found: p.rows as u64,
@@ -383,15 +391,17 @@ impl<'a> Matrix<'a> {
     }
 
     /// This Q8_0 matrix with its rows also interleaved in groups of four:
-    /// This matrix with its K-quant super-blocks of eight rows
-    /// ([`Packed::Q4Kx8`] or [`Packed::Q6Kx8`]), if they are of its type
-    /// and one per whole group of eight rows and super-block column: what
-    /// [`quant::q4_k::pack_rows_x8`] or [`quant::q6_k::pack_rows_x8`] wrote
+    /// This matrix with its blocks of eight rows ([`Packed::Q4Kx8`],
+    /// [`Packed::Q6Kx8`] or [`Packed::Q5_0x8`]), if they are of its type
+    /// and one per whole group of eight rows and block column: what the
+    /// format's `pack_rows_x8` ([`quant::q4_k::pack_rows_x8`],
+    /// [`quant::q6_k::pack_rows_x8`], [`quant::q5_0::pack_rows_x8`]) wrote
     /// from `data`.
     pub fn with_packed_k(self, packed: Packed<'a>) -> Result<Matrix<'a>> {
         let len = match packed {
             Packed::Q4Kx8(p) => p.len(),
             Packed::Q6Kx8(p) => p.len(),
+            Packed::Q5_0x8(p) => p.len(),
             _ => usize::MAX,
         };
         self.attach(8, len, packed)
@@ -412,6 +422,7 @@ impl<'a> Matrix<'a> {
             Packed::Q4_1x8(_) => self.ty() == GgmlType::Q4_1,
             Packed::Q4Kx8(_) => self.ty() == GgmlType::Q4_K,
             Packed::Q6Kx8(_) => self.ty() == GgmlType::Q6_K,
+            Packed::Q5_0x8(_) => self.ty() == GgmlType::Q5_0,
             _ => self.ty() == GgmlType::Q8_0,
         };
         if !same_type || len != need {
@@ -629,6 +640,9 @@ pub struct Q16Kernels {
     /// Q6_K rows interleaved in eights ([`Packed::Q6Kx8`]), in decode;
     /// with `None` the host builds no such packs.
     pub q6_kx8: Option<MatvecQ6Kx8Fn>,
+    /// Q5_0 rows interleaved in eights ([`Packed::Q5_0x8`]), in decode;
+    /// with `None` the host builds no such packs.
+    pub q5_0x8: Option<MatvecQ50x8Fn>,
 }
 
 /// Interleaved Q4_1 groups of eight rows times `n` tokens, as
@@ -645,6 +659,11 @@ pub type MatvecQ4Kx8Fn = fn(&[BlockQ4Kx8], &[BlockQ16], usize, &mut [f32], usize
 /// [`MatvecQ4Kx8Fn`]: each row's value bit for bit
 /// [`quant::q16::dot_q6_k_q16`].
 pub type MatvecQ6Kx8Fn = fn(&[BlockQ6Kx8], &[BlockQ16], usize, &mut [f32], usize);
+
+/// Interleaved Q5_0 blocks of eight rows times `n` tokens, as
+/// [`MatvecQ16x8Fn`] for Q8_0: each row's value bit for bit
+/// [`quant::q16::dot_q5_0_q16`].
+pub type MatvecQ50x8Fn = fn(&[BlockQ5_0x8], &[BlockQ16], usize, &mut [f32], usize);
 
 /// `y += a * x` for f16 `x` (attention's weighted sum of cached values).
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
@@ -923,6 +942,7 @@ impl Kernels {
                 q4_1x8: None,
                 q4_kx8: None,
                 q6_kx8: None,
+                q5_0x8: None,
             }),
             ..Self::scalar()
         }
@@ -1572,6 +1592,15 @@ impl Kernels {
                 ) => {
                     let d = quant::blocks::<quant::BlockQ6K>(w.data.bytes());
                     packed_rows(8, d, p, k, quant::q16::dot_q6_k_q16, xq, n, (a, b), o)
+                }
+                (
+                    Packed::Q5_0x8(p),
+                    Q16Kernels {
+                        q5_0x8: Some(k), ..
+                    },
+                ) => {
+                    let d = quant::blocks::<quant::BlockQ5_0>(w.data.bytes());
+                    packed_rows(1, d, p, k, quant::q16::dot_q5_0_q16, xq, n, (a, b), o)
                 }
                 _ => {
                     if let Some(k) = own {

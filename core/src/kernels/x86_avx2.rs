@@ -24,7 +24,8 @@ use crate::quant::k_quants::{unpack_scale_min_k4, ScaleMinBlock};
 use crate::quant::q16::QK;
 use crate::quant::{
     BlockQ16, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_1, BlockQ4_1x8,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, GgmlType,
+    BlockQ5K, BlockQ5_0, BlockQ5_0x8, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8,
+    GgmlType,
 };
 
 /// The AVX2 table, if this CPU runs it (checked at run time with `std`, at
@@ -51,6 +52,7 @@ pub fn table() -> Option<Kernels> {
             q4_1x8: Some(mv_q4_1x8_q16),
             q4_kx8: Some(mv_q4_kx8_q16),
             q6_kx8: Some(mv_q6_kx8_q16),
+            q5_0x8: Some(mv_q5_0x8_q16),
         }),
         ..Kernels::scalar()
     };
@@ -300,6 +302,11 @@ fn mv_q6_kx8_q16(w: &[BlockQ6Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld
     let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q6_kx8_q16(w, x, n, out, ld) }
+}
+fn mv_q5_0x8_q16(w: &[BlockQ5_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape(x, n, w, out, ld);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q5_0x8_q16(w, x, n, out, ld) }
 }
 /// `n` tokens' whole blocks, the whole groups of eight rows whose outputs
 /// fit `out` at row stride `ld`, and `out`.
@@ -751,9 +758,112 @@ macro_rules! q16_kernels {
             x8_tokens!(xk6_group, w, x, n, out, ld, 8, $gk6);
         }
 
-        /// The interleaved K-quant kernels' walk: `T` tokens against every
-        /// group of eight rows of `w`, super-block by super-block and in each
-        /// its eight groups of 32 (activation blocks) in order. `prep(block)`
+        /// Interleaved Q5_0 blocks of eight rows times `n` tokens
+        /// ([`crate::kernels::MatvecQ50x8Fn`]): a lane per row, each adding
+        /// its row's blocks in order as the reference does (`d · xd · dot`),
+        /// so every row is bit for bit [`crate::quant::q16::dot_q5_0_q16`].
+        ///
+        /// # Safety
+        /// The CPU must support the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn mv_q5_0x8_q16(
+            w: &[BlockQ5_0x8],
+            x: &[BlockQ16],
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            x8_tokens!(xq5_group, w, x, n, out, ld, 1, $gk6);
+        }
+
+        /// `T` tokens against every interleaved Q5_0 group of `w` (176-byte
+        /// blocks: three lines). The quants are put together as bytes, 32 at
+        /// a time (the fifth bits spread with one byte shuffle and compare,
+        /// as [`q5_bytes`] does), widened, and dotted with four activations
+        /// at a time.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn xq5_group<const T: usize>(
+            w: &[BlockQ5_0x8],
+            x: &[BlockQ16],
+            nb: usize,
+            groups: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let prep = |blk: &BlockQ5_0x8| {
+                // SAFETY: the eight f16 scales are sixteen bytes.
+                let d = unsafe { &*blk.d.as_ptr().cast::<[u8; 16]>() };
+                _mm256_cvtph_ps(bytes16(d))
+            };
+            let dots = |blk: &BlockQ5_0x8, _: usize, xs: &[&BlockQ16; T]| -> [__m256i; T] {
+                let m4 = _mm256_set1_epi8(0x0f);
+                let c16 = _mm256_set1_epi8(16);
+                // Byte p of each lane takes fifth-bit byte p / 8 of its half,
+                // and is set where its bit is.
+                let spread = _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                    3, 3, 3, 3, 3, 3,
+                );
+                let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                // The 32 nibbles `nib` with their fifth bits (four bytes at
+                // `qh`), minus 16: `nib − 16` where the bit is clear.
+                let five = |nib: __m256i, qh: *const u8| {
+                    // SAFETY: four bytes of `qh` at `qh` (callers' offsets
+                    // are below 32).
+                    let h = unsafe { qh.cast::<i32>().read_unaligned() };
+                    let h = _mm256_shuffle_epi8(_mm256_set1_epi32(h), spread);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(h, sel), sel);
+                    _mm256_sub_epi8(nib, _mm256_andnot_si256(set, c16))
+                };
+                // Per token: rows of the first half's slots, of the second's.
+                let mut acc = [[_mm256_setzero_si256(); 2]; T];
+                macro_rules! quad {
+                    ($v:literal) => {{
+                        // SAFETY: 32 bytes at 32v < 128 in `qs`; loadu is
+                        // unaligned.
+                        let q = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * $v).cast()) };
+                        let qh = blk.qh.as_ptr().wrapping_add(8 * $v);
+                        let lo = five(_mm256_and_si256(q, m4), qh);
+                        let hi = five(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), qh.wrapping_add(4));
+                        let la = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo));
+                        let lb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(lo));
+                        let ha = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi));
+                        let hb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(hi));
+                        for t in 0..T {
+                            // SAFETY: quants 4v..4v + 4 and 16 + 4v.. (v < 4)
+                            // of a 32-quant block, each four read as one
+                            // unaligned i64.
+                            let (pl, ph) = unsafe {
+                                let p = xs[t].qs.as_ptr();
+                                (
+                                    p.add(4 * $v).cast::<i64>().read_unaligned(),
+                                    p.add(16 + 4 * $v).cast::<i64>().read_unaligned(),
+                                )
+                            };
+                            let (xl, xh) = (_mm256_set1_epi64x(pl), _mm256_set1_epi64x(ph));
+                            let a = &mut acc[t];
+                            a[0] = $acc($acc(a[0], la, xl), ha, xh);
+                            a[1] = $acc($acc(a[1], lb, xl), hb, xh);
+                        }
+                    }};
+                }
+                quad!(0);
+                quad!(1);
+                quad!(2);
+                quad!(3);
+                // Pairwise sums across the halves' lanes give the rows in
+                // order (`ROW_OF_SLOT`).
+                core::array::from_fn(|t| _mm256_hadd_epi32(acc[t][0], acc[t][1]))
+            };
+            let scales = |_: &BlockQ5_0x8, _: usize, d: __m256| (d, _mm256_setzero_ps());
+            kx_walk::<_, _, T, 1, 3, false>(w, x, nb, groups, out, ld, prep, dots, scales);
+        }
+
+        /// The quad-interleaved kernels' walk: `T` tokens against every
+        /// group of eight rows of `w`, block by block and in each its `PER`
+        /// groups of 32 (activation blocks: eight in a K-quant super-block,
+        /// one in a Q5_0 block) in order. `prep(block)`
         /// reads what a super-block's groups share; `dots(block, g, tokens)`
         /// gives each token's exact integer dot with group `g` (a lane per
         /// row); `scales(block, g, prep)` the rows' float scale of group `g`
@@ -764,7 +874,14 @@ macro_rules! q16_kernels {
         #[target_feature(enable = $feat)]
         #[inline]
         #[allow(clippy::too_many_arguments)]
-        fn k8_walk<B, P: Copy, const T: usize, const LINES: usize, const MIN: bool>(
+        fn kx_walk<
+            B,
+            P: Copy,
+            const T: usize,
+            const PER: usize,
+            const LINES: usize,
+            const MIN: bool,
+        >(
             w: &[B],
             x: &[BlockQ16],
             nb: usize,
@@ -775,7 +892,7 @@ macro_rules! q16_kernels {
             dots: impl Fn(&B, usize, &[&BlockQ16; T]) -> [__m256i; T],
             scales: impl Fn(&B, usize, P) -> (__m256, __m256),
         ) {
-            let ns = nb / 8;
+            let ns = nb / PER;
             assert!(x.len() >= T * nb && w.len() >= groups * ns);
             assert!(groups == 0 || (ld >= 8 * groups && out.len() >= (T - 1) * ld + 8 * groups));
             let xp: [*const BlockQ16; T] = core::array::from_fn(|t| x[t * nb..].as_ptr());
@@ -787,14 +904,14 @@ macro_rules! q16_kernels {
                     let blk = unsafe { &*gp.add(b) };
                     let pre = prep(blk);
                     let ahead = (blk as *const B).cast::<i8>().wrapping_add(X8_PREFETCH);
-                    for g in 0..8 {
+                    for g in 0..PER {
                         for line in 0..LINES {
                             // A prefetch never faults.
                             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * (LINES * g + line)));
                         }
                         let xs: [&BlockQ16; T] = core::array::from_fn(|t| {
-                            // SAFETY: 8b + g < nb, and token t has nb blocks (asserted).
-                            unsafe { &*xp[t].add(8 * b + g) }
+                            // SAFETY: PER·b + g < nb, and token t has nb blocks (asserted).
+                            unsafe { &*xp[t].add(PER * b + g) }
                         });
                         let i = dots(blk, g, &xs);
                         let (dv, mv) = scales(blk, g, pre);
@@ -902,7 +1019,7 @@ macro_rules! q16_kernels {
                 // The reference's d·sc and dmin·m, each one f32 product.
                 (_mm256_mul_ps(d, f(sc)), _mm256_mul_ps(dmin, f(m)))
             };
-            k8_walk::<_, _, T, 3, true>(w, x, nb, groups, out, ld, prep, dots, scales);
+            kx_walk::<_, _, T, 8, 3, true>(w, x, nb, groups, out, ld, prep, dots, scales);
         }
 
         /// `T` tokens against every interleaved Q6_K group of `w` (1,680-byte
@@ -1006,7 +1123,7 @@ macro_rules! q16_kernels {
                 })
             };
             let scales = |_: &BlockQ6Kx8, _: usize, d: __m256| (d, _mm256_setzero_ps());
-            k8_walk::<_, _, T, 4, false>(w, x, nb, groups, out, ld, prep, dots, scales);
+            kx_walk::<_, _, T, 8, 4, false>(w, x, nb, groups, out, ld, prep, dots, scales);
         }
 
         /// # Safety

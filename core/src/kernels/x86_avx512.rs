@@ -35,7 +35,7 @@ use super::{erase, FormatKernels, Kernels, Q16Kernels, RowQ16Fn, XtShape};
 use crate::quant::GgmlType;
 use crate::quant::{
     BlockQ16, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_1, BlockQ4_1x8, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8,
+    BlockQ5_0, BlockQ5_0x8, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8,
 };
 
 /// The AVX-512 table, if this CPU runs it (the AVX2 table must run too).
@@ -67,6 +67,7 @@ pub fn table() -> Option<Kernels> {
                 q4_1x8: Some(mv_q4_1x8_q16),
                 q4_kx8: Some(mv_q4_kx8_q16),
                 q6_kx8: Some(mv_q6_kx8_q16),
+                q5_0x8: Some(mv_q5_0x8_q16),
                 ..b
             }),
             ..k
@@ -147,6 +148,11 @@ fn mv_q6_kx8_q16(w: &[BlockQ6Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld
     // SAFETY: as above; the kernel asserts its slices' lengths.
     unsafe { imp::mv_q6_kx8_q16(w, x, n, out, ld) }
 }
+fn mv_q5_0x8_q16(w: &[BlockQ5_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+    let (x, w, out) = x8_shape(x, n, w, out, ld);
+    // SAFETY: as above; the kernel asserts its slices' lengths.
+    unsafe { imp::mv_q5_0x8_q16(w, x, n, out, ld) }
+}
 
 #[cfg(feature = "std")]
 fn supported() -> bool {
@@ -218,8 +224,8 @@ mod imp {
         q8_0_widen, quants, PREFETCH, X8_PREFETCH,
     };
 
-    // Q8_0, Q4_0 and Q4_K in groups of eight tokens, Q4_1 and Q6_K in
-    // groups of four (Q6_K's four accumulators a token would not fit in
+    // Q8_0, Q4_0 and Q4_K in groups of eight tokens, Q4_1, Q6_K and Q5_0
+    // in groups of four (Q6_K's four accumulators a token would not fit in
     // the 32 registers at eight).
     super::super::x86_avx2::q16_kernels!(
         "avx512f,avx512vl,avx512vnni,avx2,fma,f16c",

@@ -30,7 +30,7 @@ pub use q3_k::BlockQ3K;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::{BlockQ4_1, BlockQ4_1x8, BlockQ8_1};
 pub use q4_k::{BlockQ4K, BlockQ4Kx8};
-pub use q5_0::BlockQ5_0;
+pub use q5_0::{BlockQ5_0, BlockQ5_0x8};
 pub use q5_1::BlockQ5_1;
 pub use q5_k::BlockQ5K;
 pub use q6_k::{BlockQ6K, BlockQ6Kx8};
@@ -229,6 +229,25 @@ pub(crate) fn pack_groups<B, P>(
     groups
 }
 
+/// Where each row's bytes sit in a 32-byte vector of the quad-interleaved
+/// packs ([`BlockQ6Kx8`], [`BlockQ5_0x8`]): slot `s` (bytes `4s..4s + 4`)
+/// holds row `ROW_OF_SLOT[s]`. Widening each 16-byte half and adding
+/// neighbouring lanes pairwise (`vphaddd`) across them then leaves the rows
+/// in order.
+pub const ROW_OF_SLOT: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// The inverse of [`ROW_OF_SLOT`] (the permutation is its own inverse):
+/// row `j` sits in slot `SLOT_OF_ROW[j]`.
+pub const SLOT_OF_ROW: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+const _: () = {
+    let mut j = 0;
+    while j < 8 {
+        assert!(ROW_OF_SLOT[SLOT_OF_ROW[j]] == j);
+        j += 1;
+    }
+};
+
 /// Row `j`'s share of an interleaved pack: its byte pairs `k` of `src` go
 /// to `dst[16 * k + 2 * j..][..2]` (eight rows, one lane each).
 pub(crate) fn interleave_pairs<T: Copy>(dst: &mut [T], j: usize, src: &[T]) {
@@ -265,6 +284,8 @@ unsafe impl Pod for BlockQ4_1 {}
 unsafe impl Pod for BlockQ4_1x8 {}
 // SAFETY: repr(C), fields [u8; 2] x2 and [i8; 32], no padding (size asserted).
 unsafe impl Pod for BlockQ8_1 {}
+// SAFETY: repr(C), byte arrays only: no padding (size asserted).
+unsafe impl Pod for BlockQ5_0x8 {}
 
 // SAFETY: repr(C), fields f32, f32, i32, i32 and [i16; 32]: no padding
 // (size asserted), and every bit pattern of them is a valid value.

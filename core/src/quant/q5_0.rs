@@ -76,6 +76,90 @@ fn q(b: &BlockQ5_0, j: usize) -> i32 {
     q5(&b.qs, b.qh, j) as i32
 }
 
+/// The same block of eight Q5_0 rows, interleaved for the packed decode
+/// kernels (one SIMD lane per row): 176 bytes, as the eight file blocks
+/// are. `qs` is four 32-byte vectors; in each, row
+/// [`super::ROW_OF_SLOT`]`[s]` has bytes `4s..4s + 4`, byte `e` of vector
+/// `v` holding the low four bits of elements `4v + e` (low nibble) and
+/// `16 + 4v + e` (high). `qh[8v..8v + 4]` holds the fifth bits of vector
+/// `v`'s low nibbles (bit `p` for byte `p`, little-endian), `qh[8v + 4..]`
+/// those of its high nibbles. A host builds these from the file's rows
+/// ([`pack_rows_x8`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQ5_0x8 {
+    /// The eight rows' scales, f16 little-endian, in row order.
+    pub d: [[u8; 2]; 8],
+    pub qh: [u8; 32],
+    pub qs: [u8; 8 * QK / 2],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ5_0x8>() == 8 * 22);
+
+/// Where row `j`'s element `i` sits in a [`BlockQ5_0x8`]: (its `qs` byte,
+/// whether the high nibble, its fifth bit's `qh` byte and bit).
+fn x8_place(j: usize, i: usize) -> (usize, bool, usize, u32) {
+    let (half, v, e) = (i / 16, i % 16 / 4, i % 4);
+    let p = 4 * super::SLOT_OF_ROW[j] + e;
+    (
+        32 * v + p,
+        half == 1,
+        8 * v + 4 * half + p / 8,
+        (p % 8) as u32,
+    )
+}
+
+impl BlockQ5_0x8 {
+    pub const ZERO: BlockQ5_0x8 = BlockQ5_0x8 {
+        d: [[0; 2]; 8],
+        qh: [0; 32],
+        qs: [0; 8 * QK / 2],
+    };
+
+    /// Row `j`'s block, as the file stores it.
+    pub fn row(&self, j: usize) -> BlockQ5_0 {
+        let j = j & 7;
+        let mut b = BlockQ5_0 {
+            d: self.d[j],
+            ..BlockQ5_0::ZERO
+        };
+        let mut qh = 0u32;
+        for i in 0..QK {
+            let (byte, high, hb, bit) = x8_place(j, i);
+            let nib = if high {
+                self.qs[byte] >> 4
+            } else {
+                self.qs[byte] & 0x0f
+            };
+            b.qs[i % 16] |= if i < 16 { nib } else { nib << 4 };
+            qh |= (((self.qh[hb] >> bit) & 1) as u32) << i;
+        }
+        b.qh = qh.to_le_bytes();
+        b
+    }
+}
+
+/// Interleaves whole groups of eight rows of `nb` blocks each: group `g`'s
+/// block `b` goes to `out[g * nb + b]`. Returns the groups written (rows
+/// beyond the last whole group, and groups `out` has no room for, are
+/// left).
+pub fn pack_rows_x8(rows: &[BlockQ5_0], nb: usize, out: &mut [BlockQ5_0x8]) -> usize {
+    super::pack_groups(rows, nb, 8, out, |o, j, src| {
+        o.d[j] = src.d;
+        for i in 0..QK {
+            let (byte, high, hb, bit) = x8_place(j, i);
+            let q = src.q(i) as u8;
+            let nib = q & 0x0f;
+            o.qs[byte] = if high {
+                (o.qs[byte] & 0x0f) | (nib << 4)
+            } else {
+                (o.qs[byte] & 0xf0) | nib
+            };
+            o.qh[hb] = (o.qh[hb] & !(1 << bit)) | ((q >> 4) << bit);
+        }
+    })
+}
+
 pub fn dequantize_row(x: &[BlockQ5_0], y: &mut [f32]) {
     for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
         let d = f16_bits_to_f32(b.d);
@@ -126,6 +210,20 @@ pub fn dot_f32(w: &[BlockQ5_0], x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packs_round_trip() {
+        let x: [f32; 16 * 32] = core::array::from_fn(|i| ((i * 7919 % 1000) as f32 - 480.0) * 1e-3);
+        let mut rows = [BlockQ5_0::ZERO; 16];
+        quantize_row(&x, &mut rows);
+        rows[5].qh = [0xa5, 0x5a, 0xff, 0x01];
+        let mut p = [BlockQ5_0x8::ZERO; 2];
+        assert_eq!(pack_rows_x8(&rows, 2, &mut p), 1);
+        for (j, r) in rows.chunks_exact(2).enumerate() {
+            assert_eq!(p[0].row(j), r[0]);
+            assert_eq!(p[1].row(j), r[1]);
+        }
+    }
 
     #[test]
     fn round_trips_within_a_step() {

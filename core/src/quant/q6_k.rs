@@ -85,22 +85,7 @@ impl BlockQ6K {
     }
 }
 
-/// Where each row's bytes sit in a [`BlockQ6Kx8`] quant vector: slot `s`
-/// (bytes `4s..4s + 4`) holds row `ROW_OF_SLOT[s]`. Widening each 16-byte
-/// half and adding neighbouring lanes pairwise (`vphaddd`) across them then
-/// leaves the rows in order.
-pub const ROW_OF_SLOT: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
-
-/// The inverse of [`ROW_OF_SLOT`]: row `j` sits in slot `SLOT_OF_ROW[j]`.
-const SLOT_OF_ROW: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
-
-const _: () = {
-    let mut j = 0;
-    while j < 8 {
-        assert!(ROW_OF_SLOT[SLOT_OF_ROW[j]] == j);
-        j += 1;
-    }
-};
+pub use super::{ROW_OF_SLOT, SLOT_OF_ROW};
 
 /// The same super-block of eight Q6_K rows, interleaved for the packed
 /// decode kernels (one SIMD lane per row). Per group of 32 elements `g`,
