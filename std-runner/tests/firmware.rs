@@ -253,6 +253,9 @@ fn cortex_m4_and_m55_int8_dsp_kernels_match_scalar_on_target() {
             "kernel cortex-m-dsp: 256 cases equal to the scalar reference bit for bit",
             "packed kernel cortex-m-dsp: 192 cases equal to the scalar reference bit for bit",
             "f16 kernels cortex-m-dsp: 80 cases equal to the scalar reference bit for bit",
+            "q5_0 kernel cortex-m-dsp: 192 cases equal to the scalar reference bit for bit",
+            "q4_k kernel cortex-m-dsp: 120 cases equal to the scalar reference bit for bit",
+            "q6_k kernel cortex-m-dsp: 120 cases equal to the scalar reference bit for bit",
         ] {
             assert!(text.contains(line), "{target}:\n{text}");
         }

@@ -1523,7 +1523,11 @@ fn int8_formats_match_a_float64_dot() {
                             })
                             .sum()
                     }
-                    _ => wf.iter().zip(&xf).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum(),
+                    _ => wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum(),
                 };
                 let err = (got[r] as f64 - exact).abs();
                 assert!(
@@ -1557,7 +1561,11 @@ fn int8_formats_match_a_float64_dot() {
                 .unwrap();
             assert!(out[0].is_nan(), "{ty:?}: row 0 untouched");
             for r in 1..rows {
-                assert_eq!(out[r].to_bits(), want[r].to_bits(), "{ty:?} case {case} row {r}");
+                assert_eq!(
+                    out[r].to_bits(),
+                    want[r].to_bits(),
+                    "{ty:?} case {case} row {r}"
+                );
             }
             // NaN and infinite scales: values, not panics.
             for (i, blk) in w.chunks_exact_mut(bb).enumerate() {

@@ -1410,7 +1410,12 @@ impl Kernels {
             }
         }
         let args = (xq, r0, r1, out);
-        match (w.ty(), k.q8_0x4, w.packed4(), w.data.as_blocks(GgmlType::Q8_0)) {
+        match (
+            w.ty(),
+            k.q8_0x4,
+            w.packed4(),
+            w.data.as_blocks(GgmlType::Q8_0),
+        ) {
             (GgmlType::Q8_0, Some(p4), Some(p), Some(d)) => {
                 packed4_q8_0(d, p, p4, k.q8_0, xq, r0, r1, args.3)
             }

@@ -315,10 +315,7 @@ pub fn dot_q4_k_q8_0(w: &[BlockQ4K], x: &[BlockQ8_0]) -> f32 {
         });
         let xsum = core::array::from_fn(|g| q8_sum(&xs[g].qs));
         let dx = core::array::from_fn(|g| xs[g].d());
-        let d = (
-            quant::f16_bits_to_f32(b.d),
-            quant::f16_bits_to_f32(b.dmin),
-        );
+        let d = (quant::f16_bits_to_f32(b.d), quant::f16_bits_to_f32(b.dmin));
         sum += q4_k_q8_0_super(b, &isum, &xsum, &dx, d);
     }
     sum
