@@ -1,7 +1,8 @@
-//! Cortex-M DSP-extension twin of the int8 matvec ([`super::MatvecQ8Fn`]),
-//! written with `asm!`: the `core::arch::arm` DSP intrinsics are nightly-only,
-//! and LLVM compiles a plain int8 dot loop to LDRSB + SMLABB, one multiply
-//! per instruction.
+//! Cortex-M DSP-extension twins of the int8 matvecs ([`super::Int8Kernels`]:
+//! Q8_0, Q5_0, Q4_K and Q6_K rows against Q8_0 activation blocks), written
+//! with `asm!`: the `core::arch::arm` DSP intrinsics are nightly-only, and
+//! LLVM compiles a plain int8 dot loop to LDRSB + SMLABB, one multiply per
+//! instruction.
 //!
 //! - Activations are widened once per call, in chunks of [`CHUNK`] blocks on
 //!   the stack: each word `[x3 x2 x1 x0]` becomes two halfword pairs, even
@@ -19,6 +20,32 @@
 //!   them together).
 //! - A block of four rows costs 192 instructions for 128 multiply-accumulates:
 //!   160 for the weights, 4 LDM, 25 for the scales, 3 for the loop.
+//!
+//! Q5_0, Q4_K and Q6_K go one row at a time against the same widened
+//! activations; each group of 32 weights is one exact integer dot against
+//! one activation block, and the float work follows the scalar reference
+//! (measured per multiply-accumulate: docs/FIRMWARE.md):
+//!
+//! - **Q5_0** ([`matvec_q5_0_q8_0`]), per block 90 instructions for 32
+//!   multiply-accumulates, scales included: per four weights an AND of the
+//!   nibbles, the fifth bits ORed in from a 16-word table (UBFX, LDR), which
+//!   makes each byte `q − 16` signed, one LDRD of activations, two SXTB16
+//!   and two SMLAD; then LDRH, VMOV, VCVTB, VLDR, VMUL, VMOV, VCVT, VMLA.
+//! - **Q4_K** ([`matvec_q4_k_q8_0`]), per pair of groups 92 for 64: a word
+//!   of `qs` is two groups' nibbles, and each nibble pair is one AND of the
+//!   shifted word with 0x000F000F (unsigned nibbles need no SXTB16): per
+//!   eight weights one LDR, four AND, two LDRD and four SMLAD. The 6-bit
+//!   scales and both f32 sums are the reference's own
+//!   [`scalar::q4_k_q8_0_super`], once per super-block. Each group's
+//!   `sc·Σq·x` stays exact: `63 · 15 · 128 · 32 < 2^22`.
+//! - **Q6_K** ([`matvec_q6_k_q8_0`]), per activation block 89 for 32: per
+//!   four weights two LDR (`ql`, `qh`), three to build the 6-bit bytes (two
+//!   AND, an ORR with a shift), one LDRD, two UXTB16, two SMLAD; per half of
+//!   16 the offset (`− 32 Σx` from the activations' half sums) and the
+//!   signed scale folded in integers (LDR, SUB, LDRSB, MUL/MLA): the
+//!   block's `Σ sc·(q − 32)·x` is at most `32 · 128 · 128 · 32 = 2^24` in
+//!   magnitude, exact in i32 and in its conversion. Then the reference's
+//!   [`scalar::q6_k_q8_0_super`] per super-block.
 
 #![allow(unsafe_code)]
 
