@@ -8,6 +8,8 @@ instructions per prompt token and per generated token, counted exactly by
 the QEMU plugin tools/qemu-icount.c between the image's marks.
 
     python3 firmware/measure.py            # builds, runs, prints markdown
+    python3 firmware/measure.py kernels    # the int8 kernels alone (Cortex-M4F),
+                                           # instructions per multiply-accumulate
 
 Needs what `cargo run` in firmware/ needs, plus a C compiler for the plugin.
 """
@@ -58,10 +60,35 @@ def matmul_macs(dim, layers, heads, kv_heads, ffn, vocab):
     return layers * (dim * q + 2 * dim * kv + q * dim + 3 * dim * ffn) + vocab * dim
 
 
+def kernel_costs(plugin):
+    """The `kernels` image's cost marks on the Cortex-M4F: each `cost …` line
+    pairs with the next two marks (64 rows; 576 columns for Q8_0, 512 for
+    the 256-element super-blocks)."""
+    target = "thumbv7em-none-eabihf"
+    sh(["cargo", "build", "--release", "--locked", "--target", target, "--bin", "kernels"], cwd=HERE)
+    elf = os.path.join(HERE, "target", target, "release", "kernels")
+    env = dict(os.environ, EMBER_QEMU_PLUGIN=plugin)
+    r = subprocess.run([os.path.join(HERE, "qemu-run"), elf], cwd=HERE, env=env,
+                       capture_output=True, text=True)
+    log = r.stdout + r.stderr
+    if r.returncode != 0:
+        sys.exit(f"kernels: exit {r.returncode}\n{log}")
+    marks = [int(m) for m in re.findall(r"icount mark \d+ (\d+)", log)]
+    costs = re.findall(r"cost (.+?) (\S+): marks around (\d+) multiply-accumulates \(rows (\d+), cols (\d+)", log)
+    print("| weights | kernels | rows x cols | instr / weight MAC |")
+    print("| --- | --- | --- | ---: |")
+    for i, (what, table, macs, rows, cols) in enumerate(costs):
+        per = (marks[2 * i + 1] - marks[2 * i]) / int(macs)
+        what = {"kernel": "q8_0", "packed kernel": "q8_0 packed in fours"}.get(what, what)
+        print(f"| {what} | {table} | {rows} x {cols} | {per:.2f} |")
+
+
 def main():
     tmp = tempfile.mkdtemp()
     plugin = os.path.join(tmp, "qemu-icount.so")
     sh(["cc", "-shared", "-fPIC", "-O2", "-o", plugin, os.path.join(ROOT, "tools", "qemu-icount.c")])
+    if sys.argv[1:] == ["kernels"]:
+        return kernel_costs(plugin)
     home = os.environ.get("EMBER_HOME", os.path.expanduser("~/.cache/ember"))
     rows = []
     for name, target, image, ty in IMAGES:

@@ -94,7 +94,7 @@ pub fn load<'a>(
 /// without that much RAM goes on without them (an info line says so).
 /// Returns the bytes packed.
 pub fn pack<'a>(l: &mut Loaded<'a>, kernels: &Kernels, mem: &mut Carver<'a>) -> usize {
-    if kernels.q8_0x4_q8_0.is_none() {
+    if kernels.int8.and_then(|k| k.q8_0x4).is_none() {
         return 0;
     }
     let mut blocks = 0usize;

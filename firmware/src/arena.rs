@@ -57,6 +57,8 @@ pub unsafe trait Zeroable: Sized {}
 unsafe impl Zeroable for f32 {}
 // SAFETY: as above.
 unsafe impl Zeroable for u32 {}
+// SAFETY: as above.
+unsafe impl Zeroable for u8 {}
 // SAFETY: a (u32, f32) pair; zero is id 0, logit 0.0.
 unsafe impl Zeroable for Candidate {}
 // SAFETY: bytes only (an f16 scale and i8 quants); zero is a zero block.

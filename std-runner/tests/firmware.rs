@@ -253,6 +253,9 @@ fn cortex_m4_and_m55_int8_dsp_kernels_match_scalar_on_target() {
             "kernel cortex-m-dsp: 256 cases equal to the scalar reference bit for bit",
             "packed kernel cortex-m-dsp: 192 cases equal to the scalar reference bit for bit",
             "f16 kernels cortex-m-dsp: 80 cases equal to the scalar reference bit for bit",
+            "q5_0 kernel cortex-m-dsp: 192 cases equal to the scalar reference bit for bit",
+            "q4_k kernel cortex-m-dsp: 120 cases equal to the scalar reference bit for bit",
+            "q6_k kernel cortex-m-dsp: 120 cases equal to the scalar reference bit for bit",
         ] {
             assert!(text.contains(line), "{target}:\n{text}");
         }
@@ -355,6 +358,41 @@ fn cortex_m4_packed_psram_model_matches_host() {
         &[("EMBER_FIRMWARE_RAM_LIMIT", "2000000")],
     );
     assert!(log.contains("weights not packed in fours: "), "{log}");
+}
+
+/// The Cortex-M4F with the same synthetic PSRAM model converted to Q4_K_M
+/// (Q4_K and Q6_K matrices) and to Q5_0 by `ember convert`: the DSP int8
+/// kernels of those formats on the device, its ids and text equal to the
+/// host's int8 reference (`--kernels scalar-q8`).
+#[test]
+fn cortex_m4_k_quant_and_q5_0_psram_models_match_host() {
+    let dir = tempdir();
+    let model = dir.join("m4-psram.gguf");
+    let st = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["synth", model.to_str().unwrap()])
+        .args(M4_PSRAM_MODEL)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for ty in ["q4_k_m", "q5_0"] {
+        let out = dir.join(format!("m4-psram-{ty}.gguf"));
+        let st = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["convert", model.to_str().unwrap(), out.to_str().unwrap()])
+            .args(["--type", ty])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let log = placed_model_matches_host("thumbv7em-none-eabihf", &out, &[]);
+        assert!(log.contains("kernels=cortex-m-dsp"), "{ty}: {log}");
+    }
 }
 
 /// Every family on the Cortex-M4F (a synthetic Q8_0 file of each, in its

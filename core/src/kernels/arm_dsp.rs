@@ -1,7 +1,8 @@
-//! Cortex-M DSP-extension twin of the int8 matvec ([`super::MatvecQ8Fn`]),
-//! written with `asm!`: the `core::arch::arm` DSP intrinsics are nightly-only,
-//! and LLVM compiles a plain int8 dot loop to LDRSB + SMLABB, one multiply
-//! per instruction.
+//! Cortex-M DSP-extension twins of the int8 matvecs ([`super::Int8Kernels`]:
+//! Q8_0, Q5_0, Q4_K and Q6_K rows against Q8_0 activation blocks), written
+//! with `asm!`: the `core::arch::arm` DSP intrinsics are nightly-only, and
+//! LLVM compiles a plain int8 dot loop to LDRSB + SMLABB, one multiply per
+//! instruction.
 //!
 //! - Activations are widened once per call, in chunks of [`CHUNK`] blocks on
 //!   the stack: each word `[x3 x2 x1 x0]` becomes two halfword pairs, even
@@ -19,6 +20,32 @@
 //!   them together).
 //! - A block of four rows costs 192 instructions for 128 multiply-accumulates:
 //!   160 for the weights, 4 LDM, 25 for the scales, 3 for the loop.
+//!
+//! Q5_0, Q4_K and Q6_K go one row at a time against the same widened
+//! activations; each group of 32 weights is one exact integer dot against
+//! one activation block, and the float work follows the scalar reference
+//! (measured per multiply-accumulate: docs/FIRMWARE.md):
+//!
+//! - **Q5_0** ([`matvec_q5_0_q8_0`]), per block 90 instructions for 32
+//!   multiply-accumulates, scales included: per four weights an AND of the
+//!   nibbles, the fifth bits ORed in from a 16-word table (UBFX, LDR), which
+//!   makes each byte `q − 16` signed, one LDRD of activations, two SXTB16
+//!   and two SMLAD; then LDRH, VMOV, VCVTB, VLDR, VMUL, VMOV, VCVT, VMLA.
+//! - **Q4_K** ([`matvec_q4_k_q8_0`]), per pair of groups 92 for 64: a word
+//!   of `qs` is two groups' nibbles, and each nibble pair is one AND of the
+//!   shifted word with 0x000F000F (unsigned nibbles need no SXTB16): per
+//!   eight weights one LDR, four AND, two LDRD and four SMLAD. The 6-bit
+//!   scales and both f32 sums are the reference's own
+//!   [`scalar::q4_k_q8_0_super`], once per super-block. Each group's
+//!   `sc·Σq·x` stays exact: `63 · 15 · 128 · 32 < 2^22`.
+//! - **Q6_K** ([`matvec_q6_k_q8_0`]), per activation block 89 for 32: per
+//!   four weights two LDR (`ql`, `qh`), three to build the 6-bit bytes (two
+//!   AND, an ORR with a shift), one LDRD, two UXTB16, two SMLAD; per half of
+//!   16 the offset (`− 32 Σx` from the activations' half sums) and the
+//!   signed scale folded in integers (LDR, SUB, LDRSB, MUL/MLA): the
+//!   block's `Σ sc·(q − 32)·x` is at most `32 · 128 · 128 · 32 = 2^24` in
+//!   magnitude, exact in i32 and in its conversion. Then the reference's
+//!   [`scalar::q6_k_q8_0_super`] per super-block.
 
 #![allow(unsafe_code)]
 
@@ -27,17 +54,23 @@ use core::mem::MaybeUninit;
 
 use half::f16;
 
-use super::{scalar, Kernels};
+use super::scalar::PER_SUPER;
+use super::{scalar, Int8Kernels, Kernels};
 use crate::quant::q8_0::QK;
-use crate::quant::{BlockQ8_0, BlockQ8_0x4};
+use crate::quant::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, BlockQ8_0x4};
 
-/// The scalar table with the DSP int8 matvec and the VCVTB/VCVTT f16
+/// The scalar table with the DSP int8 matvecs and the VCVTB/VCVTT f16
 /// attention kernels plugged in.
 pub fn table() -> Kernels {
     Kernels {
         name: "cortex-m-dsp",
-        q8_0_q8_0: Some(matvec_q8_0_q8_0),
-        q8_0x4_q8_0: Some(matvec_q8_0x4_q8_0),
+        int8: Some(Int8Kernels {
+            q8_0: matvec_q8_0_q8_0,
+            q8_0x4: Some(matvec_q8_0x4_q8_0),
+            q5_0: Some(matvec_q5_0_q8_0),
+            q4_k: Some(matvec_q4_k_q8_0),
+            q6_k: Some(matvec_q6_k_q8_0),
+        }),
         dot_f16,
         axpy_f16,
         key_dots_f16,
@@ -531,6 +564,497 @@ pub fn matvec_q8_0x4_q8_0(w: &[BlockQ8_0x4], x: &[BlockQ8_0], out: &mut [f32]) {
             )
         };
     }
+}
+
+/// Q5_0's fifth bits spread over bytes: entry `h` (the bits of four
+/// consecutive elements) has byte `i` 0x00 where bit `i` is set and 0xF0
+/// where it is clear. OR-ed onto the four low nibbles `n` it gives each
+/// element's `q − 16` as a signed byte: `n` when set (`q = n + 16`),
+/// `0xF0 | n = n − 16` when clear.
+static Q5_SPREAD: [u32; 16] = {
+    let mut t = [0u32; 16];
+    let mut h = 0;
+    while h < 16 {
+        let mut i = 0;
+        while i < 4 {
+            if (h >> i) & 1 == 0 {
+                t[h] |= 0xf0 << (8 * i);
+            }
+            i += 1;
+        }
+        h += 1;
+    }
+    t
+};
+
+/// Four Q5_0 weights' signed bytes (`{t}`) against the widened activation
+/// pair at `$off`, into `{acc}` (`first` starts the block's sum).
+#[rustfmt::skip]
+macro_rules! q5_mac4 {
+    ($k:ident, $off:literal) => {
+        concat!(
+            "ldrd {a0}, {a1}, [{x}, #", $off, "]\n",
+            "sxtb16 {u}, {t}\n",
+            q5_mac4!(@ $k),
+            "sxtb16 {u}, {t}, ror #8\n",
+            "smlad {acc}, {u}, {a1}, {acc}\n",
+        )
+    };
+    (@ first) => { "smuad {acc}, {u}, {a0}\n" };
+    (@ next) => { "smlad {acc}, {u}, {a0}, {acc}\n" };
+}
+
+/// One word of a Q5_0 block's `qs` (post-incremented): its low nibbles are
+/// elements `4k..4k + 4` (fifth bits at `$lo` in `{h}`, activations at
+/// byte `$xlo` of the widened block), its high nibbles elements
+/// `16 + 4k..` (`$hi`, `$xhi`).
+#[rustfmt::skip]
+macro_rules! q5_word {
+    ($k:ident, $lo:literal, $xlo:literal, $hi:literal, $xhi:literal) => {
+        concat!(
+            "ldr {w}, [{p}], #4\n",
+            "and {t}, {w}, #0x0f0f0f0f\n",
+            "ubfx {u}, {h}, #", $lo, ", #4\n",
+            "ldr {u}, [{tbl}, {u}, lsl #2]\n",
+            "orr {t}, {t}, {u}\n",
+            q5_mac4!($k, $xlo),
+            "and {t}, {m}, {w}, lsr #4\n",
+            "ubfx {u}, {h}, #", $hi, ", #4\n",
+            "ldr {u}, [{tbl}, {u}, lsl #2]\n",
+            "orr {t}, {t}, {u}\n",
+            q5_mac4!(next, $xhi),
+        )
+    };
+}
+
+/// `*sum += isum as f32 * (dw * dx)` for `n` consecutive Q5_0 blocks of one
+/// row, in block order, as [`scalar::dot_q5_0_q8_0`] does: each block's
+/// `isum = Σ (q − 16)·x` exact in SMLAD (below 2^17 in magnitude, so its
+/// conversion is exact too), VMLA rounding the product before it adds.
+///
+/// Per block: 16 LDR/UBFX/table LDR/ORR pairs for the fifth bits merged
+/// into the nibbles (an AND each), eight LDRD of widened activations,
+/// sixteen SXTB16 and sixteen SMLAD; the scales take eight (LDRH, VMOV,
+/// VCVTB, VLDR, VMUL; VMOV, VCVT, VMLA) and the loop five: 90 instructions
+/// for 32 multiply-accumulates.
+///
+/// # Safety
+/// `p` points at `n >= 1` Q5_0 blocks (22 bytes each, any alignment), `xw`
+/// at `n` widened blocks of [`XBLOCK`] 4-byte aligned words, and `sum` at
+/// one readable and writable f32.
+#[inline(always)]
+unsafe fn q5_0_row(p: *const u8, xw: *const u32, sum: *mut f32, n: usize) {
+    // SAFETY: the caller guarantees every read and write (LDR, LDRH and
+    // UBFX-indexed loads of `Q5_SPREAD`'s 16 words with a 4-bit index; LDRD
+    // and VLDR of the word-aligned widened blocks). S0-S3 are borrowed:
+    // pushed on entry and popped before the block ends, so no value the
+    // compiler keeps in them changes. Flags change (SUBS; SMLAD's Q flag).
+    unsafe {
+        asm!(
+            "vpush {{s0-s3}}",
+            "vldr s0, [{o}]",
+            "2:",
+            "ldrh {u}, [{p}]",
+            "vmov s1, {u}",
+            "vcvtb.f32.f16 s1, s1",
+            "vldr s2, [{x}]",
+            "vmul.f32 s1, s1, s2",
+            "ldr {h}, [{p}, #2]",
+            "add {p}, {p}, #6",
+            q5_word!(first, "0", "4", "16", "36"),
+            q5_word!(next, "4", "12", "20", "44"),
+            q5_word!(next, "8", "20", "24", "52"),
+            q5_word!(next, "12", "28", "28", "60"),
+            "vmov s3, {acc}",
+            "vcvt.f32.s32 s3, s3",
+            "vmla.f32 s0, s3, s1",
+            "add {x}, {x}, #{xblock}",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vstr s0, [{o}]",
+            "vpop {{s0-s3}}",
+            p = inout(reg) p => _,
+            x = inout(reg) xw => _,
+            n = inout(reg) n => _,
+            o = in(reg) sum,
+            tbl = in(reg) Q5_SPREAD.as_ptr(),
+            m = in(reg) 0x0f0f_0f0fu32,
+            h = out(reg) _,
+            w = out(reg) _,
+            t = out(reg) _,
+            u = out(reg) _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            acc = out(reg) _,
+            xblock = const 4 * XBLOCK,
+            options(nostack),
+        );
+    }
+}
+
+/// [`scalar::matvec_q5_0_q8_0`] with SXTB16/SMLAD, one row at a time over
+/// activations widened once per chunk; equal bit for bit.
+pub fn matvec_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0], out: &mut [f32]) {
+    let nb = x.len();
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rows = out.len().min(w.len() / nb);
+    let out = &mut out[..rows];
+    out.fill(0.0);
+    let mut xw = [MaybeUninit::<[u32; XBLOCK]>::uninit(); CHUNK];
+    for c0 in (0..nb).step_by(CHUNK) {
+        let c1 = (c0 + CHUNK).min(nb);
+        for (xb, o) in x[c0..c1].iter().zip(&mut xw) {
+            widen(xb, o);
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &w[r * nb + c0..r * nb + c1];
+            // SAFETY: `row` is c1 - c0 >= 1 blocks (a checked slice), the
+            // first c1 - c0 blocks of `xw` (4-byte aligned) were just
+            // written by `widen`, and `o` is one f32.
+            unsafe { q5_0_row(row.as_ptr().cast(), xw.as_ptr().cast(), o, c1 - c0) };
+        }
+    }
+}
+
+/// Eight weights of a Q4_K `qs` word (post-incremented): the low nibbles
+/// (group `2p`, activations at byte `$lo` of the pair's widened blocks)
+/// into `{lo}`, the high nibbles (group `2p + 1`, at `$hi`) into `{hi}`;
+/// each nibble pair is one AND of the word (shifted) with 0x000F000F.
+#[rustfmt::skip]
+macro_rules! q4k_word {
+    ($k:ident, $lo:literal, $hi:literal) => {
+        concat!(
+            "ldr {w}, [{q}], #4\n",
+            "and {t}, {m}, {w}\n",
+            "ldrd {a0}, {a1}, [{x}, #", $lo, "]\n",
+            q4k_word!(@ $k, "{lo}"),
+            "and {t}, {m}, {w}, lsr #8\n",
+            "smlad {lo}, {t}, {a1}, {lo}\n",
+            "and {t}, {m}, {w}, lsr #4\n",
+            "ldrd {a0}, {a1}, [{x}, #", $hi, "]\n",
+            q4k_word!(@ $k, "{hi}"),
+            "and {t}, {m}, {w}, lsr #12\n",
+            "smlad {hi}, {t}, {a1}, {hi}\n",
+        )
+    };
+    (@ first, $a:literal) => { concat!("smuad ", $a, ", {t}, {a0}\n") };
+    (@ next, $a:literal) => { concat!("smlad ", $a, ", {t}, {a0}, ", $a, "\n") };
+}
+
+/// One Q4_K super-block's eight group dots `isum[g] = Σ q·x` (each below
+/// 2^16), exact, against eight widened activation blocks.
+///
+/// Per pair of groups (64 multiply-accumulates): eight LDR of `qs`, 32
+/// AND (shifted, against 0x000F000F: no SXTB16 needed for unsigned
+/// nibbles), sixteen LDRD of activations, 32 SMLAD, then STRD and the
+/// loop's four: 92 instructions.
+///
+/// # Safety
+/// `qs` points at the block's 128 bytes of quants (any alignment), `xw` at
+/// eight widened blocks of [`XBLOCK`] 4-byte aligned words, `isum` at
+/// eight writable, 4-byte aligned i32.
+#[inline(always)]
+unsafe fn q4_k_isums(qs: *const u8, xw: *const u32, isum: *mut i32) {
+    // SAFETY: the caller guarantees every read and write. Only core
+    // registers are touched; flags change (SUBS; SMLAD's Q flag).
+    unsafe {
+        asm!(
+            "2:",
+            q4k_word!(first, "4", "72"),
+            q4k_word!(next, "12", "80"),
+            q4k_word!(next, "20", "88"),
+            q4k_word!(next, "28", "96"),
+            q4k_word!(next, "36", "104"),
+            q4k_word!(next, "44", "112"),
+            q4k_word!(next, "52", "120"),
+            q4k_word!(next, "60", "128"),
+            "strd {lo}, {hi}, [{dst}], #8",
+            "add {x}, {x}, #{pair}",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            q = inout(reg) qs => _,
+            x = inout(reg) xw => _,
+            dst = inout(reg) isum => _,
+            n = inout(reg) 4usize => _,
+            m = in(reg) 0x000f_000fu32,
+            w = out(reg) _,
+            t = out(reg) _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            lo = out(reg) _,
+            hi = out(reg) _,
+            pair = const 8 * XBLOCK,
+            options(nostack),
+        );
+    }
+}
+
+/// What every row's super-blocks share in one chunk of activation blocks:
+/// each block's scale and (for the minimums and Q6_K's offset) sums.
+struct Shared {
+    dx: [f32; CHUNK],
+    /// `Σ x` over each block.
+    xsum: [i32; CHUNK],
+    /// `Σ x` over each half (16 elements) of each block.
+    half: [i32; 2 * CHUNK],
+}
+
+impl Shared {
+    fn new(x: &[BlockQ8_0]) -> Shared {
+        let mut s = Shared {
+            dx: [0.0; CHUNK],
+            xsum: [0; CHUNK],
+            half: [0; 2 * CHUNK],
+        };
+        for (i, xb) in x.iter().take(CHUNK).enumerate() {
+            s.dx[i] = half_to_f32(xb.d);
+            s.half[2 * i] = scalar::q8_sum(&xb.qs[..QK / 2]);
+            s.half[2 * i + 1] = scalar::q8_sum(&xb.qs[QK / 2..]);
+            s.xsum[i] = s.half[2 * i] + s.half[2 * i + 1];
+        }
+        s
+    }
+
+    /// Super-block `k`'s eight values of `a`.
+    fn eight<T: Copy>(a: &[T], k: usize) -> &[T; PER_SUPER] {
+        &a.as_chunks::<PER_SUPER>().0[k]
+    }
+}
+
+/// The K-quant matvecs' frame: activations widened and summed once per
+/// chunk of [`CHUNK`] blocks (four super-blocks), then each row's
+/// super-blocks of the chunk added to its sum in order through `add`
+/// (given the block, the widened activations of its eight activation
+/// blocks, the chunk's [`Shared`] values and the super-block's index in
+/// the chunk).
+fn matvec_k<B>(
+    w: &[B],
+    x: &[BlockQ8_0],
+    out: &mut [f32],
+    add: impl Fn(&B, *const u32, &Shared, usize) -> f32,
+) {
+    let ns = x.len() / PER_SUPER;
+    if ns == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rows = out.len().min(w.len() / ns);
+    let out = &mut out[..rows];
+    out.fill(0.0);
+    let mut xw = [MaybeUninit::<[u32; XBLOCK]>::uninit(); CHUNK];
+    for c0 in (0..ns * PER_SUPER).step_by(CHUNK) {
+        let c1 = (c0 + CHUNK).min(ns * PER_SUPER);
+        for (xb, o) in x[c0..c1].iter().zip(&mut xw) {
+            widen(xb, o);
+        }
+        let shared = Shared::new(&x[c0..c1]);
+        let (s0, s1) = (c0 / PER_SUPER, c1 / PER_SUPER);
+        for (r, o) in out.iter_mut().enumerate() {
+            for (k, b) in w[r * ns + s0..r * ns + s1].iter().enumerate() {
+                let xk = xw[k * PER_SUPER..(k + 1) * PER_SUPER].as_ptr().cast();
+                *o += add(b, xk, &shared, k);
+            }
+        }
+    }
+}
+
+/// [`scalar::matvec_q4_k_q8_0`] with the group dots in `asm!` (nibbles
+/// split by AND, SMLAD) and the scales by the reference's own
+/// [`scalar::q4_k_q8_0_super`]: equal bit for bit.
+pub fn matvec_q4_k_q8_0(w: &[BlockQ4K], x: &[BlockQ8_0], out: &mut [f32]) {
+    matvec_k(w, x, out, |b, xk, s, k| {
+        let mut isum = [0i32; PER_SUPER];
+        // SAFETY: `b.qs` is 128 bytes; `xk` points at the eight widened
+        // blocks of super-block k (4-byte aligned), which `matvec_k` wrote
+        // for this chunk; `isum` is eight aligned i32.
+        unsafe { q4_k_isums(b.qs.as_ptr(), xk, isum.as_mut_ptr()) };
+        let d = (half_to_f32(b.d), half_to_f32(b.dmin));
+        scalar::q4_k_q8_0_super(
+            b,
+            &isum,
+            Shared::eight(&s.xsum, k),
+            Shared::eight(&s.dx, k),
+            d,
+        )
+    })
+}
+
+/// Four Q6_K weights: the quant bytes built into `{t}` by `$build` from the
+/// `ql` word at `$ql` and the `qh` word at `$qh`, against the widened pair
+/// at `$x` (`first` starts the half's sum).
+#[rustfmt::skip]
+macro_rules! q6k_mac4 {
+    ($k:ident, $build:expr, $ql:literal, $qh:literal, $x:literal) => {
+        concat!(
+            "ldr {w}, [{ql}, #", $ql, "]\n",
+            "ldr {hh}, [{qh}, #", $qh, "]\n",
+            $build,
+            "ldrd {w}, {hh}, [{x}, #", $x, "]\n",
+            "uxtb16 {u}, {t}\n",
+            q6k_mac4!(@ $k),
+            "uxtb16 {u}, {t}, ror #8\n",
+            "smlad {acc}, {u}, {hh}, {acc}\n",
+        )
+    };
+    (@ first) => { "smuad {acc}, {u}, {w}\n" };
+    (@ next) => { "smlad {acc}, {u}, {w}, {acc}\n" };
+}
+
+/// Quant bytes of element group `j` (of four per 128) from a `ql` word
+/// (`{w}`) and a `qh` word (`{hh}`): the nibble, and the two high bits
+/// (at `2j`) moved to bits 4-5. Group 3's bytes come out times four (the
+/// high bits at 6-7, the nibble at 2-5), which its half's sum undoes.
+macro_rules! q6k_build {
+    (0) => {
+        "and {t}, {w}, #0x0f0f0f0f\nand {hh}, {hh}, #0x03030303\norr {t}, {t}, {hh}, lsl #4\n"
+    };
+    (1) => {
+        "and {t}, {w}, #0x0f0f0f0f\nand {hh}, {hh}, #0x0c0c0c0c\norr {t}, {t}, {hh}, lsl #2\n"
+    };
+    (2) => {
+        "and {t}, {w}, #0xf0f0f0f0\nand {hh}, {hh}, #0x30303030\norr {t}, {hh}, {t}, lsr #4\n"
+    };
+    (3) => {
+        "and {t}, {w}, #0xf0f0f0f0\nand {hh}, {hh}, #0xc0c0c0c0\norr {t}, {hh}, {t}, lsr #2\n"
+    };
+}
+
+/// One half (16 elements) of element group `j`: four words `i` of `ql` at
+/// `$ql + 4i`, of `qh` at `$qh + 4i`, activations at `$x + 8i`; then the
+/// offset (`− 32 Σ x`, the half's activation sum at `$sx` of `{sxp}`) and
+/// the half's scale (`$sc` of `{scp}`) into `{isum}` (`mul` for the first
+/// half, `mla` for the second).
+#[rustfmt::skip]
+macro_rules! q6k_half {
+    ($j:tt, $op:ident, $fix:expr, $ql:literal, $qh:literal, $x:literal, $sx:literal, $sc:literal,
+     [$ql1:literal, $qh1:literal, $x1:literal], [$ql2:literal, $qh2:literal, $x2:literal],
+     [$ql3:literal, $qh3:literal, $x3:literal]) => {
+        concat!(
+            q6k_mac4!(first, q6k_build!($j), $ql, $qh, $x),
+            q6k_mac4!(next, q6k_build!($j), $ql1, $qh1, $x1),
+            q6k_mac4!(next, q6k_build!($j), $ql2, $qh2, $x2),
+            q6k_mac4!(next, q6k_build!($j), $ql3, $qh3, $x3),
+            $fix,
+            "ldr {w}, [{sxp}, #", $sx, "]\n",
+            "sub {acc}, {acc}, {w}, lsl #5\n",
+            "ldrsb {w}, [{scp}, #", $sc, "]\n",
+            q6k_half!(@ $op),
+        )
+    };
+    (@ mul) => { "mul {isum}, {w}, {acc}\n" };
+    (@ mla) => { "mla {isum}, {w}, {acc}, {isum}\n" };
+}
+
+/// One element group `j` of a 128-element half of a Q6_K super-block: its
+/// two halves of 16 with their scales, stored as `isum[j]` (`$out`).
+/// `$qlb` is the group's `ql` offset (32 for odd `j`), `$xb` its widened
+/// block's byte offset, `$fix` what the half's sum needs before its
+/// offset (group 3's divide by four).
+#[rustfmt::skip]
+macro_rules! q6k_group {
+    ($j:tt, $fix:expr, $sx0:literal, $sx1:literal, $sc0:literal, $sc1:literal, $out:literal,
+     $q0:literal, $q1:literal, $q2:literal, $q3:literal, $q4:literal, $q5:literal, $q6:literal, $q7:literal,
+     $x0:literal, $x1:literal, $x2:literal, $x3:literal, $x4:literal, $x5:literal, $x6:literal, $x7:literal) => {
+        concat!(
+            q6k_half!($j, mul, $fix, $q0, "0", $x0, $sx0, $sc0,
+                [$q1, "4", $x1], [$q2, "8", $x2], [$q3, "12", $x3]),
+            q6k_half!($j, mla, $fix, $q4, "16", $x4, $sx1, $sc1,
+                [$q5, "20", $x5], [$q6, "24", $x6], [$q7, "28", $x7]),
+            "str {isum}, [{dst}, #", $out, "]\n",
+        )
+    };
+}
+
+/// One Q6_K super-block's eight activation-block dots with the group
+/// scales folded in, `isum[k] = Σ sc·(q − 32)·x` (at most 2^24 in
+/// magnitude), exact: per half of 16, `Σ q·x` over the unsigned quants in
+/// SMLAD, minus `32 Σ x` (the activations' half sums, `sx`), times the
+/// half's scale.
+///
+/// Per four weights: two LDR (`ql`, `qh`), three to build the bytes (two
+/// AND, one ORR with a shift), one LDRD of activations, two UXTB16 and two
+/// SMLAD; per half of 16, four more (LDR, SUB, LDRSB, MUL/MLA; group 3 one
+/// more); per group of 32 a STR: 89 instructions per 32
+/// multiply-accumulates, and the loop's eight per 128.
+///
+/// # Safety
+/// `b` points at a Q6_K block (210 bytes, any alignment), `xw` at eight
+/// widened blocks of [`XBLOCK`] 4-byte aligned words, `sx` at sixteen
+/// readable i32 (the half sums of those blocks, in order), `isum` at eight
+/// writable, 4-byte aligned i32.
+#[inline(always)]
+unsafe fn q6_k_isums(b: *const u8, xw: *const u32, sx: *const i32, isum: *mut i32) {
+    // SAFETY: the caller guarantees every read and write: per half `h` of
+    // the block, `ql` bytes 64h..64h + 64, `qh` bytes 128 + 32h.. + 32 and
+    // scales 192 + 8h.. + 8, four of the eight widened blocks, eight of
+    // the half sums and four of the outputs. Only core registers are
+    // touched; flags change (SUBS; SMLAD's Q flag).
+    unsafe {
+        asm!(
+            "2:",
+            q6k_group!(0, "", "0", "4", "0", "1", "0",
+                "0", "4", "8", "12", "16", "20", "24", "28",
+                "4", "12", "20", "28", "36", "44", "52", "60"),
+            q6k_group!(1, "", "8", "12", "2", "3", "4",
+                "32", "36", "40", "44", "48", "52", "56", "60",
+                "72", "80", "88", "96", "104", "112", "120", "128"),
+            q6k_group!(2, "", "16", "20", "4", "5", "8",
+                "0", "4", "8", "12", "16", "20", "24", "28",
+                "140", "148", "156", "164", "172", "180", "188", "196"),
+            q6k_group!(3, "asr {acc}, {acc}, #2\n", "24", "28", "6", "7", "12",
+                "32", "36", "40", "44", "48", "52", "56", "60",
+                "208", "216", "224", "232", "240", "248", "256", "264"),
+            "add {ql}, {ql}, #64",
+            "add {qh}, {qh}, #32",
+            "add {scp}, {scp}, #8",
+            "add {sxp}, {sxp}, #32",
+            "add {dst}, {dst}, #16",
+            "add {x}, {x}, #{half}",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            ql = inout(reg) b => _,
+            qh = inout(reg) b.wrapping_add(128) => _,
+            scp = inout(reg) b.wrapping_add(192) => _,
+            sxp = inout(reg) sx => _,
+            dst = inout(reg) isum => _,
+            x = inout(reg) xw => _,
+            n = inout(reg) 2usize => _,
+            w = out(reg) _,
+            hh = out(reg) _,
+            t = out(reg) _,
+            u = out(reg) _,
+            acc = out(reg) _,
+            isum = out(reg) _,
+            half = const 16 * XBLOCK,
+            options(nostack),
+        );
+    }
+}
+
+/// [`scalar::matvec_q6_k_q8_0`] with the activation-block dots in `asm!`
+/// and the scales by the reference's own [`scalar::q6_k_q8_0_super`]:
+/// equal bit for bit.
+pub fn matvec_q6_k_q8_0(w: &[BlockQ6K], x: &[BlockQ8_0], out: &mut [f32]) {
+    matvec_k(w, x, out, |b, xk, s, k| {
+        let mut isum = [0i32; PER_SUPER];
+        let sx = &s.half[2 * PER_SUPER * k..2 * PER_SUPER * (k + 1)];
+        // SAFETY: `b` is one 210-byte block; `xk` points at the eight
+        // widened blocks of super-block k (4-byte aligned), which
+        // `matvec_k` wrote for this chunk; `sx` is their sixteen half
+        // sums (a checked slice); `isum` is eight aligned i32.
+        unsafe {
+            q6_k_isums(
+                (b as *const BlockQ6K).cast(),
+                xk,
+                sx.as_ptr(),
+                isum.as_mut_ptr(),
+            )
+        };
+        scalar::q6_k_q8_0_super(&isum, Shared::eight(&s.dx, k), half_to_f32(b.d))
+    })
 }
 
 /// Eight halves at `$a` (post-incremented) widened into S8-S15 by VCVTB and

@@ -896,7 +896,7 @@ fn fill_q8_0_rows(rng: &mut Rng, w: &mut [BlockQ8_0], extreme: bool) {
     }
 }
 
-/// A table's four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]) against the
+/// A table's four-row int8 kernel ([`crate::kernels::Int8Kernels::q8_0x4`]) against the
 /// plain rows' reference, bit for bit: directly over whole groups, and
 /// through [`Kernels::matmul_part_as`] on row ranges that start and end
 /// inside groups (those rows go through the plain kernel).
@@ -904,7 +904,7 @@ pub(crate) fn check_q8_0x4(k: &Kernels) {
     use crate::kernels::{Arith, Matrix, RowData};
     use crate::parallel::TokenRows;
     use crate::quant::BlockQ8_0x4;
-    let Some(kernel) = k.q8_0x4_q8_0 else {
+    let Some(kernel) = k.int8.and_then(|i| i.q8_0x4) else {
         return;
     };
     const ROWS: usize = 23;
@@ -1543,5 +1543,156 @@ fn scalar_q16_dots_match_the_f32_reference() {
             got[0],
             want
         );
+    }
+}
+
+/// Byte offsets of the f16 scales in one block of `ty` (Q5_0: `d`; Q4_K:
+/// `d`, `dmin`; Q6_K: `d`), for the int8-format checks.
+fn int8_scale_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q5_0 => &[0],
+        GgmlType::Q4_K => &[0, 2],
+        _ => &[208],
+    }
+}
+
+/// The int8-activation references for Q5_0, Q4_K and Q6_K
+/// (`scalar::matvec_{q5_0,q4_k,q6_k}_q8_0`) against a float64 dot of the
+/// dequantized weights with the dequantized activation blocks, within
+/// `TOL` of `Σ (|scaled part| + |minimum part|)·|x|`, over random bytes
+/// with ordinary, extreme (±65504, all-ones quants, −128 activations),
+/// zero and subnormal scales, and 1, 3, 5 and 7 rows; NaN and infinite
+/// scales give values, never a panic. Then [`Kernels::scalar_int8`] sends
+/// matrices of those formats through them (quantizing the input to Q8_0),
+/// bit for bit, and [`Kernels::scalar`] does not.
+#[test]
+fn int8_formats_match_a_float64_dot() {
+    use crate::kernels::{Arith, Matrix, RowData};
+    use crate::parallel::TokenRows;
+    use crate::quant::k_quants::ScaleMinBlock;
+    use crate::quant::{BlockQ4K, BlockQ5_0, BlockQ6K};
+    const COLS: usize = 512;
+    const NB: usize = COLS / 32;
+    const MAX_ROWS: usize = 7;
+    let int8 = Kernels::scalar_int8();
+    let k8 = int8.int8.unwrap();
+    for ty in [GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let f = ty.format();
+        let (bb, rb) = (f.block_bytes, COLS / f.block_len * f.block_bytes);
+        let mut rng = Rng::new(0x1705 + ty.index() as u32);
+        let matvec = |w: &[u8], xq: &[BlockQ8_0], out: &mut [f32]| match ty {
+            GgmlType::Q5_0 => (k8.q5_0.unwrap())(quant::blocks::<BlockQ5_0>(w), xq, out),
+            GgmlType::Q4_K => (k8.q4_k.unwrap())(quant::blocks::<BlockQ4K>(w), xq, out),
+            _ => (k8.q6_k.unwrap())(quant::blocks::<BlockQ6K>(w), xq, out),
+        };
+        for case in 0..16 {
+            let rows = [1, 3, 5, 7][case % 4];
+            let kind = case / 4;
+            let mut w = [0u8; MAX_ROWS * COLS];
+            let w = &mut w[..rows * rb];
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = match kind {
+                    1 => 0xff,                 // every quant and scale at its largest
+                    2 if i / bb % 3 == 0 => 0, // zero blocks
+                    _ => rng.next_u32() as u8,
+                };
+            }
+            for (i, blk) in w.chunks_exact_mut(bb).enumerate() {
+                for (j, &at) in int8_scale_offsets(ty).iter().enumerate() {
+                    let bits: u16 = match kind {
+                        0 | 2 => u16::from_le_bytes(quant::f32_to_f16_bits(rng.f32() * 0.05)),
+                        1 => [0x7bff, 0xfbff][(i + j) % 2],
+                        _ => [0x0001, 0x03ff, 0x8200][(i + j) % 3], // subnormal
+                    };
+                    blk[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+                }
+            }
+            let mut xq = [BlockQ8_0::ZERO; NB];
+            for (i, b) in xq.iter_mut().enumerate() {
+                b.d = quant::f32_to_f16_bits(match kind {
+                    1 => 6e4,
+                    _ => rng.f32() * 0.1,
+                });
+                for q in b.qs.iter_mut() {
+                    *q = match kind {
+                        1 => [-128, 127][i % 2],
+                        2 if i % 4 == 1 => 0,
+                        _ => rng.next_u32() as i8,
+                    };
+                }
+            }
+            let mut xf = [0.0f32; COLS];
+            quant::q8_0::dequantize_row(&xq, &mut xf);
+            let mut got = [f32::NAN; MAX_ROWS];
+            matvec(w, &xq, &mut got[..rows]);
+            for r in 0..rows {
+                let row = &w[r * rb..(r + 1) * rb];
+                let mut wf = [0.0f32; COLS];
+                (f.dequantize)(row, &mut wf);
+                let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                // The scaled and minimum parts apart (they cancel in Q4_K).
+                let scale: f64 = match ty {
+                    GgmlType::Q4_K => {
+                        let blocks = quant::blocks::<BlockQ4K>(row);
+                        (0..COLS)
+                            .map(|e| {
+                                let b = &blocks[e / 256];
+                                let (d, m) = b.group(e % 256 / 32);
+                                let q = b.q(e % 256 / 32, e % 32) as f64;
+                                ((d as f64 * q).abs() + (m as f64).abs()) * (xf[e] as f64).abs()
+                            })
+                            .sum()
+                    }
+                    _ => wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum(),
+                };
+                let err = (got[r] as f64 - exact).abs();
+                assert!(
+                    err <= TOL as f64 * scale + 1e-30,
+                    "{ty:?} case {case} row {r}: got {}, exact {exact}, err {err}, scale {scale}",
+                    got[r]
+                );
+            }
+            // Through the table: the input quantized to Q8_0, then the
+            // reference, bit for bit; rows 1..rows only.
+            let m = Matrix {
+                rows,
+                cols: COLS,
+                data: RowData::new(ty, w).unwrap(),
+                packed: Packed::None,
+                pieces: crate::kernels::Pieces::NONE,
+            };
+            assert!(int8.takes_q8_0(&m) && !Kernels::scalar().takes_q8_0(&m));
+            let mut x = [0.0f32; COLS];
+            for v in x.iter_mut() {
+                *v = rng.f32() * (1 + case) as f32;
+            }
+            let mut xq2 = [BlockQ8_0::ZERO; NB];
+            quant::q8_0::quantize_row(&x, &mut xq2);
+            let mut want = [0.0f32; MAX_ROWS];
+            matvec(w, &xq2, &mut want[..rows]);
+            let mut out = [f32::NAN; MAX_ROWS];
+            let mut scratch = [0.0f32; Kernels::scratch_len(COLS, 1)];
+            let mut part = TokenRows::new(&mut out[..rows], 1, rows, 1, rows).unwrap();
+            int8.matmul_part_as(&m, &x, &mut part, &mut scratch, Arith::Decode)
+                .unwrap();
+            assert!(out[0].is_nan(), "{ty:?}: row 0 untouched");
+            for r in 1..rows {
+                assert_eq!(
+                    out[r].to_bits(),
+                    want[r].to_bits(),
+                    "{ty:?} case {case} row {r}"
+                );
+            }
+            // NaN and infinite scales: values, not panics.
+            for (i, blk) in w.chunks_exact_mut(bb).enumerate() {
+                let at = int8_scale_offsets(ty)[0];
+                blk[at..at + 2].copy_from_slice(&[0x7c00u16, 0x7e00][i % 2].to_le_bytes());
+            }
+            matvec(w, &xq, &mut got[..rows]);
+        }
     }
 }

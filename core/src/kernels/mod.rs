@@ -40,8 +40,8 @@ use crate::error::{Error, Result};
 use crate::gguf::TensorInfo;
 use crate::parallel::TokenRows;
 use crate::quant::{
-    self, cast_slice, BlockQ16, BlockQ4Kx8, BlockQ4_1, BlockQ4_1x8, BlockQ5_0x8, BlockQ6Kx8,
-    BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8, GgmlType,
+    self, cast_slice, BlockQ16, BlockQ4K, BlockQ4Kx8, BlockQ4_1, BlockQ4_1x8, BlockQ5_0,
+    BlockQ5_0x8, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x4, BlockQ8_0x8, GgmlType,
 };
 
 /// A matrix's rows as stored in the weights file: whole blocks of one
@@ -184,7 +184,7 @@ pub enum Packed<'a> {
     /// the decode arithmetic on them too ([`Kernels::batches_packed`]).
     X8(&'a [BlockQ8_0x8]),
     /// Groups of four ([`BlockQ8_0x4`]), which a device builds for a table
-    /// with a four-row int8 kernel ([`Kernels::q8_0x4_q8_0`]).
+    /// with a four-row int8 kernel ([`Int8Kernels::q8_0x4`]).
     X4(&'a [BlockQ8_0x4]),
     /// A Q4_1 matrix's groups of eight ([`BlockQ4_1x8`]), which a host
     /// builds for a table with a packed Q4_1 decode kernel
@@ -592,9 +592,55 @@ pub type PrefetchFn = fn(*const u8, usize);
 /// `n = x.len() / cols`.
 pub type GemmFn = fn(&[f32], &[f32], usize, &mut [f32]);
 
-/// `out[r] = W[r] · x` for Q8_0 rows against activations already quantized to
-/// Q8_0: `x.len()` blocks make a row, `out.len()` rows are read from `w`.
-pub type MatvecQ8Fn = fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
+/// `out[r] = W[r] · x` for rows of blocks `T` (Q8_0 unless named) against
+/// activations already quantized to Q8_0 blocks of 32: `x.len()` blocks
+/// make a row (eight to each 256-element super-block of a K-quant), and
+/// `out.len()` rows are read from `w`.
+pub type MatvecQ8Fn<T = BlockQ8_0> = fn(&[T], &[BlockQ8_0], &mut [f32]);
+
+/// The int8-activation arithmetic (ggml's, and what a Cortex-M runs): the
+/// weight formats whose matrices multiply activations quantized to Q8_0
+/// blocks, each through its kernel. Every kernel takes an exact integer
+/// dot per group of 32 weights against one activation block, then applies
+/// the float scales in the order its scalar reference in
+/// [`scalar`] states; formats without a kernel here dot the f32
+/// activations.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8Kernels {
+    /// Q8_0 rows ([`scalar::matvec_q8_0_q8_0`]).
+    pub q8_0: MatvecQ8Fn,
+    /// Q8_0 rows a device packed in fours ([`Packed::X4`]), for their
+    /// whole groups; with `None` a device builds no such packs.
+    pub q8_0x4: Option<MatvecQ8x4Fn>,
+    /// Q5_0 rows ([`scalar::matvec_q5_0_q8_0`]).
+    pub q5_0: Option<MatvecQ8Fn<BlockQ5_0>>,
+    /// Q4_K rows ([`scalar::matvec_q4_k_q8_0`]).
+    pub q4_k: Option<MatvecQ8Fn<BlockQ4K>>,
+    /// Q6_K rows ([`scalar::matvec_q6_k_q8_0`]).
+    pub q6_k: Option<MatvecQ8Fn<BlockQ6K>>,
+}
+
+impl Int8Kernels {
+    /// The scalar references, for every format the int8 path covers.
+    pub const SCALAR: Int8Kernels = Int8Kernels {
+        q8_0: scalar::matvec_q8_0_q8_0,
+        q8_0x4: Some(scalar::matvec_q8_0x4_q8_0),
+        q5_0: Some(scalar::matvec_q5_0_q8_0),
+        q4_k: Some(scalar::matvec_q4_k_q8_0),
+        q6_k: Some(scalar::matvec_q6_k_q8_0),
+    };
+
+    /// Whether matrices of type `ty` take int8 activations.
+    pub fn takes(&self, ty: GgmlType) -> bool {
+        match ty {
+            GgmlType::Q8_0 => true,
+            GgmlType::Q5_0 => self.q5_0.is_some(),
+            GgmlType::Q4_K => self.q4_k.is_some(),
+            GgmlType::Q6_K => self.q6_k.is_some(),
+            _ => false,
+        }
+    }
+}
 
 /// [`MatvecQ8Fn`] over Q8_0 rows interleaved in fours ([`BlockQ8_0x4`]):
 /// `w` holds `out.len() / 4` groups of `x.len()` blocks, and every row's
@@ -897,14 +943,10 @@ pub struct Kernels {
     /// 16-bit blocks (integer dots; see [`crate::quant::q16`]); with `None`
     /// by the f32 activations.
     pub q16: Option<Q16Kernels>,
-    /// With `Some`, Q8_0 matrices multiply activations quantized to Q8_0
-    /// blocks (ggml's arithmetic: an integer dot per block, then both scales)
-    /// through this kernel; with `None` they dot the f32 activations.
-    pub q8_0_q8_0: Option<MatvecQ8Fn>,
-    /// With `Some` (beside `q8_0_q8_0`), Q8_0 matrices a device packed in
-    /// fours ([`Packed::X4`]) go through this kernel for their whole
-    /// groups; with `None` a device builds no such packs.
-    pub q8_0x4_q8_0: Option<MatvecQ8x4Fn>,
+    /// With `Some`, the formats it lists multiply activations quantized to
+    /// Q8_0 blocks ([`Int8Kernels`]: an integer dot per block of 32, then
+    /// the scales); with `None` every format dots the f32 activations.
+    pub int8: Option<Int8Kernels>,
 }
 
 impl Kernels {
@@ -925,8 +967,7 @@ impl Kernels {
             key_dots_f16: scalar::key_dots_f16,
             value_sum_f16: scalar::value_sum_f16,
             q16: None,
-            q8_0_q8_0: None,
-            q8_0x4_q8_0: None,
+            int8: None,
         }
     }
 
@@ -948,13 +989,13 @@ impl Kernels {
         }
     }
 
-    /// The scalar reference with int8 activations for Q8_0 matrices: what the
-    /// Cortex-M DSP kernels compute, bit for bit.
+    /// The scalar reference with int8 activations for Q8_0, Q5_0, Q4_K and
+    /// Q6_K matrices ([`Int8Kernels::SCALAR`]): what the Cortex-M DSP
+    /// kernels compute, bit for bit.
     pub const fn scalar_int8() -> Kernels {
         Kernels {
             name: "scalar-q8",
-            q8_0_q8_0: Some(scalar::matvec_q8_0_q8_0),
-            q8_0x4_q8_0: Some(scalar::matvec_q8_0x4_q8_0),
+            int8: Some(Int8Kernels::SCALAR),
             ..Self::scalar()
         }
     }
@@ -975,7 +1016,7 @@ impl Kernels {
     /// The scalar table that computes what this one does (the same
     /// activation formats), for holding a fast table to its reference.
     pub const fn reference(&self) -> Kernels {
-        if self.q8_0_q8_0.is_some() {
+        if self.int8.is_some() {
             Self::scalar_int8()
         } else if self.q16.is_some() {
             Self::scalar_q16()
@@ -1176,10 +1217,10 @@ impl Kernels {
             needed: needed as u64,
             found: have,
         };
-        let nb = w.row_blocks();
         if self.takes_q8_0(w) {
-            // Each token's activations are quantized once into the scratch.
-            let xq: &mut [BlockQ8_0] = blocks_in(scratch, nb)?;
+            // Each token's activations are quantized once into the scratch
+            // (blocks of 32, whatever the weights' block length).
+            let xq: &mut [BlockQ8_0] = blocks_in(scratch, cols / quant::q8_0::QK)?;
             for t in 0..n {
                 quant::q8_0::quantize_row(&x[t * cols..(t + 1) * cols], xq);
                 self.q8_token(w, xq, r0, r1, part.token(t));
@@ -1388,13 +1429,14 @@ impl Kernels {
     /// table (then the caller may quantize once for several matrices:
     /// [`Kernels::matmul_part_q8`]).
     pub fn takes_q8_0(&self, w: &Matrix) -> bool {
-        self.q8_0_q8_0.is_some() && w.ty() == GgmlType::Q8_0
+        self.int8.is_some_and(|k| k.takes(w.ty()))
     }
 
     /// [`Kernels::matmul_part_as`] for a matrix this table multiplies by
     /// Q8_0 activations ([`Kernels::takes_q8_0`]), from activations already
     /// quantized (`xq`: the part's tokens, `cols / 32` blocks each, as
-    /// [`quant::q8_0::quantize_row`] makes them): the same numbers.
+    /// [`quant::q8_0::quantize_row`] makes them, whatever the weights'
+    /// block length): the same numbers.
     pub fn matmul_part_q8(
         &self,
         w: &Matrix,
@@ -1404,7 +1446,7 @@ impl Kernels {
         if !w.pieces.is_empty() {
             return w.by_piece(part, |m, p| self.matmul_part_q8(m, xq, p));
         }
-        let nb = w.row_blocks();
+        let nb = w.cols / quant::q8_0::QK;
         let n = part.tokens();
         let (r0, r1) = part.range();
         if !self.takes_q8_0(w) || xq.len() < n * nb || r1 > w.rows || r0 > r1 {
@@ -1419,15 +1461,39 @@ impl Kernels {
         Ok(())
     }
 
-    /// Rows `r0..r1` of a Q8_0 matrix against one token's Q8_0 blocks.
+    /// Rows `r0..r1` of a matrix that takes int8 activations
+    /// ([`Kernels::takes_q8_0`]) against one token's Q8_0 blocks.
     fn q8_token(&self, w: &Matrix, xq: &[BlockQ8_0], r0: usize, r1: usize, out: &mut [f32]) {
-        let (Some(matvec), Some(d)) = (self.q8_0_q8_0, w.data.as_blocks(GgmlType::Q8_0)) else {
+        let Some(k) = self.int8 else {
             return;
         };
-        let nb = xq.len();
-        match (self.q8_0x4_q8_0, w.packed4()) {
-            (Some(k), Some(p)) => packed4_q8_0(d, p, k, matvec, xq, r0, r1, out),
-            _ => matvec(&d[r0 * nb..r1 * nb], xq, out),
+        /// Rows `r0..r1` of `w` as blocks of `B` through `f`.
+        fn run<B: quant::Block>(
+            w: &Matrix,
+            ty: GgmlType,
+            f: Option<MatvecQ8Fn<B>>,
+            (xq, r0, r1, out): (&[BlockQ8_0], usize, usize, &mut [f32]),
+        ) {
+            if let (Some(f), Some(d)) = (f, w.data.as_blocks::<B>(ty)) {
+                let nb = w.row_blocks();
+                f(&d[r0 * nb..r1 * nb], xq, out)
+            }
+        }
+        let args = (xq, r0, r1, out);
+        match (
+            w.ty(),
+            k.q8_0x4,
+            w.packed4(),
+            w.data.as_blocks(GgmlType::Q8_0),
+        ) {
+            (GgmlType::Q8_0, Some(p4), Some(p), Some(d)) => {
+                packed4_q8_0(d, p, p4, k.q8_0, xq, r0, r1, args.3)
+            }
+            (GgmlType::Q8_0, ..) => run(w, GgmlType::Q8_0, Some(k.q8_0), args),
+            (GgmlType::Q5_0, ..) => run(w, GgmlType::Q5_0, k.q5_0, args),
+            (GgmlType::Q4_K, ..) => run(w, GgmlType::Q4_K, k.q4_k, args),
+            (GgmlType::Q6_K, ..) => run(w, GgmlType::Q6_K, k.q6_k, args),
+            _ => {}
         }
     }
 
@@ -1489,7 +1555,7 @@ impl Kernels {
     /// caller may quantize once for all workers: [`Kernels::quantize_q16`]
     /// and [`Kernels::matmul_part_q16`]).
     pub fn decodes_q16(&self, w: &Matrix) -> bool {
-        self.q16.is_some() && self.q8_0_q8_0.is_none() && self.format(w.ty()).q16.is_some()
+        self.q16.is_some() && self.int8.is_none() && self.format(w.ty()).q16.is_some()
     }
 
     /// Quantizes `n` tokens of `cols` activations into `out` (`n * cols / 32`
@@ -1580,8 +1646,8 @@ impl Kernels {
                         q4_kx8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<quant::BlockQ4K>(w.data.bytes());
-                    let dot = quant::q16::dot_scale_min_q16::<quant::BlockQ4K>;
+                    let d = quant::blocks::<BlockQ4K>(w.data.bytes());
+                    let dot = quant::q16::dot_scale_min_q16::<BlockQ4K>;
                     packed_rows(8, d, p, k, dot, xq, n, (a, b), o)
                 }
                 (
@@ -1590,7 +1656,7 @@ impl Kernels {
                         q6_kx8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<quant::BlockQ6K>(w.data.bytes());
+                    let d = quant::blocks::<BlockQ6K>(w.data.bytes());
                     packed_rows(8, d, p, k, quant::q16::dot_q6_k_q16, xq, n, (a, b), o)
                 }
                 (
@@ -1599,7 +1665,7 @@ impl Kernels {
                         q5_0x8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<quant::BlockQ5_0>(w.data.bytes());
+                    let d = quant::blocks::<BlockQ5_0>(w.data.bytes());
                     packed_rows(1, d, p, k, quant::q16::dot_q5_0_q16, xq, n, (a, b), o)
                 }
                 _ => {

@@ -226,6 +226,152 @@ pub fn matvec_q8_0x4_q8_0(w: &[BlockQ8_0x4], x: &[BlockQ8_0], out: &mut [f32]) {
     }
 }
 
+/// Activation blocks per K-quant super-block: one Q8_0 block of 32 for each
+/// group of 32 weights.
+pub const PER_SUPER: usize = crate::quant::k_quants::QK_K / q8_0::QK;
+
+/// `out[r] = dot(row r, x)` for rows of `x.len() / per` weight blocks each
+/// (`per` activation blocks to a weight block), `out.len()` rows.
+#[inline(always)]
+fn rows_q8<T>(
+    w: &[T],
+    x: &[BlockQ8_0],
+    per: usize,
+    out: &mut [f32],
+    dot: fn(&[T], &[BlockQ8_0]) -> f32,
+) {
+    let nb = x.len() / per;
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(nb)) {
+        *o = dot(row, &x[..nb * per]);
+    }
+}
+
+/// `Σ x` over an activation block, exactly (`|Σ x| <= 32 * 128`).
+#[inline(always)]
+pub fn q8_sum(x: &[i8]) -> i32 {
+    x.iter().map(|&v| v as i32).sum()
+}
+
+/// Q5_0 row · Q8_0 activations: per block the exact integer dot
+/// `isum = Σ (q − 16)·x` (`|isum| <= 16 * 128 * 32`), then, as Q8_0's,
+/// `sum += isum as f32 * (dw * dx)` in block order.
+pub fn dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, xb) in w.iter().zip(x) {
+        let isum: i32 = (0..q8_0::QK)
+            .map(|j| (b.q(j) as i32 - 16) * xb.qs[j] as i32)
+            .sum();
+        sum += isum as f32 * (b.d() * xb.d());
+    }
+    sum
+}
+
+/// What one Q4_K super-block adds to a row's sum against its eight
+/// activation blocks, from exact integers: group `g`'s `isum[g] = Σ q·x`
+/// and the activation block's `xsum[g] = Σ x` (the quantized activations'
+/// own sum, so the minimum's term is defined by the blocks alone). In this
+/// order, in f32:
+///
+/// ```text
+/// sa = Σ_g dx[g] * (sc[g] * isum[g]) as f32     (g = 0..8, from 0.0)
+/// sb = Σ_g dx[g] * (m[g] * xsum[g]) as f32
+/// return d * sa - dmin * sb
+/// ```
+///
+/// Both products are exact integers below 2^24 (`63 * 15 * 128 * 32` and
+/// `63 * 128 * 32`), so their conversions are exact. The Cortex-M DSP twin
+/// computes the integers in `asm!` and calls this for the rest.
+#[inline(always)]
+pub fn q4_k_q8_0_super(
+    b: &BlockQ4K,
+    isum: &[i32; PER_SUPER],
+    xsum: &[i32; PER_SUPER],
+    dx: &[f32; PER_SUPER],
+    (d, dmin): (f32, f32),
+) -> f32 {
+    let (sc, m) = quant::k_quants::unpack_scale_min_k4(&b.scales);
+    let (mut sa, mut sb) = (0.0f32, 0.0f32);
+    for g in 0..PER_SUPER {
+        sa += dx[g] * (sc[g] as i32 * isum[g]) as f32;
+        sb += dx[g] * (m[g] as i32 * xsum[g]) as f32;
+    }
+    d * sa - dmin * sb
+}
+
+/// Q4_K row · Q8_0 activations: per super-block [`q4_k_q8_0_super`] of its
+/// groups' integer dots, added to the row's sum in order from 0.0.
+pub fn dot_q4_k_q8_0(w: &[BlockQ4K], x: &[BlockQ8_0]) -> f32 {
+    use quant::k_quants::ScaleMinBlock;
+    let mut sum = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
+        let isum: [i32; PER_SUPER] = core::array::from_fn(|g| {
+            (0..q8_0::QK)
+                .map(|l| b.q(g, l) as i32 * xs[g].qs[l] as i32)
+                .sum()
+        });
+        let xsum = core::array::from_fn(|g| q8_sum(&xs[g].qs));
+        let dx = core::array::from_fn(|g| xs[g].d());
+        let d = (quant::f16_bits_to_f32(b.d), quant::f16_bits_to_f32(b.dmin));
+        sum += q4_k_q8_0_super(b, &isum, &xsum, &dx, d);
+    }
+    sum
+}
+
+/// What one Q6_K super-block adds to a row's sum: activation block `k`'s
+/// exact integer dot with the group scales folded in,
+/// `isum[k] = Σ_l sc[(32k + l) / 16] * (q − 32) * x` (`|isum[k]| <= 2^24`:
+/// `32 * 128 * 128` per element, 32 elements; exact in f32 too), then in
+/// this order, in f32: `sb = Σ_k dx[k] * isum[k] as f32` (from 0.0),
+/// `return d * sb`.
+#[inline(always)]
+pub fn q6_k_q8_0_super(isum: &[i32; PER_SUPER], dx: &[f32; PER_SUPER], d: f32) -> f32 {
+    let mut sb = 0.0f32;
+    for k in 0..PER_SUPER {
+        sb += dx[k] * isum[k] as f32;
+    }
+    d * sb
+}
+
+/// Q6_K row · Q8_0 activations: per super-block [`q6_k_q8_0_super`],
+/// added to the row's sum in order from 0.0.
+pub fn dot_q6_k_q8_0(w: &[BlockQ6K], x: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, xs) in w.iter().zip(x.chunks_exact(PER_SUPER)) {
+        let isum: [i32; PER_SUPER] = core::array::from_fn(|k| {
+            (0..q8_0::QK)
+                .map(|l| {
+                    let e = q8_0::QK * k + l;
+                    b.scales[e / 16] as i32 * (b.q(e) as i32 - 32) * xs[k].qs[l] as i32
+                })
+                .sum()
+        });
+        let dx = core::array::from_fn(|k| xs[k].d());
+        sum += q6_k_q8_0_super(&isum, &dx, quant::f16_bits_to_f32(b.d));
+    }
+    sum
+}
+
+/// Q5_0 rows times Q8_0 activations ([`dot_q5_0_q8_0`] per row; `x.len()`
+/// blocks a row, `out.len()` rows).
+pub fn matvec_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0], out: &mut [f32]) {
+    rows_q8(w, x, 1, out, dot_q5_0_q8_0)
+}
+
+/// Q4_K rows times Q8_0 activations ([`dot_q4_k_q8_0`] per row; `x.len()`
+/// activation blocks a row, eight to a super-block).
+pub fn matvec_q4_k_q8_0(w: &[BlockQ4K], x: &[BlockQ8_0], out: &mut [f32]) {
+    rows_q8(w, x, PER_SUPER, out, dot_q4_k_q8_0)
+}
+
+/// Q6_K rows times Q8_0 activations ([`dot_q6_k_q8_0`] per row).
+pub fn matvec_q6_k_q8_0(w: &[BlockQ6K], x: &[BlockQ8_0], out: &mut [f32]) {
+    rows_q8(w, x, PER_SUPER, out, dot_q6_k_q8_0)
+}
+
 /// One dot per row: `out[i] = w[i] · x`, rows `per_row` elements of `w` long.
 #[inline(always)]
 pub(crate) fn rows<T>(w: &[T], per_row: usize, x: &[f32], out: &mut [f32], dot: DotFn<T>) {

@@ -191,7 +191,7 @@ impl BlockQ8_0x8 {
 /// 136 bytes, as the four file blocks are, and 4-byte aligned, so packs fit
 /// wherever the file's rows would. A device builds these from the file's
 /// rows ([`pack_rows_x4`]) where its kernel table has a packed kernel
-/// ([`crate::kernels::Kernels::q8_0x4_q8_0`]); the file's own bytes are
+/// ([`crate::kernels::Int8Kernels::q8_0x4`]); the file's own bytes are
 /// never rewritten.
 #[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

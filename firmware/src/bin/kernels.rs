@@ -2,10 +2,14 @@
 //! target is held against its scalar reference on random and edge inputs
 //! (odd row counts, block counts across the stack-chunk boundary, -128
 //! quants, zero blocks, extreme and special scales; f16 values of every
-//! kind around the eight-lane chunk). They must agree bit for bit. Then the instruction cost of the int8 matvec per
-//! multiply-accumulate, measured by the QEMU count plugin between marks
-//! (the file-layout kernel, the two scalar paths, then the packed kernel).
-//! Exit 0 when every case agrees, 2 on the first mismatch.
+//! kind around the eight-lane chunk; the Q5_0, Q4_K and Q6_K int8 kernels
+//! over random bytes with the same scales). They must agree bit for bit.
+//! Then the instruction cost of the int8 matvecs per multiply-accumulate,
+//! measured by the QEMU count plugin between marks (the file-layout
+//! kernel, the two scalar paths, the packed kernel, then each other
+//! format's kernel and its scalar reference); `firmware/measure.py
+//! kernels` prints them. Exit 0 when every case agrees, 2 on the first
+//! mismatch.
 
 #![no_std]
 #![no_main]
@@ -13,13 +17,13 @@
 use ember_core::kernels::{scalar, Kernels, MatvecQ8Fn, MatvecQ8x4Fn};
 use ember_core::quant::q8_0::pack_rows_x4;
 use ember_core::quant::q8_0::QK;
-use ember_core::quant::{BlockQ8_0, BlockQ8_0x4};
+use ember_core::quant::{self, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, BlockQ8_0x4, GgmlType};
 use ember_firmware::arena::Arena;
 use ember_firmware::{self as fw, OrExit};
 use half::f16;
 
 #[link_section = ".bigram"]
-static RAM: Arena<{ 1 << 20 }> = Arena::new();
+static RAM: Arena<{ 2 << 20 }> = Arena::new();
 
 /// xorshift32, for test inputs.
 struct Rng(u32);
@@ -260,18 +264,32 @@ fn main() -> ! {
     let mut mem = RAM.take().expect("taken once");
     let k = Kernels::detect();
     defmt::println!("kernel table: {=str}", k.name);
-    let Some(fast) = k.q8_0_q8_0 else {
+    let Some(int8) = k.int8 else {
         defmt::error!("this target's table has no int8 matvec to test");
         fw::exit(fw::code::CHECK_FAILED)
     };
-    let Some(packed) = k.q8_0x4_q8_0 else {
+    let Some(packed) = int8.q8_0x4 else {
         defmt::error!("this target's table has no packed int8 matvec to test");
         fw::exit(fw::code::CHECK_FAILED)
     };
-    let (fast, packed) = (Matvec::Plain(fast), Matvec::Packed(packed));
+    let (Some(q5_0), Some(q4_k), Some(q6_k)) = (int8.q5_0, int8.q4_k, int8.q6_k) else {
+        defmt::error!("this target's table lacks a Q5_0, Q4_K or Q6_K int8 matvec");
+        fw::exit(fw::code::CHECK_FAILED)
+    };
+    let formats = [
+        Format::Q5_0(q5_0, scalar::matvec_q5_0_q8_0),
+        Format::Q4K(q4_k, scalar::matvec_q4_k_q8_0),
+        Format::Q6K(q6_k, scalar::matvec_q6_k_q8_0),
+    ];
+    let (fast, packed) = (Matvec::Plain(int8.q8_0), Matvec::Packed(packed));
     check(k.name, fast, &mut mem);
     check(k.name, packed, &mut mem);
     check_f16(&k, &mut mem);
+    // One buffer set for every format's check and cost (the largest rows).
+    let mut fb = FormatBuffers::new(&mut mem);
+    for f in formats {
+        check_format(k.name, f, &mut fb);
+    }
     cost(k.name, fast, &mut mem);
     cost(
         "scalar-q8",
@@ -284,7 +302,174 @@ fn main() -> ! {
         &mut mem,
     );
     cost(k.name, packed, &mut mem);
+    for f in formats {
+        cost_format(k.name, f, false, &mut fb);
+        cost_format("scalar-q8", f, true, &mut fb);
+    }
     fw::exit(fw::code::OK)
+}
+
+/// A format's int8 kernel and its scalar reference.
+#[derive(Clone, Copy)]
+enum Format {
+    Q5_0(MatvecQ8Fn<BlockQ5_0>, MatvecQ8Fn<BlockQ5_0>),
+    Q4K(MatvecQ8Fn<BlockQ4K>, MatvecQ8Fn<BlockQ4K>),
+    Q6K(MatvecQ8Fn<BlockQ6K>, MatvecQ8Fn<BlockQ6K>),
+}
+
+impl Format {
+    fn ty(self) -> GgmlType {
+        match self {
+            Format::Q5_0(..) => GgmlType::Q5_0,
+            Format::Q4K(..) => GgmlType::Q4_K,
+            Format::Q6K(..) => GgmlType::Q6_K,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Format::Q5_0(..) => "q5_0",
+            Format::Q4K(..) => "q4_k",
+            Format::Q6K(..) => "q6_k",
+        }
+    }
+
+    /// Byte offsets of the f16 scales in one block.
+    fn scales(self) -> &'static [usize] {
+        match self {
+            Format::Q5_0(..) => &[0],
+            Format::Q4K(..) => &[0, 2],
+            Format::Q6K(..) => &[208],
+        }
+    }
+
+    /// `out = w · x` through the kernel, or the reference with `reference`.
+    fn run(self, reference: bool, w: &[u8], x: &[BlockQ8_0], out: &mut [f32]) {
+        match self {
+            Format::Q5_0(k, r) => (if reference { r } else { k })(quant::blocks(w), x, out),
+            Format::Q4K(k, r) => (if reference { r } else { k })(quant::blocks(w), x, out),
+            Format::Q6K(k, r) => (if reference { r } else { k })(quant::blocks(w), x, out),
+        }
+    }
+}
+
+/// Rows of any format (as bytes), activations and results.
+struct FormatBuffers {
+    w: &'static mut [u8],
+    x: &'static mut [BlockQ8_0],
+    want: &'static mut [f32],
+    got: &'static mut [f32],
+}
+
+/// The checks' largest shape: 67 rows of 72 activation blocks (nine
+/// super-blocks, across the kernels' 32-block chunk).
+const F_ROWS: usize = 67;
+const F_NB: usize = 72;
+
+impl FormatBuffers {
+    fn new(mem: &mut fw::arena::Carver<'static>) -> FormatBuffers {
+        FormatBuffers {
+            w: mem.take::<u8>(F_ROWS * F_NB / 8 * 210).or_exit("buffers"),
+            x: take_blocks(mem, F_NB),
+            want: mem.take::<f32>(F_ROWS).or_exit("buffers"),
+            got: mem.take::<f32>(F_ROWS).or_exit("buffers"),
+        }
+    }
+}
+
+/// Random bytes for `rows` rows of `nb` activation blocks of format `f`,
+/// with scales as [`fill`] chooses them (ordinary, extreme, zero,
+/// subnormal, special) and, in case 3, every quant and packed scale at its
+/// largest.
+fn fill_format(rng: &mut Rng, f: Format, w: &mut [u8], case: usize) {
+    let bb = f.ty().block_bytes();
+    for (i, blk) in w.chunks_exact_mut(bb).enumerate() {
+        for v in blk.iter_mut() {
+            *v = match case % 4 {
+                2 if i % 3 == 0 => 0,
+                3 => 0xff,
+                _ => rng.next() as u8,
+            };
+        }
+        for &at in f.scales() {
+            let scale = match case % 4 {
+                0 => 0x2000 + (rng.next() % 0x1800) as u16,
+                1 => SCALES[(rng.next() as usize) % SCALES.len()],
+                _ => 0x3c00,
+            };
+            blk[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+        }
+    }
+}
+
+/// Format `f`'s int8 kernel against its scalar reference, bit for bit.
+fn check_format(name: &str, f: Format, b: &mut FormatBuffers) -> u32 {
+    let mut rng = Rng(0x0bad_5eed);
+    let per = f.ty().block_len() / QK;
+    let mut cases = 0u32;
+    let nbs: &[usize] = match f {
+        Format::Q5_0(..) => &[1, 2, 7, 31, 32, 33, 65, 70],
+        _ => &[8, 16, 32, 40, 72],
+    };
+    for &rows in &[1usize, 3, 4, 5, 13, 67] {
+        for &nb in nbs {
+            for case in 0..4 {
+                let w = &mut b.w[..rows * nb / per * f.ty().block_bytes()];
+                let x = &mut b.x[..nb];
+                fill_format(&mut rng, f, w, case);
+                fill(&mut rng, x, case + 1);
+                f.run(true, w, x, &mut b.want[..rows]);
+                f.run(false, w, x, &mut b.got[..rows]);
+                for r in 0..rows {
+                    if !same(b.got[r], b.want[r]) {
+                        defmt::error!(
+                            "{=str} {=str}: rows {=usize} blocks {=usize} case {=usize}: row {=usize} got {=f32} want {=f32}",
+                            f.label(), name, rows, nb, case, r, b.got[r], b.want[r]
+                        );
+                        fw::exit(fw::code::CHECK_FAILED);
+                    }
+                }
+                cases += 1;
+            }
+        }
+    }
+    defmt::println!(
+        "{=str} kernel {=str}: {=u32} cases equal to the scalar reference bit for bit",
+        f.label(),
+        name,
+        cases
+    );
+    cases
+}
+
+/// Marks around `reps` matvecs of a 64 x 512 matrix of format `f` (through
+/// its kernel, or its reference with `reference`), as [`cost`] does.
+fn cost_format(name: &str, f: Format, reference: bool, b: &mut FormatBuffers) {
+    const ROWS: usize = 64;
+    const NB: usize = 16; // 512 columns: whole super-blocks
+    const REPS: usize = 4;
+    let per = f.ty().block_len() / QK;
+    let w = &mut b.w[..ROWS * NB / per * f.ty().block_bytes()];
+    let x = &mut b.x[..NB];
+    let out = &mut b.got[..ROWS];
+    let mut rng = Rng(7);
+    fill_format(&mut rng, f, w, 0);
+    fill(&mut rng, x, 0);
+    fw::mark();
+    for _ in 0..REPS {
+        f.run(reference, w, x, out);
+    }
+    fw::mark();
+    defmt::println!(
+        "cost {=str} {=str}: marks around {=usize} multiply-accumulates (rows {=usize}, cols {=usize}, reps {=usize}) checksum {=f32}",
+        f.label(),
+        name,
+        REPS * ROWS * NB * QK,
+        ROWS,
+        NB * QK,
+        REPS,
+        out.iter().sum::<f32>()
+    );
 }
 
 /// The f32-activation path for the same product (what `Kernels::scalar`
