@@ -1025,9 +1025,13 @@ macro_rules! q16_kernels {
         /// `T` tokens against every interleaved Q6_K group of `w` (1,680-byte
         /// super-blocks: 210 bytes, four lines, a group). The quants are put
         /// together as bytes (32 at a time, four rows' four elements in each
-        /// half), widened, and dotted with four activations at a time; each
-        /// half-group of 16 (one scale) sums in its own chains, and the
-        /// scales multiply the exact sums.
+        /// half), widened, and dotted with four activations at a time. One
+        /// token sums each half-group of 16 (one scale) in its own chains
+        /// and multiplies the exact sums by the scales; several tokens share
+        /// the quants with the scales multiplied in (each product below
+        /// 2^13), which halves each token's chains so that more tokens fit
+        /// the registers. Either way the integer sums are the reference's
+        /// (wrapping i32 arithmetic, the same in any order).
         #[target_feature(enable = $feat)]
         #[inline]
         fn xk6_group<const T: usize>(
@@ -1049,13 +1053,15 @@ macro_rules! q16_kernels {
                     _mm256_set1_epi8(0x30),
                     _mm256_set1_epi8(32),
                 );
-                // Per token: low-half rows (slots 0..4, 4..8), high-half rows.
-                let mut acc = [[_mm256_setzero_si256(); 4]; T];
                 // SAFETY: g < 8: group g's 192 bytes are within `q` (1,536).
                 let base = unsafe { blk.q.as_ptr().add(192 * (g & 7)) };
-                // Low-bits vector `v` with its high bits: elements 4v..4v + 4
-                // and 16 + 4v.. of every row.
-                macro_rules! quad {
+                // SAFETY: g < 8: the rows' scales of group g's two halves
+                // are eight bytes each at 16g and 16g + 8 < 128.
+                let sp = unsafe { blk.scales.as_ptr().add(16 * (g & 7)) };
+                // Low-bits vector `v` with its high bits, widened: elements
+                // 4v..4v + 4 of every row (slots 0..4, slots 4..8), then
+                // elements 16 + 4v.. likewise, each `q − 32`.
+                macro_rules! quads {
                     ($v:literal) => {{
                         // SAFETY: 32 bytes at 32v < 128 and at 128 + 32 (v / 2)
                         // < 192, within the group; loadu is unaligned.
@@ -1074,27 +1080,100 @@ macro_rules! q16_kernels {
                         };
                         let lo = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_and_si256(hl, m30)), b32);
                         let hi = _mm256_sub_epi8(_mm256_or_si256(hi, _mm256_and_si256(hh, m30)), b32);
-                        let la = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo));
-                        let lb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(lo));
-                        let ha = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi));
-                        let hb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(hi));
+                        [
+                            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)),
+                            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(lo)),
+                            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi)),
+                            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(hi)),
+                        ]
+                    }};
+                }
+                // Token t's activations 4v..4v + 4 and 16 + 4v.., each four
+                // broadcast.
+                let act = |t: usize, v: usize| {
+                    // SAFETY: quants 4v..4v + 4 and 16 + 4v.. (v < 4) of a
+                    // 32-quant block, each four read as one unaligned i64.
+                    let (pl, ph) = unsafe {
+                        let p = xs[t].qs.as_ptr();
+                        (
+                            p.add(4 * (v & 3)).cast::<i64>().read_unaligned(),
+                            p.add(16 + 4 * (v & 3)).cast::<i64>().read_unaligned(),
+                        )
+                    };
+                    (_mm256_set1_epi64x(pl), _mm256_set1_epi64x(ph))
+                };
+                // Pairwise sums across the two slot halves' lanes give the
+                // rows in order (`ROW_OF_SLOT`).
+                if T == 1 {
+                    // Per token: low-half rows (slots 0..4, 4..8), high-half rows.
+                    let mut acc = [[_mm256_setzero_si256(); 4]; T];
+                    macro_rules! quad {
+                        ($v:literal) => {{
+                            let [la, lb, ha, hb] = quads!($v);
+                            for t in 0..T {
+                                let (xl, xh) = act(t, $v);
+                                let a = &mut acc[t];
+                                a[0] = $acc(a[0], la, xl);
+                                a[1] = $acc(a[1], lb, xl);
+                                a[2] = $acc(a[2], ha, xh);
+                                a[3] = $acc(a[3], hb, xh);
+                            }
+                        }};
+                    }
+                    quad!(0);
+                    quad!(1);
+                    quad!(2);
+                    quad!(3);
+                    // SAFETY: eight bytes at each of `sp` and `sp + 8`.
+                    let (sl, sh) = unsafe {
+                        (
+                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(sp.cast())),
+                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(sp.add(8).cast())),
+                        )
+                    };
+                    return core::array::from_fn(|t| {
+                        let [la, lb, ha, hb] = acc[t];
+                        let lo = _mm256_hadd_epi32(la, lb);
+                        let hi = _mm256_hadd_epi32(ha, hb);
+                        _mm256_add_epi32(_mm256_mullo_epi32(lo, sl), _mm256_mullo_epi32(hi, sh))
+                    });
+                }
+                // Each widened register's scale per 16-bit lane: the rows of
+                // slots 0..4 (rows 0, 1, 4, 5) or 4..8 (rows 2, 3, 6, 7),
+                // four lanes each, of the low or high half.
+                let lanes = |p: *const i8, pick: __m256i| {
+                    // SAFETY: eight bytes at `p` (`sp` or `sp + 8`).
+                    let w = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(unsafe {
+                        _mm_loadl_epi64(p.cast())
+                    }));
+                    _mm256_shuffle_epi8(w, pick)
+                };
+                let first = _mm256_setr_epi8(
+                    0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11,
+                    10, 11, 10, 11, 10, 11,
+                );
+                let second = _mm256_setr_epi8(
+                    4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 12, 13, 12, 13, 12, 13, 12, 13,
+                    14, 15, 14, 15, 14, 15, 14, 15,
+                );
+                let sc = [
+                    lanes(sp, first),
+                    lanes(sp, second),
+                    lanes(sp.wrapping_add(8), first),
+                    lanes(sp.wrapping_add(8), second),
+                ];
+                // Per token: rows of slots 0..4, of slots 4..8.
+                let mut acc = [[_mm256_setzero_si256(); 2]; T];
+                macro_rules! quad {
+                    ($v:literal) => {{
+                        let q = quads!($v);
+                        let [la, lb, ha, hb]: [__m256i; 4] =
+                            core::array::from_fn(|k| _mm256_mullo_epi16(q[k], sc[k]));
                         for t in 0..T {
-                            // SAFETY: quants 4v..4v + 4 and 16 + 4v.. (v < 4)
-                            // of a 32-quant block, each four read as one
-                            // unaligned i64.
-                            let (pl, ph) = unsafe {
-                                let p = xs[t].qs.as_ptr();
-                                (
-                                    p.add(4 * $v).cast::<i64>().read_unaligned(),
-                                    p.add(16 + 4 * $v).cast::<i64>().read_unaligned(),
-                                )
-                            };
-                            let (xl, xh) = (_mm256_set1_epi64x(pl), _mm256_set1_epi64x(ph));
+                            let (xl, xh) = act(t, $v);
                             let a = &mut acc[t];
-                            a[0] = $acc(a[0], la, xl);
-                            a[1] = $acc(a[1], lb, xl);
-                            a[2] = $acc(a[2], ha, xh);
-                            a[3] = $acc(a[3], hb, xh);
+                            a[0] = $acc($acc(a[0], la, xl), ha, xh);
+                            a[1] = $acc($acc(a[1], lb, xl), hb, xh);
                         }
                     }};
                 }
@@ -1102,25 +1181,7 @@ macro_rules! q16_kernels {
                 quad!(1);
                 quad!(2);
                 quad!(3);
-                // SAFETY: g < 8: the rows' scales of group g's two halves
-                // are eight bytes each at 16g and 16g + 8 < 128.
-                let (sl, sh) = unsafe {
-                    let p = blk.scales.as_ptr().add(16 * (g & 7));
-                    (
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())),
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8).cast())),
-                    )
-                };
-                core::array::from_fn(|t| {
-                    // Pairwise sums across the two halves' lanes give the
-                    // rows in order (`ROW_OF_SLOT`); each half's exact sum
-                    // times its scale, added (wrapping, as the reference's
-                    // i32 sum).
-                    let [la, lb, ha, hb] = acc[t];
-                    let lo = _mm256_hadd_epi32(la, lb);
-                    let hi = _mm256_hadd_epi32(ha, hb);
-                    _mm256_add_epi32(_mm256_mullo_epi32(lo, sl), _mm256_mullo_epi32(hi, sh))
-                })
+                core::array::from_fn(|t| _mm256_hadd_epi32(acc[t][0], acc[t][1]))
             };
             let scales = |_: &BlockQ6Kx8, _: usize, d: __m256| (d, _mm256_setzero_ps());
             kx_walk::<_, _, T, 8, 4, false>(w, x, nb, groups, out, ld, prep, dots, scales);

@@ -231,7 +231,7 @@ mod imp {
         "avx512f,avx512vl,avx512vnni,avx2,fma,f16c",
         dpw2,
         dpw_acc,
-        groups: GROUP, GROUP, 4, GROUP, 4,
+        groups: GROUP, GROUP, 4, GROUP, GROUP,
         chains: 16
     );
 
