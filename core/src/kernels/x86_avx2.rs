@@ -948,7 +948,7 @@ macro_rules! q16_kernels {
             ld: usize,
         ) {
             let low = _mm256_set1_epi16(0x0f);
-            let chains = ({ $regs } / T).clamp(1, 8);
+            let chains = ({ $regs } / T).clamp(1, 4);
             let prep = |blk: &BlockQ4Kx8| {
                 // SAFETY: the eight f16 `d` and `dmin` are sixteen bytes each.
                 let (d, m) = unsafe {
