@@ -1,11 +1,21 @@
-//! AArch64 NEON twins of the scalar kernels (f32 activations).
+//! AArch64 NEON twins of the scalar kernels.
 //!
-//! Quants are widened to f32 in registers (`sxtl`/`uxtl`, `scvtf`/`ucvtf`,
-//! and `fcvtl` for halves) and multiplied with the activations by `fmla`,
-//! four lanes at a time with several accumulators. Results differ from the
-//! scalar reference only by FMA rounding and summation order;
-//! `conformance.rs` holds them together. CI runs the tests on this file
-//! through `qemu-aarch64` user mode.
+//! With f32 activations (prefill, and the formats without a 16-bit
+//! kernel), quants are widened to f32 in registers (`sxtl`/`uxtl`,
+//! `scvtf`/`ucvtf`, and `fcvtl` for halves) and multiplied with the
+//! activations by `fmla`, four lanes at a time with several accumulators.
+//! Results differ from the scalar reference only by FMA rounding and
+//! summation order; `conformance.rs` holds them together.
+//!
+//! Decode of Q8_0, Q4_0 and Q4_1 rows multiplies 16-bit activation blocks
+//! ([`crate::quant::q16`]), as the x86 tables do: quants widened to 16 bits
+//! (`sxtl`/`uxtl`), exact integer dots by `smull`/`smlal2` (eight
+//! multiply-accumulates in two instructions), four rows at a time sharing
+//! each activation load, one lane per row for the scales. Each lane adds
+//! its row's blocks in order as the reference does, so these are bit for
+//! bit `quant::q16::dot_*_q16`.
+//!
+//! CI runs the tests on this file through `qemu-aarch64` user mode.
 //!
 //! The `unsafe` here is the intrinsics (every load reads a fixed-size chunk
 //! of a slice) and one `fcvtl` in `asm!` (Rust has no stable f16 vectors).
@@ -18,13 +28,13 @@ use core::arch::asm;
 use half::{bf16, f16};
 
 use super::scalar::rows;
-use super::{erase, FormatKernels, Heads, Kernels, RowDotFn, RowMatvecFn};
+use super::{erase, FormatKernels, Heads, Kernels, Q16Kernels, RowDotFn, RowMatvecFn};
 use crate::quant::f16::f16_bits_to_f32_fast;
 use crate::quant::k_quants::QK_K;
 use crate::quant::q16::QK;
 use crate::quant::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0, GgmlType,
+    q16, BlockQ16, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType,
 };
 
 /// The NEON table, if this CPU runs it.
@@ -41,12 +51,24 @@ pub fn table() -> Option<Kernels> {
         prefetch,
         key_dots_f16,
         value_sum_f16,
+        q16: Some(Q16Kernels {
+            quantize: q16::quantize_row,
+            q8_0x8: None,
+            q4_1x8: None,
+            q4_kx8: None,
+            q6_kx8: None,
+            q5_0x8: None,
+        }),
         ..Kernels::scalar()
     };
     let with = |ty: GgmlType, dot: RowDotFn, mv: RowMatvecFn| FormatKernels {
         dot,
         mv: Some(mv),
         ..*k.format(ty)
+    };
+    let with16 = |f: FormatKernels, k16: super::RowQ16Fn| FormatKernels {
+        q16: Some(k16),
+        ..f
     };
     Some(
         k.with_format(
@@ -67,26 +89,35 @@ pub fn table() -> Option<Kernels> {
         )
         .with_format(
             GgmlType::Q8_0,
-            with(
-                GgmlType::Q8_0,
-                erase!(dot BlockQ8_0, dot_q8_0),
-                erase!(mv BlockQ8_0, mv_q8_0),
+            with16(
+                with(
+                    GgmlType::Q8_0,
+                    erase!(dot BlockQ8_0, dot_q8_0),
+                    erase!(mv BlockQ8_0, mv_q8_0),
+                ),
+                erase!(q16 BlockQ8_0, mv_q8_0_q16),
             ),
         )
         .with_format(
             GgmlType::Q4_0,
-            with(
-                GgmlType::Q4_0,
-                erase!(dot BlockQ4_0, dot_q4_0),
-                erase!(mv BlockQ4_0, mv_q4_0),
+            with16(
+                with(
+                    GgmlType::Q4_0,
+                    erase!(dot BlockQ4_0, dot_q4_0),
+                    erase!(mv BlockQ4_0, mv_q4_0),
+                ),
+                erase!(q16 BlockQ4_0, mv_q4_0_q16),
             ),
         )
         .with_format(
             GgmlType::Q4_1,
-            with(
-                GgmlType::Q4_1,
-                erase!(dot BlockQ4_1, dot_q4_1),
-                erase!(mv BlockQ4_1, mv_q4_1),
+            with16(
+                with(
+                    GgmlType::Q4_1,
+                    erase!(dot BlockQ4_1, dot_q4_1),
+                    erase!(mv BlockQ4_1, mv_q4_1),
+                ),
+                erase!(q16 BlockQ4_1, mv_q4_1_q16),
             ),
         )
         .with_format(
@@ -250,6 +281,18 @@ fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
 fn mv_bf16(w: &[bf16], x: &[f32], out: &mut [f32]) {
     rows(w, x.len(), x, out, dot_bf16)
 }
+fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::mv_q8_0_q16(w, x, n, out) }
+}
+fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_0_q16(w, x, n, out) }
+}
+fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_1_q16(w, x, n, out) }
+}
 fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q8_0)
 }
@@ -305,6 +348,134 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 
 mod imp {
     use super::*;
+
+    /// Rows of 32-element weight blocks times `n` tokens of 16-bit
+    /// activation blocks, into `out[t * rows + r]` (the contract of
+    /// [`crate::kernels::RowQ16Fn`]). `widen` gives a block's 32 quants as
+    /// four vectors of eight i16 (minus `off`, which the integer dot takes
+    /// as `off · isum`); `scales` its scale and minimum. Four rows at a
+    /// time, a lane each, add `(d · xd) · dot` (plus `m · sum` with `MIN`)
+    /// block by block as `dot` does; the rows past the last four go
+    /// through `dot` itself.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn mv_q16<B, const MIN: bool>(
+        w: &[B],
+        x: &[BlockQ16],
+        n: usize,
+        out: &mut [f32],
+        widen: impl Fn(&B) -> [int16x8_t; 4],
+        off: i32,
+        scales: impl Fn(&B) -> (f32, f32),
+        dot: fn(&[B], &[BlockQ16]) -> f32,
+    ) {
+        let n = n.max(1);
+        let (nb, rows) = (x.len() / n, out.len() / n);
+        if nb == 0 {
+            out.fill(0.0);
+            return;
+        }
+        // Rows the weights hold (callers pass them all); outputs stay `rows`
+        // apart.
+        let have = rows.min(w.len() / nb);
+        for t in 0..n {
+            let xt = &x[t * nb..(t + 1) * nb];
+            let ot = &mut out[t * rows..t * rows + have];
+            let rows = have;
+            let full = rows / 4 * 4;
+            for r0 in (0..full).step_by(4) {
+                let rw: [&[B]; 4] = core::array::from_fn(|r| &w[(r0 + r) * nb..(r0 + r + 1) * nb]);
+                let mut s = vdupq_n_f32(0.0);
+                for (b, xb) in xt.iter().enumerate() {
+                    // SAFETY: four runs of eight i16 within the block's 32.
+                    let xv: [int16x8_t; 4] =
+                        core::array::from_fn(|k| unsafe { vld1q_s16(xb.qs[8 * k..].as_ptr()) });
+                    let mut d = [0.0f32; 4];
+                    let mut m = [0.0f32; 4];
+                    let i: [int32x4_t; 4] = core::array::from_fn(|r| {
+                        let blk = &rw[r][b];
+                        let q = widen(blk);
+                        (d[r], m[r]) = scales(blk);
+                        let mut a = vmull_s16(vget_low_s16(q[0]), vget_low_s16(xv[0]));
+                        a = vmlal_high_s16(a, q[0], xv[0]);
+                        for k in 1..4 {
+                            a = vmlal_s16(a, vget_low_s16(q[k]), vget_low_s16(xv[k]));
+                            a = vmlal_high_s16(a, q[k], xv[k]);
+                        }
+                        a
+                    });
+                    // Each row's four partial sums added: lane r is row r.
+                    let i = vpaddq_s32(vpaddq_s32(i[0], i[1]), vpaddq_s32(i[2], i[3]));
+                    let i = vsubq_s32(i, vdupq_n_s32(off.wrapping_mul(xb.isum)));
+                    // SAFETY: four floats each.
+                    let (dv, mv) = unsafe { (vld1q_f32(d.as_ptr()), vld1q_f32(m.as_ptr())) };
+                    // The reference's (d * xd) * dot (+ m * sum), then the add.
+                    let mut term = vmulq_f32(vmulq_n_f32(dv, xb.d), vcvtq_f32_s32(i));
+                    if MIN {
+                        term = vaddq_f32(term, vmulq_n_f32(mv, xb.sum));
+                    }
+                    s = vaddq_f32(s, term);
+                }
+                // SAFETY: four writable floats at r0 (r0 + 4 <= full <= rows).
+                unsafe { vst1q_f32(ot[r0..r0 + 4].as_mut_ptr(), s) };
+            }
+            for (r, o) in ot.iter_mut().enumerate().skip(full) {
+                *o = dot(&w[r * nb..(r + 1) * nb], xt);
+            }
+        }
+    }
+
+    /// A 4-bit block's nibbles (low: elements 0..16, high: 16..32) as four
+    /// vectors of eight i16.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn nibbles16(qs: &[u8; 16]) -> [int16x8_t; 4] {
+        // SAFETY: sixteen readable bytes.
+        let q = unsafe { vld1q_u8(qs.as_ptr()) };
+        let lo = vandq_u8(q, vdupq_n_u8(0x0f));
+        let hi = vshrq_n_u8::<4>(q);
+        [
+            vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo))),
+            vreinterpretq_s16_u16(vmovl_high_u8(lo)),
+            vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))),
+            vreinterpretq_s16_u16(vmovl_high_u8(hi)),
+        ]
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+        let widen = |b: &BlockQ8_0| {
+            // SAFETY: the block's 32 quants, as two runs of sixteen.
+            let (a, c) = unsafe { (vld1q_s8(b.qs.as_ptr()), vld1q_s8(b.qs[16..].as_ptr())) };
+            [
+                vmovl_s8(vget_low_s8(a)),
+                vmovl_high_s8(a),
+                vmovl_s8(vget_low_s8(c)),
+                vmovl_high_s8(c),
+            ]
+        };
+        let scales = |b: &BlockQ8_0| (b.d(), 0.0);
+        mv_q16::<_, false>(w, x, n, out, widen, 0, scales, q16::dot_q8_0_q16)
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+        let scales = |b: &BlockQ4_0| (b.d(), 0.0);
+        mv_q16::<_, false>(w, x, n, out, |b| nibbles16(&b.qs), 8, scales, q16::dot_q4_0_q16)
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+        let scales = |b: &BlockQ4_1| (b.d(), b.m());
+        mv_q16::<_, true>(w, x, n, out, |b| nibbles16(&b.qs), 0, scales, q16::dot_q4_1_q16)
+    }
 
     /// Four f32 from `p`.
     #[target_feature(enable = "neon")]
@@ -1056,5 +1227,47 @@ mod tests {
         crate::kernels::conformance::check_table(&k);
         crate::kernels::conformance::check_rows(&k);
         crate::kernels::conformance::check_batch_invariance(&k);
+        crate::kernels::conformance::check_q16(&k);
+    }
+
+    /// The 16-bit decode kernels are bit for bit the reference, for every
+    /// row count (the rows past the last four go through the reference)
+    /// and two tokens.
+    #[test]
+    fn q16_decode_is_the_reference_bit_for_bit() {
+        use crate::kernels::Kernels;
+        use crate::quant::{self, q16, BlockQ16, GgmlType};
+        let k = super::table().expect("every AArch64 Linux CPU has NEON");
+        let reference = Kernels::scalar_q16();
+        let mut rng = 0x1234_5678u32;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            (rng as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        let cols = 96;
+        let w: [f32; 9 * 96] = core::array::from_fn(|_| next());
+        let x: [f32; 2 * 96] = core::array::from_fn(|i| next() * if i == 7 { 1e3 } else { 1.0 });
+        let mut xq = [BlockQ16::ZERO; 6];
+        q16::quantize_row(&x, &mut xq);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let f = quant::FORMATS.iter().find(|f| f.ty == ty).unwrap();
+            let mut bytes = [0u8; 9 * 3 * 36];
+            let rb = cols / 32 * f.block_bytes;
+            for (r, row) in w.chunks_exact(cols).enumerate() {
+                (f.quantize)(row, &mut bytes[r * rb..(r + 1) * rb]);
+            }
+            for rows in 1..=9 {
+                let (mut got, mut want) = ([0.0f32; 18], [0.0f32; 18]);
+                let kf = k.format(ty).q16.unwrap();
+                let rf = reference.format(ty).q16.unwrap();
+                kf(&bytes[..rows * rb], &xq, 2, &mut got[..2 * rows]);
+                rf(&bytes[..rows * rb], &xq, 2, &mut want[..2 * rows]);
+                for i in 0..2 * rows {
+                    assert_eq!(got[i].to_bits(), want[i].to_bits(), "{ty:?} rows {rows} #{i}");
+                }
+            }
+        }
     }
 }

@@ -1640,6 +1640,9 @@ impl Kernels {
                     let d = quant::blocks::<BlockQ4_1>(w.data.bytes());
                     packed_rows(1, d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o)
                 }
+                // Only the x86 tables have kernels for these packs; elsewhere
+                // the arm would only add code (microcontroller flash).
+                #[cfg(target_arch = "x86_64")]
                 (
                     Packed::Q4Kx8(p),
                     Q16Kernels {
@@ -1650,6 +1653,7 @@ impl Kernels {
                     let dot = quant::q16::dot_scale_min_q16::<BlockQ4K>;
                     packed_rows(8, d, p, k, dot, xq, n, (a, b), o)
                 }
+                #[cfg(target_arch = "x86_64")]
                 (
                     Packed::Q6Kx8(p),
                     Q16Kernels {
@@ -1659,6 +1663,7 @@ impl Kernels {
                     let d = quant::blocks::<BlockQ6K>(w.data.bytes());
                     packed_rows(8, d, p, k, quant::q16::dot_q6_k_q16, xq, n, (a, b), o)
                 }
+                #[cfg(target_arch = "x86_64")]
                 (
                     Packed::Q5_0x8(p),
                     Q16Kernels {
