@@ -130,10 +130,13 @@ pub fn table() -> Option<Kernels> {
         )
         .with_format(
             GgmlType::Q5_0,
-            with(
-                GgmlType::Q5_0,
-                erase!(dot BlockQ5_0, dot_q5_0),
-                erase!(mv BlockQ5_0, mv_q5_0),
+            with16(
+                with(
+                    GgmlType::Q5_0,
+                    erase!(dot BlockQ5_0, dot_q5_0),
+                    erase!(mv BlockQ5_0, mv_q5_0),
+                ),
+                erase!(q16 BlockQ5_0, mv_q5_0_q16),
             ),
         )
         .with_format(
@@ -162,10 +165,13 @@ pub fn table() -> Option<Kernels> {
         )
         .with_format(
             GgmlType::Q4_K,
-            with(
-                GgmlType::Q4_K,
-                erase!(dot BlockQ4K, dot_q4_k),
-                erase!(mv BlockQ4K, mv_q4_k),
+            with16(
+                with(
+                    GgmlType::Q4_K,
+                    erase!(dot BlockQ4K, dot_q4_k),
+                    erase!(mv BlockQ4K, mv_q4_k),
+                ),
+                erase!(q16 BlockQ4K, mv_q4_k_q16),
             ),
         )
         .with_format(
@@ -178,10 +184,13 @@ pub fn table() -> Option<Kernels> {
         )
         .with_format(
             GgmlType::Q6_K,
-            with(
-                GgmlType::Q6_K,
-                erase!(dot BlockQ6K, dot_q6_k),
-                erase!(mv BlockQ6K, mv_q6_k),
+            with16(
+                with(
+                    GgmlType::Q6_K,
+                    erase!(dot BlockQ6K, dot_q6_k),
+                    erase!(mv BlockQ6K, mv_q6_k),
+                ),
+                erase!(q16 BlockQ6K, mv_q6_k_q16),
             ),
         ),
     )
@@ -293,6 +302,18 @@ fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
     // SAFETY: as above.
     unsafe { imp::mv_q4_1_q16(w, x, n, out) }
 }
+fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::mv_q5_0_q16(w, x, n, out) }
+}
+fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::mv_q4_k_q16(w, x, n, out) }
+}
+fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { imp::mv_q6_k_q16(w, x, n, out) }
+}
 fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q8_0)
 }
@@ -349,29 +370,32 @@ fn gemm_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 mod imp {
     use super::*;
 
-    /// Rows of 32-element weight blocks times `n` tokens of 16-bit
+    /// Rows of weight blocks (each `PER` groups of 32: one for the 32-element
+    /// formats, eight for a K-quant super-block) times `n` tokens of 16-bit
     /// activation blocks, into `out[t * rows + r]` (the contract of
-    /// [`crate::kernels::RowQ16Fn`]). `widen` gives a block's 32 quants as
-    /// four vectors of eight i16 (minus `off`, which the integer dot takes
-    /// as `off · isum`); `scales` its scale and minimum. Four rows at a
-    /// time, a lane each, add `(d · xd) · dot` (plus `m · sum` with `MIN`)
-    /// block by block as `dot` does; the rows past the last four go
-    /// through `dot` itself.
+    /// [`crate::kernels::RowQ16Fn`]). `dots(block, g, x)` gives group `g`'s
+    /// exact integer dot with activation block `x` as four lanes to be
+    /// added, less `off · isum` (the quants' offset, taken out once per
+    /// four rows); `scales(block, g)` its scale and minimum. Four rows at a
+    /// time, a lane each, add `(d · xd) · dot` (plus `m · sum` with `MIN`
+    /// where `NEG` is false, minus it where true) group by group as `dot`
+    /// does; the rows past the last four go through `dot` itself.
     #[target_feature(enable = "neon")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn mv_q16<B, const MIN: bool>(
+    fn mv_q16<B, const PER: usize, const MIN: bool, const NEG: bool>(
         w: &[B],
         x: &[BlockQ16],
         n: usize,
         out: &mut [f32],
-        widen: impl Fn(&B) -> [int16x8_t; 4],
+        dots: impl Fn(&B, usize, &BlockQ16) -> int32x4_t,
         off: i32,
-        scales: impl Fn(&B) -> (f32, f32),
+        scales: impl Fn(&B, usize) -> (f32, f32),
         dot: fn(&[B], &[BlockQ16]) -> f32,
     ) {
         let n = n.max(1);
-        let (nb, rows) = (x.len() / n, out.len() / n);
+        let (nx, rows) = (x.len() / n, out.len() / n);
+        let nb = nx / PER;
         if nb == 0 {
             out.fill(0.0);
             return;
@@ -380,39 +404,32 @@ mod imp {
         // apart.
         let have = rows.min(w.len() / nb);
         for t in 0..n {
-            let xt = &x[t * nb..(t + 1) * nb];
+            let xt = &x[t * nx..t * nx + nb * PER];
             let ot = &mut out[t * rows..t * rows + have];
             let rows = have;
             let full = rows / 4 * 4;
             for r0 in (0..full).step_by(4) {
                 let rw: [&[B]; 4] = core::array::from_fn(|r| &w[(r0 + r) * nb..(r0 + r + 1) * nb]);
                 let mut s = vdupq_n_f32(0.0);
-                for (b, xb) in xt.iter().enumerate() {
-                    // SAFETY: four runs of eight i16 within the block's 32.
-                    let xv: [int16x8_t; 4] =
-                        core::array::from_fn(|k| unsafe { vld1q_s16(xb.qs[8 * k..].as_ptr()) });
+                for (k, xb) in xt.iter().enumerate() {
+                    let (b, g) = (k / PER, k % PER);
                     let mut d = [0.0f32; 4];
                     let mut m = [0.0f32; 4];
                     let i: [int32x4_t; 4] = core::array::from_fn(|r| {
                         let blk = &rw[r][b];
-                        let q = widen(blk);
-                        (d[r], m[r]) = scales(blk);
-                        let mut a = vmull_s16(vget_low_s16(q[0]), vget_low_s16(xv[0]));
-                        a = vmlal_high_s16(a, q[0], xv[0]);
-                        for k in 1..4 {
-                            a = vmlal_s16(a, vget_low_s16(q[k]), vget_low_s16(xv[k]));
-                            a = vmlal_high_s16(a, q[k], xv[k]);
-                        }
-                        a
+                        (d[r], m[r]) = scales(blk, g);
+                        dots(blk, g, xb)
                     });
                     // Each row's four partial sums added: lane r is row r.
                     let i = vpaddq_s32(vpaddq_s32(i[0], i[1]), vpaddq_s32(i[2], i[3]));
                     let i = vsubq_s32(i, vdupq_n_s32(off.wrapping_mul(xb.isum)));
                     // SAFETY: four floats each.
                     let (dv, mv) = unsafe { (vld1q_f32(d.as_ptr()), vld1q_f32(m.as_ptr())) };
-                    // The reference's (d * xd) * dot (+ m * sum), then the add.
+                    // The reference's (d * xd) * dot (± m * sum), then the add.
                     let mut term = vmulq_f32(vmulq_n_f32(dv, xb.d), vcvtq_f32_s32(i));
-                    if MIN {
+                    if MIN && NEG {
+                        term = vsubq_f32(term, vmulq_n_f32(mv, xb.sum));
+                    } else if MIN {
                         term = vaddq_f32(term, vmulq_n_f32(mv, xb.sum));
                     }
                     s = vaddq_f32(s, term);
@@ -426,6 +443,33 @@ mod imp {
         }
     }
 
+    /// The exact integer dot of 32 quants (four vectors of eight i16) with
+    /// a 16-bit activation block, as four lanes to be added.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn dot32(q: [int16x8_t; 4], xb: &BlockQ16) -> int32x4_t {
+        // SAFETY: four runs of eight i16 within the block's 32.
+        let xv: [int16x8_t; 4] =
+            core::array::from_fn(|k| unsafe { vld1q_s16(xb.qs[8 * k..].as_ptr()) });
+        let mut a = vmull_s16(vget_low_s16(q[0]), vget_low_s16(xv[0]));
+        a = vmlal_high_s16(a, q[0], xv[0]);
+        for k in 1..4 {
+            a = vmlal_s16(a, vget_low_s16(q[k]), vget_low_s16(xv[k]));
+            a = vmlal_high_s16(a, q[k], xv[k]);
+        }
+        a
+    }
+
+    /// Sixteen bytes (each below 128) as two vectors of eight i16.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn widen_u8(v: uint8x16_t) -> [int16x8_t; 2] {
+        [
+            vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(v))),
+            vreinterpretq_s16_u16(vmovl_high_u8(v)),
+        ]
+    }
+
     /// A 4-bit block's nibbles (low: elements 0..16, high: 16..32) as four
     /// vectors of eight i16.
     #[target_feature(enable = "neon")]
@@ -433,48 +477,165 @@ mod imp {
     fn nibbles16(qs: &[u8; 16]) -> [int16x8_t; 4] {
         // SAFETY: sixteen readable bytes.
         let q = unsafe { vld1q_u8(qs.as_ptr()) };
-        let lo = vandq_u8(q, vdupq_n_u8(0x0f));
-        let hi = vshrq_n_u8::<4>(q);
-        [
-            vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo))),
-            vreinterpretq_s16_u16(vmovl_high_u8(lo)),
-            vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))),
-            vreinterpretq_s16_u16(vmovl_high_u8(hi)),
-        ]
+        let [a, b] = widen_u8(vandq_u8(q, vdupq_n_u8(0x0f)));
+        let [c, d] = widen_u8(vshrq_n_u8::<4>(q));
+        [a, b, c, d]
     }
 
     /// # Safety
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
     pub unsafe fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let widen = |b: &BlockQ8_0| {
+        let dots = |b: &BlockQ8_0, _: usize, xb: &BlockQ16| {
             // SAFETY: the block's 32 quants, as two runs of sixteen.
             let (a, c) = unsafe { (vld1q_s8(b.qs.as_ptr()), vld1q_s8(b.qs[16..].as_ptr())) };
-            [
+            let q = [
                 vmovl_s8(vget_low_s8(a)),
                 vmovl_high_s8(a),
                 vmovl_s8(vget_low_s8(c)),
                 vmovl_high_s8(c),
-            ]
+            ];
+            dot32(q, xb)
         };
-        let scales = |b: &BlockQ8_0| (b.d(), 0.0);
-        mv_q16::<_, false>(w, x, n, out, widen, 0, scales, q16::dot_q8_0_q16)
+        let scales = |b: &BlockQ8_0, _: usize| (b.d(), 0.0);
+        mv_q16::<_, 1, false, false>(w, x, n, out, dots, 0, scales, q16::dot_q8_0_q16)
     }
 
     /// # Safety
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
     pub unsafe fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let scales = |b: &BlockQ4_0| (b.d(), 0.0);
-        mv_q16::<_, false>(w, x, n, out, |b| nibbles16(&b.qs), 8, scales, q16::dot_q4_0_q16)
+        let dots = |b: &BlockQ4_0, _: usize, xb: &BlockQ16| dot32(nibbles16(&b.qs), xb);
+        let scales = |b: &BlockQ4_0, _: usize| (b.d(), 0.0);
+        mv_q16::<_, 1, false, false>(w, x, n, out, dots, 8, scales, q16::dot_q4_0_q16)
     }
 
     /// # Safety
     /// The CPU must support NEON.
     #[target_feature(enable = "neon")]
     pub unsafe fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-        let scales = |b: &BlockQ4_1| (b.d(), b.m());
-        mv_q16::<_, true>(w, x, n, out, |b| nibbles16(&b.qs), 0, scales, q16::dot_q4_1_q16)
+        let dots = |b: &BlockQ4_1, _: usize, xb: &BlockQ16| dot32(nibbles16(&b.qs), xb);
+        let scales = |b: &BlockQ4_1, _: usize| (b.d(), b.m());
+        mv_q16::<_, 1, true, false>(w, x, n, out, dots, 0, scales, q16::dot_q4_1_q16)
+    }
+
+    /// Q5_0: the nibbles with their fifth bits (spread from `qh` by one
+    /// table lookup and a bit test per sixteen), offset 16 through `isum`.
+    ///
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+        let dots = |b: &BlockQ5_0, _: usize, xb: &BlockQ16| {
+            // SAFETY: sixteen readable bytes.
+            let q = unsafe { vld1q_u8(b.qs.as_ptr()) };
+            let h = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(b.qh)));
+            let bit: [u8; 16] = core::array::from_fn(|i| 1u8 << (i % 8));
+            // SAFETY: sixteen readable bytes.
+            let bit = unsafe { vld1q_u8(bit.as_ptr()) };
+            // Byte j of the low (high) half takes qh byte j / 8 (2 + j / 8).
+            let fifth = |first: u8| {
+                let idx: [u8; 16] = core::array::from_fn(|i| first + (i / 8) as u8);
+                // SAFETY: sixteen readable bytes.
+                let idx = unsafe { vld1q_u8(idx.as_ptr()) };
+                vandq_u8(vtstq_u8(vqtbl1q_u8(h, idx), bit), vdupq_n_u8(16))
+            };
+            let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), fifth(0));
+            let hi = vorrq_u8(vshrq_n_u8::<4>(q), fifth(2));
+            let [a, c] = widen_u8(lo);
+            let [e, f] = widen_u8(hi);
+            dot32([a, c, e, f], xb)
+        };
+        let scales = |b: &BlockQ5_0, _: usize| (b.d(), 0.0);
+        mv_q16::<_, 1, false, false>(w, x, n, out, dots, 16, scales, q16::dot_q5_0_q16)
+    }
+
+    /// Q4_K: per group of 32, its nibbles; `d·sc` and `dmin·m` as the
+    /// reference forms them, the minimum's term subtracted.
+    ///
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+        let dots = |b: &BlockQ4K, g: usize, xb: &BlockQ16| {
+            let p = b.qs[32 * ((g / 2) & 3)..].as_ptr();
+            // SAFETY: 32 bytes of `qs` from 32 (g / 2) (g < 8).
+            let (a, c) = unsafe { (vld1q_u8(p), vld1q_u8(p.add(16))) };
+            let (a, c) = if g.is_multiple_of(2) {
+                (vandq_u8(a, vdupq_n_u8(0x0f)), vandq_u8(c, vdupq_n_u8(0x0f)))
+            } else {
+                (vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(c))
+            };
+            let [q0, q1] = widen_u8(a);
+            let [q2, q3] = widen_u8(c);
+            dot32([q0, q1, q2, q3], xb)
+        };
+        mv_q16::<_, 8, true, true>(
+            w,
+            x,
+            n,
+            out,
+            dots,
+            0,
+            |b, g| b.group(g),
+            |w, x| q16::dot_scale_min_q16(w, x),
+        )
+    }
+
+    /// Q6_K: per group of 32, its six-bit quants less 32 as bytes, each
+    /// half's exact dot times its scale (wrapping, as the reference's i32
+    /// sum).
+    ///
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+        let dots = |b: &BlockQ6K, g: usize, xb: &BlockQ16| {
+            let (h, k) = ((g / 4) & 1, g % 4);
+            let lp = b.ql[64 * h + 32 * (k % 2)..].as_ptr();
+            let hp = b.qh[32 * h..].as_ptr();
+            // SAFETY: 32 bytes of `ql` from 64h + 32 (k % 2) < 128 and of
+            // `qh` from 32h < 64.
+            let (l0, l1, h0, h1) = unsafe {
+                (
+                    vld1q_u8(lp),
+                    vld1q_u8(lp.add(16)),
+                    vld1q_u8(hp),
+                    vld1q_u8(hp.add(16)),
+                )
+            };
+            let m4 = vdupq_n_u8(0x0f);
+            let (l0, l1) = if k < 2 {
+                (vandq_u8(l0, m4), vandq_u8(l1, m4))
+            } else {
+                (vshrq_n_u8::<4>(l0), vshrq_n_u8::<4>(l1))
+            };
+            let down = vdupq_n_s8(-2 * k as i8);
+            let top = |hv: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(hv, down), vdupq_n_u8(3)));
+            let q0 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(l0, top(h0))), vdupq_n_s8(32));
+            let q1 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(l1, top(h1))), vdupq_n_s8(32));
+            // SAFETY: four runs of eight i16 within the block's 32.
+            let xv: [int16x8_t; 4] =
+                core::array::from_fn(|j| unsafe { vld1q_s16(xb.qs[8 * j..].as_ptr()) });
+            let half = |q: int8x16_t, xa: int16x8_t, xc: int16x8_t| {
+                let (a, c) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
+                let mut s = vmull_s16(vget_low_s16(a), vget_low_s16(xa));
+                s = vmlal_high_s16(s, a, xa);
+                s = vmlal_s16(s, vget_low_s16(c), vget_low_s16(xc));
+                vmlal_high_s16(s, c, xc)
+            };
+            let (sa, sc) = (
+                b.scales[(2 * g) & 15] as i32,
+                b.scales[(2 * g + 1) & 15] as i32,
+            );
+            vmlaq_n_s32(
+                vmulq_n_s32(half(q0, xv[0], xv[1]), sa),
+                half(q1, xv[2], xv[3]),
+                sc,
+            )
+        };
+        let scales = |b: &BlockQ6K, _: usize| (crate::quant::f16_bits_to_f32(b.d), 0.0);
+        mv_q16::<_, 8, false, false>(w, x, n, out, dots, 0, scales, q16::dot_q6_k_q16)
     }
 
     /// Four f32 from `p`.
@@ -1246,15 +1407,22 @@ mod tests {
             rng ^= rng << 5;
             (rng as f32 / u32::MAX as f32) * 2.0 - 1.0
         };
-        let cols = 96;
-        let w: [f32; 9 * 96] = core::array::from_fn(|_| next());
-        let x: [f32; 2 * 96] = core::array::from_fn(|i| next() * if i == 7 { 1e3 } else { 1.0 });
-        let mut xq = [BlockQ16::ZERO; 6];
+        let cols = 512;
+        let w: [f32; 9 * 512] = core::array::from_fn(|_| next());
+        let x: [f32; 2 * 512] = core::array::from_fn(|i| next() * if i == 7 { 1e3 } else { 1.0 });
+        let mut xq = [BlockQ16::ZERO; 32];
         q16::quantize_row(&x, &mut xq);
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             let f = quant::FORMATS.iter().find(|f| f.ty == ty).unwrap();
-            let mut bytes = [0u8; 9 * 3 * 36];
-            let rb = cols / 32 * f.block_bytes;
+            let mut bytes = [0u8; 9 * 16 * 36];
+            let rb = cols / f.block_len * f.block_bytes;
             for (r, row) in w.chunks_exact(cols).enumerate() {
                 (f.quantize)(row, &mut bytes[r * rb..(r + 1) * rb]);
             }
@@ -1265,7 +1433,11 @@ mod tests {
                 kf(&bytes[..rows * rb], &xq, 2, &mut got[..2 * rows]);
                 rf(&bytes[..rows * rb], &xq, 2, &mut want[..2 * rows]);
                 for i in 0..2 * rows {
-                    assert_eq!(got[i].to_bits(), want[i].to_bits(), "{ty:?} rows {rows} #{i}");
+                    assert_eq!(
+                        got[i].to_bits(),
+                        want[i].to_bits(),
+                        "{ty:?} rows {rows} #{i}"
+                    );
                 }
             }
         }
