@@ -409,20 +409,27 @@ mod imp {
             let rows = have;
             let full = rows / 4 * 4;
             for r0 in (0..full).step_by(4) {
-                let rw: [&[B]; 4] = core::array::from_fn(|r| &w[(r0 + r) * nb..(r0 + r + 1) * nb]);
+                let (w0, w1, w2, w3) = (
+                    &w[r0 * nb..(r0 + 1) * nb],
+                    &w[(r0 + 1) * nb..(r0 + 2) * nb],
+                    &w[(r0 + 2) * nb..(r0 + 3) * nb],
+                    &w[(r0 + 3) * nb..(r0 + 4) * nb],
+                );
                 let mut s = vdupq_n_f32(0.0);
                 for (k, xb) in xt.iter().enumerate() {
                     let (b, g) = (k / PER, k % PER);
-                    let mut d = [0.0f32; 4];
-                    let mut m = [0.0f32; 4];
-                    let i: [int32x4_t; 4] = core::array::from_fn(|r| {
-                        let blk = &rw[r][b];
-                        (d[r], m[r]) = scales(blk, g);
-                        dots(blk, g, xb)
-                    });
+                    // Written out per row (no arrays of vectors: they would
+                    // go through memory).
+                    let (i0, i1) = (dots(&w0[b], g, xb), dots(&w1[b], g, xb));
+                    let (i2, i3) = (dots(&w2[b], g, xb), dots(&w3[b], g, xb));
+                    let (d0, m0) = scales(&w0[b], g);
+                    let (d1, m1) = scales(&w1[b], g);
+                    let (d2, m2) = scales(&w2[b], g);
+                    let (d3, m3) = scales(&w3[b], g);
                     // Each row's four partial sums added: lane r is row r.
-                    let i = vpaddq_s32(vpaddq_s32(i[0], i[1]), vpaddq_s32(i[2], i[3]));
+                    let i = vpaddq_s32(vpaddq_s32(i0, i1), vpaddq_s32(i2, i3));
                     let i = vsubq_s32(i, vdupq_n_s32(off.wrapping_mul(xb.isum)));
+                    let (d, m) = ([d0, d1, d2, d3], [m0, m1, m2, m3]);
                     // SAFETY: four floats each.
                     let (dv, mv) = unsafe { (vld1q_f32(d.as_ptr()), vld1q_f32(m.as_ptr())) };
                     // The reference's (d * xd) * dot (± m * sum), then the add.
@@ -448,16 +455,25 @@ mod imp {
     #[target_feature(enable = "neon")]
     #[inline]
     fn dot32(q: [int16x8_t; 4], xb: &BlockQ16) -> int32x4_t {
+        let p = xb.qs.as_ptr();
         // SAFETY: four runs of eight i16 within the block's 32.
-        let xv: [int16x8_t; 4] =
-            core::array::from_fn(|k| unsafe { vld1q_s16(xb.qs[8 * k..].as_ptr()) });
-        let mut a = vmull_s16(vget_low_s16(q[0]), vget_low_s16(xv[0]));
-        a = vmlal_high_s16(a, q[0], xv[0]);
-        for k in 1..4 {
-            a = vmlal_s16(a, vget_low_s16(q[k]), vget_low_s16(xv[k]));
-            a = vmlal_high_s16(a, q[k], xv[k]);
-        }
-        a
+        let (x0, x1, x2, x3) = unsafe {
+            (
+                vld1q_s16(p),
+                vld1q_s16(p.add(8)),
+                vld1q_s16(p.add(16)),
+                vld1q_s16(p.add(24)),
+            )
+        };
+        let [q0, q1, q2, q3] = q;
+        let mut a = vmull_s16(vget_low_s16(q0), vget_low_s16(x0));
+        a = vmlal_high_s16(a, q0, x0);
+        a = vmlal_s16(a, vget_low_s16(q1), vget_low_s16(x1));
+        a = vmlal_high_s16(a, q1, x1);
+        a = vmlal_s16(a, vget_low_s16(q2), vget_low_s16(x2));
+        a = vmlal_high_s16(a, q2, x2);
+        a = vmlal_s16(a, vget_low_s16(q3), vget_low_s16(x3));
+        vmlal_high_s16(a, q3, x3)
     }
 
     /// Sixteen bytes (each below 128) as two vectors of eight i16.
@@ -578,7 +594,7 @@ mod imp {
             dots,
             0,
             |b, g| b.group(g),
-            |w, x| q16::dot_scale_min_q16(w, x),
+            q16::dot_scale_min_q16::<BlockQ4K>,
         )
     }
 
@@ -614,9 +630,16 @@ mod imp {
             let top = |hv: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(hv, down), vdupq_n_u8(3)));
             let q0 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(l0, top(h0))), vdupq_n_s8(32));
             let q1 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(l1, top(h1))), vdupq_n_s8(32));
+            let p = xb.qs.as_ptr();
             // SAFETY: four runs of eight i16 within the block's 32.
-            let xv: [int16x8_t; 4] =
-                core::array::from_fn(|j| unsafe { vld1q_s16(xb.qs[8 * j..].as_ptr()) });
+            let (x0, x1, x2, x3) = unsafe {
+                (
+                    vld1q_s16(p),
+                    vld1q_s16(p.add(8)),
+                    vld1q_s16(p.add(16)),
+                    vld1q_s16(p.add(24)),
+                )
+            };
             let half = |q: int8x16_t, xa: int16x8_t, xc: int16x8_t| {
                 let (a, c) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
                 let mut s = vmull_s16(vget_low_s16(a), vget_low_s16(xa));
@@ -628,11 +651,7 @@ mod imp {
                 b.scales[(2 * g) & 15] as i32,
                 b.scales[(2 * g + 1) & 15] as i32,
             );
-            vmlaq_n_s32(
-                vmulq_n_s32(half(q0, xv[0], xv[1]), sa),
-                half(q1, xv[2], xv[3]),
-                sc,
-            )
+            vmlaq_n_s32(vmulq_n_s32(half(q0, x0, x1), sa), half(q1, x2, x3), sc)
         };
         let scales = |b: &BlockQ6K, _: usize| (crate::quant::f16_bits_to_f32(b.d), 0.0);
         mv_q16::<_, 8, false, false>(w, x, n, out, dots, 0, scales, q16::dot_q6_k_q16)
