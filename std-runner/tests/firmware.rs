@@ -320,6 +320,18 @@ fn aarch64_bare_metal_smollm2_matches_host() {
     smollm_matches_host("aarch64-unknown-none", GgmlType::Q4_1);
 }
 
+/// Gemma 3 270M (the real Q4_K_M file: Q8_0, Q5_0, Q4_K and Q6_K matrices,
+/// sliding-window layers, a 262,144-token vocabulary) with no OS: tokenized
+/// on the device, decoded through the NEON 16-bit kernels, the same ids and
+/// text as the host's.
+#[test]
+fn aarch64_bare_metal_gemma3_matches_host() {
+    let model = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = placed_model_matches_host("aarch64-unknown-none", &model, &[]);
+    assert!(log.contains("run kernels=neon"), "{log}");
+}
+
 #[test]
 fn cortex_m55_smollm2_matches_host() {
     // Q8_0, so the 135M model runs through the DSP int8 kernel, on weights
