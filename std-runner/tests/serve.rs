@@ -1054,8 +1054,11 @@ fn api_keys_guard_every_route_but_health() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// One sample line of the Prometheus text format: name, labels, value.
-fn sample(line: &str) -> (String, Vec<(String, String)>, f64) {
+/// One sample of the Prometheus text format: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// One sample line of the Prometheus text format.
+fn sample(line: &str) -> Sample {
     let (head, value) = line.rsplit_once(' ').expect("name and value");
     let value: f64 = match value {
         "+Inf" => f64::INFINITY,
@@ -1088,12 +1091,7 @@ fn sample(line: &str) -> (String, Vec<(String, String)>, f64) {
 }
 
 /// `/metrics`, parsed: every sample, and each family's declared type.
-fn scrape(
-    addr: &str,
-) -> (
-    Vec<(String, Vec<(String, String)>, f64)>,
-    Vec<(String, String)>,
-) {
+fn scrape(addr: &str) -> (Vec<Sample>, Vec<(String, String)>) {
     let (st, h, body) = http(addr, "GET", "/metrics", b"");
     assert_eq!(st, 200);
     assert!(
@@ -1130,11 +1128,7 @@ fn scrape(
     (samples, types)
 }
 
-fn value(
-    samples: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .find(|(n, l, _)| {
