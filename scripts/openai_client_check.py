@@ -96,7 +96,7 @@ def main():
             raise AssertionError("top_logprobs=21 was accepted")
         except openai.BadRequestError as e:
             assert e.body["param"] == "top_logprobs", e.body
-        check_metrics(url, None)
+        check_metrics(url, None, "/v1/chat/completions")
     finally:
         stop(proc)
     if not args.url:
@@ -171,8 +171,9 @@ def check_logprobs(client, model):
     print(f"completion logprobs: {list(zip(lp.tokens, [round(p, 3) for p in lp.token_logprobs]))}")
 
 
-def check_metrics(url, key):
-    """/metrics parses with prometheus_client's own parser (when installed)."""
+def check_metrics(url, key, route):
+    """/metrics parses with prometheus_client's own parser (when installed),
+    and counts at least one answer (200) on `route`."""
     if text_string_to_metric_families is None:
         print("metrics: prometheus_client is not installed; skipped its parser")
         return
@@ -187,10 +188,10 @@ def check_metrics(url, key):
                      ("ember_time_per_output_token_seconds", "histogram"), ("ember_queue_depth", "gauge"),
                      ("ember_slots_busy", "gauge")]:
         assert name in fams and fams[name].type == ty, (name, fams.get(name))
-    chats = sum(s.value for s in fams["ember_requests"].samples
-                if s.labels.get("route") == "/v1/chat/completions" and s.labels.get("code") == "200")
+    served = sum(s.value for s in fams["ember_requests"].samples
+                 if s.labels.get("route") == route and s.labels.get("code") == "200")
     generated = [s.value for s in fams["ember_generated_tokens"].samples if s.name == "ember_generated_tokens_total"]
-    assert chats >= 1 and generated and generated[0] > 0, (chats, generated)
+    assert served >= 1 and generated and generated[0] > 0, (route, served, generated)
     print(f"metrics: {len(fams)} families parse with prometheus_client; {int(generated[0])} tokens generated")
 
 
@@ -211,7 +212,7 @@ def check_api_key(args):
         assert r.choices[0].text is not None
         with urllib.request.urlopen(url + "/health", timeout=60) as h:
             assert h.status == 200
-        check_metrics(url, key)
+        check_metrics(url, key, "/v1/completions")
         print("api key: a wrong key gets AuthenticationError, the right one is served, /health is open")
     finally:
         stop(proc)
