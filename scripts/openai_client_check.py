@@ -3,19 +3,30 @@
 
 Starts the server on a free loopback port (or uses --url), then makes a chat
 completion, a streamed chat completion, a completion and a streamed
-completion, lists the models, and checks that a bad request raises the
-client's BadRequestError. Exits non-zero on any failure.
+completion, lists the models, asks for log-probabilities (chat, streamed chat
+and completions) and checks that they are consistent, and checks that a bad
+request raises the client's BadRequestError. Then it starts a second server
+with an API key and checks that a wrong key raises AuthenticationError and
+the right one is served; and, where `prometheus_client` is installed, parses
+/metrics with its parser. Exits non-zero on any failure.
 
-    python3 -m pip install openai
+    python3 -m pip install openai prometheus_client
     python3 scripts/openai_client_check.py --ember target/release/ember [--model FILE.gguf]
 """
 import argparse
+import math
 import re
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import openai
+
+try:
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError:
+    text_string_to_metric_families = None
 
 
 def main():
@@ -27,19 +38,7 @@ def main():
     proc = None
     url = args.url
     if not url:
-        cmd = [args.ember, "serve", "--port", "0", "--parallel", "2", "--ctx", "512"]
-        if args.model:
-            cmd += ["--model", args.model]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            m = re.search(r"on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            sys.exit("the server did not start")
-        threading.Thread(target=lambda: [sys.stderr.write(l) for l in proc.stderr], daemon=True).start()
+        proc, url = start(args, [])
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
@@ -83,19 +82,140 @@ def main():
         print(f"streamed completion: {''.join(parts)!r}")
         assert "".join(parts)
 
+        check_logprobs(client, model)
+
         try:
             client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                            temperature=-1)
             raise AssertionError("a negative temperature was accepted")
         except openai.BadRequestError as e:
             print(f"bad request: {e.status_code} {e.body}")
-        print("openai client check: ok")
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                           logprobs=True, top_logprobs=21)
+            raise AssertionError("top_logprobs=21 was accepted")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "top_logprobs", e.body
+        check_metrics(url, None, "/v1/chat/completions")
     finally:
-        if proc:
-            proc.terminate()
-            code = proc.wait(timeout=60)
-            if code != 0:
-                sys.exit(f"the server exited with {code} after SIGTERM")
+        stop(proc)
+    if not args.url:
+        check_api_key(args)
+    print("openai client check: ok")
+
+
+def start(args, extra):
+    """Starts `ember serve` on a free port; returns the process and its URL."""
+    cmd = [args.ember, "serve", "--port", "0", "--parallel", "2", "--ctx", "512"] + extra
+    if args.model:
+        cmd += ["--model", args.model]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    url = None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        m = re.search(r"on (http://[0-9.:]+)", line)
+        if m:
+            url = m.group(1)
+            break
+    if not url:
+        sys.exit("the server did not start")
+    threading.Thread(target=lambda: [sys.stderr.write(l) for l in proc.stderr], daemon=True).start()
+    return proc, url
+
+
+def stop(proc):
+    """SIGTERM; the server must exit 0."""
+    if proc:
+        proc.terminate()
+        code = proc.wait(timeout=60)
+        if code != 0:
+            sys.exit(f"the server exited with {code} after SIGTERM")
+
+
+def check_logprobs(client, model):
+    """Log-probabilities through the client's own types: chat (whole and
+    streamed) and completions, each consistent with itself and the other."""
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    text = chat.choices[0].message.content
+    assert content, "chat logprobs are present"
+    for e in content:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3, e
+        tops = [t.logprob for t in e.top_logprobs]
+        assert tops == sorted(tops, reverse=True), tops
+        # Greedy: the chosen token is the most likely one.
+        assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == e.logprob, e
+        assert bytes(e.bytes).decode("utf-8", "replace") == e.token, e
+        assert sum(math.exp(t) for t in tops) <= 1 + 1e-5, tops
+    assert b"".join(bytes(e.bytes) for e in content).decode() == text, (content, text)
+    print(f"chat logprobs: {[(e.token, round(e.logprob, 3)) for e in content]}")
+
+    streamed = []
+    for chunk in client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0,
+                                                logprobs=True, top_logprobs=3, stream=True):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed.extend(chunk.choices[0].logprobs.content)
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content], streamed
+
+    comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6,
+                                     temperature=0, logprobs=2)
+    lp = comp.choices[0].logprobs
+    n = comp.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n, lp
+    for tok, p, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert p <= 0 and top[tok] == p and len(top) <= 3, (tok, p, top)
+        assert max(top.values()) == p, (tok, p, top)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), lp.text_offset
+    print(f"completion logprobs: {list(zip(lp.tokens, [round(p, 3) for p in lp.token_logprobs]))}")
+
+
+def check_metrics(url, key, route):
+    """/metrics parses with prometheus_client's own parser (when installed),
+    and counts at least one answer (200) on `route`."""
+    if text_string_to_metric_families is None:
+        print("metrics: prometheus_client is not installed; skipped its parser")
+        return
+    req = urllib.request.Request(url + "/metrics")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        text = r.read().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, ty in [("ember_requests", "counter"), ("ember_prompt_tokens", "counter"),
+                     ("ember_generated_tokens", "counter"), ("ember_time_to_first_token_seconds", "histogram"),
+                     ("ember_time_per_output_token_seconds", "histogram"), ("ember_queue_depth", "gauge"),
+                     ("ember_slots_busy", "gauge")]:
+        assert name in fams and fams[name].type == ty, (name, fams.get(name))
+    served = sum(s.value for s in fams["ember_requests"].samples
+                 if s.labels.get("route") == route and s.labels.get("code") == "200")
+    generated = [s.value for s in fams["ember_generated_tokens"].samples if s.name == "ember_generated_tokens_total"]
+    assert served >= 1 and generated and generated[0] > 0, (route, served, generated)
+    print(f"metrics: {len(fams)} families parse with prometheus_client; {int(generated[0])} tokens generated")
+
+
+def check_api_key(args):
+    """A server with a key: the client with a wrong key gets AuthenticationError."""
+    key = "sk-ember-check"
+    proc, url = start(args, ["--api-key", key])
+    try:
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+        try:
+            bad.models.list()
+            raise AssertionError("a wrong key was accepted")
+        except openai.AuthenticationError as e:
+            print(f"wrong key: {e.status_code} {e.body}")
+        good = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=300)
+        model = good.models.list().data[0].id
+        r = good.completions.create(model=model, prompt="Hello", max_tokens=2)
+        assert r.choices[0].text is not None
+        with urllib.request.urlopen(url + "/health", timeout=60) as h:
+            assert h.status == 200
+        check_metrics(url, key, "/v1/completions")
+        print("api key: a wrong key gets AuthenticationError, the right one is served, /health is open")
+    finally:
+        stop(proc)
 
 
 if __name__ == "__main__":

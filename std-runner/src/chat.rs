@@ -219,7 +219,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
             n_reply,
             tok.end_of_generation(),
             false,
-            &mut |id| {
+            &mut |id, _| {
                 if tok.is_eog(id) {
                     return true;
                 }

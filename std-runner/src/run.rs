@@ -49,7 +49,9 @@ pub struct RunArgs {
     /// until the prompt and reply fill the context (--ctx)].
     #[arg(short = 'n', long = "n-predict", value_name = "N")]
     pub n: Option<usize>,
-    /// Report the K largest logits after the last prompt token.
+    /// Report the K largest logits after the last prompt token; with --json
+    /// also their log-probabilities, and for every generated token its
+    /// log-probability and the K most likely tokens at its step.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub top_logits: usize,
     /// With --top-logits: report them after every prompt token (teacher forcing).
@@ -270,6 +272,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
             "prefill_tok_s": out.prefill_tok_s,
             "decode_tok_s": out.decode_tok_s,
             "top_logits": pairs(&out.top_logits),
+            "top_logprobs": pairs(&out.top_logprobs),
             "kernels": kernels.name,
             "threads": threads,
             "seed": sampling.seed,
@@ -278,6 +281,17 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         });
         if let Some(all) = &out.top_logits_all {
             j["top_logits_all"] = all.iter().map(|v| pairs(v)).collect::<Vec<_>>().into();
+        }
+        if let Some(all) = &out.top_logprobs_all {
+            j["top_logprobs_all"] = all.iter().map(|v| pairs(v)).collect::<Vec<_>>().into();
+        }
+        if opt.top_logits > 0 {
+            j["logprobs"] = out
+                .logprobs
+                .iter()
+                .map(|t| json!({"id": t.id, "logprob": t.logprob, "top_logprobs": pairs(&t.top)}))
+                .collect::<Vec<_>>()
+                .into();
         }
         println!("{j}");
     }
@@ -419,6 +433,13 @@ pub struct RunOutput {
     pub top_logits: Vec<(u32, f32)>,
     /// Top K after every prompt token (with `logits_all`).
     pub top_logits_all: Option<Vec<Vec<(u32, f32)>>>,
+    /// `top_logits` as log-probabilities ([`top_logprobs`]).
+    pub top_logprobs: Vec<(u32, f32)>,
+    /// `top_logits_all` as log-probabilities.
+    pub top_logprobs_all: Option<Vec<Vec<(u32, f32)>>>,
+    /// With `top_logits` K >= 1: each generated token's log-probability and
+    /// the K most likely tokens at its step.
+    pub logprobs: Vec<TokenLogprobs>,
     /// Bytes of the session arena (KV cache and scratch).
     pub arena_bytes: usize,
     /// Decode speed over each run of 500 generated tokens.
@@ -455,6 +476,69 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     top
 }
 
+/// `ln Σ exp(l)` over the logits, with the largest subtracted first and the
+/// sum in f64, in index order (so one set of logits gives one value). NaN
+/// logits are left out.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if !max.is_finite() {
+        return max as f64;
+    }
+    let m = max as f64;
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| (v as f64 - m).exp())
+        .sum();
+    m + sum.ln()
+}
+
+/// A log-probability from a logit and its step's [`log_sum_exp`].
+fn logprob(logit: f32, lse: f64) -> f32 {
+    (logit as f64 - lse) as f32
+}
+
+/// The `k` most likely tokens with their log-probabilities: log-softmax of
+/// the raw logits, before any sampling transform (temperature, penalties,
+/// truncation); the order and ties of [`top_k`].
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let lse = log_sum_exp(logits);
+    top_k(logits, k)
+        .into_iter()
+        .map(|(i, l)| (i, logprob(l, lse)))
+        .collect()
+}
+
+/// One generated token's log-probability and the `k` most likely tokens at
+/// its step (what `ember run --top-logits K --json` reports as `logprobs`,
+/// and `ember serve` as `logprobs` / `top_logprobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// [`TokenLogprobs`] of token `id` drawn from `logits`.
+pub fn token_logprobs(logits: &[f32], id: u32, k: usize) -> TokenLogprobs {
+    let lse = log_sum_exp(logits);
+    let l = logits.get(id as usize).copied().unwrap_or(f32::NAN);
+    TokenLogprobs {
+        id,
+        logprob: logprob(l, lse),
+        top: top_k(logits, k)
+            .into_iter()
+            .map(|(i, l)| (i, logprob(l, lse)))
+            .collect(),
+    }
+}
+
 /// Runs the prompt, then generation; `on_token` sees each new id as it comes
 /// and returns false to stop (a stop string was completed).
 pub fn generate(
@@ -480,20 +564,25 @@ pub fn generate(
     let t0 = Instant::now();
     if opt.logits_all {
         let mut all = Vec::with_capacity(opt.prompt_ids.len());
+        let mut all_lp = Vec::with_capacity(opt.prompt_ids.len());
         s.forward_all(&opt.prompt_ids, &mut |_, l| {
-            all.push(top_k(l, opt.top_logits))
+            all.push(top_k(l, opt.top_logits));
+            all_lp.push(top_logprobs(l, opt.top_logits));
         })?;
         out.top_logits_all = Some(all);
+        out.top_logprobs_all = Some(all_lp);
     } else {
         s.forward(&opt.prompt_ids)?;
     }
     let prefill = t0.elapsed().as_secs_f64();
     out.prefill_tok_s = opt.prompt_ids.len() as f64 / prefill.max(1e-9);
     out.top_logits = top_k(s.logits(), opt.top_logits);
+    out.top_logprobs = top_logprobs(s.logits(), opt.top_logits);
 
     for &id in &opt.prompt_ids {
         sampler.accept(id);
     }
+    let mut logprobs = Vec::new();
     let (ids, decode_tok_s, per_500) = continue_sampling(
         &mut s,
         &mut sampler,
@@ -501,8 +590,14 @@ pub fn generate(
         opt.n_predict,
         &opt.eos,
         opt.ignore_eos,
-        &mut on_token,
+        &mut |id, logits| {
+            if opt.top_logits > 0 {
+                logprobs.push(token_logprobs(logits, id, opt.top_logits));
+            }
+            on_token(id)
+        },
     )?;
+    out.logprobs = logprobs;
     out.ids = ids;
     out.decode_tok_s = decode_tok_s;
     out.decode_tok_s_per_500 = per_500;
@@ -511,7 +606,8 @@ pub fn generate(
 
 /// Generation from the session's current logits: up to `n_predict` ids,
 /// stopping after an id in `eos` (returned but not fed back) unless
-/// `ignore_eos`, or when `on_token` returns false. Returns the ids, the
+/// `ignore_eos`, or when `on_token` (given each id with the logits it was
+/// drawn from) returns false. Returns the ids, the
 /// decode speed in tokens per second, and the speed over each 500 tokens.
 pub fn continue_sampling(
     s: &mut Session,
@@ -520,7 +616,7 @@ pub fn continue_sampling(
     n_predict: usize,
     eos: &[u32],
     ignore_eos: bool,
-    on_token: &mut dyn FnMut(u32) -> bool,
+    on_token: &mut dyn FnMut(u32, &[f32]) -> bool,
 ) -> Result<(Vec<u32>, f64, Vec<f64>)> {
     let t1 = Instant::now();
     let mut ids = Vec::new();
@@ -531,7 +627,7 @@ pub fn continue_sampling(
         let next = sampler.sample(s.logits(), scratch)?;
         sampler.accept(next);
         ids.push(next);
-        let go_on = on_token(next);
+        let go_on = on_token(next, s.logits());
         if !go_on || (!ignore_eos && eos.contains(&next)) || i + 1 == n_predict {
             break;
         }
@@ -562,5 +658,25 @@ mod tests {
         assert_eq!(argmax(&l), 1);
         assert_eq!(top_k(&l, 0), vec![]);
         assert_eq!(top_k(&l, 10).len(), 5);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_of_the_raw_logits() {
+        let l = [1.0f32, 3.0, f32::NAN, 3.0, -1.0, 2.0];
+        let finite = [1.0f64, 3.0, 3.0, -1.0, 2.0];
+        let z: f64 = finite.iter().map(|v| v.exp()).sum();
+        let lse = log_sum_exp(&l);
+        assert!((lse - z.ln()).abs() < 1e-12, "{lse} vs {}", z.ln());
+        let t = token_logprobs(&l, 5, 2);
+        assert_eq!(t.id, 5);
+        assert!((t.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(t.top.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(t.top[0].1, t.top[1].1);
+        assert_eq!(top_logprobs(&l, 2), t.top);
+        assert!(top_logprobs(&l, 0).is_empty());
+        // Probabilities sum to one.
+        let all: f64 = top_logprobs(&l, 6).iter().map(|p| (p.1 as f64).exp()).sum();
+        assert!((all - 1.0).abs() < 1e-6, "{all}");
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 3]), f64::NEG_INFINITY);
     }
 }

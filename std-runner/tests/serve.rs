@@ -1,6 +1,8 @@
 //! `ember serve` as clients use it, on an ephemeral loopback port: the
 //! OpenAI endpoints, concurrent seeded requests equal to the same requests
-//! served alone, the queue limit, cancellation, bad input, and SIGTERM.
+//! served alone, the queue limit, cancellation, bad input, SIGTERM,
+//! log-probabilities against `ember run`, API keys, `/metrics`, `/tokenize`
+//! and `/detokenize`, and the request time limit.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -70,10 +72,22 @@ fn http(
     path: &str,
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    http_with(addr, method, path, &[], body)
+}
+
+/// [`http`] with extra header lines (`"Name: value"`).
+fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    extra: &[&str],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let extra: String = extra.iter().map(|h| format!("{h}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -552,6 +566,87 @@ fn bad_requests_get_400_and_the_server_keeps_serving() {
             413,
             "over 4096 bytes",
         ),
+        (
+            chat,
+            json!({"messages": msgs, "logprobs": true, "top_logprobs": 21})
+                .to_string()
+                .into(),
+            400,
+            "'top_logprobs' must be an integer in [0, 20]",
+        ),
+        (
+            chat,
+            json!({"messages": msgs, "logprobs": true, "top_logprobs": -1})
+                .to_string()
+                .into(),
+            400,
+            "'top_logprobs' must be an integer in [0, 20]",
+        ),
+        (
+            chat,
+            json!({"messages": msgs, "top_logprobs": 2})
+                .to_string()
+                .into(),
+            400,
+            "'top_logprobs' needs 'logprobs': true",
+        ),
+        (
+            chat,
+            json!({"messages": msgs, "logprobs": 3}).to_string().into(),
+            400,
+            "'logprobs' must be true or false",
+        ),
+        (
+            comp,
+            json!({"prompt": "x", "logprobs": 21}).to_string().into(),
+            400,
+            "'logprobs' must be an integer in [0, 20]",
+        ),
+        (
+            comp,
+            json!({"prompt": "x", "logprobs": true}).to_string().into(),
+            400,
+            "'logprobs' must be an integer in [0, 20]",
+        ),
+        (
+            "/tokenize",
+            json!({"content": 5}).to_string().into(),
+            400,
+            "'content' must be a string",
+        ),
+        (
+            "/tokenize",
+            json!({"content": "x", "add_special": "yes"})
+                .to_string()
+                .into(),
+            400,
+            "'add_special' must be true or false",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [1, 99999999]}).to_string().into(),
+            400,
+            "'tokens' holds 99999999, outside the vocabulary",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [-1]}).to_string().into(),
+            400,
+            "'tokens' holds -1, which is not a token id",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": ["a"]}).to_string().into(),
+            400,
+            "not a token id",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": 3}).to_string().into(),
+            400,
+            "'tokens' must be an array",
+        ),
+        ("/detokenize", b"{}".to_vec(), 400, "'tokens' is required"),
         ("/v1/nothing", b"{}".to_vec(), 404, "no such endpoint"),
     ];
     for (path, body, want, needle) in cases {
@@ -566,6 +661,9 @@ fn bad_requests_get_400_and_the_server_keeps_serving() {
         let msg = v["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{path}: '{needle}' not in {v}");
         assert!(v["error"]["type"].is_string());
+        if let Some(p) = needle.strip_prefix('\'').and_then(|n| n.split('\'').next()) {
+            assert_eq!(v["error"]["param"], p, "{path}: the field is named: {v}");
+        }
     }
     // Still serving.
     let (st, r) = post(a, comp, &json!({"prompt": "Hello", "max_tokens": 3}));
@@ -704,4 +802,554 @@ fn chat_template_flag_and_its_errors() {
     assert_eq!(st, 200);
     drop(s);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `ember run --json` over `args` (with the test model).
+fn ember_run(args: &[&str]) -> Value {
+    let m = model();
+    let mut all = vec!["run", "--model", &m];
+    all.extend_from_slice(args);
+    let o = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(&all)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A JSON number as the f32 it was written from.
+fn f32_of(v: &Value) -> f32 {
+    v.as_f64().unwrap_or_else(|| panic!("a number, got {v}")) as f32
+}
+
+/// The text of one token, from `/detokenize`.
+fn piece(addr: &str, id: u64) -> String {
+    let (st, r) = post(addr, "/detokenize", &json!({ "tokens": [id] }));
+    assert_eq!(st, 200, "{r}");
+    r["content"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn logprobs_equal_ember_run_top_logits() {
+    let s = Server::start(&["--parallel", "2", "--ctx", "512"]);
+    let a = &s.addr;
+    let ids = [1u32, 504, 3458, 282, 2994, 314, 3067, 30, 378, 3458, 282];
+    let ids_arg: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let ids_arg = ids_arg.join(",");
+    let run = ember_run(&[
+        "--prompt-ids",
+        &ids_arg,
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-b",
+        "64",
+        "--top-logits",
+        "5",
+        "--json",
+    ]);
+    let run_lp = run["logprobs"].as_array().unwrap();
+    assert_eq!(run_lp.len(), 8);
+    // run's own report: the top log-probabilities after the prompt are the
+    // top logits less one constant, and the first token's alternatives.
+    let (tl, tlp) = (
+        run["top_logits"].as_array().unwrap(),
+        run["top_logprobs"].as_array().unwrap(),
+    );
+    assert_eq!(tl.len(), 5);
+    for (l, p) in tl.iter().zip(tlp) {
+        assert_eq!(l[0], p[0]);
+        let shift = f32_of(&l[1]) - f32_of(&p[1]);
+        let first = f32_of(&tl[0][1]) - f32_of(&tlp[0][1]);
+        assert!((shift - first).abs() < 1e-4, "{l} {p}");
+    }
+    assert_eq!(run_lp[0]["top_logprobs"], run["top_logprobs"]);
+
+    // Completions (the legacy shape), whole and streamed.
+    let req = json!({"prompt": ids, "max_tokens": 8, "temperature": 0, "ignore_eos": true, "logprobs": 5});
+    let (st, r) = post(a, "/v1/completions", &req);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], run["text"]);
+    let lp = &r["choices"][0]["logprobs"];
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    let mut offset = 0;
+    for (i, want) in run_lp.iter().enumerate() {
+        assert_eq!(
+            f32_of(&lp["token_logprobs"][i]),
+            f32_of(&want["logprob"]),
+            "token {i}"
+        );
+        let chosen = piece(a, want["id"].as_u64().unwrap());
+        assert_eq!(lp["tokens"][i], chosen.as_str(), "token {i}");
+        // Up to logprobs + 1 alternatives: the top 5 and the chosen token.
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(top.len() <= 6, "{top:?}");
+        for alt in want["top_logprobs"].as_array().unwrap() {
+            let p = piece(a, alt[0].as_u64().unwrap());
+            assert_eq!(f32_of(&top[&p]), f32_of(&alt[1]), "token {i}, {p:?}");
+        }
+        assert_eq!(f32_of(&top[&chosen]), f32_of(&want["logprob"]));
+        assert_eq!(lp["text_offset"][i], offset, "token {i}");
+        offset += chosen.chars().count();
+    }
+    assert_eq!(offset, text.chars().count());
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let (st, chunks, done) = post_stream(a, "/v1/completions", &sreq);
+    assert_eq!(st, 200);
+    assert!(done);
+    let mut streamed =
+        json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
+    for c in &chunks {
+        let l = &c["choices"][0]["logprobs"];
+        if l.is_null() {
+            continue;
+        }
+        for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            let more = l[k].as_array().unwrap().clone();
+            streamed[k].as_array_mut().unwrap().extend(more);
+        }
+    }
+    assert_eq!(&streamed, lp);
+
+    // Chat (OpenAI's shape), greedy until the model ends its turn, against
+    // `ember run --chat` on the same message.
+    let q = "What is the capital of France?";
+    let run = ember_run(&[
+        "--chat",
+        q,
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "-b",
+        "64",
+        "--top-logits",
+        "3",
+        "--json",
+    ]);
+    let run_lp = run["logprobs"].as_array().unwrap();
+    let req = json!({"messages": [{"role": "user", "content": q}], "max_tokens": 12,
+                     "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let (st, r) = post(a, "/v1/chat/completions", &req);
+    assert_eq!(st, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, run["text"].as_str().unwrap());
+    let entries = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    // Every generated token but an end-of-generation token that ends the turn.
+    let eog = r["choices"][0]["finish_reason"] == "stop";
+    assert_eq!(entries.len() + usize::from(eog), run_lp.len());
+    let mut bytes = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let want = &run_lp[i];
+        assert_eq!(f32_of(&e["logprob"]), f32_of(&want["logprob"]), "token {i}");
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        for (t, w) in top.iter().zip(want["top_logprobs"].as_array().unwrap()) {
+            assert_eq!(f32_of(&t["logprob"]), f32_of(&w[1]), "token {i}");
+            assert_eq!(t["token"], piece(a, w[0].as_u64().unwrap()).as_str());
+        }
+        // Sorted, most likely first; greedy picks the first.
+        assert!(top
+            .windows(2)
+            .all(|w| f32_of(&w[0]["logprob"]) >= f32_of(&w[1]["logprob"])));
+        assert_eq!(top[0]["token"], e["token"]);
+        assert_eq!(top[0]["logprob"], e["logprob"]);
+        assert!(f32_of(&e["logprob"]) <= 0.0);
+        let b: Vec<u8> = e["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&b), e["token"].as_str().unwrap());
+        bytes.extend(b);
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), content);
+    // Streamed: the same entries, spread over the chunks.
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let (st, chunks, done) = post_stream(a, "/v1/chat/completions", &sreq);
+    assert_eq!(st, 200);
+    assert!(done);
+    let streamed: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(&streamed, entries);
+    // Without `logprobs` there are none.
+    let (st, r) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": q}], "max_tokens": 2}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert!(r["choices"][0]["logprobs"].is_null(), "{r}");
+}
+
+#[test]
+fn api_keys_guard_every_route_but_health() {
+    let dir = std::env::temp_dir().join(format!("ember-serve-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(&file, "\nsecond-key\n  third-key  \n\n").unwrap();
+    let s = Server::start(&[
+        "--ctx",
+        "64",
+        "--api-key",
+        "first-key",
+        "--api-key-file",
+        file.to_str().unwrap(),
+    ]);
+    let a = &s.addr;
+    let body = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+    let routes: [(&str, &str, &[u8]); 6] = [
+        ("GET", "/v1/models", b""),
+        ("GET", "/metrics", b""),
+        ("POST", "/v1/completions", body.as_bytes()),
+        ("POST", "/tokenize", br#"{"content": "Hi"}"#),
+        ("POST", "/detokenize", br#"{"tokens": [1]}"#),
+        ("POST", "/v1/nothing", b"{}"),
+    ];
+    for (method, path, b) in routes {
+        for hdr in [
+            None,
+            Some("Authorization: Bearer wrong-key"),
+            Some("Authorization: Bearer first-ke"),
+            Some("Authorization: Bearer first-keyy"),
+            Some("Authorization: Basic first-key"),
+        ] {
+            let h: Vec<&str> = hdr.into_iter().collect();
+            let (st, headers, body) = http_with(a, method, path, &h, b);
+            assert_eq!(st, 401, "{method} {path} with {hdr:?}");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+            assert!(
+                headers
+                    .iter()
+                    .any(|(k, v)| k == "www-authenticate" && v == "Bearer"),
+                "{headers:?}"
+            );
+        }
+        for key in ["first-key", "second-key", "third-key"] {
+            let h = format!("Authorization: Bearer {key}");
+            let (st, _, body) = http_with(a, method, path, &[&h], b);
+            let want = if path == "/v1/nothing" { 404 } else { 200 };
+            assert_eq!(
+                st,
+                want,
+                "{method} {path} with {key}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    // Load balancers probe /health without a key.
+    assert_eq!(health(a)["status"], "ok");
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One sample of the Prometheus text format: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// One sample line of the Prometheus text format.
+fn sample(line: &str) -> Sample {
+    let (head, value) = line.rsplit_once(' ').expect("name and value");
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("a number in {line:?}")),
+    };
+    let (name, labels) = match head.split_once('{') {
+        None => (head.to_string(), Vec::new()),
+        Some((n, rest)) => {
+            let rest = rest.strip_suffix('}').expect("labels end with }");
+            let labels = rest
+                .split(',')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("label=value");
+                    let v = v
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .expect("a quoted label value");
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            (n.to_string(), labels)
+        }
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    assert!(
+        !name.is_empty() && name.chars().all(ok) && !name.starts_with(|c: char| c.is_ascii_digit()),
+        "a metric name: {line:?}"
+    );
+    (name, labels, value)
+}
+
+/// `/metrics`, parsed: every sample, and each family's declared type.
+fn scrape(addr: &str) -> (Vec<Sample>, Vec<(String, String)>) {
+    let (st, h, body) = http(addr, "GET", "/metrics", b"");
+    assert_eq!(st, 200);
+    assert!(
+        h.iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4")),
+        "{h:?}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    let mut types: Vec<(String, String)> = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = t.split_once(' ').unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&ty), "{line:?}");
+            types.push((name.to_string(), ty.to_string()));
+        } else if line.starts_with("# HELP ") {
+            continue;
+        } else {
+            assert!(!line.starts_with('#'), "{line:?}");
+            let s = sample(line);
+            // Each sample belongs to the family declared last.
+            let (family, ty) = types.last().expect("# TYPE before the samples");
+            let base = match ty.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|x| s.0.strip_suffix(x))
+                    .unwrap_or(&s.0),
+                _ => &s.0,
+            };
+            assert_eq!(base, family, "{line:?}");
+            samples.push(s);
+        }
+    }
+    (samples, types)
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|s| s.2)
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_the_requests_sent() {
+    let s = Server::start(&["--parallel", "2", "--ctx", "256"]);
+    let a = &s.addr;
+    health(a);
+    health(a);
+    let (st, r1) = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": true}),
+    );
+    assert_eq!(st, 200, "{r1}");
+    let (st, chunks, done) = post_stream(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert!(st == 200 && done);
+    let u2 = &chunks.last().unwrap()["usage"];
+    let (st, _) = post(a, "/v1/completions", &json!({"prompt": 7}));
+    assert_eq!(st, 400);
+    let (st, _, _) = http(a, "GET", "/nowhere", b"");
+    assert_eq!(st, 404);
+    let (st, _) = post(a, "/tokenize", &json!({"content": "Hi"}));
+    assert_eq!(st, 200);
+    wait_for(a, "slots_busy", 0);
+
+    let (m, types) = scrape(a);
+    let ty = |n: &str| types.iter().find(|t| t.0 == n).map(|t| t.1.as_str());
+    assert_eq!(ty("ember_requests_total"), Some("counter"));
+    assert_eq!(ty("ember_prompt_tokens_total"), Some("counter"));
+    assert_eq!(ty("ember_generated_tokens_total"), Some("counter"));
+    assert_eq!(ty("ember_time_to_first_token_seconds"), Some("histogram"));
+    assert_eq!(ty("ember_time_per_output_token_seconds"), Some("histogram"));
+    assert_eq!(ty("ember_queue_depth"), Some("gauge"));
+    assert_eq!(ty("ember_slots_busy"), Some("gauge"));
+    let req = |route: &str, code: &str| {
+        value(
+            &m,
+            "ember_requests_total",
+            &[("route", route), ("code", code)],
+        )
+    };
+    // Two /health calls here, and at least one from wait_for.
+    assert!(req("/health", "200") >= 3.0);
+    assert_eq!(req("/v1/completions", "200"), 1.0);
+    assert_eq!(req("/v1/chat/completions", "200"), 1.0);
+    assert_eq!(req("/v1/completions", "400"), 1.0);
+    assert_eq!(req("other", "404"), 1.0);
+    assert_eq!(req("/tokenize", "200"), 1.0);
+    // This scrape is counted once it is answered.
+    assert_eq!(req("/metrics", "200"), 0.0);
+    let n = |v: &Value| v.as_u64().unwrap() as f64;
+    let u1 = &r1["usage"];
+    assert_eq!(
+        value(&m, "ember_prompt_tokens_total", &[]),
+        n(&u1["prompt_tokens"]) + n(&u2["prompt_tokens"])
+    );
+    let generated = n(&u1["completion_tokens"]) + n(&u2["completion_tokens"]);
+    assert_eq!(generated, 9.0);
+    assert_eq!(value(&m, "ember_generated_tokens_total", &[]), generated);
+    // Two first tokens; every later token is one latency.
+    let h = "ember_time_to_first_token_seconds";
+    assert_eq!(value(&m, &format!("{h}_count"), &[]), 2.0);
+    assert_eq!(value(&m, &format!("{h}_bucket"), &[("le", "+Inf")]), 2.0);
+    let h = "ember_time_per_output_token_seconds";
+    assert_eq!(value(&m, &format!("{h}_count"), &[]), generated - 2.0);
+    assert!(value(&m, &format!("{h}_sum"), &[]) > 0.0);
+    // Buckets are cumulative: they never fall, and the last is the count.
+    for h in [
+        "ember_time_to_first_token_seconds",
+        "ember_time_per_output_token_seconds",
+    ] {
+        let buckets: Vec<f64> = m
+            .iter()
+            .filter(|s| s.0 == format!("{h}_bucket"))
+            .map(|s| s.2)
+            .collect();
+        assert!(buckets.len() > 2);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{h}: {buckets:?}");
+        assert_eq!(
+            buckets.last().copied(),
+            Some(value(&m, &format!("{h}_count"), &[]))
+        );
+    }
+    assert_eq!(value(&m, "ember_queue_depth", &[]), 0.0);
+    assert_eq!(value(&m, "ember_slots_busy", &[]), 0.0);
+    assert_eq!(value(&m, "ember_slots", &[]), 2.0);
+    let (m, _) = scrape(a);
+    assert_eq!(
+        value(
+            &m,
+            "ember_requests_total",
+            &[("route", "/metrics"), ("code", "200")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn tokenize_and_detokenize_round_trip() {
+    let s = Server::start(&["--ctx", "64"]);
+    let a = &s.addr;
+    let text = "Hello, world! Ça va? 東京 <|im_start|>";
+    let (st, r) = post(a, "/tokenize", &json!({ "content": text }));
+    assert_eq!(st, 200, "{r}");
+    let ids: Vec<u64> = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(ids.len() > 5, "{r}");
+    // Control tokens written in the text are recognised by default, as
+    // llama.cpp's server does; `parse_special: false` spells them out.
+    let (_, plain) = post(
+        a,
+        "/tokenize",
+        &json!({"content": text, "parse_special": false}),
+    );
+    assert!(
+        plain["tokens"].as_array().unwrap().len() > ids.len(),
+        "{plain}"
+    );
+    let (st, r) = post(a, "/detokenize", &json!({ "tokens": ids }));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["content"], text);
+    // The same ids as `ember tokenize --special --no-bos`.
+    let o = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "tokenize",
+            text,
+            "--model",
+            &model(),
+            "--special",
+            "--no-bos",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(cli["ids"], json!(ids));
+    // With pieces: each id with its text, which put together give the text.
+    let (st, r) = post(
+        a,
+        "/tokenize",
+        &json!({"content": "Hello, world!", "with_pieces": true}),
+    );
+    assert_eq!(st, 200, "{r}");
+    let joined: String = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert!(t["id"].is_u64(), "{t}");
+            t["piece"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(joined, "Hello, world!");
+    // Empty in, empty out.
+    let (st, r) = post(a, "/tokenize", &json!({"content": ""}));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["tokens"], json!([]));
+    let (st, r) = post(a, "/detokenize", &json!({"tokens": []}));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["content"], "");
+}
+
+#[test]
+fn a_request_past_the_timeout_ends_and_frees_its_slot() {
+    let s = Server::start(&[
+        "--parallel",
+        "1",
+        "--ctx",
+        "8192",
+        "--max-tokens",
+        "8000",
+        "--timeout",
+        "1",
+    ]);
+    let a = &s.addr;
+    // 8000 tokens take far longer than a second: the answer is a 504.
+    let long = json!({"prompt": "Tell me everything.", "max_tokens": 8000, "ignore_eos": true});
+    let (st, r) = post(a, "/v1/completions", &long);
+    assert_eq!(st, 504, "{r}");
+    assert_eq!(r["error"]["code"], "timeout", "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--timeout"));
+    wait_for(a, "slots_busy", 0);
+    // Streamed: the stream ends with an error event, then [DONE].
+    let mut sl = long.clone();
+    sl["stream"] = json!(true);
+    let (st, chunks, done) = post_stream(a, "/v1/completions", &sl);
+    assert_eq!(st, 200);
+    assert!(done);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["error"]["code"], "timeout", "{last}");
+    wait_for(a, "slots_busy", 0);
+    wait_for(a, "queued", 0);
+    // The only slot serves the next request.
+    let (st, r) = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 1}),
+    );
+    assert_eq!(st, 200, "{r}");
 }

@@ -8,7 +8,9 @@ use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{EncodeOptions, StreamDecoder, TokenType, Tokenizer, TokenizerModel};
-use ember_runner::serve::{parse_request, Prompt};
+use ember_runner::serve::{
+    parse_detokenize, parse_request, parse_tokenize, Prompt, MAX_TOP_LOGPROBS,
+};
 
 /// Arenas above this are not allocated (a hostile file may ask for more).
 const MAX_ARENA_BYTES: usize = 64 << 20;
@@ -166,9 +168,17 @@ pub fn sampler(data: &[u8]) {
     }
 }
 
-/// `ember serve`'s request parsing on arbitrary bodies, for both endpoints:
-/// an error names the problem; an accepted request is within range.
+/// `ember serve`'s request parsing on arbitrary bodies, for both completion
+/// endpoints and for `/tokenize` and `/detokenize`: an error names the
+/// problem; an accepted request is within range.
 pub fn server_request(data: &[u8]) {
+    if let Err((msg, _)) = parse_tokenize(data) {
+        assert!(!msg.is_empty());
+    }
+    match parse_detokenize(data, 1000) {
+        Ok(ids) => assert!(ids.iter().all(|&i| i < 1000)),
+        Err((msg, _)) => assert!(!msg.is_empty()),
+    }
     for chat in [true, false] {
         match parse_request(data, chat, 7) {
             Ok(r) => {
@@ -177,6 +187,7 @@ pub fn server_request(data: &[u8]) {
                     .expect("accepted parameters are valid");
                 assert!(r.max_tokens.is_none_or(|m| m >= 1));
                 assert!(r.stops.len() <= 16);
+                assert!(r.logprobs.is_none_or(|k| k <= MAX_TOP_LOGPROBS));
                 if chat {
                     assert!(!r.messages.is_empty());
                 } else {

@@ -42,6 +42,10 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         r
     }
 }
@@ -68,6 +72,10 @@ pub struct Request {
     /// Keep generating past end-of-generation tokens (llama.cpp's server
     /// field; benchmarks use it).
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many of the
+    /// most likely tokens at its step (chat: `logprobs: true` with
+    /// `top_logprobs`; completions: the integer `logprobs`).
+    pub logprobs: Option<usize>,
 }
 
 /// A completion prompt: text or token ids.
@@ -82,6 +90,9 @@ pub enum Prompt {
 const MAX_STOPS: usize = 16;
 /// Most chat messages a request may give.
 const MAX_MESSAGES: usize = 4096;
+/// Most alternatives `top_logprobs` (chat) or `logprobs` (completions) may
+/// ask for at each step (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// Parses and checks a request body (chat when `chat`, else completion).
 /// Every problem is a message naming the field; unknown fields are ignored,
@@ -308,8 +319,37 @@ pub fn parse_request(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(bad("ignore_eos", "must be true or false")),
     };
+    let range = format!("must be an integer in [0, {MAX_TOP_LOGPROBS}]");
+    let logprobs = if chat {
+        // Chat: `logprobs` switches them on, `top_logprobs` asks for alternatives.
+        let on = match o.get("logprobs") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("logprobs", "must be true or false")),
+        };
+        let top = match int("top_logprobs").map_err(|_| bad("top_logprobs", &range))? {
+            Some(n) if !(0..=MAX_TOP_LOGPROBS as i64).contains(&n) => {
+                return Err(bad("top_logprobs", &range))
+            }
+            Some(_) if !on => return Err(bad("top_logprobs", "needs 'logprobs': true")),
+            Some(n) => n as usize,
+            None => 0,
+        };
+        on.then_some(top)
+    } else {
+        // Completions (the legacy API): `logprobs` is the number of alternatives.
+        match o.get("logprobs") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(k) if k <= MAX_TOP_LOGPROBS as u64 => Some(k as usize),
+                _ => return Err(bad("logprobs", &range)),
+            },
+            Some(_) => return Err(bad("logprobs", &range)),
+        }
+    };
     Ok(Request {
         ignore_eos,
+        logprobs,
         messages,
         prompt,
         max_tokens,
@@ -318,6 +358,80 @@ pub fn parse_request(
         stream,
         include_usage,
     })
+}
+
+/// A `POST /tokenize` body (llama.cpp's server fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizeRequest {
+    pub content: String,
+    /// Add BOS (and EOS) when the vocabulary asks for them (default false).
+    pub add_special: bool,
+    /// Recognise control tokens written in the text (default true).
+    pub parse_special: bool,
+    /// Answer `{"id", "piece"}` objects instead of bare ids (default false).
+    pub with_pieces: bool,
+}
+
+/// Parses a `POST /tokenize` body.
+pub fn parse_tokenize(
+    body: &[u8],
+) -> std::result::Result<TokenizeRequest, (String, Option<&'static str>)> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| (format!("the body is not valid JSON: {e}"), None))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| ("the body must be a JSON object".to_string(), None))?;
+    let content = match o.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => return Err(("'content' is required".into(), Some("content"))),
+        Some(_) => return Err(("'content' must be a string".into(), Some("content"))),
+    };
+    let flag = |p: &'static str, default: bool| match o.get(p) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err((format!("'{p}' must be true or false"), Some(p))),
+    };
+    Ok(TokenizeRequest {
+        content,
+        add_special: flag("add_special", false)?,
+        parse_special: flag("parse_special", true)?,
+        with_pieces: flag("with_pieces", false)?,
+    })
+}
+
+/// Parses a `POST /detokenize` body: token ids, each below `vocab`.
+pub fn parse_detokenize(
+    body: &[u8],
+    vocab: u32,
+) -> std::result::Result<Vec<u32>, (String, Option<&'static str>)> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| (format!("the body is not valid JSON: {e}"), None))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| ("the body must be a JSON object".to_string(), None))?;
+    let list = match o.get("tokens") {
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => return Err(("'tokens' is required".into(), Some("tokens"))),
+        Some(_) => {
+            return Err((
+                "'tokens' must be an array of token ids".into(),
+                Some("tokens"),
+            ))
+        }
+    };
+    list.iter()
+        .map(|x| match x.as_u64() {
+            Some(id) if id < vocab as u64 => Ok(id as u32),
+            Some(id) => Err((
+                format!("'tokens' holds {id}, outside the vocabulary of {vocab}"),
+                Some("tokens"),
+            )),
+            None => Err((
+                format!("'tokens' holds {x}, which is not a token id"),
+                Some("tokens"),
+            )),
+        })
+        .collect()
 }
 
 pub(super) fn busy(msg: &str) -> ApiError {
@@ -340,6 +454,33 @@ pub(super) struct Meta {
 
 pub(super) fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// 401: no key, or not one of the server's.
+pub(super) fn unauthorized(msg: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: msg.into(),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("invalid_api_key"),
+    }
+}
+
+/// The message of a request that ran past `--timeout`.
+pub(super) fn timeout_message(secs: u64) -> String {
+    format!("the request ran past this server's time limit of {secs} s (--timeout)")
+}
+
+/// 504: the request ran past `--timeout`; its slot is freed.
+pub(super) fn timed_out(secs: u64) -> ApiError {
+    ApiError {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        message: timeout_message(secs),
+        kind: "server_error",
+        param: None,
+        code: Some("timeout"),
+    }
 }
 
 pub(super) fn engine_failed(msg: String) -> ApiError {

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ember_core::kernels::Kernels;
@@ -24,13 +24,18 @@ use ember_core::model::{Batch, Llama, MemoryPlan, Seq};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 
+use super::metrics::Metrics;
+use crate::run::{token_logprobs, TokenLogprobs};
 use crate::text::StopText;
 
 /// What the engine tells a request's handler.
 #[derive(Debug)]
 pub(super) enum Ev {
-    /// Text to append (already cut at stop strings).
-    Text(String),
+    /// Text to append (already cut at stop strings), and the log-probabilities
+    /// of the token generated at this step when the request asked for them.
+    /// The text may be empty (held back at a stop string's start or inside a
+    /// character) while the token is there.
+    Text(String, Option<TokenLogprobs>),
     /// The end: why, and the token counts.
     Done {
         finish: &'static str,
@@ -48,6 +53,10 @@ pub(super) struct Job {
     pub(super) max_tokens: usize,
     pub(super) stops: Vec<String>,
     pub(super) ignore_eos: bool,
+    /// Report each token's log-probability and this many alternatives.
+    pub(super) logprobs: Option<usize>,
+    /// When the request came in (for the time to first token).
+    pub(super) arrived: Instant,
     pub(super) tx: tokio::sync::mpsc::UnboundedSender<Ev>,
 }
 
@@ -63,6 +72,7 @@ pub(super) struct EngineConfig {
     pub(super) busy: Arc<AtomicUsize>,
     /// Set when the server has stopped accepting: leave once idle.
     pub(super) stop: Arc<AtomicBool>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// A request in a slot.
@@ -75,6 +85,8 @@ struct Slot {
     next: u32,
     dec: StreamDecoder,
     stops: StopText,
+    /// When its last token was generated.
+    last: Instant,
 }
 
 /// The engine: admits queued requests into free slots and advances every
@@ -87,7 +99,7 @@ pub(super) fn engine_main(
     ready: Sender<std::result::Result<(), String>>,
 ) -> Result<()> {
     let plan = cfg.plan;
-    let (waiting, busy, stop) = (&cfg.waiting, &cfg.busy, &cfg.stop);
+    let (waiting, busy, stop, metrics) = (&cfg.waiting, &cfg.busy, &cfg.stop, &cfg.metrics);
     let c = &model.config;
     // Set-up errors go to the starting thread, which reports them.
     let started = (|| -> Result<_> {
@@ -160,6 +172,7 @@ pub(super) fn engine_main(
                 next: 0,
                 dec: StreamDecoder::new(tok, false, false),
                 stops: StopText::new(&job.stops),
+                last: job.arrived,
                 job,
             };
             for &id in &slot.job.prompt {
@@ -245,6 +258,9 @@ pub(super) fn engine_main(
             let s = &mut active[i];
             if s.fed < s.job.prompt.len() {
                 s.fed += b - a;
+                metrics
+                    .prompt_tokens
+                    .fetch_add((b - a) as u64, Ordering::Relaxed);
                 if s.fed < s.job.prompt.len() {
                     continue;
                 }
@@ -258,10 +274,22 @@ pub(super) fn engine_main(
                     continue;
                 }
             };
+            // Log-probabilities from the raw logits, before any sampling
+            // transform, as `ember run --top-logits` reports them.
+            let mut lp = s.job.logprobs.map(|k| token_logprobs(logits, id, k));
             s.sampler.accept(id);
             s.generated += 1;
+            let now = Instant::now();
+            metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            if s.generated == 1 {
+                metrics.ttft.observe(now - s.job.arrived);
+            } else {
+                metrics.token_latency.observe(now - s.last);
+            }
+            s.last = now;
             let mut finish = None;
             if tok.is_eog(id) && !s.job.ignore_eos {
+                // The end-of-generation token is not part of the reply.
                 finish = Some("stop");
             } else {
                 let mut out = String::new();
@@ -270,8 +298,8 @@ pub(super) fn engine_main(
                 if s.stops.stopped() {
                     finish = Some("stop");
                 }
-                if !out.is_empty() {
-                    let _ = s.job.tx.send(Ev::Text(out));
+                if !out.is_empty() || lp.is_some() {
+                    let _ = s.job.tx.send(Ev::Text(out, lp.take()));
                 }
             }
             let full = caches[s.cache].pos() + 1 > caches[s.cache].capacity();
@@ -286,7 +314,7 @@ pub(super) fn engine_main(
                         s.dec.finish(&mut |t| out.push_str(&stops.push(t)));
                         out.push_str(&s.stops.finish());
                         if !out.is_empty() {
-                            let _ = s.job.tx.send(Ev::Text(out));
+                            let _ = s.job.tx.send(Ev::Text(out, None));
                         }
                     }
                     let _ = s.job.tx.send(Ev::Done {

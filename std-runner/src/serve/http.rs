@@ -1,26 +1,32 @@
-//! The HTTP side of `ember serve`: axum routes, the request handler that
-//! checks, tokenizes and queues a request for the engine, and the answer,
-//! whole or as server-sent events.
+//! The HTTP side of `ember serve`: axum routes, access control and request
+//! counting around them, the request handler that checks, tokenizes and
+//! queues a request for the engine, and the answer, whole or as server-sent
+//! events; `/tokenize`, `/detokenize` and `/metrics`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use ember_core::tokenizer::Tokenizer;
-use serde_json::{json, Value};
+use ember_core::tokenizer::{EncodeOptions, Tokenizer};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::api::{
-    busy, engine_failed, parse_request, usage, ApiError, ApiResult, Kind, Meta, Prompt,
+    busy, engine_failed, parse_detokenize, parse_request, parse_tokenize, timed_out,
+    timeout_message, unauthorized, usage, ApiError, ApiResult, Kind, Meta, Prompt,
 };
 use super::engine::{Ev, Job};
+use super::metrics::{route_label, Gauges, Metrics};
+use crate::run::TokenLogprobs;
 use crate::template::{ChatTemplate, RenderError};
 
 /// State the handlers share.
@@ -40,16 +46,76 @@ pub(super) struct Shared {
     pub(super) slots: usize,
     pub(super) accepting: AtomicBool,
     pub(super) next_id: AtomicU64,
+    /// API keys; empty: no access control.
+    pub(super) keys: Vec<Vec<u8>>,
+    /// How long a request may run, from arrival to its last token.
+    pub(super) timeout: Option<Duration>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(not_found)
+        // Outermost last: every answer is counted, 401s included.
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(middleware::from_fn_with_state(shared.clone(), count))
         .with_state(shared)
+}
+
+/// Counts each answer by route and status code.
+async fn count(State(sh): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Response {
+    let route = route_label(req.uri().path());
+    let r = next.run(req).await;
+    sh.metrics.request(route, r.status().as_u16());
+    r
+}
+
+/// With keys configured, every route but `/health` needs
+/// `Authorization: Bearer KEY`.
+async fn authorize(State(sh): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Response {
+    if sh.keys.is_empty() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|h| {
+            let (scheme, rest) = h.split_at(h.iter().position(|&b| b == b' ')?);
+            scheme
+                .eq_ignore_ascii_case(b"bearer")
+                .then(|| rest.trim_ascii())
+        });
+    match given {
+        None => unauthorized(
+            "this server needs an API key: send the header 'Authorization: Bearer KEY'",
+        )
+        .into_response(),
+        Some(k) if key_matches(&sh.keys, k) => next.run(req).await,
+        Some(_) => unauthorized("the API key is not one of this server's").into_response(),
+    }
+}
+
+/// Whether `given` equals one of `keys`, in time that depends only on the
+/// lengths: every key is compared, every byte of each, with no early exit.
+pub(super) fn key_matches(keys: &[Vec<u8>], given: &[u8]) -> bool {
+    let mut found = 0u8;
+    for k in keys {
+        let n = k.len().max(given.len());
+        let mut diff = u8::from(k.len() != given.len());
+        for i in 0..n {
+            diff |= k.get(i).copied().unwrap_or(0) ^ given.get(i).copied().unwrap_or(0);
+        }
+        found |= u8::from(std::hint::black_box(diff) == 0);
+    }
+    found == 1
 }
 
 async fn health(State(sh): State<Arc<Shared>>) -> Response {
@@ -71,11 +137,91 @@ async fn models(State(sh): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
+async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    let text = sh.metrics.render(&Gauges {
+        queued: sh.waiting.load(Ordering::SeqCst),
+        busy: sh.busy.load(Ordering::SeqCst),
+        slots: sh.slots,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn body_bytes(sh: &Shared, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, sh.max_body)
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the request body is over {} bytes", sh.max_body),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        })
+}
+
+/// The bytes of token `id` (control tokens as their text).
+fn piece_bytes(tok: &Tokenizer, id: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    let _ = tok.piece(id, true, &mut |p| b.extend_from_slice(p));
+    b
+}
+
+/// A piece as text when it is UTF-8, else as its bytes.
+fn piece_json(tok: &Tokenizer, id: u32) -> Value {
+    let b = piece_bytes(tok, id);
+    match String::from_utf8(b) {
+        Ok(s) => Value::String(s),
+        Err(e) => json!(e.into_bytes()),
+    }
+}
+
+/// `POST /tokenize`, as llama.cpp's server has it.
+async fn tokenize(State(sh): State<Arc<Shared>>, body: Body) -> ApiResult {
+    let bytes = body_bytes(&sh, body).await?;
+    let req = parse_tokenize(&bytes).map_err(|(m, p)| ApiError::bad(m, p))?;
+    let ids = sh
+        .tok
+        .encode(
+            &req.content,
+            EncodeOptions {
+                add_special: req.add_special,
+                parse_special: req.parse_special,
+            },
+        )
+        .map_err(|e| ApiError::bad(format!("cannot tokenize: {e}"), Some("content")))?;
+    let tokens: Vec<Value> = if req.with_pieces {
+        ids.iter()
+            .map(|&id| json!({"id": id, "piece": piece_json(sh.tok, id)}))
+            .collect()
+    } else {
+        ids.iter().map(|&id| json!(id)).collect()
+    };
+    Ok(axum::Json(json!({ "tokens": tokens })).into_response())
+}
+
+/// `POST /detokenize`: the text of token ids (control tokens as their text).
+async fn detokenize(State(sh): State<Arc<Shared>>, body: Body) -> ApiResult {
+    let bytes = body_bytes(&sh, body).await?;
+    let ids =
+        parse_detokenize(&bytes, sh.tok.vocab_size()).map_err(|(m, p)| ApiError::bad(m, p))?;
+    let content = sh
+        .tok
+        .decode(&ids, true)
+        .map_err(|e| ApiError::bad(format!("cannot decode: {e}"), Some("tokens")))?;
+    Ok(axum::Json(json!({ "content": content })).into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         message:
-            "no such endpoint (try /v1/chat/completions, /v1/completions, /v1/models, /health)"
+            "no such endpoint (try /v1/chat/completions, /v1/completions, /v1/models, /tokenize, /detokenize, /metrics, /health)"
                 .into(),
         kind: "invalid_request_error",
         param: None,
@@ -99,15 +245,9 @@ fn now() -> u64 {
 }
 
 async fn handle(sh: Arc<Shared>, body: Body, kind: Kind) -> ApiResult {
-    let bytes: Bytes = axum::body::to_bytes(body, sh.max_body)
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("the request body is over {} bytes", sh.max_body),
-            kind: "invalid_request_error",
-            param: None,
-            code: None,
-        })?;
+    let arrived = Instant::now();
+    let deadline = sh.timeout.map(|t| arrived + t);
+    let bytes = body_bytes(&sh, body).await?;
     let req = parse_request(&bytes, kind == Kind::Chat, crate::args::random_seed())
         .map_err(|(m, p)| ApiError::bad(m, p))?;
     // Prompt tokens.
@@ -185,6 +325,8 @@ async fn handle(sh: Arc<Shared>, body: Body, kind: Kind) -> ApiResult {
         max_tokens,
         stops: req.stops.clone(),
         ignore_eos: req.ignore_eos,
+        logprobs: req.logprobs,
+        arrived,
         tx,
     };
     let sent = sh.jobs.lock().map(|j| j.send(job).is_ok()).unwrap_or(false);
@@ -202,34 +344,145 @@ async fn handle(sh: Arc<Shared>, body: Body, kind: Kind) -> ApiResult {
         model: sh.model_id.clone(),
         kind,
     };
+    let limit = Limit {
+        deadline,
+        secs: sh.timeout.map_or(0, |t| t.as_secs()),
+    };
+    let lp = req.logprobs.is_some().then(|| Logprobs::new(sh.tok, kind));
     if req.stream {
-        Ok(stream_response(meta, rx, req.include_usage))
+        Ok(stream_response(meta, rx, req.include_usage, limit, lp))
     } else {
-        whole_response(meta, rx).await
+        whole_response(meta, rx, limit, lp).await
     }
 }
 
-async fn whole_response(m: Meta, mut rx: tokio::sync::mpsc::UnboundedReceiver<Ev>) -> ApiResult {
+/// A request's time limit.
+#[derive(Clone, Copy)]
+struct Limit {
+    deadline: Option<Instant>,
+    secs: u64,
+}
+
+impl Limit {
+    /// The engine's next event, or `Err` once the deadline has passed.
+    async fn recv(&self, rx: &mut UnboundedReceiver<Ev>) -> Result<Option<Ev>, ()> {
+        match self.deadline {
+            Some(d) => tokio::time::timeout_at(tokio::time::Instant::from_std(d), rx.recv())
+                .await
+                .map_err(|_| ()),
+            None => Ok(rx.recv().await),
+        }
+    }
+}
+
+/// Turns the engine's per-token log-probabilities into OpenAI's shapes:
+/// chat's `{"content": [{token, logprob, bytes, top_logprobs}]}`, or the
+/// legacy completions' `{tokens, token_logprobs, top_logprobs, text_offset}`.
+struct Logprobs {
+    tok: &'static Tokenizer<'static>,
+    kind: Kind,
+    /// Characters of reply text before the next token (completions'
+    /// `text_offset`).
+    offset: usize,
+}
+
+impl Logprobs {
+    fn new(tok: &'static Tokenizer<'static>, kind: Kind) -> Logprobs {
+        Logprobs {
+            tok,
+            kind,
+            offset: 0,
+        }
+    }
+
+    fn entry(&self, id: u32, logprob: f32) -> Value {
+        let b = piece_bytes(self.tok, id);
+        json!({"token": String::from_utf8_lossy(&b), "logprob": logprob, "bytes": b})
+    }
+
+    /// The `logprobs` object of a choice (or chunk) holding `tokens`.
+    fn render(&mut self, tokens: &[TokenLogprobs]) -> Value {
+        match self.kind {
+            Kind::Chat => {
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let mut e = self.entry(t.id, t.logprob);
+                        e["top_logprobs"] = t.top.iter().map(|&(i, l)| self.entry(i, l)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Kind::Completion => {
+                let (mut strs, mut lps, mut tops, mut offs) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for t in tokens {
+                    let piece =
+                        |id| String::from_utf8_lossy(&piece_bytes(self.tok, id)).into_owned();
+                    strs.push(piece(t.id));
+                    lps.push(t.logprob);
+                    // The chosen token is always among them (OpenAI's legacy
+                    // API: up to logprobs + 1 entries).
+                    let mut top = Map::new();
+                    for &(i, l) in t.top.iter().chain(std::iter::once(&(t.id, t.logprob))) {
+                        top.entry(piece(i)).or_insert(json!(l));
+                    }
+                    tops.push(Value::Object(top));
+                    offs.push(self.offset);
+                    // The text the token adds to the reply (control tokens add none).
+                    let mut shown = Vec::new();
+                    let _ = self
+                        .tok
+                        .piece(t.id, false, &mut |b| shown.extend_from_slice(b));
+                    self.offset += shown.iter().filter(|&&b| b & 0xC0 != 0x80).count();
+                }
+                json!({"tokens": strs, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs})
+            }
+        }
+    }
+}
+
+async fn whole_response(
+    m: Meta,
+    mut rx: UnboundedReceiver<Ev>,
+    limit: Limit,
+    mut lp: Option<Logprobs>,
+) -> ApiResult {
     let mut text = String::new();
+    let mut tokens: Vec<TokenLogprobs> = Vec::new();
     loop {
-        match rx.recv().await {
-            Some(Ev::Text(t)) => text.push_str(&t),
+        // Past the deadline `rx` is dropped with this function: the engine
+        // frees the request's slot at its next step.
+        let ev = limit
+            .recv(&mut rx)
+            .await
+            .map_err(|_| timed_out(limit.secs))?;
+        match ev {
+            Some(Ev::Text(t, l)) => {
+                text.push_str(&t);
+                tokens.extend(l);
+            }
             Some(Ev::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             }) => {
+                let logprobs = match &mut lp {
+                    Some(lp) => lp.render(&tokens),
+                    None => Value::Null,
+                };
                 let choice = match m.kind {
                     Kind::Chat => json!({
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "logprobs": null,
+                        "logprobs": logprobs,
                         "finish_reason": finish,
                     }),
                     Kind::Completion => json!({
                         "index": 0,
                         "text": text,
-                        "logprobs": null,
+                        "logprobs": logprobs,
                         "finish_reason": finish,
                     }),
                 };
@@ -256,8 +509,10 @@ async fn whole_response(m: Meta, mut rx: tokio::sync::mpsc::UnboundedReceiver<Ev
 /// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.
 fn stream_response(
     m: Meta,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Ev>,
+    rx: UnboundedReceiver<Ev>,
     include_usage: bool,
+    limit: Limit,
+    lp: Option<Logprobs>,
 ) -> Response {
     let object = match m.kind {
         Kind::Chat => "chat.completion.chunk",
@@ -279,17 +534,17 @@ fn stream_response(
         Bytes::from(format!("data: {c}\n\n"))
     };
     let kind = m.kind;
-    let delta = move |text: Option<&str>, finish: Option<&str>| -> Value {
+    let delta = move |text: Option<&str>, logprobs: Value, finish: Option<&str>| -> Value {
         match kind {
             Kind::Chat => {
                 let d = match text {
                     Some(t) => json!({"content": t}),
                     None => json!({}),
                 };
-                json!([{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}])
+                json!([{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}])
             }
             Kind::Completion => {
-                json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
+                json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}])
             }
         }
     };
@@ -302,11 +557,12 @@ fn stream_response(
         ));
     }
     struct St<C, D> {
-        rx: tokio::sync::mpsc::UnboundedReceiver<Ev>,
+        rx: UnboundedReceiver<Ev>,
         out: VecDeque<Bytes>,
         done: bool,
         chunk: C,
         delta: D,
+        lp: Option<Logprobs>,
     }
     let st = St {
         rx,
@@ -314,6 +570,11 @@ fn stream_response(
         done: false,
         chunk,
         delta,
+        lp,
+    };
+    let error_event = |message: String, code: Option<&str>| -> Bytes {
+        let err = json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}});
+        Bytes::from(format!("data: {err}\n\n"))
     };
     let stream = futures_util::stream::unfold(st, move |mut st| async move {
         loop {
@@ -323,9 +584,26 @@ fn stream_response(
             if st.done {
                 return None;
             }
-            match st.rx.recv().await {
-                Some(Ev::Text(t)) => {
-                    let c = (st.chunk)((st.delta)(Some(&t), None), None);
+            let ev = match limit.recv(&mut st.rx).await {
+                Ok(ev) => ev,
+                Err(()) => {
+                    // Closing the channel tells the engine to free the slot.
+                    st.rx.close();
+                    st.out
+                        .push_back(error_event(timeout_message(limit.secs), Some("timeout")));
+                    st.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                    st.done = true;
+                    continue;
+                }
+            };
+            match ev {
+                Some(Ev::Text(t, l)) => {
+                    let logprobs = match (&mut st.lp, l) {
+                        (Some(lp), Some(l)) => lp.render(std::slice::from_ref(&l)),
+                        (Some(lp), None) => lp.render(&[]),
+                        _ => Value::Null,
+                    };
+                    let c = (st.chunk)((st.delta)(Some(&t), logprobs, None), None);
                     st.out.push_back(c);
                 }
                 Some(Ev::Done {
@@ -333,7 +611,7 @@ fn stream_response(
                     prompt_tokens: p,
                     completion_tokens,
                 }) => {
-                    let c = (st.chunk)((st.delta)(None, Some(finish)), None);
+                    let c = (st.chunk)((st.delta)(None, Value::Null, Some(finish)), None);
                     st.out.push_back(c);
                     if include_usage {
                         let u = (st.chunk)(json!([]), Some(usage(p, completion_tokens)));
@@ -343,8 +621,7 @@ fn stream_response(
                     st.done = true;
                 }
                 Some(Ev::Fail(e)) => {
-                    let err = json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}});
-                    st.out.push_back(Bytes::from(format!("data: {err}\n\n")));
+                    st.out.push_back(error_event(e, None));
                     st.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
                     st.done = true;
                 }

@@ -9,17 +9,22 @@
 //! | --- | --- |
 //! | this one | the flags, start-up (model, memory, engine thread, listener), shutdown |
 //! | `api` | OpenAI's request and response types, request parsing and checks |
-//! | `http` | axum routes, the request handler, whole and streamed (SSE) answers |
-//! | `engine` | the continuous batching engine: slots, steps, sampling |
+//! | `http` | axum routes, API keys, the request handler, whole and streamed (SSE) answers, tokenize |
+//! | `engine` | the continuous batching engine: slots, steps, sampling, log-probabilities |
+//! | `metrics` | `/metrics` in the Prometheus text format |
 
 mod api;
 mod engine;
 mod http;
+mod metrics;
 
-pub use api::{parse_request, Prompt, Request};
+pub use api::{
+    parse_detokenize, parse_request, parse_tokenize, Prompt, Request, TokenizeRequest,
+    MAX_TOP_LOGPROBS,
+};
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -35,6 +40,7 @@ use crate::load::{load_model, ModelFile};
 use crate::template::TemplateArgs;
 use engine::{engine_main, EngineConfig, Job};
 use http::{router, Shared};
+use metrics::Metrics;
 
 /// `ember serve` flags.
 #[derive(Debug, Clone, Args)]
@@ -71,6 +77,17 @@ pub struct ServeArgs {
     /// Element type of cached keys and values.
     #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
     pub kv_type: KvTypeArg,
+    /// An API key clients must send as `Authorization: Bearer KEY` on every
+    /// route but /health (repeat for several keys).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Vec<String>,
+    /// A file of API keys, one a line (blank lines are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Seconds a request may take from arrival to its last token; past it the
+    /// request ends with an error and its slot is freed (0: no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
     #[command(flatten)]
     pub exec: ExecArgs,
     #[command(flatten)]
@@ -91,6 +108,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     if a.max_body < 64 {
         bail!("--max-body must be at least 64 bytes");
     }
+    let keys = api_keys(&a.api_key, a.api_key_file.as_deref())?;
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
     // The model lives as long as the process: its file, tokenizer and
@@ -123,6 +141,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     let waiting = Arc::new(AtomicUsize::new(0));
     let busy = Arc::new(AtomicUsize::new(0));
     let stop_engine = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
     let engine = {
         let waiting = waiting.clone();
         let busy = busy.clone();
@@ -135,6 +154,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             waiting,
             busy,
             stop,
+            metrics: metrics.clone(),
         };
         std::thread::Builder::new()
             .name("ember-engine".into())
@@ -167,6 +187,9 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         slots: a.parallel,
         accepting: AtomicBool::new(true),
         next_id: AtomicU64::new(1),
+        keys,
+        timeout: (a.timeout > 0).then(|| std::time::Duration::from_secs(a.timeout)),
+        metrics,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -181,14 +204,19 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights; chat template: {template_origin})",
+            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights; chat template: {template_origin}; {})",
             shared.model_id,
             a.parallel,
             ctx,
             kernels.name,
             threads,
             (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64,
-            packs.bytes() as f64 / (1 << 20) as f64
+            packs.bytes() as f64 / (1 << 20) as f64,
+            match shared.keys.len() {
+                0 => "no API key".to_string(),
+                1 => "1 API key".to_string(),
+                n => format!("{n} API keys"),
+            }
         );
         let app = router(shared.clone());
         let sh = shared.clone();
@@ -211,6 +239,32 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     result?;
     eprintln!("ember: stopped");
     Ok(())
+}
+
+/// The keys from `--api-key` and `--api-key-file`: none means open access.
+fn api_keys(given: &[String], file: Option<&Path>) -> Result<Vec<Vec<u8>>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for k in given {
+        if k.trim().is_empty() {
+            bail!("--api-key must not be empty");
+        }
+        keys.push(k.trim().as_bytes().to_vec());
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read --api-key-file {}", f.display()))?;
+        let before = keys.len();
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| l.as_bytes().to_vec()),
+        );
+        if keys.len() == before {
+            bail!("--api-key-file {} holds no key", f.display());
+        }
+    }
+    Ok(keys)
 }
 
 /// SIGTERM or Ctrl-C.
