@@ -140,9 +140,10 @@ fn host_run(model: &Path, prompt: &[u32], n: usize, r: &RunLine) -> Value {
     let kernels = match r.kernels.as_str() {
         "cortex-m-dsp" | "scalar-q8" => "scalar-q8",
         "scalar" => "scalar",
-        // The NEON table is held to the scalar reference (its sums run in
-        // another order, so not bit for bit): the ids must still agree.
-        "neon" => "scalar",
+        // The NEON table decodes as the 16-bit reference does, bit for
+        // bit; its f32 prefill is held to the scalar reference (its sums
+        // run in another order, so not bit for bit): the ids must agree.
+        "neon" => "scalar-q16",
         k => panic!("no host kernels for {k}"),
     };
     let prompt: Vec<String> = prompt.iter().map(|i| i.to_string()).collect();
@@ -330,6 +331,18 @@ fn aarch64_bare_metal_gemma3_matches_host() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let log = placed_model_matches_host("aarch64-unknown-none", &model, &[]);
     assert!(log.contains("run kernels=neon"), "{log}");
+}
+
+/// Gemma 3 270M on the Cortex-M55 board's image: its 262,144 × 640 Q8_0
+/// embedding and classifier packed in fours in DDR (180 MB), the Q5_0, Q4_K
+/// and Q6_K matrices through the DSP int8 kernels, the same ids and text as
+/// the host's `--kernels scalar-q8`.
+#[test]
+fn cortex_m55_gemma3_matches_host() {
+    let model = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = placed_model_matches_host("thumbv8m.main-none-eabihf", &model, &[]);
+    assert!(log.contains("weights packed in fours: "), "{log}");
 }
 
 #[test]
