@@ -197,7 +197,6 @@ pub fn generate(
 
 /// As [`generate`], each step split over `par`'s workers when given (the
 /// plan must have scratch for them: [`Buffers::with_threads`]).
-#[inline(always)]
 pub fn generate_on(
     l: &Loaded,
     spec: &Spec,

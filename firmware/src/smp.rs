@@ -102,7 +102,7 @@ pub fn configured() -> usize {
 /// clusters of eight, Aff1 = index / 8, Aff0 = index % 8): PSCI's return
 /// code, 0 on success.
 fn cpu_on(index: usize) -> i64 {
-    let mpidr = ((index / 8) << 8 | index % 8) as u64;
+    let mpidr = (((index / 8) << 8) | (index % 8)) as u64;
     let entry = ember_a64_secondary as *const () as u64;
     let ret: i64;
     // SAFETY: a PSCI call through the hypervisor conduit (QEMU's firmware

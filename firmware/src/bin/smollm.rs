@@ -72,15 +72,15 @@ fn main() -> ! {
     #[cfg(target_arch = "aarch64")]
     let cores = fw::smp::Cores::start(fw::smp::configured());
     #[cfg(target_arch = "aarch64")]
-    let (par, threads) = {
+    let (par, mut bufs) = {
         use ember_core::parallel::Parallel;
         let n = cores.workers();
         defmt::println!("cores={=usize}", n);
-        ((n > 1).then_some(&cores as &dyn Parallel), n)
+        let bufs = fw::Buffers::with_threads(l.model, kv, BATCH, n, &mut mem);
+        ((n > 1).then_some(&cores as &dyn Parallel), bufs)
     };
     #[cfg(not(target_arch = "aarch64"))]
-    let (par, threads) = (None, 1);
-    let mut bufs = fw::Buffers::with_threads(l.model, kv, BATCH, threads, &mut mem);
+    let mut bufs = fw::Buffers::new(l.model, kv, BATCH, &mut mem);
     let kernels = Kernels::detect();
     fw::pack(&mut l, &kernels, &mut mem);
     let spec = fw::Spec {
@@ -89,7 +89,10 @@ fn main() -> ! {
         n_predict: N_PREDICT,
         sampling: SamplerConfig::greedy(),
     };
+    #[cfg(target_arch = "aarch64")]
     let ids = fw::generate_on(&l, &spec, &mut bufs, par).or_exit("generating");
+    #[cfg(not(target_arch = "aarch64"))]
+    let ids = fw::generate(&l, &spec, &mut bufs).or_exit("generating");
     defmt::println!(
         "run kernels={=str} sampling=greedy seed=0 ctx={=usize} batch={=usize} ids={=str}",
         kernels.name,
