@@ -325,8 +325,8 @@ fn aarch64_bare_metal_smollm2_matches_host() {
 /// through PSCI, each step's rows and heads shared among them): the same
 /// prompt ids, ids and text as the host's.
 fn aarch64_smollm2_on_cores(cores: usize) {
-    let model = ember_runner::model_store::converted(GgmlType::Q4_1)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let model =
+        ember_runner::model_store::converted(GgmlType::Q4_1).unwrap_or_else(|e| panic!("{e:#}"));
     let n = cores.to_string();
     let log = placed_model_matches_host(
         "aarch64-unknown-none",
