@@ -10,6 +10,8 @@ the QEMU plugin tools/qemu-icount.c between the image's marks.
     python3 firmware/measure.py            # builds, runs, prints markdown
     python3 firmware/measure.py kernels    # the int8 kernels alone (Cortex-M4F),
                                            # instructions per multiply-accumulate
+    python3 firmware/measure.py cores      # bare-metal AArch64 SmolLM2 at 1, 2 and 4
+                                           # cores: work and idle per vCPU
 
 Needs what `cargo run` in firmware/ needs, plus a C compiler for the plugin.
 """
@@ -83,12 +85,55 @@ def kernel_costs(plugin):
         print(f"| {what} | {table} | {rows} x {cols} | {per:.2f} |")
 
 
+def core_costs(plugin):
+    """The AArch64 `smollm` image (SmolLM2 Q4_1) on 1, 2 and 4 cores of QEMU
+    virt: instructions per token between its marks, per vCPU, with the
+    instructions in the image's wait loop (`ember_a64_wait`) counted apart
+    as idle (QEMU executes WFE as a yield, so a waiting vCPU spins)."""
+    target = "aarch64-unknown-none"
+    sh(["cargo", "build", "--release", "--locked", "--target", target, "--bin", "smollm"], cwd=HERE)
+    elf = os.path.join(HERE, "target", target, "release", "smollm")
+    syms = dict((n, int(a, 16)) for a, _, n in
+                (l.split() for l in sh([tool("llvm-nm"), elf]).stdout.splitlines() if len(l.split()) == 3))
+    idle = f"idle={syms['ember_a64_wait']:x}-{syms['ember_a64_wait_end']:x}"
+    home = os.environ.get("EMBER_HOME", os.path.expanduser("~/.cache/ember"))
+    print("| cores | instr / prompt token (work, all cores) | instr / generated token (work, all cores) "
+          "| work per core / generated token | each core's share | idle per core / generated token |")
+    print("| ---: | ---: | ---: | --- | --- | --- |")
+    for cores in (1, 2, 4):
+        env = dict(os.environ, EMBER_QEMU_PLUGIN=f"{plugin},cpus=on,{idle}",
+                   EMBER_FIRMWARE_CORES=str(cores),
+                   EMBER_FIRMWARE_MODEL=os.path.join(home, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+        r = subprocess.run([os.path.join(HERE, "qemu-run"), elf], cwd=HERE, env=env,
+                           capture_output=True, text=True)
+        log = r.stdout + r.stderr
+        if r.returncode != 0 or f"cores={cores}" not in log:
+            sys.exit(f"{cores} cores: exit {r.returncode}\n{log}")
+        marks = []
+        for line in re.findall(r"icount mark \d+ \d+(.*)", log):
+            marks.append([(int(w), int(i)) for w, i in re.findall(r"cpu\d+=(\d+)/(\d+)", line)])
+        prompt = len(re.search(r"prompt ids=([\d,]+)", log).group(1).split(","))
+        steps = len(re.search(r"run .* ids=([\d,]+)", log).group(1).split(",")) - 1
+        m0, m1, m2 = marks[:3]
+        pad = lambda m: m + [(0, 0)] * (cores - len(m))
+        m0, m1, m2 = pad(m0), pad(m1), pad(m2)
+        work = [(m2[c][0] - m1[c][0]) / steps for c in range(cores)]
+        idle_ = [(m2[c][1] - m1[c][1]) / steps for c in range(cores)]
+        pre = sum(m1[c][0] - m0[c][0] for c in range(cores)) / prompt
+        total = sum(work)
+        print(f"| {cores} | {pre:,.0f} | {total:,.0f} | " + " / ".join(f"{w / 1e6:.1f} M" for w in work)
+              + " | " + " / ".join(f"{w / total:.0%}" for w in work)
+              + " | " + " / ".join(f"{i / 1e6:.1f} M" for i in idle_) + " |")
+
+
 def main():
     tmp = tempfile.mkdtemp()
     plugin = os.path.join(tmp, "qemu-icount.so")
     sh(["cc", "-shared", "-fPIC", "-O2", "-o", plugin, os.path.join(ROOT, "tools", "qemu-icount.c")])
     if sys.argv[1:] == ["kernels"]:
         return kernel_costs(plugin)
+    if sys.argv[1:] == ["cores"]:
+        return core_costs(plugin)
     home = os.environ.get("EMBER_HOME", os.path.expanduser("~/.cache/ember"))
     rows = []
     for name, target, image, ty in IMAGES:

@@ -18,6 +18,17 @@
  * "icount block <pc> <count>" lines (symbolize with llvm-addr2line). Instructions are counted per translation
  * block when the block starts, so a block cut short by an exception (a
  * semihosting call) counts whole; markers sit outside such blocks.
+ *
+ * Several vCPUs (`-smp N`): the default single counter is added to by every
+ * vCPU without atomics, so under multi-threaded TCG it may lose counts. With
+ * `cpus=on` each vCPU counts into its own counter (a callback per block
+ * instead of an inline add: slower, exact), and every mark and the total
+ * also print "cpu<i>=<work>/<idle>" per vCPU. `idle=LO-HI` (hexadecimal
+ * addresses) counts the blocks that start in [LO, HI) as idle rather than
+ * work: the Ember AArch64 image waits for work in `ember_a64_wait` ..
+ * `ember_a64_wait_end` and nowhere else, and QEMU executes WFE as a yield,
+ * so a waiting vCPU keeps running that loop. Marks still come from the
+ * vCPU that executes YIELD (the image's primary core).
  */
 #include <inttypes.h>
 #include <stdint.h>
@@ -52,6 +63,12 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 static uint64_t count;
 static uint64_t marks;
 
+/* Per vCPU (`cpus=on`): [0] work, [1] idle. Each vCPU writes only its own. */
+#define MAX_CPUS 64
+static int per_cpu;
+static uint64_t idle_lo, idle_hi;
+static uint64_t cpu_n[MAX_CPUS][2];
+
 /* Profile: instructions per block start address, in an open-addressing table. */
 #define SLOTS 65536
 static int profile;
@@ -82,14 +99,44 @@ void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,
     void (*cb)(unsigned int vcpu, void *udata), enum qemu_plugin_cb_flags flags,
     void *udata);
 
+static void on_cpu_block(unsigned int vcpu, void *udata)
+{
+    uint64_t key = (uint64_t)(uintptr_t)udata;
+    if (vcpu < MAX_CPUS) {
+        cpu_n[vcpu][key >> 32] += key & 0xffffffffu;
+    }
+}
+
 static void report(const char *what, uint64_t k)
 {
-    char line[96];
-    if (k == UINT64_MAX) {
-        snprintf(line, sizeof line, "icount %s %" PRIu64 "\n", what, count);
-    } else {
-        snprintf(line, sizeof line, "icount %s %" PRIu64 " %" PRIu64 "\n", what, k, count);
+    char line[96 + MAX_CPUS * 48];
+    int at = 0;
+    uint64_t total = count;
+    int cpus = 0;
+    if (per_cpu) {
+        /* Other vCPUs' words are read while they run: exact for a vCPU that
+         * is waiting (its work count does not move), approximate otherwise. */
+        total = 0;
+        for (int i = 0; i < MAX_CPUS; i++) {
+            uint64_t w = __atomic_load_n(&cpu_n[i][0], __ATOMIC_RELAXED);
+            uint64_t d = __atomic_load_n(&cpu_n[i][1], __ATOMIC_RELAXED);
+            total += w + d;
+            if (w + d) {
+                cpus = i + 1;
+            }
+        }
     }
+    if (k == UINT64_MAX) {
+        at = snprintf(line, sizeof line, "icount %s %" PRIu64, what, total);
+    } else {
+        at = snprintf(line, sizeof line, "icount %s %" PRIu64 " %" PRIu64, what, k, total);
+    }
+    for (int i = 0; i < cpus; i++) {
+        at += snprintf(line + at, sizeof line - at, " cpu%d=%" PRIu64 "/%" PRIu64, i,
+                       __atomic_load_n(&cpu_n[i][0], __ATOMIC_RELAXED),
+                       __atomic_load_n(&cpu_n[i][1], __ATOMIC_RELAXED));
+    }
+    snprintf(line + at, sizeof line - at, "\n");
     qemu_plugin_outs(line);
 }
 
@@ -120,7 +167,14 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
     size_t n = qemu_plugin_tb_n_insns(tb);
-    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &count, n);
+    if (per_cpu) {
+        uint64_t pc = qemu_plugin_tb_vaddr(tb);
+        uint64_t idle = pc >= idle_lo && pc < idle_hi;
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, on_cpu_block, QEMU_PLUGIN_CB_NO_REGS,
+                                             (void *)(uintptr_t)(idle << 32 | n));
+    } else {
+        qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &count, n);
+    }
     if (profile) {
         uint64_t key = (qemu_plugin_tb_vaddr(tb) << 16) | (n & 0xffff);
         qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, QEMU_PLUGIN_CB_NO_REGS,
@@ -168,6 +222,12 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
             prof_from = strtoull(argv[i] + 5, NULL, 10);
         } else if (strncmp(argv[i], "to=", 3) == 0) {
             prof_to = strtoull(argv[i] + 3, NULL, 10);
+        } else if (strcmp(argv[i], "cpus=on") == 0) {
+            per_cpu = 1;
+        } else if (strncmp(argv[i], "idle=", 5) == 0) {
+            char *end;
+            idle_lo = strtoull(argv[i] + 5, &end, 16);
+            idle_hi = *end == '-' ? strtoull(end + 1, NULL, 16) : idle_lo;
         }
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);

@@ -5,6 +5,7 @@ use core::fmt::Write as _;
 use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::parallel::Parallel;
 use ember_core::quant::{q8_0::pack_rows_x4, BlockQ8_0, BlockQ8_0x4, GgmlType};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
@@ -148,8 +149,20 @@ pub struct Buffers<'a> {
 impl<'a> Buffers<'a> {
     /// The session memory the core's plan asks for, and the sampler's scratch.
     pub fn new(model: &Llama, kv: KvOptions, batch: usize, mem: &mut Carver<'a>) -> Buffers<'a> {
+        Self::with_threads(model, kv, batch, 1, mem)
+    }
+
+    /// As [`Buffers::new`], with matmul and attention scratch for `threads`
+    /// workers ([`MemoryPlan::with_threads`]).
+    pub fn with_threads(
+        model: &Llama,
+        kv: KvOptions,
+        batch: usize,
+        threads: usize,
+        mem: &mut Carver<'a>,
+    ) -> Buffers<'a> {
         // No packed matrices here, so no batch of activation blocks for them.
-        let plan = MemoryPlan::with_kv(&model.config, kv, batch)
+        let plan = MemoryPlan::with_threads(&model.config, kv, batch, threads)
             .and_then(|p| p.without_packed_prefill(&model.config))
             .or_exit("planning memory");
         defmt::info!(
@@ -179,8 +192,22 @@ pub fn generate(
     spec: &Spec,
     bufs: &mut Buffers,
 ) -> Result<heapless::Vec<u32, MAX_IDS>, Error> {
+    generate_on(l, spec, bufs, None)
+}
+
+/// As [`generate`], each step split over `par`'s workers when given (the
+/// plan must have scratch for them: [`Buffers::with_threads`]).
+pub fn generate_on(
+    l: &Loaded,
+    spec: &Spec,
+    bufs: &mut Buffers,
+    par: Option<&dyn Parallel>,
+) -> Result<heapless::Vec<u32, MAX_IDS>, Error> {
     let mut sampler = Sampler::new(spec.sampling)?;
     let mut s = Session::new(l.model, spec.kernels, bufs.plan, bufs.arena)?;
+    if let Some(par) = par {
+        s.set_parallel(par)?;
+    }
     s.reserve(spec.prompt.len() + spec.n_predict.saturating_sub(1))?;
     let n_predict = spec.n_predict.min(MAX_IDS);
     mark();

@@ -32,6 +32,8 @@ pub mod arena;
 #[cfg(target_arch = "aarch64")]
 pub mod rt_a64;
 pub mod sh;
+#[cfg(target_arch = "aarch64")]
+pub mod smp;
 
 #[cfg(feature = "qemu")]
 mod log;
@@ -195,6 +197,7 @@ pub mod stack {
 /// | 0 | model length in bytes (0: nothing loaded) |
 /// | 4 | RAM limit in bytes for run-time buffers (0: the whole static arena), to try a smaller board |
 /// | 8 | prompt length in bytes (0: the image's own prompt) |
+/// | 12 | cores to run on (AArch64 only, read by [`smp::configured`]; 0: one) |
 /// | 16 | prompt bytes (at most 4080) |
 /// | 4096 | the model |
 pub struct Placed {

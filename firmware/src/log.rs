@@ -3,7 +3,10 @@
 //!
 //! The firmware runs one thread and no interrupt logs, so a flag is enough
 //! to keep frames whole; a fault handler that logs while a frame is open
-//! (a fault inside logging) drops its message rather than interleave.
+//! (a fault inside logging) drops its message rather than interleave. On
+//! several AArch64 cores (`crate::smp`) only the primary logs; a worker that
+//! faults or panics while the primary has a frame open finds the flag taken
+//! (an atomic swap) and its message is dropped the same way.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};

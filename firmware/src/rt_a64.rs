@@ -31,10 +31,80 @@ _start:
 2:  ldr x0, =ember_vectors
     msr vbar_el1, x0
     isb
-    bl ember_a64_mmu_on
+    bl ember_a64_table_fill
+    bl ember_a64_mmu_enable
     bl ember_a64_main
 3:  wfe
     b 3b
+
+    // A secondary core, started by PSCI CPU_ON (`crate::smp`) with the MMU
+    // off and x0 = the context id: the core's index k (1 to 7). Its stack
+    // ends at __core_stacks_bottom + k * __core_stack_size (the linker
+    // script). Nothing touches memory before the MMU and caches are on.
+    .global ember_a64_secondary
+ember_a64_secondary:
+    mov x19, x0
+    ldr x1, =__core_stacks_bottom
+    ldr x2, =__core_stack_size
+    madd x1, x0, x2, x1
+    mov sp, x1
+    mov x0, #(3 << 20)
+    msr cpacr_el1, x0
+    isb
+    ldr x0, =ember_vectors
+    msr vbar_el1, x0
+    isb
+    bl ember_a64_mmu_enable
+    mov x0, x19
+    bl ember_a64_worker
+4:  wfe
+    b 4b
+
+    // The per-core half of the MMU's set-up (every core writes its own
+    // registers; the table is shared): MAIR, TCR and TTBR0, barriers, TLB
+    // invalidate, then SCTLR with M (MMU), C (data cache) and I
+    // (instruction cache) on and A (alignment check) off. A leaf that uses
+    // no stack and no memory but the table walk, so a secondary core can run
+    // it before its first store. Clobbers x0.
+    .global ember_a64_mmu_enable
+ember_a64_mmu_enable:
+    ldr x0, ={mair}
+    msr mair_el1, x0
+    ldr x0, ={tcr}
+    msr tcr_el1, x0
+    ldr x0, ={table}
+    msr ttbr0_el1, x0
+    dsb ish
+    isb
+    tlbi vmalle1
+    dsb ish
+    isb
+    mrs x0, sctlr_el1
+    orr x0, x0, #(1 << 0)
+    orr x0, x0, #(1 << 2)
+    orr x0, x0, #(1 << 12)
+    bic x0, x0, #(1 << 1)
+    msr sctlr_el1, x0
+    isb
+    ret
+
+    // Waits while the word at x0 still holds x1 (a load-acquire, then WFE
+    // until another core's SEV) and returns the new value. Every core waits
+    // here and nowhere else, so the instruction-count plugin can count the
+    // instructions between `ember_a64_wait` and `ember_a64_wait_end` as idle
+    // (`tools/qemu-icount.c idle=…`).
+    .global ember_a64_wait
+    .global ember_a64_wait_end
+    .balign 16
+ember_a64_wait:
+    ldar x2, [x0]
+    cmp x2, x1
+    b.ne 5f
+    wfe
+    b ember_a64_wait
+5:  mov x0, x2
+    ret
+ember_a64_wait_end:
 
     .section .text.vectors, "ax"
     .balign 2048
@@ -45,7 +115,10 @@ ember_vectors:
     mov x0, #\i
     b ember_a64_exception
     .endr
-"#
+"#,
+    mair = const MAIR,
+    tcr = const TCR,
+    table = sym TABLE,
 );
 
 /// One level-1 table: 512 entries of 1 GiB each (a 39-bit address space).
@@ -60,13 +133,21 @@ const INNER_SHAREABLE: u64 = 0b11 << 8;
 const ATTR_DEVICE: u64 = 0 << 2; // MAIR index 0
 const ATTR_NORMAL: u64 = 1 << 2; // MAIR index 1
 
+/// MAIR: attr0 Device-nGnRnE (0x00), attr1 Normal WB RW-allocate (0xff).
+const MAIR: u64 = 0xff << 8;
+/// TCR: T0SZ=25 (39-bit VA, walks start at level 1), IRGN0/ORGN0 =
+/// write-back, SH0 inner shareable, TG0 4 KiB, EPD1 (no TTBR1 walks), IPS
+/// 40 bits.
+const TCR: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (2 << 32);
+
+/// Fills the page table, once, on the primary core before any core turns its
+/// MMU on (`ember_a64_mmu_enable`, in the start-up assembly, then sets each
+/// core's registers).
 #[no_mangle]
-extern "C" fn ember_a64_mmu_on() {
-    // SAFETY: runs once, before main and with nothing else running; TABLE is
-    // written before the MMU reads it, and the system-register writes follow
-    // the architecture's sequence (table, MAIR, TCR, barriers, TLB
-    // invalidate, then SCTLR). The identity map leaves every address the
-    // image uses where it was.
+extern "C" fn ember_a64_table_fill() {
+    // SAFETY: runs once, before main and before any secondary core starts,
+    // with the MMU off on every core: nothing reads TABLE yet. The identity
+    // map leaves every address the image uses where it was.
     unsafe {
         let table = &raw mut TABLE;
         for (i, e) in (*table).0.iter_mut().enumerate().take(4) {
@@ -78,36 +159,6 @@ extern "C" fn ember_a64_mmu_on() {
             };
             *e = base | attr | AF | VALID_BLOCK;
         }
-        // MAIR: attr0 Device-nGnRnE (0x00), attr1 Normal WB RW-allocate (0xff).
-        let mair: u64 = 0xff << 8;
-        // TCR: T0SZ=25 (39-bit VA, walks start at level 1), IRGN0/ORGN0 =
-        // write-back, SH0 inner shareable, TG0 4 KiB, EPD1 (no TTBR1 walks),
-        // IPS 40 bits.
-        let tcr: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (2 << 32);
-        asm!(
-            "msr mair_el1, {mair}",
-            "msr tcr_el1, {tcr}",
-            "msr ttbr0_el1, {ttbr}",
-            "dsb ish",
-            "isb",
-            "tlbi vmalle1",
-            "dsb ish",
-            "isb",
-            "mrs {t}, sctlr_el1",
-            // M (MMU), C (data cache), I (instruction cache) on; A (alignment
-            // check) off.
-            "orr {t}, {t}, #(1 << 0)",
-            "orr {t}, {t}, #(1 << 2)",
-            "orr {t}, {t}, #(1 << 12)",
-            "bic {t}, {t}, #(1 << 1)",
-            "msr sctlr_el1, {t}",
-            "isb",
-            mair = in(reg) mair,
-            tcr = in(reg) tcr,
-            ttbr = in(reg) table as u64,
-            t = out(reg) _,
-            options(nostack),
-        );
     }
 }
 

@@ -318,7 +318,33 @@ fn placed_model_matches_host(target: &str, model: &Path, env: &[(&str, &str)]) -
 
 #[test]
 fn aarch64_bare_metal_smollm2_matches_host() {
-    smollm_matches_host("aarch64-unknown-none", GgmlType::Q4_1);
+    let log = smollm_matches_host("aarch64-unknown-none", GgmlType::Q4_1);
+    assert!(log.contains("\ncores=1\n"), "{log}");
+}
+
+/// SmolLM2 split over `cores` cores of QEMU `virt` (secondaries started
+/// through PSCI, each step's rows and heads shared among them): the same
+/// prompt ids, ids and text as the host's.
+fn aarch64_smollm2_on_cores(cores: usize) {
+    let model =
+        ember_runner::model_store::converted(GgmlType::Q4_1).unwrap_or_else(|e| panic!("{e:#}"));
+    let n = cores.to_string();
+    let log = placed_model_matches_host(
+        "aarch64-unknown-none",
+        &model,
+        &[("EMBER_FIRMWARE_CORES", &n)],
+    );
+    assert!(log.contains(&format!("\ncores={cores}\n")), "{log}");
+}
+
+#[test]
+fn aarch64_bare_metal_smollm2_on_2_cores_matches_host() {
+    aarch64_smollm2_on_cores(2);
+}
+
+#[test]
+fn aarch64_bare_metal_smollm2_on_4_cores_matches_host() {
+    aarch64_smollm2_on_cores(4);
 }
 
 /// Gemma 3 270M (the real Q4_K_M file: Q8_0, Q5_0, Q4_K and Q6_K matrices,

@@ -67,6 +67,19 @@ fn main() -> ! {
     let prompt = fw::tokenize(&l, text, &mut mem, &mut prompt);
     defmt::println!("prompt ids={=str}", fw::id_list(prompt).as_str());
     let kv = KvOptions::dense(CTX).with_type(KvType::F16);
+    // Bare-metal AArch64: every configured core (PSCI), each step split over
+    // them, with scratch for each.
+    #[cfg(target_arch = "aarch64")]
+    let cores = fw::smp::Cores::start(fw::smp::configured());
+    #[cfg(target_arch = "aarch64")]
+    let (par, mut bufs) = {
+        use ember_core::parallel::Parallel;
+        let n = cores.workers();
+        defmt::println!("cores={=usize}", n);
+        let bufs = fw::Buffers::with_threads(l.model, kv, BATCH, n, &mut mem);
+        ((n > 1).then_some(&cores as &dyn Parallel), bufs)
+    };
+    #[cfg(not(target_arch = "aarch64"))]
     let mut bufs = fw::Buffers::new(l.model, kv, BATCH, &mut mem);
     let kernels = Kernels::detect();
     fw::pack(&mut l, &kernels, &mut mem);
@@ -76,6 +89,9 @@ fn main() -> ! {
         n_predict: N_PREDICT,
         sampling: SamplerConfig::greedy(),
     };
+    #[cfg(target_arch = "aarch64")]
+    let ids = fw::generate_on(&l, &spec, &mut bufs, par).or_exit("generating");
+    #[cfg(not(target_arch = "aarch64"))]
     let ids = fw::generate(&l, &spec, &mut bufs).or_exit("generating");
     defmt::println!(
         "run kernels={=str} sampling=greedy seed=0 ctx={=usize} batch={=usize} ids={=str}",
