@@ -290,29 +290,22 @@ fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
 fn mv_bf16(w: &[bf16], x: &[f32], out: &mut [f32]) {
     rows(w, x.len(), x, out, dot_bf16)
 }
-fn mv_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { imp::mv_q8_0_q16(w, x, n, out) }
+/// The safe entry points of the 16-bit decode kernels.
+macro_rules! q16_entries {
+    ($($name:ident: $block:ty;)*) => {$(
+        fn $name(w: &[$block], x: &[BlockQ16], n: usize, out: &mut [f32]) {
+            // SAFETY: as above.
+            unsafe { imp::$name(w, x, n, out) }
+        }
+    )*};
 }
-fn mv_q4_0_q16(w: &[BlockQ4_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_0_q16(w, x, n, out) }
-}
-fn mv_q4_1_q16(w: &[BlockQ4_1], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_1_q16(w, x, n, out) }
-}
-fn mv_q5_0_q16(w: &[BlockQ5_0], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { imp::mv_q5_0_q16(w, x, n, out) }
-}
-fn mv_q4_k_q16(w: &[BlockQ4K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { imp::mv_q4_k_q16(w, x, n, out) }
-}
-fn mv_q6_k_q16(w: &[BlockQ6K], x: &[BlockQ16], n: usize, out: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { imp::mv_q6_k_q16(w, x, n, out) }
+q16_entries! {
+    mv_q8_0_q16: BlockQ8_0;
+    mv_q4_0_q16: BlockQ4_0;
+    mv_q4_1_q16: BlockQ4_1;
+    mv_q5_0_q16: BlockQ5_0;
+    mv_q4_k_q16: BlockQ4K;
+    mv_q6_k_q16: BlockQ6K;
 }
 fn mv_q8_0(w: &[BlockQ8_0], x: &[f32], out: &mut [f32]) {
     rows(w, x.len() / QK, x, out, dot_q8_0)

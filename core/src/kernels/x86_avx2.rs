@@ -282,45 +282,39 @@ pub(super) fn k16_shape<'a, 'b>(
     let (x, out, need) = q16_shape(x, n, out);
     (x, out, need / 8)
 }
-fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: reachable only through `table`, which checked AVX2, FMA and
-    // F16C; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
+/// The safe entry points of the packed decode kernels that `q16_kernels!`
+/// stamps out in a table's `imp`: each keeps `n` tokens' whole blocks and
+/// the whole groups of eight rows whose outputs fit (`x8_shape_per`, a
+/// weight block spanning `per` activation blocks). With no arguments: every
+/// pack.
+macro_rules! x8_entries {
+    () => {
+        x8_entries! {
+            mv_q8_0x8_q16: BlockQ8_0x8, 1;
+            mv_q4_1x8_q16: BlockQ4_1x8, 1;
+            mv_q5_0x8_q16: BlockQ5_0x8, 1;
+            mv_q4_kx8_q16: BlockQ4Kx8, 8;
+            mv_q6_kx8_q16: BlockQ6Kx8, 8;
+        }
+    };
+    ($($name:ident: $block:ty, $per:expr;)*) => {$(
+        fn $name(w: &[$block], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
+            let (x, w, out) = x8_shape_per(x, n, w, out, ld, $per);
+            // SAFETY: reachable only through this file's `table`, which
+            // checked the CPU features `imp` is compiled for; the kernel
+            // asserts its slices' lengths.
+            unsafe { imp::$name(w, x, n, out, ld) }
+        }
+    )*};
 }
-fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
-}
-fn mv_q4_kx8_q16(w: &[BlockQ4Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q4_kx8_q16(w, x, n, out, ld) }
-}
-fn mv_q6_kx8_q16(w: &[BlockQ6Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q6_kx8_q16(w, x, n, out, ld) }
-}
-fn mv_q5_0x8_q16(w: &[BlockQ5_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q5_0x8_q16(w, x, n, out, ld) }
-}
-/// `n` tokens' whole blocks, the whole groups of eight rows whose outputs
-/// fit `out` at row stride `ld`, and `out`.
-pub(super) fn x8_shape<'a, 'b, 'c, W>(
-    x: &'a [BlockQ16],
-    n: usize,
-    w: &'b [W],
-    out: &'c mut [f32],
-    ld: usize,
-) -> (&'a [BlockQ16], &'b [W], &'c mut [f32]) {
-    x8_shape_per(x, n, w, out, ld, 1)
-}
-/// [`x8_shape`] for weight blocks that span `per` activation blocks each
-/// (8 for K-quant super-blocks): `n` tokens' whole weight blocks' worth.
+pub(super) use x8_entries;
+
+x8_entries!();
+
+/// `n` tokens' whole blocks (whole weight blocks' worth, a weight block
+/// spanning `per` activation blocks: 8 for K-quant super-blocks), the whole
+/// groups of eight rows whose outputs fit `out` at row stride `ld`, and
+/// `out`.
 pub(super) fn x8_shape_per<'a, 'b, 'c, W>(
     x: &'a [BlockQ16],
     n: usize,

@@ -30,7 +30,7 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::x86_avx2::imp as avx2;
-use super::x86_avx2::{k16_shape, q16_entries, q16_shape, x8_shape, x8_shape_per};
+use super::x86_avx2::{k16_shape, q16_entries, q16_shape, x8_entries, x8_shape_per};
 use super::{erase, FormatKernels, Kernels, Q16Kernels, RowQ16Fn, XtShape};
 use crate::quant::GgmlType;
 use crate::quant::{
@@ -126,33 +126,7 @@ fn vnni() -> bool {
 
 q16_entries!();
 
-fn mv_q8_0x8_q16(w: &[BlockQ8_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: reachable only through `table`, which checked AVX-512F, VL and
-    // VNNI (and, through the AVX2 table, AVX2, FMA and F16C); the kernel
-    // asserts its slices' lengths.
-    unsafe { imp::mv_q8_0x8_q16(w, x, n, out, ld) }
-}
-fn mv_q4_1x8_q16(w: &[BlockQ4_1x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q4_1x8_q16(w, x, n, out, ld) }
-}
-fn mv_q4_kx8_q16(w: &[BlockQ4Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q4_kx8_q16(w, x, n, out, ld) }
-}
-fn mv_q6_kx8_q16(w: &[BlockQ6Kx8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape_per(x, n, w, out, ld, 8);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q6_kx8_q16(w, x, n, out, ld) }
-}
-fn mv_q5_0x8_q16(w: &[BlockQ5_0x8], x: &[BlockQ16], n: usize, out: &mut [f32], ld: usize) {
-    let (x, w, out) = x8_shape(x, n, w, out, ld);
-    // SAFETY: as above; the kernel asserts its slices' lengths.
-    unsafe { imp::mv_q5_0x8_q16(w, x, n, out, ld) }
-}
+x8_entries!();
 
 #[cfg(feature = "std")]
 fn supported() -> bool {
