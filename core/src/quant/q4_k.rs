@@ -189,10 +189,15 @@ mod tests {
 
     #[test]
     fn packs_round_trip() {
-        let x: [f32; 2048] = core::array::from_fn(|i| ((i * 7919 % 1000) as f32 - 480.0) * 1e-3);
-        let mut rows = [BlockQ4K::ZERO; 8];
-        quantize_row(&x, &mut rows);
-        rows[3].scales = core::array::from_fn(|i| (i as u8).wrapping_mul(97));
+        // Arbitrary bytes in every field (any bit pattern is a block, and
+        // any 12 scale bytes unpack and pack back to themselves).
+        let byte = |r: usize, i: usize| ((r * 131 + i * 7919) % 251) as u8;
+        let rows: [BlockQ4K; 8] = core::array::from_fn(|r| BlockQ4K {
+            d: [byte(r, 0), byte(r, 1)],
+            dmin: [byte(r, 2), byte(r, 3)],
+            scales: core::array::from_fn(|i| byte(r, i + 4)),
+            qs: core::array::from_fn(|i| byte(r, i + 16)),
+        });
         let mut p = [BlockQ4Kx8::ZERO; 1];
         assert_eq!(pack_rows_x8(&rows, 1, &mut p), 1);
         for (j, r) in rows.iter().enumerate() {

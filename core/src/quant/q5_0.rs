@@ -213,10 +213,12 @@ mod tests {
 
     #[test]
     fn packs_round_trip() {
-        let x: [f32; 16 * 32] = core::array::from_fn(|i| ((i * 7919 % 1000) as f32 - 480.0) * 1e-3);
-        let mut rows = [BlockQ5_0::ZERO; 16];
-        quantize_row(&x, &mut rows);
-        rows[5].qh = [0xa5, 0x5a, 0xff, 0x01];
+        let byte = |r: usize, i: usize| ((r * 131 + i * 7919) % 251) as u8;
+        let rows: [BlockQ5_0; 16] = core::array::from_fn(|r| BlockQ5_0 {
+            d: [byte(r, 0), byte(r, 1)],
+            qh: core::array::from_fn(|i| byte(r, i + 2)),
+            qs: core::array::from_fn(|i| byte(r, i + 6)),
+        });
         let mut p = [BlockQ5_0x8::ZERO; 2];
         assert_eq!(pack_rows_x8(&rows, 2, &mut p), 1);
         for (j, r) in rows.chunks_exact(2).enumerate() {

@@ -258,11 +258,14 @@ mod tests {
 
     #[test]
     fn packs_round_trip() {
-        let x: [f32; 2048] = core::array::from_fn(|i| ((i * 7919 % 1000) as f32 - 480.0) * 1e-3);
-        let mut rows = [BlockQ6K::ZERO; 8];
-        quantize_row(&x, &mut rows);
-        rows[5].ql = core::array::from_fn(|i| (i as u8).wrapping_mul(97));
-        rows[6].qh = core::array::from_fn(|i| (i as u8).wrapping_mul(31));
+        // Arbitrary bytes in every field (any bit pattern is a block).
+        let byte = |r: usize, i: usize| ((r * 131 + i * 7919) % 251) as u8;
+        let rows: [BlockQ6K; 8] = core::array::from_fn(|r| BlockQ6K {
+            ql: core::array::from_fn(|i| byte(r, i)),
+            qh: core::array::from_fn(|i| byte(r, i + 200)),
+            scales: core::array::from_fn(|i| byte(r, i + 300) as i8),
+            d: [byte(r, 400), byte(r, 401)],
+        });
         let mut p = [BlockQ6Kx8::ZERO; 1];
         assert_eq!(pack_rows_x8(&rows, 1, &mut p), 1);
         for (j, r) in rows.iter().enumerate() {
