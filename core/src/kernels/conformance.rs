@@ -1566,7 +1566,7 @@ fn int8_scale_offsets(ty: GgmlType) -> &'static [usize] {
 /// matrices of those formats through them (quantizing the input to Q8_0),
 /// bit for bit, and [`Kernels::scalar`] does not.
 #[test]
-fn int8_formats_match_a_float64_dot() {
+fn scalar_q8_formats_match_a_float64_dot() {
     use crate::kernels::{Arith, Matrix, RowData};
     use crate::parallel::TokenRows;
     use crate::quant::k_quants::ScaleMinBlock;
