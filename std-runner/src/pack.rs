@@ -24,10 +24,7 @@ use ember_core::kernels::{Kernels, Matrix, Packed, Piece};
 use ember_core::model::weights::LAYER_STEPS;
 use ember_core::model::Llama;
 use ember_core::parallel;
-use ember_core::quant::{
-    cast_slice, cast_slice_mut, q4_1, q4_k, q5_0, q6_k, q8_0, BlockQ4K, BlockQ4Kx8, BlockQ4_1,
-    BlockQ4_1x8, BlockQ5_0, BlockQ5_0x8, BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, GgmlType,
-};
+use ember_core::quant::{cast_slice_mut, q4_1, q4_k, q5_0, q6_k, q8_0, Block, GgmlType, Pod};
 use memmap2::MmapMut;
 
 use crate::mmap::HUGE;
@@ -69,38 +66,19 @@ enum Span {
     Pieces(core::ops::Range<usize>),
 }
 
-/// Which pack a matrix has.
+/// Which pack a matrix has: its weight type's rows in eights
+/// ([`Packed::eights`]), `block` bytes a pack block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Q8_0 rows in eights ([`BlockQ8_0x8`]).
-    Q8_0,
-    /// Q4_1 rows in eights ([`BlockQ4_1x8`]), for decode.
-    Q4_1,
-    /// Q4_K rows in eights ([`BlockQ4Kx8`]), for decode.
-    Q4K,
-    /// Q6_K rows in eights ([`BlockQ6Kx8`]), for decode.
-    Q6K,
-    /// Q5_0 rows in eights ([`BlockQ5_0x8`]), for decode.
-    Q5_0,
-}
-
-impl Kind {
-    fn block(self) -> usize {
-        match self {
-            Kind::Q8_0 => core::mem::size_of::<BlockQ8_0x8>(),
-            Kind::Q4_1 => core::mem::size_of::<BlockQ4_1x8>(),
-            Kind::Q4K => core::mem::size_of::<BlockQ4Kx8>(),
-            Kind::Q6K => core::mem::size_of::<BlockQ6Kx8>(),
-            Kind::Q5_0 => core::mem::size_of::<BlockQ5_0x8>(),
-        }
-    }
+struct Kind {
+    ty: GgmlType,
+    block: usize,
 }
 
 /// Bytes that rows `lo..hi` of `m` take as a piece: packed groups (`kind`)
 /// or the rows as stored.
 fn piece_bytes(m: &Matrix, kind: Option<Kind>, lo: usize, hi: usize) -> usize {
     match kind {
-        Some(k) => (hi - lo) / 8 * m.row_blocks() * k.block(),
+        Some(k) => (hi - lo) / 8 * m.row_blocks() * k.block,
         None => m.n_bytes() / m.rows.max(1) * (hi - lo),
     }
 }
@@ -127,18 +105,19 @@ impl Packs {
         if !enabled {
             return Ok(packs);
         }
-        let q = kernels.q16;
-        let has = |f: fn(&ember_core::kernels::Q16Kernels) -> bool| q.as_ref().is_some_and(f);
-        let (q8, q41) = (has(|q| q.q8_0x8.is_some()), has(|q| q.q4_1x8.is_some()));
-        let (q4k, q6k) = (has(|q| q.q4_kx8.is_some()), has(|q| q.q6_kx8.is_some()));
-        let q50 = has(|q| q.q5_0x8.is_some());
-        let kind_of = |m: &Matrix| match m.ty() {
-            GgmlType::Q8_0 if q8 => Some(Kind::Q8_0),
-            GgmlType::Q4_1 if q41 => Some(Kind::Q4_1),
-            GgmlType::Q4_K if q4k => Some(Kind::Q4K),
-            GgmlType::Q6_K if q6k => Some(Kind::Q6K),
-            GgmlType::Q5_0 if q50 => Some(Kind::Q5_0),
-            _ => None,
+        // A matrix packs where the table has a kernel for its pack.
+        let kind_of = |m: &Matrix| {
+            let q = kernels.q16?;
+            let kernel = match m.ty() {
+                GgmlType::Q8_0 => q.q8_0x8.is_some(),
+                GgmlType::Q4_1 => q.q4_1x8.is_some(),
+                GgmlType::Q4_K => q.q4_kx8.is_some(),
+                GgmlType::Q6_K => q.q6_kx8.is_some(),
+                GgmlType::Q5_0 => q.q5_0x8.is_some(),
+                _ => false,
+            };
+            let block = Packed::eights_block(m.ty()).filter(|_| kernel)?;
+            Some(Kind { ty: m.ty(), block })
         };
         let mut w = model.weights.clone();
         let mut ms: Vec<Matrix> = Vec::new();
@@ -164,7 +143,7 @@ impl Packs {
             if let Some(kind) = kind_of(m) {
                 let blocks = m.rows / 8 * m.row_blocks();
                 let len = blocks
-                    .checked_mul(kind.block())
+                    .checked_mul(kind.block)
                     .context("packed weights overflow")?;
                 let at = grow(&mut total, len)?;
                 packs.spans[i] = Span::Whole { at, blocks, kind };
@@ -237,7 +216,7 @@ impl Packs {
                         at: *at,
                         packed: true,
                     };
-                    let bytes = &mut buf[base + at..base + at + blocks * kind.block()];
+                    let bytes = &mut buf[base + at..base + at + blocks * kind.block];
                     fill(m, &p, bytes, nb)?;
                     continue;
                 }
@@ -278,14 +257,8 @@ impl Packs {
         model.weights.visit_matrices(|m| -> Result<()> {
             match it.next() {
                 Some(Span::Whole { at, blocks, kind }) => {
-                    let bytes = &buf[*at..*at + blocks * kind.block()];
-                    *m = match kind {
-                        Kind::Q8_0 => m.with_packed(cast_slice(bytes)?)?,
-                        Kind::Q4_1 => m.with_packed_q4_1(cast_slice(bytes)?)?,
-                        Kind::Q4K => m.with_packed_k(Packed::Q4Kx8(cast_slice(bytes)?))?,
-                        Kind::Q6K => m.with_packed_k(Packed::Q6Kx8(cast_slice(bytes)?))?,
-                        Kind::Q5_0 => m.with_packed_k(Packed::Q5_0x8(cast_slice(bytes)?))?,
-                    };
+                    let bytes = &buf[*at..*at + blocks * kind.block];
+                    *m = m.with_packs(Packed::eights(kind.ty, bytes)?)?;
                 }
                 Some(Span::Pieces(r)) => {
                     *m = m.with_pieces(buf, &self.pieces[r.clone()])?;
@@ -310,48 +283,32 @@ fn fill(m: &Matrix, p: &Piece, out: &mut [u8], nb: usize) -> Result<()> {
         out.copy_from_slice(src.bytes());
         return Ok(());
     }
-    let past = || anyhow::anyhow!("a piece past the matrix's rows");
-    let data = &m.data;
     let groups = match m.ty() {
-        GgmlType::Q8_0 => {
-            let d = data
-                .as_blocks::<BlockQ8_0>(GgmlType::Q8_0)
-                .ok_or_else(past)?;
-            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
-            q8_0::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ8_0x8>(out)?)
-        }
-        GgmlType::Q4_1 => {
-            let d = data
-                .as_blocks::<BlockQ4_1>(GgmlType::Q4_1)
-                .ok_or_else(past)?;
-            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
-            q4_1::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4_1x8>(out)?)
-        }
-        GgmlType::Q4_K => {
-            let d = data
-                .as_blocks::<BlockQ4K>(GgmlType::Q4_K)
-                .ok_or_else(past)?;
-            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
-            q4_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ4Kx8>(out)?)
-        }
-        GgmlType::Q6_K => {
-            let d = data
-                .as_blocks::<BlockQ6K>(GgmlType::Q6_K)
-                .ok_or_else(past)?;
-            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
-            q6_k::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ6Kx8>(out)?)
-        }
-        GgmlType::Q5_0 => {
-            let d = data
-                .as_blocks::<BlockQ5_0>(GgmlType::Q5_0)
-                .ok_or_else(past)?;
-            let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
-            q5_0::pack_rows_x8(rows, nb, cast_slice_mut::<BlockQ5_0x8>(out)?)
-        }
+        GgmlType::Q8_0 => pack(m, lo, hi, nb, out, q8_0::pack_rows_x8)?,
+        GgmlType::Q4_1 => pack(m, lo, hi, nb, out, q4_1::pack_rows_x8)?,
+        GgmlType::Q4_K => pack(m, lo, hi, nb, out, q4_k::pack_rows_x8)?,
+        GgmlType::Q6_K => pack(m, lo, hi, nb, out, q6_k::pack_rows_x8)?,
+        GgmlType::Q5_0 => pack(m, lo, hi, nb, out, q5_0::pack_rows_x8)?,
         _ => bail!("packing a matrix that has no packed form"),
     };
     if groups != p.rows / 8 {
         bail!("packed {groups} groups of {} rows", p.rows);
     }
     Ok(())
+}
+
+/// Rows `lo..hi` of `m` (`nb` blocks of `B` a row) packed by `pack` into
+/// `out`; the groups written.
+fn pack<B: Block, P: Pod>(
+    m: &Matrix,
+    lo: usize,
+    hi: usize,
+    nb: usize,
+    out: &mut [u8],
+    pack: fn(&[B], usize, &mut [P]) -> usize,
+) -> Result<usize> {
+    let past = || anyhow::anyhow!("a piece past the matrix's rows");
+    let d = m.data.as_blocks::<B>(m.ty()).ok_or_else(past)?;
+    let rows = d.get(lo * nb..hi * nb).ok_or_else(past)?;
+    Ok(pack(rows, nb, cast_slice_mut::<P>(out)?))
 }

@@ -347,14 +347,19 @@ fn aarch64_bare_metal_smollm2_on_4_cores_matches_host() {
     aarch64_smollm2_on_cores(4);
 }
 
+/// The Gemma 3 270M Q4_K_M file, fetched once into the model store.
+fn gemma3() -> std::path::PathBuf {
+    ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// Gemma 3 270M (the real Q4_K_M file: Q8_0, Q5_0, Q4_K and Q6_K matrices,
 /// sliding-window layers, a 262,144-token vocabulary) with no OS: tokenized
 /// on the device, decoded through the NEON 16-bit kernels, the same ids and
 /// text as the host's.
 #[test]
 fn aarch64_bare_metal_gemma3_matches_host() {
-    let model = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let model = gemma3();
     let log = placed_model_matches_host("aarch64-unknown-none", &model, &[]);
     assert!(log.contains("run kernels=neon"), "{log}");
 }
@@ -365,8 +370,7 @@ fn aarch64_bare_metal_gemma3_matches_host() {
 /// the host's `--kernels scalar-q8`.
 #[test]
 fn cortex_m55_gemma3_matches_host() {
-    let model = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let model = gemma3();
     let log = placed_model_matches_host("thumbv8m.main-none-eabihf", &model, &[]);
     assert!(log.contains("weights packed in fours: "), "{log}");
 }

@@ -443,21 +443,28 @@ mod imp {
         }
     }
 
-    /// The exact integer dot of 32 quants (four vectors of eight i16) with
-    /// a 16-bit activation block, as four lanes to be added.
+    /// A 16-bit activation block's quants as four vectors of eight.
     #[target_feature(enable = "neon")]
     #[inline]
-    fn dot32(q: [int16x8_t; 4], xb: &BlockQ16) -> int32x4_t {
+    fn eighths(xb: &BlockQ16) -> (int16x8_t, int16x8_t, int16x8_t, int16x8_t) {
         let p = xb.qs.as_ptr();
         // SAFETY: four runs of eight i16 within the block's 32.
-        let (x0, x1, x2, x3) = unsafe {
+        unsafe {
             (
                 vld1q_s16(p),
                 vld1q_s16(p.add(8)),
                 vld1q_s16(p.add(16)),
                 vld1q_s16(p.add(24)),
             )
-        };
+        }
+    }
+
+    /// The exact integer dot of 32 quants (four vectors of eight i16) with
+    /// a 16-bit activation block, as four lanes to be added.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn dot32(q: [int16x8_t; 4], xb: &BlockQ16) -> int32x4_t {
+        let (x0, x1, x2, x3) = eighths(xb);
         let [q0, q1, q2, q3] = q;
         let mut a = vmull_s16(vget_low_s16(q0), vget_low_s16(x0));
         a = vmlal_high_s16(a, q0, x0);
@@ -623,16 +630,7 @@ mod imp {
             let top = |hv: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(hv, down), vdupq_n_u8(3)));
             let q0 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(l0, top(h0))), vdupq_n_s8(32));
             let q1 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(l1, top(h1))), vdupq_n_s8(32));
-            let p = xb.qs.as_ptr();
-            // SAFETY: four runs of eight i16 within the block's 32.
-            let (x0, x1, x2, x3) = unsafe {
-                (
-                    vld1q_s16(p),
-                    vld1q_s16(p.add(8)),
-                    vld1q_s16(p.add(16)),
-                    vld1q_s16(p.add(24)),
-                )
-            };
+            let (x0, x1, x2, x3) = eighths(xb);
             let half = |q: int8x16_t, xa: int16x8_t, xc: int16x8_t| {
                 let (a, c) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
                 let mut s = vmull_s16(vget_low_s16(a), vget_low_s16(xa));

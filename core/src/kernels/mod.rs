@@ -204,6 +204,53 @@ pub enum Packed<'a> {
     Q5_0x8(&'a [BlockQ5_0x8]),
 }
 
+impl<'a> Packed<'a> {
+    /// The weight type a pack is of, its rows per group and its pack
+    /// blocks (`None` for no pack).
+    fn shape(&self) -> Option<(GgmlType, usize, usize)> {
+        Some(match self {
+            Packed::None => return None,
+            Packed::X8(p) => (GgmlType::Q8_0, 8, p.len()),
+            Packed::X4(p) => (GgmlType::Q8_0, 4, p.len()),
+            Packed::Q4_1x8(p) => (GgmlType::Q4_1, 8, p.len()),
+            Packed::Q4Kx8(p) => (GgmlType::Q4_K, 8, p.len()),
+            Packed::Q6Kx8(p) => (GgmlType::Q6_K, 8, p.len()),
+            Packed::Q5_0x8(p) => (GgmlType::Q5_0, 8, p.len()),
+        })
+    }
+
+    /// Bytes of one block of `ty`'s rows interleaved in eights (eight rows'
+    /// blocks), if `ty` has such a pack.
+    pub fn eights_block(ty: GgmlType) -> Option<usize> {
+        Some(match ty {
+            GgmlType::Q8_0 => core::mem::size_of::<BlockQ8_0x8>(),
+            GgmlType::Q4_1 => core::mem::size_of::<BlockQ4_1x8>(),
+            GgmlType::Q4_K => core::mem::size_of::<BlockQ4Kx8>(),
+            GgmlType::Q6_K => core::mem::size_of::<BlockQ6Kx8>(),
+            GgmlType::Q5_0 => core::mem::size_of::<BlockQ5_0x8>(),
+            _ => return None,
+        })
+    }
+
+    /// `bytes` as the interleaved-in-eights pack of a `ty` matrix (whole
+    /// pack blocks, aligned for them).
+    pub fn eights(ty: GgmlType, bytes: &'a [u8]) -> Result<Packed<'a>> {
+        Ok(match ty {
+            GgmlType::Q8_0 => Packed::X8(cast_slice(bytes)?),
+            GgmlType::Q4_1 => Packed::Q4_1x8(cast_slice(bytes)?),
+            GgmlType::Q4_K => Packed::Q4Kx8(cast_slice(bytes)?),
+            GgmlType::Q6_K => Packed::Q6Kx8(cast_slice(bytes)?),
+            GgmlType::Q5_0 => Packed::Q5_0x8(cast_slice(bytes)?),
+            _ => {
+                return Err(Error::LengthMismatch {
+                    expected: 0,
+                    found: bytes.len() as u64,
+                })
+            }
+        })
+    }
+}
+
 impl<'a> Matrix<'a> {
     /// Views a validated 1-D or 2-D GGUF tensor as a matrix without copying.
     /// GGUF's `dims[0]` is the row length.
@@ -303,34 +350,12 @@ impl<'a> Matrix<'a> {
         };
         if p.packed {
             // Within the rows' own size (checked above) times a constant.
-            let groups = p.rows / 8 * nb;
-            let len = |block: usize| groups.checked_mul(block).ok_or(short);
-            return match data.ty {
-                GgmlType::Q8_0 => {
-                    let len = len(core::mem::size_of::<BlockQ8_0x8>())?;
-                    own.with_packed(cast_slice(span(len)?)?)
-                }
-                GgmlType::Q4_1 => {
-                    let len = len(core::mem::size_of::<BlockQ4_1x8>())?;
-                    own.with_packed_q4_1(cast_slice(span(len)?)?)
-                }
-                GgmlType::Q4_K => {
-                    let len = len(core::mem::size_of::<BlockQ4Kx8>())?;
-                    own.with_packed_k(Packed::Q4Kx8(cast_slice(span(len)?)?))
-                }
-                GgmlType::Q6_K => {
-                    let len = len(core::mem::size_of::<BlockQ6Kx8>())?;
-                    own.with_packed_k(Packed::Q6Kx8(cast_slice(span(len)?)?))
-                }
-                GgmlType::Q5_0 => {
-                    let len = len(core::mem::size_of::<BlockQ5_0x8>())?;
-                    own.with_packed_k(Packed::Q5_0x8(cast_slice(span(len)?)?))
-                }
-                _ => Err(Error::LengthMismatch {
-                    expected: 0,
-                    found: p.rows as u64,
-                }),
-            };
+            let block = Packed::eights_block(data.ty).ok_or(Error::LengthMismatch {
+                expected: 0,
+                found: p.rows as u64,
+            })?;
+            let len = (p.rows / 8 * nb).checked_mul(block).ok_or(short)?;
+            return own.with_packs(Packed::eights(data.ty, span(len)?)?);
         }
         let len = own.n_bytes();
         let b = span(len)?;
@@ -379,7 +404,7 @@ impl<'a> Matrix<'a> {
     /// `data` for every whole group (`rows / 8` groups of `cols / 32`
     /// blocks).
     pub fn with_packed(self, packed: &'a [BlockQ8_0x8]) -> Result<Matrix<'a>> {
-        self.attach(8, packed.len(), Packed::X8(packed))
+        self.with_packs(Packed::X8(packed))
     }
 
     /// This Q4_1 matrix with its rows also interleaved in groups of eight:
@@ -387,45 +412,23 @@ impl<'a> Matrix<'a> {
     /// `data` for every whole group (`rows / 8` groups of `cols / 32`
     /// blocks).
     pub fn with_packed_q4_1(self, packed: &'a [BlockQ4_1x8]) -> Result<Matrix<'a>> {
-        self.attach(8, packed.len(), Packed::Q4_1x8(packed))
+        self.with_packs(Packed::Q4_1x8(packed))
     }
 
     /// This Q8_0 matrix with its rows also interleaved in groups of four:
-    /// This matrix with its blocks of eight rows ([`Packed::Q4Kx8`],
-    /// [`Packed::Q6Kx8`] or [`Packed::Q5_0x8`]), if they are of its type
-    /// and one per whole group of eight rows and block column: what the
-    /// format's `pack_rows_x8` ([`quant::q4_k::pack_rows_x8`],
-    /// [`quant::q6_k::pack_rows_x8`], [`quant::q5_0::pack_rows_x8`]) wrote
-    /// from `data`.
-    pub fn with_packed_k(self, packed: Packed<'a>) -> Result<Matrix<'a>> {
-        let len = match packed {
-            Packed::Q4Kx8(p) => p.len(),
-            Packed::Q6Kx8(p) => p.len(),
-            Packed::Q5_0x8(p) => p.len(),
-            _ => usize::MAX,
-        };
-        self.attach(8, len, packed)
-    }
-
     /// `packed` must be what [`quant::q8_0::pack_rows_x4`] wrote from `data`
     /// for every whole group (`rows / 4` groups of `cols / 32` blocks).
     pub fn with_packed4(self, packed: &'a [BlockQ8_0x4]) -> Result<Matrix<'a>> {
-        self.attach(4, packed.len(), Packed::X4(packed))
+        self.with_packs(Packed::X4(packed))
     }
 
-    /// This matrix with `packed` (`len` groups of `rows_per_group` rows'
-    /// blocks), if the pack is of the matrix's type and is one pack block
-    /// per whole group and block column.
-    fn attach(self, rows_per_group: usize, len: usize, packed: Packed<'a>) -> Result<Matrix<'a>> {
+    /// This matrix with `packed`, if the pack is of the matrix's type and is
+    /// one pack block per whole group of rows and block column: what the
+    /// format's `pack_rows_x8` (or `pack_rows_x4`) wrote from `data`.
+    pub fn with_packs(self, packed: Packed<'a>) -> Result<Matrix<'a>> {
+        let (ty, rows_per_group, len) = packed.shape().unwrap_or((self.ty(), 1, usize::MAX));
         let need = self.rows / rows_per_group * self.row_blocks();
-        let same_type = match packed {
-            Packed::Q4_1x8(_) => self.ty() == GgmlType::Q4_1,
-            Packed::Q4Kx8(_) => self.ty() == GgmlType::Q4_K,
-            Packed::Q6Kx8(_) => self.ty() == GgmlType::Q6_K,
-            Packed::Q5_0x8(_) => self.ty() == GgmlType::Q5_0,
-            _ => self.ty() == GgmlType::Q8_0,
-        };
-        if !same_type || len != need {
+        if ty != self.ty() || len != need {
             return Err(Error::LengthMismatch {
                 expected: need as u64,
                 found: len as u64,
@@ -1621,6 +1624,14 @@ impl Kernels {
         {
             let rb = w.row_bytes();
             let own = self.format(w.ty()).q16;
+            // A packed matrix's rows through its kernel (blocks of `$b`, each
+            // `$per` activation blocks long), checked by its reference `$dot`.
+            macro_rules! packed {
+                ($p:expr, $k:expr, $b:ty, $per:expr, $dot:expr, $a:expr, $bb:expr, $o:expr) => {{
+                    let d = quant::blocks::<$b>(w.data.bytes());
+                    packed_rows($per, d, $p, $k, $dot, xq, n, ($a, $bb), $o)
+                }};
+            }
             let run = |a: usize, b: usize, o: &mut [f32]| match (w.packed, q16) {
                 (
                     Packed::X8(p),
@@ -1628,8 +1639,7 @@ impl Kernels {
                         q8_0x8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<BlockQ8_0>(w.data.bytes());
-                    packed_rows(1, d, p, k, quant::q16::dot_q8_0_q16, xq, n, (a, b), o)
+                    packed!(p, k, BlockQ8_0, 1, quant::q16::dot_q8_0_q16, a, b, o)
                 }
                 (
                     Packed::Q4_1x8(p),
@@ -1637,8 +1647,7 @@ impl Kernels {
                         q4_1x8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<BlockQ4_1>(w.data.bytes());
-                    packed_rows(1, d, p, k, quant::q16::dot_q4_1_q16, xq, n, (a, b), o)
+                    packed!(p, k, BlockQ4_1, 1, quant::q16::dot_q4_1_q16, a, b, o)
                 }
                 // Only the x86 tables have kernels for these packs; elsewhere
                 // the arm would only add code (microcontroller flash).
@@ -1649,9 +1658,8 @@ impl Kernels {
                         q4_kx8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<BlockQ4K>(w.data.bytes());
                     let dot = quant::q16::dot_scale_min_q16::<BlockQ4K>;
-                    packed_rows(8, d, p, k, dot, xq, n, (a, b), o)
+                    packed!(p, k, BlockQ4K, 8, dot, a, b, o)
                 }
                 #[cfg(target_arch = "x86_64")]
                 (
@@ -1660,8 +1668,7 @@ impl Kernels {
                         q6_kx8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<BlockQ6K>(w.data.bytes());
-                    packed_rows(8, d, p, k, quant::q16::dot_q6_k_q16, xq, n, (a, b), o)
+                    packed!(p, k, BlockQ6K, 8, quant::q16::dot_q6_k_q16, a, b, o)
                 }
                 #[cfg(target_arch = "x86_64")]
                 (
@@ -1670,8 +1677,7 @@ impl Kernels {
                         q5_0x8: Some(k), ..
                     },
                 ) => {
-                    let d = quant::blocks::<BlockQ5_0>(w.data.bytes());
-                    packed_rows(1, d, p, k, quant::q16::dot_q5_0_q16, xq, n, (a, b), o)
+                    packed!(p, k, BlockQ5_0, 1, quant::q16::dot_q5_0_q16, a, b, o)
                 }
                 _ => {
                     if let Some(k) = own {
