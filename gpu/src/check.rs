@@ -1,0 +1,88 @@
+//! One kernel at a time, for conformance checks against the core's scalar
+//! reference: each call uploads its inputs, runs one dispatch and reads the
+//! result back.
+
+use ember_core::kernels::Matrix;
+
+use crate::device::{grid, map_f32, Gpu, Params, Recorder};
+use crate::{bail, shaders, Result};
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `y[t] = m · x[t]` for the `n` rows of `x` (each `m.cols` long) with the
+/// matrix kernel of `m`'s format; `y` is `n × m.rows`.
+pub fn matmul(gpu: &Gpu, m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    if x.len() != n * m.cols || n == 0 {
+        bail!("x holds {} floats, not {n} rows of {}", x.len(), m.cols);
+    }
+    let ty = m.ty();
+    let k = gpu.kernel("matmul", &shaders::matmul(ty), shaders::MATMUL_BINDINGS)?;
+    let w = gpu.upload("w", &m.data.bytes()[..m.rows * m.row_bytes()])?;
+    let xb = gpu.upload("x", &f32_bytes(x))?;
+    let out = (n * m.rows * 4) as u64;
+    let y = gpu.scratch("y", out)?;
+    let params = Recorder::params_buffer(gpu, gpu.param_stride());
+    let (mut gr, width) = grid(m.rows);
+    gr[2] = n.div_ceil(8) as u32;
+    let p = Params {
+        u: [
+            m.rows as u32,
+            m.cols as u32,
+            m.row_bytes() as u32,
+            n as u32,
+            m.cols as u32,
+            m.rows as u32,
+            0,
+            width,
+        ],
+        f: [0.0; 4],
+    };
+    run(gpu, &params, |r| r.push(gpu, &params, &k, p, &[&w, &xb, &y], gr))?;
+    read(gpu, &y, out)
+}
+
+/// The rows `ids` of `m`, dequantized by the embedding kernel and
+/// multiplied by `scale`: `ids.len() × m.cols`.
+pub fn embed(gpu: &Gpu, m: &Matrix, ids: &[u32], scale: f32) -> Result<Vec<f32>> {
+    if ids.is_empty() || ids.iter().any(|&i| i as usize >= m.rows) {
+        bail!("the ids are empty or past the matrix's {} rows", m.rows);
+    }
+    let ty = m.ty();
+    let k = gpu.kernel("embed", &shaders::embed(ty), shaders::MATMUL_BINDINGS)?;
+    let w = gpu.upload("w", &m.data.bytes()[..m.rows * m.row_bytes()])?;
+    let meta: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| [i, 0, 0, 0])
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let mb = gpu.upload("meta", &meta)?;
+    let out = (ids.len() * m.cols * 4) as u64;
+    let y = gpu.scratch("y", out)?;
+    let params = Recorder::params_buffer(gpu, gpu.param_stride());
+    let p = Params {
+        u: [m.cols as u32, m.rows as u32, m.row_bytes() as u32, 0, 0, 0, 0, 0],
+        f: [scale, 0.0, 0.0, 0.0],
+    };
+    let gr = [ids.len() as u32, 1, 1];
+    run(gpu, &params, |r| r.push(gpu, &params, &k, p, &[&w, &mb, &y], gr))?;
+    read(gpu, &y, out)
+}
+
+fn run<'k>(gpu: &Gpu, params: &wgpu::Buffer, rec: impl FnOnce(&mut Recorder<'k>)) -> Result<()> {
+    let mut r = Recorder::new(gpu);
+    rec(&mut r);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    r.finish(gpu, params, &mut enc);
+    gpu.queue.submit([enc.finish()]);
+    Ok(())
+}
+
+fn read(gpu: &Gpu, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+    let rb = gpu.readback("readback", bytes);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(src, 0, &rb, 0, bytes.div_ceil(4) * 4);
+    gpu.queue.submit([enc.finish()]);
+    map_f32(gpu, &rb, bytes)
+}

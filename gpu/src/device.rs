@@ -1,0 +1,382 @@
+//! The adapter and device, buffers, and compute kernels with their bind
+//! layouts: binding 0 the dispatch's parameters (a uniform at a dynamic
+//! offset), then storage buffers.
+
+use wgpu::util::DeviceExt;
+
+use crate::{bail, Result};
+
+/// An open GPU: the adapter chosen, its device and queue.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.name()).finish()
+    }
+}
+
+/// How much an adapter is preferred: GPUs over software, native APIs over GL.
+fn rank(info: &wgpu::AdapterInfo) -> u32 {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Gl | wgpu::Backend::BrowserWebGpu | wgpu::Backend::Noop => 0,
+        _ => 1,
+    };
+    kind * 2 + api
+}
+
+impl Gpu {
+    /// The best adapter there is (`EMBER_GPU_ADAPTER`, if set, picks the
+    /// first whose name contains it), opened with its own limits. The GL
+    /// backend is never used: it lacks what the kernels need.
+    pub fn new() -> Result<Gpu> {
+        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters: Vec<wgpu::Adapter> =
+            pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+                .into_iter()
+                .filter(|a| a.get_info().backend != wgpu::Backend::Gl)
+                .collect();
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        if let Ok(want) = std::env::var("EMBER_GPU_ADAPTER") {
+            adapters.retain(|a| a.get_info().name.contains(&want));
+            if adapters.is_empty() {
+                bail!(
+                    "no GPU adapter's name contains EMBER_GPU_ADAPTER={want:?} (found: {})",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                );
+            }
+        }
+        adapters.sort_by_key(|a| std::cmp::Reverse(rank(&a.get_info())));
+        let Some(adapter) = adapters.into_iter().next() else {
+            bail!(
+                "no GPU adapter found: install a Vulkan (or Metal, DX12) driver, \
+                 for example Debian's mesa-vulkan-drivers, or use --device cpu"
+            );
+        };
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("ember"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: Default::default(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: Default::default(),
+        };
+        let info = adapter.get_info();
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| crate::Error(format!("cannot open the GPU {}: {e}", info.name)))?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+        })
+    }
+
+    /// The adapter's name and API, for messages.
+    pub fn name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// The largest buffer one binding may see.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size) as u64
+    }
+
+    /// A storage buffer holding `bytes` (padded to whole words; at least one).
+    pub fn upload(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        if bytes.len() as u64 > self.max_binding() {
+            bail!(
+                "{label}: {} bytes is more than one GPU binding holds ({})",
+                bytes.len(),
+                self.max_binding()
+            );
+        }
+        let padded;
+        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+            let mut v = bytes.to_vec();
+            v.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            padded = v;
+            &padded[..]
+        } else {
+            bytes
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("{label}: the GPU is out of memory ({e})");
+        }
+        Ok(b)
+    }
+
+    /// A zeroed storage buffer of `bytes` (at least one word).
+    pub fn scratch(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        if bytes > self.max_binding() {
+            bail!(
+                "{label}: {bytes} bytes is more than one GPU binding holds ({}); \
+                 lower --ctx, --parallel or --batch",
+                self.max_binding()
+            );
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.div_ceil(4).max(1) * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("{label}: the GPU is out of memory ({e}); lower --ctx, --parallel or --batch");
+        }
+        Ok(b)
+    }
+
+    /// A buffer the host reads back (`bytes` rounded up to words).
+    pub fn readback(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.div_ceil(4).max(1) * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// The stride between dispatches' parameters in the uniform buffer.
+    pub fn param_stride(&self) -> u64 {
+        (self.limits.min_uniform_buffer_offset_alignment as u64).max(PARAMS_BYTES)
+    }
+
+    /// A compute kernel from WGSL `source` (entry point `main`) whose
+    /// storage bindings 1.. are written where `writes` says.
+    pub fn kernel(&self, label: &str, source: &str, writes: &[bool]) -> Result<Kernel> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
+            },
+            count: None,
+        }];
+        for (i, &w) in writes.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: !w },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &entries,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipe = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("the {label} kernel does not build on this GPU: {e}");
+        }
+        Ok(Kernel { pipe, layout })
+    }
+}
+
+/// Bytes of one dispatch's parameters ([`Params`]).
+pub const PARAMS_BYTES: u64 = 48;
+
+/// One dispatch's parameters: eight integers and four floats, whose
+/// meaning each kernel's source states.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Params {
+    pub u: [u32; 8],
+    pub f: [f32; 4],
+}
+
+impl Params {
+    pub fn bytes(&self) -> [u8; PARAMS_BYTES as usize] {
+        let mut b = [0u8; PARAMS_BYTES as usize];
+        for (i, v) in self.u.iter().enumerate() {
+            b[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        for (i, v) in self.f.iter().enumerate() {
+            b[32 + 4 * i..36 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+}
+
+/// A compute pipeline and the layout of its one bind group.
+#[derive(Debug)]
+pub struct Kernel {
+    pub(crate) pipe: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+}
+
+/// A grid of `n` workgroups: `(x, y)` with `x <= 65535`, and `x` (which
+/// the kernels get as `P.h` to number their workgroups).
+pub fn grid(n: usize) -> ([u32; 3], u32) {
+    let x = n.clamp(1, 65535);
+    let y = n.div_ceil(x).max(1);
+    ([x as u32, y as u32, 1], x as u32)
+}
+
+/// The dispatches of one submission: each kernel's parameters go into one
+/// uniform buffer at its own offset, written before the work runs.
+pub struct Recorder<'k> {
+    params: Vec<u8>,
+    ops: Vec<(&'k Kernel, wgpu::BindGroup, u32, [u32; 3])>,
+    stride: u64,
+}
+
+impl<'k> Recorder<'k> {
+    pub fn new(gpu: &Gpu) -> Recorder<'k> {
+        Recorder {
+            params: Vec::new(),
+            ops: Vec::new(),
+            stride: gpu.param_stride(),
+        }
+    }
+
+    /// Dispatches `k` over `grid` workgroups with `p`, binding `bufs` to
+    /// bindings 1.. and `params` (the uniform buffer [`Recorder::finish`]
+    /// writes) to binding 0.
+    pub fn push(
+        &mut self,
+        gpu: &Gpu,
+        params: &wgpu::Buffer,
+        k: &'k Kernel,
+        p: Params,
+        bufs: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) {
+        let off = self.params.len() as u64;
+        self.params.extend_from_slice(&p.bytes());
+        self.params.resize((off + self.stride) as usize, 0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: params,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAMS_BYTES),
+            }),
+        }];
+        for (i, b) in bufs.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &k.layout,
+            entries: &entries,
+        });
+        self.ops.push((k, bg, off as u32, grid));
+    }
+
+    /// Bytes of parameters the recorded dispatches need.
+    pub fn params_len(&self) -> u64 {
+        self.params.len() as u64
+    }
+
+    /// Writes the parameters into `params` and records every dispatch into
+    /// one compute pass of `enc`.
+    pub fn finish(self, gpu: &Gpu, params: &wgpu::Buffer, enc: &mut wgpu::CommandEncoder) {
+        gpu.queue.write_buffer(params, 0, &self.params);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("step"),
+            timestamp_writes: None,
+        });
+        for (k, bg, off, g) in &self.ops {
+            pass.set_pipeline(&k.pipe);
+            pass.set_bind_group(0, bg, &[*off]);
+            pass.dispatch_workgroups(g[0], g[1], g[2]);
+        }
+    }
+
+    /// A uniform buffer for `bytes` of parameters.
+    pub fn params_buffer(gpu: &Gpu, bytes: u64) -> wgpu::Buffer {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: bytes.max(PARAMS_BYTES),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+}
+
+/// Waits for the GPU, then copies `bytes` of the mapped `rb` out as f32s.
+pub fn map_f32(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+    let len = bytes.div_ceil(4) * 4;
+    let (tx, rx) = std::sync::mpsc::channel();
+    rb.map_async(wgpu::MapMode::Read, 0..len, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| crate::Error(format!("the GPU did not finish: {e}")))?;
+    match rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("cannot read the GPU's results: {e}"),
+        Err(_) => bail!("cannot read the GPU's results"),
+    }
+    let out = {
+        let view = rb
+            .get_mapped_range(0..len)
+            .map_err(|e| crate::Error(format!("cannot read the GPU's results: {e}")))?;
+        view.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    rb.unmap();
+    Ok(out)
+}

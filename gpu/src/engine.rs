@@ -1,0 +1,594 @@
+//! The forward pass on the device: the same steps, in the same order, as
+//! the core's [`ember_core::model::Batch`] (see `core/src/model/llama.rs`),
+//! over weights resident in GPU memory and one KV cache per slot.
+//!
+//! A step advances several sequences (slots) at once: every token's
+//! embedding, per layer RMSNorm, the Q/K/V projections (biases, per-head
+//! norms), RoPE from tables the host computes with the core's f64 code,
+//! the KV store at each token's position, causal grouped-query attention
+//! (within the window for windowed layers), the output projection (post
+//! norm), residual; RMSNorm, gate and up, SwiGLU/GeGLU, down (post norm),
+//! residual; finally the last token of each sequence through the final
+//! norm and the classifier (soft-capped where the file says). All of it is
+//! one compute pass in one submission; the logits come back to the host
+//! for sampling.
+
+use std::collections::HashMap;
+
+use ember_core::arch::{Activation, RopeOrder};
+use ember_core::kernels::Matrix;
+use ember_core::model::llama::{rope_freqs, rope_table};
+use ember_core::model::{Config, Llama};
+use ember_core::quant::GgmlType;
+
+use crate::device::{grid, map_f32, Gpu, Kernel, Params, Recorder};
+use crate::shaders::{self, Op};
+use crate::{bail, Result};
+
+/// What an engine holds room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Sequences kept at once, each with its own KV cache.
+    pub slots: usize,
+    /// Positions per slot.
+    pub ctx: usize,
+    /// Tokens one step takes, over all its sequences.
+    pub max_batch: usize,
+}
+
+/// A matrix resident on the device: its rows in parts that each fit one
+/// binding.
+#[derive(Debug, Clone)]
+struct DevMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// (buffer, first row, rows).
+    parts: Vec<(wgpu::Buffer, usize, usize)>,
+}
+
+/// An f32 vector on the device, or none.
+type DevVec = Option<wgpu::Buffer>;
+
+#[derive(Debug)]
+struct DevLayer {
+    attn_norm: wgpu::Buffer,
+    q: DevMatrix,
+    k: DevMatrix,
+    v: DevMatrix,
+    o: DevMatrix,
+    ffn_norm: wgpu::Buffer,
+    gate: DevMatrix,
+    up: DevMatrix,
+    down: DevMatrix,
+    q_bias: DevVec,
+    k_bias: DevVec,
+    v_bias: DevVec,
+    q_norm: DevVec,
+    k_norm: DevVec,
+    attn_post_norm: DevVec,
+    ffn_post_norm: DevVec,
+    /// This layer's key and value caches: slots × ctx × kv_dim f32.
+    kc: wgpu::Buffer,
+    vc: wgpu::Buffer,
+}
+
+/// The step's activations.
+#[derive(Debug)]
+struct Bufs {
+    x: wgpu::Buffer,
+    xb: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    att: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    /// Per token: id, position, slot, sequence.
+    meta: wgpu::Buffer,
+    /// Per token, per table: (cos, sin) of each rotated pair.
+    rope: wgpu::Buffer,
+    /// The rows whose logits are wanted.
+    rows: wgpu::Buffer,
+    /// Those rows, normed.
+    xn: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    params: wgpu::Buffer,
+    /// Bound where a kernel's optional vector is absent.
+    dummy: wgpu::Buffer,
+}
+
+/// A model on the GPU with room for `slots` sequences.
+pub struct Engine {
+    gpu: Gpu,
+    c: Config,
+    opt: EngineOptions,
+    ops: HashMap<Op, Kernel>,
+    matmul: HashMap<GgmlType, Kernel>,
+    embed: HashMap<GgmlType, Kernel>,
+    embd: DevMatrix,
+    output: DevMatrix,
+    output_norm: wgpu::Buffer,
+    layers: Vec<DevLayer>,
+    b: Bufs,
+    /// The RoPE frequencies of each table (the core's bits of f64s).
+    freqs: Vec<Vec<f32>>,
+    /// Positions filled in each slot.
+    lens: Vec<usize>,
+    /// The last step's logits, one row per sequence.
+    logits: Vec<f32>,
+    /// Rows of `logits` the last step filled.
+    n_logits: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("gpu", &self.gpu)
+            .field("config", &self.c)
+            .field("options", &self.opt)
+            .finish()
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Engine {
+    /// Uploads `model`'s weights to `gpu` and makes room for `opt`.
+    pub fn new(gpu: Gpu, model: &Llama, opt: EngineOptions) -> Result<Engine> {
+        let c = model.config;
+        if opt.slots == 0 || opt.ctx == 0 || opt.max_batch == 0 {
+            bail!("the GPU engine needs at least one slot, position and token per step");
+        }
+        let w = &model.weights;
+        let mut types: Vec<GgmlType> = vec![w.token_embd.ty(), w.output.ty()];
+        for l in &w.layers {
+            types.extend(l.matrices().iter().map(|m| m.ty()));
+        }
+        let mut matmul = HashMap::new();
+        for &ty in &types {
+            if let std::collections::hash_map::Entry::Vacant(e) = matmul.entry(ty) {
+                e.insert(gpu.kernel(
+                    &format!("matmul {}", ty.name()),
+                    &shaders::matmul(ty),
+                    shaders::MATMUL_BINDINGS,
+                )?);
+            }
+        }
+        let mut embed = HashMap::new();
+        let ety = w.token_embd.ty();
+        embed.insert(
+            ety,
+            gpu.kernel(
+                &format!("embed {}", ety.name()),
+                &shaders::embed(ety),
+                shaders::MATMUL_BINDINGS,
+            )?,
+        );
+        let mut ops = HashMap::new();
+        for op in Op::ALL {
+            ops.insert(
+                op,
+                gpu.kernel(&format!("{op:?}"), &op.source(), op.bindings())?,
+            );
+        }
+
+        let embd = upload_matrix(&gpu, "token_embd", &w.token_embd)?;
+        let output = if w.output.data.bytes().as_ptr() == w.token_embd.data.bytes().as_ptr() {
+            embd.clone()
+        } else {
+            upload_matrix(&gpu, "output", &w.output)?
+        };
+        let vecf = |name: &str, v: &[f32]| -> Result<DevVec> {
+            if v.is_empty() {
+                Ok(None)
+            } else {
+                gpu.upload(name, &f32_bytes(v)).map(Some)
+            }
+        };
+        let kv_bytes = (opt.slots as u64)
+            .saturating_mul(opt.ctx as u64)
+            .saturating_mul(c.kv_dim() as u64 * 4);
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for (i, l) in w.layers.iter().enumerate() {
+            let name = |s: &str| format!("blk.{i}.{s}");
+            layers.push(DevLayer {
+                attn_norm: gpu.upload(&name("attn_norm"), &f32_bytes(l.attn_norm))?,
+                q: upload_matrix(&gpu, &name("attn_q"), &l.attn_q)?,
+                k: upload_matrix(&gpu, &name("attn_k"), &l.attn_k)?,
+                v: upload_matrix(&gpu, &name("attn_v"), &l.attn_v)?,
+                o: upload_matrix(&gpu, &name("attn_output"), &l.attn_output)?,
+                ffn_norm: gpu.upload(&name("ffn_norm"), &f32_bytes(l.ffn_norm))?,
+                gate: upload_matrix(&gpu, &name("ffn_gate"), &l.ffn_gate)?,
+                up: upload_matrix(&gpu, &name("ffn_up"), &l.ffn_up)?,
+                down: upload_matrix(&gpu, &name("ffn_down"), &l.ffn_down)?,
+                q_bias: vecf(&name("attn_q.bias"), l.attn_q_bias)?,
+                k_bias: vecf(&name("attn_k.bias"), l.attn_k_bias)?,
+                v_bias: vecf(&name("attn_v.bias"), l.attn_v_bias)?,
+                q_norm: vecf(&name("attn_q_norm"), l.attn_q_norm)?,
+                k_norm: vecf(&name("attn_k_norm"), l.attn_k_norm)?,
+                attn_post_norm: vecf(&name("post_attention_norm"), l.attn_post_norm)?,
+                ffn_post_norm: vecf(&name("post_ffw_norm"), l.ffn_post_norm)?,
+                kc: gpu.scratch(&name("key cache"), kv_bytes)?,
+                vc: gpu.scratch(&name("value cache"), kv_bytes)?,
+            });
+        }
+        let output_norm = gpu.upload("output_norm", &f32_bytes(w.output_norm))?;
+
+        let n = opt.max_batch as u64;
+        let f = |k: usize| n * k as u64 * 4;
+        let hidden = c.dim.max(c.q_dim()).max(c.ffn_dim);
+        let seqs = opt.slots.min(opt.max_batch) as u64;
+        let sets = c.rope_sets();
+        // Enough parameter room for every dispatch of a step.
+        let per_layer = 32 + 8 * 9; // ops, and matrix parts
+        let dispatches = 64 + per_layer * c.n_layers + embd.parts.len() + output.parts.len();
+        let params = Recorder::params_buffer(&gpu, dispatches as u64 * gpu.param_stride());
+        let b = Bufs {
+            x: gpu.scratch("x", f(c.dim))?,
+            xb: gpu.scratch("xb", f(hidden))?,
+            q: gpu.scratch("q", f(c.q_dim()))?,
+            k: gpu.scratch("k", f(c.kv_dim()))?,
+            v: gpu.scratch("v", f(c.kv_dim()))?,
+            att: gpu.scratch("att", f(c.q_dim()))?,
+            gate: gpu.scratch("gate", f(c.ffn_dim))?,
+            up: gpu.scratch("up", f(c.ffn_dim))?,
+            scores: gpu.scratch("scores", f(c.n_heads).saturating_mul(opt.ctx as u64))?,
+            meta: gpu.scratch("meta", f(4))?,
+            rope: gpu.scratch("rope", f(sets * c.rope_dim))?,
+            rows: gpu.scratch("rows", seqs * 4)?,
+            xn: gpu.scratch("xn", seqs * c.dim as u64 * 4)?,
+            logits: gpu.scratch("logits", seqs * c.vocab_size as u64 * 4)?,
+            readback: gpu.readback("logits readback", seqs * c.vocab_size as u64 * 4),
+            params,
+            dummy: gpu.scratch("dummy", 16)?,
+        };
+        let mut freqs = vec![vec![0.0f32; c.rope_dim]; sets];
+        rope_freqs(
+            &mut freqs[0],
+            c.rope_base,
+            c.rope_scale,
+            w.rope_factors,
+            c.rope_dim,
+        );
+        if sets == 2 {
+            rope_freqs(&mut freqs[1], c.rope_base_window, 1.0, &[], c.rope_dim);
+        }
+        Ok(Engine {
+            gpu,
+            c,
+            opt,
+            ops,
+            matmul,
+            embed,
+            embd,
+            output,
+            output_norm,
+            layers,
+            b,
+            freqs,
+            lens: vec![0; opt.slots],
+            logits: Vec::new(),
+            n_logits: 0,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.c
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opt
+    }
+
+    /// The adapter, for messages.
+    pub fn device_name(&self) -> String {
+        self.gpu.name()
+    }
+
+    /// Positions filled in `slot`.
+    pub fn pos(&self, slot: usize) -> usize {
+        self.lens.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Empties `slot` (its next token is at position 0).
+    pub fn clear(&mut self, slot: usize) {
+        if let Some(l) = self.lens.get_mut(slot) {
+            *l = 0;
+        }
+    }
+
+    /// The logits after the last token of sequence `i` of the last step.
+    pub fn logits(&self, i: usize) -> &[f32] {
+        let v = self.c.vocab_size;
+        if i >= self.n_logits {
+            return &[];
+        }
+        &self.logits[i * v..(i + 1) * v]
+    }
+
+    /// Advances each `(slot, tokens)` of `work` by its tokens in one step;
+    /// then [`Engine::logits`]`(i)` holds the logits after the last token of
+    /// `work[i]`. Everything is checked first: an error changes nothing.
+    pub fn step(&mut self, work: &[(usize, &[u32])]) -> Result<()> {
+        let c = self.c;
+        if work.is_empty() {
+            bail!("a step needs at least one sequence");
+        }
+        if work.len() > self.opt.slots.min(self.opt.max_batch) {
+            bail!(
+                "{} sequences in one step; the engine takes {}",
+                work.len(),
+                self.opt.slots.min(self.opt.max_batch)
+            );
+        }
+        let mut seen = vec![false; self.opt.slots];
+        let mut total = 0usize;
+        for &(slot, toks) in work {
+            if slot >= self.opt.slots || std::mem::replace(&mut seen[slot], true) {
+                bail!("slot {slot} is out of range or twice in one step");
+            }
+            if toks.is_empty() {
+                bail!("a sequence in the step has no tokens");
+            }
+            if let Some(&t) = toks.iter().find(|&&t| t as usize >= c.vocab_size) {
+                bail!("token {t} is out of the vocabulary ({})", c.vocab_size);
+            }
+            if self.lens[slot] + toks.len() > self.opt.ctx {
+                bail!(
+                    "the context is full: {} + {} positions, {} in all",
+                    self.lens[slot],
+                    toks.len(),
+                    self.opt.ctx
+                );
+            }
+            total += toks.len();
+        }
+        if total > self.opt.max_batch {
+            bail!("{total} tokens in one step; the engine takes {}", self.opt.max_batch);
+        }
+
+        // Per token: id, position, slot, sequence; its RoPE tables; the
+        // rows whose logits are wanted.
+        let (rd, sets) = (c.rope_dim, c.rope_sets());
+        let mut meta = Vec::with_capacity(4 * total);
+        let mut rope = vec![0.0f32; total * sets * rd];
+        let mut rows = Vec::with_capacity(work.len());
+        for (i, &(slot, toks)) in work.iter().enumerate() {
+            for (j, &id) in toks.iter().enumerate() {
+                let t = meta.len() / 4;
+                let pos = self.lens[slot] + j;
+                meta.extend_from_slice(&[id, pos as u32, slot as u32, i as u32]);
+                for (s, fr) in self.freqs.iter().enumerate() {
+                    let at = (t * sets + s) * rd;
+                    rope_table(&mut rope[at..at + rd], pos, fr);
+                }
+            }
+            rows.push((meta.len() / 4 - 1) as u32);
+        }
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.b.meta, 0, &u32_bytes(&meta));
+        q.write_buffer(&self.b.rope, 0, &f32_bytes(&rope));
+        q.write_buffer(&self.b.rows, 0, &u32_bytes(&rows));
+
+        let mut r = Recorder::new(&self.gpu);
+        self.record(&mut r, total, rows.len());
+        if r.params_len() > self.b.params.size() {
+            self.b.params = Recorder::params_buffer(&self.gpu, r.params_len());
+            r = Recorder::new(&self.gpu);
+            self.record(&mut r, total, rows.len());
+        }
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        r.finish(&self.gpu, &self.b.params, &mut enc);
+        let bytes = (rows.len() * c.vocab_size * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.b.logits, 0, &self.b.readback, 0, bytes);
+        self.gpu.queue.submit([enc.finish()]);
+        self.logits = map_f32(&self.gpu, &self.b.readback, bytes)?;
+        self.n_logits = rows.len();
+        for &(slot, toks) in work {
+            self.lens[slot] += toks.len();
+        }
+        Ok(())
+    }
+
+    /// Records the step's dispatches for `n` tokens and `seqs` sequences.
+    fn record<'k>(&'k self, r: &mut Recorder<'k>, n: usize, seqs: usize) {
+        let (c, g, b) = (&self.c, &self.gpu, &self.b);
+        let pb = &b.params;
+        let op = |o: Op| &self.ops[&o];
+        let dim = c.dim;
+        let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+
+        // x = the tokens' embedding rows (each part of the table takes the
+        // tokens whose rows it holds).
+        let e = &self.embd;
+        for (buf, row0, rows) in &e.parts {
+            let p = Params {
+                u: [dim as u32, *rows as u32, e.row_bytes as u32, 0, 0, 0, *row0 as u32, 0],
+                f: [c.embed_scale, 0.0, 0.0, 0.0],
+            };
+            r.push(g, pb, &self.embed[&e.ty], p, &[buf, &b.meta, &b.x], [n as u32, 1, 1]);
+        }
+        let norm = |r: &mut Recorder<'k>,
+                    src: &'k wgpu::Buffer,
+                    dst: &'k wgpu::Buffer,
+                    w: Option<&'k wgpu::Buffer>,
+                    len: usize,
+                    segs: usize| {
+            let (gr, width) = grid(segs);
+            let p = Params {
+                u: [len as u32, segs as u32, w.is_some() as u32, 0, 0, 0, 0, width],
+                f: [c.rms_eps, 0.0, 0.0, 0.0],
+            };
+            r.push(g, pb, op(Op::Norm), p, &[src, dst, w.unwrap_or(&b.dummy)], gr);
+        };
+        let elementwise = |r: &mut Recorder<'k>, o: Op, a: u32, len: usize, bufs: &[&'k wgpu::Buffer], x: f32| {
+            let (gr, width) = grid(len.div_ceil(256));
+            let p = Params {
+                u: [a, len as u32, 0, 0, 0, 0, 0, width],
+                f: [x, 0.0, 0.0, 0.0],
+            };
+            r.push(g, pb, op(o), p, bufs, gr);
+        };
+        let mm = |r: &mut Recorder<'k>, m: &'k DevMatrix, x: &'k wgpu::Buffer, y: &'k wgpu::Buffer, n: usize| {
+            for (buf, row0, rows) in &m.parts {
+                let (mut gr, width) = grid(*rows);
+                gr[2] = n.div_ceil(8) as u32;
+                let p = Params {
+                    u: [
+                        *rows as u32,
+                        m.cols as u32,
+                        m.row_bytes as u32,
+                        n as u32,
+                        m.cols as u32,
+                        m.rows as u32,
+                        *row0 as u32,
+                        width,
+                    ],
+                    f: [0.0; 4],
+                };
+                r.push(g, pb, &self.matmul[&m.ty], p, &[buf, x, y], gr);
+            }
+        };
+        let rope = |r: &mut Recorder<'k>, buf: &'k wgpu::Buffer, heads: usize, set: usize| {
+            let order = match c.layout.rope {
+                RopeOrder::Normal => 0,
+                RopeOrder::Neox => 1,
+            };
+            let p = Params {
+                u: [
+                    heads as u32,
+                    hd as u32,
+                    c.rope_dim as u32,
+                    set as u32,
+                    c.rope_sets() as u32,
+                    order,
+                    n as u32,
+                    0,
+                ],
+                f: [0.0; 4],
+            };
+            r.push(g, pb, op(Op::Rope), p, &[buf, &b.rope], [heads as u32, n as u32, 1]);
+        };
+
+        for (l, lw) in self.layers.iter().enumerate() {
+            // x += post(Wo · attention(rope(q), rope(k), v)), h = norm(x),
+            // q = qnorm(Wq h + bq), k = knorm(Wk h + bk), v = Wv h + bv.
+            norm(r, &b.x, &b.xb, Some(&lw.attn_norm), dim, n);
+            mm(r, &lw.q, &b.xb, &b.q, n);
+            mm(r, &lw.k, &b.xb, &b.k, n);
+            mm(r, &lw.v, &b.xb, &b.v, n);
+            for (bias, buf, width) in [
+                (&lw.q_bias, &b.q, qd),
+                (&lw.k_bias, &b.k, kvd),
+                (&lw.v_bias, &b.v, kvd),
+            ] {
+                if let Some(bias) = bias {
+                    elementwise(r, Op::Bias, width as u32, n * width, &[buf, bias], 0.0);
+                }
+            }
+            if let Some(qn) = &lw.q_norm {
+                norm(r, &b.q, &b.q, Some(qn), hd, n * c.n_heads);
+            }
+            if let Some(kn) = &lw.k_norm {
+                norm(r, &b.k, &b.k, Some(kn), hd, n * c.n_kv_heads);
+            }
+            let set = if c.rope_sets() == 2 && c.windowed(l) { 1 } else { 0 };
+            rope(r, &b.q, c.n_heads, set);
+            rope(r, &b.k, c.n_kv_heads, set);
+            let p = Params {
+                u: [kvd as u32, self.opt.ctx as u32, 0, 0, 0, 0, 0, 0],
+                f: [0.0; 4],
+            };
+            r.push(g, pb, op(Op::KvStore), p, &[&b.k, &b.v, &lw.kc, &lw.vc, &b.meta], [n as u32, 1, 1]);
+            let window = if c.windowed(l) { c.window } else { 0 };
+            let p = Params {
+                u: [
+                    c.n_heads as u32,
+                    hd as u32,
+                    kvd as u32,
+                    (c.n_heads / c.n_kv_heads) as u32,
+                    self.opt.ctx as u32,
+                    window as u32,
+                    0,
+                    0,
+                ],
+                f: [c.attn_scale, 0.0, 0.0, 0.0],
+            };
+            r.push(
+                g,
+                pb,
+                op(Op::Attend),
+                p,
+                &[&b.q, &lw.kc, &lw.vc, &b.att, &b.scores, &b.meta],
+                [c.n_heads as u32, n as u32, 1],
+            );
+            mm(r, &lw.o, &b.att, &b.xb, n);
+            if let Some(pn) = &lw.attn_post_norm {
+                norm(r, &b.xb, &b.xb, Some(pn), dim, n);
+            }
+            elementwise(r, Op::Add, 0, n * dim, &[&b.x, &b.xb], 0.0);
+
+            // x += post(Wdown · (act(Wgate h) ⊙ Wup h)), h = norm(x).
+            norm(r, &b.x, &b.xb, Some(&lw.ffn_norm), dim, n);
+            mm(r, &lw.gate, &b.xb, &b.gate, n);
+            mm(r, &lw.up, &b.xb, &b.up, n);
+            let act = match c.layout.act {
+                Activation::Silu => 0,
+                Activation::GeluTanh => 1,
+            };
+            elementwise(r, Op::Glu, act, n * c.ffn_dim, &[&b.gate, &b.up], 0.0);
+            mm(r, &lw.down, &b.gate, &b.xb, n);
+            if let Some(pn) = &lw.ffn_post_norm {
+                norm(r, &b.xb, &b.xb, Some(pn), dim, n);
+            }
+            elementwise(r, Op::Add, 0, n * dim, &[&b.x, &b.xb], 0.0);
+        }
+
+        // logits = Wout · norm(x) for each sequence's last token.
+        let p = Params {
+            u: [dim as u32, 0, 0, 0, 0, 0, 0, 0],
+            f: [0.0; 4],
+        };
+        r.push(g, pb, op(Op::Gather), p, &[&b.x, &b.xn, &b.rows], [seqs as u32, 1, 1]);
+        norm(r, &b.xn, &b.xn, Some(&self.output_norm), dim, seqs);
+        mm(r, &self.output, &b.xn, &b.logits, seqs);
+        if c.logit_softcap > 0.0 {
+            elementwise(r, Op::Softcap, 0, seqs * c.vocab_size, &[&b.logits], c.logit_softcap);
+        }
+    }
+}
+
+/// Uploads `m`'s rows in parts of whole rows that each fit one binding.
+fn upload_matrix(gpu: &Gpu, name: &str, m: &Matrix) -> Result<DevMatrix> {
+    let rb = m.row_bytes();
+    let bytes = m.data.bytes();
+    if rb == 0 || bytes.len() < m.rows * rb {
+        bail!("{name}: {} bytes hold fewer than {} rows", bytes.len(), m.rows);
+    }
+    let per = (gpu.max_binding() as usize / rb).max(1);
+    let mut parts = Vec::new();
+    let mut row0 = 0;
+    while row0 < m.rows {
+        let rows = per.min(m.rows - row0);
+        let buf = gpu.upload(name, &bytes[row0 * rb..(row0 + rows) * rb])?;
+        parts.push((buf, row0, rows));
+        row0 += rows;
+    }
+    Ok(DevMatrix {
+        ty: m.ty(),
+        rows: m.rows,
+        cols: m.cols,
+        row_bytes: rb,
+        parts,
+    })
+}
