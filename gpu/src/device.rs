@@ -165,7 +165,8 @@ impl Gpu {
 
     /// The stride between dispatches' parameters in the uniform buffer.
     pub fn param_stride(&self) -> u64 {
-        (self.limits.min_uniform_buffer_offset_alignment as u64).max(PARAMS_BYTES)
+        let a = (self.limits.min_uniform_buffer_offset_alignment as u64).max(1);
+        PARAMS_BYTES.div_ceil(a) * a
     }
 
     /// A compute kernel from WGSL `source` (entry point `main`) whose

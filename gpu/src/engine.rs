@@ -290,6 +290,11 @@ impl Engine {
         &self.opt
     }
 
+    /// Gives the device back, for another engine.
+    pub fn into_gpu(self) -> Gpu {
+        self.gpu
+    }
+
     /// The adapter, for messages.
     pub fn device_name(&self) -> String {
         self.gpu.name()

@@ -10,8 +10,8 @@
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = wid.x;
-    let from = rows[i] * P.a;
+    let at = rows[i] * P.a;
     for (var j = lid.x; j < P.a; j += 64u) {
-        dst[i * P.a + j] = src[from + j];
+        dst[i * P.a + j] = src[at + j];
     }
 }
