@@ -34,6 +34,9 @@ pub struct EngineOptions {
     pub ctx: usize,
     /// Tokens one step takes, over all its sequences.
     pub max_batch: usize,
+    /// Room for the logits of every token of a step ([`Engine::step_all`]:
+    /// teacher-forced scoring, perplexity), not only each sequence's last.
+    pub all_logits: bool,
 }
 
 /// A matrix resident on the device: its rows in parts that each fit one
@@ -227,7 +230,11 @@ impl Engine {
         let n = opt.max_batch as u64;
         let f = |k: usize| n * k as u64 * 4;
         let hidden = c.dim.max(c.q_dim()).max(c.ffn_dim);
-        let seqs = opt.slots.min(opt.max_batch) as u64;
+        let seqs = if opt.all_logits {
+            opt.max_batch
+        } else {
+            opt.slots.min(opt.max_batch)
+        } as u64;
         let sets = c.rope_sets();
         // Enough parameter room for every dispatch of a step.
         let per_layer = 32 + 8 * 9; // ops, and matrix parts
@@ -325,6 +332,46 @@ impl Engine {
     /// then [`Engine::logits`]`(i)` holds the logits after the last token of
     /// `work[i]`. Everything is checked first: an error changes nothing.
     pub fn step(&mut self, work: &[(usize, &[u32])]) -> Result<()> {
+        self.run(work, false)
+    }
+
+    /// Feeds `tokens` to `slot`, then `emit(i, logits)` sees the logits
+    /// after each token `i` (chunks of up to `max_batch` tokens; the engine
+    /// must have been made with `all_logits`).
+    pub fn step_all(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        if !self.opt.all_logits {
+            bail!("this engine keeps only each sequence's last logits");
+        }
+        let v = self.c.vocab_size;
+        for (k, chunk) in tokens.chunks(self.opt.max_batch).enumerate() {
+            self.run(&[(slot, chunk)], true)?;
+            for j in 0..chunk.len() {
+                emit(k * self.opt.max_batch + j, &self.logits[j * v..(j + 1) * v]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `slot`'s positions from `n` on (a chat's next turn shares
+    /// its first `n` tokens).
+    pub fn truncate(&mut self, slot: usize, n: usize) -> Result<()> {
+        match self.lens.get_mut(slot) {
+            Some(l) if n <= *l => {
+                *l = n;
+                Ok(())
+            }
+            _ => bail!("slot {slot} holds fewer than {n} positions"),
+        }
+    }
+
+    /// A step: logits for each sequence's last token, or (`all`) for every
+    /// token of the one sequence.
+    fn run(&mut self, work: &[(usize, &[u32])], all: bool) -> Result<()> {
         let c = self.c;
         if work.is_empty() {
             bail!("a step needs at least one sequence");
@@ -377,8 +424,16 @@ impl Engine {
                     let at = (t * sets + s) * rd;
                     rope_table(&mut rope[at..at + rd], pos, fr);
                 }
+                if all {
+                    rows.push(t as u32);
+                }
             }
-            rows.push((meta.len() / 4 - 1) as u32);
+            if !all {
+                rows.push((meta.len() / 4 - 1) as u32);
+            }
+        }
+        if all && work.len() != 1 {
+            bail!("every token's logits are for one sequence at a time");
         }
         let q = &self.gpu.queue;
         q.write_buffer(&self.b.meta, 0, &u32_bytes(&meta));

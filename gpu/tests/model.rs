@@ -90,6 +90,7 @@ fn check_family(gpu: Gpu, family: Family, ty: GgmlType, tol: f32) -> Gpu {
         slots: 3,
         ctx: CTX,
         max_batch: 24,
+        all_logits: true,
     };
     let mut e = Engine::new(gpu, &model, opt).unwrap();
     let name = format!("{} {}", family.name(), ty.name());
@@ -134,6 +135,21 @@ fn check_family(gpu: Gpu, family: Family, ty: GgmlType, tol: f32) -> Gpu {
         }
         step += 1;
     }
+
+    // Every token's logits of a chunk are the prompt positions' (slot 0
+    // again, alone, its prompt in one chunk).
+    e.clear(0);
+    let mut n = 0;
+    e.step_all(0, &prompt, &mut |i, l| {
+        let r = rel(l, &pre[i]);
+        assert!(r <= tol, "{name}: every token's logits, position {i}: {r}");
+        n += 1;
+    })
+    .unwrap();
+    assert_eq!(n, prompt.len());
+    e.truncate(0, 5).unwrap();
+    e.step(&[(0, &prompt[5..9])]).unwrap();
+    assert!(rel(e.logits(0), &pre[8]) <= tol, "{name}: after truncating");
 
     // What cannot run is refused, and changes nothing.
     let pos = e.pos(1);
