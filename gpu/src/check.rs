@@ -24,7 +24,7 @@ pub fn matmul(gpu: &Gpu, m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let out = (n * m.rows * 4) as u64;
     let y = gpu.scratch("y", out)?;
     let params = Recorder::params_buffer(gpu, gpu.param_stride());
-    let (mut gr, width) = grid(m.rows);
+    let (mut gr, width) = grid(m.rows.div_ceil(4));
     gr[2] = n.div_ceil(8) as u32;
     let p = Params {
         u: [

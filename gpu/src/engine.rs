@@ -147,11 +147,26 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 
 impl Engine {
     /// Uploads `model`'s weights to `gpu` and makes room for `opt`.
+    /// A step takes fewer tokens than `opt.max_batch` where one binding
+    /// cannot hold the attention scores of that many ([`Engine::options`]
+    /// says how many).
     pub fn new(gpu: Gpu, model: &Llama, opt: EngineOptions) -> Result<Engine> {
         let c = model.config;
         if opt.slots == 0 || opt.ctx == 0 || opt.max_batch == 0 {
             bail!("the GPU engine needs at least one slot, position and token per step");
         }
+        let per_token = (c.n_heads as u64 * opt.ctx as u64 * 4).max(1);
+        let fits = (gpu.max_binding() / per_token) as usize;
+        if fits == 0 {
+            bail!(
+                "one token's attention scores over {} positions do not fit one GPU binding; lower --ctx",
+                opt.ctx
+            );
+        }
+        let opt = EngineOptions {
+            max_batch: opt.max_batch.min(fits),
+            ..opt
+        };
         let w = &model.weights;
         let mut types: Vec<GgmlType> = vec![w.token_embd.ty(), w.output.ty()];
         for l in &w.layers {
@@ -501,7 +516,7 @@ impl Engine {
         };
         let mm = |r: &mut Recorder<'k>, m: &'k DevMatrix, x: &'k wgpu::Buffer, y: &'k wgpu::Buffer, n: usize| {
             for (buf, row0, rows) in &m.parts {
-                let (mut gr, width) = grid(*rows);
+                let (mut gr, width) = grid(rows.div_ceil(4));
                 gr[2] = n.div_ceil(8) as u32;
                 let p = Params {
                     u: [

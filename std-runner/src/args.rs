@@ -38,6 +38,10 @@ pub enum KernelChoice {
 /// perplexity, bench).
 #[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
+    /// Where the forward pass runs: this machine's cores, or a GPU (builds
+    /// with the `gpu` feature; the GPU keeps f32 dense KV caches).
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
     /// Kernel set.
     #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
     pub kernels: KernelChoice,

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ember_core::model::{MemoryPlan, Session};
+use ember_core::model::MemoryPlan;
+
+use crate::device::open_one;
 use ember_core::sampling::{Candidate, Sampler};
 use ember_core::tokenizer::StreamDecoder;
 
@@ -110,9 +112,8 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let threads = a.exec.threads()?;
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
-    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(model, m.kernels, plan, &mut arena)?;
-    s.set_parallel(&pool)?;
+    let mut arena = Vec::new();
+    let mut s = open_one(model, m.kernels, a.exec.device, plan, false, &mut arena, &pool)?;
     let mut sampler = Sampler::new(cfg)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let system = a.system.as_deref().map(prompt_text).transpose()?;

@@ -11,6 +11,7 @@
 //! | [`beam`] | beam search (`run --beams`) |
 //! | [`text`] | the tokenizer over a file, prompts from arguments or stdin, stop strings |
 //! | [`template`] | chat templates: the file's, `--chat-template`, or the family's built-in one, rendered as Hugging Face does |
+//! | [`device`] | where the forward pass runs: the CPU's session or the GPU engine, one sequence |
 //! | [`mmap`], [`pack`], [`arena`], [`pool`], [`model_store`] | model bytes, packed weights, session memory, worker threads, the default-model cache |
 
 pub mod arena;
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod convert;
+pub mod device;
 pub mod load;
 pub mod mix;
 pub mod mmap;

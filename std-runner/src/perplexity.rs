@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ember_core::model::{MemoryPlan, Session};
+use ember_core::model::MemoryPlan;
+
+use crate::device::{open_one, One};
 use ember_core::tokenizer::EncodeOptions;
 use serde_json::json;
 
@@ -79,7 +81,7 @@ impl Score {
 /// Dense evaluation: chunks of `ctx`, each from an empty cache; predictions
 /// from chunk index `first` on are scored (0: all; `ctx / 2`: llama.cpp's).
 pub fn dense(
-    s: &mut Session,
+    s: &mut One,
     tokens: &[u32],
     ctx: usize,
     first: usize,
@@ -91,7 +93,7 @@ pub fn dense(
 /// [`dense`], reporting every scored token as `each(i, nll)`: the negative
 /// log-likelihood of predicting token `i` of the text.
 pub fn dense_each(
-    s: &mut Session,
+    s: &mut One,
     tokens: &[u32],
     ctx: usize,
     first: usize,
@@ -114,7 +116,7 @@ pub fn dense_each(
 
 /// Streaming evaluation: every prediction over one ring cache.
 pub fn streaming(
-    s: &mut Session,
+    s: &mut One,
     tokens: &[u32],
     progress: &mut dyn FnMut(usize, Score),
 ) -> Result<Score> {
@@ -123,7 +125,7 @@ pub fn streaming(
 
 /// [`streaming`], reporting every scored token as `each(i, nll)`.
 pub fn streaming_each(
-    s: &mut Session,
+    s: &mut One,
     tokens: &[u32],
     progress: &mut dyn FnMut(usize, Score),
     each: &mut dyn FnMut(usize, f64),
@@ -182,9 +184,11 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let threads = a.exec.threads()?;
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
-    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(model, m.kernels, plan, &mut arena)?;
-    s.set_parallel(&pool)?;
+    if streaming_mode && a.exec.device == crate::device::Device::Gpu {
+        bail!("the GPU engine keeps dense caches: streaming evaluation (--window, --sinks) runs on --device cpu");
+    }
+    let mut arena = Vec::new();
+    let mut s = open_one(model, m.kernels, a.exec.device, plan, true, &mut arena, &pool)?;
     let t0 = Instant::now();
     let total = if streaming_mode {
         tokens.len()

@@ -14,13 +14,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
-use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::model::{Llama, MemoryPlan};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 use ember_core::KvOptions;
 use serde_json::json;
 
 use crate::args::{ExecArgs, KvArgs, SamplingArgs};
+use crate::device::{open_one, Device, One};
 use crate::load::load_model;
 use crate::template::TemplateArgs;
 use crate::text::{encode_prompt, prompt_text, Message, StopText};
@@ -189,6 +190,9 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     let kernels = m.kernels;
     let threads = a.exec.threads()?;
     if let Some(beams) = a.beams {
+        if a.exec.device != Device::Cpu {
+            bail!("--beams runs on --device cpu");
+        }
         return run_beams(&a, model, kernels, tok.as_ref(), g, prompt_ids, beams);
     }
     let kv = a.kv.options(model, true)?;
@@ -227,7 +231,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
             let _ = so.flush();
         }
     };
-    let out = generate(model, kernels, &opt, |id| {
+    let out = generate_on(model, kernels, a.exec.device, &opt, |id| {
         if let (Some(t), Some(d)) = (&tok, &mut dec) {
             if t.is_eog(id) && !a.ignore_eos {
                 return true;
@@ -251,14 +255,20 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         emit("\n", &mut String::new());
     }
     eprintln!(
-        "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; seed {} ({} kernels, {:.1} MiB session)",
+        "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; seed {} ({})",
         opt.prompt_ids.len(),
         out.ids.len(),
         out.prefill_tok_s,
         out.decode_tok_s,
         sampling.seed,
-        kernels.name,
-        out.arena_bytes as f64 / (1 << 20) as f64
+        match a.exec.device {
+            Device::Cpu => format!(
+                "{} kernels, {:.1} MiB session",
+                kernels.name,
+                out.arena_bytes as f64 / (1 << 20) as f64
+            ),
+            Device::Gpu => format!("GPU: {}", out.engine),
+        }
     );
     if a.json {
         let pairs = |v: &[(u32, f32)]| v.iter().map(|&(i, l)| json!([i, l])).collect::<Vec<_>>();
@@ -274,6 +284,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
             "top_logits": pairs(&out.top_logits),
             "top_logprobs": pairs(&out.top_logprobs),
             "kernels": kernels.name,
+            "device": out.engine,
             "threads": threads,
             "seed": sampling.seed,
             "kv": {"capacity": opt.kv.capacity, "sinks": opt.kv.sinks, "type": opt.kv.ty.name()},
@@ -442,6 +453,8 @@ pub struct RunOutput {
     pub logprobs: Vec<TokenLogprobs>,
     /// Bytes of the session arena (KV cache and scratch).
     pub arena_bytes: usize,
+    /// What ran the arithmetic: the kernel table or the GPU adapter.
+    pub engine: String,
     /// Decode speed over each run of 500 generated tokens.
     pub decode_tok_s_per_500: Vec<f64>,
 }
@@ -545,17 +558,28 @@ pub fn generate(
     model: &Llama,
     kernels: Kernels,
     opt: &RunOptions,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<RunOutput> {
+    generate_on(model, kernels, Device::Cpu, opt, on_token)
+}
+
+/// [`generate`] on `device`.
+pub fn generate_on(
+    model: &Llama,
+    kernels: Kernels,
+    device: Device,
+    opt: &RunOptions,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<RunOutput> {
     let mut sampler = Sampler::new(opt.sampling)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let pool = crate::pool::Pool::new(opt.threads)?;
     let plan = MemoryPlan::with_threads(&model.config, opt.kv, opt.batch, opt.threads)?;
-    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(model, kernels, plan, &mut arena)?;
-    s.set_parallel(&pool)?;
+    let mut arena = Vec::new();
+    let mut s = open_one(model, kernels, device, plan, opt.logits_all, &mut arena, &pool)?;
     let mut out = RunOutput {
-        arena_bytes: plan.bytes(),
+        arena_bytes: if device == Device::Cpu { plan.bytes() } else { 0 },
+        engine: s.engine_name(),
         ..Default::default()
     };
     // Nothing to generate past the cache: say so before spending any time.
@@ -610,7 +634,7 @@ pub fn generate(
 /// drawn from) returns false. Returns the ids, the
 /// decode speed in tokens per second, and the speed over each 500 tokens.
 pub fn continue_sampling(
-    s: &mut Session,
+    s: &mut One,
     sampler: &mut Sampler,
     scratch: &mut [Candidate],
     n_predict: usize,

@@ -4,6 +4,7 @@
 use ember_core::gguf_writer::GgufWriter;
 
 pub mod fuzz;
+pub mod golden;
 
 /// The GGUF of a SentencePiece-style vocabulary (`golden/spm_vocab.json`:
 /// `[piece, score, token type]` triples) with llama hyper-parameters and no

@@ -14,23 +14,7 @@ use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
 use ember_runner::mix::{FileType, Mix};
-use serde_json::Value;
-
-fn golden(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("golden")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("golden JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
+use ember_tests::golden::{argmax, golden, ids, Score};
 
 fn model_file(ty: GgmlType) -> PathBuf {
     file_of(FileType::Pure(ty))
@@ -69,55 +53,6 @@ fn decode_logits(model: &Llama, kernels: Kernels, path: &[u32]) -> Vec<Vec<f32>>
         .collect()
 }
 
-fn log_softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f64> {
-    let max = logits
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    ids.iter()
-        .map(|&i| logits[i as usize] as f64 - lse)
-        .collect()
-}
-
-/// KL(p || q) with both renormalized over the same ids, from log-probabilities.
-fn kl_renormalized(lp: &[f64], lq: &[f64]) -> f64 {
-    let norm = |l: &[f64]| {
-        let m = l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-        let z = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        l.iter().map(|v| v - z).collect::<Vec<_>>()
-    };
-    let (p, q) = (norm(lp), norm(lq));
-    p.iter().zip(&q).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-#[derive(Default, Debug)]
-struct Score {
-    qualifying: usize,
-    top1_agree: usize,
-    llama_top1_agree: usize,
-    positions: usize,
-    kl_sum: f64,
-    llama_kl_sum: f64,
-    max_dlogit: f64,
-    dlogit_sum: f64,
-    dlogit_n: usize,
-}
-
 /// Scores ember against the exact reference for every case of one file type,
 /// through batched prefill or (`decode`) one token per call.
 fn score(ty: FileType, file: &str, decode: bool) -> Score {
@@ -144,65 +79,15 @@ fn score_file(path: &std::path::Path, label: &str, file: &str, decode: bool) -> 
             all_logits(&model, Kernels::detect(), &path_ids, 512)
         };
         let mut sc = Score::default();
-        for p in case["positions"].as_array().unwrap() {
-            let pos = p["pos"].as_u64().unwrap() as usize;
-            let l = &logits[pos];
-            let exact: Vec<(u32, f64)> = p["exact_top10"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap()))
-                .collect();
-            for &(id, v) in &exact {
-                let d = (l[id as usize] as f64 - v).abs();
-                sc.max_dlogit = sc.max_dlogit.max(d);
-                sc.dlogit_sum += d;
-                sc.dlogit_n += 1;
-            }
-            if p["exact_margin"].as_f64().unwrap() > 0.02 {
-                sc.qualifying += 1;
-                if argmax(l) == exact[0].0 {
-                    sc.top1_agree += 1;
-                }
-            }
-            let top50: Vec<(u32, f64)> = p["exact_top50_logprobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap()))
-                .collect();
-            let top50_ids: Vec<u32> = top50.iter().map(|e| e.0).collect();
-            let lp: Vec<f64> = top50.iter().map(|e| e.1).collect();
-            sc.kl_sum += kl_renormalized(&lp, &log_softmax_at(l, &top50_ids));
-            sc.llama_kl_sum += p["kl_exact_llama_top50"].as_f64().unwrap();
-            sc.positions += 1;
-        }
-        sc.llama_top1_agree = case["llama_summary"]["top1_agree_qualifying"]
-            .as_u64()
-            .unwrap() as usize;
+        sc.add_case(case, &logits);
         eprintln!(
-            "{:>5} {:<6} {:<14} top-1 {}/{} (llama.cpp {}/{}), mean KL {:.2e} (llama.cpp {:.2e}), |dlogit| top-10 max {:.1e} mean {:.1e}",
+            "{:>5} {:<6} {:<14} {}",
             label,
             if decode { "decode" } else { "batch" },
             name,
-            sc.top1_agree,
-            sc.qualifying,
-            sc.llama_top1_agree,
-            sc.qualifying,
-            sc.kl_sum / sc.positions as f64,
-            sc.llama_kl_sum / sc.positions as f64,
-            sc.max_dlogit,
-            sc.dlogit_sum / sc.dlogit_n as f64
+            sc.summary()
         );
-        total.qualifying += sc.qualifying;
-        total.top1_agree += sc.top1_agree;
-        total.llama_top1_agree += sc.llama_top1_agree;
-        total.positions += sc.positions;
-        total.kl_sum += sc.kl_sum;
-        total.llama_kl_sum += sc.llama_kl_sum;
-        total.max_dlogit = total.max_dlogit.max(sc.max_dlogit);
-        total.dlogit_sum += sc.dlogit_sum;
-        total.dlogit_n += sc.dlogit_n;
+        total.merge(&sc);
     }
     total
 }

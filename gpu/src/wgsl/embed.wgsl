@@ -22,8 +22,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         unit(rb, u, &v);
         let base = u * 32u;
         let lim = min(32u, P.a - base);
-        for (var i = 0u; i < lim; i++) {
-            ys[t * P.a + base + i] = v[i] * P.x;
+        for (var i = 0u; i < 32u; i++) {
+            if (i < lim) {
+                ys[t * P.a + base + i] = v[i] * P.x;
+            }
         }
     }
 }
