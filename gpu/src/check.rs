@@ -39,7 +39,9 @@ pub fn matmul(gpu: &Gpu, m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>> {
         ],
         f: [0.0; 4],
     };
-    run(gpu, &params, |r| r.push(gpu, &params, &k, p, &[&w, &xb, &y], gr))?;
+    run(gpu, &params, |r| {
+        r.push(gpu, &params, &k, p, &[&w, &xb, &y], gr)
+    })?;
     read(gpu, &y, out)
 }
 
@@ -62,11 +64,22 @@ pub fn embed(gpu: &Gpu, m: &Matrix, ids: &[u32], scale: f32) -> Result<Vec<f32>>
     let y = gpu.scratch("y", out)?;
     let params = Recorder::params_buffer(gpu, gpu.param_stride());
     let p = Params {
-        u: [m.cols as u32, m.rows as u32, m.row_bytes() as u32, 0, 0, 0, 0, 0],
+        u: [
+            m.cols as u32,
+            m.rows as u32,
+            m.row_bytes() as u32,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
         f: [scale, 0.0, 0.0, 0.0],
     };
     let gr = [ids.len() as u32, 1, 1];
-    run(gpu, &params, |r| r.push(gpu, &params, &k, p, &[&w, &mb, &y], gr))?;
+    run(gpu, &params, |r| {
+        r.push(gpu, &params, &k, p, &[&w, &mb, &y], gr)
+    })?;
     read(gpu, &y, out)
 }
 
@@ -85,4 +98,33 @@ fn read(gpu: &Gpu, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
     enc.copy_buffer_to_buffer(src, 0, &rb, 0, bytes.div_ceil(4) * 4);
     gpu.queue.submit([enc.finish()]);
     map_f32(gpu, &rb, bytes)
+}
+
+/// The GPU the checks run on: [`Gpu::new`], and where it finds no adapter
+/// on a machine where this process may install packages (root, apt-get),
+/// Mesa's software Vulkan driver lavapipe (`mesa-vulkan-drivers`) is
+/// installed first, as CI does. Elsewhere the error names the package.
+pub fn gpu_for_checks() -> Result<Gpu> {
+    if let Ok(g) = Gpu::new() {
+        return Ok(g);
+    }
+    let sh = |c: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !(root && sh("command -v apt-get")) {
+        bail!(
+            "no GPU adapter: install a Vulkan driver (Debian: apt-get install mesa-vulkan-drivers)"
+        );
+    }
+    if !sh("apt-get update -q && apt-get install -y -q mesa-vulkan-drivers") {
+        bail!("no GPU adapter, and apt-get install mesa-vulkan-drivers failed");
+    }
+    Gpu::new()
 }

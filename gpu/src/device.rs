@@ -16,7 +16,9 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gpu").field("adapter", &self.name()).finish()
+        f.debug_struct("Gpu")
+            .field("adapter", &self.name())
+            .finish()
     }
 }
 
@@ -54,7 +56,11 @@ impl Gpu {
             if adapters.is_empty() {
                 bail!(
                     "no GPU adapter's name contains EMBER_GPU_ADAPTER={want:?} (found: {})",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 );
             }
         }
@@ -94,7 +100,7 @@ impl Gpu {
     pub fn max_binding(&self) -> u64 {
         self.limits
             .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size) as u64
+            .min(self.limits.max_buffer_size)
     }
 
     /// A storage buffer holding `bytes` (padded to whole words; at least one).
@@ -107,7 +113,7 @@ impl Gpu {
             );
         }
         let padded;
-        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+        let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
             let mut v = bytes.to_vec();
             v.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
             padded = v;

@@ -421,7 +421,10 @@ impl Engine {
             total += toks.len();
         }
         if total > self.opt.max_batch {
-            bail!("{total} tokens in one step; the engine takes {}", self.opt.max_batch);
+            bail!(
+                "{total} tokens in one step; the engine takes {}",
+                self.opt.max_batch
+            );
         }
 
         // Per token: id, position, slot, sequence; its RoPE tables; the
@@ -488,10 +491,26 @@ impl Engine {
         let e = &self.embd;
         for (buf, row0, rows) in &e.parts {
             let p = Params {
-                u: [dim as u32, *rows as u32, e.row_bytes as u32, 0, 0, 0, *row0 as u32, 0],
+                u: [
+                    dim as u32,
+                    *rows as u32,
+                    e.row_bytes as u32,
+                    0,
+                    0,
+                    0,
+                    *row0 as u32,
+                    0,
+                ],
                 f: [c.embed_scale, 0.0, 0.0, 0.0],
             };
-            r.push(g, pb, &self.embed[&e.ty], p, &[buf, &b.meta, &b.x], [n as u32, 1, 1]);
+            r.push(
+                g,
+                pb,
+                &self.embed[&e.ty],
+                p,
+                &[buf, &b.meta, &b.x],
+                [n as u32, 1, 1],
+            );
         }
         let norm = |r: &mut Recorder<'k>,
                     src: &'k wgpu::Buffer,
@@ -501,20 +520,41 @@ impl Engine {
                     segs: usize| {
             let (gr, width) = grid(segs);
             let p = Params {
-                u: [len as u32, segs as u32, w.is_some() as u32, 0, 0, 0, 0, width],
+                u: [
+                    len as u32,
+                    segs as u32,
+                    w.is_some() as u32,
+                    0,
+                    0,
+                    0,
+                    0,
+                    width,
+                ],
                 f: [c.rms_eps, 0.0, 0.0, 0.0],
             };
-            r.push(g, pb, op(Op::Norm), p, &[src, dst, w.unwrap_or(&b.dummy)], gr);
+            r.push(
+                g,
+                pb,
+                op(Op::Norm),
+                p,
+                &[src, dst, w.unwrap_or(&b.dummy)],
+                gr,
+            );
         };
-        let elementwise = |r: &mut Recorder<'k>, o: Op, a: u32, len: usize, bufs: &[&'k wgpu::Buffer], x: f32| {
-            let (gr, width) = grid(len.div_ceil(256));
-            let p = Params {
-                u: [a, len as u32, 0, 0, 0, 0, 0, width],
-                f: [x, 0.0, 0.0, 0.0],
+        let elementwise =
+            |r: &mut Recorder<'k>, o: Op, a: u32, len: usize, bufs: &[&'k wgpu::Buffer], x: f32| {
+                let (gr, width) = grid(len.div_ceil(256));
+                let p = Params {
+                    u: [a, len as u32, 0, 0, 0, 0, 0, width],
+                    f: [x, 0.0, 0.0, 0.0],
+                };
+                r.push(g, pb, op(o), p, bufs, gr);
             };
-            r.push(g, pb, op(o), p, bufs, gr);
-        };
-        let mm = |r: &mut Recorder<'k>, m: &'k DevMatrix, x: &'k wgpu::Buffer, y: &'k wgpu::Buffer, n: usize| {
+        let mm = |r: &mut Recorder<'k>,
+                  m: &'k DevMatrix,
+                  x: &'k wgpu::Buffer,
+                  y: &'k wgpu::Buffer,
+                  n: usize| {
             for (buf, row0, rows) in &m.parts {
                 let (mut gr, width) = grid(rows.div_ceil(4));
                 gr[2] = n.div_ceil(8) as u32;
@@ -552,7 +592,14 @@ impl Engine {
                 ],
                 f: [0.0; 4],
             };
-            r.push(g, pb, op(Op::Rope), p, &[buf, &b.rope], [heads as u32, n as u32, 1]);
+            r.push(
+                g,
+                pb,
+                op(Op::Rope),
+                p,
+                &[buf, &b.rope],
+                [heads as u32, n as u32, 1],
+            );
         };
 
         for (l, lw) in self.layers.iter().enumerate() {
@@ -577,14 +624,25 @@ impl Engine {
             if let Some(kn) = &lw.k_norm {
                 norm(r, &b.k, &b.k, Some(kn), hd, n * c.n_kv_heads);
             }
-            let set = if c.rope_sets() == 2 && c.windowed(l) { 1 } else { 0 };
+            let set = if c.rope_sets() == 2 && c.windowed(l) {
+                1
+            } else {
+                0
+            };
             rope(r, &b.q, c.n_heads, set);
             rope(r, &b.k, c.n_kv_heads, set);
             let p = Params {
                 u: [kvd as u32, self.opt.ctx as u32, 0, 0, 0, 0, 0, 0],
                 f: [0.0; 4],
             };
-            r.push(g, pb, op(Op::KvStore), p, &[&b.k, &b.v, &lw.kc, &lw.vc, &b.meta], [n as u32, 1, 1]);
+            r.push(
+                g,
+                pb,
+                op(Op::KvStore),
+                p,
+                &[&b.k, &b.v, &lw.kc, &lw.vc, &b.meta],
+                [n as u32, 1, 1],
+            );
             let window = if c.windowed(l) { c.window } else { 0 };
             let p = Params {
                 u: [
@@ -634,11 +692,25 @@ impl Engine {
             u: [dim as u32, 0, 0, 0, 0, 0, 0, 0],
             f: [0.0; 4],
         };
-        r.push(g, pb, op(Op::Gather), p, &[&b.x, &b.xn, &b.rows], [seqs as u32, 1, 1]);
+        r.push(
+            g,
+            pb,
+            op(Op::Gather),
+            p,
+            &[&b.x, &b.xn, &b.rows],
+            [seqs as u32, 1, 1],
+        );
         norm(r, &b.xn, &b.xn, Some(&self.output_norm), dim, seqs);
         mm(r, &self.output, &b.xn, &b.logits, seqs);
         if c.logit_softcap > 0.0 {
-            elementwise(r, Op::Softcap, 0, seqs * c.vocab_size, &[&b.logits], c.logit_softcap);
+            elementwise(
+                r,
+                Op::Softcap,
+                0,
+                seqs * c.vocab_size,
+                &[&b.logits],
+                c.logit_softcap,
+            );
         }
     }
 }
@@ -648,7 +720,11 @@ fn upload_matrix(gpu: &Gpu, name: &str, m: &Matrix) -> Result<DevMatrix> {
     let rb = m.row_bytes();
     let bytes = m.data.bytes();
     if rb == 0 || bytes.len() < m.rows * rb {
-        bail!("{name}: {} bytes hold fewer than {} rows", bytes.len(), m.rows);
+        bail!(
+            "{name}: {} bytes hold fewer than {} rows",
+            bytes.len(),
+            m.rows
+        );
     }
     let per = (gpu.max_binding() as usize / rb).max(1);
     let mut parts = Vec::new();

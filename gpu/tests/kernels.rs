@@ -10,7 +10,7 @@ use ember_core::sampling::Pcg32;
 use ember_gpu::{check, Gpu};
 
 fn gpu() -> Gpu {
-    Gpu::new().expect("a GPU adapter (CI installs Mesa's lavapipe)")
+    check::gpu_for_checks().unwrap()
 }
 
 /// Bytes in a buffer aligned for f32 (float formats are read as such).
@@ -73,7 +73,15 @@ fn reference(m: &Matrix, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
 /// Runs the matrix kernel for `n` random tokens and holds each output to
 /// the reference: within 1e-5 of `Σ |w x|`, NaN where it is NaN, the same
 /// infinity where it is infinite.
-fn check_matmul(gpu: &Gpu, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8], n: usize, rng: &mut Pcg32) {
+fn check_matmul(
+    gpu: &Gpu,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: &[u8],
+    n: usize,
+    rng: &mut Pcg32,
+) {
     let al = Aligned::new(bytes);
     let m = matrix(ty, rows, cols, al.bytes());
     let x: Vec<f32> = (0..n * cols).map(|_| normal(rng)).collect();
@@ -82,7 +90,10 @@ fn check_matmul(gpu: &Gpu, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8],
         let (want, mag) = reference(&m, &x[t * cols..(t + 1) * cols]);
         for r in 0..rows {
             let (g, w) = (got[t * rows + r] as f64, want[r]);
-            let what = format!("{} {rows}x{cols} token {t}/{n} row {r}: {g} vs {w}", ty.name());
+            let what = format!(
+                "{} {rows}x{cols} token {t}/{n} row {r}: {g} vs {w}",
+                ty.name()
+            );
             if w.is_nan() || !mag[r].is_finite() {
                 assert!(g.is_nan() || g.is_infinite(), "{what}");
             } else if w.is_infinite() {

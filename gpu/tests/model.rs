@@ -13,7 +13,7 @@ use ember_core::quant::GgmlType;
 use ember_core::sampling::Pcg32;
 use ember_core::synth::{synth_family, Family, FamilyOptions, SynthConfig};
 use ember_core::{KvOptions, KvType};
-use ember_gpu::{Engine, EngineOptions, Gpu};
+use ember_gpu::{check, Engine, EngineOptions, Gpu};
 
 const CTX: usize = 48;
 
@@ -55,7 +55,11 @@ fn argmax(l: &[f32]) -> u32 {
 /// `max |a - b|` over `max |b|`.
 fn rel(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     d / b.iter().map(|x| x.abs()).fold(1e-30, f32::max)
 }
 
@@ -67,7 +71,8 @@ fn cpu(model: &Llama, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<u32>,
     let mut arena = plan.alloc();
     let mut s = Session::new(model, Kernels::scalar(), plan, &mut arena).unwrap();
     let mut pre = Vec::new();
-    s.forward_all(prompt, &mut |_, l| pre.push(l.to_vec())).unwrap();
+    s.forward_all(prompt, &mut |_, l| pre.push(l.to_vec()))
+        .unwrap();
     let (mut ids, mut dec) = (Vec::new(), Vec::new());
     let mut next = argmax(s.logits());
     for _ in 0..steps {
@@ -124,14 +129,23 @@ fn check_family(gpu: Gpu, family: Family, ty: GgmlType, tol: f32) -> Gpu {
     for chunk in prompt.chunks(7) {
         e.step(&[(1, chunk), (0, chunk), (2, chunk)]).unwrap();
         for i in 0..3 {
-            assert_eq!(e.logits(i), &alone[step][..], "{name}: batched prompt chunk {step}");
+            assert_eq!(
+                e.logits(i),
+                &alone[step][..],
+                "{name}: batched prompt chunk {step}"
+            );
         }
         step += 1;
     }
     for &id in &ids {
-        e.step(&[(2, &[id][..]), (0, &[id][..]), (1, &[id][..])]).unwrap();
+        e.step(&[(2, &[id][..]), (0, &[id][..]), (1, &[id][..])])
+            .unwrap();
         for i in 0..3 {
-            assert_eq!(e.logits(i), &alone[step][..], "{name}: batched decode {step}");
+            assert_eq!(
+                e.logits(i),
+                &alone[step][..],
+                "{name}: batched decode {step}"
+            );
         }
         step += 1;
     }
@@ -164,11 +178,16 @@ fn check_family(gpu: Gpu, family: Family, ty: GgmlType, tol: f32) -> Gpu {
 
 #[test]
 fn every_family_matches_the_cpu_engine() {
-    let mut gpu = Gpu::new().expect("a GPU adapter (CI installs Mesa's lavapipe)");
+    let mut gpu = check::gpu_for_checks().unwrap();
     for family in Family::ALL {
         gpu = check_family(gpu, family, GgmlType::F32, TOL);
     }
-    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         gpu = check_family(gpu, Family::Llama, ty, TOL);
     }
 }

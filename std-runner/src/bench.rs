@@ -226,6 +226,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.seqs == 0 || a.seqs > 256 {
         bail!("--seqs must be in 1..=256");
     }
+    if a.exec.device != crate::device::Device::Cpu {
+        bail!("ember bench runs on --device cpu only for now (docs/GPU.md)");
+    }
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
     let mut file = load_model(&a.model, &a.exec)?;

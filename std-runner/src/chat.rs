@@ -113,7 +113,15 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let pool = crate::pool::Pool::new(threads)?;
     let plan = MemoryPlan::with_threads(&model.config, kv, a.batch, threads)?;
     let mut arena = Vec::new();
-    let mut s = open_one(model, m.kernels, a.exec.device, plan, false, &mut arena, &pool)?;
+    let mut s = open_one(
+        model,
+        m.kernels,
+        a.exec.device,
+        plan,
+        false,
+        &mut arena,
+        &pool,
+    )?;
     let mut sampler = Sampler::new(cfg)?;
     let mut scratch = vec![Candidate::default(); Sampler::scratch_len(model.config.vocab_size)];
     let system = a.system.as_deref().map(prompt_text).transpose()?;

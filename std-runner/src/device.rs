@@ -82,7 +82,7 @@ pub fn open_one<'s, 'w>(
             *arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
             let mut s = Session::new(model, kernels, plan, arena)?;
             s.set_parallel(pool)?;
-            Ok(One::Cpu(s))
+            Ok(One::Cpu(Box::new(s)))
         }
         Device::Gpu => {
             let shape = GpuShape {
@@ -98,7 +98,7 @@ pub fn open_one<'s, 'w>(
 
 /// One sequence on either engine.
 pub enum One<'s, 'w> {
-    Cpu(Session<'s, 'w>),
+    Cpu(Box<Session<'s, 'w>>),
     Gpu(Box<GpuEngine>),
 }
 
@@ -128,7 +128,11 @@ impl One<'_, '_> {
     }
 
     /// Feeds `tokens`, `emit(i, logits)` after each token `i`.
-    pub fn forward_all(&mut self, tokens: &[u32], emit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+    pub fn forward_all(
+        &mut self,
+        tokens: &[u32],
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
         self.forward_all_from(tokens, 0, emit)
     }
 
@@ -252,7 +256,12 @@ mod on_gpu {
         match *e {}
     }
 
-    pub fn gpu_all(e: &mut GpuEngine, _: &[u32], _: usize, _: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+    pub fn gpu_all(
+        e: &mut GpuEngine,
+        _: &[u32],
+        _: usize,
+        _: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
         match *e {}
     }
 

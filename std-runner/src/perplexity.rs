@@ -188,7 +188,15 @@ pub fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
         bail!("the GPU engine keeps dense caches: streaming evaluation (--window, --sinks) runs on --device cpu");
     }
     let mut arena = Vec::new();
-    let mut s = open_one(model, m.kernels, a.exec.device, plan, true, &mut arena, &pool)?;
+    let mut s = open_one(
+        model,
+        m.kernels,
+        a.exec.device,
+        plan,
+        true,
+        &mut arena,
+        &pool,
+    )?;
     let t0 = Instant::now();
     let total = if streaming_mode {
         tokens.len()

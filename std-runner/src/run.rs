@@ -576,9 +576,21 @@ pub fn generate_on(
     let pool = crate::pool::Pool::new(opt.threads)?;
     let plan = MemoryPlan::with_threads(&model.config, opt.kv, opt.batch, opt.threads)?;
     let mut arena = Vec::new();
-    let mut s = open_one(model, kernels, device, plan, opt.logits_all, &mut arena, &pool)?;
+    let mut s = open_one(
+        model,
+        kernels,
+        device,
+        plan,
+        opt.logits_all,
+        &mut arena,
+        &pool,
+    )?;
     let mut out = RunOutput {
-        arena_bytes: if device == Device::Cpu { plan.bytes() } else { 0 },
+        arena_bytes: if device == Device::Cpu {
+            plan.bytes()
+        } else {
+            0
+        },
         engine: s.engine_name(),
         ..Default::default()
     };

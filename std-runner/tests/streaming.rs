@@ -9,6 +9,7 @@ use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
 use ember_core::{KvOptions, KvType};
+use ember_runner::device::One;
 use ember_runner::synth::{synth, SynthConfig};
 
 mod common;
@@ -128,7 +129,8 @@ fn kv_types_keep_perplexity() {
         let kv = KvOptions::dense(2048).with_type(ty);
         let plan = MemoryPlan::with_kv(&model.config, kv, 512).unwrap();
         let mut arena = plan.alloc();
-        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let mut s = One::Cpu(Box::new(s));
         ember_runner::perplexity::dense(&mut s, tokens, 2048, 0, &mut |_, _| {})
             .unwrap()
             .ppl()
@@ -187,7 +189,8 @@ fn every_family_streams() {
         assert_eq!(ring, dense, "{}", family.name());
         let plan = MemoryPlan::with_kv(&model.config, KvOptions::streaming(4, 28), 16).unwrap();
         let mut arena = plan.alloc();
-        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let mut s = One::Cpu(Box::new(s));
         let score = ember_runner::perplexity::streaming(&mut s, &tokens, &mut |_, _| {}).unwrap();
         assert!(s.evicted(), "{}", family.name());
         assert!(

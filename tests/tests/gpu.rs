@@ -13,7 +13,7 @@ use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
-use ember_gpu::{Engine, EngineOptions, Gpu};
+use ember_gpu::{check, Engine, EngineOptions};
 use ember_tests::golden::{argmax, golden, ids, Score};
 
 /// How far a GPU logit may be from the CPU engine's, over the largest
@@ -23,7 +23,7 @@ use ember_tests::golden::{argmax, golden, ids, Score};
 const TOL: f32 = 1e-3;
 
 fn engine(model: &Llama, slots: usize, ctx: usize) -> Engine {
-    let gpu = Gpu::new().expect("a GPU adapter (CI installs Mesa's lavapipe)");
+    let gpu = check::gpu_for_checks().unwrap();
     let opt = EngineOptions {
         slots,
         ctx,
@@ -45,7 +45,11 @@ fn check(ty: GgmlType, golden_file: &str) {
 
     // Greedy: all four prompts at once on the GPU, one at a time on the CPU.
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
-    let work: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, &p[..])).collect();
+    let work: Vec<(usize, &[u32])> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, &p[..]))
+        .collect();
     e.step(&work).unwrap();
     let mut gpu_ids = vec![Vec::new(); prompts.len()];
     for _ in 0..32 {
@@ -53,7 +57,8 @@ fn check(ty: GgmlType, golden_file: &str) {
         for (i, n) in next.iter().enumerate() {
             gpu_ids[i].push(n[0]);
         }
-        let work: Vec<(usize, &[u32])> = next.iter().enumerate().map(|(i, n)| (i, &n[..])).collect();
+        let work: Vec<(usize, &[u32])> =
+            next.iter().enumerate().map(|(i, n)| (i, &n[..])).collect();
         e.step(&work).unwrap();
     }
     let packs = ember_runner::pack::Packs::build(&model, &Kernels::detect(), true, 1).unwrap();
@@ -68,7 +73,10 @@ fn check(ty: GgmlType, golden_file: &str) {
             cpu_ids.push(next);
             next = argmax(s.forward(&[next]).unwrap());
         }
-        assert_eq!(gpu_ids[i], cpu_ids, "{name}: prompt {i}: GPU and CPU greedy ids");
+        assert_eq!(
+            gpu_ids[i], cpu_ids,
+            "{name}: prompt {i}: GPU and CPU greedy ids"
+        );
     }
 
     // Teacher forcing: the whole path in one step, every position's logits.
@@ -78,14 +86,19 @@ fn check(ty: GgmlType, golden_file: &str) {
         let path_ids = ids(&case["path_ids"]);
         e.clear(0);
         let mut logits = Vec::new();
-        e.step_all(0, &path_ids, &mut |_, l| logits.push(l.to_vec())).unwrap();
+        e.step_all(0, &path_ids, &mut |_, l| logits.push(l.to_vec()))
+            .unwrap();
         let plan = MemoryPlan::new(&packed.config, path_ids.len(), 64).unwrap();
         let mut arena = plan.alloc();
         let mut s = Session::new(&packed, Kernels::detect(), plan, &mut arena).unwrap();
         let mut i = 0;
         s.forward_all(&path_ids, &mut |_, cpu| {
             let gl = &logits[i];
-            let d = gl.iter().zip(cpu).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let d = gl
+                .iter()
+                .zip(cpu)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             let r = d / cpu.iter().map(|x| x.abs()).fold(1e-30, f32::max);
             worst = worst.max(r);
             assert!(r <= TOL, "{name}: {} position {i}: {r}", case["name"]);

@@ -109,6 +109,9 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         bail!("--max-body must be at least 64 bytes");
     }
     let keys = api_keys(&a.api_key, a.api_key_file.as_deref())?;
+    if a.exec.device != crate::device::Device::Cpu {
+        bail!("ember serve runs on --device cpu only for now (docs/GPU.md)");
+    }
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
     // The model lives as long as the process: its file, tokenizer and
