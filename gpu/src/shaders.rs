@@ -29,14 +29,22 @@ pub fn format_unit(ty: GgmlType) -> &'static str {
     }
 }
 
+/// What a format's `unit` calls besides the byte readers.
+fn format_helpers(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K => include_str!("wgsl/scale_min_k4.wgsl"),
+        _ => "",
+    }
+}
+
 /// The matrix kernel over rows of `ty`.
 pub fn matmul(ty: GgmlType) -> String {
-    [PRELUDE, BYTES, format_unit(ty), MATMUL].concat()
+    [PRELUDE, BYTES, format_helpers(ty), format_unit(ty), MATMUL].concat()
 }
 
 /// The embedding kernel over rows of `ty`.
 pub fn embed(ty: GgmlType) -> String {
-    [PRELUDE, BYTES, format_unit(ty), EMBED].concat()
+    [PRELUDE, BYTES, format_helpers(ty), format_unit(ty), EMBED].concat()
 }
 
 /// The step's other operations.

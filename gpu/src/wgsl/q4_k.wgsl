@@ -1,15 +1,6 @@
 // Q4_K: 144-byte super-blocks of 256: f16 d and dmin, twelve bytes of
 // 6-bit scales and minimums, 128 bytes of nibbles. A unit is one group of
 // 32: `d·sc·q − dmin·m`.
-fn scale_min(o: u32, g: u32) -> vec2<u32> {
-    if (g < 4u) {
-        return vec2<u32>(wb(o + g) & 63u, wb(o + g + 4u) & 63u);
-    }
-    let s = (wb(o + g + 4u) & 15u) | ((wb(o + g - 4u) >> 6u) << 4u);
-    let m = (wb(o + g + 4u) >> 4u) | ((wb(o + g) >> 6u) << 4u);
-    return vec2<u32>(s, m);
-}
-
 fn unit(rb: u32, u: u32, v: ptr<function, array<f32, 32>>) {
     let o = rb + (u / 8u) * 144u;
     let g = u % 8u;

@@ -1,14 +1,5 @@
 // Q5_K: 176-byte super-blocks of 256: as Q4_K, with 32 bytes of fifth
 // bits (element 32g + l's at bit g of byte l) before the nibbles.
-fn scale_min(o: u32, g: u32) -> vec2<u32> {
-    if (g < 4u) {
-        return vec2<u32>(wb(o + g) & 63u, wb(o + g + 4u) & 63u);
-    }
-    let s = (wb(o + g + 4u) & 15u) | ((wb(o + g - 4u) >> 6u) << 4u);
-    let m = (wb(o + g + 4u) >> 4u) | ((wb(o + g) >> 6u) << 4u);
-    return vec2<u32>(s, m);
-}
-
 fn unit(rb: u32, u: u32, v: ptr<function, array<f32, 32>>) {
     let o = rb + (u / 8u) * 176u;
     let g = u % 8u;
