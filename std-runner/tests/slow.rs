@@ -11,6 +11,7 @@ use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::KvOptions;
+use ember_runner::device::One;
 use ember_runner::perplexity::streaming_each;
 
 mod common;
@@ -50,7 +51,8 @@ fn streaming_perplexity_is_stable_over_20k_tokens() {
         let kv = KvOptions::streaming(4, 252);
         let plan = MemoryPlan::with_kv(&model.config, kv, 512).unwrap();
         let mut arena = plan.alloc();
-        let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
+        let mut s = One::Cpu(Box::new(s));
         let mut nll = vec![f64::NAN; tokens.len()];
         streaming_each(&mut s, tokens, &mut |_, _| {}, &mut |i, x| nll[i] = x).unwrap();
         nll
