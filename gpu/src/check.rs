@@ -4,12 +4,8 @@
 
 use ember_core::kernels::Matrix;
 
-use crate::device::{grid, map_f32, Gpu, Params, Recorder};
+use crate::device::{grid, read_into, words, Gpu, Kernel, Params, Pass};
 use crate::{bail, shaders, Result};
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
 
 /// `y[t] = m · x[t]` for the `n` rows of `x` (each `m.cols` long) with the
 /// matrix kernel of `m`'s format; `y` is `n × m.rows`.
@@ -20,10 +16,9 @@ pub fn matmul(gpu: &Gpu, m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let ty = m.ty();
     let k = gpu.kernel("matmul", &shaders::matmul(ty), shaders::MATMUL_BINDINGS)?;
     let w = gpu.upload("w", &m.data.bytes()[..m.rows * m.row_bytes()])?;
-    let xb = gpu.upload("x", &f32_bytes(x))?;
+    let xb = gpu.upload("x", &words(x))?;
     let out = (n * m.rows * 4) as u64;
     let y = gpu.scratch("y", out)?;
-    let params = Recorder::params_buffer(gpu, gpu.param_stride());
     let (mut gr, width) = grid(m.rows.div_ceil(4));
     gr[2] = n.div_ceil(8) as u32;
     let p = Params {
@@ -39,10 +34,7 @@ pub fn matmul(gpu: &Gpu, m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>> {
         ],
         f: [0.0; 4],
     };
-    run(gpu, &params, |r| {
-        r.push(gpu, &params, &k, p, &[&w, &xb, &y], gr)
-    })?;
-    read(gpu, &y, out)
+    run(gpu, &k, p, &[&w, &xb, &y], gr, out)
 }
 
 /// The rows `ids` of `m`, dequantized by the embedding kernel and
@@ -54,15 +46,10 @@ pub fn embed(gpu: &Gpu, m: &Matrix, ids: &[u32], scale: f32) -> Result<Vec<f32>>
     let ty = m.ty();
     let k = gpu.kernel("embed", &shaders::embed(ty), shaders::MATMUL_BINDINGS)?;
     let w = gpu.upload("w", &m.data.bytes()[..m.rows * m.row_bytes()])?;
-    let meta: Vec<u8> = ids
-        .iter()
-        .flat_map(|&i| [i, 0, 0, 0])
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let mb = gpu.upload("meta", &meta)?;
+    let meta: Vec<u32> = ids.iter().flat_map(|&i| [i, 0, 0, 0]).collect();
+    let mb = gpu.upload("meta", &words(&meta))?;
     let out = (ids.len() * m.cols * 4) as u64;
     let y = gpu.scratch("y", out)?;
-    let params = Recorder::params_buffer(gpu, gpu.param_stride());
     let p = Params {
         u: [
             m.cols as u32,
@@ -77,27 +64,28 @@ pub fn embed(gpu: &Gpu, m: &Matrix, ids: &[u32], scale: f32) -> Result<Vec<f32>>
         f: [scale, 0.0, 0.0, 0.0],
     };
     let gr = [ids.len() as u32, 1, 1];
-    run(gpu, &params, |r| {
-        r.push(gpu, &params, &k, p, &[&w, &mb, &y], gr)
-    })?;
-    read(gpu, &y, out)
+    run(gpu, &k, p, &[&w, &mb, &y], gr, out)
 }
 
-fn run<'k>(gpu: &Gpu, params: &wgpu::Buffer, rec: impl FnOnce(&mut Recorder<'k>)) -> Result<()> {
-    let mut r = Recorder::new(gpu);
-    rec(&mut r);
+/// One dispatch of `k`, then `out` bytes of its last buffer read back.
+fn run(
+    gpu: &Gpu,
+    k: &Kernel,
+    p: Params,
+    bufs: &[&wgpu::Buffer],
+    grid: [u32; 3],
+    out: u64,
+) -> Result<Vec<f32>> {
+    let mut pass = Pass::new(gpu);
+    pass.begin();
+    pass.push(gpu, k, p, bufs, grid);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
-    r.finish(gpu, params, &mut enc);
+    pass.finish(gpu, &mut enc);
     gpu.queue.submit([enc.finish()]);
-    Ok(())
-}
-
-fn read(gpu: &Gpu, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
-    let rb = gpu.readback("readback", bytes);
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(src, 0, &rb, 0, bytes.div_ceil(4) * 4);
-    gpu.queue.submit([enc.finish()]);
-    map_f32(gpu, &rb, bytes)
+    let mut y = Vec::new();
+    let rb = gpu.readback("readback", out);
+    read_into(gpu, bufs[bufs.len() - 1], &rb, out, &mut y)?;
+    Ok(y)
 }
 
 /// The GPU the checks run on: [`Gpu::new`], and where it finds no adapter

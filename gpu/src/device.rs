@@ -12,6 +12,9 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
+    /// Bind group 0 of every kernel: the dispatch's parameters, a uniform
+    /// at a dynamic offset.
+    params_layout: wgpu::BindGroupLayout,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -83,11 +86,25 @@ impl Gpu {
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| crate::Error(format!("cannot open the GPU {}: {e}", info.name)))?;
+        let params_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("params"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
+                },
+                count: None,
+            }],
+        });
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
+            params_layout,
         })
     }
 
@@ -175,8 +192,9 @@ impl Gpu {
         PARAMS_BYTES.div_ceil(a) * a
     }
 
-    /// A compute kernel from WGSL `source` (entry point `main`) whose
-    /// storage bindings 1.. are written where `writes` says.
+    /// A compute kernel from WGSL `source` (entry point `main`): group 0
+    /// the parameters, group 1 storage buffers, each written where `writes`
+    /// says.
     pub fn kernel(&self, label: &str, source: &str, writes: &[bool]) -> Result<Kernel> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
@@ -185,19 +203,10 @@ impl Gpu {
                 label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
-            },
-            count: None,
-        }];
+        let mut entries = Vec::with_capacity(writes.len());
         for (i, &w) in writes.iter().enumerate() {
             entries.push(wgpu::BindGroupLayoutEntry {
-                binding: i as u32 + 1,
+                binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage { read_only: !w },
@@ -217,7 +226,7 @@ impl Gpu {
             .device
             .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(label),
-                bind_group_layouts: &[Some(&layout)],
+                bind_group_layouts: &[Some(&self.params_layout), Some(&layout)],
                 immediate_size: 0,
             });
         let pipe = self
@@ -233,7 +242,9 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("the {label} kernel does not build on this GPU: {e}");
         }
-        Ok(Kernel { pipe, layout })
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Kernel { pipe, layout, id })
     }
 }
 
@@ -261,11 +272,13 @@ impl Params {
     }
 }
 
-/// A compute pipeline and the layout of its one bind group.
+/// A compute pipeline and the layout of its storage bind group.
 #[derive(Debug)]
 pub struct Kernel {
     pub(crate) pipe: wgpu::ComputePipeline,
     pub(crate) layout: wgpu::BindGroupLayout,
+    /// Which kernel this is, for the bind groups a [`Pass`] keeps.
+    id: usize,
 }
 
 /// A grid of `n` workgroups: `(x, y)` with `x <= 65535`, and `x` (which
@@ -276,93 +289,180 @@ pub fn grid(n: usize) -> ([u32; 3], u32) {
     ([x as u32, y as u32, 1], x as u32)
 }
 
-/// The dispatches of one submission: each kernel's parameters go into one
-/// uniform buffer at its own offset, written before the work runs.
-pub struct Recorder<'k> {
+/// One dispatch of a pass.
+struct Dispatch {
+    pipe: wgpu::ComputePipeline,
+    /// Its storage bind group (in [`Pass::groups`]).
+    group: usize,
+    /// Its parameters' offset in the uniform buffer.
+    offset: u32,
+    grid: [u32; 3],
+}
+
+/// The dispatches of one submission, kept from step to step. A step's
+/// dispatches bind the same buffers in the same order every time (only
+/// their parameters and grids change with the tokens), so the storage bind
+/// group of the i-th dispatch is made once and kept while the i-th
+/// dispatch's kernel stays the same; the parameters go into one uniform
+/// buffer at one offset per dispatch, written before the work runs.
+pub struct Pass {
     params: Vec<u8>,
-    ops: Vec<(&'k Kernel, wgpu::BindGroup, u32, [u32; 3])>,
+    ops: Vec<Dispatch>,
+    /// (kernel id, bind group) of each dispatch so far.
+    groups: Vec<(usize, wgpu::BindGroup)>,
+    buffer: wgpu::Buffer,
+    bind: wgpu::BindGroup,
     stride: u64,
 }
 
-impl<'k> Recorder<'k> {
-    pub fn new(gpu: &Gpu) -> Recorder<'k> {
-        Recorder {
+impl Pass {
+    pub fn new(gpu: &Gpu) -> Pass {
+        let stride = gpu.param_stride();
+        let (buffer, bind) = Pass::params_buffer(gpu, stride);
+        Pass {
             params: Vec::new(),
             ops: Vec::new(),
-            stride: gpu.param_stride(),
+            groups: Vec::new(),
+            buffer,
+            bind,
+            stride,
         }
     }
 
-    /// Dispatches `k` over `grid` workgroups with `p`, binding `bufs` to
-    /// bindings 1.. and `params` (the uniform buffer [`Recorder::finish`]
-    /// writes) to binding 0.
-    pub fn push(
-        &mut self,
-        gpu: &Gpu,
-        params: &wgpu::Buffer,
-        k: &'k Kernel,
-        p: Params,
-        bufs: &[&wgpu::Buffer],
-        grid: [u32; 3],
-    ) {
-        let off = self.params.len() as u64;
-        self.params.extend_from_slice(&p.bytes());
-        self.params.resize((off + self.stride) as usize, 0);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: params,
-                offset: 0,
-                size: wgpu::BufferSize::new(PARAMS_BYTES),
-            }),
-        }];
-        for (i, b) in bufs.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
-        }
-        let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &k.layout,
-            entries: &entries,
-        });
-        self.ops.push((k, bg, off as u32, grid));
-    }
-
-    /// Bytes of parameters the recorded dispatches need.
-    pub fn params_len(&self) -> u64 {
-        self.params.len() as u64
-    }
-
-    /// Writes the parameters into `params` and records every dispatch into
-    /// one compute pass of `enc`.
-    pub fn finish(self, gpu: &Gpu, params: &wgpu::Buffer, enc: &mut wgpu::CommandEncoder) {
-        gpu.queue.write_buffer(params, 0, &self.params);
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("step"),
-            timestamp_writes: None,
-        });
-        for (k, bg, off, g) in &self.ops {
-            pass.set_pipeline(&k.pipe);
-            pass.set_bind_group(0, bg, &[*off]);
-            pass.dispatch_workgroups(g[0], g[1], g[2]);
-        }
-    }
-
-    /// A uniform buffer for `bytes` of parameters.
-    pub fn params_buffer(gpu: &Gpu, bytes: u64) -> wgpu::Buffer {
-        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+    fn params_buffer(gpu: &Gpu, bytes: u64) -> (wgpu::Buffer, wgpu::BindGroup) {
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: bytes.max(PARAMS_BYTES),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        })
+        });
+        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("params"),
+            layout: &gpu.params_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &buffer,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_BYTES),
+                }),
+            }],
+        });
+        (buffer, bind)
+    }
+
+    /// Starts recording a new submission.
+    pub fn begin(&mut self) {
+        self.params.clear();
+        self.ops.clear();
+    }
+
+    /// Dispatches `k` over `grid` workgroups with `p`, binding `bufs` to
+    /// its storage bindings (the i-th dispatch of a pass must bind the
+    /// same buffers each time its kernel is the same).
+    pub fn push(
+        &mut self,
+        gpu: &Gpu,
+        k: &Kernel,
+        p: Params,
+        bufs: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) {
+        let offset = self.params.len() as u64;
+        self.params.extend_from_slice(&p.bytes());
+        self.params.resize((offset + self.stride) as usize, 0);
+        let i = self.ops.len();
+        if self.groups.get(i).is_none_or(|g| g.0 != k.id) {
+            let entries: Vec<wgpu::BindGroupEntry> = bufs
+                .iter()
+                .enumerate()
+                .map(|(b, buf)| wgpu::BindGroupEntry {
+                    binding: b as u32,
+                    resource: buf.as_entire_binding(),
+                })
+                .collect();
+            let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &k.layout,
+                entries: &entries,
+            });
+            self.groups.truncate(i);
+            self.groups.push((k.id, bg));
+        }
+        self.ops.push(Dispatch {
+            pipe: k.pipe.clone(),
+            group: i,
+            offset: offset as u32,
+            grid,
+        });
+    }
+
+    /// Writes the parameters (growing their buffer if this pass has more)
+    /// and records every dispatch into one compute pass of `enc`.
+    pub fn finish(&mut self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+        if self.params.len() as u64 > self.buffer.size() {
+            (self.buffer, self.bind) = Pass::params_buffer(gpu, self.params.len() as u64);
+        }
+        gpu.queue.write_buffer(&self.buffer, 0, &self.params);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("step"),
+            timestamp_writes: None,
+        });
+        for d in &self.ops {
+            pass.set_pipeline(&d.pipe);
+            pass.set_bind_group(0, &self.bind, &[d.offset]);
+            pass.set_bind_group(1, &self.groups[d.group].1, &[]);
+            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+        }
     }
 }
 
-/// Waits for the GPU, then copies `bytes` of the mapped `rb` out as f32s.
-pub fn map_f32(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+/// Little-endian bytes of `v` (f32 or u32 words) into `out`, which is
+/// cleared first.
+pub fn words_into<T: Copy + Into<Word>>(v: &[T], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend(v.iter().flat_map(|&x| x.into().0));
+}
+
+/// Little-endian bytes of `v`.
+pub fn words<T: Copy + Into<Word>>(v: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * v.len());
+    words_into(v, &mut out);
+    out
+}
+
+/// One 32-bit word's little-endian bytes.
+pub struct Word([u8; 4]);
+
+impl From<f32> for Word {
+    fn from(x: f32) -> Word {
+        Word(x.to_le_bytes())
+    }
+}
+
+impl From<u32> for Word {
+    fn from(x: u32) -> Word {
+        Word(x.to_le_bytes())
+    }
+}
+
+/// Copies `bytes` of `src` back to the host into `out` (one submission).
+pub fn read_into(
+    gpu: &Gpu,
+    src: &wgpu::Buffer,
+    rb: &wgpu::Buffer,
+    bytes: u64,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(src, 0, rb, 0, bytes.div_ceil(4) * 4);
+    gpu.queue.submit([enc.finish()]);
+    map_into(gpu, rb, bytes, out)
+}
+
+/// Waits for the GPU, then copies `bytes` of the mapped `rb` into `out`
+/// as f32s (`out` is cleared first; its memory is reused).
+pub fn map_into(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64, out: &mut Vec<f32>) -> Result<()> {
     let len = bytes.div_ceil(4) * 4;
     let (tx, rx) = std::sync::mpsc::channel();
     rb.map_async(wgpu::MapMode::Read, 0..len, move |r| {
@@ -376,14 +476,16 @@ pub fn map_f32(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
         Ok(Err(e)) => bail!("cannot read the GPU's results: {e}"),
         Err(_) => bail!("cannot read the GPU's results"),
     }
-    let out = {
+    {
         let view = rb
             .get_mapped_range(0..len)
             .map_err(|e| crate::Error(format!("cannot read the GPU's results: {e}")))?;
-        view.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
+        out.clear();
+        out.extend(
+            view.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
     rb.unmap();
-    Ok(out)
+    Ok(())
 }

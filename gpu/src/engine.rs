@@ -21,7 +21,7 @@ use ember_core::model::llama::{rope_freqs, rope_table};
 use ember_core::model::{Config, Llama};
 use ember_core::quant::GgmlType;
 
-use crate::device::{grid, map_f32, Gpu, Kernel, Params, Recorder};
+use crate::device::{grid, map_into, words, words_into, Gpu, Kernel, Params, Pass};
 use crate::shaders::{self, Op};
 use crate::{bail, Result};
 
@@ -99,7 +99,6 @@ struct Bufs {
     xn: wgpu::Buffer,
     logits: wgpu::Buffer,
     readback: wgpu::Buffer,
-    params: wgpu::Buffer,
     /// Bound where a kernel's optional vector is absent.
     dummy: wgpu::Buffer,
 }
@@ -111,7 +110,8 @@ pub struct Engine {
     opt: EngineOptions,
     ops: HashMap<Op, Kernel>,
     matmul: HashMap<GgmlType, Kernel>,
-    embed: HashMap<GgmlType, Kernel>,
+    /// The embedding kernel over `embd`'s format.
+    embed: Kernel,
     embd: DevMatrix,
     output: DevMatrix,
     output_norm: wgpu::Buffer,
@@ -125,6 +125,22 @@ pub struct Engine {
     logits: Vec<f32>,
     /// Rows of `logits` the last step filled.
     n_logits: usize,
+    /// The step's dispatches, their bind groups kept from step to step
+    /// (taken out while a step records).
+    pass: Option<Pass>,
+    /// The step's per-token data on the host, reused from step to step.
+    host: Host,
+}
+
+/// Per-token data a step uploads: (id, position, slot, sequence) per
+/// token, the tokens' RoPE tables, the rows whose logits are wanted, and
+/// the bytes of whichever is being written.
+#[derive(Debug, Default)]
+struct Host {
+    meta: Vec<u32>,
+    rope: Vec<f32>,
+    rows: Vec<u32>,
+    bytes: Vec<u8>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -135,14 +151,6 @@ impl std::fmt::Debug for Engine {
             .field("options", &self.opt)
             .finish()
     }
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn u32_bytes(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 impl Engine {
@@ -182,16 +190,12 @@ impl Engine {
                 )?);
             }
         }
-        let mut embed = HashMap::new();
         let ety = w.token_embd.ty();
-        embed.insert(
-            ety,
-            gpu.kernel(
-                &format!("embed {}", ety.name()),
-                &shaders::embed(ety),
-                shaders::MATMUL_BINDINGS,
-            )?,
-        );
+        let embed = gpu.kernel(
+            &format!("embed {}", ety.name()),
+            &shaders::embed(ety),
+            shaders::MATMUL_BINDINGS,
+        )?;
         let mut ops = HashMap::new();
         for op in Op::ALL {
             ops.insert(
@@ -210,7 +214,7 @@ impl Engine {
             if v.is_empty() {
                 Ok(None)
             } else {
-                gpu.upload(name, &f32_bytes(v)).map(Some)
+                gpu.upload(name, &words(v)).map(Some)
             }
         };
         let kv_bytes = (opt.slots as u64)
@@ -220,12 +224,12 @@ impl Engine {
         for (i, l) in w.layers.iter().enumerate() {
             let name = |s: &str| format!("blk.{i}.{s}");
             layers.push(DevLayer {
-                attn_norm: gpu.upload(&name("attn_norm"), &f32_bytes(l.attn_norm))?,
+                attn_norm: gpu.upload(&name("attn_norm"), &words(l.attn_norm))?,
                 q: upload_matrix(&gpu, &name("attn_q"), &l.attn_q)?,
                 k: upload_matrix(&gpu, &name("attn_k"), &l.attn_k)?,
                 v: upload_matrix(&gpu, &name("attn_v"), &l.attn_v)?,
                 o: upload_matrix(&gpu, &name("attn_output"), &l.attn_output)?,
-                ffn_norm: gpu.upload(&name("ffn_norm"), &f32_bytes(l.ffn_norm))?,
+                ffn_norm: gpu.upload(&name("ffn_norm"), &words(l.ffn_norm))?,
                 gate: upload_matrix(&gpu, &name("ffn_gate"), &l.ffn_gate)?,
                 up: upload_matrix(&gpu, &name("ffn_up"), &l.ffn_up)?,
                 down: upload_matrix(&gpu, &name("ffn_down"), &l.ffn_down)?,
@@ -240,7 +244,7 @@ impl Engine {
                 vc: gpu.scratch(&name("value cache"), kv_bytes)?,
             });
         }
-        let output_norm = gpu.upload("output_norm", &f32_bytes(w.output_norm))?;
+        let output_norm = gpu.upload("output_norm", &words(w.output_norm))?;
 
         let n = opt.max_batch as u64;
         let f = |k: usize| n * k as u64 * 4;
@@ -251,10 +255,6 @@ impl Engine {
             opt.slots.min(opt.max_batch)
         } as u64;
         let sets = c.rope_sets();
-        // Enough parameter room for every dispatch of a step.
-        let per_layer = 32 + 8 * 9; // ops, and matrix parts
-        let dispatches = 64 + per_layer * c.n_layers + embd.parts.len() + output.parts.len();
-        let params = Recorder::params_buffer(&gpu, dispatches as u64 * gpu.param_stride());
         let b = Bufs {
             x: gpu.scratch("x", f(c.dim))?,
             xb: gpu.scratch("xb", f(hidden))?,
@@ -271,7 +271,6 @@ impl Engine {
             xn: gpu.scratch("xn", seqs * c.dim as u64 * 4)?,
             logits: gpu.scratch("logits", seqs * c.vocab_size as u64 * 4)?,
             readback: gpu.readback("logits readback", seqs * c.vocab_size as u64 * 4),
-            params,
             dummy: gpu.scratch("dummy", 16)?,
         };
         let mut freqs = vec![vec![0.0f32; c.rope_dim]; sets];
@@ -285,6 +284,7 @@ impl Engine {
         if sets == 2 {
             rope_freqs(&mut freqs[1], c.rope_base_window, 1.0, &[], c.rope_dim);
         }
+        let pass = Some(Pass::new(&gpu));
         Ok(Engine {
             gpu,
             c,
@@ -301,6 +301,8 @@ impl Engine {
             lens: vec![0; opt.slots],
             logits: Vec::new(),
             n_logits: 0,
+            pass,
+            host: Host::default(),
         })
     }
 
@@ -372,6 +374,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Errors unless `n` more positions fit in `slot`.
+    pub fn reserve(&self, slot: usize, n: usize) -> Result<()> {
+        let pos = self.pos(slot);
+        if pos + n > self.opt.ctx {
+            bail!(
+                "the KV cache is full: {pos} + {n} positions, {} in all; raise --ctx",
+                self.opt.ctx
+            );
+        }
+        Ok(())
+    }
+
     /// Forgets `slot`'s positions from `n` on (a chat's next turn shares
     /// its first `n` tokens).
     pub fn truncate(&mut self, slot: usize, n: usize) -> Result<()> {
@@ -398,10 +412,9 @@ impl Engine {
                 self.opt.slots.min(self.opt.max_batch)
             );
         }
-        let mut seen = vec![false; self.opt.slots];
         let mut total = 0usize;
-        for &(slot, toks) in work {
-            if slot >= self.opt.slots || std::mem::replace(&mut seen[slot], true) {
+        for (i, &(slot, toks)) in work.iter().enumerate() {
+            if slot >= self.opt.slots || work[..i].iter().any(|w| w.0 == slot) {
                 bail!("slot {slot} is out of range or twice in one step");
             }
             if toks.is_empty() {
@@ -429,49 +442,53 @@ impl Engine {
 
         // Per token: id, position, slot, sequence; its RoPE tables; the
         // rows whose logits are wanted.
-        let (rd, sets) = (c.rope_dim, c.rope_sets());
-        let mut meta = Vec::with_capacity(4 * total);
-        let mut rope = vec![0.0f32; total * sets * rd];
-        let mut rows = Vec::with_capacity(work.len());
-        for (i, &(slot, toks)) in work.iter().enumerate() {
-            for (j, &id) in toks.iter().enumerate() {
-                let t = meta.len() / 4;
-                let pos = self.lens[slot] + j;
-                meta.extend_from_slice(&[id, pos as u32, slot as u32, i as u32]);
-                for (s, fr) in self.freqs.iter().enumerate() {
-                    let at = (t * sets + s) * rd;
-                    rope_table(&mut rope[at..at + rd], pos, fr);
-                }
-                if all {
-                    rows.push(t as u32);
-                }
-            }
-            if !all {
-                rows.push((meta.len() / 4 - 1) as u32);
-            }
-        }
         if all && work.len() != 1 {
             bail!("every token's logits are for one sequence at a time");
         }
-        let q = &self.gpu.queue;
-        q.write_buffer(&self.b.meta, 0, &u32_bytes(&meta));
-        q.write_buffer(&self.b.rope, 0, &f32_bytes(&rope));
-        q.write_buffer(&self.b.rows, 0, &u32_bytes(&rows));
-
-        let mut r = Recorder::new(&self.gpu);
-        self.record(&mut r, total, rows.len());
-        if r.params_len() > self.b.params.size() {
-            self.b.params = Recorder::params_buffer(&self.gpu, r.params_len());
-            r = Recorder::new(&self.gpu);
-            self.record(&mut r, total, rows.len());
+        let (rd, sets) = (c.rope_dim, c.rope_sets());
+        let h = &mut self.host;
+        h.meta.clear();
+        h.rows.clear();
+        h.rope.clear();
+        h.rope.resize(total * sets * rd, 0.0);
+        for (i, &(slot, toks)) in work.iter().enumerate() {
+            for (j, &id) in toks.iter().enumerate() {
+                let t = h.meta.len() / 4;
+                let pos = self.lens[slot] + j;
+                h.meta
+                    .extend_from_slice(&[id, pos as u32, slot as u32, i as u32]);
+                for (s, fr) in self.freqs.iter().enumerate() {
+                    let at = (t * sets + s) * rd;
+                    rope_table(&mut h.rope[at..at + rd], pos, fr);
+                }
+                if all {
+                    h.rows.push(t as u32);
+                }
+            }
+            if !all {
+                h.rows.push((h.meta.len() / 4 - 1) as u32);
+            }
         }
+        let q = &self.gpu.queue;
+        words_into(&h.meta, &mut h.bytes);
+        q.write_buffer(&self.b.meta, 0, &h.bytes);
+        words_into(&h.rope, &mut h.bytes);
+        q.write_buffer(&self.b.rope, 0, &h.bytes);
+        words_into(&h.rows, &mut h.bytes);
+        q.write_buffer(&self.b.rows, 0, &h.bytes);
+        let seqs = h.rows.len();
+
+        let mut pass = self.pass.take().unwrap_or_else(|| Pass::new(&self.gpu));
+        pass.begin();
+        self.record(&mut pass, total, seqs);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        r.finish(&self.gpu, &self.b.params, &mut enc);
-        let bytes = (rows.len() * c.vocab_size * 4) as u64;
+        pass.finish(&self.gpu, &mut enc);
+        self.pass = Some(pass);
+        let bytes = (seqs * c.vocab_size * 4) as u64;
         enc.copy_buffer_to_buffer(&self.b.logits, 0, &self.b.readback, 0, bytes);
         self.gpu.queue.submit([enc.finish()]);
-        self.logits = map_f32(&self.gpu, &self.b.readback, bytes)?;
-        self.n_logits = rows.len();
+        map_into(&self.gpu, &self.b.readback, bytes, &mut self.logits)?;
+        self.n_logits = seqs;
         for &(slot, toks) in work {
             self.lens[slot] += toks.len();
         }
@@ -479,9 +496,8 @@ impl Engine {
     }
 
     /// Records the step's dispatches for `n` tokens and `seqs` sequences.
-    fn record<'k>(&'k self, r: &mut Recorder<'k>, n: usize, seqs: usize) {
+    fn record(&self, r: &mut Pass, n: usize, seqs: usize) {
         let (c, g, b) = (&self.c, &self.gpu, &self.b);
-        let pb = &b.params;
         let op = |o: Op| &self.ops[&o];
         let dim = c.dim;
         let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
@@ -503,19 +519,12 @@ impl Engine {
                 ],
                 f: [c.embed_scale, 0.0, 0.0, 0.0],
             };
-            r.push(
-                g,
-                pb,
-                &self.embed[&e.ty],
-                p,
-                &[buf, &b.meta, &b.x],
-                [n as u32, 1, 1],
-            );
+            r.push(g, &self.embed, p, &[buf, &b.meta, &b.x], [n as u32, 1, 1]);
         }
-        let norm = |r: &mut Recorder<'k>,
-                    src: &'k wgpu::Buffer,
-                    dst: &'k wgpu::Buffer,
-                    w: Option<&'k wgpu::Buffer>,
+        let norm = |r: &mut Pass,
+                    src: &wgpu::Buffer,
+                    dst: &wgpu::Buffer,
+                    w: Option<&wgpu::Buffer>,
                     len: usize,
                     segs: usize| {
             let (gr, width) = grid(segs);
@@ -532,29 +541,18 @@ impl Engine {
                 ],
                 f: [c.rms_eps, 0.0, 0.0, 0.0],
             };
-            r.push(
-                g,
-                pb,
-                op(Op::Norm),
-                p,
-                &[src, dst, w.unwrap_or(&b.dummy)],
-                gr,
-            );
+            r.push(g, op(Op::Norm), p, &[src, dst, w.unwrap_or(&b.dummy)], gr);
         };
         let elementwise =
-            |r: &mut Recorder<'k>, o: Op, a: u32, len: usize, bufs: &[&'k wgpu::Buffer], x: f32| {
+            |r: &mut Pass, o: Op, a: u32, len: usize, bufs: &[&wgpu::Buffer], x: f32| {
                 let (gr, width) = grid(len.div_ceil(256));
                 let p = Params {
                     u: [a, len as u32, 0, 0, 0, 0, 0, width],
                     f: [x, 0.0, 0.0, 0.0],
                 };
-                r.push(g, pb, op(o), p, bufs, gr);
+                r.push(g, op(o), p, bufs, gr);
             };
-        let mm = |r: &mut Recorder<'k>,
-                  m: &'k DevMatrix,
-                  x: &'k wgpu::Buffer,
-                  y: &'k wgpu::Buffer,
-                  n: usize| {
+        let mm = |r: &mut Pass, m: &DevMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize| {
             for (buf, row0, rows) in &m.parts {
                 let (mut gr, width) = grid(rows.div_ceil(4));
                 gr[2] = n.div_ceil(8) as u32;
@@ -571,10 +569,10 @@ impl Engine {
                     ],
                     f: [0.0; 4],
                 };
-                r.push(g, pb, &self.matmul[&m.ty], p, &[buf, x, y], gr);
+                r.push(g, &self.matmul[&m.ty], p, &[buf, x, y], gr);
             }
         };
-        let rope = |r: &mut Recorder<'k>, buf: &'k wgpu::Buffer, heads: usize, set: usize| {
+        let rope = |r: &mut Pass, buf: &wgpu::Buffer, heads: usize, set: usize| {
             let order = match c.layout.rope {
                 RopeOrder::Normal => 0,
                 RopeOrder::Neox => 1,
@@ -594,7 +592,6 @@ impl Engine {
             };
             r.push(
                 g,
-                pb,
                 op(Op::Rope),
                 p,
                 &[buf, &b.rope],
@@ -637,7 +634,6 @@ impl Engine {
             };
             r.push(
                 g,
-                pb,
                 op(Op::KvStore),
                 p,
                 &[&b.k, &b.v, &lw.kc, &lw.vc, &b.meta],
@@ -659,7 +655,6 @@ impl Engine {
             };
             r.push(
                 g,
-                pb,
                 op(Op::Attend),
                 p,
                 &[&b.q, &lw.kc, &lw.vc, &b.att, &b.scores, &b.meta],
@@ -694,7 +689,6 @@ impl Engine {
         };
         r.push(
             g,
-            pb,
             op(Op::Gather),
             p,
             &[&b.x, &b.xn, &b.rows],

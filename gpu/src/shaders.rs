@@ -90,7 +90,7 @@ impl Op {
         [PRELUDE, body].concat()
     }
 
-    /// Whether each storage binding (1, 2, ...) is written.
+    /// Whether each storage binding (group 1: 0, 1, ...) is written.
     pub fn bindings(self) -> &'static [bool] {
         match self {
             Op::Norm => &[true, true, false],

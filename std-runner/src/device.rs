@@ -3,12 +3,12 @@
 //! Everything else (the file, tokenizer, sampler, templates) is the same
 //! code for both.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::ValueEnum;
-
-use crate::pool::Pool;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
+
+use crate::pool::Pool;
 
 /// `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -21,53 +21,12 @@ pub enum Device {
     Gpu,
 }
 
-/// What a GPU engine is made with.
-#[derive(Debug, Clone, Copy)]
-pub struct GpuShape {
-    pub slots: usize,
-    pub ctx: usize,
-    pub max_batch: usize,
-    pub all_logits: bool,
-}
-
-#[cfg(feature = "gpu")]
-pub type GpuEngine = ember_gpu::Engine;
-
-/// Stands in for the GPU engine in builds without it (never made).
-#[cfg(not(feature = "gpu"))]
-pub enum GpuEngine {}
-
-/// The GPU engine for `model`, or why there is none. Its caches are dense
-/// (f32, `shape.ctx` positions): a sequence ends when its slot is full,
-/// where a streaming CPU cache would evict.
-pub fn open_gpu(model: &Llama, shape: GpuShape) -> Result<GpuEngine> {
-    open_engine(model, shape)
-}
-
-#[cfg(feature = "gpu")]
-fn open_engine(model: &Llama, shape: GpuShape) -> Result<GpuEngine> {
-    let gpu = ember_gpu::Gpu::new()?;
-    let opt = ember_gpu::EngineOptions {
-        slots: shape.slots,
-        ctx: shape.ctx,
-        max_batch: shape.max_batch,
-        all_logits: shape.all_logits,
-    };
-    Ok(ember_gpu::Engine::new(gpu, model, opt)?)
-}
-
-#[cfg(not(feature = "gpu"))]
-fn open_engine(_: &Llama, _: GpuShape) -> Result<GpuEngine> {
-    bail!(
-        "this ember was built without GPU support: build it with \
-         `cargo build --release -p ember-runner --features gpu`"
-    )
-}
-
 /// One sequence on `device` with the memory of `plan` (its KV options,
 /// batch and threads): a CPU session over `arena` splitting each step over
 /// `pool`, or a GPU engine of one slot (every token's logits kept when
-/// `all_logits`).
+/// `all_logits`). The GPU's caches are dense (f32, `plan.kv.capacity`
+/// positions): a sequence ends when its slot is full, where a streaming
+/// CPU cache would evict.
 pub fn open_one<'s, 'w>(
     model: &'s Llama<'w>,
     kernels: Kernels,
@@ -84,22 +43,33 @@ pub fn open_one<'s, 'w>(
             s.set_parallel(pool)?;
             Ok(One::Cpu(Box::new(s)))
         }
+        #[cfg(feature = "gpu")]
         Device::Gpu => {
-            let shape = GpuShape {
+            let opt = ember_gpu::EngineOptions {
                 slots: 1,
                 ctx: plan.kv.capacity,
                 max_batch: plan.max_batch.clamp(1, 512),
                 all_logits,
             };
-            Ok(One::Gpu(Box::new(open_gpu(model, shape)?)))
+            let gpu = ember_gpu::Gpu::new()?;
+            Ok(One::Gpu(Box::new(ember_gpu::Engine::new(gpu, model, opt)?)))
+        }
+        #[cfg(not(feature = "gpu"))]
+        Device::Gpu => {
+            let _ = all_logits;
+            anyhow::bail!(
+                "this ember was built without GPU support: build it with \
+                 `cargo build --release -p ember-runner --features gpu`"
+            )
         }
     }
 }
 
-/// One sequence on either engine.
+/// One sequence on either engine (the GPU's in its slot 0).
 pub enum One<'s, 'w> {
     Cpu(Box<Session<'s, 'w>>),
-    Gpu(Box<GpuEngine>),
+    #[cfg(feature = "gpu")]
+    Gpu(Box<ember_gpu::Engine>),
 }
 
 impl One<'_, '_> {
@@ -107,9 +77,12 @@ impl One<'_, '_> {
     pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {
         match self {
             One::Cpu(s) => Ok(s.forward(tokens)?),
+            #[cfg(feature = "gpu")]
             One::Gpu(e) => {
-                gpu_forward(e, tokens)?;
-                Ok(self.logits())
+                for chunk in tokens.chunks(e.options().max_batch) {
+                    e.step(&[(0, chunk)])?;
+                }
+                Ok(e.logits(0))
             }
         }
     }
@@ -123,7 +96,12 @@ impl One<'_, '_> {
     ) -> Result<()> {
         match self {
             One::Cpu(s) => Ok(s.forward_all_from(tokens, first, emit)?),
-            One::Gpu(e) => gpu_all(e, tokens, first, emit),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => Ok(e.step_all(0, tokens, &mut |i, l| {
+                if i >= first {
+                    emit(i, l)
+                }
+            })?),
         }
     }
 
@@ -140,7 +118,8 @@ impl One<'_, '_> {
     pub fn logits(&self) -> &[f32] {
         match self {
             One::Cpu(s) => s.logits(),
-            One::Gpu(e) => gpu_logits(e),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => e.logits(0),
         }
     }
 
@@ -148,7 +127,8 @@ impl One<'_, '_> {
     pub fn reset(&mut self) {
         match self {
             One::Cpu(s) => s.reset(),
-            One::Gpu(e) => gpu_clear(e),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => e.clear(0),
         }
     }
 
@@ -156,7 +136,8 @@ impl One<'_, '_> {
     pub fn truncate(&mut self, n: usize) -> Result<()> {
         match self {
             One::Cpu(s) => Ok(s.truncate(n)?),
-            One::Gpu(e) => gpu_truncate(e, n),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => Ok(e.truncate(0, n)?),
         }
     }
 
@@ -164,7 +145,8 @@ impl One<'_, '_> {
     pub fn reserve(&self, n: usize) -> Result<()> {
         match self {
             One::Cpu(s) => Ok(s.reserve(n)?),
-            One::Gpu(e) => gpu_reserve(e, n),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => Ok(e.reserve(0, n)?),
         }
     }
 
@@ -173,6 +155,7 @@ impl One<'_, '_> {
     pub fn evicted(&self) -> bool {
         match self {
             One::Cpu(s) => s.evicted(),
+            #[cfg(feature = "gpu")]
             One::Gpu(_) => false,
         }
     }
@@ -181,7 +164,8 @@ impl One<'_, '_> {
     pub fn pos(&self) -> usize {
         match self {
             One::Cpu(s) => s.pos(),
-            One::Gpu(e) => gpu_pos(e),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => e.pos(0),
         }
     }
 
@@ -190,104 +174,8 @@ impl One<'_, '_> {
     pub fn engine_name(&self) -> String {
         match self {
             One::Cpu(s) => s.kernels().name.to_string(),
-            One::Gpu(e) => gpu_name(e),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => e.device_name(),
         }
     }
 }
-
-#[cfg(feature = "gpu")]
-mod on_gpu {
-    use super::*;
-
-    pub fn gpu_forward(e: &mut GpuEngine, tokens: &[u32]) -> Result<()> {
-        for chunk in tokens.chunks(e.options().max_batch) {
-            e.step(&[(0, chunk)])?;
-        }
-        Ok(())
-    }
-
-    pub fn gpu_all(
-        e: &mut GpuEngine,
-        tokens: &[u32],
-        first: usize,
-        emit: &mut dyn FnMut(usize, &[f32]),
-    ) -> Result<()> {
-        Ok(e.step_all(0, tokens, &mut |i, l| {
-            if i >= first {
-                emit(i, l)
-            }
-        })?)
-    }
-
-    pub fn gpu_logits(e: &GpuEngine) -> &[f32] {
-        e.logits(0)
-    }
-
-    pub fn gpu_clear(e: &mut GpuEngine) {
-        e.clear(0)
-    }
-
-    pub fn gpu_truncate(e: &mut GpuEngine, n: usize) -> Result<()> {
-        Ok(e.truncate(0, n)?)
-    }
-
-    pub fn gpu_reserve(e: &GpuEngine, n: usize) -> Result<()> {
-        let (pos, ctx) = (e.pos(0), e.options().ctx);
-        if pos + n > ctx {
-            bail!("the KV cache is full: {pos} + {n} positions, {ctx} in all; raise --ctx");
-        }
-        Ok(())
-    }
-
-    pub fn gpu_pos(e: &GpuEngine) -> usize {
-        e.pos(0)
-    }
-
-    pub fn gpu_name(e: &GpuEngine) -> String {
-        e.device_name()
-    }
-}
-
-#[cfg(not(feature = "gpu"))]
-mod on_gpu {
-    use super::*;
-
-    pub fn gpu_forward(e: &mut GpuEngine, _: &[u32]) -> Result<()> {
-        match *e {}
-    }
-
-    pub fn gpu_all(
-        e: &mut GpuEngine,
-        _: &[u32],
-        _: usize,
-        _: &mut dyn FnMut(usize, &[f32]),
-    ) -> Result<()> {
-        match *e {}
-    }
-
-    pub fn gpu_logits(e: &GpuEngine) -> &[f32] {
-        match *e {}
-    }
-
-    pub fn gpu_clear(e: &mut GpuEngine) {
-        match *e {}
-    }
-
-    pub fn gpu_truncate(e: &mut GpuEngine, _: usize) -> Result<()> {
-        match *e {}
-    }
-
-    pub fn gpu_reserve(e: &GpuEngine, _: usize) -> Result<()> {
-        match *e {}
-    }
-
-    pub fn gpu_pos(e: &GpuEngine) -> usize {
-        match *e {}
-    }
-
-    pub fn gpu_name(e: &GpuEngine) -> String {
-        match *e {}
-    }
-}
-
-use on_gpu::*;

@@ -215,6 +215,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         eos: stop_ids(g, tok.as_ref()),
         sampling,
         threads,
+        device: a.exec.device,
     };
 
     // Stream text to stdout as it is generated (human mode); end-of-generation
@@ -231,7 +232,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
             let _ = so.flush();
         }
     };
-    let out = generate_on(model, kernels, a.exec.device, &opt, |id| {
+    let out = generate(model, kernels, &opt, |id| {
         if let (Some(t), Some(d)) = (&tok, &mut dec) {
             if t.is_eog(id) && !a.ignore_eos {
                 return true;
@@ -432,6 +433,8 @@ pub struct RunOptions {
     pub sampling: SamplerConfig,
     /// Worker threads splitting each step.
     pub threads: usize,
+    /// Where the forward pass runs.
+    pub device: Device,
 }
 
 /// What it produced.
@@ -558,17 +561,6 @@ pub fn generate(
     model: &Llama,
     kernels: Kernels,
     opt: &RunOptions,
-    on_token: impl FnMut(u32) -> bool,
-) -> Result<RunOutput> {
-    generate_on(model, kernels, Device::Cpu, opt, on_token)
-}
-
-/// [`generate`] on `device`.
-pub fn generate_on(
-    model: &Llama,
-    kernels: Kernels,
-    device: Device,
-    opt: &RunOptions,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<RunOutput> {
     let mut sampler = Sampler::new(opt.sampling)?;
@@ -579,14 +571,14 @@ pub fn generate_on(
     let mut s = open_one(
         model,
         kernels,
-        device,
+        opt.device,
         plan,
         opt.logits_all,
         &mut arena,
         &pool,
     )?;
     let mut out = RunOutput {
-        arena_bytes: if device == Device::Cpu {
+        arena_bytes: if opt.device == Device::Cpu {
             plan.bytes()
         } else {
             0

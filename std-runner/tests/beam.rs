@@ -100,6 +100,7 @@ fn one_beam_is_greedy() {
                 eos: vec![EOS],
                 sampling: SamplerConfig::greedy(),
                 threads: 1,
+                device: ember_runner::device::Device::Cpu,
             },
             |_| true,
         )

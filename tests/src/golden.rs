@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use ember_core::kernels::Kernels;
+use ember_core::model::{Llama, MemoryPlan, Session};
 use serde_json::Value;
 
 /// A golden file of `golden/`.
@@ -35,17 +37,21 @@ pub fn argmax(l: &[f32]) -> u32 {
     best as u32
 }
 
+/// Logits after every token of `path` (teacher forcing), from one forward
+/// call of the CPU engine in chunks of `batch`.
+pub fn all_logits(model: &Llama, kernels: Kernels, path: &[u32], batch: usize) -> Vec<Vec<f32>> {
+    let plan = MemoryPlan::new(&model.config, path.len(), batch).unwrap();
+    let mut arena = plan.alloc();
+    let mut s = Session::new(model, kernels, plan, &mut arena).unwrap();
+    let mut out = Vec::new();
+    s.forward_all(path, &mut |_, l| out.push(l.to_vec()))
+        .unwrap();
+    out
+}
+
 /// `log softmax(logits)` at `ids`, in f64.
 pub fn log_softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f64> {
-    let max = logits
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = ember_runner::run::log_sum_exp(logits);
     ids.iter()
         .map(|&i| logits[i as usize] as f64 - lse)
         .collect()

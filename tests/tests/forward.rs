@@ -14,7 +14,7 @@ use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan, Session};
 use ember_core::quant::GgmlType;
 use ember_runner::mix::{FileType, Mix};
-use ember_tests::golden::{argmax, golden, ids, Score};
+use ember_tests::golden::{all_logits, argmax, golden, ids, Score};
 
 fn model_file(ty: GgmlType) -> PathBuf {
     file_of(FileType::Pure(ty))
@@ -29,17 +29,6 @@ fn file_of(ty: FileType) -> PathBuf {
         FileType::Mix(_) => ember_runner::model_store::converted_mix(ty),
     }
     .unwrap_or_else(|e| panic!("model for {}: {e:#}", ty.name()))
-}
-
-/// Logits after every token of `path` (teacher forcing), from one forward call.
-fn all_logits(model: &Llama, kernels: Kernels, path: &[u32], batch: usize) -> Vec<Vec<f32>> {
-    let plan = MemoryPlan::new(&model.config, path.len(), batch).unwrap();
-    let mut arena = plan.alloc();
-    let mut s = Session::new(model, kernels, plan, &mut arena).unwrap();
-    let mut out = Vec::new();
-    s.forward_all(path, &mut |_, l| out.push(l.to_vec()))
-        .unwrap();
-    out
 }
 
 /// Logits after every token of `path`, fed one token per forward call: the

@@ -6,12 +6,12 @@
 // P.a query heads, P.b head width, P.c kv_dim, P.d query heads per KV
 // head, P.e positions per slot, P.f window (0: none), P.x score scale.
 
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read> tok: array<u32>;
+@group(1) @binding(0) var<storage, read> q: array<f32>;
+@group(1) @binding(1) var<storage, read> kc: array<f32>;
+@group(1) @binding(2) var<storage, read> vc: array<f32>;
+@group(1) @binding(3) var<storage, read_write> out: array<f32>;
+@group(1) @binding(4) var<storage, read_write> scores: array<f32>;
+@group(1) @binding(5) var<storage, read> tok: array<u32>;
 
 var<workgroup> red: array<f32, 64>;
 

@@ -2,8 +2,8 @@
 //
 // P.a the bias's length, P.b elements, P.h the grid's width.
 
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(1) @binding(0) var<storage, read_write> dst: array<f32>;
+@group(1) @binding(1) var<storage, read> b: array<f32>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

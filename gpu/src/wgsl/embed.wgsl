@@ -4,9 +4,9 @@
 // P.a columns, P.b rows of this part of the table, P.c bytes per row,
 // P.g its first row, P.x the scale.
 
-@group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> tok: array<u32>;
-@group(0) @binding(3) var<storage, read_write> ys: array<f32>;
+@group(1) @binding(0) var<storage, read> w: array<u32>;
+@group(1) @binding(1) var<storage, read> tok: array<u32>;
+@group(1) @binding(2) var<storage, read_write> ys: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

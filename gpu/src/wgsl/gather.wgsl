@@ -3,9 +3,9 @@
 //
 // P.a row length.
 
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(3) var<storage, read> rows: array<u32>;
+@group(1) @binding(0) var<storage, read> src: array<f32>;
+@group(1) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(1) @binding(2) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

@@ -4,11 +4,11 @@
 //
 // P.a row width (kv_dim), P.b positions per slot.
 
-@group(0) @binding(1) var<storage, read> k: array<f32>;
-@group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vc: array<f32>;
-@group(0) @binding(5) var<storage, read> tok: array<u32>;
+@group(1) @binding(0) var<storage, read> k: array<f32>;
+@group(1) @binding(1) var<storage, read> v: array<f32>;
+@group(1) @binding(2) var<storage, read_write> kc: array<f32>;
+@group(1) @binding(3) var<storage, read_write> vc: array<f32>;
+@group(1) @binding(4) var<storage, read> tok: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

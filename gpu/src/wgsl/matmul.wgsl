@@ -7,9 +7,9 @@
 // P.a rows of the part, P.b columns, P.c bytes per row, P.d tokens,
 // P.e x's row stride, P.f y's row stride, P.g row0, P.h the grid's width.
 
-@group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> xs: array<f32>;
-@group(0) @binding(3) var<storage, read_write> ys: array<f32>;
+@group(1) @binding(0) var<storage, read> w: array<u32>;
+@group(1) @binding(1) var<storage, read> xs: array<f32>;
+@group(1) @binding(2) var<storage, read_write> ys: array<f32>;
 
 const LANES: u32 = 16u;
 const RPW: u32 = 4u;

@@ -4,9 +4,9 @@
 //
 // P.a segment length, P.b segments, P.c has weight, P.x epsilon.
 
-@group(0) @binding(1) var<storage, read_write> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(3) var<storage, read> g: array<f32>;
+@group(1) @binding(0) var<storage, read_write> src: array<f32>;
+@group(1) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(1) @binding(2) var<storage, read> g: array<f32>;
 
 var<workgroup> red: array<f32, 64>;
 

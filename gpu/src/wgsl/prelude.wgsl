@@ -1,5 +1,5 @@
-// Shared by every shader: the dispatch's parameters (each op names what
-// its fields mean).
+// Shared by every shader: the dispatch's parameters, group 0 (each op
+// names what its fields mean); a kernel's buffers are group 1.
 
 struct Params {
     a: u32, b: u32, c: u32, d: u32, e: u32, f: u32, g: u32, h: u32,

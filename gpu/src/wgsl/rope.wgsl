@@ -5,8 +5,8 @@
 // P.a heads, P.b head width, P.c rotated dimensions, P.d which table,
 // P.e tables per token.
 
-@group(0) @binding(1) var<storage, read_write> xs: array<f32>;
-@group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(1) @binding(0) var<storage, read_write> xs: array<f32>;
+@group(1) @binding(1) var<storage, read> table: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
