@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--ember", default="target/release/ember")
     ap.add_argument("--model", help="GGUF file (default: ember's default model)")
     ap.add_argument("--url", help="an already running server")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--streams", type=int, default=8, help="concurrent streamed completions")
     args = ap.parse_args()
     proc = None
     url = args.url
@@ -83,6 +85,7 @@ def main():
         assert "".join(parts)
 
         check_logprobs(client, model)
+        check_concurrent(client, model, args.streams)
 
         try:
             client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
@@ -106,7 +109,8 @@ def main():
 
 def start(args, extra):
     """Starts `ember serve` on a free port; returns the process and its URL."""
-    cmd = [args.ember, "serve", "--port", "0", "--parallel", "2", "--ctx", "512"] + extra
+    cmd = [args.ember, "serve", "--port", "0", "--parallel", str(max(2, args.streams)), "--ctx", "512",
+           "--device", args.device] + extra
     if args.model:
         cmd += ["--model", args.model]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -130,6 +134,31 @@ def stop(proc):
         code = proc.wait(timeout=60)
         if code != 0:
             sys.exit(f"the server exited with {code} after SIGTERM")
+
+
+def check_concurrent(client, model, n):
+    """n streamed greedy completions of two prompts at once, on n slots: each
+    text is the one its prompt gets alone (a sequence's numbers do not depend
+    on what else is in the batch)."""
+    prompts = ["The capital of France is", "Once upon a time"]
+    alone = {p: client.completions.create(model=model, prompt=p, max_tokens=8, temperature=0).choices[0].text
+             for p in prompts}
+    out = [None] * n
+
+    def one(i):
+        p = prompts[i % len(prompts)]
+        out[i] = (p, "".join(c.choices[0].text for c in client.completions.create(
+            model=model, prompt=p, max_tokens=8, temperature=0, stream=True)))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in enumerate(out):
+        assert r is not None, f"stream {i} failed"
+        assert r[1] == alone[r[0]], (i, r, alone[r[0]])
+    print(f"{n} concurrent streams: each the text of its prompt alone")
 
 
 def check_logprobs(client, model):

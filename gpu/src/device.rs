@@ -186,6 +186,41 @@ impl Gpu {
         })
     }
 
+    /// Device memory bandwidth in bytes per second, as a buffer-to-buffer
+    /// copy of up to 256 MiB moves it (each byte read once and written
+    /// once; the best of three timed rounds of four copies, after one
+    /// untimed). What a decode step could stream at best.
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let size = (256u64 << 20).min(self.limits.max_buffer_size) / 4 * 4;
+        let make = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bandwidth probe"),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let src = make(wgpu::BufferUsages::COPY_SRC);
+        let dst = make(wgpu::BufferUsages::COPY_DST);
+        let mut best = 0.0f64;
+        for round in 0..4 {
+            let t = std::time::Instant::now();
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for _ in 0..4 {
+                enc.copy_buffer_to_buffer(&src, 0, &dst, 0, size);
+            }
+            self.queue.submit([enc.finish()]);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| crate::Error(format!("the GPU did not finish: {e}")))?;
+            let secs = t.elapsed().as_secs_f64();
+            if round > 0 {
+                best = best.max(2.0 * 4.0 * size as f64 / secs.max(1e-9));
+            }
+        }
+        Ok(best)
+    }
+
     /// The stride between dispatches' parameters in the uniform buffer.
     pub fn param_stride(&self) -> u64 {
         let a = (self.limits.min_uniform_buffer_offset_alignment as u64).max(1);

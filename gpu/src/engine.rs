@@ -319,6 +319,11 @@ impl Engine {
         self.gpu
     }
 
+    /// The device's memory bandwidth ([`Gpu::copy_bandwidth`]).
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        self.gpu.copy_bandwidth()
+    }
+
     /// The adapter, for messages.
     pub fn device_name(&self) -> String {
         self.gpu.name()

@@ -19,12 +19,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::model::{Llama, MemoryPlan};
 use ember_core::parallel::{self, Parallel};
 use ember_core::KvOptions;
 use serde_json::json;
 
 use crate::args::{ExecArgs, KvTypeArg};
+use crate::device::{open_one, Device, One, Slots};
 use crate::load::load_model;
 use crate::pool::Pool;
 
@@ -226,9 +227,6 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.seqs == 0 || a.seqs > 256 {
         bail!("--seqs must be in 1..=256");
     }
-    if a.exec.device != crate::device::Device::Cpu {
-        bail!("ember bench runs on --device cpu only for now (docs/GPU.md)");
-    }
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
     let mut file = load_model(&a.model, &a.exec)?;
@@ -240,9 +238,18 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let pool = Pool::new(threads)?;
     let longest = a.p.max(a.depth).max(1);
     let plan = MemoryPlan::with_threads(c, kv, a.batch.min(longest), threads)?;
-    let mut arena = crate::arena::zeroed(plan.f32_len(), "the session (KV cache and scratch)")?;
-    let mut s = Session::new(model, kernels, plan, &mut arena)?;
-    s.set_parallel(&pool)?;
+    let device = a.exec.device;
+    let mut arena = Vec::new();
+    let mut s = open_one(model, kernels, device, plan, false, &mut arena, &pool)?;
+    let engine = s.engine_name();
+    // The floor's bandwidth: the host's, probed with the same threads beside
+    // each decode run (it drifts on shared machines); the GPU's memory, as
+    // a device copy moves it, once.
+    let gpu_bw = match device {
+        Device::Cpu => None,
+        Device::Gpu => Some(s.copy_bandwidth()?),
+    };
+    let probe = |passes: usize| gpu_bw.unwrap_or_else(|| read_bandwidth(bytes, &pool, passes));
     let vocab = c.vocab_size as u64;
     let ids = |n: usize| -> Vec<u32> {
         (0..n as u64)
@@ -254,7 +261,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     // The context each test starts from: the cache emptied, then `depth`
     // tokens, untimed.
     let context = ids(a.depth);
-    let start = |s: &mut Session<'_, '_>| -> Result<()> {
+    let start = |s: &mut One<'_, '_>| -> Result<()> {
         s.reset();
         if !context.is_empty() {
             s.forward(&context)?;
@@ -281,11 +288,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         if a.n > 0 {
             start(&mut s)?;
-            let before = if rep > 0 {
-                read_bandwidth(bytes, &pool, 1)
-            } else {
-                0.0
-            };
+            let before = if rep > 0 { probe(1) } else { 0.0 };
             let t = Instant::now();
             for &id in &gen {
                 s.forward(&[id])?;
@@ -293,16 +296,18 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             if rep > 0 {
                 tg.push(a.n as f64 / secs.max(1e-9));
-                floors.push(floor_at(before.max(read_bandwidth(bytes, &pool, 1))));
+                floors.push(floor_at(before.max(probe(1))));
             }
         }
     }
     let mut tgb = Vec::new();
     if a.seqs > 1 && a.n > 0 {
         let (ctx, gen) = (&context[..], &gen[..]);
+        drop(s);
         tgb = batched_decode(
             model,
             kernels,
+            device,
             &pool,
             kv,
             threads,
@@ -314,7 +319,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let tgb_runs = tgb.clone();
     let tgb_med = median(&mut tgb);
     if floors.is_empty() {
-        floors.push(floor_at(read_bandwidth(bytes, &pool, 3)));
+        floors.push(floor_at(probe(3)));
     }
     // Each repetition's share of its own floor; the median of those.
     let mut shares: Vec<f64> = tg
@@ -336,6 +341,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             "model": path.display().to_string(),
             "type": ty,
             "kernels": kernels.name,
+            "device": engine,
             "threads": threads,
             "mmap": a.exec.mmap,
             "n_prompt": a.p,
@@ -411,6 +417,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
 fn batched_decode(
     model: &Llama,
     kernels: ember_core::kernels::Kernels,
+    device: Device,
     pool: &Pool,
     kv: KvOptions,
     threads: usize,
@@ -418,32 +425,31 @@ fn batched_decode(
     (context, gen): (&[u32], &[u32]),
     reps: usize,
 ) -> Result<Vec<f64>> {
-    use ember_core::model::{Batch, Seq};
     let c = &model.config;
     let plan = MemoryPlan::batched(c, kv, seqs, threads, seqs)?;
-    let mut scratch = crate::arena::zeroed(plan.scratch_len, "the batch scratch")?;
-    let mut b = Batch::new(model, kernels, plan, &mut scratch)?;
-    b.set_parallel(pool)?;
-    let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..seqs)
-        .map(|_| {
-            let k = crate::arena::zeroed(plan.kv_len, "the KV caches")?;
-            Ok((k, crate::arena::zeroed(plan.kv_len, "the KV caches")?))
-        })
-        .collect::<Result<_>>()?;
-    let mut caches = mem
-        .iter_mut()
-        .map(|(k, v)| plan.cache(c, k, v))
-        .collect::<ember_core::Result<Vec<_>>>()?;
+    // The CPU's memory, made only for the CPU.
+    let mut scratch: Vec<f32>;
+    let mut mem: Vec<(Vec<f32>, Vec<f32>)>;
+    let mut slots = match device {
+        Device::Cpu => {
+            scratch = crate::arena::zeroed(plan.scratch_len, "the batch scratch")?;
+            mem = (0..seqs)
+                .map(|_| {
+                    let k = crate::arena::zeroed(plan.kv_len, "the KV caches")?;
+                    Ok((k, crate::arena::zeroed(plan.kv_len, "the KV caches")?))
+                })
+                .collect::<Result<_>>()?;
+            Slots::cpu(model, kernels, plan, &mut scratch, &mut mem, pool)?
+        }
+        Device::Gpu => Slots::gpu(model, plan)?,
+    };
     let mut out = Vec::new();
     for rep in 0..=reps {
-        for k in caches.iter_mut() {
-            k.clear();
+        for k in 0..seqs {
+            slots.clear(k);
             // The starting context (`-d`), a batch's worth of tokens a step.
             for chunk in context.chunks(seqs) {
-                b.step(&mut [Seq {
-                    cache: &mut *k,
-                    tokens: chunk,
-                }])?;
+                slots.step(&[(k, chunk)])?;
             }
         }
         let t = Instant::now();
@@ -452,12 +458,9 @@ fn batched_decode(
             let toks: Vec<[u32; 1]> = (0..seqs)
                 .map(|j| [(id + j as u32 * 13 + i as u32) % c.vocab_size as u32])
                 .collect();
-            let mut work: Vec<Seq> = caches
-                .iter_mut()
-                .zip(&toks)
-                .map(|(cache, t)| Seq { cache, tokens: t })
-                .collect();
-            b.step(&mut work)?;
+            let work: Vec<(usize, &[u32])> =
+                toks.iter().enumerate().map(|(k, t)| (k, &t[..])).collect();
+            slots.step(&work)?;
         }
         let secs = t.elapsed().as_secs_f64();
         if rep > 0 {

@@ -6,7 +6,8 @@
 use anyhow::Result;
 use clap::ValueEnum;
 use ember_core::kernels::Kernels;
-use ember_core::model::{Llama, MemoryPlan, Session};
+use ember_core::kv_cache::KvCache;
+use ember_core::model::{Batch, Llama, MemoryPlan, Seq, Session};
 
 use crate::pool::Pool;
 
@@ -51,18 +52,26 @@ pub fn open_one<'s, 'w>(
                 max_batch: plan.max_batch.clamp(1, 512),
                 all_logits,
             };
-            let gpu = ember_gpu::Gpu::new()?;
-            Ok(One::Gpu(Box::new(ember_gpu::Engine::new(gpu, model, opt)?)))
+            Ok(One::Gpu(Box::new(gpu_engine(model, opt)?)))
         }
         #[cfg(not(feature = "gpu"))]
         Device::Gpu => {
             let _ = all_logits;
-            anyhow::bail!(
-                "this ember was built without GPU support: build it with \
-                 `cargo build --release -p ember-runner --features gpu`"
-            )
+            anyhow::bail!(NO_GPU)
         }
     }
+}
+
+/// What `--device gpu` says in a build without the feature.
+#[cfg(not(feature = "gpu"))]
+const NO_GPU: &str = "this ember was built without GPU support: build it with \
+                      `cargo build --release -p ember-runner --features gpu`";
+
+/// The GPU engine for `model` on the best adapter.
+#[cfg(feature = "gpu")]
+fn gpu_engine(model: &Llama, opt: ember_gpu::EngineOptions) -> Result<ember_gpu::Engine> {
+    let gpu = ember_gpu::Gpu::new()?;
+    Ok(ember_gpu::Engine::new(gpu, model, opt)?)
 }
 
 /// One sequence on either engine (the GPU's in its slot 0).
@@ -169,6 +178,16 @@ impl One<'_, '_> {
         }
     }
 
+    /// The GPU's memory bandwidth in bytes per second (a device copy);
+    /// the CPU's is probed by `bench` itself.
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        match self {
+            One::Cpu(_) => anyhow::bail!("the CPU's bandwidth is probed by reading the model"),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => Ok(e.copy_bandwidth()?),
+        }
+    }
+
     /// What runs the arithmetic, for messages: the kernel table or the
     /// GPU adapter.
     pub fn engine_name(&self) -> String {
@@ -176,6 +195,139 @@ impl One<'_, '_> {
             One::Cpu(s) => s.kernels().name.to_string(),
             #[cfg(feature = "gpu")]
             One::Gpu(e) => e.device_name(),
+        }
+    }
+}
+
+/// The server's sequences (its slots) on either engine: the CPU's batch
+/// engine over one KV cache per slot, or the GPU engine's slots.
+pub enum Slots<'s, 'w> {
+    Cpu {
+        batch: Box<Batch<'s, 'w>>,
+        caches: Vec<KvCache<'s>>,
+    },
+    #[cfg(feature = "gpu")]
+    Gpu(Box<ember_gpu::Engine>),
+}
+
+impl<'s, 'w> Slots<'s, 'w> {
+    /// `plan.seqs` slots on the CPU: a batch engine over `scratch` splitting
+    /// each step over `pool`, one cache per pair of `mem` (each buffer
+    /// `plan.kv_len` floats).
+    pub fn cpu(
+        model: &'s Llama<'w>,
+        kernels: Kernels,
+        plan: MemoryPlan,
+        scratch: &'s mut [f32],
+        mem: &'s mut [(Vec<f32>, Vec<f32>)],
+        pool: &'s Pool,
+    ) -> Result<Slots<'s, 'w>> {
+        let mut batch = Batch::new(model, kernels, plan, scratch)?;
+        batch.set_parallel(pool)?;
+        let caches = mem
+            .iter_mut()
+            .map(|(k, v)| plan.cache(&model.config, k, v))
+            .collect::<ember_core::Result<_>>()?;
+        Ok(Slots::Cpu {
+            batch: Box::new(batch),
+            caches,
+        })
+    }
+
+    /// `plan.seqs` slots of `plan.kv.capacity` positions on the GPU, steps
+    /// of up to `plan.max_batch` tokens (fewer where one binding cannot
+    /// hold that many tokens' attention scores: [`Slots::max_batch`]).
+    pub fn gpu(model: &Llama, plan: MemoryPlan) -> Result<Slots<'s, 'w>> {
+        #[cfg(feature = "gpu")]
+        {
+            let opt = ember_gpu::EngineOptions {
+                slots: plan.seqs,
+                ctx: plan.kv.capacity,
+                max_batch: plan.max_batch,
+                all_logits: false,
+            };
+            Ok(Slots::Gpu(Box::new(gpu_engine(model, opt)?)))
+        }
+        #[cfg(not(feature = "gpu"))]
+        {
+            let _ = (model, plan);
+            anyhow::bail!(NO_GPU)
+        }
+    }
+
+    /// Tokens one step takes, over all slots.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            Slots::Cpu { batch, .. } => batch.plan().max_batch,
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => e.options().max_batch,
+        }
+    }
+
+    /// Empties slot `i`.
+    pub fn clear(&mut self, i: usize) {
+        match self {
+            Slots::Cpu { caches, .. } => caches[i].clear(),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => e.clear(i),
+        }
+    }
+
+    /// Tokens slot `i` takes in its next chunk.
+    pub fn chunk_room(&self, i: usize) -> usize {
+        match self {
+            Slots::Cpu { caches, .. } => caches[i].chunk_room(),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => e.options().ctx - e.pos(i),
+        }
+    }
+
+    /// Whether slot `i` has no room for another token.
+    pub fn full(&self, i: usize) -> bool {
+        match self {
+            Slots::Cpu { caches, .. } => caches[i].pos() + 1 > caches[i].capacity(),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => e.pos(i) + 1 > e.options().ctx,
+        }
+    }
+
+    /// Advances each `(slot, tokens)` of `work` in one step; then
+    /// [`Slots::logits`]`(k)` holds the logits after `work[k]`'s last token.
+    /// An error changes nothing.
+    pub fn step(&mut self, work: &[(usize, &[u32])]) -> Result<()> {
+        match self {
+            Slots::Cpu { batch, caches } => {
+                let mut by_cache: Vec<Option<&mut KvCache<'s>>> =
+                    caches.iter_mut().map(Some).collect();
+                let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
+                for &(i, tokens) in work {
+                    let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                        anyhow::anyhow!("slot {i} is out of range or twice in one step")
+                    })?;
+                    seqs.push(Seq { cache, tokens });
+                }
+                Ok(batch.step(&mut seqs)?)
+            }
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => Ok(e.step(work)?),
+        }
+    }
+
+    /// The logits after the last token of `work[k]` of the last step.
+    pub fn logits(&self, k: usize) -> &[f32] {
+        match self {
+            Slots::Cpu { batch, .. } => batch.logits(k),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => e.logits(k),
+        }
+    }
+
+    /// What runs the arithmetic, for messages.
+    pub fn engine_name(&self) -> String {
+        match self {
+            Slots::Cpu { batch, .. } => format!("{} kernels", batch.kernels().name),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => format!("GPU {}", e.device_name()),
         }
     }
 }

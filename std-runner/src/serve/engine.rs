@@ -1,15 +1,16 @@
 //! The continuous batching engine: one thread that owns the model's slots.
 //!
 //! It keeps `--parallel` slots, each with its own KV cache from a pool
-//! allocated at start. Every step advances all active slots in one batched
-//! forward pass ([`ember_core::model::Batch`]): one token for each slot that
+//! allocated at start (on the GPU, in its memory). Every step advances all
+//! active slots in one batched forward pass ([`crate::device::Slots`]: the
+//! core's [`ember_core::model::Batch`], or the GPU engine): one token for each slot that
 //! is generating, and a prompt chunk of up to `--batch` tokens for slots still
 //! reading their prompt, so a long prompt never stalls the others for more
 //! than one chunk. Requests join at the next step and leave as soon as they
 //! finish or their client goes away.
 //!
-//! A sequence's tokens are the same whoever else is in the batch: the core
-//! gives each sequence of a step exactly the numbers it gets alone, and each
+//! A sequence's tokens are the same whoever else is in the batch: either
+//! engine gives each sequence of a step exactly the numbers it gets alone, and each
 //! request's prompt is cut into the same chunks whatever the traffic.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,14 +18,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ember_core::kernels::Kernels;
-use ember_core::kv_cache::KvCache;
-use ember_core::model::{Batch, Llama, MemoryPlan, Seq};
+use ember_core::model::{Llama, MemoryPlan};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 
 use super::metrics::Metrics;
+use crate::device::{Device, Slots};
 use crate::run::{token_logprobs, TokenLogprobs};
 use crate::text::StopText;
 
@@ -64,6 +65,7 @@ pub(super) struct Job {
 pub(super) struct EngineConfig {
     pub(super) plan: MemoryPlan,
     pub(super) kernels: Kernels,
+    pub(super) device: Device,
     pub(super) threads: usize,
     pub(super) chunk: usize,
     /// Requests queued but not yet in a slot (the engine counts them down).
@@ -96,14 +98,20 @@ pub(super) fn engine_main(
     tok: &'static Tokenizer<'static>,
     cfg: EngineConfig,
     rx: Receiver<Job>,
-    ready: Sender<std::result::Result<(), String>>,
+    ready: Sender<std::result::Result<String, String>>,
 ) -> Result<()> {
     let plan = cfg.plan;
     let (waiting, busy, stop, metrics) = (&cfg.waiting, &cfg.busy, &cfg.stop, &cfg.metrics);
     let c = &model.config;
-    // Set-up errors go to the starting thread, which reports them.
+    // Set-up errors go to the starting thread, which reports them. The
+    // CPU's memory (scratch, one KV cache per slot) is allocated here; the
+    // GPU keeps its own.
+    let cpu = cfg.device == Device::Cpu;
     let started = (|| -> Result<_> {
-        let pool = crate::pool::Pool::new(cfg.threads)?;
+        let pool = crate::pool::Pool::new(if cpu { cfg.threads } else { 1 })?;
+        if !cpu {
+            return Ok((pool, Vec::new(), Vec::new()));
+        }
         let scratch = crate::arena::zeroed(plan.scratch_len, "the batch scratch")?;
         let mem: Vec<(Vec<f32>, Vec<f32>)> = (0..plan.seqs)
             .map(|_| {
@@ -123,13 +131,29 @@ pub(super) fn engine_main(
             return Ok(());
         }
     };
-    let mut batch = Batch::new(model, cfg.kernels, plan, &mut scratch)?;
-    batch.set_parallel(&pool)?;
-    let mut caches: Vec<KvCache> = mem
-        .iter_mut()
-        .map(|(k, v)| plan.cache(c, k, v))
-        .collect::<ember_core::Result<_>>()?;
-    let _ = ready.send(Ok(()));
+    let slots = match cfg.device {
+        Device::Cpu => Slots::cpu(model, cfg.kernels, plan, &mut scratch, &mut mem, &pool),
+        Device::Gpu => Slots::gpu(model, plan),
+    };
+    let mut slots = match slots {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}")));
+            return Ok(());
+        }
+    };
+    // Generating slots take one token each per step; a prompt chunk the
+    // rest (the same chunks whatever the traffic).
+    let Some(room) = slots.max_batch().checked_sub(plan.seqs).filter(|&r| r > 0) else {
+        let _ = ready.send(Err(format!(
+            "the engine takes {} tokens per step at --ctx {}: not one per slot and a prompt chunk; lower --ctx or --parallel",
+            slots.max_batch(),
+            plan.kv.capacity
+        )));
+        return Ok(());
+    };
+    let chunk = cfg.chunk.min(room);
+    let _ = ready.send(Ok(slots.engine_name()));
     let mut free: Vec<usize> = (0..plan.seqs).rev().collect();
     let mut active: Vec<Slot> = Vec::new();
     let mut cand = vec![Candidate::default(); Sampler::scratch_len(c.vocab_size)];
@@ -163,7 +187,7 @@ pub(super) fn engine_main(
                 }
             };
             let cache = free.pop().unwrap_or_default();
-            caches[cache].clear();
+            slots.clear(cache);
             let mut slot = Slot {
                 cache,
                 sampler,
@@ -195,7 +219,7 @@ pub(super) fn engine_main(
         // This step's work: one token for each generating slot, then prompt
         // chunks (each slot's chunks are the same whatever else runs) while
         // the step has room.
-        let mut budget = plan.max_batch;
+        let mut budget = slots.max_batch();
         let mut work: Vec<(usize, usize, usize)> = Vec::new(); // (slot, from, to) of its tokens
         for (i, s) in active.iter().enumerate() {
             if s.fed == s.job.prompt.len() {
@@ -208,7 +232,7 @@ pub(super) fn engine_main(
             if left == 0 {
                 continue;
             }
-            let take = cfg.chunk.min(left).min(caches[s.cache].chunk_room());
+            let take = chunk.min(left).min(slots.chunk_room(s.cache));
             if take <= budget {
                 work.push((i, s.fed, s.fed + take));
                 budget -= take;
@@ -225,32 +249,23 @@ pub(super) fn engine_main(
                 }
             })
             .collect();
-        // Each work item's cache, in work order.
-        let mut by_cache: Vec<Option<&mut KvCache>> = caches.iter_mut().map(Some).collect();
-        let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
-        for (k, &(i, _, _)) in work.iter().enumerate() {
-            let cache = by_cache[active[i].cache]
-                .take()
-                .context("two slots share a cache")?;
-            seqs.push(Seq {
-                cache,
-                tokens: &toks[k],
-            });
-        }
-        if let Err(e) = batch.step(&mut seqs) {
-            drop(seqs);
+        let step: Vec<(usize, &[u32])> = work
+            .iter()
+            .zip(&toks)
+            .map(|(&(i, _, _), t)| (active[i].cache, &t[..]))
+            .collect();
+        if let Err(e) = slots.step(&step) {
             // The step changed nothing; the requests in it fail, the rest go on.
             for &(i, _, _) in &work {
                 let _ = active[i]
                     .job
                     .tx
-                    .send(Ev::Fail(format!("the model failed: {e}")));
+                    .send(Ev::Fail(format!("the model failed: {e:#}")));
             }
             let failed: Vec<usize> = work.iter().map(|w| w.0).collect();
             release(&mut active, &mut free, &failed);
             continue;
         }
-        drop(seqs);
 
         // Sample where a prompt finished or a token was fed.
         let mut finished: Vec<usize> = Vec::new();
@@ -265,7 +280,7 @@ pub(super) fn engine_main(
                     continue;
                 }
             }
-            let logits = batch.logits(k);
+            let logits = slots.logits(k);
             let id = match s.sampler.sample(logits, &mut cand) {
                 Ok(id) => id,
                 Err(e) => {
@@ -302,7 +317,7 @@ pub(super) fn engine_main(
                     let _ = s.job.tx.send(Ev::Text(out, lp.take()));
                 }
             }
-            let full = caches[s.cache].pos() + 1 > caches[s.cache].capacity();
+            let full = slots.full(s.cache);
             if finish.is_none() && (s.generated >= s.job.max_tokens || full) {
                 finish = Some("length");
             }

@@ -36,6 +36,7 @@ use ember_core::tokenizer::Tokenizer;
 use ember_core::KvOptions;
 
 use crate::args::{context, ExecArgs, KvTypeArg, MAX_DEFAULT_SERVE_CTX};
+use crate::device::Device;
 use crate::load::{load_model, ModelFile};
 use crate::template::TemplateArgs;
 use engine::{engine_main, EngineConfig, Job};
@@ -109,9 +110,6 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         bail!("--max-body must be at least 64 bytes");
     }
     let keys = api_keys(&a.api_key, a.api_key_file.as_deref())?;
-    if a.exec.device != crate::device::Device::Cpu {
-        bail!("ember serve runs on --device cpu only for now (docs/GPU.md)");
-    }
     let kernels = a.exec.kernels()?;
     let threads = a.exec.threads()?;
     // The model lives as long as the process: its file, tokenizer and
@@ -140,7 +138,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| "ember".into());
 
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-    let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<String, String>>();
     let waiting = Arc::new(AtomicUsize::new(0));
     let busy = Arc::new(AtomicUsize::new(0));
     let stop_engine = Arc::new(AtomicBool::new(false));
@@ -152,6 +150,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         let cfg = EngineConfig {
             plan,
             kernels,
+            device: a.exec.device,
             threads,
             chunk: a.batch,
             waiting,
@@ -166,8 +165,8 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     };
     // The slots' memory is allocated before the server listens: a size the
     // machine cannot give is an error at start.
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
+    let engine_name = match ready_rx.recv() {
+        Ok(Ok(name)) => name,
         Ok(Err(e)) => bail!("{e}"),
         Err(_) => {
             return match engine.join() {
@@ -175,7 +174,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
                 _ => bail!("the engine thread stopped at start"),
             }
         }
-    }
+    };
     let shared = Arc::new(Shared {
         tok,
         template,
@@ -207,14 +206,22 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "ember: serving {} on http://{local} ({} slots of {} tokens, {} kernels, {} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights; chat template: {template_origin}; {})",
+            "ember: serving {} on http://{local} ({} slots of {} tokens, {engine_name}, {}; chat template: {template_origin}; {})",
             shared.model_id,
             a.parallel,
             ctx,
-            kernels.name,
-            threads,
-            (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64,
-            packs.bytes() as f64 / (1 << 20) as f64,
+            match a.exec.device {
+                Device::Cpu => format!(
+                    "{threads} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights",
+                    (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64,
+                    packs.bytes() as f64 / (1 << 20) as f64
+                ),
+                Device::Gpu => format!(
+                    "{:.1} MiB of f32 KV cache on the GPU",
+                    (2 * a.parallel * ctx * model.config.kv_dim() * model.config.n_layers * 4) as f64
+                        / (1 << 20) as f64
+                ),
+            },
             match shared.keys.len() {
                 0 => "no API key".to_string(),
                 1 => "1 API key".to_string(),
