@@ -88,7 +88,9 @@ struct Bufs {
     att: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
-    scores: wgpu::Buffer,
+    /// Attention's partial results: per token, head and part of the cache,
+    /// (max, sum, weighted values).
+    parts: wgpu::Buffer,
     /// Per token: id, position, slot, sequence.
     meta: wgpu::Buffer,
     /// Per token, per table: (cos, sin) of each rotated pair.
@@ -156,18 +158,19 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Uploads `model`'s weights to `gpu` and makes room for `opt`.
     /// A step takes fewer tokens than `opt.max_batch` where one binding
-    /// cannot hold the attention scores of that many ([`Engine::options`]
+    /// cannot hold the attention parts of that many ([`Engine::options`]
     /// says how many).
     pub fn new(gpu: Gpu, model: &Llama, opt: EngineOptions) -> Result<Engine> {
         let c = model.config;
         if opt.slots == 0 || opt.ctx == 0 || opt.max_batch == 0 {
             bail!("the GPU engine needs at least one slot, position and token per step");
         }
-        let per_token = (c.n_heads as u64 * opt.ctx as u64 * 4).max(1);
+        let parts = opt.ctx.div_ceil(shaders::ATTEND_CHUNK) as u64;
+        let per_token = (c.n_heads as u64 * parts * (c.head_dim as u64 + 2) * 4).max(1);
         let fits = (gpu.max_binding() / per_token) as usize;
         if fits == 0 {
             bail!(
-                "one token's attention scores over {} positions do not fit one GPU binding; lower --ctx",
+                "one token's attention parts over {} positions do not fit one GPU binding; lower --ctx",
                 opt.ctx
             );
         }
@@ -264,7 +267,7 @@ impl Engine {
             att: gpu.scratch("att", f(c.q_dim()))?,
             gate: gpu.scratch("gate", f(c.ffn_dim))?,
             up: gpu.scratch("up", f(c.ffn_dim))?,
-            scores: gpu.scratch("scores", f(c.n_heads).saturating_mul(opt.ctx as u64))?,
+            parts: gpu.scratch("attention parts", n.saturating_mul(per_token))?,
             meta: gpu.scratch("meta", f(4))?,
             rope: gpu.scratch("rope", f(sets * c.rope_dim))?,
             rows: gpu.scratch("rows", seqs * 4)?,
@@ -485,7 +488,19 @@ impl Engine {
 
         let mut pass = self.pass.take().unwrap_or_else(|| Pass::new(&self.gpu));
         pass.begin();
-        self.record(&mut pass, total, seqs);
+        // Attention's parts: enough for the step's furthest position.
+        let furthest = h
+            .meta
+            .chunks_exact(4)
+            .map(|m| m[1] as usize + 1)
+            .max()
+            .unwrap_or(1);
+        self.record(
+            &mut pass,
+            total,
+            seqs,
+            furthest.div_ceil(shaders::ATTEND_CHUNK),
+        );
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         pass.finish(&self.gpu, &mut enc);
         self.pass = Some(pass);
@@ -500,8 +515,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Records the step's dispatches for `n` tokens and `seqs` sequences.
-    fn record(&self, r: &mut Pass, n: usize, seqs: usize) {
+    /// Records the step's dispatches for `n` tokens and `seqs` sequences,
+    /// attention in `parts` parts of the cache.
+    fn record(&self, r: &mut Pass, n: usize, seqs: usize, parts: usize) {
         let (c, g, b) = (&self.c, &self.gpu, &self.b);
         let op = |o: Op| &self.ops[&o];
         let dim = c.dim;
@@ -653,16 +669,23 @@ impl Engine {
                     (c.n_heads / c.n_kv_heads) as u32,
                     self.opt.ctx as u32,
                     window as u32,
-                    0,
+                    parts as u32,
                     0,
                 ],
                 f: [c.attn_scale, 0.0, 0.0, 0.0],
             };
             r.push(
                 g,
-                op(Op::Attend),
+                op(Op::AttendPart),
                 p,
-                &[&b.q, &lw.kc, &lw.vc, &b.att, &b.scores, &b.meta],
+                &[&b.q, &lw.kc, &lw.vc, &b.parts, &b.meta],
+                [c.n_heads as u32, n as u32, parts as u32],
+            );
+            r.push(
+                g,
+                op(Op::AttendMerge),
+                p,
+                &[&b.parts, &b.att],
                 [c.n_heads as u32, n as u32, 1],
             );
             mm(r, &lw.o, &b.att, &b.xb, n);

@@ -58,11 +58,12 @@ pub enum Op {
     Gather,
     Rope,
     KvStore,
-    Attend,
+    AttendPart,
+    AttendMerge,
 }
 
 impl Op {
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Norm,
         Op::Bias,
         Op::Add,
@@ -71,7 +72,8 @@ impl Op {
         Op::Gather,
         Op::Rope,
         Op::KvStore,
-        Op::Attend,
+        Op::AttendPart,
+        Op::AttendMerge,
     ];
 
     /// The op's source.
@@ -85,7 +87,8 @@ impl Op {
             Op::Gather => include_str!("wgsl/gather.wgsl"),
             Op::Rope => include_str!("wgsl/rope.wgsl"),
             Op::KvStore => include_str!("wgsl/kv_store.wgsl"),
-            Op::Attend => include_str!("wgsl/attend.wgsl"),
+            Op::AttendPart => include_str!("wgsl/attend_part.wgsl"),
+            Op::AttendMerge => include_str!("wgsl/attend_merge.wgsl"),
         };
         [PRELUDE, body].concat()
     }
@@ -99,10 +102,14 @@ impl Op {
             Op::Gather => &[false, true, false],
             Op::Rope => &[true, false],
             Op::KvStore => &[false, false, true, true, false],
-            Op::Attend => &[false, false, false, true, true, false],
+            Op::AttendPart => &[false, false, false, true, false],
+            Op::AttendMerge => &[false, true],
         }
     }
 }
+
+/// Positions one attention part takes (`CHUNK` in attend_part.wgsl).
+pub const ATTEND_CHUNK: usize = 256;
 
 /// The matrix and embedding kernels' bindings: weights, input, output.
 pub const MATMUL_BINDINGS: &[bool] = &[false, false, true];

@@ -191,3 +191,64 @@ fn every_family_matches_the_cpu_engine() {
         gpu = check_family(gpu, Family::Llama, ty, TOL);
     }
 }
+
+/// Past one attention part (256 positions): a 600-token prompt in chunks
+/// of 64 and decode steps at positions 600..604, for llama and for Gemma
+/// 3 with a window of 300 (its windowed layers' positions cross a part
+/// boundary too), within [`TOL`] of the CPU engine.
+#[test]
+fn long_contexts_split_attention_over_parts() {
+    let mut gpu = check::gpu_for_checks().unwrap();
+    for family in [Family::Llama, Family::Gemma3] {
+        let c = SynthConfig {
+            dim: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 128,
+            vocab: 300,
+            ctx: 640,
+            seed: 9,
+            ty: GgmlType::F32,
+        };
+        let opts = FamilyOptions {
+            family,
+            head_dim: 0,
+            window: 300,
+        };
+        let bytes = synth_family(&c, &opts).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        let model = Llama::from_gguf(&g).unwrap();
+        let mut rng = Pcg32::new(11, 5);
+        let prompt: Vec<u32> = (0..600).map(|_| rng.next_u32() % 300).collect();
+        let kv = KvOptions::dense(640).with_type(KvType::F32);
+        let plan = MemoryPlan::with_kv(&model.config, kv, 64).unwrap();
+        let mut arena = plan.alloc();
+        let mut s = Session::new(&model, Kernels::scalar(), plan, &mut arena).unwrap();
+        let mut pre = Vec::new();
+        s.forward_all(&prompt, &mut |_, l| pre.push(l.to_vec()))
+            .unwrap();
+        let opt = EngineOptions {
+            slots: 1,
+            ctx: 640,
+            max_batch: 64,
+            all_logits: false,
+        };
+        let mut e = Engine::new(gpu, &model, opt).unwrap();
+        let mut at = 0;
+        for chunk in prompt.chunks(64) {
+            e.step(&[(0, chunk)]).unwrap();
+            at += chunk.len();
+            let r = rel(e.logits(0), &pre[at - 1]);
+            assert!(r <= TOL, "{}: position {}: {r}", family.name(), at - 1);
+        }
+        for k in 0..4 {
+            let id = argmax(s.logits());
+            let want = s.forward(&[id]).unwrap().to_vec();
+            e.step(&[(0, &[id][..])]).unwrap();
+            let r = rel(e.logits(0), &want);
+            assert!(r <= TOL, "{}: decode {k}: {r}", family.name());
+        }
+        gpu = e.into_gpu();
+    }
+}
