@@ -165,6 +165,12 @@ impl SamplerConfig {
         Ok(())
     }
 
+    /// Whether the pick is the largest logit as it is (temperature 0, no
+    /// penalty): what a GPU can compute where the logits are.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 && !self.penalties_on()
+    }
+
     fn penalties_on(&self) -> bool {
         self.repeat_last_n > 0
             && (self.repeat_penalty != 1.0

@@ -492,13 +492,24 @@ pub fn read_into(
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(src, 0, rb, 0, bytes.div_ceil(4) * 4);
     gpu.queue.submit([enc.finish()]);
-    map_into(gpu, rb, bytes, out)
+    map_with(gpu, rb, bytes, |b| f32s_into(b, out))
 }
 
-/// Waits for the GPU, then copies `bytes` of the mapped `rb` into `out`
-/// as f32s (`out` is cleared first; its memory is reused).
-pub fn map_into(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64, out: &mut Vec<f32>) -> Result<()> {
-    let len = bytes.div_ceil(4) * 4;
+/// `bytes` as little-endian f32s into `out` (cleared first; its memory is
+/// reused).
+pub fn f32s_into(bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+}
+
+/// Waits for the GPU, then lets `read` see the first `bytes` of the mapped
+/// `rb`.
+pub fn map_with(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64, read: impl FnOnce(&[u8])) -> Result<()> {
+    let len = bytes.div_ceil(8).max(1) * 8;
     let (tx, rx) = std::sync::mpsc::channel();
     rb.map_async(wgpu::MapMode::Read, 0..len, move |r| {
         let _ = tx.send(r);
@@ -515,11 +526,7 @@ pub fn map_into(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64, out: &mut Vec<f32>) ->
         let view = rb
             .get_mapped_range(0..len)
             .map_err(|e| crate::Error(format!("cannot read the GPU's results: {e}")))?;
-        out.clear();
-        out.extend(
-            view.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        read(&view[..bytes as usize]);
     }
     rb.unmap();
     Ok(())

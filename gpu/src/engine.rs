@@ -21,7 +21,7 @@ use ember_core::model::llama::{rope_freqs, rope_table};
 use ember_core::model::{Config, Llama};
 use ember_core::quant::GgmlType;
 
-use crate::device::{grid, map_into, words, words_into, Gpu, Kernel, Params, Pass};
+use crate::device::{f32s_into, grid, map_with, words, words_into, Gpu, Kernel, Params, Pass};
 use crate::shaders::{self, Op};
 use crate::{bail, Result};
 
@@ -100,7 +100,11 @@ struct Bufs {
     /// Those rows, normed.
     xn: wgpu::Buffer,
     logits: wgpu::Buffer,
+    /// Each row's greedy token ([`Engine::argmax`]).
+    ids: wgpu::Buffer,
+    /// What comes back: the ids, then (at [`Bufs::logits_at`]) the logits.
     readback: wgpu::Buffer,
+    logits_at: u64,
     /// Bound where a kernel's optional vector is absent.
     dummy: wgpu::Buffer,
 }
@@ -127,6 +131,10 @@ pub struct Engine {
     logits: Vec<f32>,
     /// Rows of `logits` the last step filled.
     n_logits: usize,
+    /// The last step's greedy ids, one per row.
+    ids: Vec<u32>,
+    /// Whether steps bring their logits back (else only the greedy ids).
+    read_logits: bool,
     /// The step's dispatches, their bind groups kept from step to step
     /// (taken out while a step records).
     pass: Option<Pass>,
@@ -273,7 +281,9 @@ impl Engine {
             rows: gpu.scratch("rows", seqs * 4)?,
             xn: gpu.scratch("xn", seqs * c.dim as u64 * 4)?,
             logits: gpu.scratch("logits", seqs * c.vocab_size as u64 * 4)?,
-            readback: gpu.readback("logits readback", seqs * c.vocab_size as u64 * 4),
+            ids: gpu.scratch("greedy ids", seqs * 4)?,
+            readback: gpu.readback("readback", ids_bytes(seqs) + seqs * c.vocab_size as u64 * 4),
+            logits_at: ids_bytes(seqs),
             dummy: gpu.scratch("dummy", 16)?,
         };
         let mut freqs = vec![vec![0.0f32; c.rope_dim]; sets];
@@ -304,6 +314,8 @@ impl Engine {
             lens: vec![0; opt.slots],
             logits: Vec::new(),
             n_logits: 0,
+            ids: Vec::new(),
+            read_logits: true,
             pass,
             host: Host::default(),
         })
@@ -344,7 +356,23 @@ impl Engine {
         }
     }
 
-    /// The logits after the last token of sequence `i` of the last step.
+    /// Whether each step brings its logits back to the host (the default);
+    /// without them a step brings back only each sequence's greedy token
+    /// ([`Engine::argmax`]), four bytes instead of the vocabulary's logits.
+    pub fn read_logits(&mut self, on: bool) {
+        self.read_logits = on;
+    }
+
+    /// The greedy token after the last token of sequence `i` of the last
+    /// step, as the core's sampler picks at temperature 0 with no
+    /// penalties (the largest logit, ties to the lowest id, NaN skipped),
+    /// computed on the device; `None` where no logit is above −infinity.
+    pub fn argmax(&self, i: usize) -> Option<u32> {
+        self.ids.get(i).copied().filter(|&id| id != u32::MAX)
+    }
+
+    /// The logits after the last token of sequence `i` of the last step
+    /// (empty when [`Engine::read_logits`] is off).
     pub fn logits(&self, i: usize) -> &[f32] {
         let v = self.c.vocab_size;
         if i >= self.n_logits {
@@ -504,11 +532,32 @@ impl Engine {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         pass.finish(&self.gpu, &mut enc);
         self.pass = Some(pass);
-        let bytes = (seqs * c.vocab_size * 4) as u64;
-        enc.copy_buffer_to_buffer(&self.b.logits, 0, &self.b.readback, 0, bytes);
+        let id_bytes = seqs as u64 * 4;
+        enc.copy_buffer_to_buffer(&self.b.ids, 0, &self.b.readback, 0, id_bytes);
+        let read_logits = self.read_logits || all;
+        let bytes = if read_logits {
+            let bytes = (seqs * c.vocab_size * 4) as u64;
+            enc.copy_buffer_to_buffer(&self.b.logits, 0, &self.b.readback, self.b.logits_at, bytes);
+            self.b.logits_at + bytes
+        } else {
+            id_bytes
+        };
         self.gpu.queue.submit([enc.finish()]);
-        map_into(&self.gpu, &self.b.readback, bytes, &mut self.logits)?;
-        self.n_logits = seqs;
+        let (ids, logits, at) = (&mut self.ids, &mut self.logits, self.b.logits_at as usize);
+        map_with(&self.gpu, &self.b.readback, bytes, |b| {
+            ids.clear();
+            ids.extend(
+                b[..seqs * 4]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            if read_logits {
+                f32s_into(&b[at..], logits);
+            } else {
+                logits.clear();
+            }
+        })?;
+        self.n_logits = if read_logits { seqs } else { 0 };
         for &(slot, toks) in work {
             self.lens[slot] += toks.len();
         }
@@ -734,6 +783,17 @@ impl Engine {
                 c.logit_softcap,
             );
         }
+        let p = Params {
+            u: [c.vocab_size as u32, 0, 0, 0, 0, 0, 0, 0],
+            f: [0.0; 4],
+        };
+        r.push(
+            g,
+            op(Op::Argmax),
+            p,
+            &[&b.logits, &b.ids],
+            [seqs as u32, 1, 1],
+        );
     }
 }
 
@@ -764,4 +824,10 @@ fn upload_matrix(gpu: &Gpu, name: &str, m: &Matrix) -> Result<DevMatrix> {
         row_bytes: rb,
         parts,
     })
+}
+
+/// Bytes the greedy ids of `seqs` rows take at the start of the readback,
+/// rounded up so that the logits after them start where a copy may.
+fn ids_bytes(seqs: u64) -> u64 {
+    (seqs * 4).div_ceil(256) * 256
 }

@@ -60,10 +60,11 @@ pub enum Op {
     KvStore,
     AttendPart,
     AttendMerge,
+    Argmax,
 }
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::Norm,
         Op::Bias,
         Op::Add,
@@ -74,6 +75,7 @@ impl Op {
         Op::KvStore,
         Op::AttendPart,
         Op::AttendMerge,
+        Op::Argmax,
     ];
 
     /// The op's source.
@@ -89,6 +91,7 @@ impl Op {
             Op::KvStore => include_str!("wgsl/kv_store.wgsl"),
             Op::AttendPart => include_str!("wgsl/attend_part.wgsl"),
             Op::AttendMerge => include_str!("wgsl/attend_merge.wgsl"),
+            Op::Argmax => include_str!("wgsl/argmax.wgsl"),
         };
         [PRELUDE, body].concat()
     }
@@ -104,6 +107,7 @@ impl Op {
             Op::KvStore => &[false, false, true, true, false],
             Op::AttendPart => &[false, false, false, true, false],
             Op::AttendMerge => &[false, true],
+            Op::Argmax => &[false, true],
         }
     }
 }

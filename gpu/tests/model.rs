@@ -117,6 +117,11 @@ fn check_family(gpu: Gpu, family: Family, ty: GgmlType, tol: f32) -> Gpu {
         let r = rel(e.logits(0), &dec[k]);
         worst = worst.max(r);
         assert!(r <= tol, "{name}: decode step {k}: {r}");
+        assert_eq!(
+            e.argmax(0),
+            Some(argmax(e.logits(0))),
+            "{name}: the device's greedy id"
+        );
         alone.push(e.logits(0).to_vec());
     }
     assert_eq!(e.pos(0), prompt.len() + ids.len());
@@ -164,6 +169,18 @@ fn check_family(gpu: Gpu, family: Family, ty: GgmlType, tol: f32) -> Gpu {
     e.truncate(0, 5).unwrap();
     e.step(&[(0, &prompt[5..9])]).unwrap();
     assert!(rel(e.logits(0), &pre[8]) <= tol, "{name}: after truncating");
+
+    // Without the logits, a step brings back the greedy ids alone.
+    e.read_logits(false);
+    e.clear(2);
+    e.step(&[(2, &prompt[..7])]).unwrap();
+    assert!(e.logits(0).is_empty(), "{name}");
+    assert_eq!(
+        e.argmax(0),
+        Some(argmax(&alone[0])),
+        "{name}: greedy id without logits"
+    );
+    e.read_logits(true);
 
     // What cannot run is refused, and changes nothing.
     let pos = e.pos(1);

@@ -132,6 +132,31 @@ impl One<'_, '_> {
         }
     }
 
+    /// Whether each step brings its logits back (the default). Off, a GPU
+    /// step brings back only its greedy token ([`One::greedy_id`]) and
+    /// [`One::logits`] is empty; the CPU has its logits either way.
+    pub fn read_logits(&mut self, on: bool) {
+        match self {
+            One::Cpu(_) => {
+                let _ = on;
+            }
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => e.read_logits(on),
+        }
+    }
+
+    /// The greedy token after the last token fed, computed where the
+    /// logits are, when the logits were not brought back (see
+    /// [`One::read_logits`]); `None` otherwise, or where no logit is a
+    /// candidate.
+    pub fn greedy_id(&self) -> Option<u32> {
+        match self {
+            One::Cpu(_) => None,
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => e.logits(0).is_empty().then(|| e.argmax(0)).flatten(),
+        }
+    }
+
     /// Starts a new sequence.
     pub fn reset(&mut self) {
         match self {

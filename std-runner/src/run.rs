@@ -600,6 +600,11 @@ pub fn generate(
         out.top_logits_all = Some(all);
         out.top_logprobs_all = Some(all_lp);
     } else {
+        // Greedy with nothing reported from the logits: where they are
+        // on a GPU, only the chosen token comes back.
+        if opt.sampling.is_greedy() && opt.top_logits == 0 {
+            s.read_logits(false);
+        }
         s.forward(&opt.prompt_ids)?;
     }
     let prefill = t0.elapsed().as_secs_f64();
@@ -652,7 +657,10 @@ pub fn continue_sampling(
     let mut per_500 = Vec::new();
     let mut lap = Instant::now();
     for i in 0..n_predict {
-        let next = sampler.sample(s.logits(), scratch)?;
+        let next = match s.greedy_id() {
+            Some(id) => id,
+            None => sampler.sample(s.logits(), scratch)?,
+        };
         sampler.accept(next);
         ids.push(next);
         let go_on = on_token(next, s.logits());

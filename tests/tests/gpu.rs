@@ -55,6 +55,9 @@ fn check(ty: GgmlType, golden_file: &str) {
     for _ in 0..32 {
         let next: Vec<[u32; 1]> = (0..prompts.len()).map(|i| [argmax(e.logits(i))]).collect();
         for (i, n) in next.iter().enumerate() {
+            assert_eq!(e.argmax(i), Some(n[0]), "{name}: the device's greedy id");
+        }
+        for (i, n) in next.iter().enumerate() {
             gpu_ids[i].push(n[0]);
         }
         let work: Vec<(usize, &[u32])> =
