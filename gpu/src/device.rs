@@ -509,7 +509,8 @@ pub fn f32s_into(bytes: &[u8], out: &mut Vec<f32>) {
 /// Waits for the GPU, then lets `read` see the first `bytes` of the mapped
 /// `rb`.
 pub fn map_with(gpu: &Gpu, rb: &wgpu::Buffer, bytes: u64, read: impl FnOnce(&[u8])) -> Result<()> {
-    let len = bytes.div_ceil(8).max(1) * 8;
+    // Whole words (what a mapping's size must be), within the buffer.
+    let len = (bytes.div_ceil(4).max(1) * 4).min(rb.size());
     let (tx, rx) = std::sync::mpsc::channel();
     rb.map_async(wgpu::MapMode::Read, 0..len, move |r| {
         let _ = tx.send(r);
