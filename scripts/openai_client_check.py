@@ -4,16 +4,21 @@
 Starts the server on a free loopback port (or uses --url), then makes a chat
 completion, a streamed chat completion, a completion and a streamed
 completion, lists the models, asks for log-probabilities (chat, streamed chat
-and completions) and checks that they are consistent, and checks that a bad
-request raises the client's BadRequestError. Then it starts a second server
+and completions) and checks that they are consistent, asks for structured
+output (`response_format` with JSON schemas: nested objects, arrays, enums,
+numbers, strings with escapes, `anyOf`, `$ref`; and
+`json_object`) and validates each reply against its schema with the
+`jsonschema` package, and checks that a bad request (an unsupported schema
+keyword among them) raises the client's BadRequestError. Then it starts a second server
 with an API key and checks that a wrong key raises AuthenticationError and
 the right one is served; and, where `prometheus_client` is installed, parses
 /metrics with its parser. Exits non-zero on any failure.
 
-    python3 -m pip install openai prometheus_client
+    python3 -m pip install openai prometheus_client jsonschema
     python3 scripts/openai_client_check.py --ember target/release/ember [--model FILE.gguf]
 """
 import argparse
+import json
 import math
 import re
 import subprocess
@@ -21,6 +26,7 @@ import sys
 import threading
 import urllib.request
 
+import jsonschema
 import openai
 
 try:
@@ -85,6 +91,7 @@ def main():
         assert "".join(parts)
 
         check_logprobs(client, model)
+        check_structured(client, model)
         check_concurrent(client, model, args.streams)
 
         try:
@@ -198,6 +205,75 @@ def check_logprobs(client, model):
         assert max(top.values()) == p, (tok, p, top)
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), lp.text_offset
     print(f"completion logprobs: {list(zip(lp.tokens, [round(p, 3) for p in lp.token_logprobs]))}")
+
+
+# Strings and arrays are bounded so that every reply ends within max_tokens.
+NAME = {"type": "string", "maxLength": 24}
+SCHEMAS = [
+    ("person", "Describe a person who lives in Paris as JSON.", {
+        "type": "object",
+        "properties": {
+            "name": NAME,
+            "age": {"type": "integer"},
+            "address": {"type": "object", "properties": {"street": NAME, "city": NAME,
+                                                         "zip": {"type": "string", "maxLength": 8}},
+                        "required": ["city", "zip"], "additionalProperties": False},
+        },
+        "required": ["name", "age", "address"], "additionalProperties": False}),
+    ("tags", "Give three tags for a blog post about cooking, as a JSON array.", {
+        "type": "array", "items": NAME, "minItems": 1, "maxItems": 4}),
+    ("product", "A red shirt costs 19.99 dollars; 3 are left. Answer in JSON.", {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green", "blue"]}, "price": {"type": "number"},
+                       "count": {"type": "integer"}, "on_sale": {"type": "boolean"}},
+        "required": ["color", "price", "count", "on_sale"], "additionalProperties": False}),
+    ("quote", 'Quote a line of Windows path like C:\\temp and a "quoted" word, as JSON.', {
+        "type": "object", "properties": {"line": {"type": "string", "maxLength": 40}},
+        "required": ["line"], "additionalProperties": False}),
+    ("maybe", "Is the sky green? Answer in JSON.", {
+        "type": "object",
+        "properties": {"answer": {"anyOf": [{"type": "string", "maxLength": 12}, {"type": "null"}]},
+                       "sure": {"type": "boolean", "nullable": True}},
+        "required": ["answer", "sure"], "additionalProperties": False}),
+    ("trip", "A trip from Paris to Rome, in JSON.", {
+        "$defs": {"place": {"type": "object", "properties": {"city": NAME, "country": NAME},
+                            "required": ["city", "country"], "additionalProperties": False}},
+        "type": "object",
+        "properties": {"from": {"$ref": "#/$defs/place"}, "to": {"$ref": "#/$defs/place"}},
+        "required": ["from", "to"], "additionalProperties": False}),
+]
+
+
+def check_structured(client, model):
+    """response_format through the client: each reply parses and validates
+    against its schema (greedy and seeded); json_object gives an object; an
+    unsupported keyword is a 400 that names it."""
+    for name, prompt, schema in SCHEMAS:
+        for temperature, seed in [(0, 0), (0.8, 7)]:
+            r = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=300,
+                temperature=temperature, seed=seed,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": name, "schema": schema, "strict": True}})
+            text = r.choices[0].message.content
+            assert r.choices[0].finish_reason == "stop", (name, r.choices[0].finish_reason, text)
+            jsonschema.validate(json.loads(text), schema)
+        print(f"json_schema {name}: {text!r}")
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Describe a cat in JSON."}],
+        max_tokens=300, temperature=0.8, seed=3, response_format={"type": "json_object"})
+    obj = json.loads(r.choices[0].message.content)
+    assert isinstance(obj, dict), obj
+    print(f"json_object: {r.choices[0].message.content!r}")
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "x", "schema": {"type": "string", "pattern": "^a+$"}}})
+        raise AssertionError("an unsupported schema keyword was accepted")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "response_format" and "pattern" in e.body["message"], e.body
+        print(f"unsupported schema keyword: {e.status_code} {e.body['message']}")
 
 
 def check_metrics(url, key, route):

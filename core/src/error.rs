@@ -106,6 +106,52 @@ pub enum Error {
     InvalidSamplerParam { param: SamplerParam },
     /// Every logit is NaN or negative infinity: there is nothing to sample.
     NoCandidate,
+    /// A grammar's text is malformed at byte `at` (see [`GrammarFault`]).
+    Grammar { fault: GrammarFault, at: u32 },
+    /// The grammar cannot take token `token` at this point.
+    GrammarRejected { token: u32 },
+}
+
+/// What is wrong with a grammar, named for errors.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum GrammarFault {
+    /// Text the GBNF syntax does not allow.
+    Syntax,
+    /// A reference to a rule that is never defined.
+    UndefinedRule,
+    /// No rule named `root`.
+    NoRoot,
+    /// A rule defined twice.
+    DuplicateRule,
+    /// A rule that can reach itself again before consuming a character.
+    LeftRecursion,
+    /// A repetition count over the cap (`{m,n}` with n above 4095).
+    RepetitionTooLarge,
+    /// A code point above U+10FFFF, or a reversed range.
+    BadCharacter,
+    /// Matching needs more nested rules or alternatives at once than the
+    /// matcher holds (the byte offset is 0).
+    TooComplex,
+}
+
+impl GrammarFault {
+    /// A short lowercase description for messages.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            GrammarFault::Syntax => "syntax error",
+            GrammarFault::UndefinedRule => "reference to an undefined rule",
+            GrammarFault::NoRoot => "no rule named root",
+            GrammarFault::DuplicateRule => "rule defined twice",
+            GrammarFault::LeftRecursion => "left recursion",
+            GrammarFault::RepetitionTooLarge => "repetition count over 4095",
+            GrammarFault::BadCharacter => "code point out of range or reversed range",
+            GrammarFault::TooComplex => {
+                "more nested rules or open alternatives than the matcher holds"
+            }
+        }
+    }
 }
 
 /// The sampling parameters, named for errors.
@@ -527,6 +573,12 @@ impl fmt::Display for Error {
             Error::UnknownPreTokenizer => write!(f, "unknown pre-tokenizer in tokenizer.ggml.pre"),
             Error::InvalidSamplerParam { param } => write!(f, "{}", param.describe()),
             Error::NoCandidate => write!(f, "every logit is NaN or -inf: nothing to sample"),
+            Error::Grammar { fault, at } => {
+                write!(f, "grammar: {} at byte {at}", fault.describe())
+            }
+            Error::GrammarRejected { token } => {
+                write!(f, "the grammar does not allow token {token} here")
+            }
             Error::Untokenizable { byte } => write!(
                 f,
                 "byte 0x{byte:02x} has no token and the vocabulary has no byte or unknown token"

@@ -64,6 +64,7 @@ pub mod ggml_type;
 pub mod gguf;
 #[cfg(feature = "alloc")]
 pub mod gguf_writer;
+pub mod grammar;
 pub mod kernels;
 pub mod kv_cache;
 pub mod limits;
@@ -76,5 +77,5 @@ pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
 
-pub use error::{Error, Result};
+pub use error::{Error, GrammarFault, Result};
 pub use kv_cache::{KvOptions, KvType};

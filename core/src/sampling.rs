@@ -236,6 +236,35 @@ impl Sampler {
     /// Picks the next token from `logits`. Nothing is recorded; call
     /// [`Sampler::accept`] with the token that is used.
     pub fn sample(&mut self, logits: &[f32], scratch: &mut [Candidate]) -> Result<u32> {
+        self.sample_inner(logits, None, scratch)
+    }
+
+    /// [`Sampler::sample`] among the tokens whose bit is set in `allowed`
+    /// (bit `i % 32` of word `i / 32`, as [`crate::grammar::Matcher::mask`]
+    /// writes it): the others are dropped before any other step, as
+    /// llama.cpp's grammar sampler does.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        allowed: &[u32],
+        scratch: &mut [Candidate],
+    ) -> Result<u32> {
+        let words = logits.len().div_ceil(32);
+        if allowed.len() < words {
+            return Err(Error::BufferTooSmall {
+                needed: words as u64,
+                found: allowed.len() as u64,
+            });
+        }
+        self.sample_inner(logits, Some(allowed), scratch)
+    }
+
+    fn sample_inner(
+        &mut self,
+        logits: &[f32],
+        allowed: Option<&[u32]>,
+        scratch: &mut [Candidate],
+    ) -> Result<u32> {
         let n = logits.len();
         let found = scratch.len() as u64;
         let cand = scratch.get_mut(..n).ok_or(Error::BufferTooSmall {
@@ -247,12 +276,16 @@ impl Sampler {
 
         let (mut m, mut sorted) = if k > 0 && k <= TOP_K_SCAN_MAX && k < n {
             // One pass with a k-entry heap: most logits cost one comparison.
-            (self.scan_top_k(logits, k, cand)?, true)
+            (self.scan_top_k(logits, allowed, k, cand)?, true)
         } else {
             for (i, (c, &l)) in cand.iter_mut().zip(logits).enumerate() {
                 *c = Candidate {
                     id: i as u32,
-                    logit: l,
+                    logit: if is_allowed(allowed, i) {
+                        l
+                    } else {
+                        f32::NEG_INFINITY
+                    },
                 };
             }
             if self.cfg.penalties_on() {
@@ -311,13 +344,22 @@ impl Sampler {
 
     /// The `k` best candidates (penalties applied, NaN and `-inf` dropped,
     /// `+inf` alone if present), sorted, in `cand[..k']`; returns `k'`.
-    fn scan_top_k(&self, logits: &[f32], k: usize, cand: &mut [Candidate]) -> Result<usize> {
+    fn scan_top_k(
+        &self,
+        logits: &[f32],
+        allowed: Option<&[u32]>,
+        k: usize,
+        cand: &mut [Candidate],
+    ) -> Result<usize> {
         // Penalised logits of the window's tokens; those tokens are offered
         // with these values after the scan instead of their raw ones.
         let mut pen: heapless::Vec<Candidate, MAX_PENALTY_WINDOW> = heapless::Vec::new();
         if self.cfg.penalties_on() {
             let n = self.cfg.repeat_last_n.min(self.recent.len());
             for t in self.recent.oldest_ordered().skip(self.recent.len() - n) {
+                if !is_allowed(allowed, *t as usize) {
+                    continue;
+                }
                 if let Some(&l) = logits.get(*t as usize) {
                     if !pen.iter().any(|c| c.id == *t) {
                         let _ = pen.push(Candidate { id: *t, logit: l });
@@ -332,7 +374,7 @@ impl Sampler {
             n: 0,
         };
         for (i, &l) in logits.iter().enumerate() {
-            if l.is_nan() || l == f32::NEG_INFINITY {
+            if l.is_nan() || l == f32::NEG_INFINITY || !is_allowed(allowed, i) {
                 continue;
             }
             let c = Candidate {
@@ -430,6 +472,12 @@ impl Sampler {
         }
         Ok(m)
     }
+}
+
+/// Whether token `i` passes the mask (no mask: every token).
+#[inline]
+fn is_allowed(allowed: Option<&[u32]>, i: usize) -> bool {
+    allowed.is_none_or(|m| m.get(i / 32).is_some_and(|w| w >> (i % 32) & 1 == 1))
 }
 
 /// Top-k sizes up to which a one-pass heap scan replaces a full copy.
@@ -580,6 +628,49 @@ mod tests {
     }
 
     #[test]
+    fn a_mask_drops_tokens_before_every_other_step() {
+        let logits: [f32; 40] = core::array::from_fn(|i| (i % 7) as f32 - 0.1 * i as f32);
+        let mut scratch = [Candidate::default(); 40];
+        // Tokens 3, 10 and 35 only.
+        let allowed = [(1 << 3) | (1 << 10), 1 << 3];
+        for top_k in [0, 2, 40] {
+            for (temperature, penalty) in [(0.0, 1.0), (1.0, 1.0), (0.7, 1.3)] {
+                let cfg = SamplerConfig {
+                    temperature,
+                    top_k,
+                    repeat_penalty: penalty,
+                    min_p: 0.0,
+                    ..Default::default()
+                };
+                let mut s = Sampler::new(cfg).unwrap();
+                s.accept(4); // a penalised token outside the mask stays out
+                for _ in 0..50 {
+                    let t = s.sample_masked(&logits, &allowed, &mut scratch).unwrap();
+                    assert!([3, 10, 35].contains(&t), "{t}");
+                }
+                // Every bit set: the same draws as no mask.
+                let mut a = Sampler::new(cfg).unwrap();
+                let mut b = Sampler::new(cfg).unwrap();
+                for _ in 0..20 {
+                    assert_eq!(
+                        a.sample(&logits, &mut scratch),
+                        b.sample_masked(&logits, &[u32::MAX; 2], &mut scratch)
+                    );
+                }
+            }
+        }
+        let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
+        assert_eq!(
+            s.sample_masked(&logits, &[0, 0], &mut scratch),
+            Err(Error::NoCandidate)
+        );
+        assert!(matches!(
+            s.sample_masked(&logits, &[0], &mut scratch),
+            Err(Error::BufferTooSmall { .. })
+        ));
+    }
+
+    #[test]
     fn infinite_logits_share_the_mass() {
         let cfg = SamplerConfig {
             temperature: 1.0,
@@ -652,7 +743,7 @@ mod tests {
             let k = 1 + (rng.next_u32() % 50) as usize;
             let mut a = [Candidate::default(); 300];
             let mut b = [Candidate::default(); 300];
-            let got = s.scan_top_k(logits, k, &mut a[..n]);
+            let got = s.scan_top_k(logits, None, k, &mut a[..n]);
             for (i, &l) in logits.iter().enumerate() {
                 b[i] = Candidate {
                     id: i as u32,

@@ -236,9 +236,41 @@ pub struct SamplingArgs {
     /// Stop when the text contains this string (not printed); may be repeated.
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
+    /// Constrain the output to a GBNF grammar (llama.cpp's format; start rule `root`).
+    #[arg(long, value_name = "GBNF", group = "constraint")]
+    pub grammar: Option<String>,
+    /// --grammar from a file.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar_file: Option<std::path::PathBuf>,
+    /// Constrain the output to JSON valid against this JSON schema ('{}' for any JSON value).
+    #[arg(long, short = 'j', value_name = "SCHEMA", group = "constraint")]
+    pub json_schema: Option<String>,
+    /// --json-schema from a file.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema_file: Option<std::path::PathBuf>,
 }
 
 impl SamplingArgs {
+    /// The grammar the output must follow, if one was given.
+    pub fn grammar(&self) -> Result<Option<ember_core::grammar::GrammarBuf>> {
+        use crate::constrain::{parse_gbnf, schema_grammar};
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Ok(Some(if let Some(g) = &self.grammar {
+            parse_gbnf(g)?
+        } else if let Some(f) = &self.grammar_file {
+            parse_gbnf(&read(f)?).with_context(|| format!("--grammar-file {}", f.display()))?
+        } else if let Some(s) = &self.json_schema {
+            schema_grammar(s).context("--json-schema")?
+        } else if let Some(f) = &self.json_schema_file {
+            schema_grammar(&read(f)?)
+                .with_context(|| format!("--json-schema-file {}", f.display()))?
+        } else {
+            return Ok(None);
+        }))
+    }
+
     /// The sampler configuration, each flag checked and named if wrong.
     pub fn config(&self) -> Result<SamplerConfig> {
         let t = self.temp;

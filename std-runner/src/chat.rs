@@ -19,10 +19,12 @@ use ember_core::sampling::{Candidate, Sampler};
 use ember_core::tokenizer::StreamDecoder;
 
 use crate::args::{ExecArgs, KvArgs, SamplingArgs};
+use crate::constrain::Constraint;
 use crate::load::load_model;
 use crate::run::continue_sampling;
 use crate::template::TemplateArgs;
 use crate::text::{prompt_text, Message, StopText};
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -101,11 +103,20 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         bail!("-n must be at least 1");
     }
     let cfg = a.sampling.config()?;
+    let grammar = a.sampling.grammar()?;
     let mut file = load_model(&a.model, &a.exec)?;
     let m = file.parse(&a.exec)?;
     let model = &m.model;
     let tok = m.tokenizer?;
     let template = a.template.load(&m.gguf, &tok)?;
+    // Each reply follows the grammar from its start.
+    let mut constraint = match &grammar {
+        Some(g) => Some(Constraint::new(
+            g,
+            Arc::new(crate::constrain::vocab(&tok)?),
+        )?),
+        None => None,
+    };
     let kv = a.kv.options(model, true)?;
     let ctx = kv.capacity;
     let n_reply = a.n.unwrap_or(ctx);
@@ -221,9 +232,13 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();
         let mut stops = StopText::new(&a.sampling.stop);
+        if let Some(c) = &mut constraint {
+            c.reset()?;
+        }
         let (reply_ids, _, _) = continue_sampling(
             &mut s,
             &mut sampler,
+            constraint.as_mut(),
             &mut scratch,
             n_reply,
             tok.end_of_generation(),

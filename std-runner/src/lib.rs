@@ -9,6 +9,7 @@
 //! | [`load`] | the one model-loading sequence: bytes, parse, weights, packs, tokenizer |
 //! | [`run`], [`chat`], [`tokenize`], [`perplexity`], [`bench`](mod@bench), [`serve`], [`convert`], [`synth`] | one command each (`run` also holds the generation loop `chat` shares) |
 //! | [`beam`] | beam search (`run --beams`) |
+//! | [`constrain`], [`json_schema`] | grammar-constrained sampling: GBNF, JSON schemas, one sequence's matcher |
 //! | [`text`] | the tokenizer over a file, prompts from arguments or stdin, stop strings |
 //! | [`template`] | chat templates: the file's, `--chat-template`, or the family's built-in one, rendered as Hugging Face does |
 //! | [`device`] | where the forward pass runs: the CPU's session or the GPU engine, one sequence |
@@ -20,8 +21,10 @@ pub mod beam;
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod constrain;
 pub mod convert;
 pub mod device;
+pub mod json_schema;
 pub mod load;
 pub mod mix;
 pub mod mmap;

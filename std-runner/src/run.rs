@@ -16,6 +16,9 @@ use ember_core::gguf::Gguf;
 use ember_core::kernels::Kernels;
 use ember_core::model::{Llama, MemoryPlan};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
+use std::sync::Arc;
+
+use crate::constrain::{self, Constraint};
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 use ember_core::KvOptions;
 use serde_json::json;
@@ -134,6 +137,10 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         bail!("--chat-template and --chat-template-kwargs need --chat");
     }
     let sampling = a.sampling.config()?;
+    let grammar = a.sampling.grammar()?;
+    if grammar.is_some() && a.beams.is_some() {
+        bail!("a grammar or JSON schema constrains sampling; --beams does not sample");
+    }
     if a.beams == Some(0) {
         bail!("--beams must be at least 1");
     }
@@ -204,6 +211,11 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         );
     }
     let n_predict = a.n.unwrap_or(until_full(kv.capacity, prompt_ids.len()));
+    let constraint = match (&grammar, &tok) {
+        (Some(g), Some(t)) => Some(Constraint::new(g, Arc::new(constrain::vocab(t)?))?),
+        (Some(_), None) => bail!("a grammar needs the model's tokenizer, and this file has none"),
+        (None, _) => None,
+    };
     let opt = RunOptions {
         prompt_ids,
         n_predict,
@@ -216,6 +228,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         sampling,
         threads,
         device: a.exec.device,
+        constraint,
     };
 
     // Stream text to stdout as it is generated (human mode); end-of-generation
@@ -435,6 +448,8 @@ pub struct RunOptions {
     pub threads: usize,
     /// Where the forward pass runs.
     pub device: Device,
+    /// The grammar the output follows, at its start.
+    pub constraint: Option<Constraint>,
 }
 
 /// What it produced.
@@ -602,7 +617,7 @@ pub fn generate(
     } else {
         // Greedy with nothing reported from the logits: where they are
         // on a GPU, only the chosen token comes back.
-        if opt.sampling.is_greedy() && opt.top_logits == 0 {
+        if opt.sampling.is_greedy() && opt.top_logits == 0 && opt.constraint.is_none() {
             s.read_logits(false);
         }
         s.forward(&opt.prompt_ids)?;
@@ -616,9 +631,11 @@ pub fn generate(
         sampler.accept(id);
     }
     let mut logprobs = Vec::new();
+    let mut constraint = opt.constraint.clone();
     let (ids, decode_tok_s, per_500) = continue_sampling(
         &mut s,
         &mut sampler,
+        constraint.as_mut(),
         &mut scratch,
         opt.n_predict,
         &opt.eos,
@@ -639,12 +656,14 @@ pub fn generate(
 
 /// Generation from the session's current logits: up to `n_predict` ids,
 /// stopping after an id in `eos` (returned but not fed back) unless
-/// `ignore_eos`, or when `on_token` (given each id with the logits it was
-/// drawn from) returns false. Returns the ids, the
+/// `ignore_eos`, when a grammar is complete, or when `on_token` (given each
+/// id with the logits it was drawn from) returns false. Returns the ids, the
 /// decode speed in tokens per second, and the speed over each 500 tokens.
+#[allow(clippy::too_many_arguments)]
 pub fn continue_sampling(
     s: &mut One,
     sampler: &mut Sampler,
+    mut constraint: Option<&mut Constraint>,
     scratch: &mut [Candidate],
     n_predict: usize,
     eos: &[u32],
@@ -657,14 +676,22 @@ pub fn continue_sampling(
     let mut per_500 = Vec::new();
     let mut lap = Instant::now();
     for i in 0..n_predict {
-        let next = match s.greedy_id() {
-            Some(id) => id,
-            None => sampler.sample(s.logits(), scratch)?,
+        let next = match (&mut constraint, s.greedy_id()) {
+            (Some(c), _) => c.pick(sampler, s.logits(), scratch)?,
+            (None, Some(id)) => id,
+            (None, None) => sampler.sample(s.logits(), scratch)?,
         };
         sampler.accept(next);
+        let finished = match &mut constraint {
+            Some(c) => {
+                c.accept(next)?;
+                c.finished()
+            }
+            None => false,
+        };
         ids.push(next);
         let go_on = on_token(next, s.logits());
-        if !go_on || (!ignore_eos && eos.contains(&next)) || i + 1 == n_predict {
+        if !go_on || (!ignore_eos && eos.contains(&next)) || finished || i + 1 == n_predict {
             break;
         }
         s.forward(&[next])?;

@@ -101,6 +101,7 @@ fn one_beam_is_greedy() {
                 sampling: SamplerConfig::greedy(),
                 threads: 1,
                 device: ember_runner::device::Device::Cpu,
+                constraint: None,
             },
             |_| true,
         )

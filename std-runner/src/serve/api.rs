@@ -76,6 +76,8 @@ pub struct Request {
     /// most likely tokens at its step (chat: `logprobs: true` with
     /// `top_logprobs`; completions: the integer `logprobs`).
     pub logprobs: Option<usize>,
+    /// The grammar the reply follows (`response_format` or `grammar`).
+    pub grammar: Option<std::sync::Arc<ember_core::grammar::GrammarBuf>>,
 }
 
 /// A completion prompt: text or token ids.
@@ -347,7 +349,9 @@ pub fn parse_request(
             Some(_) => return Err(bad("logprobs", &range)),
         }
     };
+    let grammar = parse_constraint(o)?.map(std::sync::Arc::new);
     Ok(Request {
+        grammar,
         ignore_eos,
         logprobs,
         messages,
@@ -358,6 +362,71 @@ pub fn parse_request(
         stream,
         include_usage,
     })
+}
+
+/// The grammar a request asks for: OpenAI's `response_format` (`text`,
+/// `json_object`, or `json_schema` with its `schema`; `json_object` may
+/// carry a `schema` too, as llama.cpp's server allows) or llama.cpp's
+/// `grammar` (GBNF).
+fn parse_constraint(
+    o: &serde_json::Map<String, Value>,
+) -> std::result::Result<Option<ember_core::grammar::GrammarBuf>, (String, Option<&'static str>)> {
+    use crate::constrain::parse_gbnf;
+    let rf = "response_format";
+    let schema = |v: &Value| -> std::result::Result<_, (String, Option<&'static str>)> {
+        let gbnf =
+            crate::json_schema::to_gbnf(v).map_err(|e| (format!("'{rf}': {e}"), Some(rf)))?;
+        parse_gbnf(&gbnf)
+            .map(Some)
+            .map_err(|e| (format!("'{rf}': {e:#}"), Some(rf)))
+    };
+    let from_format = match o.get(rf) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_object") => match f.get("schema") {
+                Some(s) if !s.is_null() => schema(s)?,
+                _ => Some(
+                    ember_core::grammar::GrammarBuf::parse(ember_core::grammar::JSON)
+                        .map_err(|e| (format!("'{rf}': {e}"), Some(rf)))?,
+                ),
+            },
+            Some("json_schema") => {
+                let s = f
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .ok_or_else(|| {
+                        (
+                            format!("'{rf}' of type json_schema needs json_schema.schema"),
+                            Some(rf),
+                        )
+                    })?;
+                schema(s)?
+            }
+            _ => {
+                return Err((
+                    format!("'{rf}' type must be text, json_object or json_schema"),
+                    Some(rf),
+                ))
+            }
+        },
+        Some(_) => return Err((format!("'{rf}' must be an object"), Some(rf))),
+    };
+    let from_grammar = match o.get("grammar") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(g)) if g.trim().is_empty() => None,
+        Some(Value::String(g)) => {
+            Some(parse_gbnf(g).map_err(|e| (format!("'grammar': {e:#}"), Some("grammar")))?)
+        }
+        Some(_) => return Err(("'grammar' must be a string (GBNF)".into(), Some("grammar"))),
+    };
+    match (from_format, from_grammar) {
+        (Some(_), Some(_)) => Err((
+            "give either 'response_format' or 'grammar', not both".into(),
+            Some("grammar"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 /// A `POST /tokenize` body (llama.cpp's server fields).

@@ -25,9 +25,11 @@ use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
 
 use super::metrics::Metrics;
+use crate::constrain::Constraint;
 use crate::device::{Device, Slots};
 use crate::run::{token_logprobs, TokenLogprobs};
 use crate::text::StopText;
+use ember_core::grammar::VocabBuf;
 
 /// What the engine tells a request's handler.
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub(super) struct Job {
     pub(super) ignore_eos: bool,
     /// Report each token's log-probability and this many alternatives.
     pub(super) logprobs: Option<usize>,
+    /// The grammar the reply follows.
+    pub(super) grammar: Option<Arc<ember_core::grammar::GrammarBuf>>,
     /// When the request came in (for the time to first token).
     pub(super) arrived: Instant,
     pub(super) tx: tokio::sync::mpsc::UnboundedSender<Ev>,
@@ -82,6 +86,7 @@ struct Slot {
     job: Job,
     cache: usize,
     sampler: Sampler,
+    constraint: Option<Constraint>,
     fed: usize,
     generated: usize,
     next: u32,
@@ -157,6 +162,8 @@ pub(super) fn engine_main(
     let mut free: Vec<usize> = (0..plan.seqs).rev().collect();
     let mut active: Vec<Slot> = Vec::new();
     let mut cand = vec![Candidate::default(); Sampler::scratch_len(c.vocab_size)];
+    // The vocabulary as grammars read it, made on the first constrained request.
+    let mut vocab: Option<Arc<VocabBuf>> = None;
     loop {
         busy.store(active.len(), Ordering::SeqCst);
         // Admit queued requests while slots are free; with nothing to do,
@@ -186,11 +193,32 @@ pub(super) fn engine_main(
                     continue;
                 }
             };
+            let constraint = match &job.grammar {
+                None => None,
+                Some(g) => {
+                    let made = match &vocab {
+                        Some(v) => Ok(v.clone()),
+                        None => crate::constrain::vocab(tok).map(Arc::new),
+                    }
+                    .and_then(|v| {
+                        vocab = Some(v.clone());
+                        Constraint::new(g, v)
+                    });
+                    match made {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let _ = job.tx.send(Ev::Fail(format!("{e:#}")));
+                            continue;
+                        }
+                    }
+                }
+            };
             let cache = free.pop().unwrap_or_default();
             slots.clear(cache);
             let mut slot = Slot {
                 cache,
                 sampler,
+                constraint,
                 fed: 0,
                 generated: 0,
                 next: 0,
@@ -281,10 +309,20 @@ pub(super) fn engine_main(
                 }
             }
             let logits = slots.logits(k);
-            let id = match s.sampler.sample(logits, &mut cand) {
-                Ok(id) => id,
+            let picked = match &mut s.constraint {
+                Some(c) => c
+                    .pick(&mut s.sampler, logits, &mut cand)
+                    .and_then(|id| c.accept(id).map(|()| (id, c.finished()))),
+                None => s
+                    .sampler
+                    .sample(logits, &mut cand)
+                    .map(|id| (id, false))
+                    .map_err(Into::into),
+            };
+            let (id, complete) = match picked {
+                Ok(p) => p,
                 Err(e) => {
-                    let _ = s.job.tx.send(Ev::Fail(format!("sampling failed: {e}")));
+                    let _ = s.job.tx.send(Ev::Fail(format!("sampling failed: {e:#}")));
                     finished.push(i);
                     continue;
                 }
@@ -310,7 +348,7 @@ pub(super) fn engine_main(
                 let mut out = String::new();
                 let stops = &mut s.stops;
                 let _ = s.dec.push(tok, id, &mut |t| out.push_str(&stops.push(t)));
-                if s.stops.stopped() {
+                if s.stops.stopped() || complete {
                     finish = Some("stop");
                 }
                 if !out.is_empty() || lp.is_some() {

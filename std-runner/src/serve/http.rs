@@ -326,6 +326,7 @@ async fn handle(sh: Arc<Shared>, body: Body, kind: Kind) -> ApiResult {
         stops: req.stops.clone(),
         ignore_eos: req.ignore_eos,
         logprobs: req.logprobs,
+        grammar: req.grammar.clone(),
         arrived,
         tx,
     };
