@@ -91,7 +91,10 @@ def main():
         assert "".join(parts)
 
         check_logprobs(client, model)
-        check_structured(client, model)
+        if args.device == "cpu":
+            # The grammar masks the logits on the host whatever computes
+            # them: checked once, where replies are fast.
+            check_structured(client, model)
         check_concurrent(client, model, args.streams)
 
         try:

@@ -1171,3 +1171,95 @@ fn a_bad_chat_template_is_one_line_and_nonzero() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn grammars_and_json_schemas_constrain_run() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let schema = r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "people": {"type": "integer"}}, "required": ["city", "people"]}"#;
+    for seed in ["1", "2"] {
+        let o = ember(&[
+            "run",
+            "--model",
+            m,
+            "A city as JSON:",
+            "-n",
+            "100",
+            "--seed",
+            seed,
+            "--json-schema",
+            schema,
+            "--json",
+        ]);
+        let v = json_out(&o);
+        let text = v["text"].as_str().unwrap();
+        let city: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(
+            city["city"].is_string() && city["people"].is_i64(),
+            "{city}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("ember-grammar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("yn.gbnf");
+    std::fs::write(
+        &file,
+        "# yes or no\nroot ::= \" \" answer \".\"\nanswer ::= \"yes\" | \"no\"\n",
+    )
+    .unwrap();
+    let v = json_out(&ember(&[
+        "run",
+        "--model",
+        m,
+        "Is fire hot? Answer:",
+        "--temp",
+        "0",
+        "-n",
+        "10",
+        "--grammar-file",
+        file.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(
+        ["yes.", "no."].contains(&v["text"].as_str().unwrap().trim()),
+        "{v}"
+    );
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "--model",
+            m,
+            "x",
+            "--grammar",
+            "root ::= \"a\"\nroot ::= b",
+        ]),
+        "rule defined twice at line 2, column 1",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "run",
+            "--model",
+            m,
+            "x",
+            "--json-schema",
+            r#"{"type": "integer", "minimum": 1}"#,
+        ]),
+        "'minimum'",
+    );
+    assert_one_line_error(
+        &ember(&["run", "--model", m, "x", "--json-schema", "{"]),
+        "not JSON",
+    );
+    let both = ember(&[
+        "run",
+        "--model",
+        m,
+        "x",
+        "--grammar",
+        "root ::= \"a\"",
+        "-j",
+        "{}",
+    ]);
+    assert!(!both.status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

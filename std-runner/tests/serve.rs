@@ -1353,3 +1353,114 @@ fn a_request_past_the_timeout_ends_and_frees_its_slot() {
     );
     assert_eq!(st, 200, "{r}");
 }
+
+/// Structured output: `response_format` (json_schema, json_object) and
+/// `grammar` replies follow them, streamed or not, each equal to `ember run`
+/// with the same grammar; bad schemas and grammars are 400s naming the field.
+#[test]
+fn structured_output_follows_the_grammar_and_equals_ember_run() {
+    let s = Server::start(&["--parallel", "2"]);
+    let schema = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "legs": {"type": "integer"},
+        "kind": {"enum": ["mammal", "bird", "fish"]}},
+        "required": ["name", "legs", "kind"], "additionalProperties": false});
+    let prompt = "Here is an animal as JSON:";
+    for (temperature, seed) in [(0.0, 0), (0.9, 11)] {
+        let req = json!({"prompt": prompt, "max_tokens": 120, "temperature": temperature, "seed": seed,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "animal", "schema": schema}}});
+        let (st, r) = post(&s.addr, "/v1/completions", &req);
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+        let text = r["choices"][0]["text"].as_str().unwrap().to_string();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(v["name"].as_str().unwrap().chars().count() <= 20, "{v}");
+        assert!(v["legs"].is_i64(), "{v}");
+        assert!(
+            ["mammal", "bird", "fish"].contains(&v["kind"].as_str().unwrap()),
+            "{v}"
+        );
+        let mut streamed = req.clone();
+        streamed["stream"] = json!(true);
+        assert_eq!(answer(&s.addr, "/v1/completions", &streamed).0, text);
+        let run = ember_run(&[
+            prompt,
+            "-n",
+            "120",
+            "--temp",
+            &temperature.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--json-schema",
+            &schema.to_string(),
+            "--json",
+        ]);
+        assert_eq!(run["text"].as_str().unwrap(), text);
+    }
+    // Any JSON object; then a GBNF grammar.
+    let (st, r) = post(
+        &s.addr,
+        "/v1/chat/completions",
+        &json!({
+        "messages": [{"role": "user", "content": "Describe a cat in JSON."}], "max_tokens": 200,
+        "seed": 5, "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(st, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    if r["choices"][0]["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<Value>(content).unwrap().is_object(),
+            "{content}"
+        );
+    } else {
+        assert!(content.starts_with('{'), "{content}");
+    }
+    let (st, r) = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({
+        "prompt": "Is water wet? Answer:", "max_tokens": 8, "temperature": 0,
+        "grammar": "root ::= \" \" (\"yes\" | \"no\") \".\""}),
+    );
+    assert_eq!(st, 200, "{r}");
+    let t = r["choices"][0]["text"].as_str().unwrap();
+    assert!(t == " yes." || t == " no.", "{t}");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    for (body, param, needle) in [
+        (
+            json!({"prompt": "x", "grammar": "root ::= undefined-rule"}),
+            "grammar",
+            "undefined rule",
+        ),
+        (
+            json!({"prompt": "x", "grammar": "root ::= \"a"}),
+            "grammar",
+            "line 1, column",
+        ),
+        (
+            json!({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+            "schema": {"type": "string", "pattern": "a+"}}}}),
+            "response_format",
+            "pattern",
+        ),
+        (
+            json!({"prompt": "x", "response_format": {"type": "xml"}}),
+            "response_format",
+            "type",
+        ),
+        (
+            json!({"prompt": "x", "grammar": "root ::= \"a\"",
+                "response_format": {"type": "json_object"}}),
+            "grammar",
+            "not both",
+        ),
+    ] {
+        let (st, r) = post(&s.addr, "/v1/completions", &body);
+        assert_eq!(st, 400, "{body}: {r}");
+        assert_eq!(r["error"]["param"], param, "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(needle),
+            "{r}"
+        );
+    }
+}

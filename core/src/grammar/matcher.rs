@@ -464,7 +464,7 @@ impl Layout {
             + self.slots
             + 2 * self.states
             + 1
-            + 256 * self.states
+            + 128 * self.states
             + self.arena
     }
 }
@@ -479,7 +479,8 @@ struct Parts<'a> {
     hashes: &'a mut [u32],
     /// State id → arena offset; one more entry than states.
     offs: &'a mut [u32],
-    /// 256 transitions per state: 0 unknown, 1 dead, id + 2.
+    /// 256 transitions per state, two 16-bit entries a word: 0 unknown,
+    /// 1 dead, id + 2.
     rows: &'a mut [u32],
     arena: &'a mut [u32],
 }
@@ -491,7 +492,7 @@ fn cut(mem: &mut [u32], l: Layout, root: u32) -> Parts<'_> {
     let (slots, rest) = rest.split_at_mut(l.slots);
     let (hashes, rest) = rest.split_at_mut(l.states);
     let (offs, rest) = rest.split_at_mut(l.states + 1);
-    let (rows, rest) = rest.split_at_mut(256 * l.states);
+    let (rows, rest) = rest.split_at_mut(128 * l.states);
     Parts {
         g: G {
             words,
@@ -560,7 +561,7 @@ impl<M: AsMut<[u32]>> Matcher<M> {
     pub fn new(g: &Grammar<'_>, mut mem: M, states: usize, arena: usize) -> Result<Self> {
         let layout = Self::layout(g, states, arena);
         let found = mem.as_mut().len();
-        if found < layout.total() || states == 0 || arena < 64 {
+        if found < layout.total() || states == 0 || states > 0xFFF0 || arena < 64 {
             return Err(Error::BufferTooSmall {
                 needed: layout.total() as u64,
                 found: found as u64,
@@ -831,7 +832,7 @@ fn intern(p: &mut Parts<'_>, c: &mut Counters, len: usize) -> Option<u32> {
     let id = c.n_states;
     p.slots[i] = id as u32 + 1;
     p.hashes[id] = h;
-    p.rows[256 * id..256 * (id + 1)].fill(0);
+    p.rows[128 * id..128 * (id + 1)].fill(0);
     c.n_states += 1;
     p.offs[c.n_states] = (at + len) as u32;
     Some(id as u32)
@@ -856,6 +857,18 @@ fn root(p: &mut Parts<'_>, c: &mut Counters) -> Result<u32> {
     Err(too_complex())
 }
 
+/// Transition `i` (state × 256 + byte) of the packed rows.
+#[inline]
+fn row_get(rows: &[u32], i: usize) -> u32 {
+    (rows[i / 2] >> ((i & 1) * 16)) & 0xFFFF
+}
+
+#[inline]
+fn row_set(rows: &mut [u32], i: usize, v: u32) {
+    let sh = (i & 1) * 16;
+    rows[i / 2] = (rows[i / 2] & !(0xFFFF << sh)) | (v << sh);
+}
+
 /// Empties the state table (the current state is kept).
 fn clear(p: &mut Parts<'_>, c: &mut Counters) {
     p.slots.fill(0);
@@ -867,7 +880,7 @@ fn clear(p: &mut Parts<'_>, c: &mut Counters) {
 
 fn next(p: &mut Parts<'_>, c: &mut Counters, id: u32, b: u8) -> Result<Next> {
     let row = 256 * id as usize + b as usize;
-    match p.rows[row] {
+    match row_get(p.rows, row) {
         0 => {}
         DEAD => return Ok(Next::Dead),
         x => return Ok(Next::State(x - 2)),
@@ -880,12 +893,12 @@ fn next(p: &mut Parts<'_>, c: &mut Counters, id: u32, b: u8) -> Result<Next> {
     let (src, dst) = p.arena.split_at_mut(end);
     match step(&p.g, &src[a..e], b, dst) {
         Ok(None) => {
-            p.rows[row] = DEAD;
+            row_set(p.rows, row, DEAD);
             Ok(Next::Dead)
         }
         Ok(Some(len)) => match intern(p, c, len) {
             Some(n) => {
-                p.rows[row] = n + 2;
+                row_set(p.rows, row, n + 2);
                 Ok(Next::State(n))
             }
             None => Ok(Next::Full),
@@ -969,14 +982,13 @@ fn walk(p: &mut Parts<'_>, c: &mut Counters, vocab: &Vocab<'_>, allowed: &mut [u
         // The last walked token's first `dead` bytes lead nowhere.
         let mut dead = usize::MAX;
         while idx < vocab.sorted_len() {
-            let (id, lcp) = vocab.sorted(idx);
+            let (id, t, lcp) = vocab.sorted(idx);
             let lcp = lcp as usize;
             if lcp >= dead {
                 idx += 1;
                 continue;
             }
             dead = usize::MAX;
-            let t = vocab.bytes(id);
             let mut d = valid.min(lcp);
             if t.len() > MAX_TOKEN_BYTES {
                 valid = d;
@@ -984,6 +996,17 @@ fn walk(p: &mut Parts<'_>, c: &mut Counters, vocab: &Vocab<'_>, allowed: &mut [u
                 continue;
             }
             while d < t.len() {
+                // The table's answer, when it has one, without a call.
+                let e = row_get(p.rows, 256 * path[d] as usize + t[d] as usize);
+                if e > DEAD {
+                    path[d + 1] = e - 2;
+                    d += 1;
+                    continue;
+                }
+                if e == DEAD {
+                    dead = d + 1;
+                    break;
+                }
                 match next(p, c, path[d], t[d])? {
                     Next::Dead => {
                         dead = d + 1;

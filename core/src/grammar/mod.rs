@@ -92,9 +92,9 @@ impl VocabBuf {
 
     /// A vocabulary of the given token texts, `eog` ending generation.
     pub fn from_pieces(pieces: &[&[u8]], eog: &[u32]) -> Result<Self> {
-        let mut bytes = vec![0; pieces.iter().map(|p| p.len()).sum()];
+        let mut bytes = vec![0; 2 * pieces.iter().map(|p| p.len()).sum::<usize>()];
         let mut words = vec![0; Vocab::words_for(pieces.len(), eog.len())];
-        Vocab::build(
+        let n = Vocab::build(
             pieces.len(),
             eog,
             &mut |id, f| {
@@ -103,7 +103,10 @@ impl VocabBuf {
             },
             &mut bytes,
             &mut words,
-        )?;
+        )?
+        .bytes
+        .len();
+        bytes.truncate(n);
         Ok(VocabBuf { bytes, words })
     }
 

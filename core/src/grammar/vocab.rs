@@ -1,10 +1,13 @@
 //! A vocabulary's token bytes in byte order, for the grammar's mask.
 //!
-//! Words: `[n, sorted, n_eog, offs (n + 1), order (sorted), eog (n_eog)]`.
-//! `offs` gives each token's bytes by id; `order` lists the tokens with any
-//! bytes, sorted by their bytes, each packed with the length of the prefix it
-//! shares with the one before (capped at 255: a shorter shared prefix only
-//! costs the walk a little repeated work).
+//! Words: `[n, sorted, n_eog, offs (n + 1), order (n), place (n), eog]`.
+//! The tokens with any bytes are listed in byte order (`order`: the token id,
+//! packed with the length of the prefix it shares with the one before,
+//! capped at 255: a shorter shared prefix only costs the walk a little
+//! repeated work), and their bytes are stored in that order, so the mask's
+//! walk reads them front to back; `place` finds a token's rank from its id.
+//! Building needs twice the bytes (the second half holds them by id while
+//! they are sorted).
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
 const HEAD: usize = 3;
+const NONE: u32 = u32::MAX;
 
 /// Token bytes and their byte order, borrowed from caller memory.
 #[derive(Debug, Clone, Copy)]
@@ -19,23 +23,25 @@ pub struct Vocab<'v> {
     pub(crate) bytes: &'v [u8],
     offs: &'v [u32],
     order: &'v [u32],
+    place: &'v [u32],
     eog: &'v [u32],
 }
 
 impl<'v> Vocab<'v> {
-    /// Bytes of text memory for `tok`'s tokens (their decoded bytes).
+    /// Bytes of text memory for building `tok`'s vocabulary (twice its
+    /// tokens' decoded bytes).
     pub fn bytes_for(tok: &Tokenizer<'_>) -> Result<usize> {
         let mut n = 0;
         for id in 0..tok.vocab_size() {
             tok.piece(id, false, &mut |b| n += b.len())?;
         }
-        Ok(n)
+        Ok(2 * n)
     }
 
     /// Words of index memory for a vocabulary of `n` tokens, `eog` of them
     /// ending generation.
     pub const fn words_for(n: usize, eog: usize) -> usize {
-        HEAD + 2 * n + 1 + eog
+        HEAD + 3 * n + 1 + eog
     }
 
     /// The vocabulary of `tok`: each token's bytes as decoding gives them
@@ -74,31 +80,34 @@ impl<'v> Vocab<'v> {
         let (head, rest) = words.split_at_mut(HEAD);
         let (offs, rest) = rest.split_at_mut(n + 1);
         let (order, rest) = rest.split_at_mut(n);
-        let eog_out = &mut rest[..eog.len()];
-        eog_out.copy_from_slice(eog);
-        // Bytes by id.
+        let (place, rest) = rest.split_at_mut(n);
+        rest[..eog.len()].copy_from_slice(eog);
+        // Bytes by id into the second half; `place` holds their offsets for now.
+        let half = bytes.len() / 2;
+        let (sorted_bytes, by_id) = bytes.split_at_mut(half);
         let mut len = 0usize;
         let mut over = false;
-        for (id, off) in offs[..n].iter_mut().enumerate() {
-            *off = len as u32;
+        let mut starts = 0u32;
+        for (id, p) in place.iter_mut().enumerate() {
+            *p = len as u32;
             pieces(id as u32, &mut |b| {
-                if len + b.len() <= bytes.len() {
-                    bytes[len..len + b.len()].copy_from_slice(b);
+                if len + b.len() <= by_id.len() {
+                    by_id[len..len + b.len()].copy_from_slice(b);
                 } else {
                     over = true;
                 }
                 len += b.len();
             })?;
+            starts = len as u32;
         }
-        offs[n] = len as u32;
-        if over || len > u32::MAX as usize {
+        if over || len > u32::MAX as usize / 2 {
             return Err(Error::BufferTooSmall {
-                needed: len as u64,
+                needed: 2 * len as u64,
                 found: bytes.len() as u64,
             });
         }
-        let text = &bytes[..len];
-        let tok = |id: u32| &text[offs[id as usize] as usize..offs[id as usize + 1] as usize];
+        let end = |id: usize| if id + 1 < n { place[id + 1] } else { starts };
+        let tok = |id: u32| &by_id[place[id as usize] as usize..end(id as usize) as usize];
         // Tokens with bytes, in byte order (ties by id).
         let mut sorted = 0;
         for id in 0..n as u32 {
@@ -107,11 +116,15 @@ impl<'v> Vocab<'v> {
                 sorted += 1;
             }
         }
-        let order = &mut order[..sorted];
-        order.sort_unstable_by(|&a, &b| tok(a).cmp(tok(b)).then(a.cmp(&b)));
+        order[..sorted].sort_unstable_by(|&a, &b| tok(a).cmp(tok(b)).then(a.cmp(&b)));
+        // Bytes in that order, with each one's shared prefix.
+        let mut at = 0usize;
         let mut prev: &[u8] = &[];
-        for o in order.iter_mut() {
+        for (rank, o) in order[..sorted].iter_mut().enumerate() {
             let t = tok(*o);
+            sorted_bytes[at..at + t.len()].copy_from_slice(t);
+            offs[rank] = at as u32;
+            at += t.len();
             let lcp = t
                 .iter()
                 .zip(prev)
@@ -121,29 +134,33 @@ impl<'v> Vocab<'v> {
             prev = t;
             *o |= (lcp as u32) << 24;
         }
+        offs[sorted] = at as u32;
+        place.fill(NONE);
+        for (rank, &o) in order[..sorted].iter().enumerate() {
+            place[(o & 0xFF_FFFF) as usize] = rank as u32;
+        }
         head[0] = n as u32;
         head[1] = sorted as u32;
         head[2] = eog.len() as u32;
-        Ok(Self::view(text, words))
+        Ok(Self::view(&bytes[..at], words))
     }
 
     /// The vocabulary [`Vocab::build`] wrote into `words`, over its `bytes`.
     pub fn view(bytes: &'v [u8], words: &'v [u32]) -> Self {
         let (n, sorted, eog) = (words[0] as usize, words[1] as usize, words[2] as usize);
-        let offs = &words[HEAD..HEAD + n + 1];
-        let order = &words[HEAD + n + 1..HEAD + n + 1 + sorted];
-        let eog = &words[HEAD + 2 * n + 1..HEAD + 2 * n + 1 + eog];
+        let w = &words[HEAD..];
         Vocab {
             bytes,
-            offs,
-            order,
-            eog,
+            offs: &w[..sorted + 1],
+            order: &w[n + 1..n + 1 + sorted],
+            place: &w[2 * n + 1..3 * n + 1],
+            eog: &w[3 * n + 1..3 * n + 1 + eog],
         }
     }
 
     /// Tokens in the vocabulary.
     pub fn len(&self) -> usize {
-        self.offs.len() - 1
+        self.place.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -152,10 +169,16 @@ impl<'v> Vocab<'v> {
 
     /// Token `id`'s bytes (empty for control tokens and ids out of range).
     pub fn bytes(&self, id: u32) -> &'v [u8] {
-        match (self.offs.get(id as usize), self.offs.get(id as usize + 1)) {
-            (Some(&a), Some(&b)) => &self.bytes[a as usize..b as usize],
+        match self.place.get(id as usize) {
+            Some(&r) if r != NONE => self.ranked(r as usize),
             _ => &[],
         }
+    }
+
+    /// The bytes of the token of rank `r` in byte order.
+    #[inline]
+    fn ranked(&self, r: usize) -> &'v [u8] {
+        &self.bytes[self.offs[r] as usize..self.offs[r + 1] as usize]
     }
 
     /// The end-of-generation tokens.
@@ -172,10 +195,11 @@ impl<'v> Vocab<'v> {
         self.order.len()
     }
 
-    /// The `i`-th token in byte order and the prefix it shares with the one before.
+    /// The `i`-th token in byte order, its bytes, and the prefix it shares
+    /// with the one before.
     #[inline]
-    pub(crate) fn sorted(&self, i: usize) -> (u32, u32) {
+    pub(crate) fn sorted(&self, i: usize) -> (u32, &'v [u8], u32) {
         let w = self.order[i];
-        (w & 0xFF_FFFF, w >> 24)
+        (w & 0xFF_FFFF, self.ranked(i), w >> 24)
     }
 }
