@@ -88,7 +88,8 @@ fn bench(c: &mut Criterion) {
     }
     for threads in counts {
         let pool = Pool::new(threads).expect("pool");
-        let plan = MemoryPlan::with_threads(&model.config, KvOptions::dense(512), 64, threads).expect("plan");
+        let plan = MemoryPlan::with_threads(&model.config, KvOptions::dense(512), 64, threads)
+            .expect("plan");
         let mut arena = plan.alloc();
         let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).expect("session");
         s.set_parallel(&pool).expect("pool fits the plan");

@@ -236,6 +236,11 @@ pub struct SamplingArgs {
     /// Stop when the text contains this string (not printed); may be repeated.
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
+    /// Speculative decoding by prompt lookup: draft up to N tokens from an
+    /// earlier occurrence of the last few tokens and check them in one batched
+    /// step (the output is the same as without it; 0 is off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lookup: usize,
     /// Constrain the output to a GBNF grammar (llama.cpp's format; start rule `root`).
     #[arg(long, value_name = "GBNF", group = "constraint")]
     pub grammar: Option<String>,

@@ -21,7 +21,7 @@ use ember_core::tokenizer::StreamDecoder;
 use crate::args::{ExecArgs, KvArgs, SamplingArgs};
 use crate::constrain::Constraint;
 use crate::load::load_model;
-use crate::run::continue_sampling;
+use crate::run::{continue_sampling, Decode};
 use crate::template::TemplateArgs;
 use crate::text::{prompt_text, Message, StopText};
 use std::sync::Arc;
@@ -235,14 +235,18 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
         if let Some(c) = &mut constraint {
             c.reset()?;
         }
-        let (reply_ids, _, _) = continue_sampling(
+        let reply_ids = continue_sampling(
             &mut s,
             &mut sampler,
             constraint.as_mut(),
             &mut scratch,
-            n_reply,
-            tok.end_of_generation(),
-            false,
+            &Decode {
+                n_predict: n_reply,
+                eos: tok.end_of_generation(),
+                ignore_eos: false,
+                lookup: a.sampling.lookup,
+                context: &fed,
+            },
             &mut |id, _| {
                 if tok.is_eog(id) {
                     return true;
@@ -255,7 +259,8 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
                 });
                 !stops.stopped()
             },
-        )?;
+        )?
+        .ids;
         dec.finish(&mut |t| {
             let t = stops.push(t);
             reply.push_str(&t);

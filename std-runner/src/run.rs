@@ -229,6 +229,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         threads,
         device: a.exec.device,
         constraint,
+        lookup: a.sampling.lookup,
     };
 
     // Stream text to stdout as it is generated (human mode); end-of-generation
@@ -268,6 +269,12 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     if stream {
         emit("\n", &mut String::new());
     }
+    if opt.lookup > 0 {
+        eprintln!(
+            "ember: prompt lookup drafted {} tokens, kept {}",
+            out.lookup.0, out.lookup.1
+        );
+    }
     eprintln!(
         "ember: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; seed {} ({})",
         opt.prompt_ids.len(),
@@ -304,6 +311,9 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
             "kv": {"capacity": opt.kv.capacity, "sinks": opt.kv.sinks, "type": opt.kv.ty.name()},
             "decode_tok_s_per_500": out.decode_tok_s_per_500,
         });
+        if opt.lookup > 0 {
+            j["lookup"] = json!({"drafted": out.lookup.0, "accepted": out.lookup.1});
+        }
         if let Some(all) = &out.top_logits_all {
             j["top_logits_all"] = all.iter().map(|v| pairs(v)).collect::<Vec<_>>().into();
         }
@@ -450,6 +460,8 @@ pub struct RunOptions {
     pub device: Device,
     /// The grammar the output follows, at its start.
     pub constraint: Option<Constraint>,
+    /// Prompt-lookup drafts per step (0: off).
+    pub lookup: usize,
 }
 
 /// What it produced.
@@ -475,6 +487,8 @@ pub struct RunOutput {
     pub engine: String,
     /// Decode speed over each run of 500 generated tokens.
     pub decode_tok_s_per_500: Vec<f64>,
+    /// Tokens drafted by prompt lookup, and how many were kept.
+    pub lookup: (usize, usize),
 }
 
 /// The index of the largest logit; ties go to the lowest id, NaN never wins.
@@ -588,7 +602,7 @@ pub fn generate(
         kernels,
         opt.device,
         plan,
-        opt.logits_all,
+        opt.logits_all || opt.lookup > 0,
         &mut arena,
         &pool,
     )?;
@@ -617,7 +631,11 @@ pub fn generate(
     } else {
         // Greedy with nothing reported from the logits: where they are
         // on a GPU, only the chosen token comes back.
-        if opt.sampling.is_greedy() && opt.top_logits == 0 && opt.constraint.is_none() {
+        if opt.sampling.is_greedy()
+            && opt.top_logits == 0
+            && opt.constraint.is_none()
+            && opt.lookup == 0
+        {
             s.read_logits(false);
         }
         s.forward(&opt.prompt_ids)?;
@@ -632,14 +650,18 @@ pub fn generate(
     }
     let mut logprobs = Vec::new();
     let mut constraint = opt.constraint.clone();
-    let (ids, decode_tok_s, per_500) = continue_sampling(
+    let decoded = continue_sampling(
         &mut s,
         &mut sampler,
         constraint.as_mut(),
         &mut scratch,
-        opt.n_predict,
-        &opt.eos,
-        opt.ignore_eos,
+        &Decode {
+            n_predict: opt.n_predict,
+            eos: &opt.eos,
+            ignore_eos: opt.ignore_eos,
+            lookup: opt.lookup,
+            context: &opt.prompt_ids,
+        },
         &mut |id, logits| {
             if opt.top_logits > 0 {
                 logprobs.push(token_logprobs(logits, id, opt.top_logits));
@@ -648,34 +670,65 @@ pub fn generate(
         },
     )?;
     out.logprobs = logprobs;
-    out.ids = ids;
-    out.decode_tok_s = decode_tok_s;
-    out.decode_tok_s_per_500 = per_500;
+    out.ids = decoded.ids;
+    out.decode_tok_s = decoded.tok_s;
+    out.decode_tok_s_per_500 = decoded.per_500;
+    out.lookup = (decoded.drafted, decoded.accepted);
     Ok(out)
 }
 
-/// Generation from the session's current logits: up to `n_predict` ids,
-/// stopping after an id in `eos` (returned but not fed back) unless
-/// `ignore_eos`, when a grammar is complete, or when `on_token` (given each
-/// id with the logits it was drawn from) returns false. Returns the ids, the
-/// decode speed in tokens per second, and the speed over each 500 tokens.
-#[allow(clippy::too_many_arguments)]
+/// How [`continue_sampling`] decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Decode<'a> {
+    /// At most this many tokens.
+    pub n_predict: usize,
+    /// Ids that end generation (returned but not fed back).
+    pub eos: &'a [u32],
+    /// Go on past `eos`.
+    pub ignore_eos: bool,
+    /// Draft up to this many tokens by prompt lookup and check them in one
+    /// batched step (0: off).
+    pub lookup: usize,
+    /// The tokens already fed (prompt, conversation): where drafts are looked up.
+    pub context: &'a [u32],
+}
+
+/// What [`continue_sampling`] produced.
+#[derive(Debug, Clone, Default)]
+pub struct Decoded {
+    pub ids: Vec<u32>,
+    /// Generated tokens per second after the first.
+    pub tok_s: f64,
+    /// The same over each run of 500 tokens.
+    pub per_500: Vec<f64>,
+    /// Tokens drafted by prompt lookup, and how many of them were kept.
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+/// Generation from the session's current logits: up to `d.n_predict` ids,
+/// stopping after an id in `d.eos` (returned but not fed back) unless
+/// `d.ignore_eos`, when a grammar is complete, or when `on_token` (given each
+/// id with the logits it was drawn from) returns false. Every id but the
+/// last is fed back; the cache holds nothing more.
 pub fn continue_sampling(
     s: &mut One,
     sampler: &mut Sampler,
-    mut constraint: Option<&mut Constraint>,
+    constraint: Option<&mut Constraint>,
     scratch: &mut [Candidate],
-    n_predict: usize,
-    eos: &[u32],
-    ignore_eos: bool,
+    d: &Decode,
     on_token: &mut dyn FnMut(u32, &[f32]) -> bool,
-) -> Result<(Vec<u32>, f64, Vec<f64>)> {
+) -> Result<Decoded> {
+    if d.lookup > 0 && d.n_predict > 1 {
+        return continue_lookup(s, sampler, constraint, scratch, d, on_token);
+    }
+    let mut constraint = constraint;
     let t1 = Instant::now();
     let mut ids = Vec::new();
     let mut steps = 0usize;
     let mut per_500 = Vec::new();
     let mut lap = Instant::now();
-    for i in 0..n_predict {
+    for i in 0..d.n_predict {
         let next = match (&mut constraint, s.greedy_id()) {
             (Some(c), _) => c.pick(sampler, s.logits(), scratch)?,
             (None, Some(id)) => id,
@@ -691,7 +744,7 @@ pub fn continue_sampling(
         };
         ids.push(next);
         let go_on = on_token(next, s.logits());
-        if !go_on || (!ignore_eos && eos.contains(&next)) || finished || i + 1 == n_predict {
+        if !go_on || (!d.ignore_eos && d.eos.contains(&next)) || finished || i + 1 == d.n_predict {
             break;
         }
         s.forward(&[next])?;
@@ -707,12 +760,157 @@ pub fn continue_sampling(
     } else {
         0.0
     };
-    Ok((ids, tok_s, per_500))
+    Ok(Decoded {
+        ids,
+        tok_s,
+        per_500,
+        ..Default::default()
+    })
+}
+
+/// The longest n-gram drafts look for (then shorter ones, down to 2).
+const LOOKUP_NGRAM: usize = 3;
+
+/// Up to `n` tokens that followed the most recent earlier occurrence of the
+/// last few tokens of `hist` (the longest n-gram that occurs, from
+/// [`LOOKUP_NGRAM`] down to 2), into `out`.
+pub fn lookup_draft(hist: &[u32], n: usize, out: &mut Vec<u32>) {
+    out.clear();
+    if n == 0 {
+        return;
+    }
+    for k in (2..=LOOKUP_NGRAM).rev() {
+        if hist.len() <= k {
+            continue;
+        }
+        let key = &hist[hist.len() - k..];
+        if let Some(j) = (0..hist.len() - k).rev().find(|&j| &hist[j..j + k] == key) {
+            let from = j + k;
+            out.extend_from_slice(&hist[from..(from + n).min(hist.len())]);
+            return;
+        }
+    }
+}
+
+/// [`continue_sampling`] with prompt-lookup drafts: each token is drawn as
+/// plain decoding draws it, from the logits after the tokens before it,
+/// with the same sampler and the same draws; a drafted token that the draw
+/// confirms was already fed in the same batched step, and its logits (the
+/// same bits as a one-token step's) serve the next draw. The first draw
+/// that differs from its draft ends the batch: the cache drops the rest.
+fn continue_lookup(
+    s: &mut One,
+    sampler: &mut Sampler,
+    mut constraint: Option<&mut Constraint>,
+    scratch: &mut [Candidate],
+    d: &Decode,
+    on_token: &mut dyn FnMut(u32, &[f32]) -> bool,
+) -> Result<Decoded> {
+    let t1 = Instant::now();
+    let start = s.pos();
+    let mut hist = d.context.to_vec();
+    let mut out = Decoded::default();
+    let mut lap = Instant::now();
+    let vocab = s.logits().len();
+    // rows[r]: the logits after the r-th token of the last batch.
+    let mut rows: Vec<f32> = s.logits().to_vec();
+    let mut row = 0usize;
+    let mut drafts: Vec<u32> = Vec::new();
+    let mut confirmed = 0usize;
+    // Where the last batch started.
+    let mut base = s.pos();
+    loop {
+        let logits = &rows[row * vocab..(row + 1) * vocab];
+        let next = match &mut constraint {
+            Some(c) => c.pick(sampler, logits, scratch)?,
+            None => sampler.sample(logits, scratch)?,
+        };
+        sampler.accept(next);
+        let finished = match &mut constraint {
+            Some(c) => {
+                c.accept(next)?;
+                c.finished()
+            }
+            None => false,
+        };
+        out.ids.push(next);
+        hist.push(next);
+        let go_on = on_token(next, logits);
+        let n = out.ids.len();
+        if n.is_multiple_of(500) {
+            out.per_500
+                .push(500.0 / lap.elapsed().as_secs_f64().max(1e-9));
+            lap = Instant::now();
+        }
+        if !go_on || (!d.ignore_eos && d.eos.contains(&next)) || finished || n == d.n_predict {
+            break;
+        }
+        if confirmed < drafts.len() && drafts[confirmed] == next {
+            // Drafted and fed already: its logits are the next row.
+            confirmed += 1;
+            out.accepted += 1;
+            row = confirmed;
+            continue;
+        }
+        // `next` is new: drop what the cache holds past the confirmed
+        // drafts, then feed it with fresh drafts in one batch.
+        if s.pos() > base + 1 + confirmed {
+            s.truncate(base + 1 + confirmed)?;
+        }
+        let room = d.lookup.min(d.n_predict - n);
+        if s.evicted() {
+            drafts.clear(); // a streaming cache cannot take rejected drafts back
+        } else {
+            lookup_draft(&hist, room, &mut drafts);
+        }
+        while !drafts.is_empty() && s.reserve(1 + drafts.len()).is_err() {
+            drafts.pop();
+        }
+        out.drafted += drafts.len();
+        base = s.pos();
+        let mut batch = Vec::with_capacity(1 + drafts.len());
+        batch.push(next);
+        batch.extend_from_slice(&drafts);
+        rows.resize(batch.len() * vocab, 0.0);
+        s.forward_all(&batch, &mut |i, l| {
+            rows[i * vocab..(i + 1) * vocab].copy_from_slice(l)
+        })?;
+        row = 0;
+        confirmed = 0;
+    }
+    // Every id but the last fed, nothing else.
+    let keep = start + out.ids.len() - 1;
+    if s.pos() > keep {
+        s.truncate(keep)?;
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    if out.ids.len() > 1 {
+        out.tok_s = (out.ids.len() - 1) as f64 / secs.max(1e-9);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_drafts_follow_the_latest_longest_match() {
+        let mut out = Vec::new();
+        // No earlier "2 6 7"; "6 7" occurred twice, the latest followed by 8 9 2.
+        lookup_draft(&[5, 6, 7, 1, 5, 6, 7, 8, 9, 2, 6, 7], 3, &mut out);
+        assert_eq!(out, [8, 9, 2]);
+        lookup_draft(&[5, 6, 7, 1, 5, 6, 7, 8, 9, 2, 6, 7], 1, &mut out);
+        assert_eq!(out, [8]);
+        // No trigram: the bigram "3 4" then.
+        lookup_draft(&[1, 3, 4, 9, 9, 2, 3, 4], 4, &mut out);
+        assert_eq!(out, [9, 9, 2, 3]);
+        // Single tokens never draft.
+        lookup_draft(&[1, 2, 3, 1], 4, &mut out);
+        assert!(out.is_empty());
+        lookup_draft(&[1, 2, 1, 2], 0, &mut out);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn top_k_orders_and_breaks_ties_by_id() {

@@ -102,6 +102,7 @@ fn one_beam_is_greedy() {
                 threads: 1,
                 device: ember_runner::device::Device::Cpu,
                 constraint: None,
+                lookup: 0,
             },
             |_| true,
         )

@@ -1263,3 +1263,46 @@ fn grammars_and_json_schemas_constrain_run() {
     assert!(!both.status.success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Speculative decoding by prompt lookup gives the ids plain decoding gives,
+/// greedy and sampled, on a copying prompt (where drafts are kept) and a
+/// free one, because a batched step's rows have the bits of one-token steps.
+#[test]
+fn prompt_lookup_changes_nothing_but_speed() {
+    let m = model(GgmlType::Q8_0);
+    let m = m.to_str().unwrap();
+    let copy = "Here is a Python function:\ndef area(width, height):\n    \"\"\"Return the area.\"\"\"\n    if width < 0 or height < 0:\n        raise ValueError(\"negative size\")\n    return width * height\n\nThe same function, copied exactly:\n";
+    for (prompt, chat) in [(copy, false), ("Tell me about the sea.", true)] {
+        for sampling in [
+            &["--temp", "0"][..],
+            &["--temp", "0.9", "--seed", "4", "--repeat-penalty", "1.1"],
+        ] {
+            let run = |lookup: &str| {
+                let mut args = vec![
+                    "run", "--model", m, prompt, "-n", "48", "--lookup", lookup, "--json",
+                ];
+                if chat {
+                    args.push("--chat");
+                }
+                args.extend_from_slice(sampling);
+                json_out(&ember(&args))
+            };
+            let plain = run("0");
+            for lookup in ["3", "8"] {
+                let fast = run(lookup);
+                assert_eq!(
+                    fast["ids"], plain["ids"],
+                    "{prompt:?} {sampling:?} --lookup {lookup}"
+                );
+                let l = &fast["lookup"];
+                assert!(l["accepted"].as_u64().unwrap() <= l["drafted"].as_u64().unwrap());
+                if !chat && sampling[1] == "0" {
+                    assert!(
+                        l["accepted"].as_u64().unwrap() >= 10,
+                        "copying keeps drafts: {l}"
+                    );
+                }
+            }
+        }
+    }
+}
