@@ -362,17 +362,7 @@ impl<'a> Conv<'a> {
                 "not supported in structured output",
             ));
         }
-        let count = |k: &str| -> Result<Option<u32>, SchemaError> {
-            match o.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|&n| n <= ember_core::grammar::MAX_REPEAT as u64)
-                    .map(|n| Some(n as u32))
-                    .ok_or_else(|| unsupported(k, "must be a whole number up to 4094")),
-            }
-        };
-        let (min, max) = (count("minItems")?.unwrap_or(0), count("maxItems")?);
+        let (min, max) = (count(o, "minItems")?.unwrap_or(0), count(o, "maxItems")?);
         if let Some(Value::Array(prefix)) = o.get("prefixItems") {
             if !matches!(o.get("items"), None | Some(Value::Bool(false))) {
                 return Err(unsupported(
@@ -449,17 +439,7 @@ impl<'a> Conv<'a> {
             }
             return Ok(body.to_string());
         }
-        let len = |k: &str| -> Result<Option<u32>, SchemaError> {
-            match o.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|&n| n <= ember_core::grammar::MAX_REPEAT as u64)
-                    .map(|n| Some(n as u32))
-                    .ok_or_else(|| unsupported(k, "must be a whole number up to 4094")),
-            }
-        };
-        let (min, max) = (len("minLength")?, len("maxLength")?);
+        let (min, max) = (count(o, "minLength")?, count(o, "maxLength")?);
         if min.is_none() && max.is_none() {
             return Ok("string".into());
         }
@@ -473,6 +453,18 @@ impl<'a> Conv<'a> {
             &format!("{hint}-string"),
             format!(r#""\"" char{reps} "\"" ws"#),
         ))
+    }
+}
+
+/// A count keyword (`minItems`, `maxLength`, ...), within a repetition's cap.
+fn count(o: &Map<String, Value>, k: &str) -> Result<Option<u32>, SchemaError> {
+    match o.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n <= ember_core::grammar::MAX_REPEAT as u64)
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| unsupported(k, "must be a whole number up to 4094")),
     }
 }
 

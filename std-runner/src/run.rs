@@ -729,19 +729,13 @@ pub fn continue_sampling(
     let mut per_500 = Vec::new();
     let mut lap = Instant::now();
     for i in 0..d.n_predict {
-        let next = match (&mut constraint, s.greedy_id()) {
-            (Some(c), _) => c.pick(sampler, s.logits(), scratch)?,
-            (None, Some(id)) => id,
-            (None, None) => sampler.sample(s.logits(), scratch)?,
-        };
-        sampler.accept(next);
-        let finished = match &mut constraint {
-            Some(c) => {
-                c.accept(next)?;
-                c.finished()
-            }
-            None => false,
-        };
+        let (next, finished) = draw(
+            sampler,
+            constraint.as_deref_mut(),
+            s.logits(),
+            s.greedy_id(),
+            scratch,
+        )?;
         ids.push(next);
         let go_on = on_token(next, s.logits());
         if !go_on || (!d.ignore_eos && d.eos.contains(&next)) || finished || i + 1 == d.n_predict {
@@ -766,6 +760,30 @@ pub fn continue_sampling(
         per_500,
         ..Default::default()
     })
+}
+
+/// The next token from `logits` (or the device's greedy pick where the
+/// logits stayed there), recorded by the sampler and the grammar; and
+/// whether the grammar is then complete.
+fn draw(
+    sampler: &mut Sampler,
+    constraint: Option<&mut Constraint>,
+    logits: &[f32],
+    greedy: Option<u32>,
+    scratch: &mut [Candidate],
+) -> Result<(u32, bool)> {
+    let Some(c) = constraint else {
+        let next = match greedy {
+            Some(id) => id,
+            None => sampler.sample(logits, scratch)?,
+        };
+        sampler.accept(next);
+        return Ok((next, false));
+    };
+    let next = c.pick(sampler, logits, scratch)?;
+    sampler.accept(next);
+    c.accept(next)?;
+    Ok((next, c.finished()))
 }
 
 /// The longest n-gram drafts look for (then shorter ones, down to 2).
@@ -821,18 +839,7 @@ fn continue_lookup(
     let mut base = s.pos();
     loop {
         let logits = &rows[row * vocab..(row + 1) * vocab];
-        let next = match &mut constraint {
-            Some(c) => c.pick(sampler, logits, scratch)?,
-            None => sampler.sample(logits, scratch)?,
-        };
-        sampler.accept(next);
-        let finished = match &mut constraint {
-            Some(c) => {
-                c.accept(next)?;
-                c.finished()
-            }
-            None => false,
-        };
+        let (next, finished) = draw(sampler, constraint.as_deref_mut(), logits, None, scratch)?;
         out.ids.push(next);
         hist.push(next);
         let go_on = on_token(next, logits);
