@@ -15,7 +15,7 @@
 //! Like the object grammar, every value ends with optional whitespace (at
 //! most one newline and 20 spaces or tabs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
@@ -64,7 +64,9 @@ const ANNOTATIONS: &[&str] = &[
 ];
 
 const PRIMITIVES: &str = r#"ws ::= | " " | "\n" [ \t]{0,20}
-char ::= [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )
+char ::= [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" hex-bmp | "u" [dD] [89abAB] hex hex "\\u" [dD] [c-fC-F] hex hex )
+hex-bmp ::= [0-9a-cA-Ce-fE-F] hex hex hex | [dD] [0-7] hex hex
+hex ::= [0-9a-fA-F]
 string ::= "\"" char* "\"" ws
 integer ::= "-"? ( "0" | [1-9] [0-9]{0,15} ) ws
 number ::= "-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,4} )? ws
@@ -81,7 +83,7 @@ pub fn to_gbnf(schema: &Value) -> Result<String, SchemaError> {
         root: schema,
         rules: Vec::new(),
         refs: HashMap::new(),
-        used: HashMap::new(),
+        taken: FIXED.iter().map(|s| s.to_string()).collect(),
     };
     let root = c.visit(schema, "root", 0)?;
     let mut out = format!("root ::= {root}\n");
@@ -97,15 +99,22 @@ struct Conv<'a> {
     rules: Vec<(String, String)>,
     /// `$ref` target to its rule name.
     refs: HashMap<String, String>,
-    /// Rule names taken, by stem.
-    used: HashMap<String, usize>,
+    /// Rule names taken (the fixed ones from the start).
+    taken: HashSet<String>,
 }
+
+/// Names of the fixed rules: no schema-made rule takes them.
+const FIXED: &[&str] = &[
+    "root", "ws", "char", "hex", "hex-bmp", "string", "integer", "number", "boolean", "null",
+    "value", "object", "array", "date", "time",
+];
 
 /// Nesting past this is refused (a schema is a tree but for `$ref`s).
 const MAX_DEPTH: usize = 64;
 
 impl<'a> Conv<'a> {
-    /// A new rule name from a hint (letters, digits and dashes).
+    /// A new rule name from a hint (letters, digits and dashes), unlike
+    /// every name taken.
     fn name(&mut self, hint: &str) -> String {
         let mut stem: String = hint
             .chars()
@@ -117,19 +126,17 @@ impl<'a> Conv<'a> {
                 }
             })
             .collect();
-        if stem.is_empty()
-            || PRIMITIVES.contains(&format!("\n{stem} ::="))
-            || stem.starts_with("ws")
-        {
-            stem.insert_str(0, "s-");
+        if stem.is_empty() {
+            stem.push('s');
         }
-        let n = self.used.entry(stem.clone()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            stem
-        } else {
-            format!("{stem}-{n}")
+        let mut name = stem.clone();
+        let mut n = 1;
+        while self.taken.contains(&name) {
+            n += 1;
+            name = format!("{stem}-{n}");
         }
+        self.taken.insert(name.clone());
+        name
     }
 
     fn rule(&mut self, hint: &str, body: String) -> String {
@@ -179,20 +186,52 @@ impl<'a> Conv<'a> {
                 return Err(unsupported(k, "not supported in structured output"));
             }
         }
+        // A combinator stands alone: constraints beside it would be dropped
+        // (`type` beside `enum` or `const` is checked against each value).
+        for key in ["$ref", "const", "enum", "anyOf", "oneOf", "allOf"] {
+            if o.contains_key(key) {
+                let typed = matches!(key, "const" | "enum");
+                let beside = o.keys().find(|k| {
+                    KNOWN.contains(&k.as_str())
+                        && !matches!(k.as_str(), "nullable")
+                        && k.as_str() != key
+                        && !(typed && k.as_str() == "type")
+                });
+                if let Some(other) = beside {
+                    return Err(unsupported(other, &format!("not supported beside '{key}'")));
+                }
+            }
+        }
         if let Some(r) = o.get("$ref") {
             return self.reference(r, depth);
         }
+        let fits = |v: &Value| match o.get("type") {
+            None => true,
+            Some(Value::String(t)) => of_type(v, t),
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).any(|t| of_type(v, t)),
+            Some(_) => false,
+        };
         if let Some(c) = o.get("const") {
+            if !fits(c) {
+                return Err(unsupported(
+                    "const",
+                    "the value is not of the schema's type",
+                ));
+            }
             return Ok(literal(c));
         }
+
         if let Some(e) = o.get("enum") {
             let Value::Array(vals) = e else {
                 return Err(unsupported("enum", "must be an array"));
             };
-            if vals.is_empty() {
-                return Err(unsupported("enum", "an empty enum accepts nothing"));
+            let alts: Vec<String> = vals.iter().filter(|v| fits(v)).map(literal).collect();
+            if alts.is_empty() {
+                return Err(unsupported(
+                    "enum",
+                    "no value of the schema's type: it accepts nothing",
+                ));
             }
-            let alts: Vec<String> = vals.iter().map(literal).collect();
             return Ok(format!("( {} )", alts.join(" | ")));
         }
         for key in ["anyOf", "oneOf"] {
@@ -202,6 +241,12 @@ impl<'a> Conv<'a> {
                 };
                 if subs.is_empty() {
                     return Err(unsupported(key, "must not be empty"));
+                }
+                if key == "oneOf" && !disjoint_types(subs) {
+                    return Err(unsupported(
+                        "oneOf",
+                        "only branches of different types are supported (a value matching two would be invalid); use anyOf",
+                    ));
                 }
                 let mut alts = Vec::new();
                 for (i, sub) in subs.iter().enumerate() {
@@ -283,19 +328,31 @@ impl<'a> Conv<'a> {
     ) -> Result<String, SchemaError> {
         match o.get("additionalProperties") {
             None | Some(Value::Bool(false)) => {}
-            Some(Value::Bool(true)) | Some(Value::Object(_)) if !o.contains_key("properties") => {
+            Some(Value::Bool(true))
+                if !o.contains_key("properties") && !o.contains_key("required") =>
+            {
                 return Ok("object".into());
             }
             Some(_) => {
                 return Err(unsupported(
                     "additionalProperties",
-                    "only false (or absent) is supported beside properties",
+                    "only false, or true with no properties, is supported",
                 ))
             }
         }
         let props = match o.get("properties") {
             None if o.get("additionalProperties") == Some(&Value::Bool(false)) => {
                 return Ok(r#""{" ws "}" ws"#.into())
+            }
+            None if o
+                .get("required")
+                .and_then(Value::as_array)
+                .is_some_and(|r| !r.is_empty()) =>
+            {
+                return Err(unsupported(
+                    "required",
+                    "names properties that are not given",
+                ));
             }
             None => return Ok("object".into()),
             Some(Value::Object(p)) => p,
@@ -363,7 +420,16 @@ impl<'a> Conv<'a> {
             ));
         }
         let (min, max) = (count(o, "minItems")?.unwrap_or(0), count(o, "maxItems")?);
+        if max.is_some_and(|m| m < min) {
+            return Err(unsupported("maxItems", "is below minItems"));
+        }
         if let Some(Value::Array(prefix)) = o.get("prefixItems") {
+            if let Some(k) = ["minItems", "maxItems"]
+                .into_iter()
+                .find(|k| o.contains_key(*k))
+            {
+                return Err(unsupported(k, "not supported beside prefixItems"));
+            }
             if !matches!(o.get("items"), None | Some(Value::Bool(false))) {
                 return Err(unsupported(
                     "items",
@@ -383,11 +449,6 @@ impl<'a> Conv<'a> {
         };
         if max == Some(0) {
             return Ok(r#""[" ws "]" ws"#.into());
-        }
-        if let Some(m) = max {
-            if m < min {
-                return Err(unsupported("maxItems", "is below minItems"));
-            }
         }
         let more = |lo: u32| match max {
             None => format!("{{{lo},}}"),
@@ -410,6 +471,12 @@ impl<'a> Conv<'a> {
             ));
         }
         if let Some(f) = o.get("format") {
+            if let Some(k) = ["minLength", "maxLength"]
+                .into_iter()
+                .find(|k| o.contains_key(*k))
+            {
+                return Err(unsupported(k, "not supported beside format"));
+            }
             let body = match f.as_str() {
                 Some("date") => r#""\"" date "\"" ws"#,
                 Some("time") => r#""\"" time "\"" ws"#,
@@ -434,8 +501,6 @@ impl<'a> Conv<'a> {
                     "time".into(),
                     r#"( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{1,9} )? ( "Z" | [+-] ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )"#.into(),
                 ));
-                self.used.insert("date".into(), 1);
-                self.used.insert("time".into(), 1);
             }
             return Ok(body.to_string());
         }
@@ -494,16 +559,52 @@ const KNOWN: &[&str] = &[
 
 /// The types a schema with no `type` implies from its keywords.
 fn infer_type(o: &Map<String, Value>) -> Vec<&'static str> {
-    if o.contains_key("properties") || o.contains_key("additionalProperties") {
+    let any = |keys: &[&str]| keys.iter().any(|k| o.contains_key(*k));
+    if any(&["properties", "additionalProperties", "required"]) {
         vec!["object"]
-    } else if o.contains_key("items") || o.contains_key("prefixItems") {
+    } else if any(&[
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+    ]) {
         vec!["array"]
-    } else if o.contains_key("minLength") || o.contains_key("maxLength") || o.contains_key("format")
-    {
+    } else if any(&["minLength", "maxLength", "format", "pattern"]) {
         vec!["string"]
     } else {
         Vec::new()
     }
+}
+
+/// Whether `v` is of JSON schema type `t`.
+fn of_type(v: &Value, t: &str) -> bool {
+    match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        _ => false,
+    }
+}
+
+/// Whether each branch names one type and no value can have two of them.
+fn disjoint_types(subs: &[Value]) -> bool {
+    let number = |t: &str| t == "number" || t == "integer";
+    let mut seen: Vec<&str> = Vec::new();
+    for s in subs {
+        let Some(t) = s.get("type").and_then(Value::as_str) else {
+            return false;
+        };
+        if seen.iter().any(|&u| u == t || (number(u) && number(t))) {
+            return false;
+        }
+        seen.push(t);
+    }
+    true
 }
 
 /// A GBNF literal for the JSON text of `v`, then whitespace.
@@ -606,6 +707,57 @@ mod tests {
         let when = json!({"type": "string", "format": "date-time"});
         assert!(accepts(&when, r#""2026-12-07T18:05:00Z""#));
         assert!(!accepts(&when, r#""2026-13-07T18:05:00Z""#));
+    }
+
+    #[test]
+    fn constraints_are_kept_or_refused_never_dropped() {
+        let typed_enum = json!({"type": "string", "enum": ["a", 1]});
+        assert!(accepts(&typed_enum, r#""a""#) && !accepts(&typed_enum, "1"));
+        let two = json!({"minItems": 2});
+        assert!(accepts(&two, "[1, 2]") && !accepts(&two, "[]"));
+        let either = json!({"oneOf": [{"type": "string"}, {"type": "null"}]});
+        assert!(accepts(&either, "null") && accepts(&either, r#""x""#));
+        // Names the schema also uses for its own definitions.
+        let defs = json!({"$defs": {"root": {"type": "object", "properties": {"date": {"$ref": "#/$defs/date"}}},
+                                    "date": {"type": "string", "format": "date"}},
+                          "$ref": "#/$defs/root"});
+        assert!(accepts(&defs, r#"{"date": "2026-12-07"}"#));
+        for (s, kw) in [
+            (json!({"required": ["a"]}), "required"),
+            (json!({"uniqueItems": true}), "uniqueItems"),
+            (json!({"pattern": "^a$"}), "pattern"),
+            (
+                json!({"type": "object", "properties": {"a": {}}, "anyOf": [{"required": ["a"]}]}),
+                "type",
+            ),
+            (
+                json!({"$ref": "#/$defs/x", "type": "string", "$defs": {"x": {}}}),
+                "type",
+            ),
+            (
+                json!({"oneOf": [{"type": "number"}, {"type": "integer"}]}),
+                "oneOf",
+            ),
+            (
+                json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+                "additionalProperties",
+            ),
+            (
+                json!({"type": "array", "minItems": 1, "maxItems": 0}),
+                "maxItems",
+            ),
+            (
+                json!({"type": "array", "prefixItems": [{}], "maxItems": 2}),
+                "maxItems",
+            ),
+            (
+                json!({"type": "string", "format": "date", "maxLength": 5}),
+                "maxLength",
+            ),
+            (json!({"type": "integer", "const": "x"}), "const"),
+        ] {
+            assert_eq!(to_gbnf(&s).unwrap_err().keyword, kw, "{s}");
+        }
     }
 
     #[test]

@@ -787,7 +787,7 @@ fn draw(
 }
 
 /// The longest n-gram drafts look for (then shorter ones, down to 2).
-const LOOKUP_NGRAM: usize = 3;
+pub const LOOKUP_NGRAM: usize = 3;
 
 /// Up to `n` tokens that followed the most recent earlier occurrence of the
 /// last few tokens of `hist` (the longest n-gram that occurs, from

@@ -1454,6 +1454,11 @@ fn structured_output_follows_the_grammar_and_equals_ember_run() {
             "grammar",
             "not both",
         ),
+        (
+            json!({"prompt": "x", "grammar": format!("root ::= \"{}\"", "a".repeat(200_000))}),
+            "grammar",
+            "over",
+        ),
     ] {
         let (st, r) = post(&s.addr, "/v1/completions", &body);
         assert_eq!(st, 400, "{body}: {r}");

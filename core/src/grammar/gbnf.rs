@@ -44,8 +44,15 @@ pub(crate) const UNBOUNDED: u32 = 0xFFF;
 pub const MAX_REPEAT: u32 = UNBOUNDED - 1;
 /// Grammars are at most this many words (positions fit 20 bits of a frame).
 pub const MAX_WORDS: usize = 1 << 20;
-/// Nesting of groups and left-recursion checks past this depth is refused.
+/// Nesting of groups past this depth is refused.
 const MAX_NESTING: u32 = 128;
+/// The left-recursion check follows at most this many rule references and
+/// groups in a row (the recursion's depth).
+const MAX_LEFT_DEPTH: u32 = 1024;
+/// Rules per grammar.
+pub const MAX_RULES: usize = 4096;
+/// Ranges per character class.
+pub const MAX_CLASS_RANGES: u32 = 1024;
 
 #[inline]
 pub(crate) fn kind(w: u32) -> u32 {
@@ -248,6 +255,9 @@ impl Parser<'_, '_> {
         if let Some(r) = (0..self.n_rules).find(|&r| name_of(self.src, &self.rules[r]) == name) {
             return Ok(r as u32);
         }
+        if self.n_rules == MAX_RULES {
+            return Err(self.fail(GrammarFault::TooComplex));
+        }
         let slot = self
             .rules
             .get_mut(self.n_rules)
@@ -384,14 +394,16 @@ impl Parser<'_, '_> {
                                 self.emit(lo)?;
                                 self.emit(hi)?;
                                 n += 1;
-                                if n > 0xFFFF {
+                                if n > MAX_CLASS_RANGES {
                                     return Err(self.fail(GrammarFault::TooComplex));
                                 }
                             }
                         }
                     }
                     self.at += 1;
-                    self.out[start] = header(CLASS, n | neg);
+                    let n = sort_ranges(&mut self.out[start + 1..start + 1 + 2 * n as usize]);
+                    self.len = start + 1 + 2 * n;
+                    self.out[start] = header(CLASS, n as u32 | neg);
                     last = Some(start);
                 }
                 b'.' => {
@@ -481,13 +493,12 @@ impl Parser<'_, '_> {
 
     /// Makes the element at `last` the item of a repetition.
     fn repeat(&mut self, last: Option<usize>, min: u32, max: u32) -> Result<()> {
-        let Some(pos) = last else {
+        // A repetition of a repetition (`x**`, `x{2}*`) is refused: written
+        // with parentheses it counts against the nesting cap, so nothing
+        // unbounded piles up.
+        let Some(pos) = last.filter(|&p| kind(self.out[p]) != REPEAT) else {
             return Err(self.fail(GrammarFault::Syntax));
         };
-        if kind(self.out[pos]) == REPEAT {
-            // `x*?`, `x{2}*`: the inner repetition becomes a group's only alternative.
-            self.wrap_in_group(pos)?;
-        }
         self.insert(pos, header(REPEAT, min | (max << 12)))
     }
 
@@ -553,9 +564,15 @@ impl Parser<'_, '_> {
     fn check_left_recursion(&mut self) -> Result<()> {
         let words = &self.out[..self.len];
         // Which rules can match the empty string: iterate to a fixed point.
-        loop {
+        // Passes alternate in direction, so a chain in either order settles in one.
+        for pass in 0.. {
             let mut changed = false;
-            for r in 0..self.n_rules {
+            for i in 0..self.n_rules {
+                let r = if pass % 2 == 0 {
+                    i
+                } else {
+                    self.n_rules - 1 - i
+                };
                 if self.rules[r].flags & 1 == 0
                     && nullable(words, self.rules, self.rules[r].start as usize)
                 {
@@ -572,6 +589,33 @@ impl Parser<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Sorts a class's `lo, hi` pairs and merges those that overlap or touch;
+/// returns how many remain: matching then scans sorted, disjoint ranges.
+fn sort_ranges(r: &mut [u32]) -> usize {
+    let n = r.len() / 2;
+    // Insertion sort on pairs (at most MAX_CLASS_RANGES of them).
+    for i in 1..n {
+        let mut j = i;
+        while j > 0 && r[2 * (j - 1)] > r[2 * j] {
+            r.swap(2 * (j - 1), 2 * j);
+            r.swap(2 * (j - 1) + 1, 2 * j + 1);
+            j -= 1;
+        }
+    }
+    let mut m = 0;
+    for i in 0..n {
+        let (lo, hi) = (r[2 * i], r[2 * i + 1]);
+        if m > 0 && lo <= r[2 * (m - 1) + 1].saturating_add(1) {
+            r[2 * (m - 1) + 1] = r[2 * (m - 1) + 1].max(hi);
+        } else {
+            r[2 * m] = lo;
+            r[2 * m + 1] = hi;
+            m += 1;
+        }
+    }
+    m
 }
 
 fn is_name_byte(c: u8) -> bool {
@@ -614,7 +658,7 @@ fn visit(words: &[u32], rules: &mut [RuleSlot], r: usize, depth: u32) -> Result<
             at: rules[r].seen_at,
         });
     }
-    if depth > MAX_NESTING {
+    if depth > MAX_LEFT_DEPTH {
         return Err(Error::Grammar {
             fault: GrammarFault::TooComplex,
             at: rules[r].seen_at,
@@ -632,7 +676,12 @@ fn left_refs(words: &[u32], rules: &mut [RuleSlot], pos: usize, depth: u32) -> R
     match kind(w) {
         REF => visit(words, rules, payload(w) as usize, depth + 1),
         REPEAT => left_refs(words, rules, pos + 1, depth),
+        GROUP if depth > MAX_LEFT_DEPTH => Err(Error::Grammar {
+            fault: GrammarFault::TooComplex,
+            at: 0,
+        }),
         GROUP => {
+            let depth = depth + 1;
             let mut alt = Some(pos + 1);
             while let Some(mut p) = alt {
                 alt = None;

@@ -125,15 +125,9 @@ fn class_meets(words: &[u32], pos: usize, lo: u32, hi: u32) -> bool {
     if !neg {
         return r.chunks_exact(2).any(|p| p[0] <= hi && lo <= p[1]);
     }
-    // A negated class misses the range only if its ranges cover all of it.
-    let mut at = lo;
-    loop {
-        match r.chunks_exact(2).find(|p| p[0] <= at && at <= p[1]) {
-            Some(p) if p[1] >= hi => return false,
-            Some(p) => at = p[1] + 1,
-            None => return true,
-        }
-    }
+    // A negated class misses the range only if its ranges (sorted, disjoint
+    // and not touching: see the parser) cover all of it, which one does.
+    !r.chunks_exact(2).any(|p| p[0] <= lo && hi <= p[1])
 }
 
 /// A stack under construction (frames bottom to top).
@@ -165,7 +159,13 @@ fn too_complex() -> Error {
 struct Out<'b> {
     buf: &'b mut [u32],
     len: usize,
+    /// Expansions left for this step: a grammar whose optional parts
+    /// multiply (`("" | ""){0,100}`) ends as too complex, not as a hang.
+    budget: u32,
 }
+
+/// Expansions one step may make.
+const EXPAND_BUDGET: u32 = 1 << 16;
 
 impl<'b> Out<'b> {
     fn new(buf: &'b mut [u32], utf8: u32) -> Result<Self> {
@@ -174,7 +174,11 @@ impl<'b> Out<'b> {
         }
         buf[0] = utf8;
         buf[1] = 0;
-        Ok(Out { buf, len: 2 })
+        Ok(Out {
+            buf,
+            len: 2,
+            budget: EXPAND_BUDGET,
+        })
     }
 
     fn add(&mut self, s: &[u32]) -> Result<()> {
@@ -209,6 +213,9 @@ fn full() -> Error {
 struct Guard<'a> {
     depth: usize,
     frame: u32,
+    /// Any count of the same repetition matches: past its minimum, a
+    /// higher count allows less than the one already being expanded.
+    any_count: bool,
     prev: Option<&'a Guard<'a>>,
 }
 
@@ -221,16 +228,19 @@ fn expand(
     level: u32,
     guard: Option<&Guard<'_>>,
 ) -> Result<()> {
-    if level > MAX_EXPAND {
+    if level > MAX_EXPAND || out.budget == 0 {
         return Err(too_complex());
     }
+    out.budget -= 1;
     if w.n == 0 {
         return out.add(&[]);
     }
     let top = w.f[w.n - 1];
     let mut gd = guard;
     while let Some(x) = gd {
-        if x.depth == w.n && x.frame == top {
+        if x.depth == w.n
+            && (x.frame == top || (x.any_count && frame_pos(x.frame) == frame_pos(top)))
+        {
             return Ok(());
         }
         gd = x.prev;
@@ -289,9 +299,14 @@ fn expand(
             let g2 = Guard {
                 depth: w.n,
                 frame: back,
+                any_count: c >= min,
                 prev: guard,
             };
-            let guard = if back == top { Some(&g2) } else { guard };
+            let guard = if back == top || c >= min {
+                Some(&g2)
+            } else {
+                guard
+            };
             match kind(g.words[item]) {
                 CLASS => out.add(&w.f[..w.n]),
                 REF => enter(
@@ -321,7 +336,15 @@ fn enter(
     guard: Option<&Guard<'_>>,
 ) -> Result<()> {
     let top = w.f[w.n - 1];
-    w.f[w.n - 1] = back;
+    // A group that ends its sequence returns straight to the frame below (a
+    // tail call): right recursion (`list ::= item list | item`) takes no
+    // stack.
+    let tail = matches!(kind(g.words[frame_pos(back)]), ALT | END);
+    if tail {
+        w.n -= 1;
+    } else {
+        w.f[w.n - 1] = back;
+    }
     let mut r = Ok(());
     for a in alternatives(g.words, group) {
         if let Err(e) = w.push(frame(a, 0)) {
@@ -333,6 +356,9 @@ fn enter(
         if r.is_err() {
             break;
         }
+    }
+    if tail {
+        w.n += 1;
     }
     w.f[w.n - 1] = top;
     r
@@ -376,7 +402,14 @@ fn step(g: &G<'_>, src: &[u32], b: u8, dst: &mut [u32]) -> Result<Option<usize>>
         // Inside a character: the stacks stay, if one can take a character
         // that starts with these bytes.
         let lo = (val << (6 * need)).max([0, 0x80, 0x800, 0x1_0000][total as usize]);
-        let hi = ((val << (6 * need)) | ((1 << (6 * need)) - 1)).min(0x10_FFFF);
+        let mut hi = ((val << (6 * need)) | ((1 << (6 * need)) - 1)).min(0x10_FFFF);
+        // No character is a surrogate (ED A0..ED BF start only those).
+        if lo >= 0xD800 && hi <= 0xDFFF {
+            return Ok(None);
+        }
+        if lo < 0xD800 && (0xD800..=0xDFFF).contains(&hi) {
+            hi = 0xD7FF;
+        }
         let alive = lo <= hi
             && stacks(src).any(|s| {
                 s.last()

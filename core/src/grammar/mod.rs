@@ -27,12 +27,16 @@ use crate::error::Result;
 use alloc::{vec, vec::Vec};
 
 /// A JSON object (RFC 8259), with at most one newline and 20 spaces or
-/// tabs between tokens, so a model cannot pad forever.
+/// tabs between tokens, so a model cannot pad forever; a `\u` escape of a
+/// surrogate comes only as a high and low pair.
 pub const JSON: &str = r#"root   ::= object
 value  ::= object | array | string | number | ("true" | "false" | "null") ws
 object ::= "{" ws ( string ":" ws value ( "," ws string ":" ws value )* )? "}" ws
 array  ::= "[" ws ( value ( "," ws value )* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\"" ws
+string ::= "\"" char* "\"" ws
+char   ::= [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" hex-bmp | "u" [dD] [89abAB] hex hex "\\u" [dD] [c-fC-F] hex hex )
+hex-bmp ::= [0-9a-cA-Ce-fE-F] hex hex hex | [dD] [0-7] hex hex
+hex    ::= [0-9a-fA-F]
 number ::= "-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,4} )? ws
 ws     ::= | " " | "\n" [ \t]{0,20}
 "#;

@@ -1,5 +1,7 @@
 use super::*;
 use crate::error::{Error, GrammarFault};
+use alloc::format;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 fn fault(src: &str) -> (GrammarFault, u32) {
@@ -126,6 +128,10 @@ fn json_takes_json_and_refuses_the_rest() {
     ] {
         assert!(matches(JSON, ok), "{ok}");
     }
+    // A surrogate escape only as a pair.
+    assert!(matches(JSON, r#"{"e": "\ud83d\ude00"}"#));
+    assert!(!matches(JSON, r#"{"e": "\ud83d"}"#));
+    assert!(!matches(JSON, r#"{"e": "\ude00 "}"#));
     for bad in [
         "",
         "[]",
@@ -306,4 +312,76 @@ fn a_matcher_runs_in_borrowed_memory() {
     m.reset().unwrap();
     m.mask(&v, &mut bits).unwrap();
     assert_eq!(bits[0], 0b0111);
+}
+
+#[test]
+fn hostile_grammars_end_in_errors_not_crashes_or_hangs() {
+    // Postfix operators piled up: refused at once (no nesting to overflow).
+    let plus = format!("root ::= \"a\"{}", "+".repeat(50_000));
+    assert_eq!(fault(&plus).0, GrammarFault::Syntax);
+    // Optional parts that multiply: the expansion budget ends them.
+    let mut g = String::from("root ::=");
+    for _ in 0..40 {
+        g.push_str(" a");
+    }
+    g.push_str(" \"x\"\na ::= \"\" | \"\"");
+    let g = GrammarBuf::parse(&g).unwrap();
+    assert_eq!(
+        Matcher::alloc(&g.grammar()).unwrap_err(),
+        Error::Grammar {
+            fault: GrammarFault::TooComplex,
+            at: 0
+        }
+    );
+    // Classes hold at most MAX_CLASS_RANGES ranges.
+    let big: String = (0..1100u32)
+        .map(|i| char::from_u32(0x4E00 + 2 * i).unwrap())
+        .collect();
+    assert_eq!(
+        fault(&format!("root ::= [{big}]")).0,
+        GrammarFault::TooComplex
+    );
+    // Rules at most MAX_RULES.
+    let many: String = (0..5000).map(|i| format!("r{i} ::= \"a\"\n")).collect();
+    assert_eq!(
+        fault(&format!("root ::= \"a\"\n{many}")).0,
+        GrammarFault::TooComplex
+    );
+}
+
+#[test]
+fn repetitions_of_empty_things_and_right_recursion_stay_shallow() {
+    assert!(matches("root ::= (\"\" | \"\"){0,100} \"x\"", "x"));
+    assert!(matches("root ::= (\"a\"?){0,300} \"b\"", "aaab"));
+    assert!(matches("root ::= (\"a\"?){0,300} \"b\"", "b"));
+    // A right-recursive list far longer than a stack holds frames.
+    let list = "root ::= item list\nlist ::= \",\" item list | \"\"\nitem ::= [0-9]";
+    let text: String = (0..2000)
+        .map(|i| {
+            if i == 0 {
+                "1".to_string()
+            } else {
+                ",2".to_string()
+            }
+        })
+        .collect();
+    assert!(matches(list, &text));
+    assert!(!matches(list, &(text.clone() + ",")));
+}
+
+#[test]
+fn classes_merge_their_ranges_and_surrogates_never_start() {
+    let g = "root ::= [a-cb-dx]+";
+    assert!(matches(g, "abcdx"));
+    assert!(!matches(g, "e"));
+    let neg = "root ::= [^b-dc-f]";
+    assert!(matches(neg, "a") && matches(neg, "g") && !matches(neg, "e"));
+    // ED A0..BF would start a surrogate: no token may leave the text there.
+    let g = GrammarBuf::parse("root ::= [^\"]*").unwrap();
+    let pieces: [&[u8]; 3] = [&[0xED], &[0xED, 0xA0], &[0xED, 0x9F]];
+    let v = VocabBuf::from_pieces(&pieces, &[]).unwrap();
+    let mut m = Matcher::alloc(&g.grammar()).unwrap();
+    let mut bits = [0u32; 1];
+    m.mask(&v.vocab(), &mut bits).unwrap();
+    assert_eq!(bits[0], 0b101);
 }

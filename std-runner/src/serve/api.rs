@@ -364,6 +364,10 @@ pub fn parse_request(
     })
 }
 
+/// The longest grammar a request may bring (its own GBNF or the one its
+/// schema becomes): parsing stays well under a second even for hostile text.
+pub const MAX_GRAMMAR_BYTES: usize = 128 << 10;
+
 /// The grammar a request asks for: OpenAI's `response_format` (`text`,
 /// `json_object`, or `json_schema` with its `schema`; `json_object` may
 /// carry a `schema` too, as llama.cpp's server allows) or llama.cpp's
@@ -376,6 +380,12 @@ fn parse_constraint(
     let schema = |v: &Value| -> std::result::Result<_, (String, Option<&'static str>)> {
         let gbnf =
             crate::json_schema::to_gbnf(v).map_err(|e| (format!("'{rf}': {e}"), Some(rf)))?;
+        if gbnf.len() > MAX_GRAMMAR_BYTES {
+            return Err((
+                format!("'{rf}': the schema's grammar is over {MAX_GRAMMAR_BYTES} bytes"),
+                Some(rf),
+            ));
+        }
         parse_gbnf(&gbnf)
             .map(Some)
             .map_err(|e| (format!("'{rf}': {e:#}"), Some(rf)))
@@ -415,6 +425,12 @@ fn parse_constraint(
     let from_grammar = match o.get("grammar") {
         None | Some(Value::Null) => None,
         Some(Value::String(g)) if g.trim().is_empty() => None,
+        Some(Value::String(g)) if g.len() > MAX_GRAMMAR_BYTES => {
+            return Err((
+                format!("'grammar' is over {MAX_GRAMMAR_BYTES} bytes"),
+                Some("grammar"),
+            ))
+        }
         Some(Value::String(g)) => {
             Some(parse_gbnf(g).map_err(|e| (format!("'grammar': {e:#}"), Some("grammar")))?)
         }
