@@ -84,6 +84,7 @@ pub fn to_gbnf(schema: &Value) -> Result<String, SchemaError> {
         rules: Vec::new(),
         refs: HashMap::new(),
         taken: FIXED.iter().map(|s| s.to_string()).collect(),
+        dated: false,
     };
     let root = c.visit(schema, "root", 0)?;
     let mut out = format!("root ::= {root}\n");
@@ -101,6 +102,8 @@ struct Conv<'a> {
     refs: HashMap<String, String>,
     /// Rule names taken (the fixed ones from the start).
     taken: HashSet<String>,
+    /// Whether the `date` and `time` rules are written.
+    dated: bool,
 }
 
 /// Names of the fixed rules: no schema-made rule takes them.
@@ -491,8 +494,8 @@ impl<'a> Conv<'a> {
                     ))
                 }
             };
-            if !self.refs.contains_key("#date-time") {
-                self.refs.insert("#date-time".into(), String::new());
+            if !self.dated {
+                self.dated = true;
                 self.rules.push((
                     "date".into(),
                     r#"[0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )"#.into(),

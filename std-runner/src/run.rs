@@ -834,6 +834,8 @@ fn continue_lookup(
     let mut rows: Vec<f32> = s.logits().to_vec();
     let mut row = 0usize;
     let mut drafts: Vec<u32> = Vec::new();
+    // The token to feed and its drafts, one batched step.
+    let mut batch: Vec<u32> = Vec::new();
     let mut confirmed = 0usize;
     // Where the last batch started.
     let mut base = s.pos();
@@ -875,7 +877,7 @@ fn continue_lookup(
         }
         out.drafted += drafts.len();
         base = s.pos();
-        let mut batch = Vec::with_capacity(1 + drafts.len());
+        batch.clear();
         batch.push(next);
         batch.extend_from_slice(&drafts);
         rows.resize(batch.len() * vocab, 0.0);

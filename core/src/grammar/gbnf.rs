@@ -427,7 +427,7 @@ impl Parser<'_, '_> {
                         b'+' => (1, UNBOUNDED),
                         _ => (0, 1),
                     };
-                    self.repeat(last, min, max)?;
+                    self.repeat(last, min, max, self.at)?;
                     self.at += 1;
                 }
                 b'{' => {
@@ -451,16 +451,12 @@ impl Parser<'_, '_> {
                     if self.peek() != Some(b'}') {
                         return Err(self.fail(GrammarFault::Syntax));
                     }
+                    self.at += 1;
                     if max < min {
                         self.at = at;
                         return Err(self.fail(GrammarFault::Syntax));
                     }
-                    self.at = at;
-                    self.repeat(last, min, max)?;
-                    while self.peek() != Some(b'}') {
-                        self.at += 1;
-                    }
-                    self.at += 1;
+                    self.repeat(last, min, max, at)?;
                 }
                 c if is_name_byte(c) => {
                     let name = self.name()?;
@@ -491,13 +487,17 @@ impl Parser<'_, '_> {
         Ok(n)
     }
 
-    /// Makes the element at `last` the item of a repetition.
-    fn repeat(&mut self, last: Option<usize>, min: u32, max: u32) -> Result<()> {
+    /// Makes the element at `last` the item of a repetition whose operator
+    /// starts at byte `op` (where an error points).
+    fn repeat(&mut self, last: Option<usize>, min: u32, max: u32, op: usize) -> Result<()> {
         // A repetition of a repetition (`x**`, `x{2}*`) is refused: written
         // with parentheses it counts against the nesting cap, so nothing
         // unbounded piles up.
         let Some(pos) = last.filter(|&p| kind(self.out[p]) != REPEAT) else {
-            return Err(self.fail(GrammarFault::Syntax));
+            return Err(Error::Grammar {
+                fault: GrammarFault::Syntax,
+                at: op as u32,
+            });
         };
         self.insert(pos, header(REPEAT, min | (max << 12)))
     }
