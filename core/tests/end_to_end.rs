@@ -224,10 +224,7 @@ fn batch_agrees(model: &Llama, k: Kernels, what: &str) {
         let mut order = Vec::new();
         for (i, r) in refs.drain(..).enumerate().rev() {
             if let Some((_, t)) = work.iter().find(|(j, _)| *j == i) {
-                seqs.push(Seq {
-                    cache: r,
-                    tokens: t,
-                });
+                seqs.push(Seq::new(r, t));
                 order.push(i);
             }
         }
@@ -341,6 +338,80 @@ fn bad_k_quant_input_is_an_error_never_a_panic() {
             let mut s = Session::new(&model, Kernels::detect(), plan, &mut arena).unwrap();
             let l = s.forward(&[1, 2, 3]).unwrap();
             assert_eq!(l.len(), model.config.vocab_size);
+        }
+    }
+}
+
+/// A generated token and drafts after it, fed in one step in the decode
+/// arithmetic ([`Session::forward_drafts`], [`Batch::step_drafts`] beside
+/// another sequence's prompt chunk), give bit for bit the logits of
+/// feeding them one at a time: prompt lookup changes nothing but speed,
+/// in every weight format and kernel table.
+#[test]
+fn drafts_take_the_bits_of_single_tokens() {
+    use ember_core::model::{Batch, Seq};
+    for ty in GgmlType::ALL {
+        let bytes = tiny(ty);
+        let g = Gguf::parse(&bytes).unwrap();
+        let model = Llama::from_gguf(&g).unwrap();
+        let v = model.config.vocab_size as u32;
+        let ids: Vec<u32> = (0..15u32).map(|i| (i * 7919 + 11) % v).collect();
+        let (prompt, drafts) = ids.split_at(9);
+        for k in [Kernels::scalar(), Kernels::scalar_q16(), Kernels::detect()] {
+            // Chunks of up to 16: the prompt is read in one, as the batch reads it.
+            let plan = MemoryPlan::new(&model.config, 32, 16).unwrap();
+            let mut arena = plan.alloc();
+            let mut one = Session::new(&model, k, plan, &mut arena).unwrap();
+            one.forward(prompt).unwrap();
+            let alone: Vec<Vec<f32>> = drafts
+                .iter()
+                .map(|&t| one.forward(&[t]).unwrap().to_vec())
+                .collect();
+            let bits = |l: &[f32]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("{} on {}", ty.name(), k.name);
+
+            let mut arena = plan.alloc();
+            let mut s = Session::new(&model, k, plan, &mut arena).unwrap();
+            s.forward(prompt).unwrap();
+            let mut got = Vec::new();
+            s.forward_drafts(drafts, &mut |i, l| got.push((i, bits(l))))
+                .unwrap();
+            assert_eq!(got.len(), drafts.len(), "{what}");
+            for (i, (j, l)) in got.iter().enumerate() {
+                assert_eq!(*j, i, "{what}");
+                assert!(*l == bits(&alone[i]), "{what}: draft {i} differs");
+            }
+
+            // In a batch, beside another sequence's prompt chunk.
+            let bplan = MemoryPlan::batched(&model.config, plan.kv, 16, 1, 2).unwrap();
+            let mut scratch = vec![0f32; bplan.scratch_len];
+            let mut b = Batch::new(&model, k, bplan, &mut scratch).unwrap();
+            let mut mem: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                .map(|_| (vec![0f32; bplan.kv_len], vec![0f32; bplan.kv_len]))
+                .collect();
+            let mut caches: Vec<_> = mem
+                .iter_mut()
+                .map(|(k, v)| bplan.cache(&model.config, k, v).unwrap())
+                .collect();
+            let (c0, c1) = caches.split_at_mut(1);
+            b.step(&mut [Seq::new(&mut c1[0], prompt)]).unwrap();
+            let mut got = Vec::new();
+            let other = [3u32, 5, 7, 11];
+            b.step_drafts(
+                &mut [
+                    Seq::new(&mut c0[0], &other),
+                    Seq::drafts(&mut c1[0], drafts),
+                ],
+                &mut |q, j, l| got.push((q, j, bits(l))),
+            )
+            .unwrap();
+            let mine: Vec<_> = got.iter().filter(|g| g.0 == 1).collect();
+            assert_eq!(mine.len(), drafts.len(), "{what}");
+            assert_eq!(got.iter().filter(|g| g.0 == 0).count(), 1, "{what}");
+            for (i, (_, j, l)) in mine.iter().enumerate() {
+                assert_eq!(*j, i, "{what}");
+                assert!(*l == bits(&alone[i]), "{what}: batched draft {i} differs");
+            }
         }
     }
 }

@@ -114,6 +114,21 @@ impl One<'_, '_> {
         }
     }
 
+    /// Feeds a generated token and drafts after it, `emit(i, logits)`
+    /// after each: on the CPU in the decode arithmetic, the logits each
+    /// gets fed alone; on the GPU one step, as for any tokens.
+    pub fn forward_drafts(
+        &mut self,
+        tokens: &[u32],
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        match self {
+            One::Cpu(s) => Ok(s.forward_drafts(tokens, emit)?),
+            #[cfg(feature = "gpu")]
+            One::Gpu(e) => Ok(e.step_all(0, tokens, emit)?),
+        }
+    }
+
     /// Feeds `tokens`, `emit(i, logits)` after each token `i`.
     pub fn forward_all(
         &mut self,
@@ -298,6 +313,25 @@ impl<'s, 'w> Slots<'s, 'w> {
         }
     }
 
+    /// Forgets slot `i`'s positions from `n` on (an error where its cache
+    /// no longer holds them: a windowed layer's ring moved past them).
+    pub fn truncate(&mut self, i: usize, n: usize) -> Result<()> {
+        match self {
+            Slots::Cpu { caches, .. } => Ok(caches[i].truncate(n)?),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => Ok(e.truncate(i, n)?),
+        }
+    }
+
+    /// Tokens slot `i` holds.
+    pub fn pos(&self, i: usize) -> usize {
+        match self {
+            Slots::Cpu { caches, .. } => caches[i].pos(),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => e.pos(i),
+        }
+    }
+
     /// Tokens slot `i` takes in its next chunk.
     pub fn chunk_room(&self, i: usize) -> usize {
         match self {
@@ -329,7 +363,7 @@ impl<'s, 'w> Slots<'s, 'w> {
                     let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
                         anyhow::anyhow!("slot {i} is out of range or twice in one step")
                     })?;
-                    seqs.push(Seq { cache, tokens });
+                    seqs.push(Seq::new(cache, tokens));
                 }
                 Ok(batch.step(&mut seqs)?)
             }

@@ -813,8 +813,9 @@ pub fn lookup_draft(hist: &[u32], n: usize, out: &mut Vec<u32>) {
 /// [`continue_sampling`] with prompt-lookup drafts: each token is drawn as
 /// plain decoding draws it, from the logits after the tokens before it,
 /// with the same sampler and the same draws; a drafted token that the draw
-/// confirms was already fed in the same batched step, and its logits (the
-/// same bits as a one-token step's) serve the next draw. The first draw
+/// confirms was already fed in the same step, and its logits (the same
+/// bits as a one-token step's: drafts take the decode arithmetic) serve
+/// the next draw. The first draw
 /// that differs from its draft ends the batch: the cache drops the rest.
 fn continue_lookup(
     s: &mut One,
@@ -881,7 +882,7 @@ fn continue_lookup(
         batch.push(next);
         batch.extend_from_slice(&drafts);
         rows.resize(batch.len() * vocab, 0.0);
-        s.forward_all(&batch, &mut |i, l| {
+        s.forward_drafts(&batch, &mut |i, l| {
             rows[i * vocab..(i + 1) * vocab].copy_from_slice(l)
         })?;
         row = 0;

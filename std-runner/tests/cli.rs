@@ -1269,38 +1269,58 @@ fn grammars_and_json_schemas_constrain_run() {
 /// free one, because a batched step's rows have the bits of one-token steps.
 #[test]
 fn prompt_lookup_changes_nothing_but_speed() {
-    let m = model(GgmlType::Q8_0);
-    let m = m.to_str().unwrap();
+    // Q8_0, Q4_1 (whose batched and decode arithmetic differ, as F16's and
+    // the K-quants' do) and Gemma 3's windowed layers.
+    let gemma = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let files = [
+        (model(GgmlType::Q8_0), &["3", "8"][..]),
+        (model(GgmlType::Q4_1), &["4"][..]),
+        (gemma, &["4"][..]),
+    ];
     let copy = "Here is a Python function:\ndef area(width, height):\n    \"\"\"Return the area.\"\"\"\n    if width < 0 or height < 0:\n        raise ValueError(\"negative size\")\n    return width * height\n\nThe same function, copied exactly:\n";
-    for (prompt, chat) in [(copy, false), ("Tell me about the sea.", true)] {
-        for sampling in [
-            &["--temp", "0"][..],
-            &["--temp", "0.9", "--seed", "4", "--repeat-penalty", "1.1"],
-        ] {
-            let run = |lookup: &str| {
-                let mut args = vec![
-                    "run", "--model", m, prompt, "-n", "48", "--lookup", lookup, "--json",
-                ];
-                if chat {
-                    args.push("--chat");
-                }
-                args.extend_from_slice(sampling);
-                json_out(&ember(&args))
-            };
-            let plain = run("0");
-            for lookup in ["3", "8"] {
-                let fast = run(lookup);
-                assert_eq!(
-                    fast["ids"], plain["ids"],
-                    "{prompt:?} {sampling:?} --lookup {lookup}"
-                );
-                let l = &fast["lookup"];
-                assert!(l["accepted"].as_u64().unwrap() <= l["drafted"].as_u64().unwrap());
-                if !chat && sampling[1] == "0" {
-                    assert!(
-                        l["accepted"].as_u64().unwrap() >= 10,
-                        "copying keeps drafts: {l}"
-                    );
+    for (m, lookups) in &files {
+        let m = m.to_str().unwrap();
+        for (prompt, chat) in [(copy, false), ("Tell me about the sea.", true)] {
+            for sampling in [
+                &["--temp", "0"][..],
+                &["--temp", "0.9", "--seed", "4", "--repeat-penalty", "1.1"],
+            ] {
+                let run = |lookup: &str| {
+                    let mut args = vec![
+                        "run",
+                        "--model",
+                        m,
+                        prompt,
+                        "-n",
+                        "48",
+                        "--lookup",
+                        lookup,
+                        "--json",
+                        "--top-logits",
+                        "2",
+                    ];
+                    if chat {
+                        args.push("--chat");
+                    }
+                    args.extend_from_slice(sampling);
+                    json_out(&ember(&args))
+                };
+                let plain = run("0");
+                for lookup in lookups.iter().copied() {
+                    let fast = run(lookup);
+                    let what = format!("{m} {prompt:?} {sampling:?} --lookup {lookup}");
+                    assert_eq!(fast["ids"], plain["ids"], "{what}");
+                    // Every token's log-probabilities, to the bit.
+                    assert_eq!(fast["logprobs"], plain["logprobs"], "{what}");
+                    let l = &fast["lookup"];
+                    assert!(l["accepted"].as_u64().unwrap() <= l["drafted"].as_u64().unwrap());
+                    if !chat && sampling[1] == "0" {
+                        assert!(
+                            l["accepted"].as_u64().unwrap() >= 10,
+                            "copying keeps drafts: {what}: {l}"
+                        );
+                    }
                 }
             }
         }

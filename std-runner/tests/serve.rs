@@ -267,7 +267,19 @@ fn endpoints_answer_as_openai_clients_expect() {
         .all(|c| c["object"] == "chat.completion.chunk"));
     let (stext, sfinish) = streamed_text("chat", &chunks);
     assert_eq!((stext, sfinish), (text, finish));
-    assert_eq!(chunks.last().unwrap()["usage"], r["usage"]);
+    // The same prompt again: all but its last two tokens come from the cache.
+    let (u, u1) = (&chunks.last().unwrap()["usage"], &r["usage"]);
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(u[k], u1[k], "{k}");
+    }
+    assert_eq!(u1["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            + 2,
+        u["prompt_tokens"].as_u64().unwrap()
+    );
 
     // A completion stops at a stop string, which is not returned.
     let req = json!({"prompt": "1, 2, 3, 4,", "max_tokens": 40, "temperature": 0, "stop": [" 7"]});
@@ -1468,4 +1480,74 @@ fn structured_output_follows_the_grammar_and_equals_ember_run() {
             "{r}"
         );
     }
+}
+
+/// A conversation's turns through one server: the second and third reuse
+/// what the slot's cache holds of the earlier ones, and every reply, with
+/// its log-probabilities, equals the one computed without the cache. Run
+/// over SmolLM2 and Gemma 3, whose windowed layers keep rings of 512 + 17
+/// positions here: a system prompt of `repeat` sentences takes the
+/// conversation past them.
+fn prompt_cache_changes_nothing(m: &str, repeat: usize) {
+    let s = Server::start_model(m, &["--parallel", "2", "--ctx", "1024", "--batch", "16"]);
+    let a = &s.addr;
+    let system = "You are a patient teacher. ".repeat(repeat);
+    let mut messages = vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": "Name three rivers."}),
+    ];
+    let mut cached_sum = 0;
+    for turn in 0..3 {
+        let req = |cache: bool| {
+            json!({"messages": messages, "max_tokens": 12, "temperature": 0.8, "seed": 7 + turn,
+                   "logprobs": true, "top_logprobs": 3, "cache_prompt": cache})
+        };
+        let (st, with) = post(a, "/v1/chat/completions", &req(true));
+        assert_eq!(st, 200, "{with}");
+        let cached = with["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        let prompt = with["usage"]["prompt_tokens"].as_u64().unwrap();
+        cached_sum += cached;
+        let (st, without) = post(a, "/v1/chat/completions", &req(false));
+        assert_eq!(st, 200, "{without}");
+        assert_eq!(
+            without["usage"]["prompt_tokens_details"]["cached_tokens"],
+            0
+        );
+        assert_eq!(
+            with["choices"][0], without["choices"][0],
+            "turn {turn}: the cache changed the reply"
+        );
+        eprintln!("turn {turn}: {cached} of {prompt} prompt tokens cached");
+        if turn > 0 {
+            // All but the new message and the reply's end came from the cache.
+            assert!(
+                cached + 40 >= prompt && cached < prompt,
+                "turn {turn}: {cached} of {prompt} prompt tokens cached"
+            );
+        }
+        let reply = with["choices"][0]["message"]["content"].clone();
+        messages.push(json!({"role": "assistant", "content": reply}));
+        messages.push(json!({"role": "user", "content": "And one more?"}));
+    }
+    wait_for(a, "slots_busy", 0);
+    let (m, _) = scrape(a);
+    assert_eq!(
+        value(&m, "ember_prompt_cache_tokens_total", &[]),
+        cached_sum as f64
+    );
+}
+
+#[test]
+fn the_prompt_cache_reuses_a_conversation_and_changes_nothing() {
+    prompt_cache_changes_nothing(&model(), 12);
+}
+
+#[test]
+fn the_prompt_cache_changes_nothing_on_gemma3() {
+    let m = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    prompt_cache_changes_nothing(m.to_str().unwrap(), 12);
+    prompt_cache_changes_nothing(m.to_str().unwrap(), 100);
 }

@@ -83,6 +83,37 @@ impl<'w> Llama<'w> {
 pub struct Seq<'a, 'c> {
     pub cache: &'a mut KvCache<'c>,
     pub tokens: &'a [u32],
+    /// Every token takes the decode arithmetic, the bits it gets when fed
+    /// alone, instead of the batched arithmetic of a prompt chunk: a
+    /// generated token and drafts after it (prompt lookup), checked in one
+    /// step. A single token always takes the decode arithmetic.
+    pub decode: bool,
+}
+
+impl<'a, 'c> Seq<'a, 'c> {
+    /// A prompt chunk, or one generated token.
+    pub fn new(cache: &'a mut KvCache<'c>, tokens: &'a [u32]) -> Seq<'a, 'c> {
+        Seq {
+            cache,
+            tokens,
+            decode: false,
+        }
+    }
+
+    /// A generated token and the drafts after it, each in the decode
+    /// arithmetic ([`Batch::step_drafts`] gives every one its logits).
+    pub fn drafts(cache: &'a mut KvCache<'c>, tokens: &'a [u32]) -> Seq<'a, 'c> {
+        Seq {
+            cache,
+            tokens,
+            decode: true,
+        }
+    }
+
+    /// Whether the tokens take the batched arithmetic.
+    fn batched(&self) -> bool {
+        self.tokens.len() > 1 && !self.decode
+    }
 }
 
 /// A forward engine over caller memory that advances several sequences in
@@ -90,8 +121,8 @@ pub struct Seq<'a, 'c> {
 /// for all their tokens, while attention, positions and caches stay per
 /// sequence. A sequence's results are bit for bit those it gets alone: a
 /// prompt chunk of several tokens takes the batched arithmetic, a single
-/// token the decode arithmetic, exactly as in a [`Session`], and neither
-/// depends on the other tokens of the step.
+/// token (or drafts, [`Seq::drafts`]) the decode arithmetic, exactly as in
+/// a [`Session`], and neither depends on the other tokens of the step.
 pub struct Batch<'s, 'w> {
     model: &'s Llama<'w>,
     kernels: Kernels,
@@ -229,6 +260,18 @@ impl<'s, 'w> Batch<'s, 'w> {
     pub fn step(&mut self, seqs: &mut [Seq<'_, '_>]) -> Result<()> {
         self.check(seqs)?;
         self.forward_step(seqs, Emit::Last, &mut |_, _, _| {})
+    }
+
+    /// [`Batch::step`], with `emit(seq, token, logits)` for the last token
+    /// of each sequence and for every token of drafts ([`Seq::drafts`]),
+    /// in order; [`Batch::logits`] is not meaningful after it.
+    pub fn step_drafts(
+        &mut self,
+        seqs: &mut [Seq<'_, '_>],
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        self.check(seqs)?;
+        self.forward_step(seqs, Emit::Drafts, emit)
     }
 
     /// The logits after the last token of sequence `i` of the last step.
@@ -486,11 +529,28 @@ impl<'s, 'w> Session<'s, 'w> {
         self.run(tokens, Some(on_logits), first)
     }
 
-    fn run(
+    /// Feeds a generated token and drafts after it, each in the decode
+    /// arithmetic (the bits it gets fed alone), with `on_logits(i, logits)`
+    /// after each: prompt lookup checks its drafts in one step.
+    pub fn forward_drafts(
+        &mut self,
+        tokens: &[u32],
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.run_as(tokens, Some(on_logits), 0, true)
+    }
+
+    fn run(&mut self, tokens: &[u32], on_logits: Option<LogitsFn<'_>>, first: usize) -> Result<()> {
+        self.run_as(tokens, on_logits, first, false)
+    }
+
+    /// Feeds `tokens` in chunks, in the decode arithmetic when `decode`.
+    fn run_as(
         &mut self,
         tokens: &[u32],
         mut on_logits: Option<LogitsFn<'_>>,
         first: usize,
+        decode: bool,
     ) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
@@ -520,6 +580,7 @@ impl<'s, 'w> Session<'s, 'w> {
             let mut seq = [Seq {
                 cache: &mut self.kv,
                 tokens: chunk,
+                decode,
             }];
             match on_logits.as_deref_mut() {
                 Some(f) => self.b.forward_step(
@@ -541,18 +602,18 @@ impl<'s, 'w> Session<'s, 'w> {
     }
 }
 
-/// The first activation row of sequence `i` in a step: the sequences of
-/// several tokens come first, then those of one, each group in order.
+/// The first activation row of sequence `i` in a step: the sequences in
+/// the batched arithmetic come first, then those in the decode arithmetic,
+/// each group in order.
 fn first_row(seqs: &[Seq<'_, '_>], i: usize) -> usize {
-    let multi = seqs[i].tokens.len() > 1;
+    let multi = seqs[i].batched();
     let mut r = 0;
     if !multi {
-        r = seqs.iter().map(|q| q.tokens.len()).filter(|&l| l > 1).sum();
+        r = step_rows(seqs).batched;
     }
     for q in &seqs[..i] {
-        let l = q.tokens.len();
-        if (l > 1) == multi {
-            r += l;
+        if q.batched() == multi {
+            r += q.tokens.len();
         }
     }
     r
@@ -564,7 +625,7 @@ fn seq_of_row(seqs: &[Seq<'_, '_>], t: usize) -> Option<(usize, usize)> {
     for multi in [true, false] {
         for (i, q) in seqs.iter().enumerate() {
             let l = q.tokens.len();
-            if (l > 1) != multi {
+            if q.batched() != multi {
                 continue;
             }
             if t < r + l {
@@ -576,12 +637,12 @@ fn seq_of_row(seqs: &[Seq<'_, '_>], t: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// The rows of a step's activations: sequences of several tokens first
-/// (the batched arithmetic), then those of one (decode).
+/// The rows of a step's activations: prompt chunks of several tokens first
+/// (the batched arithmetic), then single tokens and drafts (decode).
 fn step_rows(seqs: &[Seq<'_, '_>]) -> StepRows {
     let len = |q: &Seq<'_, '_>| q.tokens.len();
     StepRows {
-        batched: seqs.iter().map(len).filter(|&l| l > 1).sum(),
+        batched: seqs.iter().filter(|q| q.batched()).map(len).sum(),
         all: seqs.iter().map(len).sum(),
     }
 }
@@ -762,7 +823,15 @@ impl Stage<'_> {
                 return;
             };
             let pos = kv.pos() + j;
-            let view = kv.view(l, pos, kv.pos() + seqs[i].tokens.len() - 1);
+            // A row in the decode arithmetic reads the slots a step of its
+            // token alone reads: a ring's later slots, which hold the
+            // step's later drafts, stay out of its scores (they would be
+            // masked, but the scores' length would change their sum).
+            let newest = match seqs[i].decode {
+                true => pos,
+                false => kv.pos() + seqs[i].tokens.len() - 1,
+            };
+            let view = kv.view(l, pos, newest);
             attend_heads(
                 &q[t * qd + h * gd..t * qd + (h + 1) * gd],
                 &q_sink[i * qd + h * gd..i * qd + (h + 1) * gd],
@@ -822,6 +891,8 @@ impl Stage<'_> {
                 Emit::None => len,
                 Emit::Last => len - 1,
                 Emit::From(k) => k.min(len),
+                Emit::Drafts if q.decode => 0,
+                Emit::Drafts => len - 1,
             };
             for j in first..len {
                 let (t, p) = (r0 + j, out.pending);
@@ -920,6 +991,8 @@ enum Emit {
     Last,
     /// Tokens from this index of the chunk on.
     From(usize),
+    /// The last token of each sequence, every token of drafts.
+    Drafts,
 }
 
 /// `out = x / rms(x) * weight`; the sum of squares is exact, rounded once to

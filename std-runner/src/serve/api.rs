@@ -72,6 +72,10 @@ pub struct Request {
     /// Keep generating past end-of-generation tokens (llama.cpp's server
     /// field; benchmarks use it).
     pub ignore_eos: bool,
+    /// Reuse the longest prefix of the prompt that a slot's cache still
+    /// holds (llama.cpp's server field; on unless `false`). The reply is the
+    /// same either way.
+    pub cache_prompt: bool,
     /// Report each generated token's log-probability and this many of the
     /// most likely tokens at its step (chat: `logprobs: true` with
     /// `top_logprobs`; completions: the integer `logprobs`).
@@ -321,6 +325,11 @@ pub fn parse_request(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(bad("ignore_eos", "must be true or false")),
     };
+    let cache_prompt = match o.get("cache_prompt") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("cache_prompt", "must be true or false")),
+    };
     let range = format!("must be an integer in [0, {MAX_TOP_LOGPROBS}]");
     let logprobs = if chat {
         // Chat: `logprobs` switches them on, `top_logprobs` asks for alternatives.
@@ -353,6 +362,7 @@ pub fn parse_request(
     Ok(Request {
         grammar,
         ignore_eos,
+        cache_prompt,
         logprobs,
         messages,
         prompt,
@@ -537,8 +547,15 @@ pub(super) struct Meta {
     pub(super) kind: Kind,
 }
 
-pub(super) fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+/// OpenAI's `usage`: `cached` of the prompt's tokens came from a slot's
+/// cache (`prompt_tokens_details.cached_tokens`).
+pub(super) fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
 }
 
 /// 401: no key, or not one of the server's.

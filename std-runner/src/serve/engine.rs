@@ -44,6 +44,8 @@ pub(super) enum Ev {
         finish: &'static str,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens found in the slot's cache, not read again.
+        cached_tokens: usize,
     },
     /// The engine could not run the request.
     Fail(String),
@@ -56,6 +58,8 @@ pub(super) struct Job {
     pub(super) max_tokens: usize,
     pub(super) stops: Vec<String>,
     pub(super) ignore_eos: bool,
+    /// Reuse what a slot's cache holds of the prompt.
+    pub(super) cache_prompt: bool,
     /// Report each token's log-probability and this many alternatives.
     pub(super) logprobs: Option<usize>,
     /// The grammar the reply follows.
@@ -88,6 +92,8 @@ struct Slot {
     sampler: Sampler,
     constraint: Option<Constraint>,
     fed: usize,
+    /// Prompt tokens its cache already held.
+    cached: usize,
     generated: usize,
     next: u32,
     dec: StreamDecoder,
@@ -160,6 +166,14 @@ pub(super) fn engine_main(
     let chunk = cfg.chunk.min(room);
     let _ = ready.send(Ok(slots.engine_name()));
     let mut free: Vec<usize> = (0..plan.seqs).rev().collect();
+    // The tokens each slot's cache holds, kept after its request ends so
+    // that the next request sharing a prefix with them reads only the rest
+    // (the prompt cache); how many of them lead the cache as a prompt read
+    // would leave it; and when each slot was last given out.
+    let mut held: Vec<Vec<u32>> = vec![Vec::new(); plan.seqs];
+    let mut exact: Vec<usize> = vec![0; plan.seqs];
+    let mut used: Vec<u64> = vec![0; plan.seqs];
+    let mut clock = 0u64;
     let mut active: Vec<Slot> = Vec::new();
     let mut cand = vec![Candidate::default(); Sampler::scratch_len(c.vocab_size)];
     // The vocabulary as grammars read it, made on the first constrained request.
@@ -213,13 +227,34 @@ pub(super) fn engine_main(
                     }
                 }
             };
-            let cache = free.pop().unwrap_or_default();
-            slots.clear(cache);
+            let reusable = job.cache_prompt && chunk >= 3;
+            let (at, reuse) = route(&free, &held, &exact, &used, &job.prompt, reusable);
+            let cache = free.swap_remove(at);
+            clock += 1;
+            used[cache] = clock;
+            // Keep the shared prefix, unless the cache no longer holds all
+            // of it (a windowed layer's ring moved on): then start afresh.
+            let reuse = if reuse > 0 && slots.truncate(cache, reuse).is_ok() {
+                reuse
+            } else {
+                slots.clear(cache);
+                0
+            };
+            held[cache].truncate(reuse);
+            exact[cache] = reuse;
+            debug_assert_eq!(slots.pos(cache), held[cache].len());
+            metrics
+                .prompt_tokens
+                .fetch_add(reuse as u64, Ordering::Relaxed);
+            metrics
+                .prompt_cache_tokens
+                .fetch_add(reuse as u64, Ordering::Relaxed);
             let mut slot = Slot {
                 cache,
                 sampler,
                 constraint,
-                fed: 0,
+                fed: reuse,
+                cached: reuse,
                 generated: 0,
                 next: 0,
                 dec: StreamDecoder::new(tok, false, false),
@@ -260,7 +295,12 @@ pub(super) fn engine_main(
             if left == 0 {
                 continue;
             }
-            let take = chunk.min(left).min(slots.chunk_room(s.cache));
+            let mut take = chunk.min(left).min(slots.chunk_room(s.cache));
+            // No prompt token is read alone (the decode arithmetic) when
+            // it can be read with another (see `route`).
+            if left - take == 1 && take >= 3 {
+                take -= 1;
+            }
             if take <= budget {
                 work.push((i, s.fed, s.fed + take));
                 budget -= take;
@@ -293,6 +333,17 @@ pub(super) fn engine_main(
             let failed: Vec<usize> = work.iter().map(|w| w.0).collect();
             release(&mut active, &mut free, &failed);
             continue;
+        }
+
+        for (&(i, _, _), t) in work.iter().zip(&toks) {
+            let c = active[i].cache;
+            // A prompt chunk of several tokens (the batched arithmetic)
+            // leaves the cache as any later prompt read would.
+            let prompt = active[i].fed < active[i].job.prompt.len();
+            if prompt && t.len() > 1 && exact[c] == held[c].len() {
+                exact[c] += t.len();
+            }
+            held[c].extend_from_slice(t);
         }
 
         // Sample where a prompt finished or a token was fed.
@@ -374,6 +425,7 @@ pub(super) fn engine_main(
                         finish: f,
                         prompt_tokens: s.job.prompt.len(),
                         completion_tokens: s.generated,
+                        cached_tokens: s.cached,
                     });
                     finished.push(i);
                 }
@@ -382,6 +434,51 @@ pub(super) fn engine_main(
         }
         release(&mut active, &mut free, &finished);
     }
+}
+
+/// Where a request for `prompt` goes: the index in `free` of the slot
+/// whose cache shares the longest prefix with it, the least recently
+/// `used` among equals, and how many of its tokens to keep.
+///
+/// The reply must be bit for bit the one without the cache. A prompt chunk
+/// of several tokens takes the batched arithmetic and a single token the
+/// decode arithmetic, which need not give the same bits; the engine never
+/// reads a prompt token alone when it can pair it (chunks of 3 or more),
+/// so a prompt of two or more tokens is read with the batched arithmetic
+/// only. So a slot's cache counts only in its first `exact` tokens (by
+/// slot; the prompt chunks it read, not the tokens it generated, of the
+/// `held` it holds), and the last two prompt tokens are always read again
+/// (the last one's logits are the first the request samples from). With
+/// `reuse` off nothing is kept.
+fn route(
+    free: &[usize],
+    held: &[Vec<u32>],
+    exact: &[usize],
+    used: &[u64],
+    prompt: &[u32],
+    reuse: bool,
+) -> (usize, usize) {
+    let most = if reuse {
+        prompt.len().saturating_sub(2)
+    } else {
+        0
+    };
+    let shared = |c: usize| {
+        held[c][..exact[c].min(held[c].len())]
+            .iter()
+            .zip(&prompt[..most])
+            .take_while(|(a, b)| a == b)
+            .count()
+    };
+    let mut best = (0, 0);
+    for (k, &c) in free.iter().enumerate() {
+        let n = shared(c);
+        let (bk, bn) = best;
+        if k == 0 || n > bn || (n == bn && used[c] < used[free[bk]]) {
+            best = (k, n);
+        }
+    }
+    best
 }
 
 /// Removes the slots at `gone` (indices into `active`) and frees their caches.
@@ -395,4 +492,58 @@ fn release(active: &mut Vec<Slot>, free: &mut Vec<usize>, gone: &[usize]) {
         }
         !g
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn requests_go_to_the_slot_sharing_the_longest_prefix() {
+        let held = vec![
+            vec![1, 2, 3, 4],
+            vec![1, 2, 9],
+            vec![],
+            vec![1, 2, 3, 4, 5, 6, 7],
+        ];
+        let exact = vec![4, 3, 0, 6];
+        let used = vec![3, 1, 2, 4];
+        let all = [0, 1, 2, 3];
+        // Slot 3 holds the whole prompt, but its last two tokens are read
+        // again: slot 0 shares as much and was given out longer ago.
+        assert_eq!(
+            route(&all, &held, &exact, &used, &[1, 2, 3, 4, 5, 6], true),
+            (0, 4)
+        );
+        // Only the tokens it read as a prompt count (not those it generated).
+        assert_eq!(
+            route(
+                &all,
+                &held,
+                &exact,
+                &used,
+                &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+                true
+            ),
+            (3, 6)
+        );
+        // Among slots sharing as much, the least recently used.
+        assert_eq!(
+            route(&all, &held, &exact, &used, &[1, 2, 7, 8], true),
+            (1, 2)
+        );
+        // Only free slots count.
+        assert_eq!(
+            route(&[1, 2], &held, &exact, &used, &[1, 2, 3, 4, 5, 6], true),
+            (0, 2)
+        );
+        // Nothing shared, or reuse off: the least recently used, nothing kept.
+        assert_eq!(route(&all, &held, &exact, &used, &[8, 9], true), (1, 0));
+        assert_eq!(
+            route(&[0, 2, 3], &held, &exact, &used, &[1, 2, 3, 4, 5], false),
+            (1, 0)
+        );
+        // Two-token prompts keep nothing.
+        assert_eq!(route(&[3], &held, &exact, &used, &[1, 2], true), (0, 0));
+    }
 }

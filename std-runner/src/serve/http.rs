@@ -325,6 +325,7 @@ async fn handle(sh: Arc<Shared>, body: Body, kind: Kind) -> ApiResult {
         max_tokens,
         stops: req.stops.clone(),
         ignore_eos: req.ignore_eos,
+        cache_prompt: req.cache_prompt,
         logprobs: req.logprobs,
         grammar: req.grammar.clone(),
         arrived,
@@ -468,6 +469,7 @@ async fn whole_response(
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
             }) => {
                 let logprobs = match &mut lp {
                     Some(lp) => lp.render(&tokens),
@@ -497,7 +499,7 @@ async fn whole_response(
                     "created": m.created,
                     "model": m.model,
                     "choices": [choice],
-                    "usage": usage(prompt_tokens, completion_tokens),
+                    "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
                 }))
                 .into_response());
             }
@@ -611,11 +613,13 @@ fn stream_response(
                     finish,
                     prompt_tokens: p,
                     completion_tokens,
+                    cached_tokens,
                 }) => {
                     let c = (st.chunk)((st.delta)(None, Value::Null, Some(finish)), None);
                     st.out.push_back(c);
                     if include_usage {
-                        let u = (st.chunk)(json!([]), Some(usage(p, completion_tokens)));
+                        let u =
+                            (st.chunk)(json!([]), Some(usage(p, completion_tokens, cached_tokens)));
                         st.out.push_back(u);
                     }
                     st.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));

@@ -84,6 +84,9 @@ pub(super) struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Prompt tokens the engine has read.
     pub(super) prompt_tokens: AtomicU64,
+    /// Prompt tokens found in a slot's cache (counted in `prompt_tokens`
+    /// too, not read again).
+    pub(super) prompt_cache_tokens: AtomicU64,
     /// Tokens the engine has generated.
     pub(super) generated_tokens: AtomicU64,
     /// From a request's arrival to its first generated token.
@@ -111,6 +114,7 @@ impl Metrics {
         Metrics {
             requests: Mutex::new(BTreeMap::new()),
             prompt_tokens: AtomicU64::new(0),
+            prompt_cache_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BOUNDS),
             token_latency: Histogram::new(TOKEN_BOUNDS),
@@ -147,8 +151,14 @@ impl Metrics {
         counter(
             &mut o,
             "ember_prompt_tokens_total",
-            "Prompt tokens read.",
+            "Prompt tokens of the requests admitted (those found in a slot's cache included).",
             self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "ember_prompt_cache_tokens_total",
+            "Prompt tokens found in a slot's cache and not read again.",
+            self.prompt_cache_tokens.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
