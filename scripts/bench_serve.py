@@ -9,7 +9,12 @@ measures, with streamed completions of a fixed length (ignore_eos):
     tokens over the wall time from the first request sent to the last
     answer; prompts are 7 tokens, so this is decode);
   * time to first token of a request alone, and of one that arrives while
-    7 others stream.
+    7 others stream;
+  * generated tokens/s of one greedy request that copies a code block
+    from its prompt (where `--lookup` drafts pay off).
+
+`--lookup N` passes the flag to the server: run the script with and
+without it to compare.
 
 Prints a Markdown table. Only the Python standard library is used.
 
@@ -27,6 +32,26 @@ import time
 import urllib.parse
 
 PROMPT = "The history of the city begins"
+COPY = ("def area(width, height):\n    if width < 0 or height < 0:\n        raise ValueError(\"negative size\")\n"
+        "    return width * height\n\n\ndef perimeter(width, height):\n    if width < 0 or height < 0:\n"
+        "        raise ValueError(\"negative size\")\n    return 2 * (width + height)\n\n"
+        "# The same two functions, copied exactly:\n")
+
+
+def copy_rate(url, max_tokens):
+    """Generated tokens/s of one greedy completion that copies COPY."""
+    u = urllib.parse.urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    body = json.dumps({"prompt": COPY, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True})
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    secs = time.perf_counter() - t0
+    c.close()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {data!r}")
+    return json.loads(data)["usage"]["completion_tokens"] / secs
 
 
 def stream(url, max_tokens, seed, events):
@@ -127,11 +152,13 @@ def main():
     ap.add_argument("--url", help="an already running server")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128, help="tokens per request")
+    ap.add_argument("--lookup", type=int, default=0, help="the server's --lookup")
     args = ap.parse_args()
     proc = None
     url = args.url
     if not url:
-        cmd = [args.ember, "serve", "--port", "0", "--parallel", "8", "-t", str(args.threads), "--ctx", "1024"]
+        cmd = [args.ember, "serve", "--port", "0", "--parallel", "8", "-t", str(args.threads), "--ctx", "1024",
+               "--lookup", str(args.lookup)]
         if args.model:
             cmd += ["--model", args.model]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -147,6 +174,7 @@ def main():
         aggregate(url, 1, 16)  # warm up
         one = max(aggregate(url, 1, args.tokens) for _ in range(2))
         eight = max(aggregate(url, 8, args.tokens) for _ in range(2))
+        copy = max(copy_rate(url, args.tokens) for _ in range(2))
         alone, _, _ = ttft(url, 0, 0)
         # TTFT while 7 others stream: they run until the server is stopped.
         busy, bg, ths = ttft(url, 7, 1)
@@ -156,8 +184,10 @@ def main():
         print(f"| 8 | {eight:.1f} | {eight / one:.2f}x |")
         print()
         print(f"time to first token: alone {alone * 1000:.0f} ms; while 7 others stream {busy * 1000:.0f} ms")
+        print(f"copying a code block (one greedy request): {copy:.1f} tok/s")
         print(json.dumps({"one_tok_s": one, "eight_tok_s": eight, "ratio": eight / one,
-                          "ttft_alone_ms": alone * 1000, "ttft_busy_ms": busy * 1000}))
+                          "ttft_alone_ms": alone * 1000, "ttft_busy_ms": busy * 1000,
+                          "copy_tok_s": copy, "lookup": args.lookup}))
     finally:
         if proc:
             proc.terminate()

@@ -385,7 +385,21 @@ impl Engine {
     /// then [`Engine::logits`]`(i)` holds the logits after the last token of
     /// `work[i]`. Everything is checked first: an error changes nothing.
     pub fn step(&mut self, work: &[(usize, &[u32])]) -> Result<()> {
-        self.run(work, false)
+        self.run(work, &[])
+    }
+
+    /// [`Engine::step`], with the logits of every token of `work[i]` where
+    /// `every[i]` (a generated token and its prompt-lookup drafts; the
+    /// engine must have been made with `all_logits`), of the last token of
+    /// the others: [`Engine::logits`]`(r)` holds row `r` of them, in order.
+    pub fn step_drafts(&mut self, work: &[(usize, &[u32])], every: &[bool]) -> Result<()> {
+        if every.iter().any(|&e| e) && !self.opt.all_logits {
+            bail!("this engine keeps only each sequence's last logits");
+        }
+        if every.len() != work.len() {
+            bail!("one flag per sequence of the step");
+        }
+        self.run(work, every)
     }
 
     /// Feeds `tokens` to `slot`, then `emit(i, logits)` sees the logits
@@ -402,7 +416,7 @@ impl Engine {
         }
         let v = self.c.vocab_size;
         for (k, chunk) in tokens.chunks(self.opt.max_batch).enumerate() {
-            self.run(&[(slot, chunk)], true)?;
+            self.run(&[(slot, chunk)], &[true])?;
             for j in 0..chunk.len() {
                 emit(k * self.opt.max_batch + j, &self.logits[j * v..(j + 1) * v]);
             }
@@ -434,9 +448,10 @@ impl Engine {
         }
     }
 
-    /// A step: logits for each sequence's last token, or (`all`) for every
-    /// token of the one sequence.
-    fn run(&mut self, work: &[(usize, &[u32])], all: bool) -> Result<()> {
+    /// A step: logits for each sequence's last token, or for every token of
+    /// `work[i]` where `every[i]` (empty: none).
+    fn run(&mut self, work: &[(usize, &[u32])], every: &[bool]) -> Result<()> {
+        let all = every.iter().any(|&e| e);
         let c = self.c;
         if work.is_empty() {
             bail!("a step needs at least one sequence");
@@ -478,8 +493,21 @@ impl Engine {
 
         // Per token: id, position, slot, sequence; its RoPE tables; the
         // rows whose logits are wanted.
-        if all && work.len() != 1 {
-            bail!("every token's logits are for one sequence at a time");
+        let rows: usize = work
+            .iter()
+            .enumerate()
+            .map(|(i, w)| match every.get(i) {
+                Some(true) => w.1.len(),
+                _ => 1,
+            })
+            .sum();
+        let room = if self.opt.all_logits {
+            self.opt.max_batch
+        } else {
+            self.opt.slots.min(self.opt.max_batch)
+        };
+        if rows > room {
+            bail!("{rows} rows of logits in one step; the engine keeps {room}");
         }
         let (rd, sets) = (c.rope_dim, c.rope_sets());
         let h = &mut self.host;
@@ -497,11 +525,11 @@ impl Engine {
                     let at = (t * sets + s) * rd;
                     rope_table(&mut h.rope[at..at + rd], pos, fr);
                 }
-                if all {
+                if every.get(i) == Some(&true) {
                     h.rows.push(t as u32);
                 }
             }
-            if !all {
+            if every.get(i) != Some(&true) {
                 h.rows.push((h.meta.len() / 4 - 1) as u32);
             }
         }

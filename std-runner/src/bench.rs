@@ -441,7 +441,7 @@ fn batched_decode(
                 .collect::<Result<_>>()?;
             Slots::cpu(model, kernels, plan, &mut scratch, &mut mem, pool)?
         }
-        Device::Gpu => Slots::gpu(model, plan)?,
+        Device::Gpu => Slots::gpu(model, plan, false)?,
     };
     let mut out = Vec::new();
     for rep in 0..=reps {

@@ -276,21 +276,22 @@ impl<'s, 'w> Slots<'s, 'w> {
 
     /// `plan.seqs` slots of `plan.kv.capacity` positions on the GPU, steps
     /// of up to `plan.max_batch` tokens (fewer where one binding cannot
-    /// hold that many tokens' attention scores: [`Slots::max_batch`]).
-    pub fn gpu(model: &Llama, plan: MemoryPlan) -> Result<Slots<'s, 'w>> {
+    /// hold that many tokens' attention scores: [`Slots::max_batch`]), with
+    /// room for every token's logits where `drafts` ([`Slots::step_drafts`]).
+    pub fn gpu(model: &Llama, plan: MemoryPlan, drafts: bool) -> Result<Slots<'s, 'w>> {
         #[cfg(feature = "gpu")]
         {
             let opt = ember_gpu::EngineOptions {
                 slots: plan.seqs,
                 ctx: plan.kv.capacity,
                 max_batch: plan.max_batch,
-                all_logits: false,
+                all_logits: drafts,
             };
             Ok(Slots::Gpu(Box::new(gpu_engine(model, opt)?)))
         }
         #[cfg(not(feature = "gpu"))]
         {
-            let _ = (model, plan);
+            let _ = (model, plan, drafts);
             anyhow::bail!(NO_GPU)
         }
     }
@@ -369,6 +370,65 @@ impl<'s, 'w> Slots<'s, 'w> {
             }
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => Ok(e.step(work)?),
+        }
+    }
+
+    /// [`Slots::step`] where `work[k]` is a generated token and its
+    /// prompt-lookup drafts when `drafts[k]`, each in the arithmetic of a
+    /// token fed alone: `emit(k, j, logits)` sees the logits after each
+    /// token `j` of those, after the last token of the others.
+    /// [`Slots::logits`] is not meaningful after it.
+    pub fn step_drafts(
+        &mut self,
+        work: &[(usize, &[u32])],
+        drafts: &[bool],
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        anyhow::ensure!(
+            drafts.len() == work.len(),
+            "one flag per sequence of the step"
+        );
+        match self {
+            Slots::Cpu { batch, caches } => {
+                let mut by_cache: Vec<Option<&mut KvCache<'s>>> =
+                    caches.iter_mut().map(Some).collect();
+                let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
+                for (&(i, tokens), &d) in work.iter().zip(drafts) {
+                    let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                        anyhow::anyhow!("slot {i} is out of range or twice in one step")
+                    })?;
+                    seqs.push(match d {
+                        true => Seq::drafts(cache, tokens),
+                        false => Seq::new(cache, tokens),
+                    });
+                }
+                Ok(batch.step_drafts(&mut seqs, emit)?)
+            }
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => {
+                e.step_drafts(work, drafts)?;
+                let mut r = 0;
+                for (k, (&(_, tokens), &d)) in work.iter().zip(drafts).enumerate() {
+                    let first = if d { 0 } else { tokens.len() - 1 };
+                    for j in first..tokens.len() {
+                        emit(k, j, e.logits(r));
+                        r += 1;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Positions slot `i` holds at most.
+    pub fn capacity(&self, i: usize) -> usize {
+        match self {
+            Slots::Cpu { caches, .. } => caches[i].capacity(),
+            #[cfg(feature = "gpu")]
+            Slots::Gpu(e) => {
+                let _ = i;
+                e.options().ctx
+            }
         }
     }
 

@@ -1551,3 +1551,81 @@ fn the_prompt_cache_changes_nothing_on_gemma3() {
     prompt_cache_changes_nothing(m.to_str().unwrap(), 12);
     prompt_cache_changes_nothing(m.to_str().unwrap(), 100);
 }
+
+/// `serve --lookup` gives every request the reply, with its
+/// log-probabilities, that a server without it gives, with requests
+/// drafting and reading prompts in the same steps; on the default model
+/// (Q4_1, whose batched arithmetic differs from its decode arithmetic) and
+/// on Gemma 3.
+fn lookup_changes_nothing(m: &str) {
+    let copy = "def area(width, height):\n    if width < 0 or height < 0:\n        raise ValueError(\"negative size\")\n    return width * height\n\n# The same function again:\ndef area(width, height):\n";
+    let reqs: Vec<(&str, Value)> = (0..6)
+        .map(|i| match i % 3 {
+            0 => (
+                "/v1/completions",
+                json!({"prompt": copy, "max_tokens": 40, "temperature": 0, "logprobs": 2}),
+            ),
+            1 => (
+                "/v1/completions",
+                json!({"prompt": copy, "max_tokens": 32, "temperature": 0.8, "seed": i,
+                       "logprobs": 2, "stream": i == 4}),
+            ),
+            _ => (
+                "/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "List three colours, then list them again."}],
+                       "max_tokens": 30, "temperature": 0.7, "seed": i, "logprobs": true,
+                       "top_logprobs": 2}),
+            ),
+        })
+        .collect();
+    let answers = |extra: &[&str]| -> (Vec<Value>, Vec<Sample>) {
+        let mut args = vec!["--parallel", "3", "--ctx", "512", "--batch", "8"];
+        args.extend_from_slice(extra);
+        let s = Server::start_model(m, &args);
+        let addr = s.addr.clone();
+        let out = std::thread::scope(|sc| {
+            let hs: Vec<_> = reqs
+                .iter()
+                .map(|(path, req)| {
+                    let addr = addr.clone();
+                    sc.spawn(move || {
+                        if req["stream"] == json!(true) {
+                            let (st, chunks, done) = post_stream(&addr, path, req);
+                            assert!(st == 200 && done);
+                            let (text, finish) = streamed_text(path, &chunks);
+                            json!({"text": text, "finish": finish})
+                        } else {
+                            let (st, r) = post(&addr, path, req);
+                            assert_eq!(st, 200, "{r}");
+                            r["choices"][0].clone()
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        wait_for(&s.addr, "slots_busy", 0);
+        (out, scrape(&s.addr).0)
+    };
+    let (plain, _) = answers(&[]);
+    let (fast, m) = answers(&["--lookup", "4"]);
+    for (i, (a, b)) in plain.iter().zip(&fast).enumerate() {
+        assert_eq!(a, b, "request {i}: --lookup changed the reply");
+    }
+    let drafted = value(&m, "ember_lookup_drafted_tokens_total", &[]);
+    let accepted = value(&m, "ember_lookup_accepted_tokens_total", &[]);
+    assert!(
+        accepted >= 10.0 && accepted <= drafted,
+        "{accepted} of {drafted} drafts kept"
+    );
+}
+
+#[test]
+fn serve_lookup_changes_nothing_but_speed() {
+    let q41 =
+        ember_runner::model_store::converted(GgmlType::Q4_1).unwrap_or_else(|e| panic!("{e:#}"));
+    lookup_changes_nothing(q41.to_str().unwrap());
+    let gemma = ember_runner::model_store::stored(&ember_runner::model_store::GEMMA3_270M)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    lookup_changes_nothing(gemma.to_str().unwrap());
+}

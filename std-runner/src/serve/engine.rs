@@ -76,6 +76,8 @@ pub(super) struct EngineConfig {
     pub(super) device: Device,
     pub(super) threads: usize,
     pub(super) chunk: usize,
+    /// Prompt-lookup drafts per generating slot and step (0: off).
+    pub(super) lookup: usize,
     /// Requests queued but not yet in a slot (the engine counts them down).
     pub(super) waiting: Arc<AtomicUsize>,
     /// Slots generating now (the engine publishes it).
@@ -95,6 +97,9 @@ struct Slot {
     /// Prompt tokens its cache already held.
     cached: usize,
     generated: usize,
+    /// The prompt and the tokens generated so far (prompt lookup drafts
+    /// from them).
+    hist: Vec<u32>,
     next: u32,
     dec: StreamDecoder,
     stops: StopText,
@@ -111,7 +116,7 @@ pub(super) fn engine_main(
     rx: Receiver<Job>,
     ready: Sender<std::result::Result<String, String>>,
 ) -> Result<()> {
-    let plan = cfg.plan;
+    let (plan, lookup) = (cfg.plan, cfg.lookup);
     let (waiting, busy, stop, metrics) = (&cfg.waiting, &cfg.busy, &cfg.stop, &cfg.metrics);
     let c = &model.config;
     // Set-up errors go to the starting thread, which reports them. The
@@ -144,7 +149,7 @@ pub(super) fn engine_main(
     };
     let slots = match cfg.device {
         Device::Cpu => Slots::cpu(model, cfg.kernels, plan, &mut scratch, &mut mem, &pool),
-        Device::Gpu => Slots::gpu(model, plan),
+        Device::Gpu => Slots::gpu(model, plan, lookup > 0),
     };
     let mut slots = match slots {
         Ok(s) => s,
@@ -256,6 +261,11 @@ pub(super) fn engine_main(
                 fed: reuse,
                 cached: reuse,
                 generated: 0,
+                hist: if lookup > 0 {
+                    job.prompt.clone()
+                } else {
+                    Vec::new()
+                },
                 next: 0,
                 dec: StreamDecoder::new(tok, false, false),
                 stops: StopText::new(&job.stops),
@@ -281,15 +291,16 @@ pub(super) fn engine_main(
 
         // This step's work: one token for each generating slot, then prompt
         // chunks (each slot's chunks are the same whatever else runs) while
-        // the step has room.
+        // the step has room, then prompt-lookup drafts in what is left.
         let mut budget = slots.max_batch();
-        let mut work: Vec<(usize, usize, usize)> = Vec::new(); // (slot, from, to) of its tokens
+        let mut work: Vec<(usize, Vec<u32>)> = Vec::new(); // (slot in `active`, its tokens)
         for (i, s) in active.iter().enumerate() {
             if s.fed == s.job.prompt.len() {
-                work.push((i, 0, 1));
+                work.push((i, vec![s.next]));
                 budget -= 1;
             }
         }
+        let generating = work.len();
         for (i, s) in active.iter().enumerate() {
             let left = s.job.prompt.len() - s.fed;
             if left == 0 {
@@ -302,30 +313,53 @@ pub(super) fn engine_main(
                 take -= 1;
             }
             if take <= budget {
-                work.push((i, s.fed, s.fed + take));
+                work.push((i, s.job.prompt[s.fed..s.fed + take].to_vec()));
                 budget -= take;
             }
         }
-        let toks: Vec<Vec<u32>> = work
-            .iter()
-            .map(|&(i, a, b)| {
-                let s = &active[i];
-                if s.fed == s.job.prompt.len() {
-                    vec![s.next]
-                } else {
-                    s.job.prompt[a..b].to_vec()
+        let mut drafted = vec![false; work.len()];
+        if lookup > 0 {
+            let mut d = Vec::new();
+            for (w, is_draft) in work[..generating].iter_mut().zip(&mut drafted) {
+                let s = &active[w.0];
+                // Drafts past max_tokens or the cache would be wasted.
+                let room = lookup
+                    .min(budget)
+                    .min(s.job.max_tokens.saturating_sub(s.generated + 1))
+                    .min(slots.chunk_room(s.cache).saturating_sub(1));
+                crate::run::lookup_draft(&s.hist, room, &mut d);
+                if !d.is_empty() {
+                    budget -= d.len();
+                    w.1.extend_from_slice(&d);
+                    *is_draft = true;
+                    metrics
+                        .lookup_drafted
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
-            })
-            .collect();
+            }
+        }
         let step: Vec<(usize, &[u32])> = work
             .iter()
-            .zip(&toks)
-            .map(|(&(i, _, _), t)| (active[i].cache, &t[..]))
+            .map(|(i, t)| (active[*i].cache, &t[..]))
             .collect();
-        if let Err(e) = slots.step(&step) {
+        // The logits of each work item's rows: after its last token, or
+        // after each of a generated token and its drafts.
+        let mut rows: Vec<Vec<f32>> = vec![Vec::new(); work.len()];
+        let ran = if drafted.iter().any(|&d| d) {
+            let v = c.vocab_size;
+            slots.step_drafts(&step, &drafted, &mut |k, j, l| {
+                let r = &mut rows[k];
+                let first = if drafted[k] { 0 } else { step[k].1.len() - 1 };
+                r.resize((j - first + 1) * v, 0.0);
+                r[(j - first) * v..].copy_from_slice(l);
+            })
+        } else {
+            slots.step(&step)
+        };
+        if let Err(e) = ran {
             // The step changed nothing; the requests in it fail, the rest go on.
-            for &(i, _, _) in &work {
-                let _ = active[i]
+            for (i, _) in &work {
+                let _ = active[*i]
                     .job
                     .tx
                     .send(Ev::Fail(format!("the model failed: {e:#}")));
@@ -335,105 +369,177 @@ pub(super) fn engine_main(
             continue;
         }
 
-        for (&(i, _, _), t) in work.iter().zip(&toks) {
-            let c = active[i].cache;
+        for (i, t) in &work {
+            let c = active[*i].cache;
             // A prompt chunk of several tokens (the batched arithmetic)
             // leaves the cache as any later prompt read would.
-            let prompt = active[i].fed < active[i].job.prompt.len();
+            let prompt = active[*i].fed < active[*i].job.prompt.len();
             if prompt && t.len() > 1 && exact[c] == held[c].len() {
                 exact[c] += t.len();
             }
             held[c].extend_from_slice(t);
         }
 
-        // Sample where a prompt finished or a token was fed.
+        // Sample where a prompt finished or a token was fed: from each row
+        // in turn while the drawn token is the next draft.
         let mut finished: Vec<usize> = Vec::new();
-        for (k, &(i, a, b)) in work.iter().enumerate() {
-            let s = &mut active[i];
+        for (k, (i, toks)) in work.iter().enumerate() {
+            let s = &mut active[*i];
             if s.fed < s.job.prompt.len() {
-                s.fed += b - a;
+                s.fed += toks.len();
                 metrics
                     .prompt_tokens
-                    .fetch_add((b - a) as u64, Ordering::Relaxed);
+                    .fetch_add(toks.len() as u64, Ordering::Relaxed);
                 if s.fed < s.job.prompt.len() {
                     continue;
                 }
             }
-            let logits = slots.logits(k);
-            let picked = match &mut s.constraint {
-                Some(c) => c
-                    .pick(&mut s.sampler, logits, &mut cand)
-                    .and_then(|id| c.accept(id).map(|()| (id, c.finished()))),
-                None => s
-                    .sampler
-                    .sample(logits, &mut cand)
-                    .map(|id| (id, false))
-                    .map_err(Into::into),
-            };
-            let (id, complete) = match picked {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = s.job.tx.send(Ev::Fail(format!("sampling failed: {e:#}")));
-                    finished.push(i);
+            let n_rows = if drafted[k] { toks.len() } else { 1 };
+            let before = slots.pos(s.cache) - toks.len();
+            let mut kept = 0; // drafts confirmed
+            for r in 0..n_rows {
+                let logits = match rows[k].is_empty() {
+                    true => slots.logits(k),
+                    false => &rows[k][r * c.vocab_size..(r + 1) * c.vocab_size],
+                };
+                // Tokens the cache holds through this row (those of a prompt
+                // chunk, or the generated token and the drafts before it).
+                let through = if drafted[k] {
+                    before + r + 1
+                } else {
+                    slots.pos(s.cache)
+                };
+                let full = through + 1 > slots.capacity(s.cache);
+                let id = match take_token(s, tok, metrics, logits, full, &mut cand) {
+                    Taken::Next(id) => id,
+                    Taken::Done => {
+                        finished.push(*i);
+                        break;
+                    }
+                };
+                if r + 1 < n_rows && toks[r + 1] == id {
+                    kept += 1;
                     continue;
                 }
-            };
-            // Log-probabilities from the raw logits, before any sampling
-            // transform, as `ember run --top-logits` reports them.
-            let mut lp = s.job.logprobs.map(|k| token_logprobs(logits, id, k));
-            s.sampler.accept(id);
-            s.generated += 1;
-            let now = Instant::now();
-            metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            if s.generated == 1 {
-                metrics.ttft.observe(now - s.job.arrived);
-            } else {
-                metrics.token_latency.observe(now - s.last);
+                s.next = id;
+                break;
             }
-            s.last = now;
-            let mut finish = None;
-            if tok.is_eog(id) && !s.job.ignore_eos {
-                // The end-of-generation token is not part of the reply.
-                finish = Some("stop");
-            } else {
-                let mut out = String::new();
-                let stops = &mut s.stops;
-                let _ = s.dec.push(tok, id, &mut |t| out.push_str(&stops.push(t)));
-                if s.stops.stopped() || complete {
-                    finish = Some("stop");
-                }
-                if !out.is_empty() || lp.is_some() {
-                    let _ = s.job.tx.send(Ev::Text(out, lp.take()));
-                }
-            }
-            let full = slots.full(s.cache);
-            if finish.is_none() && (s.generated >= s.job.max_tokens || full) {
-                finish = Some("length");
-            }
-            match finish {
-                Some(f) => {
-                    if !s.stops.stopped() {
-                        let mut out = String::new();
-                        let stops = &mut s.stops;
-                        s.dec.finish(&mut |t| out.push_str(&stops.push(t)));
-                        out.push_str(&s.stops.finish());
-                        if !out.is_empty() {
-                            let _ = s.job.tx.send(Ev::Text(out, None));
+            if drafted[k] {
+                metrics
+                    .lookup_accepted
+                    .fetch_add(kept as u64, Ordering::Relaxed);
+                // The cache drops the drafts after the last one confirmed.
+                let keep = before + 1 + kept;
+                let c = s.cache;
+                if slots.pos(c) > keep {
+                    if let Err(e) = slots.truncate(c, keep) {
+                        // A ring that cannot give them back (the step's
+                        // room exceeds --lookup, so this does not happen):
+                        // the request fails, the slot starts afresh.
+                        let _ = s.job.tx.send(Ev::Fail(format!("the model failed: {e:#}")));
+                        if !finished.contains(i) {
+                            finished.push(*i);
                         }
+                        exact[c] = 0;
+                        held[c].clear();
                     }
-                    let _ = s.job.tx.send(Ev::Done {
-                        finish: f,
-                        prompt_tokens: s.job.prompt.len(),
-                        completion_tokens: s.generated,
-                        cached_tokens: s.cached,
-                    });
-                    finished.push(i);
+                    held[c].truncate(keep);
                 }
-                None => s.next = id,
             }
         }
         release(&mut active, &mut free, &finished);
     }
+}
+
+/// What [`take_token`] did with a drawn token.
+enum Taken {
+    /// The request goes on; this token is the next to feed.
+    Next(u32),
+    /// The request is over (its last events sent).
+    Done,
+}
+
+/// Draws slot `s`'s next token from `logits` and sends it: text, log-
+/// probabilities, and the end when it is one (an end-of-generation token,
+/// a stop string, the grammar complete, `max_tokens`, or a `full` cache).
+fn take_token(
+    s: &mut Slot,
+    tok: &Tokenizer,
+    metrics: &Metrics,
+    logits: &[f32],
+    full: bool,
+    cand: &mut [Candidate],
+) -> Taken {
+    let picked = match &mut s.constraint {
+        Some(c) => c
+            .pick(&mut s.sampler, logits, cand)
+            .and_then(|id| c.accept(id).map(|()| (id, c.finished()))),
+        None => s
+            .sampler
+            .sample(logits, cand)
+            .map(|id| (id, false))
+            .map_err(Into::into),
+    };
+    let (id, complete) = match picked {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = s.job.tx.send(Ev::Fail(format!("sampling failed: {e:#}")));
+            return Taken::Done;
+        }
+    };
+    // Log-probabilities from the raw logits, before any sampling
+    // transform, as `ember run --top-logits` reports them.
+    let mut lp = s.job.logprobs.map(|k| token_logprobs(logits, id, k));
+    s.sampler.accept(id);
+    if s.hist.capacity() > 0 {
+        s.hist.push(id);
+    }
+    s.generated += 1;
+    let now = Instant::now();
+    metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
+    if s.generated == 1 {
+        metrics.ttft.observe(now - s.job.arrived);
+    } else {
+        metrics.token_latency.observe(now - s.last);
+    }
+    s.last = now;
+    let mut finish = None;
+    if tok.is_eog(id) && !s.job.ignore_eos {
+        // The end-of-generation token is not part of the reply.
+        finish = Some("stop");
+    } else {
+        let mut out = String::new();
+        let stops = &mut s.stops;
+        let _ = s.dec.push(tok, id, &mut |t| out.push_str(&stops.push(t)));
+        if s.stops.stopped() || complete {
+            finish = Some("stop");
+        }
+        if !out.is_empty() || lp.is_some() {
+            let _ = s.job.tx.send(Ev::Text(out, lp.take()));
+        }
+    }
+    if finish.is_none() && (s.generated >= s.job.max_tokens || full) {
+        finish = Some("length");
+    }
+    let Some(f) = finish else {
+        return Taken::Next(id);
+    };
+    if !s.stops.stopped() {
+        let mut out = String::new();
+        let stops = &mut s.stops;
+        s.dec.finish(&mut |t| out.push_str(&stops.push(t)));
+        out.push_str(&s.stops.finish());
+        if !out.is_empty() {
+            let _ = s.job.tx.send(Ev::Text(out, None));
+        }
+    }
+    let _ = s.job.tx.send(Ev::Done {
+        finish: f,
+        prompt_tokens: s.job.prompt.len(),
+        completion_tokens: s.generated,
+        cached_tokens: s.cached,
+    });
+    Taken::Done
 }
 
 /// Where a request for `prompt` goes: the index in `free` of the slot

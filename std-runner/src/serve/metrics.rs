@@ -89,6 +89,9 @@ pub(super) struct Metrics {
     pub(super) prompt_cache_tokens: AtomicU64,
     /// Tokens the engine has generated.
     pub(super) generated_tokens: AtomicU64,
+    /// Prompt-lookup drafts fed, and those the draws confirmed.
+    pub(super) lookup_drafted: AtomicU64,
+    pub(super) lookup_accepted: AtomicU64,
     /// From a request's arrival to its first generated token.
     pub(super) ttft: Histogram,
     /// Between one generated token of a request and its next.
@@ -116,6 +119,8 @@ impl Metrics {
             prompt_tokens: AtomicU64::new(0),
             prompt_cache_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
+            lookup_drafted: AtomicU64::new(0),
+            lookup_accepted: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BOUNDS),
             token_latency: Histogram::new(TOKEN_BOUNDS),
         }
@@ -165,6 +170,18 @@ impl Metrics {
             "ember_generated_tokens_total",
             "Tokens generated.",
             self.generated_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "ember_lookup_drafted_tokens_total",
+            "Prompt-lookup drafts fed (--lookup).",
+            self.lookup_drafted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "ember_lookup_accepted_tokens_total",
+            "Prompt-lookup drafts the draws confirmed.",
+            self.lookup_accepted.load(Ordering::Relaxed),
         );
         self.ttft.render(
             &mut o,

@@ -75,6 +75,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Draft up to N tokens per generating request and step by prompt
+    /// lookup (the latest earlier match of its last tokens) and check them
+    /// in the same step: the same reply, faster where it repeats its
+    /// context (0: off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lookup: usize,
     /// Element type of cached keys and values.
     #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
     pub kv_type: KvTypeArg,
@@ -129,8 +135,12 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         bail!("--ctx must be at least 2");
     }
     let kv = KvOptions::dense(ctx).with_type(a.kv_type.into());
-    // Each step: one token per generating slot plus one prompt chunk.
-    let max_batch = a.batch + a.parallel;
+    if a.lookup > 64 {
+        bail!("--lookup must be at most 64 (got {})", a.lookup);
+    }
+    // Each step: one token per generating slot (and its drafts) plus one
+    // prompt chunk.
+    let max_batch = a.batch + a.parallel * (1 + a.lookup);
     let plan = MemoryPlan::batched(&model.config, kv, max_batch, threads, a.parallel)?;
     let model_id = path
         .file_stem()
@@ -153,6 +163,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             device: a.exec.device,
             threads,
             chunk: a.batch,
+            lookup: a.lookup,
             waiting,
             busy,
             stop,
