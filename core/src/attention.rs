@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::kernels::Kernels;
-use crate::kv_cache::{KvRows, SlotMask};
+use crate::kv_cache::{KvRows, LayerRows, SlotMask};
 use crate::quant::q8_0::QK;
 use crate::quant::{f16_bits_to_f32, GgmlType};
 
@@ -39,14 +39,19 @@ pub struct HeadView {
 /// for plain attention. `scores` holds at least `g * n` floats: one row of
 /// `n` per query, so an f16 cache's keys and values are widened once for
 /// the whole group. Each head's result is the one it would get alone.
+///
+/// `rows` gives the cached rows in runs (a dense cache's layer is one run,
+/// a paged cache's blocks one each). Every score is the same dot product
+/// and the values are summed position by position in order, so the result
+/// does not depend on where the runs begin: a paged cache gives the bits
+/// of a dense one.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_heads(
     q: &[f32],
     q_sink: &[f32],
     g: usize,
     sinks: usize,
-    keys: KvRows<'_>,
-    values: KvRows<'_>,
+    rows: LayerRows<'_>,
     n: usize,
     head: HeadView,
     scores: &mut [f32],
@@ -55,55 +60,26 @@ pub fn attend_heads(
 ) {
     let g = g.max(1);
     let hd = q.len() / g;
-    let scale = head.scale;
     let scores = &mut scores[..g * n];
-    let at = |p: usize| p * head.row + head.offset;
+    let out = &mut out[..g * hd];
+    out.fill(0.0);
+    let len = rows.run_len().min(n).max(1);
     let cut = sinks.min(n);
-    // Query `j` as slot `p` sees it: the sink query for sink slots.
-    let query = |j: usize, p: usize| {
-        let q = if p < cut { q_sink } else { q };
-        &q[j * hd..(j + 1) * hd]
-    };
+    // Each run's keys and values and its first slot.
+    let runs = (0..n.div_ceil(len)).filter_map(|i| {
+        let (k, v) = rows.run(i).ok()?;
+        Some((i * len, (i * len + len).min(n), k, v))
+    });
     // Asking for all of this group's keys at once (and for its values
     // before the scores are normalized) keeps many reads in flight
     // instead of the few a kernel's loads keep.
     if head.warm {
-        warm(keys, head, hd, n, kern);
+        for (a, b, k, _) in runs.clone() {
+            warm(k, head, hd, b - a, kern);
+        }
     }
-    match keys {
-        KvRows::F32(k) => {
-            for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
-                for (p, s) in row.iter_mut().enumerate() {
-                    *s = (kern.dot_f32)(query(j, p), &k[at(p)..at(p) + hd]) * scale;
-                }
-            }
-        }
-        KvRows::F16(k) => {
-            // Sink positions take the sink queries, the rest the queries.
-            // The cache view holds every slot (kv_cache::layer), so the
-            // kernels score all `n`.
-            let k = &k[head.offset.min(k.len())..];
-            debug_assert!(crate::kernels::strided_rows(k.len(), hd, head.row) >= n);
-            let qs = &q_sink[..(g * hd).min(q_sink.len())];
-            let last = (g - 1) * n;
-            (kern.key_dots_f16)(qs, g, k, head.row, &mut scores[..last + cut], n);
-            let rest = &k[(cut * head.row).min(k.len())..];
-            (kern.key_dots_f16)(q, g, rest, head.row, &mut scores[cut..], n);
-            for s in scores.iter_mut() {
-                *s *= scale;
-            }
-        }
-        KvRows::Q8_0(k) => {
-            let (b0, nb) = (at(0) / QK, hd / QK);
-            let bpr = head.row / QK;
-            let dot = kern.format(GgmlType::Q8_0).dot;
-            for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
-                for (p, s) in row.iter_mut().enumerate() {
-                    let b = p * bpr + b0;
-                    *s = dot(crate::quant::as_bytes(&k[b..b + nb]), query(j, p)) * scale;
-                }
-            }
-        }
+    for (a, b, k, _) in runs.clone() {
+        key_scores(q, q_sink, g, cut, k, a, b, n, head, scores, kern);
     }
     if let Some(m) = head.mask {
         for row in scores.chunks_exact_mut(n.max(1)) {
@@ -115,41 +91,159 @@ pub fn attend_heads(
         }
     }
     if head.warm {
-        warm(values, head, hd, n, kern);
+        for (a, b, _, v) in runs.clone() {
+            warm(v, head, hd, b - a, kern);
+        }
     }
     for row in scores.chunks_exact_mut(n.max(1)) {
         (kern.softmax)(row);
     }
-    let out = &mut out[..g * hd];
-    out.fill(0.0);
-    match values {
+    for (a, b, _, v) in runs {
+        value_sums(g, v, a, b, n, head, scores, out, kern);
+    }
+}
+
+/// Scores of slots `a..b` (held by `k` from its first row on) into
+/// `scores`, `g` rows of `n`: the sink queries for slots below `cut`.
+#[allow(clippy::too_many_arguments)]
+fn key_scores(
+    q: &[f32],
+    q_sink: &[f32],
+    g: usize,
+    cut: usize,
+    k: KvRows<'_>,
+    a: usize,
+    b: usize,
+    n: usize,
+    head: HeadView,
+    scores: &mut [f32],
+    kern: &Kernels,
+) {
+    let hd = q.len() / g;
+    let scale = head.scale;
+    let at = |p: usize| (p - a) * head.row + head.offset;
+    // Query `j` as slot `p` sees it: the sink query for sink slots.
+    let query = |j: usize, p: usize| {
+        let q = if p < cut { q_sink } else { q };
+        &q[j * hd..(j + 1) * hd]
+    };
+    match k {
+        KvRows::F32(k) => {
+            for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
+                for (p, s) in row.iter_mut().enumerate().take(b).skip(a) {
+                    *s = (kern.dot_f32)(query(j, p), &k[at(p)..at(p) + hd]) * scale;
+                }
+            }
+        }
+        KvRows::F16(k) => {
+            // Slots `from..to` with the queries `qs`: each kernel call
+            // scores exactly those (its keys hold `to - from` rows and the
+            // last row of scores has that much room).
+            let mut part = |qs: &[f32], from: usize, to: usize| {
+                if from >= to {
+                    return;
+                }
+                let lo = at(from).min(k.len());
+                let hi = (at(to - 1) + hd).min(k.len());
+                let last = (g - 1) * n;
+                (kern.key_dots_f16)(
+                    &qs[..(g * hd).min(qs.len())],
+                    g,
+                    &k[lo..hi],
+                    head.row,
+                    &mut scores[from..last + to],
+                    n,
+                );
+                for j in 0..g {
+                    for s in &mut scores[j * n + from..j * n + to] {
+                        *s *= scale;
+                    }
+                }
+            };
+            part(q_sink, a, cut.clamp(a, b));
+            part(q, cut.clamp(a, b), b);
+        }
+        KvRows::Q8_0(k) => {
+            let (b0, nb) = (head.offset / QK, hd / QK);
+            let bpr = head.row / QK;
+            let dot = kern.format(GgmlType::Q8_0).dot;
+            for (j, row) in scores.chunks_exact_mut(n.max(1)).enumerate() {
+                for (p, s) in row.iter_mut().enumerate().take(b).skip(a) {
+                    let blk = (p - a) * bpr + b0;
+                    *s = dot(crate::quant::as_bytes(&k[blk..blk + nb]), query(j, p)) * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Adds the weighted values of slots `a..b` (held by `v` from its first
+/// row on) to `out`, position by position in order.
+#[allow(clippy::too_many_arguments)]
+fn value_sums(
+    g: usize,
+    v: KvRows<'_>,
+    a: usize,
+    b: usize,
+    n: usize,
+    head: HeadView,
+    scores: &[f32],
+    out: &mut [f32],
+    kern: &Kernels,
+) {
+    let hd = out.len() / g;
+    let at = |p: usize| (p - a) * head.row + head.offset;
+    match v {
         KvRows::F32(v) => {
             for (o, w) in out
                 .chunks_exact_mut(hd.max(1))
                 .zip(scores.chunks_exact(n.max(1)))
             {
-                for (p, &w) in w.iter().enumerate() {
+                for (p, &w) in w.iter().enumerate().take(b).skip(a) {
                     for (o, &vi) in o.iter_mut().zip(&v[at(p)..at(p) + hd]) {
                         *o += w * vi;
                     }
                 }
             }
         }
+        KvRows::F16(v) if a == 0 && b == n => {
+            // One run: the weights as they are.
+            let lo = head.offset.min(v.len());
+            let hi = (at(n.max(1) - 1) + hd).min(v.len()).max(lo);
+            (kern.value_sum_f16)(out, g, scores, &v[lo..hi], head.row);
+        }
         KvRows::F16(v) => {
-            (kern.value_sum_f16)(out, g, scores, &v[head.offset.min(v.len())..], head.row);
+            // A run of a paged cache: its weights gathered row by row (the
+            // kernel reads `g` rows of as many weights as it has values).
+            const ROOM: usize = 1024;
+            let m = b - a;
+            let lo = at(a).min(v.len());
+            let hi = (at(b - 1) + hd).min(v.len()).max(lo);
+            let v = &v[lo..hi];
+            let mut w = [0f32; ROOM];
+            if g * m <= ROOM {
+                for j in 0..g {
+                    w[j * m..(j + 1) * m].copy_from_slice(&scores[j * n + a..j * n + b]);
+                }
+                (kern.value_sum_f16)(out, g, &w[..g * m], v, head.row);
+            } else {
+                for (j, o) in out.chunks_exact_mut(hd.max(1)).enumerate() {
+                    (kern.value_sum_f16)(o, 1, &scores[j * n + a..j * n + b], v, head.row);
+                }
+            }
         }
         KvRows::Q8_0(v) => {
-            let (b0, nb) = (at(0) / QK, hd / QK);
+            let (b0, nb) = (head.offset / QK, hd / QK);
             let bpr = head.row / QK;
             for (o, w) in out
                 .chunks_exact_mut(hd.max(1))
                 .zip(scores.chunks_exact(n.max(1)))
             {
-                for (p, &w) in w.iter().enumerate() {
-                    let b = p * bpr + b0;
-                    for (blk, o) in v[b..b + nb].iter().zip(o.chunks_exact_mut(QK)) {
-                        let d = w * f16_bits_to_f32(blk.d);
-                        for (oi, &qi) in o.iter_mut().zip(&blk.qs) {
+                for (p, &w) in w.iter().enumerate().take(b).skip(a) {
+                    let blk = (p - a) * bpr + b0;
+                    for (bk, o) in v[blk..blk + nb].iter().zip(o.chunks_exact_mut(QK)) {
+                        let d = w * f16_bits_to_f32(bk.d);
+                        for (oi, &qi) in o.iter_mut().zip(&bk.qs) {
                             *oi += d * qi as f32;
                         }
                     }
@@ -189,8 +283,7 @@ mod tests {
             &q,
             1,
             0,
-            KvRows::F32(&k),
-            KvRows::F32(&v),
+            LayerRows::one(KvRows::F32(&k), KvRows::F32(&v)).unwrap(),
             1,
             HeadView {
                 row: 2,

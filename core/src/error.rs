@@ -86,6 +86,11 @@ pub enum Error {
     BatchZero,
     /// The KV cache holds `capacity` positions; this call needs `needed`.
     KvCacheFull { capacity: u32, needed: u64 },
+    /// A KV pool has `free` blocks; growing a cache needs `needed`.
+    KvPoolFull { needed: u32, free: u32 },
+    /// A paged KV cache was used without its pool, or with another pool's
+    /// shape (or a dense one where a paged one is needed).
+    KvPaged,
     /// A caller buffer holds `found` elements; `needed` are required.
     BufferTooSmall { needed: u64, found: u64 },
     /// A token id is not below the vocabulary size.
@@ -555,6 +560,14 @@ impl fmt::Display for Error {
             Error::KvCacheFull { capacity, needed } => write!(
                 f,
                 "KV cache full: {needed} positions needed, capacity is {capacity}"
+            ),
+            Error::KvPoolFull { needed, free } => write!(
+                f,
+                "KV pool full: {needed} blocks needed, {free} free"
+            ),
+            Error::KvPaged => write!(
+                f,
+                "a paged KV cache needs its own pool (and a dense one its own memory)"
             ),
             Error::BufferTooSmall { needed, found } => {
                 write!(f, "buffer too small: {needed} elements needed, {found} given")

@@ -237,10 +237,24 @@ pub enum KvRows<'a> {
     Q8_0(&'a [BlockQ8_0]),
 }
 
+/// Where a cache's rows live.
+#[derive(Debug)]
+enum Store<'a> {
+    /// Its own memory: per layer (capacity or ring, row_bytes).
+    Dense { k: &'a mut [u8], v: &'a mut [u8] },
+    /// Blocks of a [`KvPool`]: `table[b]` is the pool block holding slots
+    /// `b * block..(b + 1) * block` of every layer; the first `held`
+    /// entries are taken.
+    Paged {
+        table: &'a mut [u32],
+        held: usize,
+        block: usize,
+    },
+}
+
 #[derive(Debug)]
 pub struct KvCache<'a> {
-    k: &'a mut [u8], // per layer (capacity or ring, row_bytes)
-    v: &'a mut [u8],
+    store: Store<'a>,
     opt: KvOptions,
     win: Windows,
     n_layers: usize,
@@ -314,8 +328,10 @@ impl<'a> KvCache<'a> {
             });
         }
         Ok(KvCache {
-            k: &mut k[..need],
-            v: &mut v[..need],
+            store: Store::Dense {
+                k: &mut k[..need],
+                v: &mut v[..need],
+            },
             opt,
             win,
             n_layers,
@@ -365,14 +381,24 @@ impl<'a> KvCache<'a> {
     /// Makes this cache hold what `other` holds (beam search forks sequences).
     /// Both must have the same shape.
     pub fn copy_from(&mut self, other: &KvCache<'_>) -> Result<()> {
+        let (
+            Store::Dense { k, v },
+            Store::Dense {
+                k: other_k,
+                v: other_v,
+            },
+        ) = (&mut self.store, &other.store)
+        else {
+            return Err(Error::KvPaged);
+        };
         if other.opt != self.opt
             || other.win != self.win
             || other.n_layers != self.n_layers
             || other.kv_dim != self.kv_dim
         {
             return Err(Error::LengthMismatch {
-                expected: self.k.len() as u64,
-                found: other.k.len() as u64,
+                expected: k.len() as u64,
+                found: other_k.len() as u64,
             });
         }
         for l in 0..self.n_layers {
@@ -381,10 +407,10 @@ impl<'a> KvCache<'a> {
             } else {
                 other.len()
             };
-            let r = self.layer_bytes(l);
+            let r = layer_bytes(&self.opt, &self.win, self.row_bytes, l);
             let r = r.start..r.start + held * self.row_bytes;
-            self.k[r.clone()].copy_from_slice(&other.k[r.clone()]);
-            self.v[r.clone()].copy_from_slice(&other.v[r]);
+            k[r.clone()].copy_from_slice(&other_k[r.clone()]);
+            v[r.clone()].copy_from_slice(&other_v[r]);
         }
         self.pos = other.pos;
         Ok(())
@@ -511,19 +537,23 @@ impl<'a> KvCache<'a> {
         }
     }
 
-    fn layer_bytes(&self, layer: usize) -> core::ops::Range<usize> {
-        let ringed = self.win.ringed_below(layer);
-        let start = (layer - ringed) * self.opt.capacity + ringed * self.win.ring;
-        let len = if self.win.ringed(layer) {
-            self.win.ring
-        } else {
-            self.opt.capacity
-        };
-        start * self.row_bytes..(start + len) * self.row_bytes
+    /// Writes the key and value of absolute position `t` in `layer` (a
+    /// dense cache; a paged one writes through [`KvCache::store_in`]).
+    pub fn store(&mut self, layer: usize, t: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        self.store_in(None, layer, t, k, v)
     }
 
-    /// Writes the key and value of absolute position `t` in `layer`.
-    pub fn store(&mut self, layer: usize, t: usize, k: &[f32], v: &[f32]) -> Result<()> {
+    /// Writes the key and value of absolute position `t` in `layer`, in
+    /// `pool`'s blocks for a paged cache. The block must be this cache's
+    /// alone ([`KvPool::grow`] makes it so before a step).
+    pub fn store_in(
+        &mut self,
+        pool: Option<&mut KvPool<'_>>,
+        layer: usize,
+        t: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
         if layer >= self.n_layers {
             return Err(Error::LengthMismatch {
                 expected: self.n_layers as u64,
@@ -531,10 +561,28 @@ impl<'a> KvCache<'a> {
             });
         }
         let slot = self.slot_in(layer, t);
-        let off = self.layer_bytes(layer).start + slot * self.row_bytes;
         let (rb, kd, ty) = (self.row_bytes, self.kv_dim, self.opt.ty);
-        for (dst, src) in [(&mut *self.k, k), (&mut *self.v, v)] {
-            let row = &mut dst[off..off + rb];
+        let (dk, dv, off) = match (&mut self.store, pool) {
+            (Store::Dense { k, v }, _) => {
+                let off = layer_bytes(&self.opt, &self.win, rb, layer).start + slot * rb;
+                (&mut **k, &mut **v, off)
+            }
+            (Store::Paged { table, held, block }, Some(pool)) => {
+                let b = slot / *block;
+                let id = match table.get(b) {
+                    Some(&id) if b < *held && pool.refs(id) == 1 => id as usize,
+                    _ => return Err(Error::KvPoolFull { needed: 1, free: 0 }),
+                };
+                let off = pool.row_at(id, layer, slot % *block);
+                (&mut *pool.k, &mut *pool.v, off)
+            }
+            (Store::Paged { .. }, None) => return Err(Error::KvPaged),
+        };
+        for (dst, src) in [(dk, k), (dv, v)] {
+            let row = dst.get_mut(off..off + rb).ok_or(Error::BufferTooSmall {
+                needed: (off + rb) as u64,
+                found: 0,
+            })?;
             let src = src.get(..kd).ok_or(Error::LengthMismatch {
                 expected: kd as u64,
                 found: src.len() as u64,
@@ -548,21 +596,47 @@ impl<'a> KvCache<'a> {
         Ok(())
     }
 
-    /// Keys and values of `layer`, every slot, typed.
+    /// Keys and values of `layer`, every slot, typed (a dense cache).
     pub fn layer(&self, layer: usize) -> Result<(KvRows<'_>, KvRows<'_>)> {
+        self.rows(None, layer)?.run(0)
+    }
+
+    /// Keys and values of `layer` in runs of slots: the whole layer for a
+    /// dense cache, a block at a time from `pool` for a paged one.
+    pub fn rows<'p>(&'p self, pool: Option<&'p KvPool<'_>>, layer: usize) -> Result<LayerRows<'p>> {
         if layer >= self.n_layers {
             return Err(Error::LengthMismatch {
                 expected: self.n_layers as u64,
                 found: layer as u64,
             });
         }
-        let r = self.layer_bytes(layer);
-        let (k, v) = (&self.k[r.clone()], &self.v[r]);
-        Ok(match self.opt.ty {
-            KvType::F32 => (KvRows::F32(cast_slice(k)?), KvRows::F32(cast_slice(v)?)),
-            KvType::F16 => (KvRows::F16(cast_slice(k)?), KvRows::F16(cast_slice(v)?)),
-            KvType::Q8_0 => (KvRows::Q8_0(cast_slice(k)?), KvRows::Q8_0(cast_slice(v)?)),
-        })
+        let ty = self.opt.ty;
+        match (&self.store, pool) {
+            (Store::Dense { k, v }, _) => {
+                let r = layer_bytes(&self.opt, &self.win, self.row_bytes, layer);
+                Ok(LayerRows {
+                    k: &k[r.clone()],
+                    v: &v[r.clone()],
+                    table: &[],
+                    run: usize::MAX,
+                    stride: 0,
+                    at: 0,
+                    run_bytes: r.len(),
+                    ty,
+                })
+            }
+            (Store::Paged { table, held, block }, Some(pool)) => Ok(LayerRows {
+                k: pool.k,
+                v: pool.v,
+                table: &table[..*held],
+                run: *block,
+                stride: pool.block_bytes,
+                at: pool.row_at(0, layer, 0),
+                run_bytes: *block * self.row_bytes,
+                ty,
+            }),
+            (Store::Paged { .. }, None) => Err(Error::KvPaged),
+        }
     }
 
     pub fn n_layers(&self) -> usize {
@@ -572,6 +646,460 @@ impl<'a> KvCache<'a> {
     pub fn kv_dim(&self) -> usize {
         self.kv_dim
     }
+
+    /// Bytes of one position's row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// A paged cache over `table` (block ids, one per `block` slots of
+    /// the cache: at least [`KvCache::table_len`] entries), holding no
+    /// position and no block; [`KvPool::grow`] gives it blocks.
+    pub fn paged(
+        table: &'a mut [u32],
+        block: usize,
+        opt: KvOptions,
+        n_layers: usize,
+        kv_dim: usize,
+        win: Windows,
+    ) -> Result<Self> {
+        if opt.capacity == 0 || block == 0 {
+            return Err(Error::KvCapacityZero);
+        }
+        if opt.sinks >= opt.capacity && opt.streaming {
+            return Err(Error::KvWindowZero);
+        }
+        let row_bytes = opt.ty.row_bytes(kv_dim).ok_or(Error::KvTypeUnsupported {
+            kv_dim: kv_dim as u32,
+        })?;
+        let need = Self::table_len(&opt, &win, block);
+        if table.len() < need {
+            return Err(Error::BufferTooSmall {
+                needed: need as u64,
+                found: table.len() as u64,
+            });
+        }
+        Ok(KvCache {
+            store: Store::Paged {
+                table: &mut table[..need],
+                held: 0,
+                block,
+            },
+            opt,
+            win,
+            n_layers,
+            kv_dim,
+            row_bytes,
+            pos: 0,
+        })
+    }
+
+    /// Block-table entries a paged cache of shape `opt` needs: one per
+    /// `block` slots of the longest layer.
+    pub fn table_len(opt: &KvOptions, win: &Windows, block: usize) -> usize {
+        opt.capacity.max(win.ring).div_ceil(block.max(1))
+    }
+
+    /// Whether the cache's rows live in a [`KvPool`].
+    pub fn is_paged(&self) -> bool {
+        matches!(self.store, Store::Paged { .. })
+    }
+
+    /// The pool blocks a paged cache holds, in slot order (empty for a
+    /// dense one).
+    pub fn blocks(&self) -> &[u32] {
+        match &self.store {
+            Store::Paged { table, held, .. } => &table[..*held],
+            Store::Dense { .. } => &[],
+        }
+    }
+
+    /// Table entries that positions `0..n` use: the slots of every layer's
+    /// tokens among them, in blocks of `block`.
+    fn blocks_for(&self, n: usize, block: usize) -> usize {
+        let dense = n.min(self.opt.capacity);
+        let ring = if self.win.ring > 0 {
+            n.min(self.win.ring)
+        } else {
+            0
+        };
+        dense.max(ring).div_ceil(block)
+    }
+}
+
+/// Byte range of `layer` in a dense cache's memory.
+fn layer_bytes(
+    opt: &KvOptions,
+    win: &Windows,
+    row_bytes: usize,
+    layer: usize,
+) -> core::ops::Range<usize> {
+    let ringed = win.ringed_below(layer);
+    let start = (layer - ringed) * opt.capacity + ringed * win.ring;
+    let len = if win.ringed(layer) {
+        win.ring
+    } else {
+        opt.capacity
+    };
+    start * row_bytes..(start + len) * row_bytes
+}
+
+/// One layer's cached rows in runs of slots: run `i` holds slots
+/// `i * run_len()..` (fewer in the last). A dense cache is one run; a
+/// paged one a run per block.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerRows<'a> {
+    k: &'a [u8],
+    v: &'a [u8],
+    /// Paged: the pool blocks, in slot order.
+    table: &'a [u32],
+    run: usize,
+    /// Paged: bytes of one pool block, and the layer's offset in it.
+    stride: usize,
+    at: usize,
+    run_bytes: usize,
+    ty: KvType,
+}
+
+impl<'a> LayerRows<'a> {
+    /// One run over `k` and `v` (rows of the same type).
+    pub fn one(k: KvRows<'a>, v: KvRows<'a>) -> Result<LayerRows<'a>> {
+        let (k, v, ty) = match (k, v) {
+            (KvRows::F32(k), KvRows::F32(v)) => {
+                (quant::as_bytes(k), quant::as_bytes(v), KvType::F32)
+            }
+            (KvRows::F16(k), KvRows::F16(v)) => {
+                (quant::as_bytes(k), quant::as_bytes(v), KvType::F16)
+            }
+            (KvRows::Q8_0(k), KvRows::Q8_0(v)) => {
+                (quant::as_bytes(k), quant::as_bytes(v), KvType::Q8_0)
+            }
+            _ => return Err(Error::KvPaged),
+        };
+        Ok(LayerRows {
+            k,
+            v,
+            table: &[],
+            run: usize::MAX,
+            stride: 0,
+            at: 0,
+            run_bytes: k.len().min(v.len()),
+            ty,
+        })
+    }
+
+    /// Slots per run (`usize::MAX`: one run holds them all).
+    pub fn run_len(&self) -> usize {
+        self.run
+    }
+
+    /// Keys and values of run `i`, typed.
+    pub fn run(&self, i: usize) -> Result<(KvRows<'a>, KvRows<'a>)> {
+        let r = if self.table.is_empty() && self.run == usize::MAX {
+            0..self.run_bytes
+        } else {
+            let id = *self.table.get(i).ok_or(Error::KvPaged)? as usize;
+            let start = id * self.stride + self.at;
+            start..start + self.run_bytes
+        };
+        let bad = Error::BufferTooSmall {
+            needed: r.end as u64,
+            found: self.k.len().min(self.v.len()) as u64,
+        };
+        let (k, v) = (self.k.get(r.clone()).ok_or(bad)?, self.v.get(r).ok_or(bad)?);
+        Ok(match self.ty {
+            KvType::F32 => (KvRows::F32(cast_slice(k)?), KvRows::F32(cast_slice(v)?)),
+            KvType::F16 => (KvRows::F16(cast_slice(k)?), KvRows::F16(cast_slice(v)?)),
+            KvType::Q8_0 => (KvRows::Q8_0(cast_slice(k)?), KvRows::Q8_0(cast_slice(v)?)),
+        })
+    }
+}
+
+/// Keys and values in fixed-size blocks shared by many caches (paged
+/// attention): one pool in caller memory, a block table per sequence
+/// ([`KvCache::paged`]). A block holds `block` slots of every layer. A
+/// sequence takes blocks as it grows ([`KvPool::grow`]) and gives them
+/// back when it ends or shrinks; sequences that share a prefix share its
+/// whole blocks ([`KvPool::share`]), copied before either writes into one
+/// (copy on write). Nothing here allocates.
+#[derive(Debug)]
+pub struct KvPool<'a> {
+    k: &'a mut [u8],
+    v: &'a mut [u8],
+    /// Caches holding each block (0: free).
+    refs: &'a mut [u16],
+    /// Free blocks, a stack: `free[..n_free]`.
+    free: &'a mut [u32],
+    n_free: usize,
+    block: usize,
+    n_layers: usize,
+    row_bytes: usize,
+    block_bytes: usize,
+}
+
+impl<'a> KvPool<'a> {
+    /// Bytes of one of K or V for one block of `block` slots.
+    pub fn block_bytes(block: usize, n_layers: usize, row_bytes: usize) -> Option<usize> {
+        block.checked_mul(n_layers)?.checked_mul(row_bytes)
+    }
+
+    /// A pool of `n_blocks` blocks over `k` and `v` (each at least
+    /// `n_blocks` × [`KvPool::block_bytes`], aligned for the element type)
+    /// with `refs` and `free` (at least `n_blocks` entries each) for its
+    /// bookkeeping. Every block starts free.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        k: &'a mut [u8],
+        v: &'a mut [u8],
+        refs: &'a mut [u16],
+        free: &'a mut [u32],
+        n_blocks: usize,
+        block: usize,
+        n_layers: usize,
+        row_bytes: usize,
+    ) -> Result<Self> {
+        if n_blocks == 0 || block == 0 || n_blocks > u32::MAX as usize {
+            return Err(Error::KvCapacityZero);
+        }
+        let block_bytes =
+            Self::block_bytes(block, n_layers, row_bytes).ok_or(Error::BufferTooSmall {
+                needed: u64::MAX,
+                found: k.len() as u64,
+            })?;
+        let need = block_bytes
+            .checked_mul(n_blocks)
+            .ok_or(Error::BufferTooSmall {
+                needed: u64::MAX,
+                found: k.len() as u64,
+            })?;
+        let found = k.len().min(v.len());
+        if found < need || refs.len() < n_blocks || free.len() < n_blocks {
+            return Err(Error::BufferTooSmall {
+                needed: need as u64,
+                found: found as u64,
+            });
+        }
+        let refs = &mut refs[..n_blocks];
+        refs.fill(0);
+        let free = &mut free[..n_blocks];
+        // Lowest ids on top, so blocks are taken in order.
+        for (i, f) in free.iter_mut().enumerate() {
+            *f = (n_blocks - 1 - i) as u32;
+        }
+        Ok(KvPool {
+            k: &mut k[..need],
+            v: &mut v[..need],
+            refs,
+            free,
+            n_free: n_blocks,
+            block,
+            n_layers,
+            row_bytes,
+            block_bytes,
+        })
+    }
+
+    /// Slots per block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Blocks in all.
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Whether the pool has no block (never: [`KvPool::new`] refuses).
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    /// Blocks no cache holds.
+    pub fn free(&self) -> usize {
+        self.n_free
+    }
+
+    /// Caches holding block `id`.
+    pub fn refs(&self, id: u32) -> u16 {
+        self.refs.get(id as usize).copied().unwrap_or(0)
+    }
+
+    /// Byte offset of slot `s` of `layer` in block `id`.
+    fn row_at(&self, id: usize, layer: usize, s: usize) -> usize {
+        id * self.block_bytes + (layer * self.block + s) * self.row_bytes
+    }
+
+    fn fits(&self, c: &KvCache<'_>) -> Result<()> {
+        match &c.store {
+            Store::Paged { block, .. }
+                if *block == self.block
+                    && c.n_layers == self.n_layers
+                    && c.row_bytes == self.row_bytes =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::KvPaged),
+        }
+    }
+
+    /// New blocks [`KvPool::grow`]`(c, n)` would take: table entries the
+    /// next `n` positions reach beyond those held, and held blocks they
+    /// write into that other caches share (copied first).
+    pub fn needs(&self, c: &KvCache<'_>, n: usize) -> Result<usize> {
+        self.fits(c)?;
+        let Store::Paged { table, held, block } = &c.store else {
+            return Err(Error::KvPaged);
+        };
+        let (block, held) = (*block, *held);
+        let want = c.blocks_for(c.pos + n, block).max(held);
+        if want > table.len() {
+            return Err(Error::KvCacheFull {
+                capacity: c.opt.capacity as u32,
+                needed: (c.pos + n) as u64,
+            });
+        }
+        let mut copies = 0;
+        let mut last = usize::MAX;
+        for t in c.pos..c.pos + n {
+            for l in [0, c.n_layers.saturating_sub(1)]
+                .into_iter()
+                .chain(first_ringed(&c.win, c.n_layers))
+            {
+                let b = c.slot_in(l, t) / block;
+                if b < held && b != last && self.refs(table[b]) > 1 {
+                    copies += 1;
+                    last = b;
+                }
+            }
+        }
+        Ok(want - held + copies)
+    }
+
+    /// Makes room in `c` for its next `n` positions: blocks for the table
+    /// entries they reach, and a copy of every shared block they write
+    /// into. An error (`KvPoolFull`) changes nothing.
+    pub fn grow(&mut self, c: &mut KvCache<'_>, n: usize) -> Result<()> {
+        let need = self.needs(c, n)?;
+        if need > self.n_free {
+            return Err(Error::KvPoolFull {
+                needed: need as u32,
+                free: self.n_free as u32,
+            });
+        }
+        let (pos, win, n_layers) = (c.pos, c.win, c.n_layers);
+        let want = c.blocks_for(pos + n, self.block);
+        let mut slots = [0usize; 3];
+        for t in pos..pos + n {
+            // Every layer's slot of `t`: the plain layers', and a ringed
+            // layer's.
+            slots[0] = c.slot(t);
+            slots[1] = first_ringed(&win, n_layers).map_or(slots[0], |l| c.slot_in(l, t));
+            let Store::Paged { table, held, .. } = &mut c.store else {
+                return Err(Error::KvPaged);
+            };
+            for &s in &slots[..2] {
+                let b = s / self.block;
+                if b < *held && self.refs[table[b] as usize] > 1 {
+                    let copy = self.take();
+                    self.copy_block(table[b] as usize, copy as usize);
+                    self.refs[table[b] as usize] -= 1;
+                    table[b] = copy;
+                }
+            }
+        }
+        let Store::Paged { table, held, .. } = &mut c.store else {
+            return Err(Error::KvPaged);
+        };
+        while *held < want {
+            table[*held] = self.take();
+            *held += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back every block of `c` and empties it.
+    pub fn release(&mut self, c: &mut KvCache<'_>) {
+        self.shrink(c, 0);
+        c.pos = 0;
+    }
+
+    /// Forgets `c`'s positions from `n` on ([`KvCache::truncate`]) and
+    /// gives back the blocks no position left uses.
+    pub fn truncate(&mut self, c: &mut KvCache<'_>, n: usize) -> Result<()> {
+        self.fits(c)?;
+        c.truncate(n)?;
+        let keep = c.blocks_for(c.pos, self.block);
+        self.shrink(c, keep);
+        Ok(())
+    }
+
+    /// Makes the empty cache `dst` hold `src`'s first positions, in whole
+    /// blocks shared with it: at most `n` positions, rounded down to a
+    /// whole block (and none where `src` no longer holds them all: it
+    /// evicted, or a windowed layer's ring moved past them). Returns the
+    /// positions `dst` now holds.
+    pub fn share(&mut self, dst: &mut KvCache<'_>, src: &KvCache<'_>, n: usize) -> Result<usize> {
+        self.fits(dst)?;
+        self.fits(src)?;
+        if dst.opt != src.opt || dst.win != src.win || dst.pos != 0 || !dst.blocks().is_empty() {
+            return Err(Error::KvPaged);
+        }
+        let ring_moved = src.win.ring > 0 && src.pos > src.win.ring;
+        if src.evicted() || ring_moved {
+            return Ok(0);
+        }
+        let whole = (n.min(src.pos) / self.block).min(src.blocks().len());
+        let Store::Paged { table, held, .. } = &mut dst.store else {
+            return Err(Error::KvPaged);
+        };
+        for (d, &id) in table.iter_mut().zip(&src.blocks()[..whole]) {
+            *d = id;
+            self.refs[id as usize] += 1;
+        }
+        *held = whole;
+        dst.pos = whole * self.block;
+        Ok(dst.pos)
+    }
+
+    /// Keeps `c`'s first `keep` blocks, gives back the rest.
+    fn shrink(&mut self, c: &mut KvCache<'_>, keep: usize) {
+        if let Store::Paged { table, held, .. } = &mut c.store {
+            for &id in &table[keep.min(*held)..*held] {
+                self.put(id);
+            }
+            *held = (*held).min(keep);
+        }
+    }
+
+    /// A free block, held once. Callers check `n_free` first.
+    fn take(&mut self) -> u32 {
+        self.n_free -= 1;
+        let id = self.free[self.n_free];
+        self.refs[id as usize] = 1;
+        id
+    }
+
+    /// One holder fewer for block `id`; free when none is left.
+    fn put(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.free[self.n_free] = id;
+            self.n_free += 1;
+        }
+    }
+
+    fn copy_block(&mut self, from: usize, to: usize) {
+        let bb = self.block_bytes;
+        for m in [&mut *self.k, &mut *self.v] {
+            m.copy_within(from * bb..(from + 1) * bb, to * bb);
+        }
+    }
+}
+
+/// The first layer that keeps its keys in a ring, if any.
+fn first_ringed(win: &Windows, n_layers: usize) -> Option<usize> {
+    (0..n_layers.min(128)).find(|&l| win.ringed(l))
 }
 
 #[cfg(test)]

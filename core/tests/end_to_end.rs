@@ -415,3 +415,127 @@ fn drafts_take_the_bits_of_single_tokens() {
         }
     }
 }
+
+/// Sequences in a [`KvPool`]'s blocks (paged caches) give bit for bit the
+/// logits of the same sequences in dense caches, with blocks of 4 slots
+/// (attention reads each block as a run), a second sequence sharing the
+/// first one's prefix blocks, and a streaming cache whose wrapped writes
+/// land in a shared block (copied first). The pool ends with every block
+/// back.
+#[test]
+fn paged_caches_give_the_bits_of_dense_ones() {
+    use ember_core::kv_cache::{KvCache, KvOptions, KvPool, KvType};
+    use ember_core::model::{Batch, Seq};
+    let bits = |l: &[f32]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (ty, kv_ty) in [
+        (GgmlType::Q8_0, KvType::F16),
+        (GgmlType::F16, KvType::F32),
+        (GgmlType::Q4_1, KvType::Q8_0),
+    ] {
+        let bytes = tiny(ty);
+        let g = Gguf::parse(&bytes).unwrap();
+        let model = Llama::from_gguf(&g).unwrap();
+        let c = &model.config;
+        let v = c.vocab_size as u32;
+        let toks = |seed: u32, n: usize| -> Vec<u32> {
+            (0..n as u32)
+                .map(|i| (i * 7919 + seed * 31 + 11) % v)
+                .collect()
+        };
+        for opt in [
+            KvOptions::dense(48).with_type(kv_ty),
+            KvOptions::streaming(2, 14).with_type(kv_ty),
+        ] {
+            let what = format!("{} weights, {:?}", ty.name(), opt);
+            let a = toks(1, 40);
+            let mut b = a[..8].to_vec();
+            b.extend(toks(2, 30));
+            let plan = MemoryPlan::batched(c, opt, 16, 1, 2).unwrap();
+            let mut scratch = vec![0f32; plan.scratch_len];
+            let mut batch = Batch::new(&model, Kernels::detect(), plan, &mut scratch).unwrap();
+            // Feeds `t[from..]` in chunks of up to 4 (one at a time once a
+            // streaming cache is full), the logits after each chunk.
+            let feed = |batch: &mut Batch,
+                        cache: &mut KvCache,
+                        mut pool: Option<&mut KvPool>,
+                        t: &[u32],
+                        from: usize,
+                        to: usize|
+             -> Vec<Vec<u32>> {
+                let mut out = Vec::new();
+                let mut i = from;
+                while i < to {
+                    let take = 4.min(cache.chunk_room()).min(to - i);
+                    let chunk = &t[i..i + take];
+                    let mut got = Vec::new();
+                    match pool.as_deref_mut() {
+                        Some(p) => batch
+                            .step_pool(&mut [Seq::new(cache, chunk)], p, &mut |_, _, l| {
+                                got = bits(l)
+                            })
+                            .unwrap(),
+                        None => {
+                            batch.step(&mut [Seq::new(cache, chunk)]).unwrap();
+                            got = bits(batch.logits(0));
+                        }
+                    }
+                    out.push(got);
+                    i += take;
+                }
+                out
+            };
+            // Dense references, each alone.
+            let dense = |t: &[u32], batch: &mut Batch| {
+                let (mut k, mut vv) = (vec![0f32; plan.kv_len], vec![0f32; plan.kv_len]);
+                let mut cache = plan.cache(c, &mut k, &mut vv).unwrap();
+                feed(batch, &mut cache, None, t, 0, t.len())
+            };
+            let ref_a = dense(&a, &mut batch);
+            let ref_b = dense(&b, &mut batch);
+
+            let row = opt.ty.row_bytes(c.kv_dim()).unwrap();
+            let n_blocks = 40;
+            let bb = KvPool::block_bytes(4, c.n_layers, row).unwrap();
+            let (mut k, mut vv) = (vec![0f32; n_blocks * bb / 4], vec![0f32; n_blocks * bb / 4]);
+            let (mut refs, mut free) = (vec![0u16; n_blocks], vec![0u32; n_blocks]);
+            let mut pool = KvPool::new(
+                ember_core::quant::as_bytes_mut(&mut k),
+                ember_core::quant::as_bytes_mut(&mut vv),
+                &mut refs,
+                &mut free,
+                n_blocks,
+                4,
+                c.n_layers,
+                row,
+            )
+            .unwrap();
+            let win = plan.windows(c);
+            let len = KvCache::table_len(&opt, &win, 4);
+            let (mut ta, mut tb) = (vec![0u32; len], vec![0u32; len]);
+            let mut ca = KvCache::paged(&mut ta, 4, opt, c.n_layers, c.kv_dim(), win).unwrap();
+            let mut cb = KvCache::paged(&mut tb, 4, opt, c.n_layers, c.kv_dim(), win).unwrap();
+            let mut got_a = feed(&mut batch, &mut ca, Some(&mut pool), &a, 0, 8);
+            assert_eq!(pool.share(&mut cb, &ca, 9).unwrap(), 8, "{what}");
+            assert_eq!(pool.free(), n_blocks - 2, "{what}: the prefix is shared");
+            // Interleaved: B reads its own tokens while A goes on.
+            let mut got_b = Vec::new();
+            for at in [8, 20] {
+                got_a.extend(feed(&mut batch, &mut ca, Some(&mut pool), &a, at, at + 12));
+                got_b.extend(feed(&mut batch, &mut cb, Some(&mut pool), &b, at, at + 12));
+            }
+            got_a.extend(feed(&mut batch, &mut ca, Some(&mut pool), &a, 32, 40));
+            got_b.extend(feed(&mut batch, &mut cb, Some(&mut pool), &b, 32, 38));
+            assert!(got_a == ref_a, "{what}: the first sequence differs");
+            assert!(got_b == ref_b[2..], "{what}: the sharing sequence differs");
+            // Truncating gives blocks back; releasing gives back the rest.
+            if !opt.streaming {
+                let before = pool.free();
+                pool.truncate(&mut ca, 13).unwrap();
+                assert_eq!(pool.free(), before + 10 - 4, "{what}");
+            }
+            pool.release(&mut ca);
+            pool.release(&mut cb);
+            assert_eq!(pool.free(), n_blocks, "{what}");
+        }
+    }
+}

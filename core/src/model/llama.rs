@@ -23,7 +23,7 @@ use crate::attention::{attend_heads, HeadView};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{Kernels, Matrix, Multiplier, StepRows};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvPool};
 use crate::model::scratch::{take, Dims, Scratch, ScratchSizes};
 use crate::model::weights::{ATTN_OUT, DOWN, GATE_UP, QKV};
 use crate::model::{Config, MemoryPlan, Weights};
@@ -258,8 +258,8 @@ impl<'s, 'w> Batch<'s, 'w> {
     /// one token per step). Everything is checked before anything is
     /// written: an error leaves every cache as it was.
     pub fn step(&mut self, seqs: &mut [Seq<'_, '_>]) -> Result<()> {
-        self.check(seqs)?;
-        self.forward_step(seqs, Emit::Last, &mut |_, _, _| {})
+        self.check(seqs, false)?;
+        self.forward_step(seqs, None, Emit::Last, &mut |_, _, _| {})
     }
 
     /// [`Batch::step`], with `emit(seq, token, logits)` for the last token
@@ -270,8 +270,36 @@ impl<'s, 'w> Batch<'s, 'w> {
         seqs: &mut [Seq<'_, '_>],
         emit: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
-        self.check(seqs)?;
-        self.forward_step(seqs, Emit::Drafts, emit)
+        self.check(seqs, false)?;
+        self.forward_step(seqs, None, Emit::Drafts, emit)
+    }
+
+    /// [`Batch::step_drafts`] over caches that may be paged
+    /// ([`KvCache::paged`]) in `pool`: first each paged cache takes the
+    /// blocks its tokens need ([`KvPool::grow`]; `KvPoolFull` when the pool
+    /// has too few, before any is taken), then the step runs. An error
+    /// leaves every cache's tokens as they were.
+    pub fn step_pool(
+        &mut self,
+        seqs: &mut [Seq<'_, '_>],
+        pool: &mut KvPool<'_>,
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        self.check(seqs, true)?;
+        let mut need = 0usize;
+        for q in seqs.iter().filter(|q| q.cache.is_paged()) {
+            need = need.saturating_add(pool.needs(q.cache, q.tokens.len())?);
+        }
+        if need > pool.free() {
+            return Err(Error::KvPoolFull {
+                needed: need.min(u32::MAX as usize) as u32,
+                free: pool.free() as u32,
+            });
+        }
+        for q in seqs.iter_mut().filter(|q| q.cache.is_paged()) {
+            pool.grow(q.cache, q.tokens.len())?;
+        }
+        self.forward_step(seqs, Some(pool), Emit::Drafts, emit)
     }
 
     /// The logits after the last token of sequence `i` of the last step.
@@ -280,7 +308,7 @@ impl<'s, 'w> Batch<'s, 'w> {
         self.s.logits.get(i * v..(i + 1) * v).unwrap_or(&[])
     }
 
-    fn check(&self, seqs: &[Seq<'_, '_>]) -> Result<()> {
+    fn check(&self, seqs: &[Seq<'_, '_>], paged: bool) -> Result<()> {
         let c = &self.model.config;
         if seqs.is_empty() {
             return Err(Error::EmptyInput);
@@ -306,6 +334,9 @@ impl<'s, 'w> Batch<'s, 'w> {
                 });
             }
             let kv = &*q.cache;
+            if kv.is_paged() && !paged {
+                return Err(Error::KvPaged);
+            }
             if kv.n_layers() != c.n_layers
                 || kv.kv_dim() != c.kv_dim()
                 || kv.capacity() > self.plan.kv.capacity
@@ -343,6 +374,7 @@ impl<'s, 'w> Batch<'s, 'w> {
     fn forward_step(
         &mut self,
         seqs: &mut [Seq<'_, '_>],
+        mut pool: Option<&mut KvPool<'_>>,
         which: Emit,
         emit: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
@@ -377,8 +409,8 @@ impl<'s, 'w> Batch<'s, 'w> {
             st.heads(&mut s.q[..n * c.q_dim()], lw.attn_q_bias, lw.attn_q_norm);
             st.heads(&mut s.k[..n * c.kv_dim()], lw.attn_k_bias, lw.attn_k_norm);
             st.heads(&mut s.v[..n * c.kv_dim()], lw.attn_v_bias, &[]);
-            st.rope_and_cache(l, seqs, s)?;
-            st.attend(l, seqs, s)?;
+            st.rope_and_cache(l, seqs, s, pool.as_deref_mut())?;
+            st.attend(l, seqs, s, pool.as_deref())?;
             st.matmul(lw.group(ATTN_OUT), s.att, [&mut *s.xb], s.work, s.shared)?;
             st.norm_rows(&mut s.xb[..n * dim], None, lw.attn_post_norm);
             add(&mut s.x[..n * dim], &s.xb[..n * dim]);
@@ -585,16 +617,17 @@ impl<'s, 'w> Session<'s, 'w> {
             match on_logits.as_deref_mut() {
                 Some(f) => self.b.forward_step(
                     &mut seq,
+                    None,
                     Emit::From(first.saturating_sub(base)),
                     &mut |_, j, l| f(base + j, l),
                 )?,
                 None if last_chunk => {
                     self.b
-                        .forward_step(&mut seq, Emit::Last, &mut |_, _, _| {})?
+                        .forward_step(&mut seq, None, Emit::Last, &mut |_, _, _| {})?
                 }
                 None => self
                     .b
-                    .forward_step(&mut seq, Emit::None, &mut |_, _, _| {})?,
+                    .forward_step(&mut seq, None, Emit::None, &mut |_, _, _| {})?,
             }
             base += take;
         }
@@ -759,6 +792,7 @@ impl Stage<'_> {
         l: usize,
         seqs: &mut [Seq<'_, '_>],
         s: &mut Scratch<'_>,
+        mut pool: Option<&mut KvPool<'_>>,
     ) -> Result<()> {
         let c = self.c;
         let (qd, kvd, hd, rd) = (c.q_dim(), c.kv_dim(), c.head_dim, c.rope_dim);
@@ -786,7 +820,7 @@ impl Stage<'_> {
                 for h in k.chunks_exact_mut(hd) {
                     rope(h, table, order);
                 }
-                sq.cache.store(l, p0 + j, k, v)?;
+                sq.cache.store_in(pool.as_deref_mut(), l, p0 + j, k, v)?;
                 if sink {
                     let rs = &mut s.rope_sink[i * rd..(i + 1) * rd];
                     rope_table(rs, sq.cache.query_cache_pos(p0 + j), freq);
@@ -806,7 +840,13 @@ impl Stage<'_> {
     /// cached row is widened once; a worker takes its tokens column by
     /// column, so the KV head's rows stay in its caches from one token to
     /// the next.
-    fn attend(&self, l: usize, seqs: &[Seq<'_, '_>], s: &mut Scratch<'_>) -> Result<()> {
+    fn attend(
+        &self,
+        l: usize,
+        seqs: &[Seq<'_, '_>],
+        s: &mut Scratch<'_>,
+        pool: Option<&KvPool<'_>>,
+    ) -> Result<()> {
         let c = self.c;
         let (qd, kvd, hd, n_kv) = (c.q_dim(), c.kv_dim(), c.head_dim, c.n_kv_heads);
         let group = c.n_heads / n_kv;
@@ -819,7 +859,7 @@ impl Stage<'_> {
                 return;
             };
             let kv = &*seqs[i].cache;
-            let Ok((keys, values)) = kv.layer(l) else {
+            let Ok(rows) = kv.rows(pool, l) else {
                 return;
             };
             let pos = kv.pos() + j;
@@ -837,8 +877,7 @@ impl Stage<'_> {
                 &q_sink[i * qd + h * gd..i * qd + (h + 1) * gd],
                 group,
                 view.sinks,
-                keys,
-                values,
+                rows,
                 view.n,
                 HeadView {
                     row: kvd,
