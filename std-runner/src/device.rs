@@ -6,7 +6,7 @@
 use anyhow::Result;
 use clap::ValueEnum;
 use ember_core::kernels::Kernels;
-use ember_core::kv_cache::KvCache;
+use ember_core::kv_cache::{KvCache, KvPool};
 use ember_core::model::{Batch, Llama, MemoryPlan, Seq, Session};
 
 use crate::pool::Pool;
@@ -246,6 +246,15 @@ pub enum Slots<'s, 'w> {
         batch: Box<Batch<'s, 'w>>,
         caches: Vec<KvCache<'s>>,
     },
+    /// The CPU's batch engine over paged caches: one pool of blocks that
+    /// the slots take from as they grow ([`Slots::cpu_paged`]).
+    Paged {
+        batch: Box<Batch<'s, 'w>>,
+        pool: KvPool<'s>,
+        caches: Vec<KvCache<'s>>,
+        /// The last step's logits, a row per work item.
+        last: Vec<f32>,
+    },
     #[cfg(feature = "gpu")]
     Gpu(Box<ember_gpu::Engine>),
 }
@@ -274,6 +283,65 @@ impl<'s, 'w> Slots<'s, 'w> {
         })
     }
 
+    /// `plan.seqs` slots on the CPU whose caches take blocks of `block`
+    /// positions from one pool of `blocks.len()` blocks over `k` and `v`
+    /// (each `blocks.len()` × [`KvPool::block_bytes`]); `tables` holds each
+    /// slot's block table ([`KvCache::table_len`] entries per slot).
+    #[allow(clippy::too_many_arguments)]
+    pub fn cpu_paged(
+        model: &'s Llama<'w>,
+        kernels: Kernels,
+        plan: MemoryPlan,
+        scratch: &'s mut [f32],
+        pool_mem: PoolMem<'s>,
+        block: usize,
+        pool: &'s Pool,
+    ) -> Result<Slots<'s, 'w>> {
+        let c = &model.config;
+        let mut batch = Batch::new(model, kernels, plan, scratch)?;
+        batch.set_parallel(pool)?;
+        let row = plan
+            .kv
+            .ty
+            .row_bytes(c.kv_dim())
+            .ok_or_else(|| anyhow::anyhow!("the KV type cannot hold this model's rows"))?;
+        let PoolMem {
+            k,
+            v,
+            refs,
+            free,
+            tables,
+        } = pool_mem;
+        let n_blocks = refs.len();
+        let kv_pool = KvPool::new(
+            ember_core::quant::as_bytes_mut(k),
+            ember_core::quant::as_bytes_mut(v),
+            refs,
+            free,
+            n_blocks,
+            block,
+            c.n_layers,
+            row,
+        )?;
+        let win = plan.windows(c);
+        let len = KvCache::table_len(&plan.kv, &win, block);
+        let caches = tables
+            .chunks_exact_mut(len.max(1))
+            .take(plan.seqs)
+            .map(|t| KvCache::paged(t, block, plan.kv, c.n_layers, c.kv_dim(), win))
+            .collect::<ember_core::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            caches.len() == plan.seqs,
+            "the block tables hold too few slots"
+        );
+        Ok(Slots::Paged {
+            batch: Box::new(batch),
+            pool: kv_pool,
+            caches,
+            last: Vec::new(),
+        })
+    }
+
     /// `plan.seqs` slots of `plan.kv.capacity` positions on the GPU, steps
     /// of up to `plan.max_batch` tokens (fewer where one binding cannot
     /// hold that many tokens' attention scores: [`Slots::max_batch`]), with
@@ -299,7 +367,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     /// Tokens one step takes, over all slots.
     pub fn max_batch(&self) -> usize {
         match self {
-            Slots::Cpu { batch, .. } => batch.plan().max_batch,
+            Slots::Cpu { batch, .. } | Slots::Paged { batch, .. } => batch.plan().max_batch,
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => e.options().max_batch,
         }
@@ -309,6 +377,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     pub fn clear(&mut self, i: usize) {
         match self {
             Slots::Cpu { caches, .. } => caches[i].clear(),
+            Slots::Paged { pool, caches, .. } => pool.release(&mut caches[i]),
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => e.clear(i),
         }
@@ -319,6 +388,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     pub fn truncate(&mut self, i: usize, n: usize) -> Result<()> {
         match self {
             Slots::Cpu { caches, .. } => Ok(caches[i].truncate(n)?),
+            Slots::Paged { pool, caches, .. } => Ok(pool.truncate(&mut caches[i], n)?),
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => Ok(e.truncate(i, n)?),
         }
@@ -327,7 +397,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     /// Tokens slot `i` holds.
     pub fn pos(&self, i: usize) -> usize {
         match self {
-            Slots::Cpu { caches, .. } => caches[i].pos(),
+            Slots::Cpu { caches, .. } | Slots::Paged { caches, .. } => caches[i].pos(),
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => e.pos(i),
         }
@@ -336,7 +406,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     /// Tokens slot `i` takes in its next chunk.
     pub fn chunk_room(&self, i: usize) -> usize {
         match self {
-            Slots::Cpu { caches, .. } => caches[i].chunk_room(),
+            Slots::Cpu { caches, .. } | Slots::Paged { caches, .. } => caches[i].chunk_room(),
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => e.options().ctx - e.pos(i),
         }
@@ -345,7 +415,9 @@ impl<'s, 'w> Slots<'s, 'w> {
     /// Whether slot `i` has no room for another token.
     pub fn full(&self, i: usize) -> bool {
         match self {
-            Slots::Cpu { caches, .. } => caches[i].pos() + 1 > caches[i].capacity(),
+            Slots::Cpu { caches, .. } | Slots::Paged { caches, .. } => {
+                caches[i].pos() + 1 > caches[i].capacity()
+            }
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => e.pos(i) + 1 > e.options().ctx,
         }
@@ -367,6 +439,10 @@ impl<'s, 'w> Slots<'s, 'w> {
                     seqs.push(Seq::new(cache, tokens));
                 }
                 Ok(batch.step(&mut seqs)?)
+            }
+            Slots::Paged { .. } => {
+                let flags = vec![false; work.len()];
+                self.step_drafts(work, &flags, &mut |_, _, _| {})
             }
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => Ok(e.step(work)?),
@@ -404,6 +480,35 @@ impl<'s, 'w> Slots<'s, 'w> {
                 }
                 Ok(batch.step_drafts(&mut seqs, emit)?)
             }
+            Slots::Paged {
+                batch,
+                pool,
+                caches,
+                last,
+            } => {
+                let mut by_cache: Vec<Option<&mut KvCache<'s>>> =
+                    caches.iter_mut().map(Some).collect();
+                let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
+                for (&(i, tokens), &d) in work.iter().zip(drafts) {
+                    let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                        anyhow::anyhow!("slot {i} is out of range or twice in one step")
+                    })?;
+                    seqs.push(match d {
+                        true => Seq::drafts(cache, tokens),
+                        false => Seq::new(cache, tokens),
+                    });
+                }
+                // Each work item's last logits stay for `Slots::logits`.
+                let v = batch.config().vocab_size;
+                last.resize(work.len() * v, 0.0);
+                batch.step_pool(&mut seqs, pool, &mut |k, j, l| {
+                    if j + 1 == work[k].1.len() {
+                        last[k * v..(k + 1) * v].copy_from_slice(l);
+                    }
+                    emit(k, j, l)
+                })?;
+                Ok(())
+            }
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => {
                 e.step_drafts(work, drafts)?;
@@ -423,7 +528,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     /// Positions slot `i` holds at most.
     pub fn capacity(&self, i: usize) -> usize {
         match self {
-            Slots::Cpu { caches, .. } => caches[i].capacity(),
+            Slots::Cpu { caches, .. } | Slots::Paged { caches, .. } => caches[i].capacity(),
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => {
                 let _ = i;
@@ -436,6 +541,10 @@ impl<'s, 'w> Slots<'s, 'w> {
     pub fn logits(&self, k: usize) -> &[f32] {
         match self {
             Slots::Cpu { batch, .. } => batch.logits(k),
+            Slots::Paged { batch, last, .. } => {
+                let v = batch.config().vocab_size;
+                last.get(k * v..(k + 1) * v).unwrap_or(&[])
+            }
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => e.logits(k),
         }
@@ -444,9 +553,62 @@ impl<'s, 'w> Slots<'s, 'w> {
     /// What runs the arithmetic, for messages.
     pub fn engine_name(&self) -> String {
         match self {
-            Slots::Cpu { batch, .. } => format!("{} kernels", batch.kernels().name),
+            Slots::Cpu { batch, .. } | Slots::Paged { batch, .. } => {
+                format!("{} kernels", batch.kernels().name)
+            }
             #[cfg(feature = "gpu")]
             Slots::Gpu(e) => format!("GPU {}", e.device_name()),
+        }
+    }
+}
+
+/// The memory of a pool of KV blocks ([`Slots::cpu_paged`]): keys and
+/// values, each block's holders, the free list, and the slots' block
+/// tables.
+pub struct PoolMem<'a> {
+    pub k: &'a mut [f32],
+    pub v: &'a mut [f32],
+    pub refs: &'a mut [u16],
+    pub free: &'a mut [u32],
+    pub tables: &'a mut [u32],
+}
+
+impl Slots<'_, '_> {
+    /// The pool of a paged engine: blocks free, blocks in all, positions
+    /// per block (`None`: the caches are not paged).
+    pub fn blocks(&self) -> Option<(usize, usize, usize)> {
+        match self {
+            Slots::Paged { pool, .. } => Some((pool.free(), pool.len(), pool.block())),
+            _ => None,
+        }
+    }
+
+    /// Blocks slot `i` holds, and of those, blocks other slots share.
+    pub fn held_blocks(&self, i: usize) -> (usize, usize) {
+        match self {
+            Slots::Paged { pool, caches, .. } => {
+                let b = caches[i].blocks();
+                (b.len(), b.iter().filter(|&&id| pool.refs(id) > 1).count())
+            }
+            _ => (0, 0),
+        }
+    }
+
+    /// Makes the empty slot `dst` share slot `src`'s first positions (at
+    /// most `n`, in whole blocks); the positions it now holds (0 where the
+    /// caches are not paged).
+    pub fn share(&mut self, dst: usize, src: usize, n: usize) -> Result<usize> {
+        match self {
+            Slots::Paged { pool, caches, .. } if dst != src => {
+                let (a, b) = caches.split_at_mut(dst.max(src));
+                let (d, s) = if dst < src {
+                    (&mut a[dst], &b[0])
+                } else {
+                    (&mut b[0], &a[src])
+                };
+                Ok(pool.share(d, s, n)?)
+            }
+            _ => Ok(0),
         }
     }
 }

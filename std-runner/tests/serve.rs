@@ -1629,3 +1629,157 @@ fn serve_lookup_changes_nothing_but_speed() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     lookup_changes_nothing(gemma.to_str().unwrap());
 }
+
+/// One of the short requests of the paged KV test: at most 256 tokens of
+/// prompt and reply, seeded.
+fn short_request(i: usize) -> (&'static str, Value) {
+    let topics = ["rivers", "bread", "clocks", "the moon", "ships", "owls"];
+    let t = topics[i % topics.len()];
+    if i.is_multiple_of(2) {
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "system", "content": "You are a patient teacher."},
+                                {"role": "user", "content": format!("Tell me about {t}.")}],
+                   "max_tokens": 96 + i, "temperature": 0.8, "seed": 300 + i,
+                   "ignore_eos": true, "stream": true}),
+        )
+    } else {
+        (
+            "/v1/completions",
+            json!({"prompt": format!("A short story about {t}:"), "max_tokens": 100 + i,
+                   "temperature": 0.9, "seed": 400 + i, "ignore_eos": true, "stream": true}),
+        )
+    }
+}
+
+/// Paged KV: in the KV memory that two slots of `--ctx 2048` take (90 MiB
+/// for SmolLM2's f16 cache), sixteen short requests run at once (8x as
+/// many), each with the text it gets alone, and every block comes back.
+#[test]
+fn paged_kv_runs_eight_times_the_requests_in_the_same_memory() {
+    let s = Server::start(&[
+        "--parallel",
+        "16",
+        "--ctx",
+        "2048",
+        "--kv-memory",
+        "90",
+        "--batch",
+        "32",
+    ]);
+    let addr = s.addr.clone();
+    let (m, _) = scrape(&addr);
+    let blocks = value(&m, "ember_kv_blocks", &[]);
+    assert_eq!(blocks, 128.0, "90 MiB in blocks of 32 positions");
+    // All at once, streamed: when each got its first token and its end.
+    let t0 = Instant::now();
+    let runs: Vec<((String, String), Duration, Duration)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let addr = addr.clone();
+                sc.spawn(move || {
+                    let (path, req) = short_request(i);
+                    let mut first = None;
+                    let (st, chunks, done) = post_stream_timed(&addr, path, &req, &mut first, t0);
+                    assert!(st == 200 && done);
+                    (streamed_text(path, &chunks), first.unwrap(), t0.elapsed())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Every request had its first token before any of them ended: all
+    // sixteen ran at once (two whole --ctx 2048 caches allow two).
+    let first_end = runs.iter().map(|r| r.2).min().unwrap();
+    for (i, r) in runs.iter().enumerate() {
+        assert!(r.1 < first_end, "request {i} started after another ended");
+    }
+    wait_for(&addr, "slots_busy", 0);
+    for (i, r) in runs.iter().enumerate() {
+        let (path, mut req) = short_request(i);
+        req["stream"] = json!(false);
+        assert_eq!(
+            answer(&addr, path, &req),
+            r.0,
+            "request {i} differs from alone"
+        );
+    }
+    let (m, _) = scrape(&addr);
+    // Idle slots keep their blocks as a prompt cache; none is lost.
+    assert!(value(&m, "ember_kv_blocks_free", &[]) <= blocks);
+    // A request of the whole context still fits: the idle caches give
+    // their blocks back.
+    let ids: Vec<u32> = (0..2000u32).map(|i| 100 + i % 500).collect();
+    let (st, r) = post(
+        &addr,
+        "/v1/completions",
+        &json!({"prompt": ids, "max_tokens": 48, "ignore_eos": true}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["usage"]["completion_tokens"], 48);
+}
+
+/// [`post_stream`], noting when the first chunk with a token came.
+fn post_stream_timed(
+    addr: &str,
+    path: &str,
+    v: &Value,
+    first: &mut Option<Duration>,
+    t0: Instant,
+) -> (u16, Vec<Value>, bool) {
+    let body = serde_json::to_vec(v).unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Headers, then the chunked body, read as it comes.
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    let (mut chunks, mut done, mut buf) = (Vec::new(), false, Vec::new());
+    while !done {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let size = usize::from_str_radix(line.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        let mut part = vec![0u8; size + 2];
+        r.read_exact(&mut part).unwrap();
+        buf.extend_from_slice(&part[..size]);
+        while let Some(at) = buf.iter().position(|&b| b == b'\n') {
+            let l: Vec<u8> = buf.drain(..=at).collect();
+            let l = String::from_utf8(l).unwrap();
+            let Some(data) = l.trim().strip_prefix("data: ").map(str::to_string) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                done = true;
+                break;
+            }
+            let c: Value = serde_json::from_str(&data).unwrap();
+            let ch = &c["choices"][0];
+            let has = ch["text"].is_string() || ch["delta"]["content"].is_string();
+            if has && first.is_none() {
+                *first = Some(t0.elapsed());
+            }
+            chunks.push(c);
+        }
+    }
+    (status, chunks, done)
+}

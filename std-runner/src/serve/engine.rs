@@ -14,7 +14,7 @@
 //! request's prompt is cut into the same chunks whatever the traffic.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,11 @@ pub(super) struct EngineConfig {
     pub(super) chunk: usize,
     /// Prompt-lookup drafts per generating slot and step (0: off).
     pub(super) lookup: usize,
+    /// Paged KV: blocks in the pool and positions per block (`None`: a
+    /// whole cache per slot).
+    pub(super) paged: Option<(usize, usize)>,
+    /// Free blocks of the pool (the engine publishes it).
+    pub(super) blocks_free: Arc<AtomicUsize>,
     /// Requests queued but not yet in a slot (the engine counts them down).
     pub(super) waiting: Arc<AtomicUsize>,
     /// Slots generating now (the engine publishes it).
@@ -129,6 +134,9 @@ pub(super) fn engine_main(
             return Ok((pool, Vec::new(), Vec::new()));
         }
         let scratch = crate::arena::zeroed(plan.scratch_len, "the batch scratch")?;
+        if cfg.paged.is_some() {
+            return Ok((pool, scratch, Vec::new()));
+        }
         let mem: Vec<(Vec<f32>, Vec<f32>)> = (0..plan.seqs)
             .map(|_| {
                 let k = crate::arena::zeroed(plan.kv_len, "the slots' KV caches")?;
@@ -147,9 +155,51 @@ pub(super) fn engine_main(
             return Ok(());
         }
     };
-    let slots = match cfg.device {
-        Device::Cpu => Slots::cpu(model, cfg.kernels, plan, &mut scratch, &mut mem, &pool),
-        Device::Gpu => Slots::gpu(model, plan, lookup > 0),
+    // A paged engine's pool: keys, values, bookkeeping and block tables.
+    let mut pool_mem = match cfg.paged {
+        Some((blocks, block)) => {
+            let row = plan.kv.ty.row_bytes(c.kv_dim()).unwrap_or(0);
+            let bb = ember_core::kv_cache::KvPool::block_bytes(block, c.n_layers, row).unwrap_or(0);
+            let floats = (blocks * bb).div_ceil(4);
+            let win = plan.windows(c);
+            let table = ember_core::kv_cache::KvCache::table_len(&plan.kv, &win, block);
+            let made = (|| -> Result<_> {
+                Ok((
+                    crate::arena::zeroed(floats, "the KV pool")?,
+                    crate::arena::zeroed(floats, "the KV pool")?,
+                    vec![0u16; blocks],
+                    vec![0u32; blocks],
+                    vec![0u32; table * plan.seqs],
+                ))
+            })();
+            match made {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("{e:#}")));
+                    return Ok(());
+                }
+            }
+        }
+        None => None,
+    };
+    let slots = match (cfg.device, &mut pool_mem) {
+        (Device::Cpu, Some((k, v, refs, free, tables))) => Slots::cpu_paged(
+            model,
+            cfg.kernels,
+            plan,
+            &mut scratch,
+            crate::device::PoolMem {
+                k,
+                v,
+                refs,
+                free,
+                tables,
+            },
+            cfg.paged.map_or(1, |p| p.1),
+            &pool,
+        ),
+        (Device::Cpu, None) => Slots::cpu(model, cfg.kernels, plan, &mut scratch, &mut mem, &pool),
+        (Device::Gpu, _) => Slots::gpu(model, plan, lookup > 0),
     };
     let mut slots = match slots {
         Ok(s) => s,
@@ -180,31 +230,109 @@ pub(super) fn engine_main(
     let mut used: Vec<u64> = vec![0; plan.seqs];
     let mut clock = 0u64;
     let mut active: Vec<Slot> = Vec::new();
+    // Requests taken from the queue, waiting for a slot (or blocks).
+    let mut pending: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     let mut cand = vec![Candidate::default(); Sampler::scratch_len(c.vocab_size)];
     // The vocabulary as grammars read it, made on the first constrained request.
     let mut vocab: Option<Arc<VocabBuf>> = None;
     loop {
         busy.store(active.len(), Ordering::SeqCst);
-        // Admit queued requests while slots are free; with nothing to do,
-        // wait for one.
+        if let Some((free_blocks, _, _)) = slots.blocks() {
+            cfg.blocks_free.store(free_blocks, Ordering::SeqCst);
+        }
+        // Take what has arrived; with nothing to do, wait for a request.
+        while let Ok(j) = rx.try_recv() {
+            pending.push_back(j);
+        }
+        if active.is_empty() && pending.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(j) => pending.push_back(j),
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => return Ok(()),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+        // Admit waiting requests in order while slots (and, paged, blocks)
+        // are free.
         while !free.is_empty() {
-            let job = if active.is_empty() {
-                match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => return Ok(()),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-                }
+            let Some(job) = pending.pop_front() else {
+                break;
             };
-            waiting.fetch_sub(1, Ordering::SeqCst);
             if job.tx.is_closed() {
+                waiting.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
+            let reusable = job.cache_prompt && chunk >= 3;
+            let (at, mut reuse) = route(&free, &held, &exact, &used, &job.prompt, reusable);
+            let cache = free[at];
+            // Keep the shared prefix, unless the cache no longer holds all
+            // of it (a windowed layer's ring moved on): then start afresh.
+            if reuse == 0 || slots.truncate(cache, reuse).is_err() {
+                slots.clear(cache);
+                reuse = 0;
+            }
+            held[cache].truncate(reuse);
+            exact[cache] = reuse;
+            if let Some((_, _, block)) = slots.blocks() {
+                // Paged: a longer prefix in another slot's blocks (a
+                // request being served, say) is shared, not read again.
+                let most = if reusable {
+                    job.prompt.len().saturating_sub(2)
+                } else {
+                    0
+                };
+                let best = (0..plan.seqs)
+                    .filter(|&s| s != cache)
+                    .map(|s| (shared_prefix(&held[s][..exact[s]], &job.prompt[..most]), s))
+                    .max();
+                if let Some((n, src)) = best {
+                    if n / block * block > reuse {
+                        slots.clear(cache);
+                        reuse = slots.share(cache, src, n).unwrap_or(0);
+                        let from = held[src][..reuse].to_vec();
+                        held[cache] = from;
+                        exact[cache] = reuse;
+                    }
+                }
+                // Admission: the blocks this request may take, beside what
+                // the requests in flight may still take; idle slots' caches
+                // give theirs back, least recently used first.
+                let cow = plan.windows(c).ring > 0 || plan.kv.streaming;
+                let pending_need = |slots: &Slots, s: usize, job: &Job| {
+                    let total = (job.prompt.len() + job.max_tokens).min(plan.kv.capacity);
+                    let need = blocks_for(total, plan.kv.capacity, plan.windows(c).ring, block);
+                    let (has, shared) = slots.held_blocks(s);
+                    need.saturating_sub(has) + if cow { shared } else { 0 }
+                };
+                let owed: usize = active
+                    .iter()
+                    .map(|s| pending_need(&slots, s.cache, &s.job))
+                    .sum();
+                let want = pending_need(&slots, cache, &job);
+                let mut idle: Vec<usize> = free.iter().copied().filter(|&s| s != cache).collect();
+                idle.sort_by_key(|&s| std::cmp::Reverse(used[s]));
+                while slots.blocks().map_or(0, |b| b.0) < owed + want {
+                    let Some(s) = idle.pop() else { break };
+                    slots.clear(s);
+                    held[s].clear();
+                    exact[s] = 0;
+                }
+                if slots.blocks().map_or(0, |b| b.0) < owed + want {
+                    if active.is_empty() {
+                        // Alone and still too big: it never fits.
+                        waiting.fetch_sub(1, Ordering::SeqCst);
+                        let total = slots.blocks().map_or(0, |b| b.1);
+                        let _ = job.tx.send(Ev::Fail(format!(
+                            "the request needs {want} KV blocks; the pool holds {total}: raise --kv-memory"
+                        )));
+                        continue;
+                    }
+                    // It waits for requests in flight to give blocks back.
+                    pending.push_front(job);
+                    break;
+                }
+            }
+            waiting.fetch_sub(1, Ordering::SeqCst);
             let sampler = match Sampler::new(job.sampling) {
                 Ok(s) => s,
                 Err(e) => {
@@ -232,21 +360,9 @@ pub(super) fn engine_main(
                     }
                 }
             };
-            let reusable = job.cache_prompt && chunk >= 3;
-            let (at, reuse) = route(&free, &held, &exact, &used, &job.prompt, reusable);
-            let cache = free.swap_remove(at);
+            free.swap_remove(at);
             clock += 1;
             used[cache] = clock;
-            // Keep the shared prefix, unless the cache no longer holds all
-            // of it (a windowed layer's ring moved on): then start afresh.
-            let reuse = if reuse > 0 && slots.truncate(cache, reuse).is_ok() {
-                reuse
-            } else {
-                slots.clear(cache);
-                0
-            };
-            held[cache].truncate(reuse);
-            exact[cache] = reuse;
             debug_assert_eq!(slots.pos(cache), held[cache].len());
             metrics
                 .prompt_tokens
@@ -585,6 +701,17 @@ fn route(
         }
     }
     best
+}
+
+/// Tokens `held` and `prompt` share from their start.
+fn shared_prefix(held: &[u32], prompt: &[u32]) -> usize {
+    held.iter().zip(prompt).take_while(|(a, b)| a == b).count()
+}
+
+/// Blocks of `block` positions that a paged cache holding `n` positions
+/// takes (its plain layers' `capacity` slots and windowed layers' `ring`).
+fn blocks_for(n: usize, capacity: usize, ring: usize, block: usize) -> usize {
+    n.min(capacity).max(n.min(ring)).div_ceil(block.max(1))
 }
 
 /// Removes the slots at `gone` (indices into `active`) and frees their caches.

@@ -44,6 +44,8 @@ pub(super) struct Shared {
     /// Slots generating now.
     pub(super) busy: Arc<AtomicUsize>,
     pub(super) slots: usize,
+    /// Paged KV: free blocks (the engine publishes it) and blocks in all.
+    pub(super) blocks: Option<(Arc<AtomicUsize>, usize)>,
     pub(super) accepting: AtomicBool,
     pub(super) next_id: AtomicU64,
     /// API keys; empty: no access control.
@@ -142,6 +144,10 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
         queued: sh.waiting.load(Ordering::SeqCst),
         busy: sh.busy.load(Ordering::SeqCst),
         slots: sh.slots,
+        blocks: sh
+            .blocks
+            .as_ref()
+            .map(|(free, all)| (free.load(Ordering::SeqCst), *all)),
     });
     (
         [(

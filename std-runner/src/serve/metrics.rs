@@ -110,6 +110,8 @@ pub(super) struct Gauges {
     pub(super) queued: usize,
     pub(super) busy: usize,
     pub(super) slots: usize,
+    /// Paged KV: free blocks and blocks in all.
+    pub(super) blocks: Option<(usize, usize)>,
 }
 
 impl Metrics {
@@ -206,6 +208,15 @@ impl Metrics {
         );
         gauge(&mut o, "ember_slots_busy", "Slots generating now.", g.busy);
         gauge(&mut o, "ember_slots", "Slots in all (--parallel).", g.slots);
+        if let Some((free, all)) = g.blocks {
+            gauge(
+                &mut o,
+                "ember_kv_blocks_free",
+                "KV pool blocks no sequence holds (--kv-memory).",
+                free,
+            );
+            gauge(&mut o, "ember_kv_blocks", "KV pool blocks in all.", all);
+        }
         o
     }
 }
@@ -227,6 +238,7 @@ mod tests {
             queued: 1,
             busy: 2,
             slots: 4,
+            blocks: Some((5, 9)),
         });
         let line = |prefix: &str| {
             text.lines()
@@ -264,5 +276,7 @@ mod tests {
             "1"
         );
         assert_eq!(line("ember_slots_busy"), "2");
+        assert_eq!(line("ember_kv_blocks_free"), "5");
+        assert_eq!(line("ember_kv_blocks "), "9");
     }
 }

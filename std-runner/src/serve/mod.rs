@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// context (0: off).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lookup: usize,
+    /// Keep keys and values in one pool of this many MiB, in blocks that
+    /// requests take as they grow (paged KV), instead of a whole --ctx cache
+    /// per slot: many short requests fit where few whole caches would.
+    /// Set --parallel to the most requests to run at once (CPU only).
+    #[arg(long, value_name = "MIB")]
+    pub kv_memory: Option<usize>,
+    /// Positions per block of the --kv-memory pool.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub kv_block: usize,
     /// Element type of cached keys and values.
     #[arg(long, value_enum, default_value_t = KvTypeArg::F16)]
     pub kv_type: KvTypeArg,
@@ -142,6 +151,37 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     // prompt chunk.
     let max_batch = a.batch + a.parallel * (1 + a.lookup);
     let plan = MemoryPlan::batched(&model.config, kv, max_batch, threads, a.parallel)?;
+    let paged = match a.kv_memory {
+        None => None,
+        Some(_) if a.exec.device != Device::Cpu => {
+            bail!("--kv-memory (paged KV) runs on the CPU engine; the GPU keeps a cache per slot")
+        }
+        Some(mib) => {
+            if a.kv_block == 0 || a.kv_block > 4096 {
+                bail!("--kv-block must be in 1..=4096 (got {})", a.kv_block);
+            }
+            let c = &model.config;
+            let row = kv
+                .ty
+                .row_bytes(c.kv_dim())
+                .context("the KV type cannot hold this model's rows")?;
+            let bb = ember_core::kv_cache::KvPool::block_bytes(a.kv_block, c.n_layers, row)
+                .context("--kv-block is too large")?;
+            let blocks =
+                (mib as u128 * (1 << 20) / (2 * bb as u128)).min(u32::MAX as u128) as usize;
+            let win = plan.windows(c);
+            let one = ember_core::kv_cache::KvCache::table_len(&kv, &win, a.kv_block);
+            if blocks < one {
+                bail!(
+                    "--kv-memory {mib} MiB holds {blocks} blocks of {} positions; one --ctx {ctx} request needs {one} ({:.1} MiB)",
+                    a.kv_block,
+                    (one * 2 * bb) as f64 / (1 << 20) as f64
+                );
+            }
+            Some((blocks, a.kv_block))
+        }
+    };
+    let blocks_free = Arc::new(AtomicUsize::new(paged.map_or(0, |p| p.0)));
     let model_id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -164,6 +204,8 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             threads,
             chunk: a.batch,
             lookup: a.lookup,
+            paged,
+            blocks_free: blocks_free.clone(),
             waiting,
             busy,
             stop,
@@ -198,6 +240,7 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
         waiting,
         busy,
         slots: a.parallel,
+        blocks: paged.map(|p| (blocks_free.clone(), p.0)),
         accepting: AtomicBool::new(true),
         next_id: AtomicU64::new(1),
         keys,
@@ -221,13 +264,18 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
             shared.model_id,
             a.parallel,
             ctx,
-            match a.exec.device {
-                Device::Cpu => format!(
+            match (a.exec.device, paged) {
+                (Device::Cpu, Some((blocks, block))) => format!(
+                    "{threads} threads, paged KV: {blocks} blocks of {block} positions ({} MiB), {:.1} MiB of repacked weights",
+                    a.kv_memory.unwrap_or(0),
+                    packs.bytes() as f64 / (1 << 20) as f64
+                ),
+                (Device::Cpu, None) => format!(
                     "{threads} threads, {:.1} MiB of KV cache, {:.1} MiB of repacked weights",
                     (plan.kv_bytes() * a.parallel) as f64 / (1 << 20) as f64,
                     packs.bytes() as f64 / (1 << 20) as f64
                 ),
-                Device::Gpu => format!(
+                (Device::Gpu, _) => format!(
                     "{:.1} MiB of f32 KV cache on the GPU",
                     (2 * a.parallel * ctx * model.config.kv_dim() * model.config.n_layers * 4) as f64
                         / (1 << 20) as f64
