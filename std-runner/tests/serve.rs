@@ -1707,6 +1707,50 @@ fn paged_kv_runs_eight_times_the_requests_in_the_same_memory() {
     let (m, _) = scrape(&addr);
     // Idle slots keep their blocks as a prompt cache; none is lost.
     assert!(value(&m, "ember_kv_blocks_free", &[]) <= blocks);
+    // Two requests with one long system prompt: the second, sent while
+    // the first streams, shares its whole blocks (copy on write) instead
+    // of reading them, and its reply is the one it gets alone.
+    let system = "You are a patient teacher who answers in plain words. ".repeat(8);
+    let ask = |q: &str, n: usize, stream: bool, cache: bool| {
+        json!({"messages": [{"role": "system", "content": system},
+                            {"role": "user", "content": q}],
+               "max_tokens": n, "temperature": 0.7, "seed": 5, "ignore_eos": true,
+               "stream": stream, "cache_prompt": cache})
+    };
+    let long = ask("Tell me a long story.", 400, true, false);
+    let shared = std::thread::scope(|sc| {
+        let a = addr.clone();
+        let first = sc.spawn(move || post_stream(&a, "/v1/chat/completions", &long));
+        // Once the first is generating, its prompt's blocks are written.
+        let t = Instant::now();
+        while health(&addr)["slots_busy"] != 1 && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (st, r) = post(
+            &addr,
+            "/v1/chat/completions",
+            &ask("Why is the sky blue?", 24, false, true),
+        );
+        assert_eq!(st, 200, "{r}");
+        let (st, _, done) = first.join().unwrap();
+        assert!(st == 200 && done);
+        r
+    });
+    let cached = shared["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 64, "{cached} prompt tokens shared");
+    let (st, alone) = post(
+        &addr,
+        "/v1/chat/completions",
+        &ask("Why is the sky blue?", 24, false, false),
+    );
+    assert_eq!(st, 200, "{alone}");
+    assert_eq!(
+        shared["choices"][0], alone["choices"][0],
+        "sharing changed the reply"
+    );
     // A request of the whole context still fits: the idle caches give
     // their blocks back.
     let ids: Vec<u32> = (0..2000u32).map(|i| 100 + i % 500).collect();
