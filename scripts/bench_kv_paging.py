@@ -26,12 +26,13 @@ import http.client
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
+
+import ember_server
 
 TOPICS = ["rivers", "bread", "clocks", "the moon", "ships", "owls", "glass", "maps"]
 
@@ -59,19 +60,6 @@ def request(url, path, b, out, i):
     v = json.loads(data)
     ch = v["choices"][0]
     out[i] = (ch.get("text") or ch.get("message", {}).get("content"), v["usage"]["completion_tokens"])
-
-
-def start(ember, model, extra, threads):
-    cmd = [ember, "serve", "--port", "0", "-t", str(threads)] + extra
-    if model:
-        cmd += ["--model", model]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"on (http://[0-9.:]+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, m.group(1), line
-    sys.exit("the server did not start")
 
 
 def run(url, n, tokens):
@@ -119,15 +107,17 @@ def main():
             extra = ["--parallel", str(args.fixed), "--ctx", str(args.ctx)]
         else:
             extra = ["--parallel", str(args.parallel), "--ctx", str(args.ctx), "--kv-memory", str(mib)]
-        proc, url, line = start(args.ember, args.model, extra, args.threads)
+        cmd = [args.ember, "serve", "--port", "0", "-t", str(args.threads)] + extra
+        if args.model:
+            cmd += ["--model", args.model]
+        proc, url, line = ember_server.start(cmd)
         try:
             if name == "fixed":
                 m = re.search(r"([0-9.]+) MiB of KV cache", line)
                 mib = int(float(m.group(1)) + 0.5)
             out, busiest, secs = run(url, args.requests, args.tokens)
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            ember_server.stop(proc)
         gen = sum(o[1] for o in out)
         same = base is None or [o[0] for o in out] == base
         base = base or [o[0] for o in out]

@@ -27,13 +27,12 @@ import http.client
 import json
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import urllib.parse
+
+import ember_server
 
 WORDS = ("river stone market winter lantern garden engine harbor letter signal "
          "copper meadow bridge orchard compass ledger village furnace canvas "
@@ -129,15 +128,7 @@ def main():
                "--device", args.device]
         if args.model:
             cmd += ["--model", args.model]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        for line in proc.stderr:
-            m = re.search(r"on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            sys.exit("the server did not start")
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        proc, url, _ = ember_server.start(cmd)
     try:
         def count(msgs):
             # The contents' tokens and a few per message for the template.
@@ -171,12 +162,7 @@ def main():
                           "ttft_second_uncached_ms": t3 * 1000, "ratio": t2 / t1,
                           "same_output": True}))
     finally:
-        if proc:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        ember_server.stop(proc)
         os._exit(0)
 
 

@@ -24,12 +24,12 @@ import argparse
 import http.client
 import json
 import os
-import re
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
+
+import ember_server
 
 PROMPT = "The history of the city begins"
 COPY = ("def area(width, height):\n    if width < 0 or height < 0:\n        raise ValueError(\"negative size\")\n"
@@ -161,15 +161,7 @@ def main():
                "--lookup", str(args.lookup)]
         if args.model:
             cmd += ["--model", args.model]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        for line in proc.stderr:
-            m = re.search(r"on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            sys.exit("the server did not start")
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        proc, url, _ = ember_server.start(cmd)
     try:
         aggregate(url, 1, 16)  # warm up
         one = max(aggregate(url, 1, args.tokens) for _ in range(2))

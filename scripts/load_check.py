@@ -15,11 +15,10 @@ return the text it got alone. After the load, /health must come back to idle
 import argparse
 import http.client
 import json
-import re
-import subprocess
-import sys
 import threading
 import time
+
+import ember_server
 
 
 def main():
@@ -33,23 +32,12 @@ def main():
            "--queue", str(4 * args.streams)]
     if args.model:
         cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    host = None
-    for line in proc.stderr:
-        m = re.search(r"on http://([0-9.]+):([0-9]+)", line)
-        if m:
-            host = (m.group(1), int(m.group(2)))
-            break
-    if not host:
-        sys.exit("the server did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, url, _ = ember_server.start(cmd)
+    hostname, port = url[len("http://"):].rsplit(":", 1)
     try:
-        run(host, args.streams, proc.pid)
+        run((hostname, int(port)), args.streams, proc.pid)
     finally:
-        proc.terminate()
-        code = proc.wait(timeout=60)
-        if code != 0:
-            sys.exit(f"the server exited with {code} after SIGTERM")
+        ember_server.stop(proc)
     print("load check: ok")
 
 

@@ -20,12 +20,10 @@ the right one is served; and, where `prometheus_client` is installed, parses
 import argparse
 import json
 import math
-import re
-import subprocess
-import sys
 import threading
 import urllib.request
 
+import ember_server
 import jsonschema
 import openai
 
@@ -111,7 +109,7 @@ def main():
             assert e.body["param"] == "top_logprobs", e.body
         check_metrics(url, None, "/v1/chat/completions")
     finally:
-        stop(proc)
+        ember_server.stop(proc)
     if not args.url:
         check_api_key(args)
     print("openai client check: ok")
@@ -123,27 +121,8 @@ def start(args, extra):
            "--device", args.device] + extra
     if args.model:
         cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    url = None
-    for line in proc.stderr:
-        sys.stderr.write(line)
-        m = re.search(r"on (http://[0-9.:]+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if not url:
-        sys.exit("the server did not start")
-    threading.Thread(target=lambda: [sys.stderr.write(l) for l in proc.stderr], daemon=True).start()
+    proc, url, _ = ember_server.start(cmd, echo=True)
     return proc, url
-
-
-def stop(proc):
-    """SIGTERM; the server must exit 0."""
-    if proc:
-        proc.terminate()
-        code = proc.wait(timeout=60)
-        if code != 0:
-            sys.exit(f"the server exited with {code} after SIGTERM")
 
 
 def check_concurrent(client, model, n):
@@ -323,7 +302,7 @@ def check_api_key(args):
         check_metrics(url, key, "/v1/completions")
         print("api key: a wrong key gets AuthenticationError, the right one is served, /health is open")
     finally:
-        stop(proc)
+        ember_server.stop(proc)
 
 
 if __name__ == "__main__":

@@ -429,15 +429,7 @@ impl<'s, 'w> Slots<'s, 'w> {
     pub fn step(&mut self, work: &[(usize, &[u32])]) -> Result<()> {
         match self {
             Slots::Cpu { batch, caches } => {
-                let mut by_cache: Vec<Option<&mut KvCache<'s>>> =
-                    caches.iter_mut().map(Some).collect();
-                let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
-                for &(i, tokens) in work {
-                    let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
-                        anyhow::anyhow!("slot {i} is out of range or twice in one step")
-                    })?;
-                    seqs.push(Seq::new(cache, tokens));
-                }
+                let mut seqs = seqs_of(caches, work, None)?;
                 Ok(batch.step(&mut seqs)?)
             }
             Slots::Paged { .. } => {
@@ -466,18 +458,7 @@ impl<'s, 'w> Slots<'s, 'w> {
         );
         match self {
             Slots::Cpu { batch, caches } => {
-                let mut by_cache: Vec<Option<&mut KvCache<'s>>> =
-                    caches.iter_mut().map(Some).collect();
-                let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
-                for (&(i, tokens), &d) in work.iter().zip(drafts) {
-                    let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
-                        anyhow::anyhow!("slot {i} is out of range or twice in one step")
-                    })?;
-                    seqs.push(match d {
-                        true => Seq::drafts(cache, tokens),
-                        false => Seq::new(cache, tokens),
-                    });
-                }
+                let mut seqs = seqs_of(caches, work, Some(drafts))?;
                 Ok(batch.step_drafts(&mut seqs, emit)?)
             }
             Slots::Paged {
@@ -486,18 +467,7 @@ impl<'s, 'w> Slots<'s, 'w> {
                 caches,
                 last,
             } => {
-                let mut by_cache: Vec<Option<&mut KvCache<'s>>> =
-                    caches.iter_mut().map(Some).collect();
-                let mut seqs: Vec<Seq> = Vec::with_capacity(work.len());
-                for (&(i, tokens), &d) in work.iter().zip(drafts) {
-                    let cache = by_cache.get_mut(i).and_then(Option::take).ok_or_else(|| {
-                        anyhow::anyhow!("slot {i} is out of range or twice in one step")
-                    })?;
-                    seqs.push(match d {
-                        true => Seq::drafts(cache, tokens),
-                        false => Seq::new(cache, tokens),
-                    });
-                }
+                let mut seqs = seqs_of(caches, work, Some(drafts))?;
                 // Each work item's last logits stay for `Slots::logits`.
                 let v = batch.config().vocab_size;
                 last.resize(work.len() * v, 0.0);
@@ -560,6 +530,28 @@ impl<'s, 'w> Slots<'s, 'w> {
             Slots::Gpu(e) => format!("GPU {}", e.device_name()),
         }
     }
+}
+
+/// The step's sequences: slot `i`'s cache and tokens for each `(i, tokens)`
+/// of `work`, drafts ([`Seq::drafts`]) where `drafts` says so.
+fn seqs_of<'a, 'c>(
+    caches: &'a mut [KvCache<'c>],
+    work: &[(usize, &'a [u32])],
+    drafts: Option<&[bool]>,
+) -> Result<Vec<Seq<'a, 'c>>> {
+    let mut by_cache: Vec<Option<&mut KvCache<'c>>> = caches.iter_mut().map(Some).collect();
+    let mut seqs = Vec::with_capacity(work.len());
+    for (k, &(i, tokens)) in work.iter().enumerate() {
+        let cache = by_cache
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow::anyhow!("slot {i} is out of range or twice in one step"))?;
+        seqs.push(match drafts.and_then(|d| d.get(k)) {
+            Some(true) => Seq::drafts(cache, tokens),
+            _ => Seq::new(cache, tokens),
+        });
+    }
+    Ok(seqs)
 }
 
 /// The memory of a pool of KV blocks ([`Slots::cpu_paged`]): keys and
