@@ -65,21 +65,22 @@ pub fn attend_heads(
     out.fill(0.0);
     let len = rows.run_len().min(n).max(1);
     let cut = sinks.min(n);
-    // Each run's keys and values and its first slot.
-    let runs = (0..n.div_ceil(len)).filter_map(|i| {
+    let runs = n.div_ceil(len);
+    // Run `i`: its keys and values, its first slot and the one after its last.
+    let run = |i: usize| {
         let (k, v) = rows.run(i).ok()?;
-        Some((i * len, (i * len + len).min(n), k, v))
-    });
+        Some((k, v, i * len, (i * len + len).min(n)))
+    };
     // Asking for all of this group's keys at once (and for its values
     // before the scores are normalized) keeps many reads in flight
     // instead of the few a kernel's loads keep.
-    if head.warm {
-        for (a, b, k, _) in runs.clone() {
-            warm(k, head, hd, b - a, kern);
+    for i in 0..runs {
+        if let Some((k, _, a, b)) = run(i) {
+            if head.warm {
+                warm(k, head, hd, b - a, kern);
+            }
+            key_scores(q, q_sink, g, cut, k, a, b, n, head, scores, kern);
         }
-    }
-    for (a, b, k, _) in runs.clone() {
-        key_scores(q, q_sink, g, cut, k, a, b, n, head, scores, kern);
     }
     if let Some(m) = head.mask {
         for row in scores.chunks_exact_mut(n.max(1)) {
@@ -91,21 +92,28 @@ pub fn attend_heads(
         }
     }
     if head.warm {
-        for (a, b, _, v) in runs.clone() {
-            warm(v, head, hd, b - a, kern);
+        for i in 0..runs {
+            if let Some((_, v, a, b)) = run(i) {
+                warm(v, head, hd, b - a, kern);
+            }
         }
     }
     for row in scores.chunks_exact_mut(n.max(1)) {
         (kern.softmax)(row);
     }
-    for (a, b, _, v) in runs {
-        value_sums(g, v, a, b, n, head, scores, out, kern);
+    for i in 0..runs {
+        if let Some((_, v, a, b)) = run(i) {
+            value_sums(g, v, a, b, n, head, scores, out, kern);
+        }
     }
 }
 
 /// Scores of slots `a..b` (held by `k` from its first row on) into
 /// `scores`, `g` rows of `n`: the sink queries for slots below `cut`.
+/// (Not inlined: one copy serves every run, which keeps the code small
+/// on microcontrollers.)
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn key_scores(
     q: &[f32],
     q_sink: &[f32],
@@ -136,12 +144,14 @@ fn key_scores(
             }
         }
         KvRows::F16(k) => {
-            // Slots `from..to` with the queries `qs`: each kernel call
-            // scores exactly those (its keys hold `to - from` rows and the
-            // last row of scores has that much room).
-            let mut part = |qs: &[f32], from: usize, to: usize| {
+            // Slots below `cut` with the sink queries, the rest with the
+            // queries: each kernel call scores exactly its slots (its keys
+            // hold that many rows and the last row of scores has that
+            // much room).
+            let mid = cut.clamp(a, b);
+            for (qs, from, to) in [(q_sink, a, mid), (q, mid, b)] {
                 if from >= to {
-                    return;
+                    continue;
                 }
                 let lo = at(from).min(k.len());
                 let hi = (at(to - 1) + hd).min(k.len());
@@ -159,9 +169,7 @@ fn key_scores(
                         *s *= scale;
                     }
                 }
-            };
-            part(q_sink, a, cut.clamp(a, b));
-            part(q, cut.clamp(a, b), b);
+            }
         }
         KvRows::Q8_0(k) => {
             let (b0, nb) = (head.offset / QK, hd / QK);
@@ -178,8 +186,10 @@ fn key_scores(
 }
 
 /// Adds the weighted values of slots `a..b` (held by `v` from its first
-/// row on) to `out`, position by position in order.
+/// row on) to `out`, position by position in order. (Not inlined, as
+/// [`key_scores`].)
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn value_sums(
     g: usize,
     v: KvRows<'_>,
@@ -213,23 +223,12 @@ fn value_sums(
             (kern.value_sum_f16)(out, g, scores, &v[lo..hi], head.row);
         }
         KvRows::F16(v) => {
-            // A run of a paged cache: its weights gathered row by row (the
-            // kernel reads `g` rows of as many weights as it has values).
-            const ROOM: usize = 1024;
-            let m = b - a;
+            // A run of a paged cache: each query's weights of these slots
+            // in turn (the same sums, position by position).
             let lo = at(a).min(v.len());
             let hi = (at(b - 1) + hd).min(v.len()).max(lo);
-            let v = &v[lo..hi];
-            let mut w = [0f32; ROOM];
-            if g * m <= ROOM {
-                for j in 0..g {
-                    w[j * m..(j + 1) * m].copy_from_slice(&scores[j * n + a..j * n + b]);
-                }
-                (kern.value_sum_f16)(out, g, &w[..g * m], v, head.row);
-            } else {
-                for (j, o) in out.chunks_exact_mut(hd.max(1)).enumerate() {
-                    (kern.value_sum_f16)(o, 1, &scores[j * n + a..j * n + b], v, head.row);
-                }
+            for (j, o) in out.chunks_exact_mut(hd.max(1)).enumerate() {
+                (kern.value_sum_f16)(o, 1, &scores[j * n + a..j * n + b], &v[lo..hi], head.row);
             }
         }
         KvRows::Q8_0(v) => {

@@ -16,8 +16,16 @@ use ember_firmware::{self as fw, OrExit};
 #[repr(C, align(64))]
 struct Aligned<B: ?Sized>(B);
 
-/// The model, 64-byte aligned so tensors are read in place.
-static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tiny.gguf")));
+const BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tiny.gguf"));
+
+/// The model, 64-byte aligned so tensors are read in place: in flash on the
+/// Cortex-M4F board; on the Cortex-M55 board in DDR (`.bigrom`, loaded with
+/// the image as a board's external flash would hold it), since the 512 KiB
+/// of ITCM that stands in for its flash is the code's.
+#[cfg_attr(board = "an547", link_section = ".bigrom")]
+static MODEL_BYTES: Aligned<[u8; BYTES.len()]> =
+    Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tiny.gguf")));
+static MODEL: &Aligned<[u8]> = &MODEL_BYTES;
 
 /// Run-time memory: the plan, the tokenizer index and the sampler scratch.
 static RAM: Arena<{ 128 * 1024 }> = Arena::new();
