@@ -714,6 +714,18 @@ impl<'a> KvCache<'a> {
         }
     }
 
+    /// The slots position `t` is written to: its plain layers' slot, and
+    /// its ringed layers' (the same twice where there is no ring).
+    fn written_slots(&self, t: usize) -> [usize; 2] {
+        let plain = self.slot(t);
+        let ringed = if self.win.ring > 0 {
+            t % self.win.ring
+        } else {
+            plain
+        };
+        [plain, ringed]
+    }
+
     /// Table entries that positions `0..n` use: the slots of every layer's
     /// tokens among them, in blocks of `block`.
     fn blocks_for(&self, n: usize, block: usize) -> usize {
@@ -958,17 +970,21 @@ impl<'a> KvPool<'a> {
                 needed: (c.pos + n) as u64,
             });
         }
-        let mut copies = 0;
-        let mut last = usize::MAX;
+        // The shared blocks the next `n` positions write into, each once:
+        // the same slots `grow` visits. Past `SEEN` distinct ones, every
+        // further hit counts (more than grow takes, never fewer).
+        const SEEN: usize = 16;
+        let (mut seen, mut n_seen, mut copies) = ([0usize; SEEN], 0, 0);
         for t in c.pos..c.pos + n {
-            for l in [0, c.n_layers.saturating_sub(1)]
-                .into_iter()
-                .chain(first_ringed(&c.win, c.n_layers))
-            {
-                let b = c.slot_in(l, t) / block;
-                if b < held && b != last && self.refs(table[b]) > 1 {
-                    copies += 1;
-                    last = b;
+            for s in c.written_slots(t) {
+                let b = s / block;
+                if b >= held || self.refs(table[b]) <= 1 || seen[..n_seen].contains(&b) {
+                    continue;
+                }
+                copies += 1;
+                if n_seen < SEEN {
+                    seen[n_seen] = b;
+                    n_seen += 1;
                 }
             }
         }
@@ -986,20 +1002,20 @@ impl<'a> KvPool<'a> {
                 free: self.n_free as u32,
             });
         }
-        let (pos, win, n_layers) = (c.pos, c.win, c.n_layers);
+        let pos = c.pos;
         let want = c.blocks_for(pos + n, self.block);
-        let mut slots = [0usize; 3];
         for t in pos..pos + n {
-            // Every layer's slot of `t`: the plain layers', and a ringed
-            // layer's.
-            slots[0] = c.slot(t);
-            slots[1] = first_ringed(&win, n_layers).map_or(slots[0], |l| c.slot_in(l, t));
+            let slots = c.written_slots(t);
             let Store::Paged { table, held, .. } = &mut c.store else {
                 return Err(Error::KvPaged);
             };
-            for &s in &slots[..2] {
+            for s in slots {
                 let b = s / self.block;
                 if b < *held && self.refs[table[b] as usize] > 1 {
+                    if self.n_free == 0 {
+                        // `needs` counts at least what this takes.
+                        return Err(Error::KvPoolFull { needed: 1, free: 0 });
+                    }
                     let copy = self.take();
                     self.copy_block(table[b] as usize, copy as usize);
                     self.refs[table[b] as usize] -= 1;
@@ -1095,11 +1111,6 @@ impl<'a> KvPool<'a> {
             m.copy_within(from * bb..(from + 1) * bb, to * bb);
         }
     }
-}
-
-/// The first layer that keeps its keys in a ring, if any.
-fn first_ringed(win: &Windows, n_layers: usize) -> Option<usize> {
-    (0..n_layers.min(128)).find(|&l| win.ringed(l))
 }
 
 #[cfg(test)]
@@ -1223,6 +1234,109 @@ mod tests {
         assert!(s.truncate(10).is_ok() && s.pos() == 7);
         d.advance(2);
         assert_eq!(d.len(), 2);
+    }
+
+    /// Two paged caches over one pool: the second shares the first's
+    /// whole prefix blocks; a windowed layer's ring then wraps into a
+    /// shared block, which is copied first, so each cache reads its own
+    /// keys; `needs` counts every block `grow` takes; every block comes back.
+    #[test]
+    fn paged_caches_share_blocks_and_copy_before_writing() {
+        let opt = KvOptions::dense(16);
+        // Layer 1 of two attends within 3 positions, in a ring of 3 + 3.
+        let win = Windows::new(0b10, 3, 4, &opt);
+        assert_eq!(win.ring, 6);
+        let row = 32 * 4;
+        let bb = KvPool::block_bytes(2, 2, row).unwrap();
+        let n = 12;
+        let k: &'static mut [f32] = Box::leak(vec![0f32; n * bb / 4].into_boxed_slice());
+        let v: &'static mut [f32] = Box::leak(vec![0f32; n * bb / 4].into_boxed_slice());
+        let (refs, free) = (
+            Box::leak(vec![0u16; n].into_boxed_slice()),
+            Box::leak(vec![0u32; n].into_boxed_slice()),
+        );
+        let mut pool = KvPool::new(
+            quant::as_bytes_mut(k),
+            quant::as_bytes_mut(v),
+            refs,
+            free,
+            n,
+            2,
+            2,
+            row,
+        )
+        .unwrap();
+        let len = KvCache::table_len(&opt, &win, 2);
+        let (ta, tb) = (
+            Box::leak(vec![0u32; len].into_boxed_slice()),
+            Box::leak(vec![0u32; len].into_boxed_slice()),
+        );
+        let mut a = KvCache::paged(ta, 2, opt, 2, 32, win).unwrap();
+        let mut b = KvCache::paged(tb, 2, opt, 2, 32, win).unwrap();
+        // Each position's key holds its position (+100 in the second cache).
+        let feed = |pool: &mut KvPool, c: &mut KvCache, from: usize, to: usize, tag: f32| {
+            for t in from..to {
+                let taken = pool.free();
+                let need = pool.needs(c, 1).unwrap();
+                pool.grow(c, 1).unwrap();
+                assert!(taken - pool.free() <= need);
+                for l in 0..2 {
+                    c.store_in(Some(pool), l, t, &[t as f32 + tag; 32], &[0.0; 32])
+                        .unwrap();
+                }
+                c.advance(1);
+            }
+        };
+        let key = |pool: &KvPool, c: &KvCache, l: usize, s: usize| {
+            let rows = c.rows(Some(pool), l).unwrap();
+            match rows.run(s / 2).unwrap().0 {
+                KvRows::F32(r) => r[(s % 2) * 32],
+                _ => unreachable!(),
+            }
+        };
+        feed(&mut pool, &mut a, 0, 5, 0.0);
+        assert_eq!(pool.share(&mut b, &a, 5).unwrap(), 4);
+        assert_eq!(pool.free(), n - 3);
+        feed(&mut pool, &mut b, 4, 9, 100.0);
+        // b's ring wrapped into slots 0..3, blocks it shared with a: copied.
+        assert_eq!(key(&pool, &a, 1, 0), 0.0);
+        assert_eq!(key(&pool, &a, 1, 1), 1.0);
+        assert_eq!(key(&pool, &b, 1, 0), 106.0);
+        assert_eq!(key(&pool, &b, 1, 2), 108.0);
+        // Its plain layer keeps the shared positions.
+        assert_eq!(key(&pool, &b, 0, 1), 1.0);
+        assert_eq!(key(&pool, &b, 0, 8), 108.0);
+        pool.release(&mut a);
+        pool.release(&mut b);
+        assert_eq!(pool.free(), n);
+        // A pool too small refuses before taking anything.
+        let mut c = KvCache::paged(
+            Box::leak(vec![0u32; len].into_boxed_slice()),
+            2,
+            opt,
+            2,
+            32,
+            win,
+        )
+        .unwrap();
+        let mut d = KvCache::paged(
+            Box::leak(vec![0u32; len].into_boxed_slice()),
+            2,
+            opt,
+            2,
+            32,
+            win,
+        )
+        .unwrap();
+        pool.grow(&mut c, 16).unwrap();
+        assert_eq!(pool.free(), n - 8);
+        assert!(matches!(
+            pool.grow(&mut d, 16),
+            Err(Error::KvPoolFull { needed: 8, free: 4 })
+        ));
+        assert_eq!(pool.free(), n - 8);
+        pool.release(&mut c);
+        assert_eq!(pool.free(), n);
     }
 
     #[test]
