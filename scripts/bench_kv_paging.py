@@ -22,14 +22,12 @@ library is used.
         --model ~/.cache/ember/SmolLM2-135M-Instruct.Q8_0.gguf
 """
 import argparse
-import http.client
 import json
 import os
 import re
 import sys
 import threading
 import time
-import urllib.parse
 import urllib.request
 
 import ember_server
@@ -49,15 +47,7 @@ def body(i, tokens):
 
 
 def request(url, path, b, out, i):
-    u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=1200)
-    c.request("POST", path, json.dumps(b), {"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
-    v = json.loads(data)
+    v = ember_server.post_json(url, path, b, timeout=1200)
     ch = v["choices"][0]
     out[i] = (ch.get("text") or ch.get("message", {}).get("content"), v["usage"]["completion_tokens"])
 

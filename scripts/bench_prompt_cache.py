@@ -23,14 +23,12 @@ standard library is used.
         --model ~/.cache/ember/SmolLM2-135M-Instruct.Q8_0.gguf
 """
 import argparse
-import http.client
 import json
 import os
 import random
 import statistics
 import sys
 import time
-import urllib.parse
 
 import ember_server
 
@@ -63,39 +61,16 @@ def conversation(rep, target_tokens, count):
     return msgs
 
 
-def post(url, path, body):
-    u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    if r.status != 200:
-        raise RuntimeError(f"{path}: HTTP {r.status}: {data[:300]!r}")
-    return json.loads(data)
 
 
 def stream_chat(url, messages, cache, max_tokens, seed):
     """(seconds to the first token, reply, log-probabilities, usage)."""
-    u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.7, "seed": seed,
             "stream": True, "stream_options": {"include_usage": True}, "logprobs": True,
             "cache_prompt": cache}
     t0 = time.perf_counter()
-    c.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
     first, text, lps, usage = None, [], [], None
-    for line in r:
-        line = line.strip()
-        if not line.startswith(b"data: "):
-            continue
-        data = line[6:]
-        if data == b"[DONE]":
-            break
-        ev = json.loads(data)
+    for ev in ember_server.stream_events(url, "/v1/chat/completions", body):
         if ev.get("usage"):
             usage = ev["usage"]
         for ch in ev.get("choices", []):
@@ -104,7 +79,6 @@ def stream_chat(url, messages, cache, max_tokens, seed):
                 first = time.perf_counter() - t0
             lps.extend(lp)
             text.append(ch.get("delta", {}).get("content") or "")
-    c.close()
     if first is None or usage is None:
         raise RuntimeError("the stream carried no token or no usage")
     return first, "".join(text), lps, usage
@@ -133,7 +107,7 @@ def main():
         def count(msgs):
             # The contents' tokens and a few per message for the template.
             text = "\n".join(m["content"] for m in msgs)
-            return len(post(url, "/tokenize", {"content": text})["tokens"]) + 5 * len(msgs)
+            return len(ember_server.post_json(url, "/tokenize", {"content": text})["tokens"]) + 5 * len(msgs)
         rows = []
         stream_chat(url, [{"role": "user", "content": "Hello."}], False, 4, 1)  # warm up
         for rep in range(args.reps):

@@ -21,13 +21,11 @@ Prints a Markdown table. Only the Python standard library is used.
     python3 scripts/bench_serve.py --model ~/.cache/ember/SmolLM2-135M-Instruct.Q8_0.gguf
 """
 import argparse
-import http.client
 import json
 import os
 import subprocess
 import threading
 import time
-import urllib.parse
 
 import ember_server
 
@@ -40,60 +38,30 @@ COPY = ("def area(width, height):\n    if width < 0 or height < 0:\n        rais
 
 def copy_rate(url, max_tokens):
     """Generated tokens/s of one greedy completion that copies COPY."""
-    u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    body = json.dumps({"prompt": COPY, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True})
     t0 = time.perf_counter()
-    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    secs = time.perf_counter() - t0
-    c.close()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {data!r}")
-    return json.loads(data)["usage"]["completion_tokens"] / secs
+    v = ember_server.post_json(url, "/v1/completions", {"prompt": COPY, "max_tokens": max_tokens,
+                                                        "temperature": 0, "ignore_eos": True})
+    return v["usage"]["completion_tokens"] / (time.perf_counter() - t0)
 
 
 def stream(url, max_tokens, seed, events):
     """One streamed completion; appends (time, n_tokens_so_far) per chunk."""
-    u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
-                       "seed": seed, "temperature": 0.8, "ignore_eos": True})
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
+            "seed": seed, "temperature": 0.8, "ignore_eos": True}
     t0 = time.perf_counter()
-    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()!r}")
     n = 0
-    for line in r:
-        line = line.strip()
-        if not line.startswith(b"data: "):
-            continue
-        data = line[6:]
-        if data == b"[DONE]":
-            break
-        ch = json.loads(data)["choices"][0]
-        if ch.get("finish_reason") is None:
+    for ev in ember_server.stream_events(url, "/v1/completions", body):
+        if ev["choices"][0].get("finish_reason") is None:
             n += 1
             events.append((time.perf_counter(), n))
-    c.close()
     return t0
 
 
 def whole(url, max_tokens, seed, out):
     """One non-streamed completion; appends its generated token count."""
-    u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed,
-                       "temperature": 0.8, "ignore_eos": True})
-    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {data!r}")
-    out.append(json.loads(data)["usage"]["completion_tokens"])
-    c.close()
+    v = ember_server.post_json(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": max_tokens,
+                                                        "seed": seed, "temperature": 0.8, "ignore_eos": True})
+    out.append(v["usage"]["completion_tokens"])
 
 
 def aggregate(url, k, max_tokens):

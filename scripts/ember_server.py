@@ -1,11 +1,14 @@
 """Starting and stopping `ember serve` for the scripts beside this file
 (standard library only): `start` runs the command, waits for the address
 the server prints, and keeps draining its stderr; `stop` sends SIGTERM and
-wants exit code 0."""
+wants exit code 0; `post_json` and `stream_events` make requests."""
+import http.client
+import json
 import re
 import subprocess
 import sys
 import threading
+import urllib.parse
 
 
 def start(cmd, echo=False):
@@ -31,3 +34,38 @@ def stop(proc, timeout=60):
         code = proc.wait(timeout=timeout)
         if code != 0:
             sys.exit(f"the server exited with {code} after SIGTERM")
+
+
+def post_json(url, path, body, timeout=600):
+    """POSTs `body` as JSON to `url + path`; the parsed answer (an error
+    unless 200)."""
+    u = urllib.parse.urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    if r.status != 200:
+        raise RuntimeError(f"{path}: HTTP {r.status}: {data[:300]!r}")
+    return json.loads(data)
+
+
+def stream_events(url, path, body, timeout=600):
+    """POSTs `body` (a streamed request) and yields each server-sent
+    event's JSON as it arrives, up to `data: [DONE]`."""
+    u = urllib.parse.urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: HTTP {r.status}: {r.read()[:300]!r}")
+        for line in r:
+            line = line.strip()
+            if not line.startswith(b"data: "):
+                continue
+            if line[6:] == b"[DONE]":
+                break
+            yield json.loads(line[6:])
+    finally:
+        c.close()

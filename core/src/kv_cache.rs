@@ -697,7 +697,7 @@ impl<'a> KvCache<'a> {
     /// Block-table entries a paged cache of shape `opt` needs: one per
     /// `block` slots of the longest layer.
     pub fn table_len(opt: &KvOptions, win: &Windows, block: usize) -> usize {
-        opt.capacity.max(win.ring).div_ceil(block.max(1))
+        Self::blocks_held(opt, win, usize::MAX, block)
     }
 
     /// Whether the cache's rows live in a [`KvPool`].
@@ -729,13 +729,16 @@ impl<'a> KvCache<'a> {
     /// Table entries that positions `0..n` use: the slots of every layer's
     /// tokens among them, in blocks of `block`.
     fn blocks_for(&self, n: usize, block: usize) -> usize {
-        let dense = n.min(self.opt.capacity);
-        let ring = if self.win.ring > 0 {
-            n.min(self.win.ring)
-        } else {
-            0
-        };
-        dense.max(ring).div_ceil(block)
+        Self::blocks_held(&self.opt, &self.win, n, block)
+    }
+
+    /// Blocks of `block` slots that a paged cache of shape `opt` (and
+    /// windowed layers `win`) holds once it has seen `n` positions: its
+    /// plain layers' slots (at most the capacity) or its rings' (at most
+    /// the ring), whichever reach further.
+    pub fn blocks_held(opt: &KvOptions, win: &Windows, n: usize, block: usize) -> usize {
+        let ring = if win.ring > 0 { n.min(win.ring) } else { 0 };
+        n.min(opt.capacity).max(ring).div_ceil(block.max(1))
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ember_core::kernels::Kernels;
+use ember_core::kv_cache::KvCache;
 use ember_core::model::{Llama, MemoryPlan};
 use ember_core::sampling::{Candidate, Sampler, SamplerConfig};
 use ember_core::tokenizer::{StreamDecoder, Tokenizer};
@@ -102,9 +103,9 @@ struct Slot {
     /// Prompt tokens its cache already held.
     cached: usize,
     generated: usize,
-    /// The prompt and the tokens generated so far (prompt lookup drafts
-    /// from them).
-    hist: Vec<u32>,
+    /// With `--lookup`: the prompt and the tokens generated so far, which
+    /// prompt lookup drafts from.
+    hist: Option<Vec<u32>>,
     next: u32,
     dec: StreamDecoder,
     stops: StopText,
@@ -297,10 +298,11 @@ pub(super) fn engine_main(
                 // Admission: the blocks this request may take, beside what
                 // the requests in flight may still take; idle slots' caches
                 // give theirs back, least recently used first.
-                let cow = plan.windows(c).ring > 0 || plan.kv.streaming;
+                let win = plan.windows(c);
+                let cow = win.ring > 0 || plan.kv.streaming;
                 let pending_need = |slots: &Slots, s: usize, job: &Job| {
-                    let total = (job.prompt.len() + job.max_tokens).min(plan.kv.capacity);
-                    let need = blocks_for(total, plan.kv.capacity, plan.windows(c).ring, block);
+                    let total = job.prompt.len() + job.max_tokens;
+                    let need = KvCache::blocks_held(&plan.kv, &win, total, block);
                     let (has, shared) = slots.held_blocks(s);
                     need.saturating_sub(has) + if cow { shared } else { 0 }
                 };
@@ -377,11 +379,7 @@ pub(super) fn engine_main(
                 fed: reuse,
                 cached: reuse,
                 generated: 0,
-                hist: if lookup > 0 {
-                    job.prompt.clone()
-                } else {
-                    Vec::new()
-                },
+                hist: (lookup > 0).then(|| job.prompt.clone()),
                 next: 0,
                 dec: StreamDecoder::new(tok, false, false),
                 stops: StopText::new(&job.stops),
@@ -443,7 +441,7 @@ pub(super) fn engine_main(
                     .min(budget)
                     .min(s.job.max_tokens.saturating_sub(s.generated + 1))
                     .min(slots.chunk_room(s.cache).saturating_sub(1));
-                crate::run::lookup_draft(&s.hist, room, &mut d);
+                crate::run::lookup_draft(s.hist.as_deref().unwrap_or(&[]), room, &mut d);
                 if !d.is_empty() {
                     budget -= d.len();
                     w.1.extend_from_slice(&d);
@@ -607,8 +605,8 @@ fn take_token(
     // transform, as `ember run --top-logits` reports them.
     let mut lp = s.job.logprobs.map(|k| token_logprobs(logits, id, k));
     s.sampler.accept(id);
-    if s.hist.capacity() > 0 {
-        s.hist.push(id);
+    if let Some(h) = &mut s.hist {
+        h.push(id);
     }
     s.generated += 1;
     let now = Instant::now();
@@ -685,13 +683,7 @@ fn route(
     } else {
         0
     };
-    let shared = |c: usize| {
-        held[c][..exact[c].min(held[c].len())]
-            .iter()
-            .zip(&prompt[..most])
-            .take_while(|(a, b)| a == b)
-            .count()
-    };
+    let shared = |c: usize| shared_prefix(&held[c][..exact[c].min(held[c].len())], &prompt[..most]);
     let mut best = (0, 0);
     for (k, &c) in free.iter().enumerate() {
         let n = shared(c);
@@ -706,12 +698,6 @@ fn route(
 /// Tokens `held` and `prompt` share from their start.
 fn shared_prefix(held: &[u32], prompt: &[u32]) -> usize {
     held.iter().zip(prompt).take_while(|(a, b)| a == b).count()
-}
-
-/// Blocks of `block` positions that a paged cache holding `n` positions
-/// takes (its plain layers' `capacity` slots and windowed layers' `ring`).
-fn blocks_for(n: usize, capacity: usize, ring: usize, block: usize) -> usize {
-    n.min(capacity).max(n.min(ring)).div_ceil(block.max(1))
 }
 
 /// Removes the slots at `gone` (indices into `active`) and frees their caches.
